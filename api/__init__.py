@@ -1,0 +1,1 @@
+"""The REST service (FastAPI): search, rerank, QA and health endpoints."""

@@ -1,0 +1,1 @@
+"""Retrieval-augmented QA: reader, retrieve-or-recall routing, knowledge-graph retrieval, judging."""

@@ -1,0 +1,1 @@
+"""Rerankers callable as a library: ``reranker.rerank(query, candidates) -> list[Hit]``."""

@@ -1,0 +1,3 @@
+from sparsa.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Settings in one place, read once from ``SPARSA_*`` environment variables.
+
+Every default works offline: models come from the local model cache, data from ``shared/data``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from sparsa.errors import ConfigError
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _default_data_dir() -> Path:
+    """``shared/data`` beside the checkout (where CI and developers have it), else ``./data``."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return Path("data").resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    data_dir: Path
+    device: str = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "indexes"
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    home = Path(env.get("SPARSA_HOME") or Path.home() / ".cache" / "sparsa").expanduser()
+    data_dir = Path(env["SPARSA_DATA_DIR"]).expanduser() if env.get("SPARSA_DATA_DIR") else _default_data_dir()
+    device = env.get("SPARSA_DEVICE", "auto")
+    if device not in _DEVICES and not device.startswith("cuda:"):
+        raise ConfigError(f"SPARSA_DEVICE={device!r}: expected one of {', '.join(_DEVICES)} or cuda:N")
+    return Settings(home=home, data_dir=data_dir, device=device, log_level=env.get("SPARSA_LOG_LEVEL", "INFO"))
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own with :func:`settings_from_env`)."""
+    return settings_from_env()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when torch sees a GPU, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

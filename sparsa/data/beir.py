@@ -1,0 +1,133 @@
+"""BEIR-layout datasets: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+Also reads the TREC-style variants found in ``shared/data`` (``{"docid","doc"}`` corpora, TSV
+topics, TREC qrels), so every benchmark folder loads through :func:`load_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsa.data.trec import numbered_lines, read_qrels
+from sparsa.errors import DataFormatError
+from sparsa.types import Corpus, Document, Qrels, Query
+
+logger = logging.getLogger(__name__)
+
+_ID_FIELDS = ("_id", "docid", "id")
+_TEXT_FIELDS = ("text", "doc", "contents")
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """A corpus with the queries and qrels of one split. ``queries`` keeps only judged queries."""
+
+    name: str
+    path: Path
+    corpus: Corpus
+    queries: list[Query]
+    qrels: Qrels | None
+    split: str
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    for number, line in numbered_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, "expected a JSON object", number)
+        yield number, record
+
+
+def _field(record: dict, names: tuple[str, ...], path: Path, number: int, what: str) -> str:
+    for name in names:
+        if name in record:
+            value = record[name]
+            if not isinstance(value, str | int):
+                raise DataFormatError(path, f"field {name!r} must be a string", number)
+            return str(value)
+    raise DataFormatError(path, f"missing {what} field (one of {', '.join(names)})", number)
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    path = Path(path)
+    docs: dict[str, Document] = {}
+    for number, record in _json_records(path):
+        doc_id = _field(record, _ID_FIELDS, path, number, "id")
+        if doc_id in docs:
+            raise DataFormatError(path, f"duplicate document id {doc_id!r}", number)
+        text = _field(record, _TEXT_FIELDS, path, number, "text")
+        title = record.get("title") or ""
+        docs[doc_id] = Document(doc_id, text, str(title), record.get("metadata") or None)
+    if not docs:
+        raise DataFormatError(path, "the corpus is empty")
+    return Corpus(docs.values())
+
+
+def read_queries(path: str | Path) -> list[Query]:
+    """``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text``."""
+    path = Path(path)
+    queries: list[Query] = []
+    if ".tsv" in path.suffixes:
+        for number, line in numbered_lines(path):
+            qid, sep, text = line.partition("\t")
+            if not sep or not text.strip():
+                raise DataFormatError(path, "expected 'qid<TAB>text'", number)
+            queries.append(Query(qid.strip(), text.strip()))
+    else:
+        for number, record in _json_records(path):
+            queries.append(Query(_field(record, _ID_FIELDS, path, number, "id"),
+                                 _field(record, _TEXT_FIELDS, path, number, "text")))
+    if not queries:
+        raise DataFormatError(path, "no queries in file")
+    return queries
+
+
+def _find(folder: Path, patterns: tuple[str, ...], what: str) -> Path:
+    for pattern in patterns:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    raise DataFormatError(folder, f"no {what} file found (looked for {', '.join(patterns)})")
+
+
+def check_qrels_against_corpus(qrels: Qrels, corpus: Corpus, qrels_path: Path) -> None:
+    """A qrels line naming a document the corpus lacks is an error, reported with its line."""
+    missing = {doc_id for docs in qrels.values() for doc_id in docs if doc_id not in corpus}
+    if not missing:
+        return
+    for number, line in numbered_lines(qrels_path):
+        parts = line.split()
+        if parts and parts[-2] in missing:
+            raise DataFormatError(qrels_path, f"document {parts[-2]!r} is not in the corpus", number)
+
+
+def load_dataset(path: str | Path, split: str = "test") -> Dataset:
+    """Load a BEIR-layout folder (or a TREC-style one such as trec-dl-2019-passage)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataFormatError(folder, "dataset folder not found")
+    corpus_path = _find(folder, ("corpus.jsonl", "corpus.jsonl.gz", "*_document.jsonl.gz", "*.jsonl.gz"), "corpus")
+    queries_path = _find(folder, ("queries.jsonl", "*queries*.tsv", "topics*.tsv"), "queries")
+    corpus = read_corpus(corpus_path)
+    queries = read_queries(queries_path)
+
+    qrels_path = next((p for p in (folder / "qrels" / f"{split}.tsv",) if p.is_file()), None)
+    if qrels_path is None:
+        trec_style = sorted(folder.glob("*qrels*.txt"))
+        qrels_path = trec_style[0] if trec_style else None
+    qrels = None
+    if qrels_path is not None:
+        qrels = read_qrels(qrels_path)
+        check_qrels_against_corpus(qrels, corpus, qrels_path)
+        queries = [q for q in queries if q.id in qrels]
+        if not queries:
+            raise DataFormatError(qrels_path, f"no query in {queries_path.name} has judgements in this file")
+    logger.info("loaded %s: %d documents, %d queries (%s)", folder.name, len(corpus), len(queries), split)
+    return Dataset(folder.name, folder, corpus, queries, qrels, split)

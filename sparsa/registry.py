@@ -1,0 +1,42 @@
+"""Name-based registries, only where users choose between implementations.
+
+Each entry maps a name to a ``"module:attribute"`` string, so listing names imports nothing and
+``get(name)`` imports on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sparsa.errors import UnknownNameError
+
+
+class Registry:
+    def __init__(self, kind: str, entries: dict[str, str] | None = None):
+        self.kind = kind
+        self._entries: dict[str, str] = dict(entries or {})
+
+    def register(self, name: str, target: str) -> None:
+        if ":" not in target:
+            raise ValueError(f"registry target must be 'module:attribute', got {target!r}")
+        self._entries[name] = target
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def target(self, name: str) -> str:
+        if name not in self._entries:
+            raise UnknownNameError(self.kind, name, self._entries)
+        return self._entries[name]
+
+    def get(self, name: str) -> Any:
+        module, _, attribute = self.target(name).partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+# Index backends, by the ``kind`` stored in each index's sparsa.json.
+INDEX_BACKENDS = Registry("index kind", {"bm25": "sparsa.indexes.lucene:LuceneBM25Index"})

@@ -108,12 +108,21 @@ def check_qrels_against_corpus(qrels: Qrels, corpus: Corpus, qrels_path: Path) -
             raise DataFormatError(qrels_path, f"document {parts[-2]!r} is not in the corpus", number)
 
 
+_CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "*_document.jsonl.gz", "*.jsonl.gz")
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """A corpus from a JSONL file or from the corpus file of a dataset folder."""
+    path = Path(path).expanduser()
+    return read_corpus(_find(path, _CORPUS_FILES, "corpus") if path.is_dir() else path)
+
+
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:
     """Load a BEIR-layout folder (or a TREC-style one such as trec-dl-2019-passage)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DataFormatError(folder, "dataset folder not found")
-    corpus_path = _find(folder, ("corpus.jsonl", "corpus.jsonl.gz", "*_document.jsonl.gz", "*.jsonl.gz"), "corpus")
+    corpus_path = _find(folder, _CORPUS_FILES, "corpus")
     queries_path = _find(folder, ("queries.jsonl", "*queries*.tsv", "topics*.tsv"), "queries")
     corpus = read_corpus(corpus_path)
     queries = read_queries(queries_path)

@@ -1,0 +1,132 @@
+"""Index jobs: atomic publishing, the index manifest, and opening any index by its manifest.
+
+Every index is a folder with a ``sparsa.json`` manifest written last. Builds happen in a hidden
+sibling folder and are renamed into place only when complete, so a failed or killed build leaves
+the previously published index untouched and serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sparsa import __version__
+from sparsa.errors import IndexCorruptError
+from sparsa.registry import INDEX_BACKENDS
+from sparsa.types import Corpus
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "sparsa.json"
+_BUILDING = ".building-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Delete leftovers of builds whose process died (killed jobs leave their work folder)."""
+    for leftover in final.parent.glob(f".{final.name}{_BUILDING}*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            logger.info("removing leftover of an interrupted build: %s", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def atomic_index_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty work folder; on success it replaces ``final`` in one rename."""
+    final = Path(final).expanduser().resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not (final / MANIFEST).is_file():
+        raise IndexCorruptError(f"{final} exists but is not a sparsa index (no {MANIFEST}); refusing to replace it")
+    _remove_stale_builds(final)
+    work = final.with_name(f".{final.name}{_BUILDING}{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        if not (work / MANIFEST).is_file():
+            raise RuntimeError(f"index build finished without writing {MANIFEST}")
+        if final.exists():
+            retired = final.with_name(f".{final.name}.retired-{os.getpid()}")
+            os.replace(final, retired)
+            os.replace(work, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest}
+    return files
+
+
+def write_manifest(folder: Path, kind: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Write ``sparsa.json`` (last step of a build): kind, config, version, and every file's checksum."""
+    manifest = {
+        "kind": kind,
+        "config": config,
+        "sparsa_version": __version__,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+        "files": _file_digests(folder),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(path: str | Path, verify: str = "size") -> dict[str, Any]:
+    """Read and check an index manifest. ``verify``: "none", "size" (cheap) or "sha256" (full)."""
+    folder = Path(path).expanduser()
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise IndexCorruptError(f"{folder}: not a sparsa index (no {MANIFEST}); build one with 'sparsa index'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        manifest["kind"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if verify != "none":
+        for rel, expected in files.items():
+            file = folder / rel
+            if not file.is_file():
+                raise IndexCorruptError(f"{folder}: file {rel} is missing; rebuild the index")
+            if file.stat().st_size != expected["bytes"]:
+                raise IndexCorruptError(f"{folder}: file {rel} has the wrong size; rebuild the index")
+            if verify == "sha256" and hashlib.sha256(file.read_bytes()).hexdigest() != expected["sha256"]:
+                raise IndexCorruptError(f"{folder}: file {rel} fails its checksum; rebuild the index")
+    return manifest
+
+
+def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool | None = None, **config: Any) -> Path:
+    """Build an index of ``kind`` (see ``sparsa.registry.INDEX_BACKENDS``) over ``corpus`` at ``out``."""
+    backend = INDEX_BACKENDS.get(kind)
+    return backend.build(corpus, out, show_progress=show_progress, **config)
+
+
+def open_index(path: str | Path, verify: str = "size") -> Any:
+    """Open any sparsa index folder; its manifest says which backend reads it."""
+    manifest = read_manifest(path, verify=verify)
+    return INDEX_BACKENDS.get(manifest["kind"]).open(path)

@@ -1,0 +1,66 @@
+"""Entry point: ``sparsa <command>`` (also ``python -m sparsa``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from sparsa import __version__
+from sparsa.cli import demo, models, retrieval
+from sparsa.cli.common import console
+from sparsa.errors import SparsaError
+
+app = typer.Typer(
+    name="sparsa",
+    help="Learned sparse retrieval and retrieval-augmented QA.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+app.command("index")(retrieval.index)
+app.command("search")(retrieval.search)
+app.command("eval")(retrieval.eval_)
+app.command("demo")(demo.demo)
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only, no progress bars")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("sparsa").setLevel(level)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the sparsa version."""
+    console.print(f"sparsa {__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. Errors print ``error: <message>``, never a traceback."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("sparsa")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        # Standalone mode lets typer print usage errors and help itself; it ends with SystemExit.
+        app(args=argv, prog_name="sparsa")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except SparsaError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except OSError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0

@@ -1,0 +1,102 @@
+"""``sparsa index``, ``sparsa search`` and ``sparsa eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sparsa.cli.common import console, dataset_path, index_path, out
+from sparsa.data import load_corpus, load_dataset, read_queries
+from sparsa.errors import ConfigError
+from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
+from sparsa.registry import INDEX_BACKENDS
+from sparsa.types import Qrels, Query, Run
+
+DatasetOpt = Annotated[str | None, typer.Option(help="dataset folder or name under the data dir (e.g. scifact)")]
+SplitOpt = Annotated[str, typer.Option(help="qrels split of the dataset")]
+
+
+def index(
+    out_: Annotated[str, typer.Option("--out", help="index folder, or a name under $SPARSA_HOME/indexes")],
+    dataset: DatasetOpt = None,
+    corpus: Annotated[Path | None, typer.Option(help="corpus JSONL file (instead of --dataset)")] = None,
+    kind: Annotated[str, typer.Option(help=f"index kind: {', '.join(INDEX_BACKENDS.names())}")] = "bm25",
+    threads: Annotated[int, typer.Option(help="indexing threads")] = 2,
+) -> None:
+    """Build an index over a corpus, atomically (a failed build leaves the old index intact)."""
+    from sparsa.indexes import build_index
+
+    if (dataset is None) == (corpus is None):
+        raise ConfigError("give exactly one of --dataset or --corpus")
+    docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
+    path = build_index(kind, docs, index_path(out_), threads=threads)
+    console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
+
+
+def search(
+    index_: Annotated[str, typer.Option("--index", help="index folder or name")],
+    query: Annotated[str | None, typer.Option(help="one query text; prints the hits")] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = "test",
+    queries: Annotated[Path | None, typer.Option(help="queries file (JSONL or TSV)")] = None,
+    k: Annotated[int, typer.Option(help="hits per query", min=1, max=10_000)] = 1000,
+    run_out: Annotated[Path | None, typer.Option("--out", help="write the run here (TREC format)")] = None,
+) -> None:
+    """Search an index with one query, a dataset's queries, or a queries file."""
+    from sparsa.indexes import open_index
+
+    if sum(x is not None for x in (query, dataset, queries)) != 1:
+        raise ConfigError("give exactly one of --query, --dataset or --queries")
+    opened = open_index(index_path(index_))
+    if query is not None:
+        if not query.strip():
+            raise ConfigError("the query is empty")
+        run = opened.retrieve([Query("q", query)], k=k, show_progress=False)
+        table = Table("rank", "doc id", "score")
+        for rank, hit in enumerate(run["q"], start=1):
+            table.add_row(str(rank), hit.doc_id, f"{hit.score:.4f}")
+        console.print(table)
+    else:
+        topics = load_dataset(dataset_path(dataset), split).queries if dataset else read_queries(queries)
+        run = opened.retrieve(topics, k=k)
+    if run_out is not None:
+        run.write_trec(run_out)
+        console.print(f"wrote {sum(len(h) for h in run.values())} hits for {len(run)} queries to {run_out}")
+    elif query is None:
+        for qid, hits in run.items():
+            for rank, hit in enumerate(hits, start=1):
+                out.print(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {run.name}")
+
+
+def print_eval(result: RankingEval, title: str = "") -> None:
+    table = Table(title=title or None)
+    table.add_column("run")
+    for name in result.aggregate:
+        table.add_column(name, justify="right")
+    table.add_column("queries", justify="right")
+    table.add_row(result.run_name, *(f"{v:.4f}" for v in result.aggregate.values()), str(result.num_queries))
+    console.print(table)
+
+
+def eval_(
+    run_file: Annotated[Path, typer.Option("--run", help="TREC run file")],
+    dataset: DatasetOpt = None,
+    split: SplitOpt = "test",
+    qrels: Annotated[Path | None, typer.Option(help="qrels file (instead of --dataset)")] = None,
+    measure: Annotated[list[str] | None, typer.Option(help="measure(s); default nDCG@10 MRR@10 R@100 MAP")] = None,
+    json_out: Annotated[Path | None, typer.Option("--out", help="write aggregate + per-query JSON here")] = None,
+) -> None:
+    """Evaluate a run with ir_measures and print a table (and JSON with --out)."""
+    if (dataset is None) == (qrels is None):
+        raise ConfigError("give exactly one of --dataset or --qrels")
+    judgements = load_dataset(dataset_path(dataset), split).qrels if dataset else Qrels.read_trec(qrels)
+    if judgements is None:
+        raise ConfigError(f"dataset {dataset} has no qrels for split {split!r}")
+    result = evaluate_run(Run.read_trec(run_file), judgements, measure or tuple(DEFAULT_MEASURES))
+    print_eval(result)
+    if json_out is not None:
+        result.write_json(json_out)
+        console.print(f"wrote {json_out}")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sparsa.errors import ConfigError, MissingDependencyError, require
+from sparsa.errors import ConfigError, IndexCorruptError, MissingDependencyError, require
 from sparsa.indexes.jobs import atomic_index_dir, read_manifest, write_manifest
 from sparsa.progress import progress_bar
 from sparsa.types import Corpus, Hit, Query, Run
@@ -77,12 +77,16 @@ class LuceneBM25Index:
 
     def __init__(self, path: Path, config: BM25Config, manifest: dict):
         start_java()
+        from jnius import JavaException
         from pyserini.search.lucene import LuceneSearcher
 
         self.path = path
         self.config = config
         self.manifest = manifest
-        self._searcher = LuceneSearcher(str(path / "lucene"))
+        try:
+            self._searcher = LuceneSearcher(str(path / "lucene"))
+        except JavaException as exc:
+            raise IndexCorruptError(f"{path}: Lucene could not open the index ({exc}); rebuild it") from None
         self._searcher.set_bm25(config.k1, config.b)
 
     @classmethod

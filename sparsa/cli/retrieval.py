@@ -92,10 +92,11 @@ def eval_(
     """Evaluate a run with ir_measures and print a table (and JSON with --out)."""
     if (dataset is None) == (qrels is None):
         raise ConfigError("give exactly one of --dataset or --qrels")
+    run = Run.read_trec(run_file)
     judgements = load_dataset(dataset_path(dataset), split).qrels if dataset else Qrels.read_trec(qrels)
     if judgements is None:
         raise ConfigError(f"dataset {dataset} has no qrels for split {split!r}")
-    result = evaluate_run(Run.read_trec(run_file), judgements, measure or tuple(DEFAULT_MEASURES))
+    result = evaluate_run(run, judgements, measure or tuple(DEFAULT_MEASURES))
     print_eval(result)
     if json_out is not None:
         result.write_json(json_out)

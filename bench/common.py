@@ -1,0 +1,43 @@
+"""What every benchmark records beside its numbers: command, commit, hardware, versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_metadata(packages: tuple[str, ...] = ()) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    versions = {}
+    for name in ("sparsa", *packages):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "versions": versions,
+    }
+
+
+def write_results(name: str, payload: dict, packages: tuple[str, ...] = ()) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"meta": run_metadata(packages), **payload}, indent=2) + "\n")
+    return path

@@ -1,0 +1,58 @@
+"""The CLI in-process through ``main(argv)``: real commands, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparsa.cli.main import main
+from tests.conftest import needs_java
+
+
+def test_models_list_and_unknown_model(capsys):
+    assert main(["models", "list"]) == 0
+    assert "splade-tiny" in capsys.readouterr().err
+    assert main(["models", "pull", "splade-tiyn", "--no-check"]) == 2
+    assert "unknown model 'splade-tiyn'" in capsys.readouterr().err
+    assert main(["models", "pull"]) == 2
+
+
+def test_bad_input_is_an_error_line_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text('{"_id": "1", "text": "ok"}\n{"_id": "2", "text": \n')
+    assert main(["index", "--corpus", str(bad), "--out", str(tmp_path / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}:2: invalid JSON" in err and "Traceback" not in err
+    assert main(["eval", "--run", str(tmp_path / "missing.trec"), "--qrels", str(bad)]) == 2
+    assert "missing.trec: file not found" in capsys.readouterr().err
+    assert main(["search", "--index", str(tmp_path / "nothing"), "--query", "x"]) == 2
+    assert "not a sparsa index" in capsys.readouterr().err
+    assert main(["index", "--out", "x"]) == 2  # neither --dataset nor --corpus
+    assert main(["search", "--bogus-flag"]) == 2  # usage error from the parser
+
+
+def test_index_search_eval_roundtrip(tmp_path, shared_data, capsys):
+    needs_java()
+    index = tmp_path / "cran"
+    assert main(["-q", "index", "--dataset", str(shared_data / "cranfield"), "--out", str(index)]) == 0
+    run = tmp_path / "run.trec"
+    assert main(["-q", "search", "--index", str(index), "--dataset", str(shared_data / "cranfield"),
+                 "--k", "100", "--out", str(run)]) == 0
+    assert len(run.read_text().splitlines()) == 225 * 100
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(run), "--dataset", str(shared_data / "cranfield"), "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["num_queries"] == 225 and result["aggregate"]["nDCG@10"] > 0.3
+    assert len(result["per_query"]) == 225
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), "--query", "slipstream wing", "--k", "3"]) == 0
+    assert "rank" in capsys.readouterr().err
+    assert main(["search", "--index", str(index), "--query", "   "]) == 2
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "sparsa", "version"], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and "sparsa 0.1.0" in out.stderr

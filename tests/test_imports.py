@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 SUBPACKAGES = ["retrieval", "indexes", "rerank", "rag", "kernels", "api", "data", "eval", "cli"]
 
@@ -30,3 +31,14 @@ def test_no_generic_top_level_modules_installed():
     code = "import importlib.util as u\nfor m in ('api', 'kernels', 'retrieval', 'indexes', 'rag', 'rerank'):\n" \
            "    s = u.find_spec(m)\n    assert s is None, (m, s.origin)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_plain_pip_install_maps_every_subpackage(tmp_path):
+    """``pip install .`` (not editable) must ship the top-level folders as sparsa.<name>."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(tmp_path), str(repo)], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "sparsa"]
+    code = "import sparsa\n" + "\n".join(f"import sparsa.{name}" for name in SUBPACKAGES) + \
+           "\nassert sparsa.__file__.startswith(%r)" % str(tmp_path)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/", env={"PYTHONPATH": str(tmp_path)})

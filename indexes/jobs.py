@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from sparsa import __version__
-from sparsa.errors import IndexCorruptError
+from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.registry import INDEX_BACKENDS
 from sparsa.types import Corpus
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "sparsa.json"
-_BUILDING = ".building-"
+_BUILDING = ".building"
+_OWNER = "owner.pid"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -39,30 +40,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_builds(final: Path) -> None:
-    """Delete leftovers of builds whose process died (killed jobs leave their work folder)."""
-    for leftover in final.parent.glob(f".{final.name}{_BUILDING}*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            logger.info("removing leftover of an interrupted build: %s", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
+def _claim_work_dir(work: Path, resume: bool) -> None:
+    """Take the build folder: refuse if a live build owns it; keep its contents only to resume."""
+    owner = work / _OWNER
+    if owner.is_file():
+        pid = int(owner.read_text() or 0)
+        if pid != os.getpid() and _pid_alive(pid):
+            raise ConfigError(f"another build of {work.name.removeprefix('.').removesuffix(_BUILDING)} "
+                              f"is running (pid {pid}); wait for it or stop it")
+    if work.exists() and not resume:
+        logger.info("removing leftover of an interrupted build: %s", work)
+        shutil.rmtree(work)
+    elif work.exists():
+        logger.info("resuming the interrupted build in %s", work)
+    work.mkdir(exist_ok=True)
+    owner.write_text(str(os.getpid()))
 
 
 @contextmanager
-def atomic_index_dir(final: str | Path) -> Iterator[Path]:
-    """Yield an empty work folder; on success it replaces ``final`` in one rename."""
+def atomic_index_dir(final: str | Path, resume: bool = False) -> Iterator[Path]:
+    """Yield the build folder ``.<name>.building``; on success it replaces ``final`` in one rename.
+
+    With ``resume``, a folder left by a dead build is handed back as it is (the job decides what
+    of it to reuse) and kept if this build fails too; otherwise it starts empty and is removed.
+    """
     final = Path(final).expanduser().resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not (final / MANIFEST).is_file():
         raise IndexCorruptError(f"{final} exists but is not a sparsa index (no {MANIFEST}); refusing to replace it")
-    _remove_stale_builds(final)
-    work = final.with_name(f".{final.name}{_BUILDING}{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work = final.with_name(f".{final.name}{_BUILDING}")
+    _claim_work_dir(work, resume)
     try:
         yield work
         if not (work / MANIFEST).is_file():
             raise RuntimeError(f"index build finished without writing {MANIFEST}")
+        (work / _OWNER).unlink()
         if final.exists():
             retired = final.with_name(f".{final.name}.retired-{os.getpid()}")
             os.replace(final, retired)
@@ -70,13 +82,15 @@ def atomic_index_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        if not resume:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, _OWNER)):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest}
     return files

@@ -39,4 +39,15 @@ class Registry:
 
 
 # Index backends, by the ``kind`` stored in each index's sparsa.json.
-INDEX_BACKENDS = Registry("index kind", {"bm25": "sparsa.indexes.lucene:LuceneBM25Index"})
+INDEX_BACKENDS = Registry("index kind", {
+    "bm25": "sparsa.indexes.lucene:LuceneBM25Index",
+    "sparse": "sparsa.indexes.learned_sparse:LearnedSparseIndex",
+})
+
+# Search structures over a learned-sparse index's stored vectors: build(matrix, folder, config),
+# open(folder, matrix, config), search(vectors, k).
+SPARSE_BACKENDS = Registry("sparse backend", {
+    "exact": "sparsa.indexes.exact_sparse:ExactSparseSearcher",
+    "seismic": "sparsa.indexes.seismic_index:SeismicSearcher",
+    "lucene-impact": "sparsa.indexes.lucene_impact:LuceneImpactSearcher",
+})

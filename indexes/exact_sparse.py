@@ -1,7 +1,9 @@
-"""Exact learned-sparse search: documents as a CSR matrix, scores by sparse x dense matmul, top-k.
+"""Exact learned-sparse search: the ground truth for approximate engines, and the GPU engine.
 
-One code path for CPU and GPU (torch sparse CSR). Queries are scored in batches, and the batch is
-sized so the (documents x batch) score block stays under a fixed number of elements.
+- CPU: an inverted index as a scipy CSC matrix; a query touches only its own terms' postings.
+- CUDA: documents as a torch sparse CSR matrix, a batch of queries as a dense [vocab, batch]
+  block, one sparse x dense matmul and ``topk``. The batch is sized so the [documents, batch]
+  score block stays under a fixed number of elements.
 """
 
 from __future__ import annotations
@@ -19,29 +21,40 @@ from sparsa.types import Hit, SparseVector
 
 logger = logging.getLogger(__name__)
 
-_SCORE_BLOCK = 1 << 26  # elements of the (documents x queries) score block held at once
+_SCORE_BLOCK = 1 << 28  # elements of the [documents, queries] score block held at once on the GPU
+
+
+def _hits(doc_ids: list[str], rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    """Hits for the given rows, skipping documents that share no term with the query."""
+    return [Hit(doc_ids[r], float(s)) for r, s in zip(rows.tolist(), scores.tolist()) if s > 0]
 
 
 class ExactSparseSearcher:
-    """Brute-force dot products over every document: the ground truth for approximate engines."""
+    """Scores every document that shares a term with the query; exact top-k."""
 
     name = "exact"
 
     def __init__(self, matrix: SparseMatrix, device: str = "auto"):
-        import torch
-
         self.matrix = matrix
-        self.device = torch.device(resolve_device(device))
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on mm
-            warnings.simplefilter("ignore", UserWarning)
-            self._docs = torch.sparse_csr_tensor(
-                torch.from_numpy(matrix.indptr), torch.from_numpy(matrix.indices.astype(np.int64)),
-                torch.from_numpy(matrix.values), size=(len(matrix), matrix.dim), check_invariants=False,
-            ).to(self.device)
+        self.device = resolve_device(device)
+        if self.device == "cpu":
+            import scipy.sparse as sp
+
+            shape = (len(matrix), matrix.dim)
+            self._postings = sp.csr_matrix((matrix.values, matrix.indices, matrix.indptr), shape=shape).tocsc()
+        else:
+            import torch
+
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on mm
+                warnings.simplefilter("ignore", UserWarning)
+                self._docs = torch.sparse_csr_tensor(
+                    torch.from_numpy(matrix.indptr), torch.from_numpy(matrix.indices.astype(np.int64)),
+                    torch.from_numpy(matrix.values), size=(len(matrix), matrix.dim), check_invariants=False,
+                ).to(self.device)
 
     @classmethod
     def build(cls, matrix: SparseMatrix, folder: Path, config: dict) -> ExactSparseSearcher:
-        return cls(matrix)  # the stored vectors are the whole index
+        return cls(matrix, "cpu")  # the stored vectors are the whole index
 
     @classmethod
     def open(cls, folder: Path, matrix: SparseMatrix, config: dict) -> ExactSparseSearcher:
@@ -51,22 +64,32 @@ class ExactSparseSearcher:
         return {}
 
     def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+        k = min(k, len(self.matrix))
+        return self._search_cpu(queries, k) if self.device == "cpu" else self._search_torch(queries, k)
+
+    def _search_cpu(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+        results = []
+        for q in queries:
+            scores = self._postings[:, q.indices] @ q.values  # [documents]
+            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            results.append(_hits(self.matrix.doc_ids, top, scores[top]))
+        return results
+
+    def _search_torch(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         import torch
 
-        k = min(k, len(self.matrix))
-        batch = max(1, min(256, _SCORE_BLOCK // max(1, len(self.matrix))))
+        batch = max(1, min(1024, _SCORE_BLOCK // max(1, len(self.matrix))))
         results: list[list[Hit]] = []
         with torch.inference_mode():
             for start in range(0, len(queries), batch):
                 chunk = queries[start : start + batch]
-                dense = torch.zeros(self.matrix.dim, len(chunk), dtype=torch.float32)
-                for j, q in enumerate(chunk):
-                    dense[torch.from_numpy(q.indices.astype(np.int64)), j] = torch.from_numpy(q.values)
-                scores = torch.sparse.mm(self._docs, dense.to(self.device))  # [docs, batch]
-                top = torch.topk(scores, k, dim=0)
-                values, rows = top.values.T.cpu().numpy(), top.indices.T.cpu().numpy()
-                for j in range(len(chunk)):
-                    keep = values[j] > 0  # documents sharing no term with the query are not hits
-                    results.append([Hit(self.matrix.doc_ids[r], float(v))
-                                    for r, v in zip(rows[j][keep], values[j][keep])])
+                cols = np.concatenate([np.full(q.nnz, j) for j, q in enumerate(chunk)])
+                rows = np.concatenate([q.indices for q in chunk]).astype(np.int64)
+                dense = torch.zeros(self.matrix.dim, len(chunk), dtype=torch.float32, device=self.device)
+                dense[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = \
+                    torch.from_numpy(np.concatenate([q.values for q in chunk])).to(self.device)
+                top = torch.topk(torch.sparse.mm(self._docs, dense), k, dim=0)  # of [documents, batch]
+                values, rows_top = top.values.T.cpu().numpy(), top.indices.T.cpu().numpy()
+                results.extend(_hits(self.matrix.doc_ids, rows_top[j], values[j]) for j in range(len(chunk)))
         return results

@@ -90,4 +90,9 @@ class SeismicSearcher:
             k=k, query_cut=self.config.query_cut, heap_factor=self.config.heap_factor,
             num_threads=self.config.threads,
         )
-        return [[Hit(doc_id, float(score)) for _, score, doc_id in hits] for hits in found]
+        # Results come back grouped per query but not in query order: place them by query id.
+        results: list[list[Hit]] = [[] for _ in queries]
+        for hits in found:
+            for qid, score, doc_id in hits:
+                results[int(qid)].append(Hit(doc_id, float(score)))
+        return results

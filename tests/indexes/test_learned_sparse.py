@@ -56,7 +56,7 @@ def cranfield_sparse(tmp_path_factory, cranfield):
 
 def test_backends_agree_with_exact_search(cranfield_sparse, cranfield):
     encoder = HashingEncoder()
-    queries = [encoder.encode(q.text) for q in cranfield.queries[:50]]
+    queries = [encoder.encode(q.text) for q in cranfield.queries]  # a large batch: results stay in order
     exact = open_index(cranfield_sparse).search(queries, k=10)
     assert open_index(cranfield_sparse).num_documents == 1400
     first = cranfield.corpus.documents[0]
@@ -68,6 +68,7 @@ def test_backends_agree_with_exact_search(cranfield_sparse, cranfield):
 
         found = LearnedSparseIndex.open(cranfield_sparse, backend=backend).search(queries, k=10)
         assert np.mean([overlap_at(e, f) for e, f in zip(exact, found)]) >= floor, backend
+        assert np.mean([e[0].doc_id == f[0].doc_id for e, f in zip(exact, found)]) >= floor, backend
 
 
 def test_manifest_records_the_encoder(cranfield_sparse):
@@ -104,3 +105,27 @@ def test_damaged_vectors_are_refused(tmp_path, cranfield):
     (out / "vectors" / "values.npy").write_bytes(b"garbage")
     with pytest.raises(IndexCorruptError):
         open_index(out)
+
+
+def test_exact_search_matches_brute_force_dot_products():
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+    from sparsa.indexes.sparse_matrix import SparseMatrix
+
+    rng = np.random.default_rng(0)
+    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 8)}) for _ in range(40)]
+    matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(40)], docs, 50)
+    query = SparseVector.from_dict({3: 1.0, 7: 0.5, 11: 2.0})
+    expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0), reverse=True)[:5]
+    hits = ExactSparseSearcher(matrix, "cpu").search([query], k=5)[0]
+    assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
+    assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], rel=1e-6)
+    assert matrix.row(3).to_dict() == pytest.approx(docs[3].to_dict())
+
+
+def test_quantization_round_trip():
+    from sparsa.indexes.quantize import impact_dict, quantize
+
+    values = np.array([0.004, 0.5, 1.234, 2.0], dtype=np.float32)
+    assert quantize(values).tolist() == [1, 50, 123, 200]  # positive weights never vanish
+    assert np.abs(quantize(values) / 100 - values).max() <= 0.006
+    assert impact_dict(SparseVector.from_dict({7: 0.5, 9: 1.0})) == {"7": 50, "9": 100}

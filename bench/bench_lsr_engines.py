@@ -1,0 +1,147 @@
+"""Learned-sparse engines on the same vectors: build time, size, latency, throughput, recall@10.
+
+    python bench/bench_lsr_engines.py --collection scifact            # real splade-tiny vectors
+    python bench/bench_lsr_engines.py --collection synthetic --docs 1000000
+    python bench/bench_lsr_engines.py --collection synthetic --docs 1000000 --engines exact seismic exact-gpu --tag h200
+
+Engines: exact (sparsa's exact backend on CPU: scipy CSC postings), seismic, lucene-impact, and
+exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk). Latency is per
+single query on one thread; throughput is one batch of all queries (one thread on CPU). Recall@10
+is against exact scoring. Encoded SciFact vectors are cached in .stage/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import write_results  # noqa: E402
+from synthetic_splade import synthesize  # noqa: E402
+
+from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
+from sparsa.types import Hit, SparseVector  # noqa: E402
+
+STAGE = Path(__file__).resolve().parent.parent / ".stage"
+K = 10
+
+
+def scifact_vectors(data_dir: Path) -> tuple[SparseMatrix, list[SparseVector]]:
+    """splade-tiny vectors of SciFact's corpus and test queries (encoded once, then cached)."""
+    docs_dir, queries_file = STAGE / "scifact-splade-tiny", STAGE / "scifact-splade-tiny-queries.npz"
+    if not (docs_dir / "doc_ids.json").is_file() or not queries_file.is_file():
+        from sparsa.data import load_dataset
+        from sparsa.retrieval.splade import SpladeEncoder
+
+        data = load_dataset(data_dir / "scifact")
+        encoder = SpladeEncoder()
+        vectors = encoder.encode_documents([d.full_text for d in data.corpus.documents])
+        SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size).save(docs_dir)
+        queries = encoder.encode_queries([q.text for q in data.queries])
+        query_matrix = SparseMatrix.from_vectors([q.id for q in data.queries], queries, encoder.vocab_size)
+        np.savez(queries_file, indptr=query_matrix.indptr, indices=query_matrix.indices, values=query_matrix.values)
+    saved = np.load(queries_file)
+    queries = [SparseVector(saved["indices"][a:b], saved["values"][a:b])
+               for a, b in zip(saved["indptr"][:-1], saved["indptr"][1:])]
+    return SparseMatrix.load(docs_dir), queries
+
+
+def open_engine(name: str, matrix: SparseMatrix, folder: Path):
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+    from sparsa.registry import SPARSE_BACKENDS
+
+    if name in ("exact", "exact-gpu"):
+        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu")
+    return SPARSE_BACKENDS.get(name).build(matrix, folder, {"threads": 1})
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def measure(name: str, matrix: SparseMatrix, queries: list[SparseVector], truth: list[list[Hit]] | None,
+            latency_queries: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        started = time.perf_counter()
+        engine = open_engine(name, matrix, folder)
+        build_s = time.perf_counter() - started
+        size = folder_bytes(folder) or int(matrix.indptr.nbytes + matrix.indices.nbytes + matrix.values.nbytes)
+        engine.search(queries[:5], K)  # warm-up
+        latencies = []
+        for q in queries[:latency_queries]:
+            t = time.perf_counter()
+            engine.search([q], K)
+            latencies.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        found = engine.search(queries, K)
+        batch_s = time.perf_counter() - t
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    recall = None
+    if truth is not None:
+        recall = float(np.mean([len({h.doc_id for h in f} & {h.doc_id for h in t}) / max(1, min(K, len(t)))
+                                for f, t in zip(found, truth)]))
+    return {"build_s": round(build_s, 2), "index_mb": round(size / 2**20, 1),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 3), "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+            "batch_qps": round(len(queries) / batch_s, 1), "recall@10": None if recall is None else round(recall, 4),
+            "found": found}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collection", choices=["scifact", "synthetic"], default="scifact")
+    parser.add_argument("--docs", type=int, default=1_000_000, help="synthetic collection size")
+    parser.add_argument("--engines", nargs="+",
+                        default=["exact", "seismic", "lucene-impact"])
+    parser.add_argument("--latency-queries", type=int, default=300)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--tag", default="cpu", help="results key, e.g. cpu or h200")
+    args = parser.parse_args()
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from sparsa.config import load_settings
+
+    matrix, queries = scifact_vectors(args.data_dir or load_settings().data_dir)
+    if args.collection == "synthetic":
+        started = time.perf_counter()
+        matrix = synthesize(matrix, args.docs)
+        print(f"synthesized {len(matrix)} documents in {time.perf_counter() - started:.0f} s")
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+
+    truth = ExactSparseSearcher(matrix, "cpu").search(queries, K)
+    rows = {}
+    for name in args.engines:
+        row = measure(name, matrix, queries, truth, args.latency_queries)
+        row.pop("found")
+        rows[name] = row
+        print(f"{name:<14} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  p50 {row['p50_ms']:>8.3f} ms"
+              f"  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} q/s  recall@10 {row['recall@10']}",
+              flush=True)
+
+    key = f"{args.collection}-{len(matrix)}"
+    out = STAGE.parent / "bench" / "results" / "lsr_engines.json"
+    previous = json.loads(out.read_text()).get("runs", {}) if out.is_file() else {}
+    previous.setdefault(key, {})[args.tag] = {
+        "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+        "queries": len(queries), "mean_query_terms": round(float(np.mean([q.nnz for q in queries])), 1),
+        "engines": rows,
+    }
+    path = write_results("lsr_engines", {"k": K, "runs": previous}, packages=("torch", "scipy", "pyseismic-lsr", "pyserini"))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

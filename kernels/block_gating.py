@@ -1,0 +1,307 @@
+"""SeerAttention-style block gating: which KV blocks each query block should attend to.
+
+Algorithm (SeerAttention, Gao et al., 2024, arXiv:2410.13276):
+  * **Training-free gate** (:func:`block_gate_scores`, :func:`select_blocks`, :func:`training_free_gate`):
+    pool every ``block_size`` queries and keys (mean, max or min over the tokens of a block), score
+    every block pair with the scaled pooled dot product, softmax over the visible KV blocks of each
+    query block, then keep the top-k or above-threshold blocks. The first ("sink") block and the
+    diagonal block (the one holding the newest visible key) are always kept; with ``causal=True``
+    blocks wholly in the future are never kept. Cheap: ``O((S / block)^2 * D)`` in plain PyTorch.
+  * **Block-level ground truth** for training a gate (:func:`attention_block_max`): the attention map
+    max-pooled over ``block_size x block_size`` blocks, ``gt[i, j] = max_{r in i, c in j} softmax(QK^T)
+    [r, c]``, computed by a FlashAttention-2-style Triton kernel (Dao, 2023) that never materialises the
+    map: a first pass over the keys finds each row's log-sum-exp, a second recomputes ``QK^T`` tile by
+    tile and writes one max per block. Costs two ``QK^T`` products, no ``PV``.
+    :func:`attention_block_max_ref` is the PyTorch reference.
+  * **Learnable gate** (:class:`LearnableBlockGate`): SeerAttention's AttnGate, a linear map of
+    mean-pooled queries against a linear map of [max, min, mean]-pooled keys per head, trained with
+    :func:`gate_distillation_loss` (KL divergence to the row-normalised ground truth).
+
+Shapes: batched ``q [B, Hq, Sq, D]``, ``k [B, Hkv, Sk, D]`` (SDPA layout), GQA/MQA with ``Hq % Hkv == 0``;
+head dim 64 or 128 for the Triton kernel (any for the PyTorch gates); fp16, bf16, fp32; any lengths
+(ragged last blocks are pooled over their valid tokens only). Causal masks align bottom-right as in
+:mod:`block_sparse_attention`. Masks come out as :class:`KeptBlocks` for ``block_sparse_attention``.
+
+Tested: triton 3.9.0 under ``TRITON_INTERPRET=1`` (CPU, torch 2.13) and triton 3.6.0 on an NVIDIA
+H200 (torch 2.11). Known limits: no varlen (cu_seqlens) input; the gates score per query head.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from .block_sparse_attention import KeptBlocks, _check_interpretable
+
+__all__ = [
+    "LearnableBlockGate",
+    "attention_block_max",
+    "attention_block_max_configs",
+    "attention_block_max_ref",
+    "block_gate_scores",
+    "block_visibility",
+    "gate_distillation_loss",
+    "pool_blocks",
+    "select_blocks",
+    "training_free_gate",
+]
+
+PoolMode = Literal["mean", "max", "min"]
+_POOL_MODES = ("mean", "max", "min")
+_LOG2E = 1.4426950408889634
+
+
+def pool_blocks(x: torch.Tensor, block_size: int, mode: PoolMode = "mean") -> torch.Tensor:
+    """Pool ``x [B, H, S, D]`` over blocks of ``block_size`` tokens -> fp32 ``[B, H, ceil(S / bs), D]``."""
+    if mode not in _POOL_MODES:
+        raise ValueError(f"pool mode must be one of {_POOL_MODES}, got {mode!r}")
+    b, h, s, d = x.shape
+    n_blocks = triton.cdiv(s, block_size)
+    pad = n_blocks * block_size - s
+    fill = {"mean": 0.0, "max": float("-inf"), "min": float("inf")}[mode]
+    xb = nn.functional.pad(x.float(), (0, 0, 0, pad), value=fill).view(b, h, n_blocks, block_size, d)
+    if mode == "mean":
+        sizes = torch.full((n_blocks,), float(block_size), device=x.device)
+        sizes[-1] = block_size - pad
+        return xb.sum(3) / sizes[:, None]
+    return xb.amax(3) if mode == "max" else xb.amin(3)
+
+
+def block_visibility(seqlen_q: int, seqlen_k: int, block_size: int, causal: bool,
+                     device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-level masks ``[n_q_blocks, n_k_blocks]``: (visible, forced).
+
+    ``visible[i, j]``: some query of block i may see some key of block j. ``forced[i, j]``: block j is the
+    sink (j = 0) or the diagonal block of i (holding its newest visible key), and is visible.
+    """
+    n_q, n_k = triton.cdiv(seqlen_q, block_size), triton.cdiv(seqlen_k, block_size)
+    qb = torch.arange(n_q, device=device)[:, None]
+    kb = torch.arange(n_k, device=device)[None, :]
+    diag = seqlen_k - seqlen_q
+    last_row = torch.clamp((qb + 1) * block_size - 1, max=seqlen_q - 1)
+    if causal:
+        newest_key = torch.clamp(last_row + diag, max=seqlen_k - 1)  # may be < 0: block sees nothing
+        visible = kb * block_size <= newest_key
+    else:
+        newest_key = torch.clamp(last_row + diag, 0, seqlen_k - 1)
+        visible = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
+    forced = ((kb == 0) | (kb == torch.div(newest_key, block_size, rounding_mode="floor"))) & visible
+    return visible, forced
+
+
+def block_gate_scores(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64, causal: bool = True,
+                      pool: PoolMode = "mean", sm_scale: float | None = None) -> torch.Tensor:
+    """Training-free gate: fp32 ``[B, Hq, n_q_blocks, n_k_blocks]`` block probabilities (rows sum to 1
+    over visible blocks; invisible blocks score 0)."""
+    if q.dim() != 4 or k.dim() != 4 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"need q [B, Hq, Sq, D], k [B, Hkv, Sk, D] with Hq % Hkv == 0: "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}")
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    qp = pool_blocks(q, block_size, pool)
+    kp = pool_blocks(k, block_size, pool).repeat_interleave(q.shape[1] // k.shape[1], 1)
+    visible, _ = block_visibility(q.shape[2], k.shape[2], block_size, causal, q.device)
+    logits = (qp @ kp.transpose(-1, -2)) * scale
+    logits = logits.masked_fill(~visible, float("-inf"))
+    return torch.softmax(logits, -1).nan_to_num(0.0)  # query blocks that see nothing: all zeros
+
+
+def select_blocks(scores: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_size: int, causal: bool,
+                  topk: int | None = None, threshold: float | None = None) -> torch.Tensor:
+    """Bool ``[B, H, n_q_blocks, n_k_blocks]``: the ``topk`` best visible blocks per query block, or those
+    scoring ``>= threshold`` (exactly one of the two), plus the sink and diagonal blocks."""
+    if (topk is None) == (threshold is None):
+        raise ValueError("give exactly one of topk and threshold")
+    visible, forced = block_visibility(seqlen_q, seqlen_k, block_size, causal, scores.device)
+    if scores.shape[-2:] != visible.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} do not match {tuple(visible.shape)} blocks")
+    ranked = scores.masked_fill(~visible, float("-inf"))
+    if topk is not None:
+        if topk < 0:
+            raise ValueError(f"topk must be >= 0, got {topk}")
+        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        top = ranked.topk(min(topk, scores.shape[-1]), dim=-1).indices
+        keep.scatter_(-1, top, True)
+    else:
+        keep = ranked >= threshold
+    return (keep & visible) | forced
+
+
+def training_free_gate(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64, causal: bool = True,
+                       topk: int | None = None, threshold: float | None = None, pool: PoolMode = "mean",
+                       sm_scale: float | None = None) -> KeptBlocks:
+    """Score blocks from pooled Q and K and keep the top-k / above-threshold ones, per query head."""
+    scores = block_gate_scores(q, k, block_size=block_size, causal=causal, pool=pool, sm_scale=sm_scale)
+    mask = select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size,
+                         causal=causal, topk=topk, threshold=threshold)
+    return KeptBlocks.from_mask(mask)
+
+
+def attention_block_max_configs() -> list[triton.Config]:
+    """Autotune space for the ground-truth kernel (one config when interpreting)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in [(4, 2), (4, 3), (8, 2)]]
+
+
+@triton.jit
+def _masked_scores(q, k_base, stride_ks, start_n, offs_m, seqlen_k, diag, qk_scale,
+                   CAUSAL: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Scaled (log2-domain) scores of the query tile against keys [start_n, start_n + BLOCK)."""
+    offs_n = start_n + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_k = offs_n < seqlen_k
+    k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_ks + offs_d[None, :],
+                mask=in_k[:, None], other=0.0)
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    keep = in_k[None, :]
+    if CAUSAL:
+        keep = keep & (offs_m[:, None] + diag >= offs_n[None, :])
+    return tl.where(keep, qk, float("-inf"))
+
+
+@triton.autotune(configs=attention_block_max_configs(), key=["HEAD_DIM", "BLOCK", "CAUSAL"])
+@triton.jit
+def _attention_block_max_kernel(
+    Q, K, OUT, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_ob, stride_oh, stride_om, seqlen_q, seqlen_k, qk_scale, H, GROUP,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    start_m = pid_m * BLOCK
+    offs_m = start_m + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qs
+                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    k_base = K + b * stride_kb + (h // GROUP) * stride_kh
+    diag = seqlen_k - seqlen_q
+    vis_hi = seqlen_k
+    if CAUSAL:
+        vis_hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK + diag), 0)
+
+    # Pass 1: each row's log-sum-exp (log2 domain), online as in FlashAttention.
+    m_i = tl.full([BLOCK], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    for start_n in range(0, vis_hi, BLOCK):
+        qk = _masked_scores(q, k_base, stride_ks, start_n, offs_m, seqlen_k, diag, qk_scale,
+                            CAUSAL, BLOCK, HEAD_DIM)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(qk - m_new[:, None]), 1)
+        m_i = m_new
+    lse2 = m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i))
+
+    # Pass 2: exact probabilities tile by tile, reduced to one max per block.
+    out_base = OUT + b * stride_ob + h * stride_oh + pid_m * stride_om
+    for start_n in range(0, vis_hi, BLOCK):
+        qk = _masked_scores(q, k_base, stride_ks, start_n, offs_m, seqlen_k, diag, qk_scale,
+                            CAUSAL, BLOCK, HEAD_DIM)
+        p = tl.where(row_ok[:, None], tl.exp2(qk - lse2[:, None]), 0.0)
+        tl.store(out_base + start_n // BLOCK, tl.max(tl.max(p, 1), 0))
+
+
+def attention_block_max(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64, causal: bool = False,
+                        sm_scale: float | None = None) -> torch.Tensor:
+    """Max-pooled attention probabilities: fp32 ``[B, Hq, ceil(Sq / bs), ceil(Sk / bs)]``.
+
+    ``q [B, Hq, Sq, D]``, ``k [B, Hkv, Sk, D]``; head dim 64 or 128; ``block_size`` in 16..128.
+    """
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"need q [B, Hq, Sq, D], k [B, Hkv, Sk, D] with Hq % Hkv == 0: "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}")
+    if q.shape[-1] != k.shape[-1] or q.shape[-1] not in (64, 128):
+        raise ValueError(f"head dim must be 64 or 128 and equal for q and k: {q.shape[-1]}, {k.shape[-1]}")
+    if q.dtype != k.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q and k must share a dtype among fp16/bf16/fp32: {q.dtype}, {k.dtype}")
+    _check_interpretable(q.dtype)
+    if block_size not in (16, 32, 64, 128):
+        raise ValueError(f"block_size must be one of (16, 32, 64, 128), got {block_size}")
+    if k.device != q.device:
+        raise ValueError(f"k is on {k.device}, q on {q.device}")
+    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
+    b, hq, sq, d = q.shape
+    sk = k.shape[2]
+    n_q, n_k = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
+    out = torch.zeros(b, hq, n_q, n_k, dtype=torch.float32, device=q.device)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    _attention_block_max_kernel[(n_q, b * hq)](
+        q, k, out, *q.stride()[:3], *k.stride()[:3], *out.stride()[:3], sq, sk, scale * _LOG2E,
+        hq, hq // k.shape[1], HEAD_DIM=d, BLOCK=block_size, CAUSAL=causal,
+    )
+    return out
+
+
+def attention_block_max_ref(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64,
+                            causal: bool = False, sm_scale: float | None = None) -> torch.Tensor:
+    """PyTorch reference of :func:`attention_block_max` (materialises the fp32 attention map)."""
+    b, hq, sq, d = q.shape
+    sk = k.shape[2]
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
+    kf = k.float().repeat_interleave(hq // k.shape[1], 1)
+    scores = (q.float() @ kf.transpose(-1, -2)) * scale
+    if causal:
+        rows = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
+        scores = scores.masked_fill(rows < torch.arange(sk, device=q.device)[None, :], float("-inf"))
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    n_q, n_k = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
+    probs = nn.functional.pad(probs, (0, n_k * block_size - sk, 0, n_q * block_size - sq))
+    return probs.view(b, hq, n_q, block_size, n_k, block_size).amax((3, 5))
+
+
+class LearnableBlockGate(nn.Module):
+    """SeerAttention's AttnGate for one attention layer: per-head linear maps of pooled Q and K.
+
+    ``forward(q [B, Hq, Sq, D], k [B, Hkv, Sk, D]) -> log-probabilities [B, Hq, n_q_blocks, n_k_blocks]``
+    (``-inf`` on invisible blocks). Keys are pooled by max, min and mean and concatenated, as in the paper.
+    """
+
+    def __init__(self, num_q_heads: int, num_kv_heads: int, head_dim: int, *, gate_dim: int = 128,
+                 block_size: int = 64, causal: bool = True):
+        super().__init__()
+        if num_q_heads % num_kv_heads:
+            raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads "
+                             f"({num_kv_heads})")
+        self.block_size, self.causal, self.group = block_size, causal, num_q_heads // num_kv_heads
+        self.q_proj = nn.Parameter(torch.randn(num_q_heads, head_dim, gate_dim) / math.sqrt(head_dim))
+        k_in = 3 * head_dim  # max, min and mean pooled keys, concatenated
+        self.k_proj = nn.Parameter(torch.randn(num_kv_heads, k_in, gate_dim) / math.sqrt(k_in))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        qp = pool_blocks(q, self.block_size, "mean")  # [B, Hq, nq, D]
+        kp = torch.cat([pool_blocks(k, self.block_size, m) for m in ("max", "min", "mean")], -1)
+        qg = torch.einsum("bhnd,hde->bhne", qp, self.q_proj)  # [B, Hq, nq, E]
+        kg = torch.einsum("bhnd,hde->bhne", kp, self.k_proj).repeat_interleave(self.group, 1)
+        logits = (qg @ kg.transpose(-1, -2)) / math.sqrt(qg.shape[-1])  # [B, Hq, nq, nk]
+        visible, _ = block_visibility(q.shape[2], k.shape[2], self.block_size, self.causal, q.device)
+        return torch.log_softmax(logits.masked_fill(~visible, float("-inf")), -1)
+
+    @torch.no_grad()
+    def select(self, q: torch.Tensor, k: torch.Tensor, *, topk: int | None = None,
+               threshold: float | None = None) -> KeptBlocks:
+        """Blocks to keep by the learned scores (same rules as :func:`select_blocks`)."""
+        scores = self.forward(q, k).exp()
+        mask = select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=self.block_size,
+                             causal=self.causal, topk=topk, threshold=threshold)
+        return KeptBlocks.from_mask(mask)
+
+
+def gate_distillation_loss(gate_log_probs: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
+    """KL(target || gate), target = ground truth (from :func:`attention_block_max`) normalised per row.
+
+    Both ``[B, H, n_q_blocks, n_k_blocks]``; query blocks that see no key are ignored.
+    """
+    mass = ground_truth.sum(-1, keepdim=True)
+    target = ground_truth / mass.clamp_min(1e-30)
+    valid = target > 0
+    log_gate = gate_log_probs.masked_fill(~valid, 0.0)
+    kl = torch.where(valid, target * (torch.log(target.clamp_min(1e-30)) - log_gate), 0.0).sum(-1)
+    rows = (mass[..., 0] > 0).sum().clamp_min(1)
+    return kl.sum() / rows

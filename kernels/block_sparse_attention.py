@@ -1,0 +1,424 @@
+"""Block-sparse attention forward (prefill) in Triton, with a plain PyTorch reference.
+
+Algorithm: FlashAttention-2 (Dao, 2023) online softmax, one program per (query block, batch x query
+head), visiting only the key/value blocks a block mask keeps (the layout used by SeerAttention,
+Gao et al., 2024, and FlexAttention's ``BlockMask``). The mask is a compact, per-query-block list of
+kept KV block indices (:class:`KeptBlocks`), made from a boolean ``[B, Hm, n_q_blocks, n_k_blocks]``
+mask by :meth:`KeptBlocks.from_mask`. Kept blocks lying fully inside the visible region run without
+any element masking; only blocks on the causal diagonal or the ragged end of the keys are masked.
+Dense mode (``block_mask=None``) walks all visible blocks with no index loads.
+
+Supported:
+  * layouts: batched ``q [B, Hq, Sq, D]``, ``k, v [B, Hkv, Sk, D]`` (SDPA layout), or varlen packed
+    ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` with ``cu_seqlens_q``/``cu_seqlens_k`` (int32, B + 1);
+  * GQA/MQA (``Hq`` a multiple of ``Hkv``); mask heads ``Hm`` dividing ``Hq`` (``Hq``, ``Hkv`` or 1);
+  * head dim 64 and 128; fp16, bf16 (fp32 too, for CPU tests); any sequence lengths;
+  * causal masking aligned bottom-right (query i sees key j iff ``j <= i + Sk - Sq``), as in
+    FlashAttention-2; non-causal.
+The mask's block size is both the query tile (``BLOCK_M``) and the KV block granularity; the kernel
+may split a kept KV block into smaller ``BLOCK_N`` tiles (autotuned).
+
+Contract: indices in each row of ``KeptBlocks.indices`` are sorted ascending in ``[0, count)``
+(``from_mask`` and the gates in ``block_gating`` guarantee it); the kernel relies on this to split
+unmasked from masked blocks. Rows with no visible key produce zeros (and ``lse = -inf``).
+
+Tested: triton 3.9.0 under ``TRITON_INTERPRET=1`` (CPU, torch 2.13) and triton 3.6.0 on an NVIDIA
+H200 (torch 2.11, CUDA 13). Known limits: forward only (no backward); no dropout, bias or softcap;
+the last dimension of q/k/v must be contiguous (others are copied); bf16 is refused under
+``TRITON_INTERPRET=1`` (the interpreter computes through numpy, which has no bf16).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "KeptBlocks",
+    "block_sparse_attention",
+    "block_sparse_attention_configs",
+    "block_sparse_attention_ref",
+]
+
+_HEAD_DIMS = (64, 128)
+_BLOCK_SIZES = (16, 32, 64, 128)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class KeptBlocks:
+    """Compact block mask: for each query block, the sorted KV block indices it keeps.
+
+    ``indices``: int32 ``[B, Hm, n_q_blocks, max_kept]`` (entries past ``counts`` are ignored);
+    ``counts``: int32 ``[B, Hm, n_q_blocks]``.
+    """
+
+    indices: torch.Tensor
+    counts: torch.Tensor
+
+    @staticmethod
+    def from_mask(mask: torch.Tensor) -> KeptBlocks:
+        """Convert a boolean ``[B, Hm, n_q_blocks, n_k_blocks]`` mask (True = keep)."""
+        if mask.dtype != torch.bool or mask.dim() != 4:
+            raise ValueError(f"block mask must be a 4-d bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+        counts = mask.sum(-1, dtype=torch.int32)
+        n_k_blocks = mask.shape[-1]
+        # Kept blocks get their own index, dropped ones a sentinel past the end; sorting puts kept first.
+        ar = torch.arange(n_k_blocks, device=mask.device, dtype=torch.int32)
+        keyed = torch.where(mask, ar, torch.full_like(ar, n_k_blocks))
+        indices = keyed.sort(-1).values.to(torch.int32)
+        max_kept = max(int(counts.max()), 1) if counts.numel() else 1
+        return KeptBlocks(indices[..., :max_kept].contiguous(), counts.contiguous())
+
+    def to_mask(self, n_k_blocks: int) -> torch.Tensor:
+        """The boolean ``[B, Hm, n_q_blocks, n_k_blocks]`` mask these indices describe."""
+        valid = torch.arange(self.indices.shape[-1], device=self.indices.device) < self.counts[..., None]
+        mask = torch.zeros(*self.counts.shape, n_k_blocks + 1, dtype=torch.bool, device=self.indices.device)
+        idx = torch.where(valid, self.indices.long().clamp(0, n_k_blocks), n_k_blocks)
+        mask.scatter_(-1, idx, True)
+        return mask[..., :n_k_blocks]
+
+
+def block_sparse_attention_configs() -> list[triton.Config]:
+    """Autotune space: KV tile width, warps and pipeline depth (one small config when interpreting).
+
+    Kept small on purpose: every config is compiled and timed once per key on the first call.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bn, w, s in [(64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 8, 3)]
+    ]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= block_m]
+    # Small query tiles do not need (and spill with) 8 warps; wide 128-dim tiles need more smem.
+    kept = [c for c in kept if block_m >= 128 or c.num_warps == 4] or kept
+    if head_dim == 128:
+        kept = [c for c in kept if not (c.kwargs["BLOCK_N"] == 128 and c.num_stages > 2)] or kept
+    return kept or [triton.Config({"BLOCK_N": block_m}, num_warps=4, num_stages=2)]
+
+
+@triton.jit
+def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n, offs_m, k_len, diag,
+                 qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HEAD_DIM: tl.constexpr):
+    """One online-softmax step over keys [start_n, start_n + BLOCK_N)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    # Offsets within one sequence fit int32; the int64 batch/head/start offset is in k_base, v_base.
+    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+    if MASKED:
+        in_k = offs_n < k_len
+        k = tl.load(k_ptrs, mask=in_k[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        keep = in_k[None, :]
+        if CAUSAL:
+            keep = keep & (offs_m[:, None] + diag >= offs_n[None, :])
+        qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=in_k[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.autotune(
+    configs=block_sparse_attention_configs(),
+    key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
+@triton.jit
+def _block_sparse_fwd_kernel(
+    Q, K, V, O, LSE, KV_IDX, KV_CNT, CU_Q, CU_K,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh, stride_ls, stride_ib, stride_ih, stride_im, stride_cb, stride_ch, stride_cm,
+    seqlen_q, seqlen_k, n_q_blocks, qk_scale, H, GROUP, MASK_GROUP,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MAX_KEPT: tl.constexpr, CAUSAL: tl.constexpr,
+    DENSE: tl.constexpr, VARLEN: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Heaviest (latest) query blocks first: with causal masking they have the most keys.
+    pid_m = n_q_blocks - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    b64 = b.to(tl.int64)
+    if VARLEN:
+        q_start = tl.load(CU_Q + b)
+        q_len = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        k_len = tl.load(CU_K + b + 1) - k_start
+        q_off = q_start.to(tl.int64)
+        k_off = k_start.to(tl.int64)
+    else:
+        q_len = seqlen_q
+        k_len = seqlen_k
+        q_off = 0
+        k_off = 0
+    start_m = pid_m * BLOCK_M
+    if start_m >= q_len:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < q_len
+    q_base = Q + b64 * stride_qb + h * stride_qh + q_off * stride_qs
+    q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    kv_h = h // GROUP
+    k_base = K + b64 * stride_kb + kv_h * stride_kh + k_off * stride_ks
+    v_base = V + b64 * stride_vb + kv_h * stride_vh + k_off * stride_vs
+
+    # Keys [0, full_hi) are visible to every row of this block; keys >= vis_hi to none.
+    diag = k_len - q_len
+    if CAUSAL:
+        vis_hi = tl.maximum(tl.minimum(k_len, start_m + BLOCK_M + diag), 0)
+        full_hi = tl.maximum(tl.minimum(k_len, start_m + diag + 1), 0)
+    else:
+        vis_hi = k_len
+        full_hi = k_len
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: fully masked rows stay NaN-free
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if DENSE:
+        full_tiles_hi = (full_hi // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_tiles_hi, BLOCK_N):
+            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n,
+                                         offs_m, k_len, diag, qk_scale, False, CAUSAL, BLOCK_N, HEAD_DIM)
+        for start_n in range(full_tiles_hi, vis_hi, BLOCK_N):
+            acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n,
+                                         offs_m, k_len, diag, qk_scale, True, CAUSAL, BLOCK_N, HEAD_DIM)
+    else:
+        mh = h // MASK_GROUP
+        idx_base = KV_IDX + b64 * stride_ib + mh * stride_ih + pid_m * stride_im
+        count = tl.load(KV_CNT + b64 * stride_cb + mh * stride_ch + pid_m * stride_cm)
+        slots = tl.arange(0, MAX_KEPT)
+        row = tl.load(idx_base + slots, mask=slots < count, other=2147483647)
+        # Sorted indices: the first n_full kept blocks need no masking, the next ones up to n_vis do.
+        n_full = tl.sum((row < full_hi // BLOCK_M).to(tl.int32), 0)
+        n_vis = tl.sum((row < tl.cdiv(vis_hi, BLOCK_M)).to(tl.int32), 0)
+        for e in range(0, n_full):
+            blk_start = tl.load(idx_base + e) * BLOCK_M
+            for sub in tl.static_range(BLOCK_M // BLOCK_N):
+                acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs,
+                                             blk_start + sub * BLOCK_N, offs_m, k_len, diag, qk_scale,
+                                             False, CAUSAL, BLOCK_N, HEAD_DIM)
+        for e in range(n_full, n_vis):
+            blk_start = tl.load(idx_base + e) * BLOCK_M
+            for sub in tl.static_range(BLOCK_M // BLOCK_N):
+                acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs,
+                                             blk_start + sub * BLOCK_N, offs_m, k_len, diag, qk_scale,
+                                             True, CAUSAL, BLOCK_N, HEAD_DIM)
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_base = O + b64 * stride_ob + h * stride_oh + q_off * stride_os
+    o_ptrs = o_base + offs_m[:, None] * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
+    lse_ptrs = LSE + b64 * stride_lb + h * stride_lh + q_off * stride_ls + offs_m * stride_ls
+    tl.store(lse_ptrs, lse, mask=row_ok)
+
+
+def _check_interpretable(dtype: torch.dtype) -> None:
+    """The Triton interpreter computes through numpy, which has no bf16: refuse rather than return junk."""
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("bf16 is not supported under TRITON_INTERPRET=1; use fp16 or fp32 on the CPU")
+
+
+def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size):
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
+        raise ValueError("varlen needs both cu_seqlens_q and cu_seqlens_k")
+    want_dim = 3 if varlen else 4
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != want_dim:
+            layout = "[T, H, D] with cu_seqlens" if varlen else "[B, H, S, D]"
+            raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"{name} dtype {t.dtype} unsupported; use one of {_DTYPES}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+    _check_interpretable(q.dtype)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    head_dim = q.shape[-1]
+    if head_dim not in _HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+        raise ValueError(f"head dims must match and be one of {_HEAD_DIMS}: {q.shape}, {k.shape}, {v.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hkv})")
+    if not varlen and q.shape[0] != k.shape[0]:
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}")
+    if block_size not in _BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {_BLOCK_SIZES}, got {block_size}")
+    return varlen
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor | KeptBlocks | None = None,
+    *,
+    block_size: int = 64,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the kept ``block_size x block_size`` blocks (all blocks if ``block_mask`` is None).
+
+    Shapes: batched ``q [B, Hq, Sq, D]``, ``k, v [B, Hkv, Sk, D]`` -> out like q; varlen ``q [Tq, Hq, D]``,
+    ``k, v [Tk, Hkv, D]`` with int32 ``cu_seqlens_*`` of length B + 1 -> out ``[Tq, Hq, D]``.
+    ``block_mask``: bool ``[B, Hm, ceil(max Sq / bs), ceil(max Sk / bs)]`` or :class:`KeptBlocks`, with
+    ``Hq % Hm == 0``. ``lse`` (natural log, fp32) is ``[B, Hq, Sq]`` batched or ``[Hq, Tq]`` varlen.
+    """
+    varlen = _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    head_dim = q.shape[-1]
+    if varlen:
+        n_batch = cu_seqlens_q.numel() - 1
+        hq = q.shape[1]
+        if max_seqlen_q is None:
+            max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+        cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32).contiguous()
+        cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32).contiguous()
+        qs, ks, vs = ((0, t.stride(1), t.stride(0)) for t in (q, k, v))
+        seqlen_q, seqlen_k = max_seqlen_q, 0
+    else:
+        n_batch, hq, seqlen_q = q.shape[:3]
+        seqlen_k = k.shape[2]
+        max_seqlen_q = seqlen_q
+        cu_q = cu_k = torch.empty(1, dtype=torch.int32, device=q.device)
+        qs, ks, vs = ((t.stride(0), t.stride(1), t.stride(2)) for t in (q, k, v))
+    out = torch.empty_like(q)
+    os_ = (0, out.stride(1), out.stride(0)) if varlen else (out.stride(0), out.stride(1), out.stride(2))
+    if varlen:
+        lse = torch.empty(hq, q.shape[0], dtype=torch.float32, device=q.device)
+        ls = (0, lse.stride(0), lse.stride(1))
+    else:
+        lse = torch.empty(n_batch, hq, seqlen_q, dtype=torch.float32, device=q.device)
+        ls = lse.stride()
+    n_q_blocks = triton.cdiv(max_seqlen_q, block_size)
+
+    dense = block_mask is None
+    if dense:
+        idx = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device)
+        cnt = idx[..., 0]
+        mask_group, max_kept = 1, 16
+    else:
+        kept = KeptBlocks.from_mask(block_mask) if isinstance(block_mask, torch.Tensor) else block_mask
+        idx, cnt = kept.indices.to(torch.int32), kept.counts.to(torch.int32)
+        if idx.dim() != 4 or cnt.shape != idx.shape[:3] or idx.shape[0] != n_batch:
+            raise ValueError(f"block mask batch/shape mismatch: indices {tuple(idx.shape)}, "
+                             f"counts {tuple(cnt.shape)}, batch {n_batch}")
+        if hq % idx.shape[1] or idx.shape[2] < n_q_blocks:
+            raise ValueError(f"block mask needs heads dividing {hq} and >= {n_q_blocks} query blocks, "
+                             f"got {tuple(idx.shape)}")
+        if idx.device != q.device:
+            raise ValueError(f"block mask is on {idx.device}, q on {q.device}")
+        mask_group = hq // idx.shape[1]
+        max_kept = max(16, triton.next_power_of_2(idx.shape[-1]))
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    hkv = k.shape[1]
+    grid = (n_q_blocks, n_batch * hq)
+    _block_sparse_fwd_kernel[grid](
+        q, k, v, out, lse, idx, cnt, cu_q, cu_k,
+        *qs, *ks, *vs, *os_, *ls, *idx.stride()[:3], *cnt.stride(),
+        seqlen_q, seqlen_k, n_q_blocks, sm_scale * _LOG2E, hq, hq // hkv, mask_group,
+        HEAD_DIM=head_dim, BLOCK_M=block_size, MAX_KEPT=max_kept, CAUSAL=causal, DENSE=dense,
+        VARLEN=varlen,
+    )
+    return (out, lse) if return_lse else out
+
+
+def _token_mask(block_mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int, causal: bool):
+    """Bool ``[B, Hm, Sq, Sk]``: kept blocks expanded to tokens, intersected with the causal mask."""
+    tok = block_mask.repeat_interleave(block_size, 2).repeat_interleave(block_size, 3)
+    tok = tok[:, :, :seqlen_q, :seqlen_k]
+    if causal:
+        rows = torch.arange(seqlen_q, device=tok.device)[:, None] + (seqlen_k - seqlen_q)
+        tok = tok & (rows >= torch.arange(seqlen_k, device=tok.device)[None, :])
+    return tok
+
+
+def _ref_batched(q, k, v, block_mask, block_size, causal, sm_scale):
+    hq, hkv = q.shape[1], k.shape[1]
+    sq, sk = q.shape[2], k.shape[2]
+    if block_mask is None:
+        n = (triton.cdiv(sq, block_size), triton.cdiv(sk, block_size))
+        block_mask = torch.ones(q.shape[0], 1, *n, dtype=torch.bool, device=q.device)
+    tok = _token_mask(block_mask, sq, sk, block_size, causal)
+    tok = tok.repeat_interleave(hq // tok.shape[1], 1)
+    kf = k.float().repeat_interleave(hq // hkv, 1)
+    vf = v.float().repeat_interleave(hq // hkv, 1)
+    scores = (q.float() @ kf.transpose(-1, -2)) * sm_scale
+    scores = scores.masked_fill(~tok, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - lse.clamp_min(-1e30)[..., None])  # rows with no key: all zeros
+    return (probs @ vf).to(q.dtype), lse
+
+
+def block_sparse_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor | KeptBlocks | None = None,
+    *,
+    block_size: int = 64,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Plain PyTorch reference of :func:`block_sparse_attention` (fp32 math, token-level mask).
+
+    Same arguments and outputs; materialises ``[B, Hq, Sq, Sk]`` scores, so keep shapes moderate.
+    """
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(block_mask, KeptBlocks):
+        sk_max = k.shape[2] if cu_seqlens_k is None else int((cu_seqlens_k[1:] - cu_seqlens_k[:-1]).max())
+        block_mask = block_mask.to_mask(triton.cdiv(sk_max, block_size))
+    if cu_seqlens_q is None:
+        out, lse = _ref_batched(q, k, v, block_mask, block_size, causal, sm_scale)
+        return (out, lse) if return_lse else out
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        (q0, q1), (k0, k1) = bounds_q[b:b + 2], bounds_k[b:b + 2]
+        mask_b = None if block_mask is None else block_mask[b:b + 1]
+        o_b, lse_b = _ref_batched(q[q0:q1].transpose(0, 1)[None], k[k0:k1].transpose(0, 1)[None],
+                                  v[k0:k1].transpose(0, 1)[None], mask_b, block_size, causal, sm_scale)
+        out[q0:q1] = o_b[0].transpose(0, 1)
+        lse[:, q0:q1] = lse_b[0]
+    return (out, lse) if return_lse else out

@@ -88,24 +88,23 @@ class KeptBlocks:
 def block_sparse_attention_configs() -> list[triton.Config]:
     """Autotune space: KV tile width, warps and pipeline depth (one small config when interpreting).
 
-    Kept small on purpose: every config is compiled and timed once per key on the first call.
+    Kept small on purpose: every config is compiled once and timed once per key (head dim, block,
+    causal, dense, varlen, power-of-two length bucket) on the first call with that key.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
         return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bn, w, s in [(64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 8, 3)]
+        for bn, w, s in [(64, 4, 3), (64, 8, 3), (64, 8, 4), (128, 8, 2), (128, 8, 3)]
     ]
 
 
 def _prune_configs(configs, named_args, **kwargs):
     block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
-    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     kept = [c for c in configs if c.kwargs["BLOCK_N"] <= block_m]
-    # Small query tiles do not need (and spill with) 8 warps; wide 128-dim tiles need more smem.
+    # Small query tiles do not need 8 warps. Configs that overflow shared memory are skipped by the
+    # autotuner itself (it times them as infinitely slow).
     kept = [c for c in kept if block_m >= 128 or c.num_warps == 4] or kept
-    if head_dim == 128:
-        kept = [c for c in kept if not (c.kwargs["BLOCK_N"] == 128 and c.num_stages > 2)] or kept
     return kept or [triton.Config({"BLOCK_N": block_m}, num_warps=4, num_stages=2)]
 
 
@@ -145,7 +144,7 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
 
 @triton.autotune(
     configs=block_sparse_attention_configs(),
-    key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN"],
+    key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN", "LEN_BUCKET"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.jit
@@ -154,7 +153,7 @@ def _block_sparse_fwd_kernel(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh, stride_ls, stride_ib, stride_ih, stride_im, stride_cb, stride_ch, stride_cm,
-    seqlen_q, seqlen_k, n_q_blocks, qk_scale, H, GROUP, MASK_GROUP,
+    seqlen_q, seqlen_k, n_q_blocks, qk_scale, H, GROUP, MASK_GROUP, LEN_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MAX_KEPT: tl.constexpr, CAUSAL: tl.constexpr,
     DENSE: tl.constexpr, VARLEN: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -353,6 +352,7 @@ def block_sparse_attention(
         q, k, v, out, lse, idx, cnt, cu_q, cu_k,
         *qs, *ks, *vs, *os_, *ls, *idx.stride()[:3], *cnt.stride(),
         seqlen_q, seqlen_k, n_q_blocks, sm_scale * _LOG2E, hq, hq // hkv, mask_group,
+        min(triton.next_power_of_2(max_seqlen_q), 1 << 16),  # autotune key only: best tile varies with length
         HEAD_DIM=head_dim, BLOCK_M=block_size, MAX_KEPT=max_kept, CAUSAL=causal, DENSE=dense,
         VARLEN=varlen,
     )

@@ -117,7 +117,7 @@ def main() -> None:
     matrix, queries = scifact_vectors(args.data_dir or load_settings().data_dir)
     if args.collection == "synthetic":
         started = time.perf_counter()
-        matrix = synthesize(matrix, args.docs)
+        matrix = synthesize(matrix, args.docs, device="cuda" if torch.cuda.is_available() else "cpu")
         print(f"synthesized {len(matrix)} documents in {time.perf_counter() - started:.0f} s")
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
 

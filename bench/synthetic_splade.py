@@ -2,8 +2,8 @@
 
 Given real encoded documents (e.g. splade-tiny over SciFact), draws N documents whose lengths
 (nnz) follow the real length distribution, whose terms follow the real document frequencies, and
-whose weights follow the pooled real weight distribution (sorted so a
-document's rarer terms get its larger weights, as SPLADE does). Deterministic for a seed.
+whose weights follow the pooled real weight distribution (a document's rarer terms get its larger
+weights, as SPLADE does). Deterministic for a seed.
 
     python bench/synthetic_splade.py --source .stage/scifact-splade-tiny --docs 1000000 --out .stage/synth-1m
 """
@@ -22,30 +22,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
 
 
-def synthesize(source: SparseMatrix, n_docs: int, seed: int = 0, chunk: int = 20_000) -> SparseMatrix:
-    rng = np.random.default_rng(seed)
-    lengths = np.diff(source.indptr)
-    df = np.bincount(source.indices, minlength=source.dim).astype(np.float64)
-    term_p = df / df.sum()
-    weights = np.sort(source.values)
-    idf_rank = np.argsort(np.argsort(-df))  # 0 = most frequent term
+def synthesize(source: SparseMatrix, n_docs: int, seed: int = 0, chunk: int = 20_000,
+               device: str = "cpu") -> SparseMatrix:
+    """Per chunk, on ``device``: draw terms by document frequency, keep a random ``length`` distinct ones."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    lengths = torch.from_numpy(np.diff(source.indptr)).to(device)
+    df = torch.bincount(torch.from_numpy(source.indices).long(), minlength=source.dim).double().to(device)
+    freq_rank = torch.argsort(torch.argsort(-df))  # 0 = the most frequent term
+    pool = torch.from_numpy(source.values).to(device)
+    width = int(lengths.max()) * 3 // 2
+    never = source.dim + 1
     indptr, indices, values = [np.zeros(1, np.int64)], [], []
-    total = 0
     for start in range(0, n_docs, chunk):
         n = min(chunk, n_docs - start)
-        doc_lengths = rng.choice(lengths, size=n)
-        # Oversample terms, then keep each document's first `length` distinct ones.
-        draws = rng.choice(source.dim, size=(n, int(lengths.max() * 1.5)), p=term_p)
-        for row, length in zip(draws, doc_lengths):
-            terms = np.unique(row)[: int(length)]
-            w = np.sort(rng.choice(weights, size=terms.size))
-            order = np.argsort(idf_rank[terms])  # frequent terms first -> smaller weights
-            doc_w = np.empty_like(w)
-            doc_w[order] = w
-            indices.append(terms.astype(np.int32))
-            values.append(doc_w.astype(np.float32))
-            total += terms.size
-            indptr.append(np.array([total], np.int64))
+        cols = torch.arange(width, device=device)[None, :]
+        draws = torch.multinomial(df, n * width, replacement=True, generator=gen).view(n, width).sort(dim=1).values
+        first = torch.ones_like(draws, dtype=torch.bool)
+        first[:, 1:] = draws[:, 1:] != draws[:, :-1]
+        keys = torch.where(first, torch.rand(n, width, generator=gen, device=device), 2.0)
+        shuffled = draws.gather(1, keys.argsort(dim=1))  # distinct terms in random order first
+        picked = lengths[torch.randint(len(lengths), (n,), generator=gen, device=device)]
+        keep = torch.minimum(picked, first.sum(dim=1))  # [n]
+        kept = cols < keep[:, None]
+        # Frequent terms get a document's smaller weights, rare ones its larger (as SPLADE does).
+        terms = shuffled.gather(1, torch.where(kept, freq_rank[shuffled], never).argsort(dim=1))
+        drawn = pool[torch.randint(len(pool), (n, width), generator=gen, device=device)]
+        weights = torch.where(kept, drawn, torch.inf).sort(dim=1).values
+        by_term = torch.where(kept, terms, never).argsort(dim=1)
+        indices.append(terms.gather(1, by_term)[kept].int().cpu().numpy())
+        values.append(weights.gather(1, by_term)[kept].float().cpu().numpy())
+        indptr.append(indptr[-1][-1] + np.cumsum(keep.cpu().numpy()))
     return SparseMatrix([f"s{i}" for i in range(n_docs)], np.concatenate(indptr), np.concatenate(indices),
                         np.concatenate(values), source.dim)
 

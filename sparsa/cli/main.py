@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import demo, models, retrieval
+from sparsa.cli import demo, models, retrieval, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(train.app, name="train")
 app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)

@@ -1,0 +1,108 @@
+"""Learned-sparse effectiveness: BM25 vs SPLADE encoders on SciFact, Cranfield and CISI.
+
+Two steps, so the encoding can run on the GPU machine (which has no Java and no ir_measures):
+
+    # 1. encode + exact search, write TREC runs (k=100) and encoding timings
+    python bench/bench_lsr.py encode --out .stage/runs --model splade-tiny=splade-tiny \\
+        --model splade-tiny-ft=path/to/trained [--model mistral-splade=path --decoder mistral-splade]
+    # 2. evaluate every run in the folder with ir_measures, add BM25 from bench/results/bm25.json
+    python bench/bench_lsr.py evaluate --runs .stage/runs
+
+Step 2 writes bench/results/lsr.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import RESULTS, write_results  # noqa: E402
+
+DATASETS = ("scifact", "cranfield", "cisi")
+
+
+def encode(args: argparse.Namespace) -> None:
+    from sparsa.config import load_settings
+    from sparsa.data import load_dataset
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+    from sparsa.indexes.sparse_matrix import SparseMatrix
+    from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+    from sparsa.types import Run
+
+    data_dir = args.data_dir or load_settings().data_dir
+    args.out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for spec in args.model:
+        name, _, model = spec.partition("=")
+        config = SpladeConfig.mistral_splade(model) if name in args.decoder else SpladeConfig(model=model)
+        encoder = SpladeEncoder(config)
+        for dataset in args.datasets:
+            data = load_dataset(data_dir / dataset)
+            texts = [d.full_text for d in data.corpus.documents]
+            started = time.perf_counter()
+            docs = encoder.encode_documents(texts, show_progress=False)
+            docs_s = time.perf_counter() - started
+            queries = encoder.encode_queries([q.text for q in data.queries], show_progress=False)
+            matrix = SparseMatrix.from_vectors(list(data.corpus), docs, encoder.vocab_size)
+            hits = ExactSparseSearcher(matrix).search(queries, args.k)
+            Run({q.id: h for q, h in zip(data.queries, hits)}, name=name).write_trec(args.out / f"{name}.{dataset}.trec")
+            timings[f"{name}.{dataset}"] = {"docs": len(texts), "encode_seconds": round(docs_s, 2),
+                                           "docs_per_s": round(len(texts) / docs_s, 1),
+                                           "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+                                           "device": str(encoder.device), "model": model}
+            print(name, dataset, timings[f"{name}.{dataset}"], flush=True)
+    (args.out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from sparsa.config import load_settings
+    from sparsa.data import load_dataset
+    from sparsa.eval import evaluate_run
+    from sparsa.types import Run
+
+    data_dir = args.data_dir or load_settings().data_dir
+    timings = json.loads((args.runs / "timings.json").read_text()) if (args.runs / "timings.json").is_file() else {}
+    bm25 = json.loads((RESULTS / "bm25.json").read_text())["results"]
+    rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")} for d in DATASETS}
+    qrels = {d: load_dataset(data_dir / d).qrels for d in DATASETS}
+    for path in sorted(args.runs.glob("*.trec")):
+        name, dataset = path.stem.rsplit(".", 1)
+        result = evaluate_run(Run.read_trec(path), qrels[dataset], ("nDCG@10", "R@100", "MRR@10"))
+        rows[f"{name}.{dataset}"] = {k: round(v, 4) for k, v in result.aggregate.items()} | timings.get(path.stem, {})
+    systems = sorted({key.rsplit(".", 1)[0] for key in rows}, key=lambda s: (s != "bm25", s))
+    print(f"{'system':<22}" + "".join(f"{d + ' nDCG@10':>20}{'R@100':>8}" for d in DATASETS))
+    for system in systems:
+        cells = [rows.get(f"{system}.{d}") for d in DATASETS]
+        print(f"{system:<22}" + "".join(f"{c['nDCG@10']:>20.4f}{c['R@100']:>8.4f}" if c else f"{'-':>20}{'-':>8}"
+                                        for c in cells))
+    notes = {"bm25": "Lucene BM25 flat, k1=0.9 b=0.4 (bench/results/bm25.json)",
+             "runs": "exact dot-product search, k=100; encoding timings from the machine that encoded"}
+    path = write_results("lsr", {"notes": notes, "results": rows, **({"extra": args.note} if args.note else {})})
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    enc = sub.add_parser("encode")
+    enc.add_argument("--out", type=Path, required=True)
+    enc.add_argument("--model", action="append", required=True, help="NAME=MODEL (registry name or folder)")
+    enc.add_argument("--decoder", nargs="*", default=[], help="names whose model is a decoder backbone")
+    enc.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    enc.add_argument("--data-dir", type=Path)
+    enc.add_argument("--k", type=int, default=100)
+    ev = sub.add_parser("evaluate")
+    ev.add_argument("--runs", type=Path, required=True)
+    ev.add_argument("--data-dir", type=Path)
+    ev.add_argument("--note", default="")
+    args = parser.parse_args()
+    encode(args) if args.step == "encode" else evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

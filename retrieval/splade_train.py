@@ -1,0 +1,221 @@
+"""Training SPLADE encoders (MLM or decoder backbone): contrastive loss + FLOPS regularisation.
+
+- Loss: softmax cross-entropy of each query's positive against in-batch and mined hard negatives
+  (SPLADE v2, Formal et al. 2021), plus FLOPS regularisers ``lambda * sum_v (mean_i w_iv)^2`` with
+  separate query and document weights, ramped up quadratically over the first third of training.
+- Optional distillation: examples that carry teacher scores add a KL term between the teacher's
+  and the student's distributions over (positive, negatives).
+- Decoder backbones (Mistral-SPLADE) train LoRA adapters on the attention projections, merged into
+  the weights at the end, so the saved folder is a plain Hugging Face model.
+- Checkpoints every ``checkpoint_every`` steps (atomic) and resumes from the last one.
+
+The saved folder loads with ``SpladeEncoder(SpladeConfig(model=folder))``; its ``sparsa.json``
+records the training data, steps and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from sparsa.errors import ConfigError
+from sparsa.kernels.splade_pool import splade_pool_ref
+from sparsa.progress import progress_bar
+from sparsa.retrieval.batching import pad_right
+from sparsa.retrieval.lora import add_lora, merge_lora
+from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder, _detach_output_projection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    query: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+    teacher_scores: tuple[float, ...] | None = None  # positive first, then negatives
+
+
+@dataclass(frozen=True, slots=True)
+class SpladeTrainConfig:
+    encoder: SpladeConfig = field(default_factory=SpladeConfig)
+    steps: int = 1000
+    batch_size: int = 16
+    negatives_per_query: int = 1
+    lr: float = 5e-5
+    warmup_steps: int = 100
+    lambda_query: float = 1e-3
+    lambda_doc: float = 1e-3
+    distill_weight: float = 1.0
+    max_query_length: int = 64
+    max_doc_length: int = 256
+    lora_rank: int = 16  # decoder backbones only
+    checkpoint_every: int = 200
+    seed: int = 13
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 2:
+            raise ConfigError("training needs steps >= 1 and batch_size >= 2 (in-batch negatives)")
+
+
+class TrainableSplade(torch.nn.Module):
+    """A backbone plus its vocabulary projection, pooled like :class:`SpladeEncoder` (differentiably)."""
+
+    def __init__(self, config: SpladeConfig, device: torch.device):
+        super().__init__()
+        # The encoder supplies tokenisation and the input layout (echo for decoders).
+        self.layout = SpladeEncoder(SpladeConfig(**{**asdict(config), "device": "cpu", "dtype": "float32"}))
+        self.backbone = self.layout.model  # its projection is already an identity
+        self.head = _vocabulary_head(self.backbone, self.layout)
+        self.to(device)
+        self.device = device
+
+    def forward(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+        """``float32[B, V]`` SPLADE weights with gradients."""
+        ids = [x[: max_length] for x in self.layout._tokenize(list(texts))]
+        items = [self.layout._model_input(x) for x in ids]
+        tokens, mask = pad_right([item[0] for item in items], self.layout.pad_id)
+        kwargs = {"use_cache": False} if self.layout.architecture == "causal-lm" else {}
+        hidden = self.backbone(input_ids=torch.from_numpy(tokens).to(self.device),
+                               attention_mask=torch.from_numpy(mask).to(self.device), **kwargs).logits
+        start = torch.tensor([item[1] for item in items], device=self.device)
+        end = torch.tensor([item[2] for item in items], device=self.device)
+        return splade_pool_ref(hidden, self.head.weight, self.head.bias, start, end)
+
+
+def _vocabulary_head(backbone: torch.nn.Module, layout: SpladeEncoder) -> torch.nn.Linear:
+    """A trainable projection: the tied input embeddings when tied, else a copy of the head."""
+    head = torch.nn.Linear(layout.weight.shape[1], layout.weight.shape[0], bias=layout.bias is not None)
+    head.weight = backbone.get_input_embeddings().weight if backbone.config.tie_word_embeddings \
+        else torch.nn.Parameter(layout.weight.clone())
+    if layout.bias is not None:
+        head.bias = torch.nn.Parameter(layout.bias.clone())
+    return head
+
+
+def flops(weights: torch.Tensor) -> torch.Tensor:
+    """FLOPS regulariser: sum over terms of the squared mean weight in the batch."""
+    return (weights.mean(dim=0) ** 2).sum()
+
+
+def training_loss(model: TrainableSplade, batch: Sequence[TrainingExample], config: SpladeTrainConfig,
+                  step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    n_neg = config.negatives_per_query
+    queries = model([e.query for e in batch], config.max_query_length)  # [B, V]
+    docs = [e.positive for e in batch] + [n for e in batch for n in e.negatives[:n_neg]]
+    doc_weights = model(docs, config.max_doc_length)  # [B + B*n, V]
+    scores = queries @ doc_weights.T  # [B, B + B*n]
+    targets = torch.arange(len(batch), device=scores.device)
+    loss = torch.nn.functional.cross_entropy(scores, targets)
+    ramp = min(1.0, step / max(1, config.steps // 3)) ** 2
+    reg = ramp * (config.lambda_query * flops(queries) + config.lambda_doc * flops(doc_weights))
+    parts = {"contrastive": float(loss.detach())}
+    if all(e.teacher_scores for e in batch):
+        own = torch.stack([scores[i, [i] + [len(batch) + i * n_neg + j for j in range(n_neg)]]
+                           for i in range(len(batch))])  # [B, 1 + n]
+        teacher = torch.tensor([e.teacher_scores[: 1 + n_neg] for e in batch], device=scores.device)
+        kl = torch.nn.functional.kl_div(own.log_softmax(-1), teacher.log_softmax(-1), log_target=True,
+                                        reduction="batchmean")
+        loss = loss + config.distill_weight * kl
+        parts["distill"] = float(kl)
+    parts.update(flops=float(reg), q_terms=float((queries > 0).sum(1).float().mean()),
+                 d_terms=float((doc_weights > 0).sum(1).float().mean()))
+    return loss + reg, parts
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: SpladeTrainConfig,
+                 device: str = "auto", data_description: dict | None = None,
+                 show_progress: bool | None = None) -> Path:
+    """Train on ``examples`` and save a Hugging Face model folder at ``out``; resumes from ``out``."""
+    from sparsa.config import resolve_device
+
+    if len(examples) < config.batch_size:
+        raise ConfigError(f"{len(examples)} training examples, fewer than one batch of {config.batch_size}")
+    if any(len(e.negatives) < config.negatives_per_query for e in examples):
+        raise ConfigError(f"every example needs {config.negatives_per_query} negatives")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = TrainableSplade(config.encoder, torch.device(resolve_device(device)))
+    if model.layout.architecture == "causal-lm":
+        add_lora(model.backbone, config.lora_rank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
+                                                 * max(0.0, 1 - s / config.steps))
+    checkpoint, step = out / "checkpoint.pt", 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=model.device)
+        model.load_state_dict(state["params"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        for _ in range(step):
+            schedule.step()
+        logger.info("resuming training at step %d from %s", step, checkpoint)
+
+    rng = random.Random(config.seed)
+    order = [i for _ in range(math.ceil(config.steps * config.batch_size / len(examples)) + 1)
+             for i in rng.sample(range(len(examples)), len(examples))]
+    model.train()
+    started, last = time.perf_counter(), {}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
+    with progress_bar(total=config.steps, desc="training SPLADE", unit="step", show=show_progress) as bar:
+        bar.update(step)
+        while step < config.steps:
+            batch = [examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
+            with autocast:
+                loss, last = training_loss(model, batch, config, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}", d_terms=f"{last['d_terms']:.0f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_checkpoint(checkpoint, model, optimizer, step)
+
+    if model.layout.architecture == "causal-lm":
+        merge_lora(model.backbone)
+    _restore_head_and_save(model, out)
+    record = {"trained_with": "sparsa.retrieval.splade_train", "config": _jsonable(asdict(config)),
+              "examples": len(examples), "data": data_description or {}, "steps": step,
+              "wall_seconds_this_run": round(time.perf_counter() - started, 1), "final": last,
+              "device": str(model.device)}
+    (out / "sparsa.json").write_text(json.dumps(record, indent=2))
+    checkpoint.unlink()
+    return out
+
+
+def _restore_head_and_save(model: TrainableSplade, out: Path) -> None:
+    backbone = model.backbone.to("cpu")
+    head = model.head.to("cpu")
+    for module in backbone.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Identity) and name in ("decoder", "lm_head"):
+                setattr(module, name, head)
+                if head.bias is not None and isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+                    module.bias.data.copy_(head.bias.data)  # BERT keeps the decoder bias twice
+    backbone.save_pretrained(out)
+    model.layout.tokenizer.save_pretrained(out)
+
+
+def _jsonable(value: object) -> object:
+    return json.loads(json.dumps(value, default=str))

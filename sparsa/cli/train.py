@@ -1,0 +1,79 @@
+"""``sparsa train splade``: fine-tune a SPLADE encoder on labelled pairs plus self-supervised pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsa.cli.common import console, dataset_path, index_path
+from sparsa.errors import ConfigError
+
+app = typer.Typer(help="Train encoders.", no_args_is_help=True)
+
+
+@app.command("splade")
+def splade(
+    out: Annotated[Path, typer.Option(help="folder for the trained model (resumes if a checkpoint is there)")],
+    model: Annotated[str, typer.Option(help="starting model: registry name, folder or hub id")] = "splade-tiny",
+    dataset: Annotated[str | None, typer.Option(help="dataset with labelled training queries")] = None,
+    split: Annotated[str, typer.Option(help="qrels split to train on (never test)")] = "train",
+    first_stage: Annotated[str | None, typer.Option(help="BM25 index to mine hard negatives from")] = None,
+    negatives: Annotated[int, typer.Option(help="mined negatives kept per example")] = 4,
+    self_supervised: Annotated[int, typer.Option(help="title->body pairs from the corpus (0: none)")] = 2000,
+    examples: Annotated[Path | None, typer.Option(help="train from a prepared examples file instead")] = None,
+    save_examples: Annotated[Path | None, typer.Option(help="write the examples (JSONL[.gz]) and stop")] = None,
+    steps: Annotated[int, typer.Option()] = 1000,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    lr: Annotated[float, typer.Option()] = 5e-5,
+    lambda_query: Annotated[float, typer.Option()] = 1e-3,
+    lambda_doc: Annotated[float, typer.Option()] = 1e-3,
+    decoder: Annotated[bool, typer.Option(help="decoder backbone (Mistral-SPLADE: echo input, LoRA)")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Fine-tune SPLADE: contrastive loss with in-batch and hard negatives, FLOPS regularisation."""
+    from sparsa.retrieval.splade import SpladeConfig
+    from sparsa.retrieval.splade_train import SpladeTrainConfig, train_splade
+    from sparsa.retrieval.training_data import read_examples, write_examples
+
+    if split == "test":
+        raise ConfigError("refusing to train on the test split")
+    if examples is not None:
+        prepared, described = read_examples(examples), {"examples_file": str(examples)}
+    else:
+        prepared, described = _mine_examples(dataset, split, first_stage, negatives, self_supervised)
+    console.print(f"{len(prepared)} training examples: {described}")
+    if save_examples is not None:
+        write_examples(prepared, save_examples)
+        console.print(f"wrote {save_examples}")
+        return
+    encoder = SpladeConfig.mistral_splade(model) if decoder else SpladeConfig(model=model)
+    config = SpladeTrainConfig(encoder=encoder, steps=steps, batch_size=batch_size, lr=lr,
+                               lambda_query=lambda_query, lambda_doc=lambda_doc)
+    folder = train_splade(prepared, out, config, device=device, data_description=described)
+    console.print(f"trained model in {folder}; use it with --model {folder}")
+
+
+def _mine_examples(dataset: str | None, split: str, first_stage: str | None, negatives: int,
+                   self_supervised: int) -> tuple[list, dict]:
+    from sparsa.data import load_dataset
+    from sparsa.indexes import open_index
+    from sparsa.retrieval.training_data import labelled_examples, title_body_examples
+    from sparsa.types import Query
+
+    if dataset is None or first_stage is None:
+        raise ConfigError("give --dataset and --first-stage (a BM25 index of its corpus), or --examples")
+    data = load_dataset(dataset_path(dataset), split)
+    bm25 = open_index(index_path(first_stage))
+    labelled = labelled_examples(data.queries, data.qrels, data.corpus,
+                                 bm25.retrieve(data.queries, k=negatives + 20), negatives)
+    described = {"dataset": data.name, "split": split, "queries": len(data.queries), "labelled": len(labelled),
+                 "negatives": f"BM25 top-{negatives + 20} minus relevant"}
+    pseudo = []
+    if self_supervised:
+        titled = [Query(d.id, d.title) for d in data.corpus.documents if d.title.strip()]
+        title_run = bm25.retrieve(titled, k=negatives + 10)
+        pseudo = title_body_examples(data.corpus, title_run, negatives, limit=self_supervised)
+        described["self_supervised"] = f"{len(pseudo)} title->body pairs from the corpus"
+    return labelled + pseudo, described

@@ -1,0 +1,177 @@
+"""Dense bi-encoder over a sentence-transformers model folder, without the sentence-transformers runtime.
+
+Reads the folder's own description (``modules.json``, ``sentence_bert_config.json``,
+``1_Pooling/config.json``): the transformer, its maximum length, the pooling mode (mean, CLS or max)
+and whether embeddings are L2-normalised, and reproduces ``SentenceTransformer.encode`` on them
+(tests compare the two). Speed comes from token-length-sorted batches sized by a token budget and
+bf16 matrix products (autocast: layer norms and softmax stay fp32) on CUDA and on CPUs with
+native bf16 (AVX512-BF16/AMX), where they run ~2.5x faster than fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from sparsa.config import resolve_device
+from sparsa.errors import ConfigError
+from sparsa.models import resolve_model
+from sparsa.retrieval.batching import length_sorted_batches, pad_right, progress_bar, tokenized_blocks
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["auto", "mean", "cls", "max"]
+_TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 131072}
+_BLOCK_SIZE = {"cpu": 8192, "cuda": 1024}  # texts tokenised per block (see retrieval.batching)
+
+
+@dataclass(frozen=True, slots=True)
+class DenseConfig:
+    """How to build and run a :class:`DenseEncoder`; every default works offline.
+
+    ``max_length``/``pooling``/``normalize`` None or "auto": as the model folder says.
+    ``dtype="auto"``: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere.
+    """
+
+    model: str = "minilm-l6"
+    max_length: int | None = None
+    pooling: Pooling = "auto"
+    normalize: bool | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    query_prefix: str = ""
+    doc_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("auto", "mean", "cls", "max"):
+            raise ConfigError(f"pooling {self.pooling!r}: expected auto, mean, cls or max")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"dtype {self.dtype!r}: expected auto, float32 or bfloat16")
+        for name in ("max_length", "batch_size", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 or None, got {value}")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _folder_settings(folder: Path) -> tuple[int | None, str, bool]:
+    """``(max_seq_length, pooling mode, normalize)`` as a sentence-transformers folder declares them."""
+    modules = _read_json(folder / "modules.json") or []
+    max_length = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    pooling_dir = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), "1_Pooling")
+    pool = _read_json(folder / pooling_dir / "config.json")
+    mode = "mean"
+    if pool.get("pooling_mode_cls_token"):
+        mode = "cls"
+    elif pool.get("pooling_mode_max_tokens"):
+        mode = "max"
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    return max_length, mode, normalize
+
+
+class DenseEncoder:
+    """Texts -> ``float32[n, d]`` embeddings, in input order."""
+
+    def __init__(self, config: DenseConfig | None = None):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
+
+        self.config = config = config or DenseConfig()
+        started = time.perf_counter()
+        path = Path(resolve_model(config.model))
+        folder_length, folder_pooling, folder_normalize = _folder_settings(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_length = config.max_length or folder_length or self.tokenizer.model_max_length
+        self.pooling = folder_pooling if config.pooling == "auto" else config.pooling
+        self.normalize = folder_normalize if config.normalize is None else config.normalize
+        self.device = torch.device(resolve_device(config.device))
+        if config.dtype == "auto":
+            fast_bf16 = self.device.type == "cuda" or cpu_has_fast_bf16()
+            self.dtype = torch.bfloat16 if fast_bf16 else torch.float32
+        else:
+            self.dtype = getattr(torch, config.dtype)
+        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        logger.info("loaded dense %s from %s on %s (%s, %s pooling, normalize=%s) in %.1f s", config.model,
+                    path, self.device, self.dtype, self.pooling, self.normalize,
+                    time.perf_counter() - started)
+
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """``float32[n, d]`` query embeddings."""
+        prefixed = [self.config.query_prefix + t for t in texts]
+        return self.encode(prefixed, batch_size, show_progress, "queries")
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """``float32[n, d]`` document embeddings."""
+        return self.encode([self.config.doc_prefix + t for t in texts], batch_size, show_progress, "docs")
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None,
+        desc: str = "texts",
+    ) -> np.ndarray:
+        """``float32[n, d]`` embeddings of ``texts`` in input order (length-sorted batches inside)."""
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("expected a sequence of texts, got one str")
+        batch_size = batch_size or self.config.batch_size
+        max_tokens = self.config.max_tokens or _TOKENS_PER_BATCH.get(self.device.type, 16384)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        use_bf16 = self.dtype == torch.bfloat16
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        bar = progress_bar(len(texts), f"dense {desc}", show_progress, logger)
+        with bar, torch.inference_mode(), autocast:
+            block = _BLOCK_SIZE.get(self.device.type, 8192)
+            for offset, ids in tokenized_blocks(texts, self._tokenize, block):
+                for batch in length_sorted_batches([len(x) for x in ids], batch_size, max_tokens):
+                    out[offset + batch] = self._encode_batch([ids[i] for i in batch]).cpu().numpy()
+                    bar.update(len(batch))
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False,
+                              return_token_type_ids=False)["input_ids"]
+
+    def _encode_batch(self, sequences: list[list[int]]) -> torch.Tensor:
+        """``float32[B, d]`` pooled (and normalised) embeddings of one padded batch."""
+        import torch
+
+        ids, mask = pad_right(sequences, self.tokenizer.pad_token_id or 0)
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+        embeddings = pool_hidden(hidden, attention_mask, self.pooling)
+        return torch.nn.functional.normalize(embeddings, dim=-1) if self.normalize else embeddings
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool ``float32[B, L, d]`` token states over ``attention_mask [B, L]`` into ``float32[B, d]``."""
+    import torch
+
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(mask == 0, float("-inf")).amax(dim=1)
+    return torch.bmm(mask.transpose(1, 2), hidden).squeeze(1) / mask.sum(dim=1).clamp(min=1e-9)

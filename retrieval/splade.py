@@ -1,0 +1,282 @@
+"""SPLADE encoders over masked LMs and decoder-only causal LMs (Mistral-SPLADE style).
+
+A text becomes ``max_t log(1 + relu(logits[t, v]))`` over its tokens ``t`` for every vocabulary term
+``v`` (SPLADE v2, Formal et al. 2021), returned as a :class:`~sparsa.types.SparseVector`.
+
+- Masked LMs (any ``*ForMaskedLM``, default ``splade-tiny``): the MLM head's logits.
+- Causal LMs (any ``*ForCausalLM``, default backbone ``smollm2-135m-instruct``): the LM head's
+  logits, as in Mistral-SPLADE (Doshi et al. 2024). A causal token sees only its left context, so
+  with ``echo=True`` the input is the text twice (``[bos] x x``) and only the second copy is
+  pooled: each of its tokens has seen the whole text (echo embeddings, Springer et al. 2024).
+
+The model's output projection (``get_output_embeddings()``, an ``nn.Linear``) is replaced by an
+identity at load time, so the model returns the hidden states that feed it, and
+:mod:`sparsa.retrieval.splade_pooling` projects and pools them without materialising the
+``[batch, length, vocab]`` logits (Triton on CUDA, chunked or bf16-screened torch on CPU). Heads
+that post-process logits (e.g. Gemma-2 soft-capping) are not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from sparsa.config import resolve_device
+from sparsa.errors import ConfigError
+from sparsa.models import resolve_model
+from sparsa.retrieval.batching import length_sorted_batches, pad_right, progress_bar, tokenized_blocks
+from sparsa.types import SparseVector
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+Architecture = Literal["auto", "masked-lm", "causal-lm"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+_TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 65536}
+# Texts tokenised per block: on GPU small blocks let tokenising overlap the model; on CPU big blocks
+# sort better (less padding).
+_BLOCK_SIZE = {"cpu": 8192, "cuda": 1024}
+
+
+@dataclass(frozen=True, slots=True)
+class SpladeConfig:
+    """How to build and run a :class:`SpladeEncoder`; every default works offline.
+
+    ``dtype="auto"``: bfloat16 on CUDA, float32 on CPU. ``pooling="auto"``: the Triton kernel on
+    CUDA, the bf16-screened exact path on CPUs with native bf16, else the chunked fp32 path.
+    ``max_tokens`` bounds ``batch x padded length`` when no batch size is given (None: by device).
+    """
+
+    model: str = "splade-tiny"
+    architecture: Architecture = "auto"
+    max_length: int = 512
+    query_top_k: int | None = None
+    doc_top_k: int | None = None
+    device: str = "auto"
+    dtype: DType = "auto"
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    pooling: str = "auto"
+    echo: bool = True
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("auto", "masked-lm", "causal-lm"):
+            raise ConfigError(f"architecture {self.architecture!r}: expected auto, masked-lm or causal-lm")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype {self.dtype!r}: expected auto, float32, bfloat16 or float16")
+        if self.max_length < 4:
+            raise ConfigError(f"max_length must be >= 4, got {self.max_length}")
+        for name in ("query_top_k", "doc_top_k", "batch_size", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 or None, got {value}")
+
+    @classmethod
+    def mistral_splade(cls, model: str = "smollm2-135m-instruct", **changes: object) -> SpladeConfig:
+        """The decoder-backbone configuration (echoed input, LM-head expansion)."""
+        return cls(model=model, architecture="causal-lm", **changes)
+
+
+def _detect_architecture(path: str) -> str:
+    config_file = Path(path) / "config.json"
+    archs = json.loads(config_file.read_text()).get("architectures", []) if config_file.is_file() else []
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return "masked-lm"
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return "causal-lm"
+    raise ConfigError(f"{path}: cannot tell masked-lm from causal-lm ({archs or 'no architectures'}); "
+                      "set SpladeConfig.architecture")
+
+
+def _detach_output_projection(model: torch.nn.Module) -> torch.nn.Linear:
+    """Swap the model's vocabulary projection for an identity (so it returns hidden states); return it."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise ConfigError(
+            f"{type(model).__name__}: output projection is {type(head).__name__}, not nn.Linear"
+        )
+    for module in model.modules():
+        for child_name, child in module.named_children():
+            if child is head:
+                setattr(module, child_name, torch.nn.Identity())
+                return head
+    raise ConfigError(f"{type(model).__name__}: output projection not found among its modules")
+
+
+class SpladeEncoder:
+    """Texts -> SPLADE sparse vectors over the model's vocabulary (``SparseVector``, int32/float32)."""
+
+    def __init__(self, config: SpladeConfig | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+        from sparsa.retrieval.splade_pooling import resolve_pool_method
+
+        self.config = config = config or SpladeConfig()
+        started = time.perf_counter()
+        path = resolve_model(config.model)
+        self.architecture = (
+            _detect_architecture(path) if config.architecture == "auto" else config.architecture
+        )
+        self.device = torch.device(resolve_device(config.device))
+        dtype_name = config.dtype
+        if dtype_name == "auto":
+            dtype_name = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype_name)
+        auto = AutoModelForMaskedLM if self.architecture == "masked-lm" else AutoModelForCausalLM
+        model = auto.from_pretrained(path, dtype=self.dtype)
+        head = _detach_output_projection(model)
+        self.model = model.to(self.device).eval()
+        self.weight = head.weight.detach().to(self.device)  # [V, D]
+        self.bias = None if head.bias is None else head.bias.detach().float().to(self.device)  # [V]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.pooling = resolve_pool_method(config.pooling, self.device)
+        self._pool_cache: dict[str, torch.Tensor] = {}
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        logger.info("loaded SPLADE %s (%s) from %s on %s/%s, pooling=%s in %.1f s", config.model,
+                    self.architecture, path, self.device, dtype_name, self.pooling,
+                    time.perf_counter() - started)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0])
+
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[SparseVector]:
+        """One sparse vector per query, pruned to ``config.query_top_k`` terms if set."""
+        return self.encode(texts, batch_size, show_progress, self.config.query_top_k, "queries")
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[SparseVector]:
+        """One sparse vector per document, pruned to ``config.doc_top_k`` terms if set."""
+        return self.encode(texts, batch_size, show_progress, self.config.doc_top_k, "docs")
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+        top_k: int | None = None,
+        desc: str = "texts",
+    ) -> list[SparseVector]:
+        """Encode in length-sorted batches; results come back in input order."""
+        results: list[SparseVector | None] = [None] * len(texts)
+        for index, pooled in self._pooled_batches(texts, batch_size, show_progress, top_k, desc):
+            for i, vec in zip(index.tolist(), _to_sparse(pooled), strict=True):
+                results[i] = vec
+        return results  # type: ignore[return-value]
+
+    def encode_dense(
+        self, texts: Sequence[str], batch_size: int | None = None, top_k: int | None = None
+    ) -> torch.Tensor:
+        """Pooled weights as ``float32[n, V]`` on the CPU (for small inputs, tests and inspection)."""
+        import torch
+
+        dense = torch.zeros(len(texts), self.vocab_size)
+        for index, pooled in self._pooled_batches(texts, batch_size, False, top_k, "texts"):
+            dense[torch.from_numpy(index)] = pooled.float().cpu()
+        return dense
+
+    def _pooled_batches(
+        self,
+        texts: Sequence[str],
+        batch_size: int | None,
+        show_progress: bool | None,
+        top_k: int | None,
+        desc: str,
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield ``(input positions int64[B], pooled float32[B, V] on the device)`` per batch."""
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("expected a sequence of texts, got one str")
+        batch_size = batch_size or self.config.batch_size
+        max_tokens = self.config.max_tokens or _TOKENS_PER_BATCH.get(self.device.type, 16384)
+        bar = progress_bar(len(texts), f"SPLADE {desc}", show_progress, logger)
+        with bar, torch.inference_mode():
+            block = _BLOCK_SIZE.get(self.device.type, 8192)
+            for offset, ids in tokenized_blocks(texts, self._tokenize, block):
+                items = [self._model_input(x) for x in ids]
+                for batch in length_sorted_batches([len(item[0]) for item in items], batch_size, max_tokens):
+                    pooled = self._encode_batch([items[i] for i in batch])
+                    yield offset + batch, pooled if top_k is None else _keep_top_k(pooled, top_k)
+                    bar.update(len(batch))
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        limit = self.config.max_length
+        if self.architecture == "causal-lm":
+            # [bos] + text (+ text again when echoing) must fit in max_length.
+            limit = (limit - 1) // (2 if self.config.echo else 1)
+            return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit,
+                                  return_attention_mask=False)["input_ids"]
+        return self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False,
+                              return_token_type_ids=False)["input_ids"]
+
+    def _model_input(self, ids: list[int]) -> tuple[list[int], int, int]:
+        """Model token ids and the pooled range ``[start, end)`` of one text."""
+        if self.architecture == "masked-lm":
+            return ids, 0, len(ids)
+        bos = self.tokenizer.bos_token_id
+        prefix = [bos] if bos is not None else []
+        if not self.config.echo:
+            return prefix + ids, len(prefix), len(prefix) + len(ids)
+        return prefix + ids + ids, len(prefix) + len(ids), len(prefix) + 2 * len(ids)
+
+    def _encode_batch(self, items: list[tuple[list[int], int, int]]) -> torch.Tensor:
+        """Pooled ``float32[B, V]`` on the model's device for one batch of ``(ids, start, end)``."""
+        import torch
+
+        from sparsa.retrieval.splade_pooling import pool_splade
+
+        ids, mask = pad_right([item[0] for item in items], self.pad_id)
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        start = torch.tensor([item[1] for item in items], dtype=torch.int32, device=self.device)
+        end = torch.tensor([item[2] for item in items], dtype=torch.int32, device=self.device)
+        kwargs = {"use_cache": False} if self.architecture == "causal-lm" else {}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # [B, L, D]
+        return pool_splade(hidden, self.weight, self.bias, start, end, self.pooling, self._pool_cache)
+
+    def decode(self, vector: SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
+        """The vector's terms as ``(token, weight)`` pairs, heaviest first (``top_k`` of them if set)."""
+        order = np.argsort(-vector.values, kind="stable")[:top_k]
+        tokens = self.tokenizer.convert_ids_to_tokens(vector.indices[order].tolist())
+        return list(zip(tokens, vector.values[order].tolist(), strict=True))
+
+
+def _keep_top_k(pooled: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the ``k`` largest weights of each row of ``[B, V]``."""
+    import torch
+
+    if k >= pooled.shape[1]:
+        return pooled
+    values, index = pooled.topk(k, dim=1)
+    return torch.zeros_like(pooled).scatter_(1, index, values)
+
+
+def _to_sparse(pooled: torch.Tensor) -> list[SparseVector]:
+    """Rows of a ``float32[B, V]`` tensor as sparse vectors (one device->host copy of the non-zeros)."""
+    import torch
+
+    rows, cols = pooled.nonzero(as_tuple=True)  # row-major: each row's columns come sorted
+    values = pooled[rows, cols].cpu().numpy()
+    cols_np = cols.to(torch.int32).cpu().numpy()
+    counts = torch.bincount(rows, minlength=pooled.shape[0]).cpu().numpy()
+    bounds = np.cumsum(counts)[:-1]
+    pairs = zip(np.split(cols_np, bounds), np.split(values, bounds), strict=True)
+    return [SparseVector(c, v) for c, v in pairs]

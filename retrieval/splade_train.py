@@ -127,7 +127,7 @@ def training_loss(model: TrainableSplade, batch: Sequence[TrainingExample], conf
                                         reduction="batchmean")
         loss = loss + config.distill_weight * kl
         parts["distill"] = float(kl)
-    parts.update(flops=float(reg), q_terms=float((queries > 0).sum(1).float().mean()),
+    parts.update(flops=float(reg.detach()), q_terms=float((queries > 0).sum(1).float().mean()),
                  d_terms=float((doc_weights > 0).sum(1).float().mean()))
     return loss + reg, parts
 

@@ -132,10 +132,12 @@ def training_loss(model: TrainableSplade, batch: Sequence[TrainingExample], conf
     return loss + reg, parts
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                     schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict()}, tmp)
+    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule else None}, tmp)
     os.replace(tmp, path)
 
 
@@ -165,8 +167,8 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
         model.load_state_dict(state["params"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-        for _ in range(step):
-            schedule.step()
+        if state.get("schedule"):
+            schedule.load_state_dict(state["schedule"])
         logger.info("resuming training at step %d from %s", step, checkpoint)
 
     rng = random.Random(config.seed)
@@ -190,7 +192,7 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", d_terms=f"{last['d_terms']:.0f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(checkpoint, model, optimizer, step)
+                _save_checkpoint(checkpoint, model, optimizer, step, schedule)
 
     if model.layout.architecture == "causal-lm":
         merge_lora(model.backbone)

@@ -1,0 +1,87 @@
+"""SPLADE training on a real model: a few steps, checkpoints and resume, LoRA merge, examples I/O."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparsa.retrieval.lora import add_lora, merge_lora
+from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+from sparsa.retrieval.splade_train import SpladeTrainConfig, TrainingExample, flops, train_splade
+from sparsa.retrieval.training_data import labelled_examples, read_examples, title_body_examples, write_examples
+from sparsa.types import Hit, Qrels, Run
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = [
+    TrainingExample("vitamin d and bone density", "Vitamin D supplements increase bone mineral density.",
+                    ("Insulin resistance in type 2 diabetes.",)),
+    TrainingExample("statins lower cholesterol", "Statin therapy reduces LDL cholesterol levels.",
+                    ("Malaria transmission by mosquitoes.",)),
+    TrainingExample("smoking causes lung cancer", "Tobacco smoking is the main cause of lung cancer.",
+                    ("Exercise improves cardiovascular fitness.",)),
+    TrainingExample("aspirin prevents stroke", "Low-dose aspirin lowers the risk of ischemic stroke.",
+                    ("Gut microbiota composition in infants.",)),
+]
+TINY = dict(batch_size=2, max_query_length=16, max_doc_length=32, warmup_steps=1, checkpoint_every=1)
+
+
+def test_flops_is_the_sum_of_squared_mean_weights():
+    weights = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    assert float(flops(weights)) == pytest.approx(2.0**2 + 0.0 + 1.0**2)
+
+
+def test_train_save_and_load(tmp_path):
+    out = train_splade(EXAMPLES, tmp_path / "model", SpladeTrainConfig(steps=2, **TINY), device="cpu",
+                       show_progress=False)
+    record = json.loads((out / "sparsa.json").read_text())
+    assert record["steps"] == 2 and record["examples"] == 4 and record["final"]["contrastive"] > 0
+    assert not (out / "checkpoint.pt").exists()
+    encoder = SpladeEncoder(SpladeConfig(model=str(out)))
+    vector = encoder.encode_queries(["vitamin d"])[0]
+    assert vector.nnz > 0 and "vitamin" in dict(encoder.decode(vector))
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    config = SpladeTrainConfig(steps=3, **TINY)
+    # A checkpoint at step 3 of 3: the run resumes there and only saves.
+    from sparsa.retrieval import splade_train
+
+    model = splade_train.TrainableSplade(config.encoder, torch.device("cpu"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    splade_train._save_checkpoint(out / "checkpoint.pt", model, optimizer, 3)
+    train_splade(EXAMPLES, out, config, device="cpu", show_progress=False)
+    assert json.loads((out / "sparsa.json").read_text())["wall_seconds_this_run"] < 30
+
+
+def test_lora_merge_keeps_the_function():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", torch.nn.Linear(8, 8))
+    x = torch.randn(3, 8)
+    assert add_lora(model, rank=2) == 1
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["q_proj.down", "q_proj.up"]
+    with torch.no_grad():
+        model.q_proj.up.normal_()
+    adapted = model(x)
+    merge_lora(model)
+    assert isinstance(model.q_proj, torch.nn.Linear)
+    torch.testing.assert_close(model(x), adapted)
+
+
+def test_examples_from_qrels_and_titles(tmp_path, scifact):
+    some = scifact.queries[:3]
+    run = Run({q.id: [Hit(d, 1.0) for d in list(scifact.corpus)[:10]] for q in some})
+    qrels = Qrels({q.id: scifact.qrels[q.id] for q in some})
+    labelled = labelled_examples(some, qrels, scifact.corpus, run, negatives=2)
+    assert len(labelled) == qrels.num_judgements and all(len(e.negatives) == 2 for e in labelled)
+    relevant_texts = {scifact.corpus[d].full_text for q in some for d in qrels[q.id]}
+    assert not relevant_texts & {n for e in labelled for n in e.negatives}
+    pseudo = title_body_examples(scifact.corpus, negatives=1, limit=5)
+    assert len(pseudo) == 5 and all(e.query and e.positive != e.query for e in pseudo)
+    write_examples(labelled + pseudo, tmp_path / "ex.jsonl.gz")
+    assert read_examples(tmp_path / "ex.jsonl.gz") == labelled + pseudo

@@ -9,7 +9,10 @@ as the decimal string of the term id. Its recall against :class:`ExactSparseSear
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +43,18 @@ class SeismicConfig:
             raise ConfigError(f"invalid Seismic settings: {self}")
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _terms(indices: np.ndarray) -> np.ndarray:
     seismic = require("seismic", "seismic")
     return indices.astype(str).astype(seismic.get_seismic_string())
@@ -61,11 +76,12 @@ class SeismicSearcher:
             row = matrix.row(i)
             if row.nnz:
                 dataset.add_document(doc_id, _terms(row.indices), row.values.astype(np.float32))
-        index = seismic.SeismicIndex.build_from_dataset(
-            dataset, n_postings=config.n_postings, centroid_fraction=config.centroid_fraction,
-            summary_energy=config.summary_energy, num_threads=config.threads,
-        )
-        index.save(str(folder / FILE))
+        with _stdout_to_stderr():  # Seismic reports progress on stdout, which sparsa keeps for results
+            index = seismic.SeismicIndex.build_from_dataset(
+                dataset, n_postings=config.n_postings, centroid_fraction=config.centroid_fraction,
+                summary_energy=config.summary_energy, num_threads=config.threads,
+            )
+            index.save(str(folder / FILE))
         return cls(index, config)
 
     @classmethod

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -149,6 +149,12 @@ class SpladeEncoder:
         logger.info("loaded SPLADE %s (%s) from %s on %s/%s, pooling=%s in %.1f s", config.model,
                     self.architecture, path, self.device, dtype_name, self.pooling,
                     time.perf_counter() - started)
+
+    config_class = SpladeConfig
+
+    def spec(self) -> dict:
+        """What rebuilds this encoder (see ``sparsa.retrieval.searcher.encoder_from_spec``)."""
+        return {"name": "splade", "config": asdict(self.config)}
 
     @property
     def vocab_size(self) -> int:

@@ -51,3 +51,9 @@ SPARSE_BACKENDS = Registry("sparse backend", {
     "seismic": "sparsa.indexes.seismic_index:SeismicSearcher",
     "lucene-impact": "sparsa.indexes.lucene_impact:LuceneImpactSearcher",
 })
+
+# Query/document encoders, rebuilt from the spec an index's manifest records.
+ENCODERS = Registry("encoder", {
+    "splade": "sparsa.retrieval.splade:SpladeEncoder",
+    "dense": "sparsa.retrieval.dense:DenseEncoder",
+})

@@ -12,27 +12,45 @@ from sparsa.cli.common import console, dataset_path, index_path, out
 from sparsa.data import load_corpus, load_dataset, read_queries
 from sparsa.errors import ConfigError
 from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
-from sparsa.registry import INDEX_BACKENDS
 from sparsa.types import Qrels, Query, Run
 
 DatasetOpt = Annotated[str | None, typer.Option(help="dataset folder or name under the data dir (e.g. scifact)")]
 SplitOpt = Annotated[str, typer.Option(help="qrels split of the dataset")]
 
 
+KINDS = ("bm25", "splade")
+
+
 def index(
     out_: Annotated[str, typer.Option("--out", help="index folder, or a name under $SPARSA_HOME/indexes")],
     dataset: DatasetOpt = None,
     corpus: Annotated[Path | None, typer.Option(help="corpus JSONL file (instead of --dataset)")] = None,
-    kind: Annotated[str, typer.Option(help=f"index kind: {', '.join(INDEX_BACKENDS.names())}")] = "bm25",
+    kind: Annotated[str, typer.Option(help="bm25 (Lucene) or splade (learned sparse)")] = "bm25",
+    model: Annotated[str, typer.Option(help="splade: encoder model (name, folder or hub id)")] = "splade-tiny",
+    backend: Annotated[list[str] | None, typer.Option(help="splade: exact, seismic, lucene-impact")] = None,
+    device: Annotated[str, typer.Option(help="splade: encoding device (auto, cpu, cuda)")] = "auto",
     threads: Annotated[int, typer.Option(help="indexing threads")] = 2,
 ) -> None:
-    """Build an index over a corpus, atomically (a failed build leaves the old index intact)."""
+    """Build an index over a corpus as one atomic job (a failed build leaves the old index intact).
+
+    splade indexes encode in checkpointed shards: rerunning an interrupted job resumes it.
+    """
     from sparsa.indexes import build_index
 
     if (dataset is None) == (corpus is None):
         raise ConfigError("give exactly one of --dataset or --corpus")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; known: {', '.join(KINDS)}")
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
-    path = build_index(kind, docs, index_path(out_), threads=threads)
+    if kind == "bm25":
+        path = build_index("bm25", docs, index_path(out_), threads=threads)
+    else:
+        from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+
+        encoder = SpladeEncoder(SpladeConfig(model=model, device=device))
+        backends = tuple(backend or ("exact",))
+        path = build_index("sparse", docs, index_path(out_), encoder=encoder, backends=backends,
+                           **{b: {"threads": threads} for b in backends if b != "exact"})
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
 
 
@@ -43,14 +61,13 @@ def search(
     split: SplitOpt = "test",
     queries: Annotated[Path | None, typer.Option(help="queries file (JSONL or TSV)")] = None,
     k: Annotated[int, typer.Option(help="hits per query", min=1, max=10_000)] = 1000,
+    backend: Annotated[str | None, typer.Option(help="learned-sparse backend (default: the index's first)")] = None,
     run_out: Annotated[Path | None, typer.Option("--out", help="write the run here (TREC format)")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
-    from sparsa.indexes import open_index
-
     if sum(x is not None for x in (query, dataset, queries)) != 1:
         raise ConfigError("give exactly one of --query, --dataset or --queries")
-    opened = open_index(index_path(index_))
+    opened = open_retriever(index_path(index_), backend)
     if query is not None:
         if not query.strip():
             raise ConfigError("the query is empty")
@@ -69,6 +86,16 @@ def search(
         for qid, hits in run.items():
             for rank, hit in enumerate(hits, start=1):
                 out.print(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {run.name}")
+
+
+def open_retriever(path: Path, backend: str | None = None):
+    """Open any index as a retriever (learned-sparse indexes get their own query encoder)."""
+    from sparsa.indexes import open_index
+    from sparsa.indexes.learned_sparse import LearnedSparseIndex
+    from sparsa.retrieval.searcher import as_retriever
+
+    index = LearnedSparseIndex.open(path, backend) if backend else open_index(path)
+    return as_retriever(index)
 
 
 def print_eval(result: RankingEval, title: str = "") -> None:

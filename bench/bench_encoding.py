@@ -237,10 +237,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (the last is reported)")
     parser.add_argument("--dataset", default=str(load_settings().data_dir / "scifact"))
     parser.add_argument("--name", default="encoding")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
     texts = [d.full_text for d in data.corpus.documents]
     texts = texts[: args.our_docs] if args.our_docs else texts
@@ -258,6 +261,12 @@ def main() -> None:
               f"{r['ours'].get('nDCG@10', '-')})  baseline {r['baseline']['docs_per_s']:8.1f} docs/s "
               f"({r['baseline']['docs']} docs, {r['baseline']['peak_memory_mib']:.0f} MiB, nDCG@10 "
               f"{r['baseline'].get('nDCG@10', '-')})  speedup {r['speedup']}x", flush=True)
+        write_results(args.name, _payload(args, data, hardware, rows), PACKAGES)  # partial results survive
+    path = write_results(args.name, _payload(args, data, hardware, rows), PACKAGES)
+    print(f"wrote {path}")
+
+
+def _payload(args, data, hardware: dict, rows: list[dict]) -> dict:
     note = "smollm2 rows may use random weights (throughput only): see 'weights'"
     if args.device == "cpu":
         note = "CPU timings on a shared 2-core machine (other jobs active, see load averages): noisy."
@@ -266,8 +275,7 @@ def main() -> None:
     weights_note = os.environ.get("SPARSA_BENCH_WEIGHTS_NOTE")
     if weights_note:
         payload["weights"] = weights_note
-    path = write_results(args.name, payload, PACKAGES)
-    print(f"wrote {path}")
+    return payload
 
 
 if __name__ == "__main__":

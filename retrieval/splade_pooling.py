@@ -15,7 +15,7 @@ Paths:
 - ``"screened"`` (CPU): a bf16 pass finds, with a rigorous rounding-error bound, every ``(b, v)``
   whose pooled logit can be positive; only those are recomputed exactly in float32. The result
   equals the fp32 ``"chunked"`` one (same products, same max) at the cost of a bf16 matmul
-  (about 3x faster than fp32 on CPUs with AVX512-BF16 or AMX) plus a small gather-matmul.
+  (2-3x faster than fp32 on CPUs with AVX512-BF16 or AMX) plus a small gather-matmul.
 - ``"reference"``: ``splade_pool_ref``, full logits (tests only).
 """
 

@@ -5,7 +5,8 @@
     python bench/bench_lsr_engines.py --collection synthetic --docs 1000000 --engines exact seismic exact-gpu --tag h200
 
 Engines: exact (sparsa's exact backend on CPU: scipy CSC postings), seismic, lucene-impact, and
-exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk). Latency is per
+exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk, batches of 256).
+Seismic builds use every core (sparsa >= this commit); searches use one thread (the GPU engine: one GPU). Latency is per
 single query on one thread; throughput is one batch of all queries (one thread on CPU). Recall@10
 is against exact scoring. Encoded SciFact vectors are cached in .stage/ (git-ignored).
 """
@@ -60,7 +61,7 @@ def open_engine(name: str, matrix: SparseMatrix, folder: Path):
     from sparsa.registry import SPARSE_BACKENDS
 
     if name in ("exact", "exact-gpu"):
-        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu")
+        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu", batch_size=256)
     return SPARSE_BACKENDS.get(name).build(matrix, folder, {"threads": 1})
 
 

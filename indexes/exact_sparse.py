@@ -34,8 +34,9 @@ class ExactSparseSearcher:
 
     name = "exact"
 
-    def __init__(self, matrix: SparseMatrix, device: str = "auto"):
+    def __init__(self, matrix: SparseMatrix, device: str = "auto", batch_size: int | None = None):
         self.matrix = matrix
+        self.batch_size = batch_size
         self.device = resolve_device(device)
         if self.device == "cpu":
             import scipy.sparse as sp
@@ -79,7 +80,7 @@ class ExactSparseSearcher:
     def _search_torch(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         import torch
 
-        batch = max(1, min(1024, _SCORE_BLOCK // max(1, len(self.matrix))))
+        batch = self.batch_size or max(1, min(1024, _SCORE_BLOCK // max(1, len(self.matrix))))
         results: list[list[Hit]] = []
         with torch.inference_mode():
             for start in range(0, len(queries), batch):

@@ -36,7 +36,8 @@ class SeismicConfig:
     summary_energy: float = 0.4
     query_cut: int = 20
     heap_factor: float = 0.8
-    threads: int = 2
+    threads: int = 2  # search
+    build_threads: int = 0  # 0: all cores
 
     def __post_init__(self) -> None:
         if self.n_postings < 1 or not 0 < self.centroid_fraction <= 1 or not 0 < self.heap_factor <= 1:
@@ -79,7 +80,7 @@ class SeismicSearcher:
         with _stdout_to_stderr():  # Seismic reports progress on stdout, which sparsa keeps for results
             index = seismic.SeismicIndex.build_from_dataset(
                 dataset, n_postings=config.n_postings, centroid_fraction=config.centroid_fraction,
-                summary_energy=config.summary_energy, num_threads=config.threads,
+                summary_energy=config.summary_energy, num_threads=config.build_threads,
             )
             index.save(str(folder / FILE))
         return cls(index, config)

@@ -1,1 +1,37 @@
-"""Rerankers callable as a library: ``reranker.rerank(query, candidates) -> list[Hit]``."""
+"""Rerankers callable as a library: ``reranker.rerank(query, candidates, top_k) -> list[Hit]``.
+
+- :class:`TildeV2Reranker` (``tilde.py``): contextualised exact term matching from a precomputed
+  passage store (TILDEv2), with TILDE passage expansion (``tilde_expansion.py``) and the encoder
+  and its training (``tilde_model.py``).
+- :class:`QueryLikelihoodReranker` (``query_likelihood.py``): log P(query | passage) under a causal LM.
+
+Names are imported lazily, so ``import sparsa.rerank`` loads neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TildeV2Reranker": "sparsa.rerank.tilde",
+    "TildeV2Store": "sparsa.rerank.tilde",
+    "build_tildev2_store": "sparsa.rerank.tilde",
+    "TildeExpander": "sparsa.rerank.tilde_expansion",
+    "TildeConfig": "sparsa.rerank.tilde_expansion",
+    "train_tilde": "sparsa.rerank.tilde_expansion",
+    "TildeV2Encoder": "sparsa.rerank.tilde_model",
+    "TildeV2Config": "sparsa.rerank.tilde_model",
+    "train_tildev2": "sparsa.rerank.tilde_model",
+    "QueryLikelihoodReranker": "sparsa.rerank.query_likelihood",
+    "QueryLikelihoodConfig": "sparsa.rerank.query_likelihood",
+    "rerank_run": "sparsa.rerank.runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sparsa.rerank' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

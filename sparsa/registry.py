@@ -57,3 +57,9 @@ ENCODERS = Registry("encoder", {
     "splade": "sparsa.retrieval.splade:SpladeEncoder",
     "dense": "sparsa.retrieval.dense:DenseEncoder",
 })
+
+# Rerankers: each class has ``load(path)`` (a TILDEv2 store folder, or an LM name/folder).
+RERANKERS = Registry("reranker", {
+    "tildev2": "sparsa.rerank.tilde:TildeV2Reranker",
+    "query-likelihood": "sparsa.rerank.query_likelihood:QueryLikelihoodReranker",
+})

@@ -1,0 +1,43 @@
+"""``sparsa rerank``: rerank a first-stage run with a registered reranker and write a TREC run.
+
+    sparsa rerank --run bm25.trec --dataset scifact --reranker tildev2 --model STORE --top-k 100 --out reranked.trec
+
+Calls :func:`sparsa.rerank.rerank_run` with ``RERANKERS.get(name).load(model)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsa.cli.common import console, dataset_path
+from sparsa.errors import ConfigError
+
+
+def rerank(
+    run_file: Annotated[Path, typer.Option("--run", help="first-stage run (TREC format)")],
+    dataset: Annotated[str, typer.Option(help="dataset folder or name under the data dir: queries and passages")],
+    out: Annotated[Path, typer.Option("--out", help="write the reranked run here (TREC format)")],
+    reranker: Annotated[str, typer.Option(help="registered reranker: tildev2 or query-likelihood")] = "tildev2",
+    model: Annotated[str | None, typer.Option(
+        help="tildev2: the passage store folder (required); query-likelihood: LM name or folder")] = None,
+    split: Annotated[str, typer.Option(help="qrels split whose queries the run answers")] = "test",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=10_000,
+                                       help="rerank each query's top k hits; the output keeps those k")] = 100,
+) -> None:
+    """Rerank each query's top-k hits of a run; queries and passage texts come from the dataset."""
+    from sparsa.data import load_dataset
+    from sparsa.registry import RERANKERS
+    from sparsa.rerank import rerank_run
+    from sparsa.types import Run
+
+    cls = RERANKERS.get(reranker)  # unknown names fail here, listing the known ones
+    if reranker == "tildev2" and model is None:
+        raise ConfigError("tildev2 needs --model: a TILDEv2 passage store folder (build_tildev2_store)")
+    first_stage = Run.read_trec(run_file)
+    data = load_dataset(dataset_path(dataset), split)
+    reranked = rerank_run(cls.load(model), first_stage, data.queries, data.corpus, depth=top_k, top_k=top_k)
+    reranked.write_trec(out)
+    console.print(f"reranked {len(reranked)} queries (top {top_k}) with {reranker}; wrote {out}")

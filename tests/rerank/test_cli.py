@@ -1,0 +1,49 @@
+"""``sparsa rerank`` in-process: a hand-written first-stage run over the SciFact slice."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sparsa.cli.rerank import rerank
+from sparsa.rerank import TildeV2Reranker
+from sparsa.types import Hit, Run
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("rerank")(rerank)
+    app.command("noop")(lambda: None)  # keep typer in multi-command mode, like sparsa's app
+    return app
+
+
+def test_rerank_command_writes_the_library_result(app, tmp_path, tilde_store, scifact_slice, shared_data):
+    queries, docs = scifact_slice
+    first = Run({q.id: [Hit(d.id, float(-i)) for i, d in enumerate(docs)] for q in queries})
+    first.write_trec(tmp_path / "first.trec")
+    out = tmp_path / "reranked.trec"
+    result = CliRunner().invoke(app, ["rerank", "--run", str(tmp_path / "first.trec"), "--dataset",
+                                      str(shared_data / "scifact"), "--reranker", "tildev2", "--model",
+                                      str(tilde_store), "--top-k", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = Run.read_trec(out)
+    reranker = TildeV2Reranker.open(tilde_store)
+    for q in queries:
+        expected = reranker.rerank(q, docs[:10])
+        assert [h.doc_id for h in written[q.id]] == [h.doc_id for h in expected]
+
+
+def test_rerank_command_errors(app, tmp_path, tilde_store, shared_data):
+    from sparsa.errors import ConfigError, UnknownNameError
+
+    Run({"1": [Hit("no-such-doc", 1.0)]}).write_trec(tmp_path / "bad.trec")
+    base = ["rerank", "--run", str(tmp_path / "bad.trec"), "--dataset", str(shared_data / "scifact"),
+            "--out", str(tmp_path / "x.trec")]
+    result = CliRunner().invoke(app, [*base, "--reranker", "tildev3"])
+    assert isinstance(result.exception, UnknownNameError) and "tildev2" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--reranker", "tildev2"])
+    assert isinstance(result.exception, ConfigError) and "--model" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--model", str(tilde_store)])
+    assert isinstance(result.exception, ConfigError) and "no-such-doc" in str(result.exception)

@@ -20,13 +20,14 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import write_results  # noqa: E402
+from common import RESULTS, write_results  # noqa: E402
 from synthetic_splade import synthesize  # noqa: E402
 
 from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
@@ -69,33 +70,62 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def measure(name: str, matrix: SparseMatrix, queries: list[SparseVector], truth: list[list[Hit]] | None,
-            latency_queries: int) -> dict:
+def timed_search(engine, queries: list[SparseVector], truth: list[list[Hit]], latency_queries: int) -> dict:
+    engine.search(queries[:5], K)  # warm-up
+    latencies = []
+    for q in queries[:latency_queries]:
+        t = time.perf_counter()
+        engine.search([q], K)
+        latencies.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    found = engine.search(queries, K)
+    batch_s = time.perf_counter() - t
+    recall = np.mean([len({h.doc_id for h in f} & {h.doc_id for h in t}) / max(1, min(K, len(t)))
+                      for f, t in zip(found, truth)])
+    return {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+            "batch_qps": round(len(queries) / batch_s, 1), "recall@10": round(float(recall), 4)}
+
+
+# Seismic's search-time knobs (no rebuild): how many query terms to use, how hard to prune blocks.
+SEISMIC_SWEEP = [(20, 0.8), (40, 0.9), (64, 0.95), (64, 1.0)]
+
+
+def measure(name: str, matrix: SparseMatrix, queries: list[SparseVector], truth: list[list[Hit]],
+            latency_queries: int) -> dict[str, dict]:
+    """Rows for one engine: one per search setting (Seismic sweeps its search-time knobs)."""
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     try:
         started = time.perf_counter()
         engine = open_engine(name, matrix, folder)
-        build_s = time.perf_counter() - started
-        size = folder_bytes(folder) or int(matrix.indptr.nbytes + matrix.indices.nbytes + matrix.values.nbytes)
-        engine.search(queries[:5], K)  # warm-up
-        latencies = []
-        for q in queries[:latency_queries]:
-            t = time.perf_counter()
-            engine.search([q], K)
-            latencies.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        found = engine.search(queries, K)
-        batch_s = time.perf_counter() - t
+        built = {"build_s": round(time.perf_counter() - started, 2),
+                 "index_mb": round((folder_bytes(folder) or int(matrix.indptr.nbytes + matrix.indices.nbytes
+                                                               + matrix.values.nbytes)) / 2**20, 1)}
+        if name != "seismic":
+            return {name: built | timed_search(engine, queries, truth, latency_queries)}
+        rows = {}
+        for query_cut, heap_factor in SEISMIC_SWEEP:
+            engine.config = replace(engine.config, query_cut=query_cut, heap_factor=heap_factor)
+            rows[f"seismic qc={query_cut} hf={heap_factor}"] = built | timed_search(engine, queries, truth,
+                                                                                     latency_queries)
+        return rows
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    recall = None
-    if truth is not None:
-        recall = float(np.mean([len({h.doc_id for h in f} & {h.doc_id for h in t}) / max(1, min(K, len(t)))
-                                for f, t in zip(found, truth)]))
-    return {"build_s": round(build_s, 2), "index_mb": round(size / 2**20, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 3), "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-            "batch_qps": round(len(queries) / batch_s, 1), "recall@10": None if recall is None else round(recall, 4),
-            "found": found}
+
+
+def save(args: argparse.Namespace, matrix: SparseMatrix, queries: list[SparseVector], rows: dict) -> Path:
+    key = f"{args.collection}-{len(matrix)}"
+    out = RESULTS / "lsr_engines.json"
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    runs = previous.get("runs", {})
+    runs.setdefault(key, {})[args.tag] = {
+        "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+        "queries": len(queries), "mean_query_terms": round(float(np.mean([q.nnz for q in queries])), 1),
+        "engines": rows,
+    }
+    extra = {k: v for k, v in previous.items() if k not in ("meta", "runs", "k")}
+    return write_results("lsr_engines", {"k": K, "runs": runs, **extra},
+                         packages=("torch", "scipy", "pyseismic-lsr", "pyserini"))
 
 
 def main() -> None:
@@ -123,24 +153,14 @@ def main() -> None:
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
 
     truth = ExactSparseSearcher(matrix, "cpu").search(queries, K)
-    rows = {}
+    rows: dict[str, dict] = {}
     for name in args.engines:
-        row = measure(name, matrix, queries, truth, args.latency_queries)
-        row.pop("found")
-        rows[name] = row
-        print(f"{name:<14} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  p50 {row['p50_ms']:>8.3f} ms"
-              f"  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} q/s  recall@10 {row['recall@10']}",
-              flush=True)
-
-    key = f"{args.collection}-{len(matrix)}"
-    out = STAGE.parent / "bench" / "results" / "lsr_engines.json"
-    previous = json.loads(out.read_text()).get("runs", {}) if out.is_file() else {}
-    previous.setdefault(key, {})[args.tag] = {
-        "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
-        "queries": len(queries), "mean_query_terms": round(float(np.mean([q.nnz for q in queries])), 1),
-        "engines": rows,
-    }
-    path = write_results("lsr_engines", {"k": K, "runs": previous}, packages=("torch", "scipy", "pyseismic-lsr", "pyserini"))
+        for label, row in measure(name, matrix, queries, truth, args.latency_queries).items():
+            rows[label] = row
+            print(f"{label:<24} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  "
+                  f"p50 {row['p50_ms']:>8.3f} ms  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} q/s  "
+                  f"recall@10 {row['recall@10']}", flush=True)
+        path = save(args, matrix, queries, rows)  # after each engine: a long run keeps what it measured
     print(f"wrote {path}")
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sparsa.indexes.jobs import atomic_index_dir, build_index, open_index, read_manifest
+from sparsa.indexes.jobs import build_index, open_index
 
-__all__ = ["atomic_index_dir", "build_index", "open_index", "read_manifest"]
+__all__ = ["build_index", "open_index"]

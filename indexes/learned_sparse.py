@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sparsa.errors import ConfigError, IndexCorruptError
-from sparsa.indexes.jobs import atomic_index_dir, read_manifest, write_manifest
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.progress import progress_bar
 from sparsa.registry import SPARSE_BACKENDS
@@ -104,7 +104,7 @@ class LearnedSparseIndex:
         for name in backends:
             SPARSE_BACKENDS.target(name)  # unknown names fail before any encoding
         started = time.perf_counter()
-        with atomic_index_dir(out, resume=True) as work:
+        with atomic_dir(out, resume=True) as work:
             matrix = encode_in_shards(corpus, encoder, work, shard_size, show_progress)
             encoded_s = time.perf_counter() - started
             matrix.save(work / "vectors")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sparsa.errors import ConfigError, IndexCorruptError, MissingDependencyError, require
-from sparsa.indexes.jobs import atomic_index_dir, read_manifest, write_manifest
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.progress import progress_bar
 from sparsa.types import Corpus, Hit, Query, Run
 
@@ -98,7 +98,7 @@ class LuceneBM25Index:
         from pyserini.index.lucene import LuceneIndexer
 
         started = time.perf_counter()
-        with atomic_index_dir(out) as work:
+        with atomic_dir(out) as work:
             indexer = LuceneIndexer(str(work / "lucene"), threads=settings.threads)
             docs = corpus.documents
             with progress_bar(total=len(docs), desc="indexing (BM25)", unit="doc", show=show_progress) as bar:

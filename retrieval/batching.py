@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
@@ -66,11 +65,3 @@ def tokenized_blocks(
                 nxt = starts[i + 1]
                 pending = pool.submit(tokenize, list(texts[nxt : nxt + block_size]))
             yield offset, ids
-
-
-def progress_bar(total: int, desc: str, show_progress: bool | None, log: logging.Logger) -> Any:
-    """A tqdm bar counting documents (its rate reads as docs/s); ``None`` shows it when ``log`` is at INFO."""
-    from tqdm.auto import tqdm
-
-    show = log.isEnabledFor(logging.INFO) if show_progress is None else show_progress
-    return tqdm(total=total, desc=desc, unit="doc", disable=not show, smoothing=0.1)

@@ -23,7 +23,8 @@ import numpy as np
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
-from sparsa.retrieval.batching import length_sorted_batches, pad_right, progress_bar, tokenized_blocks
+from sparsa.progress import progress_bar
+from sparsa.retrieval.batching import length_sorted_batches, pad_right, tokenized_blocks
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +141,7 @@ class DenseEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         use_bf16 = self.dtype == torch.bfloat16
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-        bar = progress_bar(len(texts), f"dense {desc}", show_progress, logger)
+        bar = progress_bar(len(texts), f"dense {desc}", unit="doc", show=show_progress)
         with bar, torch.inference_mode(), autocast:
             block = _BLOCK_SIZE.get(self.device.type, 8192)
             for offset, ids in tokenized_blocks(texts, self._tokenize, block):

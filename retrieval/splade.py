@@ -31,7 +31,8 @@ import numpy as np
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
-from sparsa.retrieval.batching import length_sorted_batches, pad_right, progress_bar, tokenized_blocks
+from sparsa.progress import progress_bar
+from sparsa.retrieval.batching import length_sorted_batches, pad_right, tokenized_blocks
 from sparsa.types import SparseVector
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class SpladeEncoder:
             raise TypeError("expected a sequence of texts, got one str")
         batch_size = batch_size or self.config.batch_size
         max_tokens = self.config.max_tokens or _TOKENS_PER_BATCH.get(self.device.type, 16384)
-        bar = progress_bar(len(texts), f"SPLADE {desc}", show_progress, logger)
+        bar = progress_bar(len(texts), f"SPLADE {desc}", unit="doc", show=show_progress)
         with bar, torch.inference_mode():
             block = _BLOCK_SIZE.get(self.device.type, 8192)
             for offset, ids in tokenized_blocks(texts, self._tokenize, block):

@@ -32,7 +32,7 @@ from sparsa.kernels.splade_pool import splade_pool_ref
 from sparsa.progress import progress_bar
 from sparsa.retrieval.batching import pad_right
 from sparsa.retrieval.lora import add_lora, merge_lora
-from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder, _detach_output_projection
+from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
 logger = logging.getLogger(__name__)
 

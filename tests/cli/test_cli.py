@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from sparsa.cli.main import main
 from tests.conftest import needs_java

@@ -1,1 +1,28 @@
-"""Query and document encoders: SPLADE (MLM and decoder backbones), dense bi-encoders, fusion."""
+"""Query and document encoders: SPLADE (MLM and decoder backbones), dense bi-encoders, training.
+
+Names load on first use, so ``import sparsa.retrieval`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SpladeConfig": "sparsa.retrieval.splade",
+    "SpladeEncoder": "sparsa.retrieval.splade",
+    "DenseConfig": "sparsa.retrieval.dense",
+    "DenseEncoder": "sparsa.retrieval.dense",
+    "EncodedRetriever": "sparsa.retrieval.searcher",
+    "as_retriever": "sparsa.retrieval.searcher",
+    "SpladeTrainConfig": "sparsa.retrieval.splade_train",
+    "train_splade": "sparsa.retrieval.splade_train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sparsa.retrieval' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -6,11 +6,13 @@ Stages (each cached under .stage/rerank, so a rerun skips what exists):
   stores   TILDEv2 passage stores for the SciFact corpus and the DL 2019 passages
   quality  nDCG@10: SciFact test BM25 top-100/top-1000 reranked by TILDEv2; DL 2019 judged pool
            ordered by BM25, reranked by TILDEv2
+  fusion   BM25 + TILDEv2 score interpolation, the weight chosen on SciFact train queries
+  ablation the TILDEv2 model over unexpanded passages
   ql       query likelihood (SmolLM2-135M) on fixed subsets (a 135M LM on 2 shared CPU cores
            scores well under 1 pair/s at SciFact lengths)
   speed    TILDEv2 latency reranking 1,000 candidates per query on one core, p50/p99 ms
 
-    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_rerank.py --stages train stores quality ql speed
+    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_rerank.py --stages train stores quality fusion ablation ql speed --ql-queries 20
 
 Results merge into bench/results/rerank.json (a stage's keys are replaced when it reruns).
 """
@@ -32,7 +34,7 @@ from bench.common import RESULTS, write_results  # noqa: E402
 from sparsa.config import load_settings  # noqa: E402
 from sparsa.data import load_dataset  # noqa: E402
 from sparsa.eval import evaluate_run  # noqa: E402
-from sparsa.types import Hit, Query, Run  # noqa: E402
+from sparsa.types import Hit, Run  # noqa: E402
 
 STAGE = Path(__file__).resolve().parent.parent / ".stage" / "rerank"
 TILDE, TILDEV2 = STAGE / "models" / "tilde-scifact", STAGE / "models" / "tildev2-scifact"
@@ -145,6 +147,68 @@ def stage_quality(results: dict) -> None:
         "published": PUBLISHED}
 
 
+def _fuse(first: Run, second: Run, alpha: float) -> Run:
+    """Per query, ``alpha * first + (1 - alpha) * second`` after min-max scaling each to [0, 1]."""
+    def scaled(hits: list[Hit]) -> dict[str, float]:
+        lo, hi = min(h.score for h in hits), max(h.score for h in hits)
+        return {h.doc_id: (h.score - lo) / (hi - lo) if hi > lo else 0.0 for h in hits}
+
+    fused = {}
+    for qid, hits in first.items():
+        a, b = scaled(hits), scaled(second[qid])
+        fused[qid] = [Hit(d, alpha * a[d] + (1 - alpha) * b[d]) for d in a]
+    return Run(fused)
+
+
+def stage_fusion(results: dict) -> None:
+    """BM25 + TILDEv2 interpolation (as TILDE's paper does with BM25); alpha chosen on SciFact train."""
+    from sparsa.rerank import TildeV2Reranker, rerank_run
+
+    tilde = TildeV2Reranker.open(STORES["scifact"])
+    bm25 = bm25_index("scifact", data_dir() / "scifact")
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    train = load_dataset(data_dir() / "scifact", "train")
+    first = bm25.retrieve(train.queries, k=100)
+    second = rerank_run(tilde, first, train.queries, train.corpus, depth=100)
+    on_train = {a: ndcg10(_fuse(first, second, a), train.qrels) for a in grid}
+    alpha = max(grid, key=lambda a: on_train[a])
+    test = load_dataset(data_dir() / "scifact", "test")
+    out = {"alpha_chosen_on_train": alpha, "train_ndcg10_by_alpha": on_train,
+           "note": "alpha is the BM25 weight; chosen on SciFact train queries (which TILDEv2 was trained on)"}
+    for depth in (100, 1000):
+        first = bm25.retrieve(test.queries, k=depth)
+        second = rerank_run(tilde, first, test.queries, test.corpus, depth=depth)
+        out[f"test_bm25_top{depth}"] = ndcg10(_fuse(first, second, alpha), test.qrels)
+    results["scifact_bm25_tildev2_interpolation"] = out
+
+
+def stage_ablation(results: dict) -> None:
+    """The same TILDEv2 model over unexpanded passages: what TILDE expansion adds."""
+    from sparsa.rerank import TildeV2Reranker, rerank_run
+    from sparsa.rerank.tilde import build_tildev2_store
+    from sparsa.rerank.tilde_model import TildeV2Encoder
+
+    encoder = TildeV2Encoder.load(TILDEV2)
+    out = {}
+    test = load_dataset(data_dir() / "scifact", "test")
+    folder = STAGE / "stores" / "scifact-unexpanded"
+    if not (folder / "sparsa.json").is_file():
+        build_tildev2_store(test.corpus.documents, folder, encoder, expander=None)
+    bm25 = bm25_index("scifact", data_dir() / "scifact").retrieve(test.queries, k=100)
+    out["scifact_test_bm25_top100"] = ndcg10(rerank_run(TildeV2Reranker.open(folder), bm25, test.queries,
+                                                        test.corpus, 100), test.qrels)
+    data, pool = dl19_pool_run()
+    folder = STAGE / "stores" / "dl19-unexpanded"
+    if not (folder / "sparsa.json").is_file():
+        build_tildev2_store(data.corpus.documents, folder, encoder, expander=None)
+    out["dl19_judged_pool"] = ndcg10(rerank_run(TildeV2Reranker.open(folder), pool, data.queries, data.corpus,
+                                                None), data.qrels)
+    out["bytes_per_passage"] = {"scifact": TildeV2Reranker.open(STAGE / "stores" / "scifact-unexpanded")
+                                .store.manifest["bytes_per_passage"],
+                                "dl19": TildeV2Reranker.open(folder).store.manifest["bytes_per_passage"]}
+    results["tildev2_without_expansion"] = out
+
+
 def stage_ql(results: dict, queries: int, depth: int, dl19_depth: int) -> None:
     from sparsa.rerank import QueryLikelihoodReranker, TildeV2Reranker, rerank_run
     from sparsa.rerank.query_likelihood import QueryLikelihoodConfig
@@ -177,9 +241,10 @@ def stage_ql(results: dict, queries: int, depth: int, dl19_depth: int) -> None:
                         "bm25_order": ndcg10(cut, data.qrels), "query_likelihood": ndcg10(dl_ql, data.qrels),
                         "tildev2": ndcg10(dl_tilde, data.qrels),
                         "pairs_per_second_cpu": round(sum(len(h) for h in cut.values()) / dl_seconds, 2)},
-        "why_subsets": "SmolLM2-135M scores under 1 pair/s at SciFact lengths on this shared 2-core CPU, so "
-                       "BM25 top-100/top-1000 x 300 queries (30k-300k pairs) is out of reach here; "
-                       "H200 throughput not measured (no GPU use for this task)."}
+        "why_subsets": f"SmolLM2-135M scored {pairs / seconds:.1f} pairs/s (SciFact, passages cut to "
+                       f"{config.max_passage_tokens} tokens) on this shared 2-core CPU, so BM25 top-100/top-1000 x "
+                       "300 queries (30k-300k pairs) is out of reach here; H200 throughput not measured (no GPU "
+                       "use for this task)."}
 
 
 def stage_speed(results: dict, queries: int) -> None:
@@ -215,8 +280,8 @@ def stage_speed(results: dict, queries: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", default=["train", "stores", "quality", "speed"],
-                        choices=["train", "stores", "quality", "ql", "speed"])
+    parser.add_argument("--stages", nargs="+", default=["train", "stores", "quality", "fusion", "speed"],
+                        choices=["train", "stores", "quality", "fusion", "ablation", "ql", "speed"])
     parser.add_argument("--ql-queries", type=int, default=30)
     parser.add_argument("--ql-depth", type=int, default=20)
     parser.add_argument("--ql-dl19-depth", type=int, default=10)
@@ -235,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             globals()[f"stage_{stage}"](results)
         log.info("stage %s done in %.0f s", stage, time.perf_counter() - started)
+        results.setdefault("stages_run", {})[stage] = {  # meta holds only the latest command
+            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - started, 1)}
         write_results("rerank", results, packages=("torch", "transformers", "tokenizers", "numpy"))
     print(json.dumps({k: v for k, v in results.items() if k != "training"}, indent=2))
 

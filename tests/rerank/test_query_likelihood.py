@@ -29,7 +29,8 @@ def test_batched_scores_equal_the_full_logits_reference(ql):
              (ql._ids("Passage: a longer passage about the weather in spring.\nQuestion:"), ql._ids(" is it warm"))]
     got = ql.score_ids(pairs, show_progress=False)  # one left-padded batch of unequal lengths
     for (context, target), score in zip(pairs, got, strict=True):
-        logprobs = ql.model(input_ids=torch.tensor([context + target])).logits[0].log_softmax(-1)
+        with torch.inference_mode():
+            logprobs = ql.model(input_ids=torch.tensor([context + target])).logits[0].log_softmax(-1)
         expected = sum(float(logprobs[len(context) + j - 1, t]) for j, t in enumerate(target))
         assert score == pytest.approx(expected, abs=1e-3)
 

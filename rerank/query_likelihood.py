@@ -108,7 +108,7 @@ class QueryLikelihoodReranker:
         """``float32[n]``: sum of log P(target ids | context ids) for each ``(context, target)`` pair."""
         import torch
 
-        from sparsa.retrieval.batching import length_sorted_batches
+        from sparsa.batching import length_sorted_batches
 
         scores = np.zeros(len(sequences), dtype=np.float32)
         lengths = [len(c) + len(t) for c, t in sequences]

@@ -27,7 +27,7 @@ import numpy as np
 
 from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.progress import progress_bar
-from sparsa.rerank.artifacts import atomic_folder, read_manifest, write_manifest
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.types import Document, Hit, Query, sort_hits
 
@@ -47,7 +47,7 @@ class TildeV2Store:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).expanduser()
-        self.manifest = read_manifest(self.folder, KIND)
+        self.manifest = read_manifest(self.folder, kind=KIND)
         try:
             arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
             self.doc_ids: list[str] = json.loads((self.folder / "doc_ids.json").read_text())
@@ -145,7 +145,7 @@ def build_tildev2_store(documents: Sequence[Document], out: str | Path, encoder:
             bar.update(len(texts))
     offsets = np.zeros(len(documents) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    with atomic_folder(out) as work:
+    with atomic_dir(out) as work:
         np.save(work / "token_ids.npy", np.concatenate(ids_parts))
         np.save(work / "weights.npy", np.concatenate(weight_parts))
         np.save(work / "offsets.npy", offsets)

@@ -26,7 +26,7 @@ import torch
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
-from sparsa.rerank.artifacts import atomic_folder, read_manifest, write_manifest
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
 
@@ -112,7 +112,7 @@ class TildeExpander:
 
     def save(self, out: str | Path, training: dict | None = None) -> Path:
         """Write a model folder (Hugging Face weights, tokenizer, ``sparsa.json``) atomically."""
-        with atomic_folder(out) as work:
+        with atomic_dir(out) as work:
             self.model.save_pretrained(work)
             (work / "tokenizer.json").write_bytes(self.tokenizer.path.read_bytes())
             config = replace(self.config, model=str(Path(out).expanduser().resolve()))
@@ -122,7 +122,7 @@ class TildeExpander:
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> TildeExpander:
         """Open a folder written by :meth:`save` (its config comes from the manifest)."""
-        record = read_manifest(folder, KIND)
+        record = read_manifest(folder, kind=KIND)
         config = TildeConfig(**{**record["config"], "model": str(Path(folder).expanduser().resolve()),
                                 "device": device})
         return cls(config)

@@ -26,7 +26,7 @@ import torch
 
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
-from sparsa.rerank.artifacts import atomic_folder, read_manifest, write_manifest
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tilde_expansion import ExpandedPassage, TildeExpander
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
@@ -109,7 +109,7 @@ class TildeV2Encoder(torch.nn.Module):
         return [max_per_token(i.cpu().numpy(), w.float().cpu().numpy()) for i, w in zip(ids, weights, strict=True)]
 
     def save(self, out: str | Path, training: dict | None = None) -> Path:
-        with atomic_folder(out) as work:
+        with atomic_dir(out) as work:
             self.bert.save_pretrained(work)
             torch.save(self.head.state_dict(), work / _HEAD)
             (work / "tokenizer.json").write_bytes(self.tokenizer.path.read_bytes())
@@ -119,7 +119,7 @@ class TildeV2Encoder(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> TildeV2Encoder:
-        record = read_manifest(folder, KIND)
+        record = read_manifest(folder, kind=KIND)
         return cls(TildeV2Config(**{**record["config"], "model": str(Path(folder).expanduser().resolve()),
                                     "device": device}))
 

@@ -82,7 +82,7 @@ def train_loop(model: torch.nn.Module, items: Sequence[T], loss_fn: Callable[[li
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``int64[B, L]`` ids padded on the right and their ``int64[B, L]`` attention mask."""
-    from sparsa.retrieval.batching import pad_right
+    from sparsa.batching import pad_right
 
     ids, mask = pad_right(rows, pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from sparsa.batching import length_sorted_batches, pad_right, tokenized_blocks
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
-from sparsa.retrieval.batching import length_sorted_batches, pad_right, tokenized_blocks
 
 if TYPE_CHECKING:
     import torch
@@ -90,9 +90,8 @@ class DenseEncoder:
 
     def __init__(self, config: DenseConfig | None = None):
         import torch
-        from transformers import AutoModel, AutoTokenizer
-
         from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
+        from transformers import AutoModel, AutoTokenizer
 
         self.config = config = config or DenseConfig()
         started = time.perf_counter()

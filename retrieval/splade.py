@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from sparsa.batching import length_sorted_batches, pad_right, tokenized_blocks
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
-from sparsa.retrieval.batching import length_sorted_batches, pad_right, tokenized_blocks
 from sparsa.types import SparseVector
 
 if TYPE_CHECKING:
@@ -120,9 +120,8 @@ class SpladeEncoder:
 
     def __init__(self, config: SpladeConfig | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
         from sparsa.retrieval.splade_pooling import resolve_pool_method
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
         self.config = config = config or SpladeConfig()
         started = time.perf_counter()
@@ -247,7 +246,6 @@ class SpladeEncoder:
     def _encode_batch(self, items: list[tuple[list[int], int, int]]) -> torch.Tensor:
         """Pooled ``float32[B, V]`` on the model's device for one batch of ``(ids, start, end)``."""
         import torch
-
         from sparsa.retrieval.splade_pooling import pool_splade
 
         ids, mask = pad_right([item[0] for item in items], self.pad_id)

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-
-from sparsa.errors import ConfigError
 from sparsa.kernels.splade_pool import splade_pool_ref
-from sparsa.progress import progress_bar
-from sparsa.retrieval.batching import pad_right
 from sparsa.retrieval.lora import add_lora, merge_lora
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+
+from sparsa.batching import pad_right
+from sparsa.errors import ConfigError
+from sparsa.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -96,22 +96,22 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def write_manifest(folder: Path, kind: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def write_manifest(folder: Path, kind: str, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Write ``sparsa.json`` (last step of a build): kind, config, version, and every file's checksum."""
     manifest = {
         "kind": kind,
-        "config": config,
+        "config": config or {},
         "sparsa_version": __version__,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
         "files": _file_digests(folder),
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
-def read_manifest(path: str | Path, verify: str = "size") -> dict[str, Any]:
-    """Read and check a manifest. ``verify``: "none", "size" (cheap) or "sha256" (full)."""
+def read_manifest(path: str | Path, verify: str = "size", kind: str | None = None) -> dict[str, Any]:
+    """Read and check a manifest. ``verify``: "none", "size" (cheap) or "sha256" (full); ``kind``: expected."""
     folder = Path(path).expanduser()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -123,13 +123,15 @@ def read_manifest(path: str | Path, verify: str = "size") -> dict[str, Any]:
         manifest["kind"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise IndexCorruptError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if kind is not None and manifest["kind"] != kind:
+        raise IndexCorruptError(f"{folder} holds a {manifest['kind']!r}, expected a {kind!r}")
     if verify != "none":
         for rel, expected in files.items():
             file = folder / rel
             if not file.is_file():
-                raise IndexCorruptError(f"{folder}: file {rel} is missing; rebuild the index")
+                raise IndexCorruptError(f"{folder}: file {rel} is missing; rebuild it")
             if file.stat().st_size != expected["bytes"]:
-                raise IndexCorruptError(f"{folder}: file {rel} has the wrong size; rebuild the index")
+                raise IndexCorruptError(f"{folder}: file {rel} has the wrong size; rebuild it")
             if verify == "sha256" and hashlib.sha256(file.read_bytes()).hexdigest() != expected["sha256"]:
-                raise IndexCorruptError(f"{folder}: file {rel} fails its checksum; rebuild the index")
+                raise IndexCorruptError(f"{folder}: file {rel} fails its checksum; rebuild it")
     return manifest

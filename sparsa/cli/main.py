@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import demo, models, retrieval, train
+from sparsa.cli import demo, models, rerank, retrieval, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -24,6 +24,7 @@ app.add_typer(train.app, name="train")
 app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)
+app.command("rerank")(rerank.rerank)
 app.command("demo")(demo.demo)
 
 

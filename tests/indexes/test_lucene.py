@@ -116,7 +116,7 @@ def test_corrupted_index_is_refused(tmp_path):
     victim = max((p for p in (out / "lucene").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
-    with pytest.raises(IndexCorruptError, match="wrong size; rebuild the index"):
+    with pytest.raises(IndexCorruptError, match="wrong size; rebuild it"):
         open_index(out)
     (out / "sparsa.json").write_text("{not json")
     with pytest.raises(IndexCorruptError, match="unreadable manifest"):

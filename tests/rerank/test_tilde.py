@@ -104,7 +104,7 @@ def test_store_refuses_damage(tilde_store, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tilde_store, broken)
     np.save(broken / "offsets.npy", np.zeros(3, dtype=np.int64))
-    with pytest.raises(IndexCorruptError, match="disagree"):
+    with pytest.raises(IndexCorruptError, match="offsets.npy has the wrong size"):
         TildeV2Store(broken)
     with pytest.raises(IndexCorruptError, match="no sparsa.json"):
         TildeV2Store(tmp_path)

@@ -1,4 +1,4 @@
-"""Batching shared by the encoders: length-sorted batches, padding, tokenisation ahead, progress.
+"""Batching shared by encoders and rerankers: length-sorted batches, padding, tokenisation ahead.
 
 Encoders tokenise a corpus in blocks of ``block_size`` texts (the next block is tokenised in a
 background thread while the current one runs through the model), sort each block by token length

@@ -10,8 +10,7 @@ Names are imported lazily, so ``import sparsa.rerank`` loads neither torch nor t
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sparsa.lazy import lazy_exports
 
 _EXPORTS = {
     "TildeV2Reranker": "sparsa.rerank.tilde",
@@ -30,8 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sparsa.rerank' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("sparsa.rerank", _EXPORTS)

@@ -5,8 +5,7 @@ Names load on first use, so ``import sparsa.retrieval`` stays free of torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sparsa.lazy import lazy_exports
 
 _EXPORTS = {
     "SpladeConfig": "sparsa.retrieval.splade",
@@ -21,8 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sparsa.retrieval' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("sparsa.retrieval", _EXPORTS)

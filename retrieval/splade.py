@@ -115,6 +115,27 @@ def _detach_output_projection(model: torch.nn.Module) -> torch.nn.Linear:
     raise ConfigError(f"{type(model).__name__}: output projection not found among its modules")
 
 
+TERM_BIAS_FILE = "splade_term_bias.safetensors"
+
+
+def _term_bias(path: str, head: torch.nn.Linear) -> torch.Tensor | None:
+    """The projection's bias, or the per-term bias a Mistral-SPLADE training run saved beside the model.
+
+    A decoder's LM head has no bias and nearly every vocabulary logit is positive, so SPLADE
+    pooling would give dense vectors; training learns a per-term shift (``splade_train``) that the
+    tied, bias-free head cannot store, so it travels as its own file.
+    """
+    file = Path(path) / TERM_BIAS_FILE
+    if file.is_file():
+        from safetensors.torch import load_file
+
+        bias = load_file(str(file))["bias"]
+        if bias.shape != (head.weight.shape[0],):
+            raise ConfigError(f"{file}: bias of shape {tuple(bias.shape)}, the vocabulary has {head.weight.shape[0]}")
+        return bias
+    return None if head.bias is None else head.bias.detach()
+
+
 class SpladeEncoder:
     """Texts -> SPLADE sparse vectors over the model's vocabulary (``SparseVector``, int32/float32)."""
 
@@ -139,7 +160,8 @@ class SpladeEncoder:
         head = _detach_output_projection(model)
         self.model = model.to(self.device).eval()
         self.weight = head.weight.detach().to(self.device)  # [V, D]
-        self.bias = None if head.bias is None else head.bias.detach().float().to(self.device)  # [V]
+        self.bias = _term_bias(path, head)
+        self.bias = None if self.bias is None else self.bias.float().to(self.device)  # [V]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.pooling = resolve_pool_method(config.pooling, self.device)
         self._pool_cache: dict[str, torch.Tensor] = {}

@@ -59,6 +59,7 @@ class SpladeTrainConfig:
     max_query_length: int = 64
     max_doc_length: int = 256
     lora_rank: int = 16  # decoder backbones only
+    initial_doc_terms: int = 256  # decoder backbones: the term bias starts where a document keeps ~this many
     checkpoint_every: int = 200
     seed: int = 13
 
@@ -93,13 +94,57 @@ class TrainableSplade(torch.nn.Module):
 
 
 def _vocabulary_head(backbone: torch.nn.Module, layout: SpladeEncoder) -> torch.nn.Linear:
-    """A trainable projection: the tied input embeddings when tied, else a copy of the head."""
-    head = torch.nn.Linear(layout.weight.shape[1], layout.weight.shape[0], bias=layout.bias is not None)
+    """A trainable projection: the tied input embeddings when tied, else a copy of the head.
+
+    Decoder backbones always get a bias (see ``SpladeEncoder``'s term bias); it starts at zero
+    here and ``centre_term_bias`` sets it before training.
+    """
+    has_bias = layout.bias is not None or layout.architecture == "causal-lm"
+    head = torch.nn.Linear(layout.weight.shape[1], layout.weight.shape[0], bias=has_bias)
     head.weight = backbone.get_input_embeddings().weight if backbone.config.tie_word_embeddings \
         else torch.nn.Parameter(layout.weight.clone())
     if layout.bias is not None:
         head.bias = torch.nn.Parameter(layout.bias.clone())
+    elif has_bias:
+        torch.nn.init.zeros_(head.bias)
     return head
+
+
+@torch.no_grad()
+def centre_term_bias(model: TrainableSplade, texts: Sequence[str], doc_terms: int, max_length: int) -> None:
+    """Set a decoder's term bias so that pooled documents start with about ``doc_terms`` non-zeros.
+
+    A causal LM's logits are mostly positive, so ``log1p(relu(.))`` keeps nearly the whole
+    vocabulary. Subtracting each term's mean max-pooled logit over ``texts`` removes what every
+    text predicts (frequent tokens); one shared offset then leaves ``doc_terms`` terms per text.
+    """
+    model.head.bias.zero_()
+    was_training = model.training
+    model.eval()
+    pooled = []
+    for start in range(0, len(texts), 8):
+        pooled.append(_max_logits(model, texts[start : start + 8], max_length))
+    logits = torch.cat(pooled).float()  # [n, V] max over each text's tokens
+    centred = logits - logits.mean(dim=0)
+    keep = min(doc_terms, centred.shape[1]) / centred.shape[1]
+    offset = torch.quantile(centred.flatten()[torch.randperm(centred.numel())[:1_000_000]], 1 - keep)
+    model.head.bias.copy_(-(logits.mean(dim=0) + offset))
+    model.train(was_training)
+
+
+def _max_logits(model: TrainableSplade, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Max over each text's pooled tokens of the raw head logits, ``[B, V]``."""
+    ids = [x[: max_length] for x in model.layout._tokenize(list(texts))]
+    items = [model.layout._model_input(x) for x in ids]
+    tokens, mask = pad_right([item[0] for item in items], model.layout.pad_id)
+    hidden = model.backbone(input_ids=torch.from_numpy(tokens).to(model.device),
+                            attention_mask=torch.from_numpy(mask).to(model.device), use_cache=False).logits
+    logits = hidden.float() @ model.head.weight.float().T  # [B, L, V]
+    positions = torch.arange(logits.shape[1], device=model.device)
+    start = torch.tensor([item[1] for item in items], device=model.device)[:, None]
+    end = torch.tensor([item[2] for item in items], device=model.device)[:, None]
+    inside = (positions[None] >= start) & (positions[None] < end)
+    return logits.masked_fill(~inside[..., None], float("-inf")).amax(dim=1)
 
 
 def flops(weights: torch.Tensor) -> torch.Tensor:
@@ -157,6 +202,9 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
     model = TrainableSplade(config.encoder, torch.device(resolve_device(device)))
     if model.layout.architecture == "causal-lm":
         add_lora(model.backbone, config.lora_rank)
+        if model.layout.bias is None and not (out / "checkpoint.pt").is_file():
+            docs = [e.positive for e in examples[:: max(1, len(examples) // 256)]][:256]
+            centre_term_bias(model, docs, config.initial_doc_terms, config.max_doc_length)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
@@ -207,8 +255,17 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
 
 
 def _restore_head_and_save(model: TrainableSplade, out: Path) -> None:
+    from safetensors.torch import save_file
+    from sparsa.retrieval.splade import TERM_BIAS_FILE
+
     backbone = model.backbone.to("cpu")
     head = model.head.to("cpu")
+    if model.layout.architecture == "causal-lm":
+        # The LM head keeps no bias (and stays tied); the learned term bias is saved beside it.
+        save_file({"bias": head.bias.detach().float().contiguous()}, str(out / TERM_BIAS_FILE))
+        plain = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+        plain.weight = head.weight
+        head = plain
     for module in backbone.modules():
         for name, child in module.named_children():
             if isinstance(child, torch.nn.Identity) and name in ("decoder", "lm_head"):

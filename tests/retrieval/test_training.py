@@ -85,3 +85,18 @@ def test_examples_from_qrels_and_titles(tmp_path, scifact):
     assert len(pseudo) == 5 and all(e.query and e.positive != e.query for e in pseudo)
     write_examples(labelled + pseudo, tmp_path / "ex.jsonl.gz")
     assert read_examples(tmp_path / "ex.jsonl.gz") == labelled + pseudo
+
+
+def test_decoder_training_learns_a_term_bias_that_makes_vectors_sparse(tmp_path):
+    """Mistral-SPLADE: LoRA + a per-term bias; untrained decoder vectors keep most of the vocabulary."""
+    from sparsa.retrieval.splade import TERM_BIAS_FILE
+
+    encoder_config = SpladeConfig.mistral_splade(device="cpu", max_length=48)
+    config = SpladeTrainConfig(encoder=encoder_config, steps=1, initial_doc_terms=64, lora_rank=4, **TINY)
+    out = train_splade(EXAMPLES, tmp_path / "decoder", config, device="cpu", show_progress=False)
+    assert (out / TERM_BIAS_FILE).is_file()
+    text = [EXAMPLES[0].positive]
+    trained = SpladeEncoder(SpladeConfig.mistral_splade(model=str(out), device="cpu", max_length=48))
+    plain = SpladeEncoder(encoder_config)
+    trained_nnz, plain_nnz = trained.encode_documents(text)[0].nnz, plain.encode_documents(text)[0].nnz
+    assert 0 < trained_nnz < 1000 < plain_nnz

@@ -1,1 +1,19 @@
-"""The REST service (FastAPI): search, rerank, QA and health endpoints."""
+"""The REST service (FastAPI): search, rerank, QA, health, metrics, index management and a web page.
+
+Names load on first use, so ``import sparsa.api`` needs neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+from sparsa.lazy import lazy_exports
+
+_EXPORTS = {
+    "create_app": "sparsa.api.app",
+    "ServiceConfig": "sparsa.api.settings",
+    "config_from_env": "sparsa.api.settings",
+    "ServiceState": "sparsa.api.state",
+}
+
+__all__ = ["ServiceConfig", "ServiceState", "config_from_env", "create_app"]
+
+__getattr__ = lazy_exports("sparsa.api", _EXPORTS)

@@ -1,0 +1,1 @@
+"""One APIRouter per area: search (and rerank), qa, health (and metrics), indexes."""

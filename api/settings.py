@@ -28,6 +28,7 @@ class ServiceConfig:
     reranker_model: str | None = None  # tildev2: the passage store; query-likelihood: an LM (None: default)
     qa_model: str | None = None  # reader LM for /qa (None: QA off)
     qa_k: int = 5
+    qa_router: Path | None = None  # a router file (sparsa.rag.routing); without it "auto" always retrieves
     api_key: str | None = None  # management endpoints need it; without it they are off
     open_search: bool = True  # False: /search, /rerank and /qa need the key too
     max_body_bytes: int = 64 * 1024

@@ -128,7 +128,7 @@ class ServiceState:
         if index is None:
             raise NotConfiguredError("QA needs a served index to retrieve from")
         self.pipeline = load_pipeline(index.path, model=self.config.qa_model, dataset=self.config.dataset,
-                                      k=self.config.qa_k)
+                                      k=self.config.qa_k, router=self.config.qa_router)
 
     @property
     def ready(self) -> bool:

@@ -51,6 +51,7 @@ def serve(
     reranker: Annotated[str | None, typer.Option(help="reranker for rerank requests (e.g. query-likelihood)")] = None,
     reranker_model: Annotated[str | None, typer.Option(help="the reranker's model or store folder")] = None,
     qa_model: Annotated[str, typer.Option(help="QA reader model ('none' turns /qa off)")] = "smollm2-135m-instruct",
+    qa_router: Annotated[Path | None, typer.Option(help="router file for QA mode auto (retrieve or recall)")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSA_API_KEY",
                                                 help="key for index management (and keyed search)")] = None,
     keyed_search: Annotated[bool, typer.Option(help="search, rerank and QA need the key too")] = False,
@@ -70,7 +71,7 @@ def serve(
     config = ServiceConfig(
         indexes={name: path for name, path in paths.items() if path is not None},
         dataset=dataset_path(dataset), reranker=reranker, reranker_model=reranker_model,
-        qa_model=None if qa_model == "none" else qa_model, api_key=api_key, open_search=not keyed_search,
+        qa_model=None if qa_model == "none" else qa_model, qa_router=qa_router, api_key=api_key, open_search=not keyed_search,
         timeout_s=timeout, verify=verify,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"

@@ -65,3 +65,14 @@ def spare_index(index_root, tmp_path) -> Path:
     root.mkdir()
     shutil.copytree(index_root / "bm25", root / "bm25")
     return root
+
+
+@pytest.fixture(scope="session")
+def qa_state(index_root, shared_data):
+    """BM25 plus the QA pipeline (``sparsa.rag.pipeline``) with SmolLM2 as the reader."""
+    pytest.importorskip("sparsa.rag.pipeline", reason="the QA pipeline is not in this checkout")
+    from sparsa.api import ServiceState
+
+    config = service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"},
+                            qa_model="smollm2-135m-instruct")
+    return ServiceState(config).load(strict=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import demo, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, models, rerank, retrieval, serve, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -25,6 +25,7 @@ app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)
 app.command("rerank")(rerank.rerank)
+app.command("ask")(ask.ask)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 

@@ -1,0 +1,192 @@
+"""The reader: a causal LM answers a question from passages and cites them by id.
+
+Prompt building uses the model's chat template: a system line asking for a short answer, then the
+packed passages numbered ``[1]..[n]`` and the question. Context packing works in tokens: each
+passage is cut to ``max_passage_tokens`` and passages are added in rank order while the whole
+context fits ``max_context_tokens`` (the first passage is cut to fit when it alone is too long), so
+the prompt never exceeds the budget. With no passages the same LM answers closed-book ("recall").
+
+Generation is greedy (``rag/generate.py``). ``attention="sparse"`` installs the block-sparse
+prefill from ``sparsa.kernels`` on the model for long contexts; ``"full"`` (the reference) uses the
+model's own attention.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsa.rag.answer_text import parse_citations, passages_containing, short_answer
+from sparsa.rag.generate import GenerationStats, generate_greedy
+
+from sparsa.config import resolve_device
+from sparsa.errors import ConfigError, MissingDependencyError
+from sparsa.models import resolve_model
+from sparsa.types import Document
+
+logger = logging.getLogger(__name__)
+
+READ_SYSTEM = ("You answer questions from the given passages. Reply with the short answer only "
+               "(a name, date, number or short phrase), then the number of the passage you used "
+               "in brackets, like: Paris [2]")
+RECALL_SYSTEM = ("You answer questions from memory. Reply with the short answer only "
+                 "(a name, date, number or short phrase), not a sentence.")
+ATTENTION = ("full", "sparse")
+# Where the kernels package offers a Hugging Face hook; looked up only when attention="sparse".
+SPARSE_HOOK = ("sparsa.kernels.hf_attention", ("install_sparse_attention", "enable_sparse_attention", "install"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    model: str = "smollm2-135m-instruct"
+    max_context_tokens: int = 1024  # all packed passages together
+    max_passage_tokens: int = 192
+    max_new_tokens: int = 24
+    attention: str = "full"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"attention {self.attention!r}: expected one of {', '.join(ATTENTION)}")
+        if min(self.max_context_tokens, self.max_passage_tokens, self.max_new_tokens) < 1:
+            raise ConfigError("token limits must be >= 1")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype {self.dtype!r}: expected float32, bfloat16 or float16")
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderOutput:
+    """``text``: the short answer; ``raw``: what the LM wrote; ``citations`` ⊆ ids of ``passages``."""
+
+    text: str
+    raw: str
+    citations: list[str]
+    passages: list[str]  # ids of the passages packed into the prompt, in prompt order
+    mean_logprob: float
+    prompt_tokens: int
+    new_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)  # "prefill", "decode", "read"
+
+
+class Reader:
+    """Answers from passages (or closed-book) with a causal LM; generation is serialised by a lock."""
+
+    def __init__(self, config: ReaderConfig = ReaderConfig()):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.path = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.chat_template is None:
+            raise ConfigError(f"{self.path}: the tokenizer has no chat template; the reader needs an instruct model")
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, config.dtype))
+        self.model.to(self.device).eval()
+        if config.attention == "sparse":
+            install_sparse_attention(self.model)
+        self.stop_ids = sorted({i for i in (self.tokenizer.eos_token_id,
+                                            self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)})
+        self._lock = threading.Lock()
+        logger.info("loaded reader %s on %s (%s attention) in %.1f s", self.path, self.device,
+                    config.attention, time.perf_counter() - started)
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, **config: Any) -> Reader:
+        return cls(ReaderConfig(model=str(model), **config) if model else ReaderConfig(**config))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def pack_context(self, passages: Sequence[Document], max_tokens: int | None = None) -> list[tuple[Document, str]]:
+        """Passages (in rank order) with their prompt text ``[n] title: text``, together within
+        ``max_tokens`` (default ``config.max_context_tokens``) counting one separator token each."""
+        budget = self.config.max_context_tokens if max_tokens is None else max_tokens
+        packed: list[tuple[Document, str]] = []
+        for doc in passages:
+            label = f"[{len(packed) + 1}] "
+            body = self._ids(f"{doc.title}: {doc.text}" if doc.title else doc.text)[: self.config.max_passage_tokens]
+            # Decoding a cut token list and encoding it again can change its length: measure the text itself.
+            while True:
+                text = label + self.tokenizer.decode(body).strip()
+                cost = len(self._ids(text)) + 1  # +1: the newline between passages
+                if cost <= budget or packed or not body:
+                    break
+                body = body[: len(body) - max(cost - budget, 1)]  # only the first passage is cut to fit
+            if cost > budget:
+                break
+            packed.append((doc, text))
+            budget -= cost
+        return packed
+
+    def build_prompt(self, question: str, passages: Sequence[Document]) -> tuple[list[int], list[Document]]:
+        """Prompt token ids and the passages that fit; no passages -> the closed-book prompt."""
+        question = question.strip()
+        if not question:
+            raise ConfigError("the question is empty")
+        packed = self.pack_context(passages)
+        if packed:
+            context = "\n".join(text for _, text in packed)
+            messages = [{"role": "system", "content": READ_SYSTEM},
+                        {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question}"}]
+        else:
+            messages = [{"role": "system", "content": RECALL_SYSTEM}, {"role": "user", "content": question}]
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._ids(prompt), [doc for doc, _ in packed]
+
+    def answer(self, question: str, passages: Sequence[Document] = ()) -> ReaderOutput:
+        """Answer ``question`` from ``passages`` (closed-book when empty)."""
+        *_, output = self.stream(question, passages)
+        return output
+
+    def stream(self, question: str, passages: Sequence[Document] = ()) -> Iterator[str | ReaderOutput]:
+        """Yield text pieces as they are generated, then the final :class:`ReaderOutput`."""
+        started = time.perf_counter()
+        prompt_ids, used = self.build_prompt(question, passages)
+        stats = GenerationStats()
+        tokens: list[int] = []
+        shown = ""
+        with self._lock:
+            for token in generate_greedy(self.model, prompt_ids, self.config.max_new_tokens, self.stop_ids, stats):
+                tokens.append(token)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole characters
+                    yield text[len(shown):]
+                    shown = text
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        yield self._output(raw, used, stats, time.perf_counter() - started)
+
+    def _output(self, raw: str, used: Sequence[Document], stats: GenerationStats, seconds: float) -> ReaderOutput:
+        ids = [doc.id for doc in used]
+        text = short_answer(raw)
+        citations = parse_citations(raw, ids)
+        if used and not citations:
+            # A small LM often omits the marker: attribute the answer to the passages that contain it.
+            citations = passages_containing(text, [(doc.id, doc.full_text) for doc in used])
+        return ReaderOutput(text=text, raw=raw, citations=citations, passages=ids, mean_logprob=stats.mean_logprob,
+                            prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+                            timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds})
+
+
+def install_sparse_attention(model: Any) -> None:
+    """Switch the model to the block-sparse kernels through ``sparsa.kernels``' Hugging Face hook."""
+    module_name, names = SPARSE_HOOK
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise MissingDependencyError(f"sparse attention needs {exc.name!r}: pip install 'sparsa[gpu]'") from exc
+        raise ConfigError(f"attention='sparse' needs {module_name}, which this sparsa build lacks; "
+                          "use attention='full'") from None
+    hook = next((getattr(module, name) for name in names if hasattr(module, name)), None)
+    if hook is None:
+        raise ConfigError(f"{module_name} offers none of {', '.join(names)}; use attention='full'")
+    hook(model)

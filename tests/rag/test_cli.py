@@ -1,0 +1,41 @@
+"""``sparsa ask`` in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparsa.cli.main import main
+
+
+def test_ask_errors_are_clear(capsys, tmp_path):
+    cases = [
+        (["ask", "q?", "--mode", "sometimes"], "--mode 'sometimes'"),
+        (["ask", "   "], "the question is empty"),
+        (["ask", "q?", "--index", str(tmp_path / "none")], "--index needs --dataset"),
+        (["ask", "q?", "--mode", "retrieve"], "needs --index"),
+        (["ask", "q?", "--index", str(tmp_path / "none"), "--dataset", str(tmp_path)], "index not found"),
+        (["ask", "q?", "--stream", "--json"], "one of --stream and --json"),
+        (["ask", "q?", "--router", str(tmp_path / "r.json")], "router file not found"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_ask_answers_from_the_index(capsys, tiny_bm25):
+    index, corpus_file = tiny_bm25
+    argv = ["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file), "--k", "2",
+            "--mode", "retrieve", "--json"]
+    assert main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["route"] == "retrieve" and answer["passages"][0]["doc_id"] == "fuji"
+    assert set(answer["citations"]) <= {p["doc_id"] for p in answer["passages"]}
+    assert set(answer["timings"]) == {"route", "retrieve", "rerank", "read", "total"}
+    assert main(["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file),
+                 "--stream"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and "route: retrieve" in captured.err and "timings:" in captured.err

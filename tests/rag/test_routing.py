@@ -1,0 +1,104 @@
+"""Routing decisions on fixed popularity inputs, feature extraction, fitting, router files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sparsa.rag.routing import (
+    Router,
+    RouterModel,
+    TermStats,
+    best_threshold,
+    fit_router,
+    question_features,
+    read_router_model,
+    subject_and_relation,
+)
+
+from sparsa.errors import ConfigError, DataFormatError
+
+TEXTS = ["Kismet directed_by William Dieterle", "Kismet starred_actors Marlene Dietrich",
+         "Paris is the capital of France", "The river flows through Paris"]
+
+
+@pytest.fixture(scope="module")
+def stats() -> TermStats:
+    return TermStats.from_corpus(TEXTS)
+
+
+def test_term_stats_and_subjects(stats):
+    assert stats.num_documents == 4 and stats.df["kismet"] == 2 and stats.df["paris"] == 2
+    assert stats.logdf(["Kismet", "Dieterle"]) == pytest.approx(math.log(2 / 5))  # the rarest word
+    assert stats.logdf(["unseen"]) == pytest.approx(math.log(1 / 5))
+    assert subject_and_relation("who directed [Kismet]", stats) == (["Kismet"], ["directed"])
+    subject, relation = subject_and_relation("What is the capital of Marlene Dietrich's France?", stats)
+    assert subject == ["Marlene", "Dietrich's", "France"] and relation == ["capital"]
+    assert subject_and_relation("how tall is the tallest tower", stats)[0] in (["tall"], ["tallest"], ["tower"])
+    assert subject_and_relation("", stats) == ([], [])
+
+
+def test_routing_decisions_on_fixed_popularity():
+    # P(retrieval helps) falls with the subject's popularity (WiTQA): popular subjects are recalled.
+    model = RouterModel(("subject_logdf", "lm_logprob"), (0.0, 0.0), (1.0, 1.0), (-2.0, -1.0), -4.0, 0.5)
+    assert model.route({"subject_logdf": -6.0, "lm_logprob": -1.0}) == "retrieve"  # rare, unsure
+    assert model.route({"subject_logdf": -0.5, "lm_logprob": -0.1}) == "recall"  # popular, confident
+    assert model.route({"subject_logdf": -1.5, "lm_logprob": -0.5}) == "recall"  # 3.0 + 0.5 - 4 < 0
+    assert model.route({"subject_logdf": -1.5, "lm_logprob": -1.5}) == "retrieve"  # 3.0 + 1.5 - 4 > 0
+    assert model.score({"subject_logdf": -2.0, "lm_logprob": 0.0}) == pytest.approx(0.5)
+    always = RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 0.0, 0.0)
+    never = RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 0.0, math.inf)
+    assert always.route({"subject_logdf": 0.0}) == "retrieve" and never.route({"subject_logdf": 0.0}) == "recall"
+
+
+def test_router_decides_from_corpus_statistics(stats):
+    model = RouterModel(("subject_logdf",), (0.0,), (1.0,), (-5.0,), -5.0, 0.5)  # retrieve iff logdf < -1
+    router = Router(model, stats)
+    assert router.decide("who directed [Kismet]").route == "recall"  # log(3/5) = -0.51
+    rare = router.decide("who directed [Casablanca]")  # log(1/5) = -1.61
+    assert rare.route == "retrieve" and rare.closed_book is None
+    assert rare.features == question_features("who directed [Casablanca]", stats)
+    with pytest.raises(ConfigError, match="reader"):
+        Router(RouterModel(("lm_logprob",), (0.0,), (1.0,), (1.0,), 0.0, 0.5), stats).decide("q?")
+
+
+def test_fit_router_learns_which_questions_retrieval_helps():
+    rng = np.random.default_rng(0)
+    logdf = rng.uniform(-8, 0, 200)
+    helps = logdf < -4  # retrieval helps only for rare subjects
+    f1_retrieve = np.where(helps, 1.0, 0.0)
+    f1_recall = np.where(helps, 0.0, rng.choice([0.0, 1.0], 200))
+    feats = [{"subject_logdf": x, "relation_logdf": 0.0, "lm_logprob": 0.0} for x in logdf]
+    model = fit_router(feats, f1_retrieve, f1_recall, names=("subject_logdf",))
+    routes = np.array([model.route(f) == "retrieve" for f in feats])
+    routed = np.where(routes, f1_retrieve, f1_recall).mean()
+    assert routed >= max(f1_retrieve.mean(), f1_recall.mean())
+    assert routes.sum() < 200 and (routes == helps).mean() > 0.95
+    with pytest.raises(ConfigError):
+        fit_router([], [], [])
+
+
+def test_threshold_ties_prefer_fewer_retrievals():
+    scores = np.array([0.1, 0.4, 0.9])
+    same = np.array([1.0, 1.0, 1.0])
+    assert best_threshold(scores, same, same) == math.inf  # no gain anywhere: never retrieve
+    assert best_threshold(scores, np.array([0.0, 1.0, 1.0]), np.array([0.0, 0.0, 0.0])) == 0.4
+
+
+def test_router_files_round_trip(tmp_path, stats):
+    from sparsa.types import Corpus, Document
+
+    model = RouterModel(("subject_logdf", "lm_logprob"), (1.0, 2.0), (0.5, 1.5), (0.3, -0.2), 0.1, 0.4,
+                        {"dev": 10})
+    Router(model, stats).save(tmp_path / "router.json")
+    assert read_router_model(tmp_path / "router.json") == model
+    loaded = Router.load(tmp_path / "router.json", Corpus([Document("a", "text")]))
+    assert loaded.model == model and loaded.stats.num_documents == 1
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataFormatError, match="bad.json"):
+        read_router_model(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="unknown routing features"):
+        RouterModel(("popularity",), (0.0,), (1.0,), (1.0,), 0.0, 0.5)
+    with pytest.raises(ConfigError, match="corpus"):
+        Router.load(tmp_path / "router.json", None)

@@ -1,5 +1,6 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   set up, pull the default models, index SciFact, search it, report nDCG@10
+#   make demo   set up, pull the default models, index SciFact (BM25 and SPLADE), report nDCG@10,
+#               answer one question, then serve the API and web page (Ctrl-C stops)
 #   make test   set up and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,8 +19,21 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+RUNS ?= runs
+DEMO_QUESTION ?= Does vitamin D deficiency increase the risk of bone fractures?
+# True when an index folder has a manifest and every file it lists with the right size.
+index_ok = $(BIN)/python -c "import sys; from sparsa.artifacts import read_manifest; read_manifest(sys.argv[1])" \
+	"$(SPARSA_HOME)/indexes/$(1)" 2>/dev/null
+
 demo: install
-	$(BIN)/sparsa demo
+	@if $(call index_ok,scifact-bm25); then $(BIN)/sparsa demo; else $(BIN)/sparsa demo --rebuild; fi
+	@if $(call index_ok,scifact-splade); then echo "index scifact-splade: built and valid, not rebuilt"; \
+	else $(BIN)/sparsa index --dataset scifact --kind splade --out scifact-splade; fi
+	@mkdir -p $(RUNS)
+	$(BIN)/sparsa -q search --index scifact-splade --dataset scifact --k 100 --out $(RUNS)/scifact-splade.trec
+	$(BIN)/sparsa eval --run $(RUNS)/scifact-splade.trec --dataset scifact
+	$(BIN)/sparsa ask "$(DEMO_QUESTION)" --index scifact-bm25 --dataset scifact
+	$(BIN)/sparsa serve
 
 test: install
 	$(BIN)/python -m pytest

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, event, models, rerank, retrieval, serve, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+train.app.command("event")(event.train_event)
 app.add_typer(train.app, name="train")
 app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)

@@ -1,0 +1,67 @@
+"""Device dispatch for the attention kernels: Triton on CUDA, the PyTorch references on the CPU.
+
+Used by ``kernels/hf_attention.py``. Every function takes SDPA-layout tensors (``q [B, Hq, Sq, D]``,
+``k, v [B, Hkv, Sk, D]``, causal masks aligned bottom-right) and returns ``[B, Hq, Sq, D]``.
+The Triton path is taken when the tensors are on CUDA, in fp16/bf16, with head dim 64 or 128; anything
+else uses PyTorch (SDPA for dense prefill, chunked masked SDPA for block-sparse prefill, fp32 einsum for
+decode) so accuracy can be measured on a CPU with the same selection logic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .block_gating import block_gate_scores, select_blocks
+from .block_sparse_attention import KeptBlocks, block_sparse_attention
+from .sparse_decode import decode_attention, decode_attention_ref
+
+__all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "use_triton"]
+
+_CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
+
+
+def use_triton(q: torch.Tensor) -> bool:
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+
+
+def dense_prefill(q, k, v, scale: float) -> torch.Tensor:
+    if use_triton(q):
+        return block_sparse_attention(q, k, v, None, block_size=128 if q.shape[2] >= 128 else 64, causal=True,
+                                      sm_scale=scale)
+    sq, sk = q.shape[2], k.shape[2]
+    mask = None
+    if sq != sk:  # bottom-right causal alignment (SDPA's is_causal aligns top-left)
+        mask = torch.arange(sk, device=q.device)[None, :] <= torch.arange(sk - sq, sk, device=q.device)[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                            scale=scale, enable_gqa=True)
+
+
+def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | None, scale: float) -> torch.Tensor:
+    """SeerAttention training-free gate (``kernels/block_gating.py``): bool ``[B, Hq, nq, nk]`` kept blocks."""
+    scores = block_gate_scores(q, k, block_size=block_size, causal=True, sm_scale=scale)
+    return select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size, causal=True,
+                         topk=topk, threshold=threshold)
+
+
+def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float) -> torch.Tensor:
+    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``)."""
+    if use_triton(q):
+        return block_sparse_attention(q, k, v, KeptBlocks.from_mask(mask), block_size=block_size, causal=True,
+                                      sm_scale=scale)
+    sq, sk = q.shape[2], k.shape[2]
+    out = torch.empty_like(q)
+    k_pos = torch.arange(sk, device=q.device)
+    for r0 in range(0, sq, _CPU_CHUNK_ROWS):
+        r1 = min(sq, r0 + _CPU_CHUNK_ROWS)
+        rows = torch.arange(r0, r1, device=q.device)
+        block_rows = mask[:, :, rows // block_size]  # [B, Hq, rows, nk]
+        tok = block_rows[..., k_pos // block_size] & (k_pos[None, :] <= rows[:, None] + (sk - sq))
+        out[:, :, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, r0:r1], k, v, attn_mask=tok, scale=scale, enable_gqa=True)
+    return out
+
+
+def decode(q, k, v, *, scale: float, indices=None, counts=None, page_size: int = 1) -> torch.Tensor:
+    """One query token per sequence (``q [B, Hq, 1, D]``) over the cache or the selected tokens/pages."""
+    fn = decode_attention if use_triton(q) else decode_attention_ref
+    return fn(q, k, v, indices=indices, counts=counts, page_size=page_size, sm_scale=scale)

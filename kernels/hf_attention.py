@@ -1,0 +1,292 @@
+"""Run a Hugging Face decoder (Llama/Qwen/Mistral family) with the sparse attention kernels.
+
+Stable entry point (``rag/reader.py`` calls it)::
+
+    use_sparse_attention(model, prefill="block-sparse" | "dense", decode="full" | "sparse",
+                         kv="full" | "duo", **cfg) -> SparseAttentionConfig
+    remove_sparse_attention(model)              # back to the model's own attention
+    install_sparse_attention(model)             # = use_sparse_attention(model) with the defaults
+
+``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), ``gate_topk`` (32 KV
+blocks per query block) or ``gate_threshold``, ``min_sparse_tokens`` (1024: shorter prompts use dense
+prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (16),
+``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
+Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
+profiled once and saved under ``$SPARSA_HOME/head_profiles/``), ``retrieval_fraction`` (0.25),
+``sink`` (64), ``window`` (256).
+
+How it hooks in, without editing model code: an ``attn_implementation`` named ``"sparsa"`` is
+registered with ``transformers.AttentionInterface`` (with SDPA's mask function, so padded batches get a
+mask and fall back to exact SDPA); per-layer settings ride on each attention module. Prefill (more than
+one query token) runs SeerAttention's training-free gate + block-sparse attention, decode (one token)
+runs full or Quest/TidalDecode sparse decode, and ``kv="duo"`` adds a forward pre-hook that gives every
+new generation a head-compressed cache (``kernels/kv_compression.py``), which works with ``generate()``
+and with ``rag/generate.py``'s manual loop. On CUDA with fp16/bf16 the Triton kernels run; otherwise
+the PyTorch references (``kernels/attention_ops.py``), so the same settings can be evaluated on a CPU.
+``model.sparse_attention_stats`` counts the attention actually computed (kept blocks, keys read).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import attention_ops as ops
+from .kv_compression import HeadProfile, HeadSplitKV, compressed_cache, head_split_attention, profile_retrieval_heads
+from .sparse_decode import PageBounds, quest_select, tidal_select
+
+__all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention", "use_sparse_attention"]
+
+logger = logging.getLogger(__name__)
+ATTN_NAME = "sparsa"
+PREFILL_MODES = ("dense", "block-sparse")
+DECODE_MODES = ("full", "sparse")
+KV_MODES = ("full", "duo")
+SELECTORS = ("quest", "tidal")
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig:
+    prefill: str = "block-sparse"
+    decode: str = "full"
+    kv: str = "full"
+    block_size: int = 64
+    gate_topk: int | None = 32
+    gate_threshold: float | None = None
+    min_sparse_tokens: int = 1024
+    selector: str = "quest"
+    budget_tokens: int = 2048
+    page_size: int = 16
+    tidal_layers: tuple[int, ...] | None = None
+    retrieval_fraction: float = 0.25
+    sink: int = 64
+    window: int = 256
+    profile: HeadProfile | None = field(default=None, repr=False)
+
+    def validate(self) -> SparseAttentionConfig:
+        from sparsa.errors import ConfigError
+
+        for name, value, allowed in (("prefill", self.prefill, PREFILL_MODES), ("decode", self.decode, DECODE_MODES),
+                                     ("kv", self.kv, KV_MODES), ("selector", self.selector, SELECTORS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+        if self.block_size not in (16, 32, 64, 128):
+            raise ConfigError(f"block_size must be 16, 32, 64 or 128, got {self.block_size}")
+        if (self.gate_topk is None) == (self.gate_threshold is None):
+            raise ConfigError("give exactly one of gate_topk and gate_threshold")
+        if self.budget_tokens < 1 or self.page_size < 1 or self.sink < 0 or self.window < 1:
+            raise ConfigError("budget_tokens, page_size and window must be >= 1 and sink >= 0")
+        if not 0.0 <= self.retrieval_fraction <= 1.0:
+            raise ConfigError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
+        return self
+
+
+@dataclass
+class _LayerState:
+    config: SparseAttentionConfig
+    layer_idx: int
+    shared: dict  # one per model: TidalDecode's selected tokens, statistics
+    bounds: PageBounds | None = None
+
+
+def _new_stats() -> dict:
+    return {"prefill_blocks_kept": 0, "prefill_blocks_visible": 0, "decode_keys_read": 0, "decode_keys_total": 0}
+
+
+def _tidal_layers(config: SparseAttentionConfig, n_layers: int) -> tuple[int, ...]:
+    if config.tidal_layers is not None:
+        return tuple(sorted(config.tidal_layers))
+    return tuple(sorted({min(2, n_layers - 1), max(2, n_layers * 13 // 32)}))
+
+
+def _prefill(state: _LayerState, q, k, v, scale):
+    cfg = state.config
+    if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
+        return ops.dense_prefill(q, k, v, scale)
+    mask = ops.gate_mask(q, k, block_size=cfg.block_size, topk=cfg.gate_topk, threshold=cfg.gate_threshold,
+                         scale=scale)
+    from .block_gating import block_visibility
+
+    visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)
+    stats = state.shared["stats"]
+    stats["prefill_blocks_kept"] += int(mask.sum())
+    stats["prefill_blocks_visible"] += int(visible.sum()) * mask.shape[0] * mask.shape[1]
+    return ops.block_sparse_prefill(q, k, v, mask, block_size=cfg.block_size, scale=scale)
+
+
+def _decode(state: _LayerState, q, k, v, scale):
+    cfg = state.config
+    stats = state.shared["stats"]
+    seqlen = k.shape[2]
+    stats["decode_keys_total"] += seqlen * k.shape[1]
+    if cfg.decode == "full" or seqlen <= cfg.budget_tokens:
+        stats["decode_keys_read"] += seqlen * k.shape[1]
+        return ops.decode(q, k, v, scale=scale)
+    if cfg.selector == "quest":
+        if state.bounds is None or state.bounds.length > seqlen or state.bounds.kmax.shape[1] != k.shape[1]:
+            state.bounds = PageBounds.from_keys(k, cfg.page_size)
+        else:
+            state.bounds.update(k)
+        indices, counts = quest_select(q, state.bounds, cfg.budget_tokens)
+        stats["decode_keys_read"] += min(seqlen, int(counts.sum()) // q.shape[0] * cfg.page_size)
+        return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=cfg.page_size)
+    selection_layers = state.shared["tidal_layers"]
+    if state.layer_idx < selection_layers[0] or state.layer_idx in selection_layers:
+        if state.layer_idx in selection_layers:
+            state.shared["tidal"] = tidal_select(q, k, cfg.budget_tokens, sm_scale=scale)
+        stats["decode_keys_read"] += seqlen * k.shape[1]
+        return ops.decode(q, k, v, scale=scale)
+    indices, counts = state.shared["tidal"]
+    stats["decode_keys_read"] += int(counts[0, 0]) * k.shape[1]
+    return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=1)
+
+
+def sparsa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs):
+    """``AttentionInterface`` function: ``query [B, Hq, Sq, D]`` etc. -> (``[B, Sq, Hq, D]``, None)."""
+    state: _LayerState | None = getattr(module, "_sparsa_state", None)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(key, HeadSplitKV):
+        if attention_mask is not None and attention_mask.dtype == torch.bool and not bool(attention_mask.all()):
+            raise ValueError("kv='duo' supports unpadded inputs only (batch of one or equal lengths)")
+        full = None
+        if query.shape[2] == 1 and state is not None:
+            def full(q, k, v):
+                return _decode(state, q, k, v, scale)
+        out = head_split_attention(query, key, value, scale=scale, full_attention=full)
+        return out.transpose(1, 2).contiguous(), None
+    if state is None or attention_mask is not None or dropout:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if query.shape[2] == 1:
+        out = _decode(state, query, key, value, scale)
+    else:
+        out = _prefill(state, query, key, value, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_NAME, sparsa_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def _attention_modules(model):
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+
+
+def _cache_argument(model) -> str:
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def _default_profile(model, config: SparseAttentionConfig) -> HeadProfile:
+    """Load the model's saved head profile, or profile it once (RazorAttention echo/induction) and save it."""
+    from sparsa.config import load_settings
+
+    name = Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
+    path = load_settings().home / "head_profiles" / f"{name}.json"
+    if path.exists():
+        profile = HeadProfile.load(path)
+    else:
+        logger.info("profiling retrieval heads of %s (saved to %s)", name, path)
+        profile = profile_retrieval_heads(model, retrieval_fraction=config.retrieval_fraction, model_name=name)
+        profile.save(path)
+    return profile
+
+
+def _check_profile(model, profile: HeadProfile) -> None:
+    from sparsa.errors import ConfigError
+
+    n_layers, n_kv = model.config.num_hidden_layers, model.config.num_key_value_heads
+    if len(profile.retrieval) != n_layers or any(len(r) != n_kv for r in profile.retrieval):
+        raise ConfigError(f"head profile of {profile.model!r} does not fit this model "
+                          f"({n_layers} layers x {n_kv} kv heads)")
+
+
+def use_sparse_attention(model, prefill: str = "block-sparse", decode: str = "full", kv: str = "full",
+                         **cfg) -> SparseAttentionConfig:
+    """Install the sparse kernels on ``model`` (in place); calling again replaces the settings."""
+    from sparsa.errors import ConfigError
+
+    known = set(SparseAttentionConfig.__dataclass_fields__)
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"unknown sparse attention setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if isinstance(cfg.get("profile"), (str, Path)):
+        cfg["profile"] = HeadProfile.load(cfg["profile"])
+    config = SparseAttentionConfig(prefill=prefill, decode=decode, kv=kv, **cfg).validate()
+    modules = _attention_modules(model)
+    if not modules:
+        raise ConfigError(f"{type(model).__name__} has no attention modules with q_proj/layer_idx to patch")
+    if kv == "duo":
+        profile = config.profile
+        if profile is None:
+            profile = _default_profile(model, config)
+        if abs(profile.retrieval_fraction - config.retrieval_fraction) > 1e-6:
+            profile = profile.with_fraction(config.retrieval_fraction)
+        _check_profile(model, profile)
+        config = replace(config, profile=profile)
+    remove_sparse_attention(model)
+    _register()
+    shared = {"stats": _new_stats(), "tidal_layers": _tidal_layers(config, model.config.num_hidden_layers)}
+    for module in modules:
+        module._sparsa_state = _LayerState(config, module.layer_idx, shared)
+    model.sparse_attention_stats = shared["stats"]
+    model._sparsa_previous_attn = model.config._attn_implementation
+    model.set_attn_implementation(ATTN_NAME)
+    if kv == "duo":
+        model._sparsa_hook = model.register_forward_pre_hook(_cache_injector(model, config), with_kwargs=True)
+    return config
+
+
+def _cache_injector(model, config: SparseAttentionConfig):
+    modern = _cache_argument(model)
+
+    def hook(module, args, kwargs):
+        # Callers may use either name (transformers 5.2x renamed ``past_key_values`` to ``cache``).
+        name = next((n for n in ("cache", "past_key_values") if kwargs.get(n) is not None), modern)
+        current = kwargs.get(name)
+        if not kwargs.get("use_cache", module.config.use_cache):
+            return None
+        if current is None or (current.get_seq_length() == 0 and not _is_compressed(current)):
+            kwargs[name] = compressed_cache(config.profile, sink=config.sink, window=config.window)
+            return args, kwargs
+        return None
+
+    return hook
+
+
+def _is_compressed(cache) -> bool:
+    from .kv_compression import HeadCompressedLayer
+
+    return any(isinstance(layer, HeadCompressedLayer) for layer in getattr(cache, "layers", []))
+
+
+def remove_sparse_attention(model) -> None:
+    """Undo :func:`use_sparse_attention` (no-op on a model without it)."""
+    hook = getattr(model, "_sparsa_hook", None)
+    if hook is not None:
+        hook.remove()
+        del model._sparsa_hook
+    for module in _attention_modules(model):
+        if hasattr(module, "_sparsa_state"):
+            del module._sparsa_state
+    previous = getattr(model, "_sparsa_previous_attn", None)
+    if previous is not None:
+        model.set_attn_implementation(previous)
+        del model._sparsa_previous_attn
+
+
+def install_sparse_attention(model) -> SparseAttentionConfig:
+    """The reader's hook: block-sparse prefill, full decode, full KV cache (all defaults)."""
+    return use_sparse_attention(model)

@@ -1,0 +1,327 @@
+"""Decode attention (one new query token against a long KV cache) in Triton: full, or over selected tokens.
+
+Algorithm: flash-decoding. The cache (or the list of selected tokens) is cut into splits; one program per
+(split, batch x KV head) runs an online softmax for all ``Hq / Hkv`` query heads of its group at once
+(GQA: each key is read once per group), and writes a partial (max, sum, weighted values); a second
+kernel merges the splits. Work is spread over splits so that a single sequence fills the GPU.
+
+Sparse mode reads only the tokens an index list names: ``indices [B, Hi, N]`` (``Hi`` = 1 shared by all
+heads, or ``Hkv``) with ``counts [B, Hi]``. With ``page_size = P > 1`` each index names a page of P
+consecutive tokens (Quest), with ``P = 1`` a single token (TidalDecode). Selection lives beside it:
+
+  * :class:`PageBounds` / :func:`quest_select` (Quest, Tang et al., 2024, arXiv:2406.10774): per page
+    and KV head the element-wise min and max key; ``sum_d max(q_d min_d, q_d max_d)`` bounds ``q . k``
+    for every key of the page and is computed as ``relu(q) . max + min(q, 0) . min`` (two matmuls);
+    the bounds are summed over the query heads of a group, and the top pages within a token budget are
+    kept per KV head (the first "sink" page and the newest page always).
+  * :func:`tidal_select` (TidalDecode, Yang et al., 2024, arXiv:2410.05076): a token-selection layer
+    attends fully, sums its attention probabilities over all heads and keeps the top tokens; later
+    layers reuse those positions (the caller keeps them; see ``kernels/hf_attention.py``).
+
+Shapes: ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``), ``k, v [B, Hkv, S, D]`` (SDPA layout, last dim
+contiguous); head dim 64 or 128; fp16/bf16 (fp32 for CPU tests). References: :func:`decode_attention_ref`.
+Tested with ``TRITON_INTERPRET=1`` on the CPU (triton 3.9) and on an H200 by ``bench/bench_kernels_h200.py``.
+Known limits: one query token per sequence; every sequence of the batch has the cache length ``S``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .block_sparse_attention import _check_interpretable
+
+__all__ = [
+    "PageBounds",
+    "decode_attention",
+    "decode_attention_ref",
+    "quest_select",
+    "tidal_select",
+]
+
+_LOG2E = 1.4426950408889634
+_HEAD_DIMS = (64, 128)
+
+
+def _configs() -> list[triton.Config]:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bn, w, s in [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4)]]
+
+
+@triton.autotune(configs=_configs(), key=["HEAD_DIM", "GROUP_PAD", "PAGE", "SPARSE", "SPLIT_BUCKET"])
+@triton.jit
+def _decode_partial_kernel(
+    Q, K, V, IDX, CNT, M_OUT, L_OUT, ACC_OUT,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ib, stride_ih, stride_cb, stride_ch,
+    seqlen_k, n_work, split_len, n_splits, qk_scale, HKV, IDX_GROUP, SPLIT_BUCKET,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
+    SPARSE: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HKV).to(tl.int64)
+    kvh = bh % HKV
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    g_ok = offs_g < GROUP
+    q_ptrs = Q + b * stride_qb + (kvh * GROUP + offs_g)[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=g_ok[:, None], other=0.0)
+    k_base = K + b * stride_kb + kvh * stride_kh
+    v_base = V + b * stride_vb + kvh * stride_vh
+    if SPARSE:
+        ih = kvh // IDX_GROUP
+        idx_base = IDX + b * stride_ib + ih * stride_ih
+        work = tl.load(CNT + b * stride_cb + ih * stride_ch) * PAGE
+    else:
+        work = n_work
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, work)
+
+    m_i = tl.full([GROUP_PAD], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        slots = start + tl.arange(0, BLOCK_N)
+        ok = slots < hi
+        if SPARSE:
+            page = tl.load(idx_base + slots // PAGE, mask=ok, other=0)
+            tok = page * PAGE + slots % PAGE
+            ok = ok & (tok < seqlen_k)
+        else:
+            tok = slots
+        tok = tok.to(tl.int64)
+        k = tl.load(k_base + tok[:, None] * stride_ks + offs_d[None, :], mask=ok[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.where(ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + tok[:, None] * stride_vs + offs_d[None, :], mask=ok[:, None], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+
+    row = (bh // HKV) * (HKV * GROUP) + kvh * GROUP + offs_g  # flat (b, q head)
+    tl.store(M_OUT + row * n_splits + split, m_i, mask=g_ok)
+    tl.store(L_OUT + row * n_splits + split, l_i, mask=g_ok)
+    acc_ptrs = ACC_OUT + (row * n_splits + split)[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(acc_ptrs, acc, mask=g_ok[:, None])
+
+
+@triton.jit
+def _decode_merge_kernel(M_IN, L_IN, ACC_IN, O, LSE, n_splits, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, CHUNK)
+    m = tl.full([CHUNK], -1.0e30, dtype=tl.float32)
+    for s0 in range(0, n_splits, CHUNK):
+        m = tl.maximum(m, tl.load(M_IN + row * n_splits + s0 + offs_s, mask=s0 + offs_s < n_splits,
+                                  other=-1.0e30))
+    m_all = tl.max(m, 0)
+    l_all = tl.zeros([CHUNK], dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for s0 in range(0, n_splits, CHUNK):
+        ok = s0 + offs_s < n_splits
+        w = tl.exp2(tl.load(M_IN + row * n_splits + s0 + offs_s, mask=ok, other=-1.0e30) - m_all)
+        w = tl.where(ok, w, 0.0)
+        l_all += w * tl.load(L_IN + row * n_splits + s0 + offs_s, mask=ok, other=0.0)
+        a = tl.load(ACC_IN + (row * n_splits + s0 + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=ok[:, None], other=0.0)
+        acc += tl.sum(a * w[:, None], 0)
+    l_tot = tl.sum(l_all, 0)
+    l_safe = tl.where(l_tot == 0.0, 1.0, l_tot)
+    tl.store(O + row * HEAD_DIM + offs_d, (acc / l_safe).to(O.dtype.element_ty))
+    tl.store(LSE + row, tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634))
+
+
+def _check(q, k, v, indices, counts, page_size):
+    if q.dim() == 4:
+        if q.shape[2] != 1:
+            raise ValueError(f"decode takes one query token per sequence, got q {tuple(q.shape)}")
+        q = q[:, :, 0]
+    if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"need q [B, Hq, D], k = v [B, Hkv, S, D]: {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[1] % k.shape[1] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"batch, heads (Hq % Hkv == 0) or head dims disagree: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.device != k.device or v.device != k.device:
+        raise ValueError(f"q, k, v must share dtype and device: {q.dtype}/{k.dtype}/{v.dtype}")
+    if (indices is None) != (counts is None):
+        raise ValueError("sparse decode needs both indices and counts")
+    if indices is not None:
+        if indices.dim() != 3 or counts.shape != indices.shape[:2] or indices.shape[0] != q.shape[0]:
+            raise ValueError(f"indices must be [B, Hi, N] and counts [B, Hi]: {tuple(indices.shape)}, "
+                             f"{tuple(counts.shape)}")
+        if k.shape[1] % indices.shape[1]:
+            raise ValueError(f"index heads ({indices.shape[1]}) must divide kv heads ({k.shape[1]})")
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    return q
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
+                     counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
+                     num_splits: int | None = None, return_lse: bool = False):
+    """Attention of one query token per sequence over the whole cache, or over the selected tokens/pages.
+
+    ``q [B, Hq, D]`` or ``[B, Hq, 1, D]``; ``k, v [B, Hkv, S, D]``; sparse mode: int ``indices [B, Hi, N]``
+    (token or page numbers, entries past ``counts [B, Hi]`` ignored, duplicates not allowed) with
+    ``Hkv % Hi == 0``. Returns ``out`` shaped like ``q`` (and fp32 natural-log ``lse [B, Hq]``).
+    """
+    q_in = q
+    q = _check(q, k, v, indices, counts, page_size)
+    if k.shape[-1] not in _HEAD_DIMS:
+        raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {k.shape[-1]}")
+    _check_interpretable(q.dtype)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    b, hq, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    group = hq // hkv
+    sparse = indices is not None
+    if sparse:
+        idx = indices.to(torch.int32)
+        cnt = counts.to(torch.int32)
+        n_work = idx.shape[-1] * page_size
+        idx_group = hkv // idx.shape[1]
+    else:
+        idx = cnt = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
+        cnt = cnt[:, :1]
+        n_work, idx_group = s, 1
+    if num_splits is None:
+        # Enough programs for ~4 waves on the GPU, but splits no shorter than 256 tokens.
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        num_splits = max(1, min(triton.cdiv(4 * sms, b * hkv), triton.cdiv(max(n_work, 1), 256)))
+    split_len = triton.cdiv(max(n_work, 1), num_splits)
+    num_splits = triton.cdiv(max(n_work, 1), split_len)
+    m_part = torch.empty(b * hq * num_splits, dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    acc_part = torch.empty(b * hq * num_splits, d, dtype=torch.float32, device=q.device)
+    _decode_partial_kernel[(num_splits, b * hkv)](
+        q, k, v, idx, cnt, m_part, l_part, acc_part,
+        q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
+        cnt.stride(0), cnt.stride(1),
+        s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
+        min(triton.next_power_of_2(split_len), 1 << 14),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, PAGE=page_size,
+        SPARSE=sparse,
+    )
+    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
+    _decode_merge_kernel[(b * hq,)](m_part, l_part, acc_part, out, lse, num_splits, HEAD_DIM=d, CHUNK=16)
+    out = out.view(q_in.shape)
+    return (out, lse) if return_lse else out
+
+
+def selected_token_mask(indices: torch.Tensor, counts: torch.Tensor, page_size: int, seqlen: int) -> torch.Tensor:
+    """Bool ``[B, Hi, S]``: the tokens an index list selects."""
+    b, hi, n = indices.shape
+    valid = torch.arange(n, device=indices.device) < counts[..., None]
+    tok = indices.long()[..., None] * page_size + torch.arange(page_size, device=indices.device)
+    tok = torch.where(valid[..., None] & (tok < seqlen), tok, seqlen).reshape(b, hi, -1)
+    mask = torch.zeros(b, hi, seqlen + 1, dtype=torch.bool, device=indices.device)
+    return mask.scatter_(-1, tok, True)[..., :seqlen]
+
+
+def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
+                         counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
+                         return_lse: bool = False):
+    """PyTorch reference of :func:`decode_attention` (fp32 math; any head dim)."""
+    q_in = q
+    q = _check(q, k, v, indices, counts, page_size)
+    hq, hkv, s = q.shape[1], k.shape[1], k.shape[2]
+    group = hq // hkv
+    scale = sm_scale or 1.0 / math.sqrt(q.shape[-1])
+    qg = q.float().view(q.shape[0], hkv, group, -1)
+    scores = torch.einsum("bhgd,bhsd->bhgs", qg, k.float()) * scale
+    if indices is not None:
+        keep = selected_token_mask(indices, counts, page_size, s)
+        keep = keep.repeat_interleave(hkv // keep.shape[1], 1)
+        scores = scores.masked_fill(~keep[:, :, None], float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - lse.clamp_min(-1e30)[..., None])
+    out = torch.einsum("bhgs,bhsd->bhgd", probs, v.float()).reshape(q.shape).to(q.dtype).view(q_in.shape)
+    return (out, lse.reshape(q.shape[:2])) if return_lse else out
+
+
+@dataclass
+class PageBounds:
+    """Quest page summaries: element-wise min and max key of each page, per KV head.
+
+    ``kmin, kmax``: fp32 ``[B, Hkv, n_pages, D]`` over the first ``length`` tokens; :meth:`update` after
+    the cache grows recomputes only the pages from the last (partial) one on, so a decode step costs
+    ``O(page_size)`` instead of ``O(S)``.
+    """
+
+    kmin: torch.Tensor
+    kmax: torch.Tensor
+    page_size: int
+    length: int
+
+    @staticmethod
+    def from_keys(k: torch.Tensor, page_size: int = 16) -> PageBounds:
+        b, h, _, d = k.shape
+        empty = torch.empty(b, h, 0, d, dtype=torch.float32, device=k.device)
+        return PageBounds(empty, empty.clone(), page_size, 0).update(k)
+
+    def update(self, k: torch.Tensor) -> PageBounds:
+        s = k.shape[2]
+        if s < self.length:
+            raise ValueError(f"the cache shrank from {self.length} to {s} tokens; rebuild the page bounds")
+        first = self.length // self.page_size  # the last partial page is recomputed
+        tail = k[:, :, first * self.page_size:s].float()
+        n_new = triton.cdiv(tail.shape[2], self.page_size)
+        pad = n_new * self.page_size - tail.shape[2]
+        shape = (*tail.shape[:2], n_new, self.page_size, tail.shape[-1])
+        new_max = torch.nn.functional.pad(tail, (0, 0, 0, pad), value=float("-inf")).view(shape).amax(3)
+        new_min = torch.nn.functional.pad(tail, (0, 0, 0, pad), value=float("inf")).view(shape).amin(3)
+        self.kmax = torch.cat([self.kmax[:, :, :first], new_max], 2)
+        self.kmin = torch.cat([self.kmin[:, :, :first], new_min], 2)
+        self.length = s
+        return self
+
+
+def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top pages per KV head by Quest's upper bound of ``q . k``, within ``budget_tokens``.
+
+    ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``). Returns sorted int32 page ``indices [B, Hkv, n]`` and
+    ``counts [B, Hkv]`` for :func:`decode_attention` with ``page_size=bounds.page_size``. The first page
+    (attention sink) and the newest page are always kept.
+    """
+    if q.dim() == 4:
+        q = q[:, :, 0]
+    b, hq, d = q.shape
+    hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
+    n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
+    qg = q.float().view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
+    upper = bounds.kmax @ qg.clamp_min(0) + bounds.kmin @ qg.clamp_max(0)  # [B, Hkv, n_pages, G]
+    score = upper.sum(-1)
+    score[:, :, 0] = float("inf")
+    score[:, :, -1] = float("inf")
+    top = score.topk(n_keep, dim=-1, sorted=False).indices.sort(-1).values.to(torch.int32)
+    counts = torch.full((b, hkv), n_keep, dtype=torch.int32, device=q.device)
+    return top.contiguous(), counts
+
+
+def tidal_select(q: torch.Tensor, k: torch.Tensor, budget_tokens: int,
+                 sm_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """TidalDecode token selection: the ``budget_tokens`` positions with the largest attention probability
+    summed over all query heads (one shared set per layer). Returns sorted int32 ``indices [B, 1, n]`` and
+    ``counts [B, 1]`` for :func:`decode_attention` with ``page_size=1``."""
+    if q.dim() == 4:
+        q = q[:, :, 0]
+    b, hq, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    scale = sm_scale or 1.0 / math.sqrt(d)
+    scores = torch.einsum("bhgd,bhsd->bhgs", q.float().view(b, hkv, hq // hkv, d), k.float()) * scale
+    mass = torch.softmax(scores, -1).sum((1, 2))  # [B, S]
+    n_keep = max(1, min(s, budget_tokens))
+    top = mass.topk(n_keep, dim=-1, sorted=False).indices.sort(-1).values.to(torch.int32)
+    return top[:, None].contiguous(), torch.full((b, 1), n_keep, dtype=torch.int32, device=q.device)

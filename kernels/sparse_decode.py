@@ -255,7 +255,8 @@ def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, i
 class PageBounds:
     """Quest page summaries: element-wise min and max key of each page, per KV head.
 
-    ``kmin, kmax``: fp32 ``[B, Hkv, n_pages, D]`` over the first ``length`` tokens; :meth:`update` after
+    ``kmin, kmax``: ``[B, Hkv, n_pages, D]`` in the keys' dtype (min/max are exact in any dtype, and
+    half-width bounds halve the bytes the selection reads) over the first ``length`` tokens; :meth:`update` after
     the cache grows recomputes only the pages from the last (partial) one on, so a decode step costs
     ``O(page_size)`` instead of ``O(S)``.
     """
@@ -268,7 +269,7 @@ class PageBounds:
     @staticmethod
     def from_keys(k: torch.Tensor, page_size: int = 16) -> PageBounds:
         b, h, _, d = k.shape
-        empty = torch.empty(b, h, 0, d, dtype=torch.float32, device=k.device)
+        empty = torch.empty(b, h, 0, d, dtype=k.dtype, device=k.device)
         return PageBounds(empty, empty.clone(), page_size, 0).update(k)
 
     def update(self, k: torch.Tensor) -> PageBounds:
@@ -276,7 +277,7 @@ class PageBounds:
         if s < self.length:
             raise ValueError(f"the cache shrank from {self.length} to {s} tokens; rebuild the page bounds")
         first = self.length // self.page_size  # the last partial page is recomputed
-        tail = k[:, :, first * self.page_size:s].float()
+        tail = k[:, :, first * self.page_size:s]
         n_new = triton.cdiv(tail.shape[2], self.page_size)
         pad = n_new * self.page_size - tail.shape[2]
         shape = (*tail.shape[:2], n_new, self.page_size, tail.shape[-1])
@@ -300,9 +301,9 @@ def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tup
     b, hq, d = q.shape
     hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
     n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
-    qg = q.float().view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
+    qg = q.to(bounds.kmax.dtype).view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
     upper = bounds.kmax @ qg.clamp_min(0) + bounds.kmin @ qg.clamp_max(0)  # [B, Hkv, n_pages, G]
-    score = upper.sum(-1)
+    score = upper.float().sum(-1)
     score[:, :, 0] = float("inf")
     score[:, :, -1] = float("inf")
     top = score.topk(n_keep, dim=-1, sorted=False).indices.sort(-1).values.to(torch.int32)

@@ -1,0 +1,223 @@
+"""All attention kernels on one GPU: dense/block-sparse prefill, full/sparse decode, bandwidth.
+
+    python3 bench/bench_kernels_h200.py --commit <sha> --out $OUT/kernels_h200.json
+
+Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.testing.do_bench``):
+  * ``checks``: decode kernel (full, Quest pages, TidalDecode tokens) against its fp32 reference;
+  * ``copy_bandwidth``: ``dst.copy_(src)`` of 2 GiB, (read + write bytes) / time;
+  * ``dense``: ours (block_sparse_attention, dense mode) vs SDPA flash at 4k/16k/32k/64k, head dim 128/64;
+  * ``sparse``: 50/75/90/95% block sparsity (block 128, random kept blocks + sink + diagonal) vs dense
+    SDPA and FlexAttention with the same BlockMask (helpers shared with ``bench/bench_attention.py``);
+  * ``decode``: one query token at 32k/128k: SDPA, ours full, ours over Quest pages (kernel only, and
+    end to end with page scoring + top-k from precomputed page bounds), ours over TidalDecode tokens
+    (a reuse layer: kernel only), budgets 2k/4k; eager and as a replayed CUDA graph (launch overhead
+    removed, as a serving engine would run a decode step). Bandwidth = KV bytes read / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_attention import _bench, _rel_err, _sdpa_fn, causal_block_mask, flex_block_mask, useful_flops  # noqa: E402
+from common import RESULTS, run_metadata  # noqa: E402
+
+try:
+    from sparsa.kernels import block_sparse_attention as bsa
+    from sparsa.kernels import sparse_decode as sd
+except ImportError:  # a bare GPU machine: import the folder as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from kernels import block_sparse_attention as bsa
+    from kernels import sparse_decode as sd
+
+HQ, HKV = 32, 8
+
+
+def _graphed(fn):
+    """Capture ``fn`` (already warmed up, autotuned) in a CUDA graph; return its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def checks() -> list[dict]:
+    rows = []
+    for b, s, d, dtype in [(2, 5000, 128, torch.bfloat16), (1, 3001, 64, torch.float16)]:
+        q = torch.randn(b, HQ, d, device="cuda", dtype=dtype)
+        k, v = (torch.randn(b, HKV, s, d, device="cuda", dtype=dtype) for _ in range(2))
+        bounds = sd.PageBounds.from_keys(k, 16)
+        cases = {"full": {}, "quest": dict(zip(("indices", "counts"), sd.quest_select(q, bounds, 512)), page_size=16),
+                 "tidal": dict(zip(("indices", "counts"), sd.tidal_select(q, k, 700)))}
+        for name, kw in cases.items():
+            err = _rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
+            rows.append(dict(check=f"decode/{name}/d={d}/S={s}", dtype=str(dtype), rel_err=err,
+                             passed=err < (1e-2 if dtype == torch.bfloat16 else 5e-3)))
+    return rows
+
+
+def copy_bandwidth() -> dict:
+    src = torch.empty(1 << 30, dtype=torch.int16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return dict(bytes=2 * src.numel() * 2, ms=ms, gb_per_s=2 * src.numel() * 2 / ms * 1e-6)
+
+
+def dense(args, out: list) -> None:
+    for d in args.head_dims:
+        for s in args.seqlens:
+            q, k, v = (torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
+            flops = useful_flops(None, 1, HQ, s, d, 128)
+            sdpa, mode = _sdpa_fn(q, k, v)
+            t_sdpa = _bench(sdpa)
+            t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True))
+            out.append(dict(head_dim=d, seqlen=s, sdpa_ms=t_sdpa, ours_ms=t_ours, sdpa_tflops=flops / t_sdpa * 1e-9,
+                            ours_tflops=flops / t_ours * 1e-9, speedup_vs_sdpa=t_sdpa / t_ours, sdpa_mode=mode,
+                            config=str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))))
+            print(json.dumps(out[-1]), flush=True)
+            del q, k, v
+
+
+def sparse(args, out: list) -> None:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.config.cache_size_limit = 64
+    flex = torch.compile(flex_attention, dynamic=False)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    d, block = 128, 128
+    for s in args.sparse_seqlens:
+        q, k, v = (torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
+        n = triton.cdiv(s, block)
+        dense_flops = useful_flops(None, 1, HQ, s, d, block)
+        sdpa, _ = _sdpa_fn(q, k, v)
+        t_sdpa = _bench(sdpa)
+        for sparsity in args.sparsities:
+            mask = causal_block_mask(1, HQ, n, sparsity, gen)
+            kept = bsa.KeptBlocks.from_mask(mask)
+            t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True))
+            bm = flex_block_mask(mask, block, s)
+            t_flex = _bench(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
+            agree = _rel_err(flex(q, k, v, block_mask=bm, enable_gqa=True),
+                             bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True))
+            actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
+            out.append(dict(head_dim=d, seqlen=s, sparsity=round(actual, 3), sdpa_ms=t_sdpa, ours_ms=t_ours,
+                            flex_ms=t_flex, speedup_vs_sdpa=t_sdpa / t_ours, speedup_vs_flex=t_flex / t_ours,
+                            flex_vs_ours_rel_diff=agree,
+                            config=str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))))
+            print(json.dumps(out[-1]), flush=True)
+        del q, k, v
+
+
+def decode(args, out: list, copy_gbps: float) -> None:
+    d = 128
+    for s in args.decode_seqlens:
+        q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        kv_bytes = 2 * k.numel() * k.element_size()
+        bounds = sd.PageBounds.from_keys(k, 16)
+        q4 = q[:, :, None]
+        fns = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
+               "ours-full": lambda: sd.decode_attention(q, k, v)}
+        for splits in args.decode_splits:
+            fns[f"ours-full-splits{splits}"] = lambda n=splits: sd.decode_attention(q, k, v, num_splits=n)
+        for budget in args.budgets:
+            idx, cnt = sd.quest_select(q, bounds, budget)
+            tok_idx, tok_cnt = sd.tidal_select(q, k, budget)
+            fns[f"quest-{budget}-kernel"] = (
+                lambda i=idx, c=cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16))
+            fns[f"quest-{budget}-end2end"] = (
+                lambda b=budget: sd.decode_attention(q, k, v, page_size=16,
+                                                     **dict(zip(("indices", "counts"), sd.quest_select(q, bounds, b)))))
+            fns[f"tidal-{budget}-kernel"] = (
+                lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
+        times = {}
+        for name, fn in fns.items():
+            eager = _bench(fn)
+            try:
+                graphed = _bench(_graphed(fn))
+            except Exception as exc:  # noqa: BLE001 - report, keep measuring
+                print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
+                graphed = None
+            times[name] = (eager, graphed)
+        full_e, full_g = times["ours-full"]
+        for name, (eager, graphed) in times.items():
+            row = dict(seqlen=s, provider=name, eager_ms=eager, graph_ms=graphed,
+                       speedup_vs_ours_full_eager=full_e / eager,
+                       speedup_vs_ours_full_graph=(full_g / graphed) if graphed and full_g else None)
+            if name.startswith(("ours-full", "sdpa")):
+                best = min(t for t in (eager, graphed) if t)
+                row["kv_gb_per_s"] = kv_bytes / best * 1e-6
+                row["fraction_of_copy_bandwidth"] = row["kv_gb_per_s"] / copy_gbps
+            out.append(row)
+            print(json.dumps(row), flush=True)
+        del q, k, v, bounds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqlens", type=int, nargs="+", default=[4096, 16384, 32768, 65536])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--sparse-seqlens", type=int, nargs="+", default=[32768])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
+    parser.add_argument("--decode-seqlens", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--decode-splits", type=int, nargs="*", default=[132, 264])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--sections", nargs="+", default=["checks", "decode", "dense", "sparse"])
+    parser.add_argument("--commit", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS / "kernels_h200.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA device", file=sys.stderr)
+        return 2
+    meta = run_metadata(("torch", "triton"))
+    meta["git_commit"] = meta["git_commit"] or args.commit
+    meta["hardware"]["gpu"] = torch.cuda.get_device_name()
+    meta["versions"]["cuda"] = torch.version.cuda
+    payload = {"meta": meta, "setup": {"batch": 1, "q_heads": HQ, "kv_heads": HKV, "dtype": "bfloat16",
+                                       "causal": True, "sparse_block": 128, "quest_page": 16}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write():
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+
+    start = time.time()
+    payload["copy_bandwidth"] = copy_bandwidth()
+    print(json.dumps(payload["copy_bandwidth"]), flush=True)
+    for section in args.sections:
+        t0 = time.time()
+        if section == "checks":
+            payload["checks"] = checks()
+            for r in payload["checks"]:
+                print(("PASS " if r["passed"] else "FAIL ") + json.dumps(r), flush=True)
+        else:
+            payload[section] = []
+            try:
+                if section == "decode":
+                    decode(args, payload[section], payload["copy_bandwidth"]["gb_per_s"])
+                else:
+                    {"dense": dense, "sparse": sparse}[section](args, payload[section])
+            except Exception as exc:  # noqa: BLE001 - keep what was measured
+                payload[f"{section}_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"{section} failed: {payload[section + '_error']}", flush=True)
+        payload.setdefault("section_seconds", {})[section] = round(time.time() - t0, 1)
+        write()
+        torch.cuda.empty_cache()
+    print(f"total {time.time() - start:.0f}s")
+    return 1 if any(not r["passed"] for r in payload.get("checks", [])) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Long-context accuracy of SmolLM2 with full vs sparse attention, and the KV cache each variant keeps.
+
+    SPARSA_HOME=/tmp/sparsa_home python bench/bench_longcontext.py            # CPU, PyTorch reference path
+    python bench/bench_longcontext.py --lengths 2048 4096 --depths 0.5 --ruler 2 --work /tmp/lc
+
+Tasks (``$SPARSA_DATA_DIR/longcontext``): RULER 4K NIAH multikey-3 (UUID needle among UUID
+distractors; correct when the answer UUID is in the output) and needle-in-a-haystack over the Paul
+Graham essays (a 7-digit "special magic number" inserted at a depth of the haystack, context cut to
+2k/4k/8k tokens including the prompt; correct when the number is in the output). Greedy decoding.
+
+Variants (``kernels/hf_attention.py``), all on the same model and prompts:
+  * ``full``: the model's own SDPA attention and ``DynamicCache`` (the reference);
+  * ``block-sparse-prefill``: SeerAttention training-free gate, top-16 blocks of 64 per query block
+    (+ sink and diagonal), then full decode;
+  * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 1,024 selected
+    tokens (Quest pages of 16; TidalDecode selection at layers 2 and 12 of 30);
+  * ``duo-kv``: exact prefill, then a head-compressed cache: 25% retrieval KV heads (RazorAttention
+    echo/induction profile) keep everything, the others 64 sink + 256 recent tokens.
+The decode variants share the full variant's prefill (the same exact prefill, computed once); the
+block-sparse variant runs its own. Each example is one JSON line in ``--work`` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_results  # noqa: E402
+
+VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
+SETTINGS = {
+    "block-sparse-prefill": dict(prefill="block-sparse", gate_topk=16, block_size=64, min_sparse_tokens=1024),
+    "sparse-decode-quest": dict(prefill="dense", decode="sparse", selector="quest", budget_tokens=1024, page_size=16),
+    "sparse-decode-tidal": dict(prefill="dense", decode="sparse", selector="tidal", budget_tokens=1024),
+    "duo-kv": dict(prefill="dense", kv="duo", retrieval_fraction=0.25, sink=64, window=256),
+}
+NEEDLE = "The special magic number is: {value}."
+QUESTION = "What is the special magic number mentioned in the text above?"
+ANSWER_PREFIX = "The special magic number is:"
+
+
+def _chat_prompt(tok, user: str, answer_prefix: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return tok(text + answer_prefix, add_special_tokens=False)["input_ids"]
+
+
+def niah_examples(tok, data_dir: Path, lengths, depths, seed: int) -> list[dict]:
+    """Needle in a Paul Graham haystack, context cut so the whole prompt has ``length`` tokens."""
+    essays = sorted((data_dir / "paul-graham-essays").glob("*.txt"))
+    hay_ids = tok("\n\n".join(p.read_text() for p in essays), add_special_tokens=False)["input_ids"]
+    rng = random.Random(seed)
+    overhead = len(_chat_prompt(tok, "\n\n" + QUESTION, ANSWER_PREFIX))
+    examples = []
+    for length in lengths:
+        for depth in depths:
+            value = str(rng.randrange(1_000_000, 10_000_000))
+            needle = tok(" " + NEEDLE.format(value=value) + " ", add_special_tokens=False)["input_ids"]
+            room = length - overhead - len(needle) - 8
+            cut = int(room * depth)
+            context = tok.decode(hay_ids[:cut]) + tok.decode(needle) + tok.decode(hay_ids[cut:room])
+            ids = _chat_prompt(tok, context + "\n\n" + QUESTION, ANSWER_PREFIX)
+            examples.append(dict(id=f"niah-{length}-{depth}", task="niah-pg", length=length, depth=depth,
+                                 answers=[value], ids=ids, max_new=12))
+    return examples
+
+
+def ruler_examples(tok, data_dir: Path, n: int) -> list[dict]:
+    path = data_dir / "ruler-4096" / "niah_multikey_3.jsonl.gz"
+    examples = []
+    with gzip.open(path, "rt") as f:
+        for line_no, line in enumerate(f, 1):
+            if len(examples) >= n:
+                break
+            rec = json.loads(line)
+            cut = rec["input"].rfind("What is the special magic uuid")
+            question = rec["input"][cut:]
+            ask, _, prefix = question.partition("? ")
+            if cut < 0 or not prefix:
+                from sparsa.errors import DataFormatError
+                raise DataFormatError(f"{path}:{line_no}: no question/answer prefix found")
+            ids = _chat_prompt(tok, rec["input"][:cut] + ask + "?", prefix)
+            examples.append(dict(id=f"ruler-{rec['index']}", task="ruler-niah-multikey-3", length=len(ids),
+                                 depth=None, answers=rec["outputs"], ids=ids, max_new=32))
+    return examples
+
+
+def _greedy(model, logits, cache, max_new: int, stop: set[int]):
+    import torch
+
+    from sparsa.rag.generate import decode_step
+
+    out = []
+    for _ in range(max_new):
+        token = int(logits[0].argmax())
+        if token in stop:
+            break
+        out.append(token)
+        logits, cache = decode_step(model, torch.tensor([[token]]), cache)
+    return out, cache
+
+
+def run_example(model, tok, ex: dict, profile) -> dict:
+    import torch
+
+    from sparsa.kernels.hf_attention import remove_sparse_attention, use_sparse_attention
+    from sparsa.kernels.kv_compression import compressed_cache, kv_cache_bytes
+    from sparsa.rag.generate import prefill
+
+    stop = {tok.eos_token_id, *tok.convert_tokens_to_ids(["<|im_end|>"])} - {None}
+    ids = torch.tensor([ex["ids"]])
+    rec = {k: ex[k] for k in ("id", "task", "length", "depth", "answers")} | {"prompt_tokens": len(ex["ids"])}
+    rec["variants"] = {}
+
+    def finish(name, tokens, cache, seconds):
+        text = tok.decode(tokens, skip_special_tokens=True)
+        correct = all(a.lower() in text.lower() for a in ex["answers"])
+        stats = dict(getattr(model, "sparse_attention_stats", {}) or {})
+        rec["variants"][name] = dict(output=text, correct=correct, kv_bytes=kv_cache_bytes(cache),
+                                     seconds=round(seconds, 1), stats=stats)
+
+    with torch.inference_mode():
+        remove_sparse_attention(model)
+        t0 = time.time()
+        logits, full_cache = prefill(model, ids)
+        t_prefill = time.time() - t0
+        for name in ("full", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv"):
+            t0 = time.time()
+            if name == "full":
+                remove_sparse_attention(model)
+                model.sparse_attention_stats = None
+                cache = copy.deepcopy(full_cache)
+            elif name == "duo-kv":
+                use_sparse_attention(model, **SETTINGS[name], profile=profile)
+                cfg = model.model.layers[0].self_attn._sparsa_state.config
+                cache = compressed_cache(cfg.profile, sink=cfg.sink, window=cfg.window)
+                for i, layer in enumerate(full_cache.layers):  # the compressed cache stores the exact prefill
+                    cache.update(layer.keys, layer.values, i)
+            else:
+                use_sparse_attention(model, **SETTINGS[name])
+                cache = copy.deepcopy(full_cache)
+            tokens, cache = _greedy(model, logits, cache, ex["max_new"], stop)
+            finish(name, tokens, cache, time.time() - t0 + t_prefill)
+        del full_cache
+        use_sparse_attention(model, **SETTINGS["block-sparse-prefill"])
+        t0 = time.time()
+        logits, cache = prefill(model, ids)
+        tokens, cache = _greedy(model, logits, cache, ex["max_new"], stop)
+        finish("block-sparse-prefill", tokens, cache, time.time() - t0)
+        remove_sparse_attention(model)
+    return rec
+
+
+def summarise(records: list[dict]) -> dict:
+    summary = {}
+    for name in VARIANTS:
+        rows = [r["variants"][name] for r in records if name in r["variants"]]
+        full_rows = [r["variants"]["full"] for r in records if name in r["variants"]]
+        if not rows:
+            continue
+        acc = sum(r["correct"] for r in rows) / len(rows)
+        full_acc = sum(r["correct"] for r in full_rows) / len(full_rows)
+        kv = sum(r["kv_bytes"] for r in rows) / len(rows)
+        kv_full = sum(r["kv_bytes"] for r in full_rows) / len(full_rows)
+        stats = {}
+        for key in ("prefill_blocks_kept", "prefill_blocks_visible", "decode_keys_read", "decode_keys_total"):
+            stats[key] = sum(r["stats"].get(key, 0) for r in rows)
+        summary[name] = dict(
+            n=len(rows), accuracy=acc, accuracy_vs_full=(acc / full_acc) if full_acc else None,
+            mean_kv_bytes=kv, kv_reduction_vs_full=kv_full / kv if kv else None,
+            prefill_block_density=(stats["prefill_blocks_kept"] / stats["prefill_blocks_visible"]
+                                   if stats["prefill_blocks_visible"] else None),
+            decode_key_fraction_read=(stats["decode_keys_read"] / stats["decode_keys_total"]
+                                      if stats["decode_keys_total"] else None))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8000])
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    parser.add_argument("--ruler", type=int, default=4, help="RULER examples (the first N)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/kernels/longcontext"))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--summarise-only", action="store_true", help="write the JSON from the examples done so far")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsa.config import load_settings
+    from sparsa.kernels.kv_compression import HeadProfile, profile_retrieval_heads
+    from sparsa.models import resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = load_settings().data_dir / "longcontext"
+    path = resolve_model("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    args.work.mkdir(parents=True, exist_ok=True)
+    profile_path = args.work / "head_profile.json"
+    if profile_path.exists():
+        profile = HeadProfile.load(profile_path)
+    else:
+        profile = profile_retrieval_heads(model, retrieval_fraction=0.25, period=256, n_sequences=2,
+                                          model_name="smollm2-135m-instruct")
+        profile.save(profile_path)
+    # Interleave lengths and tasks so a stopped run still covers each of them.
+    niah = niah_examples(tok, data_dir, args.lengths, args.depths, args.seed)
+    ruler = ruler_examples(tok, data_dir, args.ruler)
+    examples = []
+    for i in range(max(len(args.depths), len(ruler))):
+        examples += [e for e in niah if e["depth"] == (args.depths[i] if i < len(args.depths) else None)]
+        examples += ruler[i:i + 1]
+    records_path = args.work / "records.jsonl"
+    done = {}
+    if records_path.exists():
+        done = {r["id"]: r for r in map(json.loads, records_path.read_text().splitlines())}
+    from sparsa.progress import progress_bar
+
+    bar = progress_bar(len(examples), "examples")
+    for ex in examples:
+        if ex["id"] not in done and not args.summarise_only:
+            rec = run_example(model, tok, ex, profile)
+            with records_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[ex["id"]] = rec
+            print(json.dumps({k: rec[k] for k in ("id", "prompt_tokens")} |
+                             {n: v["correct"] for n, v in rec["variants"].items()}), flush=True)
+        bar.update(1)
+    bar.close()
+    records = [done[e["id"]] for e in examples if e["id"] in done]
+    summary = summarise(records)
+    print(f"{'variant':<24}{'n':>4}{'acc':>7}{'vs full':>9}{'KV MB':>9}{'KV x':>7}")
+    for name, s in summary.items():
+        ratio = "" if s["accuracy_vs_full"] is None else f"{s['accuracy_vs_full']:.2f}"
+        print(f"{name:<24}{s['n']:>4}{s['accuracy']:>7.2f}{ratio:>9}{s['mean_kv_bytes'] / 2**20:>9.1f}"
+              f"{s['kv_reduction_vs_full']:>7.2f}")
+    write_results("longcontext_accuracy", {
+        "model": "smollm2-135m-instruct (float32, CPU, PyTorch reference path of sparsa.kernels)",
+        "settings": SETTINGS, "head_profile": {"retrieval_fraction": profile.retrieval_fraction,
+                                               "retrieval": profile.retrieval},
+        "examples_planned": len(examples), "examples_done": len(records),
+        "notes": "CPU run (2 shared cores): the variants use the PyTorch references of the kernels; "
+                 "seconds are distorted by load. KV bytes are float32 tensors as stored.",
+        "summary": summary, "records": records}, packages=("torch", "transformers"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,8 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import _bench, _rel_err, _sdpa_fn, causal_block_mask, flex_block_mask, useful_flops  # noqa: E402
-from common import RESULTS, run_metadata  # noqa: E402
+from bench_attention import _bench, _rel_err, _sdpa_fn, causal_block_mask, flex_block_mask, useful_flops
+from common import RESULTS, run_metadata
 
 try:
     from sparsa.kernels import block_sparse_attention as bsa
@@ -64,8 +64,8 @@ def checks() -> list[dict]:
                  "tidal": dict(zip(("indices", "counts"), sd.tidal_select(q, k, 700)))}
         for name, kw in cases.items():
             err = _rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
-            rows.append(dict(check=f"decode/{name}/d={d}/S={s}", dtype=str(dtype), rel_err=err,
-                             passed=err < (1e-2 if dtype == torch.bfloat16 else 5e-3)))
+            rows.append({"check": f"decode/{name}/d={d}/S={s}", "dtype": str(dtype), "rel_err": err,
+                             "passed": err < (1e-2 if dtype == torch.bfloat16 else 5e-3)})
     return rows
 
 
@@ -73,22 +73,61 @@ def copy_bandwidth() -> dict:
     src = torch.empty(1 << 30, dtype=torch.int16, device="cuda")
     dst = torch.empty_like(src)
     ms = _bench(lambda: dst.copy_(src))
-    return dict(bytes=2 * src.numel() * 2, ms=ms, gb_per_s=2 * src.numel() * 2 / ms * 1e-6)
+    return {"bytes": 2 * src.numel() * 2, "ms": ms, "gb_per_s": 2 * src.numel() * 2 / ms * 1e-6}
+
+
+def _qkv(s: int, d: int):
+    return tuple(torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
+
+
+def _best_config() -> str:
+    return str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))
+
+
+def dense_row(d: int, s: int) -> dict:
+    q, k, v = _qkv(s, d)
+    flops = useful_flops(None, 1, HQ, s, d, 128)
+    sdpa, mode = _sdpa_fn(q, k, v)
+    t_sdpa = _bench(sdpa)
+    t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True))
+    return {"head_dim": d, "seqlen": s, "sdpa_ms": t_sdpa, "ours_ms": t_ours, "sdpa_tflops": flops / t_sdpa * 1e-9,
+            "ours_tflops": flops / t_ours * 1e-9, "speedup_vs_sdpa": t_sdpa / t_ours, "sdpa_mode": mode,
+            "config": _best_config()}
 
 
 def dense(args, out: list) -> None:
     for d in args.head_dims:
         for s in args.seqlens:
-            q, k, v = (torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
-            flops = useful_flops(None, 1, HQ, s, d, 128)
-            sdpa, mode = _sdpa_fn(q, k, v)
-            t_sdpa = _bench(sdpa)
-            t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True))
-            out.append(dict(head_dim=d, seqlen=s, sdpa_ms=t_sdpa, ours_ms=t_ours, sdpa_tflops=flops / t_sdpa * 1e-9,
-                            ours_tflops=flops / t_ours * 1e-9, speedup_vs_sdpa=t_sdpa / t_ours, sdpa_mode=mode,
-                            config=str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))))
+            out.append(dense_row(d, s))
             print(json.dumps(out[-1]), flush=True)
-            del q, k, v
+
+
+def sparse_rows(flex, gen, s: int, sparsities) -> list[dict]:
+    d, block = 128, 128
+    q, k, v = _qkv(s, d)
+    n = triton.cdiv(s, block)
+    dense_flops = useful_flops(None, 1, HQ, s, d, block)
+    sdpa, _ = _sdpa_fn(q, k, v)
+    t_sdpa = _bench(sdpa)
+    rows = []
+    for sparsity in sparsities:
+        mask = causal_block_mask(1, HQ, n, sparsity, gen)
+        kept = bsa.KeptBlocks.from_mask(mask)
+        bm = flex_block_mask(mask, block, s)
+
+        def ours(kept=kept):
+            return bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True)
+
+        def competitor(bm=bm):
+            return flex(q, k, v, block_mask=bm, enable_gqa=True)
+
+        t_ours, t_flex = _bench(ours), _bench(competitor)
+        actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
+        rows.append({"head_dim": d, "seqlen": s, "sparsity": round(actual, 3), "sdpa_ms": t_sdpa, "ours_ms": t_ours,
+                     "flex_ms": t_flex, "speedup_vs_sdpa": t_sdpa / t_ours, "speedup_vs_flex": t_flex / t_ours,
+                     "flex_vs_ours_rel_diff": _rel_err(competitor(), ours()), "config": _best_config()})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def sparse(args, out: list) -> None:
@@ -97,73 +136,66 @@ def sparse(args, out: list) -> None:
     torch._dynamo.config.cache_size_limit = 64
     flex = torch.compile(flex_attention, dynamic=False)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    d, block = 128, 128
     for s in args.sparse_seqlens:
-        q, k, v = (torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16) for h in (HQ, HKV, HKV))
-        n = triton.cdiv(s, block)
-        dense_flops = useful_flops(None, 1, HQ, s, d, block)
-        sdpa, _ = _sdpa_fn(q, k, v)
-        t_sdpa = _bench(sdpa)
-        for sparsity in args.sparsities:
-            mask = causal_block_mask(1, HQ, n, sparsity, gen)
-            kept = bsa.KeptBlocks.from_mask(mask)
-            t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True))
-            bm = flex_block_mask(mask, block, s)
-            t_flex = _bench(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
-            agree = _rel_err(flex(q, k, v, block_mask=bm, enable_gqa=True),
-                             bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True))
-            actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
-            out.append(dict(head_dim=d, seqlen=s, sparsity=round(actual, 3), sdpa_ms=t_sdpa, ours_ms=t_ours,
-                            flex_ms=t_flex, speedup_vs_sdpa=t_sdpa / t_ours, speedup_vs_flex=t_flex / t_ours,
-                            flex_vs_ours_rel_diff=agree,
-                            config=str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))))
-            print(json.dumps(out[-1]), flush=True)
-        del q, k, v
+        out.extend(sparse_rows(flex, gen, s, args.sparsities))
+
+
+def decode_providers(q, k, v, splits, budgets) -> dict:
+    """name -> zero-argument callable running one decode step."""
+    bounds = sd.PageBounds.from_keys(k, 16)
+    q4 = q[:, :, None]
+    fns = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
+           "ours-full": lambda: sd.decode_attention(q, k, v)}
+    for n in splits:
+        fns[f"ours-full-splits{n}"] = lambda n=n: sd.decode_attention(q, k, v, num_splits=n)
+    for budget in budgets:
+        idx, cnt = sd.quest_select(q, bounds, budget)
+        tok_idx, tok_cnt = sd.tidal_select(q, k, budget)
+        fns[f"quest-{budget}-kernel"] = (
+            lambda i=idx, c=cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16))
+
+        def quest_end2end(b=budget):
+            i, c = sd.quest_select(q, bounds, b)
+            return sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16)
+
+        fns[f"quest-{budget}-end2end"] = quest_end2end
+        fns[f"tidal-{budget}-kernel"] = (
+            lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
+    return fns
+
+
+def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
+    d = 128
+    q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    kv_bytes = 2 * k.numel() * k.element_size()
+    times = {}
+    for name, fn in decode_providers(q, k, v, args.decode_splits, args.budgets).items():
+        eager = _bench(fn)
+        try:
+            graphed = _bench(_graphed(fn))
+        except Exception as exc:  # noqa: BLE001 - report, keep measuring
+            print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
+            graphed = None
+        times[name] = (eager, graphed)
+    full_e, full_g = times["ours-full"]
+    rows = []
+    for name, (eager, graphed) in times.items():
+        row = {"seqlen": s, "provider": name, "eager_ms": eager, "graph_ms": graphed,
+               "speedup_vs_ours_full_eager": full_e / eager,
+               "speedup_vs_ours_full_graph": (full_g / graphed) if graphed and full_g else None}
+        if name.startswith(("ours-full", "sdpa")):
+            best = min(t for t in (eager, graphed) if t)
+            row["kv_gb_per_s"] = kv_bytes / best * 1e-6
+            row["fraction_of_copy_bandwidth"] = row["kv_gb_per_s"] / copy_gbps
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def decode(args, out: list, copy_gbps: float) -> None:
-    d = 128
     for s in args.decode_seqlens:
-        q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        kv_bytes = 2 * k.numel() * k.element_size()
-        bounds = sd.PageBounds.from_keys(k, 16)
-        q4 = q[:, :, None]
-        fns = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
-               "ours-full": lambda: sd.decode_attention(q, k, v)}
-        for splits in args.decode_splits:
-            fns[f"ours-full-splits{splits}"] = lambda n=splits: sd.decode_attention(q, k, v, num_splits=n)
-        for budget in args.budgets:
-            idx, cnt = sd.quest_select(q, bounds, budget)
-            tok_idx, tok_cnt = sd.tidal_select(q, k, budget)
-            fns[f"quest-{budget}-kernel"] = (
-                lambda i=idx, c=cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16))
-            fns[f"quest-{budget}-end2end"] = (
-                lambda b=budget: sd.decode_attention(q, k, v, page_size=16,
-                                                     **dict(zip(("indices", "counts"), sd.quest_select(q, bounds, b)))))
-            fns[f"tidal-{budget}-kernel"] = (
-                lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
-        times = {}
-        for name, fn in fns.items():
-            eager = _bench(fn)
-            try:
-                graphed = _bench(_graphed(fn))
-            except Exception as exc:  # noqa: BLE001 - report, keep measuring
-                print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
-                graphed = None
-            times[name] = (eager, graphed)
-        full_e, full_g = times["ours-full"]
-        for name, (eager, graphed) in times.items():
-            row = dict(seqlen=s, provider=name, eager_ms=eager, graph_ms=graphed,
-                       speedup_vs_ours_full_eager=full_e / eager,
-                       speedup_vs_ours_full_graph=(full_g / graphed) if graphed and full_g else None)
-            if name.startswith(("ours-full", "sdpa")):
-                best = min(t for t in (eager, graphed) if t)
-                row["kv_gb_per_s"] = kv_bytes / best * 1e-6
-                row["fraction_of_copy_bandwidth"] = row["kv_gb_per_s"] / copy_gbps
-            out.append(row)
-            print(json.dumps(row), flush=True)
-        del q, k, v, bounds
+        out.extend(decode_rows(s, args, copy_gbps))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,14 +32,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_results  # noqa: E402
+from common import write_results
 
 VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
 SETTINGS = {
-    "block-sparse-prefill": dict(prefill="block-sparse", gate_topk=16, block_size=64, min_sparse_tokens=1024),
-    "sparse-decode-quest": dict(prefill="dense", decode="sparse", selector="quest", budget_tokens=1024, page_size=16),
-    "sparse-decode-tidal": dict(prefill="dense", decode="sparse", selector="tidal", budget_tokens=1024),
-    "duo-kv": dict(prefill="dense", kv="duo", retrieval_fraction=0.25, sink=64, window=256),
+    "block-sparse-prefill": {"prefill": "block-sparse", "gate_topk": 16, "block_size": 64, "min_sparse_tokens": 1024},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16},
+    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024},
+    "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
 }
 NEEDLE = "The special magic number is: {value}."
 QUESTION = "What is the special magic number mentioned in the text above?"
@@ -66,8 +66,8 @@ def niah_examples(tok, data_dir: Path, lengths, depths, seed: int) -> list[dict]
             cut = int(room * depth)
             context = tok.decode(hay_ids[:cut]) + tok.decode(needle) + tok.decode(hay_ids[cut:room])
             ids = _chat_prompt(tok, context + "\n\n" + QUESTION, ANSWER_PREFIX)
-            examples.append(dict(id=f"niah-{length}-{depth}", task="niah-pg", length=length, depth=depth,
-                                 answers=[value], ids=ids, max_new=12))
+            examples.append({"id": f"niah-{length}-{depth}", "task": "niah-pg", "length": length, "depth": depth,
+                                 "answers": [value], "ids": ids, "max_new": 12})
     return examples
 
 
@@ -86,14 +86,13 @@ def ruler_examples(tok, data_dir: Path, n: int) -> list[dict]:
                 from sparsa.errors import DataFormatError
                 raise DataFormatError(f"{path}:{line_no}: no question/answer prefix found")
             ids = _chat_prompt(tok, rec["input"][:cut] + ask + "?", prefix)
-            examples.append(dict(id=f"ruler-{rec['index']}", task="ruler-niah-multikey-3", length=len(ids),
-                                 depth=None, answers=rec["outputs"], ids=ids, max_new=32))
+            examples.append({"id": f"ruler-{rec['index']}", "task": "ruler-niah-multikey-3", "length": len(ids),
+                                 "depth": None, "answers": rec["outputs"], "ids": ids, "max_new": 32})
     return examples
 
 
 def _greedy(model, logits, cache, max_new: int, stop: set[int]):
     import torch
-
     from sparsa.rag.generate import decode_step
 
     out = []
@@ -108,7 +107,6 @@ def _greedy(model, logits, cache, max_new: int, stop: set[int]):
 
 def run_example(model, tok, ex: dict, profile) -> dict:
     import torch
-
     from sparsa.kernels.hf_attention import remove_sparse_attention, use_sparse_attention
     from sparsa.kernels.kv_compression import compressed_cache, kv_cache_bytes
     from sparsa.rag.generate import prefill
@@ -122,8 +120,8 @@ def run_example(model, tok, ex: dict, profile) -> dict:
         text = tok.decode(tokens, skip_special_tokens=True)
         correct = all(a.lower() in text.lower() for a in ex["answers"])
         stats = dict(getattr(model, "sparse_attention_stats", {}) or {})
-        rec["variants"][name] = dict(output=text, correct=correct, kv_bytes=kv_cache_bytes(cache),
-                                     seconds=round(seconds, 1), stats=stats)
+        rec["variants"][name] = {"output": text, "correct": correct, "kv_bytes": kv_cache_bytes(cache),
+                                     "seconds": round(seconds, 1), "stats": stats}
 
     with torch.inference_mode():
         remove_sparse_attention(model)
@@ -171,13 +169,13 @@ def summarise(records: list[dict]) -> dict:
         stats = {}
         for key in ("prefill_blocks_kept", "prefill_blocks_visible", "decode_keys_read", "decode_keys_total"):
             stats[key] = sum(r["stats"].get(key, 0) for r in rows)
-        summary[name] = dict(
-            n=len(rows), accuracy=acc, accuracy_vs_full=(acc / full_acc) if full_acc else None,
-            mean_kv_bytes=kv, kv_reduction_vs_full=kv_full / kv if kv else None,
-            prefill_block_density=(stats["prefill_blocks_kept"] / stats["prefill_blocks_visible"]
+        summary[name] = {
+            "n": len(rows), "accuracy": acc, "accuracy_vs_full": (acc / full_acc) if full_acc else None,
+            "mean_kv_bytes": kv, "kv_reduction_vs_full": kv_full / kv if kv else None,
+            "prefill_block_density": (stats["prefill_blocks_kept"] / stats["prefill_blocks_visible"]
                                    if stats["prefill_blocks_visible"] else None),
-            decode_key_fraction_read=(stats["decode_keys_read"] / stats["decode_keys_total"]
-                                      if stats["decode_keys_total"] else None))
+            "decode_key_fraction_read": (stats["decode_keys_read"] / stats["decode_keys_total"]
+                                      if stats["decode_keys_total"] else None)}
     return summary
 
 
@@ -193,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from sparsa.kernels.kv_compression import HeadProfile, profile_retrieval_heads
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparsa.config import load_settings
-    from sparsa.kernels.kv_compression import HeadProfile, profile_retrieval_heads
     from sparsa.models import resolve_model
 
     if args.threads:

@@ -37,7 +37,13 @@ from pathlib import Path
 import torch
 
 from . import attention_ops as ops
-from .kv_compression import HeadProfile, HeadSplitKV, compressed_cache, head_split_attention, profile_retrieval_heads
+from .kv_compression import (
+    HeadProfile,
+    HeadSplitKV,
+    compressed_cache,
+    head_split_attention,
+    profile_retrieval_heads,
+)
 from .sparse_decode import PageBounds, quest_select, tidal_select
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention", "use_sparse_attention"]

@@ -264,7 +264,7 @@ def head_split_attention(q: torch.Tensor, keys: HeadSplitKV, values: HeadSplitKV
     e.g. a decode kernel can be passed); streaming heads attend to their sink + window keys.
     Returns ``[B, Hq, Sq, D]``.
     """
-    b, hq, sq, d = q.shape
+    _b, hq, sq, d = q.shape
     n_kv = keys.full_heads.numel() + keys.stream_heads.numel()
     group = hq // n_kv
     scale = scale if scale is not None else 1.0 / math.sqrt(d)

@@ -13,7 +13,6 @@ model's own attention.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -37,9 +36,16 @@ READ_SYSTEM = ("You answer questions from the given passages. Reply with the sho
                "in brackets, like: Paris [2]")
 RECALL_SYSTEM = ("You answer questions from memory. Reply with the short answer only "
                  "(a name, date, number or short phrase), not a sentence.")
+# One worked example per prompt: small LMs copy the demonstrated format (a bare short answer) far
+# more reliably than they follow the instruction alone.
+READ_EXAMPLE = (("Passages:\n[1] Eiffel Tower: The tower in Paris was completed in 1889 for the World's Fair.\n"
+                 "[2] Big Ben: The clock tower in London was finished in 1859.\n\n"
+                 "Question: When was the Eiffel Tower completed?"), "1889 [1]")
+RECALL_EXAMPLE = ("Who wrote the play Hamlet?", "William Shakespeare")
 ATTENTION = ("full", "sparse")
-# Where the kernels package offers a Hugging Face hook; looked up only when attention="sparse".
-SPARSE_HOOK = ("sparsa.kernels.hf_attention", ("install_sparse_attention", "enable_sparse_attention", "install"))
+# attention="sparse": block-sparse prefill (SeerAttention gate; prompts under ``min_sparse_tokens`` stay
+# dense) and Quest page-sparse decode, through ``sparsa.kernels.hf_attention``.
+SPARSE_DEFAULTS = {"prefill": "block-sparse", "decode": "sparse"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class ReaderConfig:
     max_passage_tokens: int = 192
     max_new_tokens: int = 24
     attention: str = "full"
+    sparse_settings: dict[str, Any] = field(default_factory=dict)  # use_sparse_attention options
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -92,7 +99,7 @@ class Reader:
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, config.dtype))
         self.model.to(self.device).eval()
         if config.attention == "sparse":
-            install_sparse_attention(self.model)
+            install_sparse_attention(self.model, **config.sparse_settings)
         self.stop_ids = sorted({i for i in (self.tokenizer.eos_token_id,
                                             self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)})
         self._lock = threading.Lock()
@@ -135,10 +142,11 @@ class Reader:
         packed = self.pack_context(passages)
         if packed:
             context = "\n".join(text for _, text in packed)
-            messages = [{"role": "system", "content": READ_SYSTEM},
-                        {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question}"}]
+            system, example, user = READ_SYSTEM, READ_EXAMPLE, f"Passages:\n{context}\n\nQuestion: {question}"
         else:
-            messages = [{"role": "system", "content": RECALL_SYSTEM}, {"role": "user", "content": question}]
+            system, example, user = RECALL_SYSTEM, RECALL_EXAMPLE, question
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": example[0]},
+                    {"role": "assistant", "content": example[1]}, {"role": "user", "content": user}]
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self._ids(prompt), [doc for doc, _ in packed]
 
@@ -176,17 +184,12 @@ class Reader:
                             timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds})
 
 
-def install_sparse_attention(model: Any) -> None:
-    """Switch the model to the block-sparse kernels through ``sparsa.kernels``' Hugging Face hook."""
-    module_name, names = SPARSE_HOOK
+def install_sparse_attention(model: Any, **settings: Any) -> Any:
+    """Switch ``model`` to the sparse kernels (``sparsa.kernels.hf_attention.use_sparse_attention``);
+    ``settings`` override :data:`SPARSE_DEFAULTS` and the kernels' own defaults."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise MissingDependencyError(f"sparse attention needs {exc.name!r}: pip install 'sparsa[gpu]'") from exc
-        raise ConfigError(f"attention='sparse' needs {module_name}, which this sparsa build lacks; "
-                          "use attention='full'") from None
-    hook = next((getattr(module, name) for name in names if hasattr(module, name)), None)
-    if hook is None:
-        raise ConfigError(f"{module_name} offers none of {', '.join(names)}; use attention='full'")
-    hook(model)
+        from sparsa.kernels.hf_attention import use_sparse_attention
+    except ImportError as exc:
+        raise MissingDependencyError(f"attention='sparse' needs the kernels ({exc}): pip install 'sparsa[gpu]', "
+                                     "or use attention='full'") from exc
+    return use_sparse_attention(model, **{**SPARSE_DEFAULTS, **settings})

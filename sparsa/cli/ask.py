@@ -31,6 +31,7 @@ def ask(
     router: Annotated[Path | None, typer.Option(help="router file (Router.save) for --mode auto")] = None,
     attention: Annotated[str, typer.Option(help="reader attention: full or sparse (long contexts)")] = "full",
     max_context_tokens: Annotated[int, typer.Option(help="token budget of all passages", min=16)] = 1024,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens", min=1, max=1024)] = 24,
     stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
 ) -> None:
@@ -55,7 +56,8 @@ def ask(
         raise ConfigError(f"index not found: {folder}")
     pipeline = load_pipeline(folder, model=model, dataset=dataset_path(dataset) if dataset else None,
                              reranker=rerank, rerank_model=rerank_model, k=k, router=router,
-                             attention=attention, max_context_tokens=max_context_tokens)
+                             attention=attention, max_context_tokens=max_context_tokens,
+                             max_new_tokens=max_new_tokens)
     answer: Answer | None = None
     for piece in pipeline.stream(question, mode):
         if isinstance(piece, str):

@@ -17,7 +17,7 @@ PASSAGES = [
 def reader():
     from sparsa.rag.reader import Reader, ReaderConfig
 
-    return Reader(ReaderConfig(max_new_tokens=10, max_context_tokens=256))
+    return Reader(ReaderConfig(max_new_tokens=8, max_context_tokens=200))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_ask_errors_are_clear(capsys, tmp_path):
 @pytest.mark.java
 def test_ask_answers_from_the_index(capsys, tiny_bm25):
     index, corpus_file = tiny_bm25
-    argv = ["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file), "--k", "2",
+    argv = ["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file), "--k", "1", "--max-new-tokens", "8",
             "--mode", "retrieve", "--json"]
     assert main(argv) == 0
     answer = json.loads(capsys.readouterr().out)
@@ -36,6 +36,6 @@ def test_ask_answers_from_the_index(capsys, tiny_bm25):
     assert set(answer["citations"]) <= {p["doc_id"] for p in answer["passages"]}
     assert set(answer["timings"]) == {"route", "retrieve", "rerank", "read", "total"}
     assert main(["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file),
-                 "--stream"]) == 0
+                 "--stream", "--k", "1", "--max-context-tokens", "64", "--max-new-tokens", "8"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and "route: retrieve" in captured.err and "timings:" in captured.err

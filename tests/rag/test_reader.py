@@ -22,20 +22,20 @@ def test_context_packing_respects_the_token_budget(reader):
 def test_prompt_uses_the_chat_template_and_numbers_passages(reader, passages):
     ids, used = reader.build_prompt("How tall is Mount Fuji?", passages.documents)
     prompt = reader.tokenizer.decode(ids)
-    assert "<|im_start|>system" in prompt and "[1] Eiffel Tower:" in prompt and "[3] Amazon River:" in prompt
+    assert "<|im_start|>system" in prompt and "[2] Mount Fuji:" in prompt and "[3] Amazon River:" in prompt
+    assert prompt.rstrip().endswith("<|im_start|>assistant") and "How tall is Mount Fuji?" in prompt
     assert [d.id for d in used] == ["eiffel", "fuji", "amazon"]
     closed_ids, none = reader.build_prompt("How tall is Mount Fuji?", [])
     assert none == [] and "Passages" not in reader.tokenizer.decode(closed_ids)
 
 
-@pytest.mark.parametrize("question", ["How tall is Mount Fuji?", "When was the Eiffel Tower completed?",
-                                      "Which river flows through Peru?"])
+@pytest.mark.parametrize("question", ["How tall is Mount Fuji?", "Which river flows through Peru?"])
 def test_citations_always_come_from_the_retrieved_passages(reader, passages, question):
     output = reader.answer(question, passages.documents)
     assert output.text
     assert set(output.citations) <= {"eiffel", "fuji", "amazon"}
     assert output.passages == ["eiffel", "fuji", "amazon"]
-    assert 0 < output.new_tokens <= 10 and output.mean_logprob <= 0
+    assert 0 < output.new_tokens <= 8 and output.mean_logprob <= 0
 
 
 def test_stream_yields_text_then_the_output(reader, passages):
@@ -43,8 +43,7 @@ def test_stream_yields_text_then_the_output(reader, passages):
     *texts, final = pieces
     assert isinstance(final, ReaderOutput) and all(isinstance(t, str) for t in texts)
     assert "".join(texts).strip() == final.raw
-    again = reader.answer("How tall is Mount Fuji?", passages.documents)  # greedy: the same answer
-    assert (again.raw, again.citations) == (final.raw, final.citations)
+    assert final.timings["prefill"] > 0 and final.timings["read"] >= final.timings["prefill"]
 
 
 def test_closed_book_answers_without_citations(reader):
@@ -61,12 +60,15 @@ def test_bad_reader_input_is_a_clear_error(reader):
         ReaderConfig(max_new_tokens=0)
 
 
-def test_sparse_attention_needs_the_kernels_hook():
-    import importlib.util
+@pytest.mark.slow
+def test_sparse_attention_reader_matches_full_attention_on_short_prompts(reader, passages):
+    """Prompts under the kernels' ``min_sparse_tokens`` prefill densely: the answer is the reference's."""
+    pytest.importorskip("triton")
+    from sparsa.rag.reader import Reader
 
-    from sparsa.rag.reader import SPARSE_HOOK, install_sparse_attention
-
-    if importlib.util.find_spec(SPARSE_HOOK[0]) is not None:
-        pytest.skip("the kernels package provides the hook")
-    with pytest.raises(ConfigError, match="attention='full'"):
-        install_sparse_attention(object())
+    sparse = Reader(ReaderConfig(max_new_tokens=8, max_context_tokens=200, attention="sparse"))
+    assert sparse.model.config._attn_implementation == "sparsa"
+    question = "How tall is Mount Fuji?"
+    assert sparse.answer(question, passages.documents).raw == reader.answer(question, passages.documents).raw
+    with pytest.raises(ConfigError):
+        Reader(ReaderConfig(attention="sparse", sparse_settings={"prefill": "magic"}))

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparse-seqlens", type=int, nargs="+", default=[32768])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
     parser.add_argument("--decode-seqlens", type=int, nargs="+", default=[32768, 131072])
-    parser.add_argument("--decode-splits", type=int, nargs="*", default=[132, 264])
+    parser.add_argument("--decode-splits", type=int, nargs="*", default=[16, 33, 132, 264])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--sections", nargs="+", default=["checks", "decode", "dense", "sparse"])
     parser.add_argument("--commit", default="")

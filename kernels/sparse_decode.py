@@ -40,6 +40,8 @@ __all__ = [
     "PageBounds",
     "decode_attention",
     "decode_attention_ref",
+    "quest_page_scores",
+    "quest_page_scores_ref",
     "quest_select",
     "tidal_select",
 ]
@@ -187,7 +189,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     group = hq // hkv
     sparse = indices is not None
     if sparse:
-        idx = indices.to(torch.int32)
+        idx = indices if indices.dtype in (torch.int32, torch.int64) else indices.to(torch.int32)
         cnt = counts.to(torch.int32)
         n_work = idx.shape[-1] * page_size
         idx_group = hkv // idx.shape[1]
@@ -289,26 +291,75 @@ class PageBounds:
         return self
 
 
-def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top pages per KV head by Quest's upper bound of ``q . k``, within ``budget_tokens``.
+@triton.jit
+def _quest_score_kernel(Q, KMAX, KMIN, S, stride_qb, stride_qh, stride_bb, stride_bh, stride_bp, n_pages, HKV,
+                        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Quest upper bounds of one (batch, KV head) for BLOCK_P pages, summed over the group's query heads."""
+    bh = tl.program_id(1)
+    b = (bh // HKV).to(tl.int64)
+    kvh = bh % HKV
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = offs_p < n_pages
+    q = tl.load(Q + b * stride_qb + (kvh * GROUP + offs_g)[:, None] * stride_qh + offs_d[None, :],
+                mask=(offs_g < GROUP)[:, None], other=0.0)
+    base = b * stride_bb + kvh * stride_bh + offs_p[:, None].to(tl.int64) * stride_bp + offs_d[None, :]
+    kmax = tl.load(KMAX + base, mask=p_ok[:, None], other=0.0)
+    kmin = tl.load(KMIN + base, mask=p_ok[:, None], other=0.0)
+    upper = tl.dot(kmax, tl.trans(tl.maximum(q, 0.0).to(kmax.dtype)))
+    upper = tl.dot(kmin, tl.trans(tl.minimum(q, 0.0).to(kmin.dtype)), upper)
+    score = tl.sum(upper, 1)
+    score = tl.where((offs_p == 0) | (offs_p == n_pages - 1), float("inf"), score)  # sink + newest page
+    tl.store(S + bh.to(tl.int64) * n_pages + offs_p, score, mask=p_ok)
 
-    ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``). Returns sorted int32 page ``indices [B, Hkv, n]`` and
-    ``counts [B, Hkv]`` for :func:`decode_attention` with ``page_size=bounds.page_size``. The first page
-    (attention sink) and the newest page are always kept.
-    """
+
+def quest_page_scores(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
+    """fp32 ``[B, Hkv, n_pages]``: Quest bounds summed over each group's query heads (first/last page: inf)."""
     if q.dim() == 4:
         q = q[:, :, 0]
     b, hq, d = q.shape
     hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
-    n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
+    on_triton = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if not (on_triton and d in _HEAD_DIMS and bounds.kmax.stride(-1) == 1 and q.stride(-1) == 1):
+        return quest_page_scores_ref(q, bounds)
+    scores = torch.empty(b, hkv, n_pages, dtype=torch.float32, device=q.device)
+    group = hq // hkv
+    block_p = 64
+    _quest_score_kernel[(triton.cdiv(n_pages, block_p), b * hkv)](
+        q, bounds.kmax, bounds.kmin, scores, q.stride(0), q.stride(1), *bounds.kmax.stride()[:3], n_pages, hkv,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_P=block_p)
+    return scores
+
+
+def quest_page_scores_ref(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
+    """PyTorch reference of :func:`quest_page_scores` (two matmuls: ``relu(q) . max + min(q, 0) . min``)."""
+    if q.dim() == 4:
+        q = q[:, :, 0]
+    b, hq, d = q.shape
+    hkv = bounds.kmax.shape[1]
     qg = q.to(bounds.kmax.dtype).view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
     upper = bounds.kmax @ qg.clamp_min(0) + bounds.kmin @ qg.clamp_max(0)  # [B, Hkv, n_pages, G]
     score = upper.float().sum(-1)
     score[:, :, 0] = float("inf")
     score[:, :, -1] = float("inf")
-    top = score.topk(n_keep, dim=-1, sorted=False).indices.sort(-1).values.to(torch.int32)
+    return score
+
+
+def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top pages per KV head by Quest's upper bound of ``q . k``, within ``budget_tokens``.
+
+    ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``). Returns int64 page ``indices [B, Hkv, n]`` (any order) and
+    ``counts [B, Hkv]`` for :func:`decode_attention` with ``page_size=bounds.page_size``. The first page
+    (attention sink) and the newest page are always kept.
+    """
+    b, hkv, n_pages = bounds.kmax.shape[:3]
+    n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
+    score = quest_page_scores(q, bounds)
+    # Unsorted int64 page numbers: the decode kernel takes any order, and skipping sort + cast saves launches.
+    top = score.topk(n_keep, dim=-1, sorted=False).indices
     counts = torch.full((b, hkv), n_keep, dtype=torch.int32, device=q.device)
-    return top.contiguous(), counts
+    return top, counts
 
 
 def tidal_select(q: torch.Tensor, k: torch.Tensor, budget_tokens: int,

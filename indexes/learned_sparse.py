@@ -8,10 +8,7 @@ so the caller can rebuild the matching query encoder (``indexes`` never imports 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +16,8 @@ from typing import Any, Protocol
 
 from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
+from sparsa.indexes.shards import clear_job, run_in_shards
 from sparsa.indexes.sparse_matrix import SparseMatrix
-from sparsa.progress import progress_bar
 from sparsa.registry import SPARSE_BACKENDS
 from sparsa.types import Corpus, Hit, SparseVector
 
@@ -39,48 +36,18 @@ class DocumentEncoder(Protocol):
     def spec(self) -> dict[str, Any]: ...
 
 
-def _fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int) -> str:
-    digest = hashlib.sha256(json.dumps([encoder_spec, shard_size], sort_keys=True).encode())
-    for doc in corpus.documents:
-        digest.update(doc.id.encode() + b"\0" + doc.full_text.encode() + b"\0")
-    return digest.hexdigest()
-
-
 def encode_in_shards(
     corpus: Corpus, encoder: DocumentEncoder, work: Path, shard_size: int = SHARD_SIZE,
     show_progress: bool | None = None,
 ) -> SparseMatrix:
-    """Encode ``corpus`` shard by shard into ``work/shards``; shards already there are reused.
+    """Encode ``corpus`` shard by shard into ``work/shards`` (see ``indexes/shards.py``); resumable."""
 
-    A shard is written to a temporary name and renamed, so a killed job never leaves a partial
-    shard; ``job.json`` ties the shards to this corpus and encoder, so a different job restarts.
-    """
-    spec = encoder.spec()
-    fingerprint = _fingerprint(corpus, spec, shard_size)
-    job_file, shards = work / "job.json", work / "shards"
-    if job_file.is_file() and json.loads(job_file.read_text()).get("fingerprint") != fingerprint:
-        logger.info("the interrupted build was for other documents or another encoder: starting over")
-        for old in shards.glob("*"):
-            old.unlink()
-    shards.mkdir(exist_ok=True)
-    job_file.write_text(json.dumps({"fingerprint": fingerprint, "encoder": spec}))
+    def encode(batch: list) -> SparseMatrix:
+        vectors = encoder.encode_documents([d.full_text for d in batch], show_progress=False)
+        return SparseMatrix.from_vectors([d.id for d in batch], vectors, encoder.vocab_size)
 
-    docs = corpus.documents
-    parts: list[SparseMatrix] = []
-    with progress_bar(total=len(docs), desc="encoding documents", unit="doc", show=show_progress) as bar:
-        for number, start in enumerate(range(0, len(docs), shard_size)):
-            batch = docs[start : start + shard_size]
-            folder = shards / f"{number:06d}"
-            if (folder / "doc_ids.json").is_file():
-                parts.append(SparseMatrix.load(folder))
-            else:
-                vectors = encoder.encode_documents([d.full_text for d in batch], show_progress=False)
-                part = SparseMatrix.from_vectors([d.id for d in batch], vectors, encoder.vocab_size)
-                tmp = shards / f".{number:06d}.tmp"
-                part.save(tmp)
-                tmp.rename(folder)
-                parts.append(part)
-            bar.update(len(batch))
+    parts = run_in_shards(corpus, work, encoder.spec(), shard_size, encode, SparseMatrix.save, SparseMatrix.load,
+                          show_progress=show_progress)
     return SparseMatrix.concat(parts)
 
 
@@ -112,8 +79,7 @@ class LearnedSparseIndex:
             for name in backends:
                 searcher = SPARSE_BACKENDS.get(name).build(matrix, work, backend_config.get(name, {}))
                 settings[name] = searcher.settings()
-            shutil.rmtree(work / "shards")  # the job's checkpoints; the index keeps vectors/
-            (work / "job.json").unlink()
+            clear_job(work)  # the job's checkpoints; the index keeps vectors/
             write_manifest(
                 work, cls.kind, {"backends": settings}, encoder=encoder.spec(), default_backend=backends[0],
                 num_documents=len(matrix), nnz=matrix.nnz, vocab_size=matrix.dim,

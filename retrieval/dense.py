@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -88,6 +88,8 @@ def _folder_settings(folder: Path) -> tuple[int | None, str, bool]:
 class DenseEncoder:
     """Texts -> ``float32[n, d]`` embeddings, in input order."""
 
+    config_class = DenseConfig
+
     def __init__(self, config: DenseConfig | None = None):
         import torch
         from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
@@ -112,6 +114,10 @@ class DenseEncoder:
         logger.info("loaded dense %s from %s on %s (%s, %s pooling, normalize=%s) in %.1f s", config.model,
                     path, self.device, self.dtype, self.pooling, self.normalize,
                     time.perf_counter() - started)
+
+    def spec(self) -> dict:
+        """What rebuilds this encoder (see ``sparsa.retrieval.searcher.encoder_from_spec``)."""
+        return {"name": "dense", "config": asdict(self.config)}
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool | None = None

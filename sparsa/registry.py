@@ -42,6 +42,14 @@ class Registry:
 INDEX_BACKENDS = Registry("index kind", {
     "bm25": "sparsa.indexes.lucene:LuceneBM25Index",
     "sparse": "sparsa.indexes.learned_sparse:LearnedSparseIndex",
+    "dense": "sparsa.indexes.dense_index:DenseIndex",
+})
+
+# Search structures over a dense index's stored vectors (faiss; flat also runs without faiss).
+DENSE_BACKENDS = Registry("dense structure", {
+    "flat": "sparsa.indexes.vector_search:FlatStructure",
+    "hnsw": "sparsa.indexes.vector_search:HNSWStructure",
+    "ivfpq": "sparsa.indexes.vector_search:IVFPQStructure",
 })
 
 # Search structures over a learned-sparse index's stored vectors: build(matrix, folder, config),

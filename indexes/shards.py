@@ -1,0 +1,71 @@
+"""Resumable sharded encoding, shared by every index that encodes documents (learned sparse, dense).
+
+Each shard of documents is encoded, saved under a temporary name and renamed into place, so a
+killed job never leaves a partial shard. ``job.json`` ties the shards to one fingerprint of
+(documents, encoder spec, shard size, format): a rerun of the same job reuses finished shards,
+a different job starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sparsa.progress import progress_bar
+from sparsa.types import Corpus, Document
+
+logger = logging.getLogger(__name__)
+
+Part = TypeVar("Part")
+
+
+def fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int, fmt: str = "") -> str:
+    payload = [encoder_spec, shard_size] if not fmt else [encoder_spec, shard_size, fmt]
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
+    for doc in corpus.documents:
+        digest.update(doc.id.encode() + b"\0" + doc.full_text.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def run_in_shards(
+    corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int,
+    encode: Callable[[list[Document]], Part], save: Callable[[Part, Path], None], load: Callable[[Path], Part],
+    fmt: str = "", show_progress: bool | None = None,
+) -> list[Part]:
+    """``encode`` each shard of ``corpus`` into ``work/shards`` (reusing finished ones); parts in order."""
+    job = fingerprint(corpus, encoder_spec, shard_size, fmt)
+    job_file, shards = work / "job.json", work / "shards"
+    if job_file.is_file() and json.loads(job_file.read_text()).get("fingerprint") != job:
+        logger.info("the interrupted build was for other documents or another encoder: starting over")
+        shutil.rmtree(shards, ignore_errors=True)
+    shards.mkdir(exist_ok=True)
+    job_file.write_text(json.dumps({"fingerprint": job, "encoder": encoder_spec}))
+
+    docs = corpus.documents
+    parts: list[Part] = []
+    with progress_bar(total=len(docs), desc="encoding documents", unit="doc", show=show_progress) as bar:
+        for number, start in enumerate(range(0, len(docs), shard_size)):
+            batch = docs[start : start + shard_size]
+            folder = shards / f"{number:06d}"
+            if folder.is_dir():
+                parts.append(load(folder))
+            else:
+                part = encode(batch)
+                tmp = shards / f".{number:06d}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                save(part, tmp)
+                tmp.rename(folder)
+                parts.append(part)
+            bar.update(len(batch))
+    return parts
+
+
+def clear_job(work: Path) -> None:
+    """Drop a finished job's checkpoints (the index keeps its own copy of the vectors)."""
+    shutil.rmtree(work / "shards", ignore_errors=True)
+    (work / "job.json").unlink(missing_ok=True)

@@ -66,6 +66,12 @@ def checks() -> list[dict]:
             err = _rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
             rows.append({"check": f"decode/{name}/d={d}/S={s}", "dtype": str(dtype), "rel_err": err,
                              "passed": err < (1e-2 if dtype == torch.bfloat16 else 5e-3)})
+    scores = torch.randn(8, 8192, device="cuda")
+    picked = sd.select_topk(scores, 256)
+    same = torch.equal(scores.gather(-1, picked).sort(-1).values,
+                       scores.topk(256, dim=-1).values.sort(-1).values)
+    rows.append({"check": "select_topk/8x8192/k=256", "dtype": "torch.float32", "rel_err": 0.0 if same else 1.0,
+                 "passed": same})
     return rows
 
 
@@ -159,6 +165,9 @@ def decode_providers(q, k, v, splits, budgets) -> dict:
             return sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16)
 
         fns[f"quest-{budget}-end2end"] = quest_end2end
+        for n in splits:
+            fns[f"quest-{budget}-kernel-splits{n}"] = (
+                lambda i=idx, c=cnt, n=n: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16, num_splits=n))
         fns[f"tidal-{budget}-kernel"] = (
             lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
     return fns
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparse-seqlens", type=int, nargs="+", default=[32768])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
     parser.add_argument("--decode-seqlens", type=int, nargs="+", default=[32768, 131072])
-    parser.add_argument("--decode-splits", type=int, nargs="*", default=[16, 33, 132, 264])
+    parser.add_argument("--decode-splits", type=int, nargs="*", default=[8, 33, 66])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--sections", nargs="+", default=["checks", "decode", "dense", "sparse"])
     parser.add_argument("--commit", default="")

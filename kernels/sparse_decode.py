@@ -9,7 +9,7 @@ Sparse mode reads only the tokens an index list names: ``indices [B, Hi, N]`` (`
 heads, or ``Hkv``) with ``counts [B, Hi]``. With ``page_size = P > 1`` each index names a page of P
 consecutive tokens (Quest), with ``P = 1`` a single token (TidalDecode). Selection lives beside it:
 
-  * :class:`PageBounds` / :func:`quest_select` (Quest, Tang et al., 2024, arXiv:2406.10774): per page
+  * :class:`PageBounds` / :func:`quest_select` (``kernels/quest.py``, re-exported here; Quest, Tang et al., 2024, arXiv:2406.10774): per page
     and KV head the element-wise min and max key; ``sum_d max(q_d min_d, q_d max_d)`` bounds ``q . k``
     for every key of the page and is computed as ``relu(q) . max + min(q, 0) . min`` (two matmuls);
     the bounds are summed over the query heads of a group, and the top pages within a token budget are
@@ -26,15 +26,16 @@ Known limits: one query token per sequence; every sequence of the batch has the 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .block_sparse_attention import _check_interpretable
+from .quest import PageBounds, quest_page_scores, quest_page_scores_ref, quest_select, select_topk
 
 __all__ = [
     "PageBounds",
@@ -43,6 +44,7 @@ __all__ = [
     "quest_page_scores",
     "quest_page_scores_ref",
     "quest_select",
+    "select_topk",
     "tidal_select",
 ]
 
@@ -144,6 +146,11 @@ def _decode_merge_kernel(M_IN, L_IN, ACC_IN, O, LSE, n_splits, HEAD_DIM: tl.cons
     tl.store(LSE + row, tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634))
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _check(q, k, v, indices, counts, page_size):
     if q.dim() == 4:
         if q.shape[2] != 1:
@@ -198,9 +205,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         cnt = cnt[:, :1]
         n_work, idx_group = s, 1
     if num_splits is None:
-        # Enough programs for ~4 waves on the GPU, but splits no shorter than 256 tokens.
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        num_splits = max(1, min(triton.cdiv(4 * sms, b * hkv), triton.cdiv(max(n_work, 1), 256)))
+        # One wave of programs: long splits keep each program's load pipeline full (measured on an H200:
+        # 128k tokens, 16 splits x 8 KV heads read at 92% of copy bandwidth, 66 splits at 82%).
+        num_splits = max(1, min(triton.cdiv(_sm_count(q.device), b * hkv), triton.cdiv(max(n_work, 1), 256)))
     split_len = triton.cdiv(max(n_work, 1), num_splits)
     num_splits = triton.cdiv(max(n_work, 1), split_len)
     m_part = torch.empty(b * hq * num_splits, dtype=torch.float32, device=q.device)
@@ -251,115 +258,6 @@ def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, i
     probs = torch.exp(scores - lse.clamp_min(-1e30)[..., None])
     out = torch.einsum("bhgs,bhsd->bhgd", probs, v.float()).reshape(q.shape).to(q.dtype).view(q_in.shape)
     return (out, lse.reshape(q.shape[:2])) if return_lse else out
-
-
-@dataclass
-class PageBounds:
-    """Quest page summaries: element-wise min and max key of each page, per KV head.
-
-    ``kmin, kmax``: ``[B, Hkv, n_pages, D]`` in the keys' dtype (min/max are exact in any dtype, and
-    half-width bounds halve the bytes the selection reads) over the first ``length`` tokens; :meth:`update` after
-    the cache grows recomputes only the pages from the last (partial) one on, so a decode step costs
-    ``O(page_size)`` instead of ``O(S)``.
-    """
-
-    kmin: torch.Tensor
-    kmax: torch.Tensor
-    page_size: int
-    length: int
-
-    @staticmethod
-    def from_keys(k: torch.Tensor, page_size: int = 16) -> PageBounds:
-        b, h, _, d = k.shape
-        empty = torch.empty(b, h, 0, d, dtype=k.dtype, device=k.device)
-        return PageBounds(empty, empty.clone(), page_size, 0).update(k)
-
-    def update(self, k: torch.Tensor) -> PageBounds:
-        s = k.shape[2]
-        if s < self.length:
-            raise ValueError(f"the cache shrank from {self.length} to {s} tokens; rebuild the page bounds")
-        first = self.length // self.page_size  # the last partial page is recomputed
-        tail = k[:, :, first * self.page_size:s]
-        n_new = triton.cdiv(tail.shape[2], self.page_size)
-        pad = n_new * self.page_size - tail.shape[2]
-        shape = (*tail.shape[:2], n_new, self.page_size, tail.shape[-1])
-        new_max = torch.nn.functional.pad(tail, (0, 0, 0, pad), value=float("-inf")).view(shape).amax(3)
-        new_min = torch.nn.functional.pad(tail, (0, 0, 0, pad), value=float("inf")).view(shape).amin(3)
-        self.kmax = torch.cat([self.kmax[:, :, :first], new_max], 2)
-        self.kmin = torch.cat([self.kmin[:, :, :first], new_min], 2)
-        self.length = s
-        return self
-
-
-@triton.jit
-def _quest_score_kernel(Q, KMAX, KMIN, S, stride_qb, stride_qh, stride_bb, stride_bh, stride_bp, n_pages, HKV,
-                        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Quest upper bounds of one (batch, KV head) for BLOCK_P pages, summed over the group's query heads."""
-    bh = tl.program_id(1)
-    b = (bh // HKV).to(tl.int64)
-    kvh = bh % HKV
-    offs_g = tl.arange(0, GROUP_PAD)
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = offs_p < n_pages
-    q = tl.load(Q + b * stride_qb + (kvh * GROUP + offs_g)[:, None] * stride_qh + offs_d[None, :],
-                mask=(offs_g < GROUP)[:, None], other=0.0)
-    base = b * stride_bb + kvh * stride_bh + offs_p[:, None].to(tl.int64) * stride_bp + offs_d[None, :]
-    kmax = tl.load(KMAX + base, mask=p_ok[:, None], other=0.0)
-    kmin = tl.load(KMIN + base, mask=p_ok[:, None], other=0.0)
-    upper = tl.dot(kmax, tl.trans(tl.maximum(q, 0.0).to(kmax.dtype)))
-    upper = tl.dot(kmin, tl.trans(tl.minimum(q, 0.0).to(kmin.dtype)), upper)
-    score = tl.sum(upper, 1)
-    score = tl.where((offs_p == 0) | (offs_p == n_pages - 1), float("inf"), score)  # sink + newest page
-    tl.store(S + bh.to(tl.int64) * n_pages + offs_p, score, mask=p_ok)
-
-
-def quest_page_scores(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
-    """fp32 ``[B, Hkv, n_pages]``: Quest bounds summed over each group's query heads (first/last page: inf)."""
-    if q.dim() == 4:
-        q = q[:, :, 0]
-    b, hq, d = q.shape
-    hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
-    on_triton = q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if not (on_triton and d in _HEAD_DIMS and bounds.kmax.stride(-1) == 1 and q.stride(-1) == 1):
-        return quest_page_scores_ref(q, bounds)
-    scores = torch.empty(b, hkv, n_pages, dtype=torch.float32, device=q.device)
-    group = hq // hkv
-    block_p = 64
-    _quest_score_kernel[(triton.cdiv(n_pages, block_p), b * hkv)](
-        q, bounds.kmax, bounds.kmin, scores, q.stride(0), q.stride(1), *bounds.kmax.stride()[:3], n_pages, hkv,
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_P=block_p)
-    return scores
-
-
-def quest_page_scores_ref(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
-    """PyTorch reference of :func:`quest_page_scores` (two matmuls: ``relu(q) . max + min(q, 0) . min``)."""
-    if q.dim() == 4:
-        q = q[:, :, 0]
-    b, hq, d = q.shape
-    hkv = bounds.kmax.shape[1]
-    qg = q.to(bounds.kmax.dtype).view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
-    upper = bounds.kmax @ qg.clamp_min(0) + bounds.kmin @ qg.clamp_max(0)  # [B, Hkv, n_pages, G]
-    score = upper.float().sum(-1)
-    score[:, :, 0] = float("inf")
-    score[:, :, -1] = float("inf")
-    return score
-
-
-def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top pages per KV head by Quest's upper bound of ``q . k``, within ``budget_tokens``.
-
-    ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``). Returns int64 page ``indices [B, Hkv, n]`` (any order) and
-    ``counts [B, Hkv]`` for :func:`decode_attention` with ``page_size=bounds.page_size``. The first page
-    (attention sink) and the newest page are always kept.
-    """
-    b, hkv, n_pages = bounds.kmax.shape[:3]
-    n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
-    score = quest_page_scores(q, bounds)
-    # Unsorted int64 page numbers: the decode kernel takes any order, and skipping sort + cast saves launches.
-    top = score.topk(n_keep, dim=-1, sorted=False).indices
-    counts = torch.full((b, hkv), n_keep, dtype=torch.int32, device=q.device)
-    return top, counts
 
 
 def tidal_select(q: torch.Tensor, k: torch.Tensor, budget_tokens: int,

@@ -186,11 +186,11 @@ def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - report, keep measuring
             print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
             graphed = None
-        times[name] = (eager, graphed)
-    full_e, full_g = times["ours-full"]
+        times[name] = (eager, graphed, str(getattr(sd._decode_partial_kernel, "best_config", "")))
+    full_e, full_g, _ = times["ours-full"]
     rows = []
-    for name, (eager, graphed) in times.items():
-        row = {"seqlen": s, "provider": name, "eager_ms": eager, "graph_ms": graphed,
+    for name, (eager, graphed, config) in times.items():
+        row = {"seqlen": s, "provider": name, "eager_ms": eager, "graph_ms": graphed, "config": config,
                "speedup_vs_ours_full_eager": full_e / eager,
                "speedup_vs_ours_full_graph": (full_g / graphed) if graphed and full_g else None}
         if name.startswith(("ours-full", "sdpa")):

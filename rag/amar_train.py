@@ -1,0 +1,225 @@
+"""Training the Amar head (gates + self-alignment) on KGQA questions; the LM stays frozen.
+
+Two stages, both checkpointed (``checkpoint.pt`` beside the output; a rerun resumes):
+
+1. **Gate and alignment** (cheap: embedding lookups and the small head only): binary cross-entropy
+   between each path item's gate and whether the path reaches a gold answer, plus the alignment
+   InfoNCE (``lambda_align``) over a batch of questions.
+2. **Answer generation** (through the frozen LM): cross-entropy of the gold answer after the gated,
+   aligned soft prompts, plus the gate loss (``lambda_gate``) so the gates keep their meaning.
+   The target is the first gold answer that an open item names, else the first gold answer.
+
+On CPU the second stage is the expensive one (a forward and backward pass of the LM per example).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sparsa.rag.amar import AmarModel, AspectItem, aspect_items
+from sparsa.rag.answer_text import normalize_answer
+from sparsa.rag.kg import KGQuestion, KGRetrieval
+
+from sparsa.errors import ConfigError
+from sparsa.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AmarTrainConfig:
+    gate_epochs: int = 4
+    gate_batch: int = 32
+    gate_lr: float = 1e-3
+    lambda_align: float = 0.1
+    lm_steps: int = 100  # optimizer steps of stage 2
+    lm_batch: int = 2
+    lm_lr: float = 3e-4
+    lambda_gate: float = 1.0
+    temperature: float = 0.1
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("gate_batch", "lm_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.gate_epochs < 0 or self.lm_steps < 0:
+            raise ConfigError("gate_epochs and lm_steps must be >= 0")
+
+
+def item_labels(items: Sequence[AspectItem], answers: Sequence[str]) -> list[float | None]:
+    """1.0 for a path item that names a gold answer, 0.0 for one that does not, None otherwise."""
+    gold = {normalize_answer(a) for a in answers}
+    return [None if item.kind != "path" else float(bool(gold & {normalize_answer(t) for t in item.tails}))
+            for item in items]
+
+
+def _gate_loss(model: AmarModel, retrieval: KGRetrieval, items: list[AspectItem], answers: Sequence[str]):
+    import torch
+
+    logits, q_pool, token_embeds = model._gate_logits(retrieval, items)
+    labels = item_labels(items, answers)
+    picked = [i for i, y in enumerate(labels) if y is not None]
+    if not picked:
+        return logits.sum() * 0.0, logits, q_pool, token_embeds
+    target = torch.tensor([labels[i] for i in picked], device=logits.device)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[picked], target)
+    return loss, logits, q_pool, token_embeds
+
+
+def _aspect_summaries(model: AmarModel, items, logits, q_pool, token_embeds):
+    """(entity, relation, subgraph) aligned summaries ``[p]`` each, or None when an aspect is missing."""
+    import torch
+
+    kinds = [i.kind for i in items]
+    if not {"entities", "relations", "path"} <= set(kinds):
+        return None
+    pools = torch.stack([t.mean(0) for t in token_embeds])
+    aligned = [a.mean(0) for a in model.head.aligned(token_embeds, pools, q_pool)]
+    entity = aligned[kinds.index("entities")]
+    relation = aligned[kinds.index("relations")]
+    paths = [i for i, k in enumerate(kinds) if k == "path"]
+    weights = torch.softmax(logits[paths], 0)
+    subgraph = (weights[:, None] * torch.stack([aligned[i] for i in paths])).sum(0)
+    return [torch.nn.functional.normalize(model.head.align_proj(v), dim=-1) for v in (entity, relation, subgraph)]
+
+
+def alignment_loss(summaries: list, temperature: float):
+    """InfoNCE: each question's subgraph summary should match its own entity and relation summaries."""
+    import torch
+
+    kept = [s for s in summaries if s is not None]
+    if len(kept) < 2:
+        return None
+    entity, relation, subgraph = (torch.stack(x) for x in zip(*kept))
+    target = torch.arange(len(kept), device=entity.device)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(entity @ subgraph.T / temperature, target) + ce(relation @ subgraph.T / temperature, target)) / 2
+
+
+def _answer_target(items: Sequence[AspectItem], open_: Sequence[int], answers: Sequence[str]) -> str:
+    named = {normalize_answer(t) for i in open_ for t in items[i].tails}
+    return next((a for a in answers if normalize_answer(a) in named), answers[0])
+
+
+def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lambda_gate: float):
+    """Answer cross-entropy after the soft prompts (right-padded batch) plus the gate loss."""
+    import torch
+
+    rows, labels, gate_losses = [], [], []
+    for retrieval, question in batch:
+        items = aspect_items(retrieval, model.config.key_dim)
+        embeds, info = model.prompt_embeds(retrieval, items, "amar")
+        if items:
+            gate_losses.append(_gate_loss(model, retrieval, items, question.answers)[0])
+        target = model.tokens(_answer_target(items, info["open"], question.answers) + "<|im_end|>")
+        target_embeds = model._embed_ids(target)
+        rows.append(torch.cat([embeds, target_embeds]))
+        labels.append([-100] * embeds.shape[0] + target)
+    longest = max(r.shape[0] for r in rows)
+    hidden = rows[0].shape[1]
+    inputs = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], hidden)]) for r in rows])
+    mask = torch.tensor([[1] * r.shape[0] + [0] * (longest - r.shape[0]) for r in rows], device=model.device)
+    label_ids = torch.tensor([y + [-100] * (longest - len(y)) for y in labels], device=model.device)
+    loss = model.lm(inputs_embeds=inputs, attention_mask=mask, labels=label_ids).loss
+    gate = torch.stack(gate_losses).mean() if gate_losses else loss * 0.0
+    return loss + lambda_gate * gate, float(loss), float(gate)
+
+
+def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: Sequence[KGQuestion],
+               out: str | Path, config: AmarTrainConfig | None = None, time_limit_s: float | None = None,
+               show_progress: bool | None = None) -> dict:
+    """Train ``model.head`` in place, save it to ``out`` and return the training record."""
+    import torch
+
+    config = config or AmarTrainConfig()
+    if len(retrievals) != len(questions) or not questions:
+        raise ConfigError("need one retrieval per question and at least one question")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gate_opt = torch.optim.AdamW(model.head.parameters(), lr=config.gate_lr)
+    lm_opt = torch.optim.AdamW(model.head.parameters(), lr=config.lm_lr)
+    state = {"gate_epoch": 0, "lm_step": 0, "history": []}
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=model.device, weights_only=False)
+        model.head.load_state_dict(saved["head"])
+        gate_opt.load_state_dict(saved["gate_opt"])
+        lm_opt.load_state_dict(saved["lm_opt"])
+        state = saved["state"]
+        logger.info("resuming Amar training from %s (%s)", checkpoint, {k: state[k] for k in ("gate_epoch", "lm_step")})
+
+    def save_checkpoint() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"head": model.head.state_dict(), "gate_opt": gate_opt.state_dict(),
+                    "lm_opt": lm_opt.state_dict(), "state": state}, tmp)
+        tmp.replace(checkpoint)
+
+    started = time.perf_counter()
+    model.head.train()
+    pairs = list(zip(retrievals, questions))
+    # Stage 1: gates and alignment, no LM pass.
+    while state["gate_epoch"] < config.gate_epochs:
+        order = rng.permutation(len(pairs))
+        total = bce_sum = 0.0
+        with progress_bar(len(order), f"amar gates epoch {state['gate_epoch'] + 1}", "q", show_progress) as bar:
+            for start in range(0, len(order), config.gate_batch):
+                losses, summaries = [], []
+                for i in order[start:start + config.gate_batch]:
+                    retrieval, question = pairs[i]
+                    items = aspect_items(retrieval, model.config.key_dim)
+                    if not items:
+                        continue
+                    bce, logits, q_pool, token_embeds = _gate_loss(model, retrieval, items, question.answers)
+                    losses.append(bce)
+                    summaries.append(_aspect_summaries(model, items, logits, q_pool, token_embeds))
+                if not losses:
+                    continue
+                loss = torch.stack(losses).mean()
+                bce_sum += float(loss.detach()) * len(losses)
+                align = alignment_loss(summaries, config.temperature)
+                if align is not None:
+                    loss = loss + config.lambda_align * align
+                gate_opt.zero_grad()
+                loss.backward()
+                gate_opt.step()
+                total += len(losses)
+                bar.update(len(order[start:start + config.gate_batch]))
+        state["gate_epoch"] += 1
+        state["history"].append({"stage": "gates", "epoch": state["gate_epoch"], "bce": bce_sum / max(total, 1)})
+        logger.info("gate epoch %d: bce %.4f", state["gate_epoch"], bce_sum / max(total, 1))
+        save_checkpoint()
+    # Stage 2: answer generation through the frozen LM.
+    with progress_bar(config.lm_steps, "amar answer loss", "step", show_progress) as bar:
+        bar.update(state["lm_step"])
+        while state["lm_step"] < config.lm_steps:
+            if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+                logger.info("time limit reached at step %d", state["lm_step"])
+                break
+            batch = [pairs[i] for i in rng.choice(len(pairs), size=config.lm_batch, replace=False)]
+            loss, lm_part, gate_part = _lm_loss(model, batch, config.lambda_gate)
+            lm_opt.zero_grad()
+            loss.backward()
+            lm_opt.step()
+            state["lm_step"] += 1
+            state["history"].append({"stage": "answer", "step": state["lm_step"], "lm": lm_part, "gate": gate_part})
+            bar.update(1)
+            if state["lm_step"] % config.checkpoint_every == 0:
+                save_checkpoint()
+    save_checkpoint()
+    model.head.eval()
+    record = {"config": asdict(config), "questions": len(questions), "gate_epochs": state["gate_epoch"],
+              "lm_steps": state["lm_step"], "seconds_this_run": round(time.perf_counter() - started, 1),
+              "history": state["history"][-50:]}
+    model.save(out)
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,40 @@
+"""``sparsa train amar``: train Amar's relevance gates and self-alignment on MetaQA dev questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsa.cli.common import console
+from sparsa.errors import ConfigError
+
+
+def train_amar_command(
+    out: Annotated[Path, typer.Option(help="folder for the trained head (resumes from its checkpoint)")],
+    data: Annotated[Path, typer.Option(help="MetaQA folder (kb_reconstructed.txt.gz, 1-hop/, 2-hop/...)")],
+    hops: Annotated[list[int], typer.Option(help="question sets to train on")] = [1, 2],  # noqa: B006
+    split: Annotated[str, typer.Option(help="never test")] = "dev",
+    questions: Annotated[int, typer.Option(help="questions per hop (fixed random subset)")] = 1000,
+    gate_epochs: Annotated[int, typer.Option()] = 4,
+    lm_steps: Annotated[int, typer.Option(help="answer-loss steps through the frozen LM")] = 100,
+    lm_batch: Annotated[int, typer.Option()] = 2,
+    time_limit: Annotated[float | None, typer.Option(help="stop answer-loss training after this many s")] = None,
+    cache: Annotated[Path | None, typer.Option(help="pickle of retrievals to reuse")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Gate + alignment training (cheap), then the answer loss through the frozen LM."""
+    from sparsa.rag.amar import AmarModel
+    from sparsa.rag.amar_train import AmarTrainConfig, train_amar
+    from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
+
+    if split == "test":
+        raise ConfigError("refusing to train on the test split")
+    graph = KnowledgeGraph.load(data / "kb_reconstructed.txt.gz")
+    asked = [q for h in hops for q in load_metaqa(data, h, split, limit=questions, seed=seed)]
+    retrievals = retrieve_cached(KGRetriever(graph), asked, cache)
+    config = AmarTrainConfig(gate_epochs=gate_epochs, lm_steps=lm_steps, lm_batch=lm_batch, seed=seed)
+    record = train_amar(AmarModel(), retrievals, asked, out, config, time_limit_s=time_limit)
+    console.print(f"trained Amar head in {out}: {record['gate_epochs']} gate epochs, {record['lm_steps']} "
+                  f"answer steps on {record['questions']} questions")

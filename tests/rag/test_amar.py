@@ -1,0 +1,112 @@
+"""Amar head on the real SmolLM2-135M-Instruct: gates, masking == removing, save/load, training resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sparsa.rag.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.rag.kg import KGQuestion, KGRetrieval, PathItem
+
+torch = pytest.importorskip("torch")
+
+
+def _retrieval(paths: list[tuple[str, tuple[str, ...], int]]) -> KGRetrieval:
+    rng = np.random.default_rng(0)
+    items = tuple(PathItem(((0, False),) * hops, tails, 0.5 - 0.1 * i, text, rng.normal(size=384).astype(np.float32))
+                  for i, (text, tails, hops) in enumerate(paths))
+    return KGRetrieval("what movies did [Tom Hanks] act in", "Tom Hanks", ("Tom Hanks",),
+                       (("acted in", 0.6), ("directed", 0.3)), items, rng.normal(size=384).astype(np.float32))
+
+
+PATHS = [("Tom Hanks acted in: Big; Splash", ("Big", "Splash"), 1),
+         ("Tom Hanks acted in movies directed by: Ron Howard", ("Ron Howard",), 2),
+         ("Tom Hanks acted in movies released in year: 1988", ("1988",), 2)]
+
+
+@pytest.fixture(scope="module")
+def model() -> AmarModel:
+    torch.manual_seed(0)
+    return AmarModel(AmarConfig())
+
+
+def test_gates_lie_in_unit_interval(model):
+    retrieval = _retrieval(PATHS)
+    items = aspect_items(retrieval)
+    assert [i.kind for i in items] == ["entities", "relations", "path", "path", "path"]
+    with torch.no_grad():
+        for p in model.head.gate.parameters():
+            p.add_(torch.randn_like(p) * 5)  # extreme weights still give gates in [0, 1]
+        gates = model.item_gates(retrieval, items)
+    assert gates.shape == (5,) and bool(((gates >= 0) & (gates <= 1)).all())
+
+
+def test_closed_gate_equals_removing_the_item(model):
+    full, without = _retrieval(PATHS), _retrieval([PATHS[0], PATHS[2]])
+    with torch.no_grad():
+        model.head.align_scale.fill_(1.0)  # alignment active: the closed item must not leak through it
+        gates = torch.tensor([0.9, 0.8, 0.7, 0.0, 0.6])
+        masked, info = model.prompt_embeds(full, aspect_items(full), "amar", gates=gates)
+        removed, _ = model.prompt_embeds(without, aspect_items(without), "amar", gates=gates[[0, 1, 2, 4]])
+        assert info["open"] == [0, 1, 2, 4]
+        torch.testing.assert_close(masked, removed)
+        logits_masked = model.lm(inputs_embeds=masked[None]).logits
+        logits_removed = model.lm(inputs_embeds=removed[None]).logits
+        torch.testing.assert_close(logits_masked, logits_removed)
+        model.head.align_scale.fill_(0.0)
+
+
+def test_untrained_head_with_open_gates_is_the_plain_text_prompt(model):
+    retrieval = _retrieval(PATHS)
+    items = aspect_items(retrieval)
+    with torch.no_grad():
+        text, _ = model.prompt_embeds(retrieval, items, "text")
+        amar, _ = model.prompt_embeds(retrieval, items, "amar", gates=torch.ones(len(items)))
+        lm_only, _ = model.prompt_embeds(retrieval, items, "lm")
+    torch.testing.assert_close(text, amar)
+    assert lm_only.shape[0] < text.shape[0]
+
+
+def test_save_load_round_trip(model, tmp_path):
+    with torch.no_grad():
+        model.head.align_scale.fill_(0.3)
+        model.head.proj.weight.add_(0.01)
+    model.save(tmp_path / "head")
+    loaded = AmarModel.load(tmp_path / "head")
+    for (name, a), (_, b) in zip(model.head.state_dict().items(), loaded.head.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    retrieval = _retrieval(PATHS)
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_gates(retrieval, aspect_items(retrieval)),
+                                   loaded.item_gates(retrieval, aspect_items(retrieval)))
+
+
+def test_training_checkpoints_and_resumes(model, tmp_path):
+    from sparsa.rag.amar_train import AmarTrainConfig, item_labels, train_amar
+
+    retrieval = _retrieval(PATHS)
+    question = KGQuestion("q1", retrieval.question, ("Splash", "Big"), 1)
+    assert item_labels(aspect_items(retrieval), question.answers) == [None, None, 1.0, 0.0, 0.0]
+    config = AmarTrainConfig(gate_epochs=1, gate_batch=2, lm_steps=1, lm_batch=1)
+    record = train_amar(model, [retrieval, retrieval], [question, question], tmp_path / "run", config)
+    assert record["gate_epochs"] == 1 and record["lm_steps"] == 1
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "amar_head.pt").is_file()
+    again = train_amar(model, [retrieval, retrieval], [question, question], tmp_path / "run", config)
+    assert again["lm_steps"] == 1 and again["seconds_this_run"] < record["seconds_this_run"] + 5
+
+
+def test_generation_returns_one_answer_per_question(model):
+    retrieval = _retrieval(PATHS)
+    out = model.generate([retrieval, retrieval], "amar", batch_size=2)
+    assert len(out) == 2 and all(isinstance(o["answer"], str) for o in out)
+
+
+@pytest.mark.parametrize(("generated", "first", "hit"), [
+    (' "Big".', "Big", 1.0),
+    (" Big, Splash and Cast Away", "Big", 1.0),
+    ("The movies he acted in are: Splash; Big", "Splash", 1.0),
+    (" Paris, Texas", "Paris", 1.0),  # whole short answer matches a gold name with a comma
+    (" Titanic", "Titanic", 0.0),
+])
+def test_hits_at_1(generated, first, hit):
+    assert first_answer(generated) == first
+    assert hits_at_1(generated, ["Big", "Splash", "Paris, Texas"]) == hit

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA device", file=sys.stderr)
         return 2
     meta = run_metadata(("torch", "triton"))
-    meta["git_commit"] = meta["git_commit"] or args.commit
+    meta["git_commit"] = args.commit or meta["git_commit"]  # the machine's tree may carry a stale .git
     meta["hardware"]["gpu"] = torch.cuda.get_device_name()
     meta["versions"]["cuda"] = torch.version.cuda
     payload = {"meta": meta, "setup": {"batch": 1, "q_heads": HQ, "kv_heads": HKV, "dtype": "bfloat16",

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, run_metadata
 from sparsa.rag.amar import AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.rag.amar_train import item_labels
 from sparsa.rag.answer_text import normalize_answer
 from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
@@ -90,6 +91,9 @@ def main() -> None:
                 items = [len(aspect_items(r)) for r in retrievals]
                 row[mode]["items_open"] = round(sum(len(o["open"]) for o in out) / len(out), 2)
                 row[mode]["items_retrieved"] = round(sum(items) / len(items), 2)
+                row[mode]["answer_in_open_paths"] = round(sum(
+                    any(item_labels([its[i] for i in o["open"]], q.answers)[k] == 1.0 for k in range(len(o["open"])))
+                    for o, q, its in zip(out, questions, (aspect_items(r) for r in retrievals))) / len(out), 4)
             row[mode]["examples"] = [{"q": q.text, "gold": list(q.answers[:3]), "generated": o["answer"],
                                       "first_answer": first_answer(o["answer"])}
                                      for o, q in list(zip(out, questions))[:3]]

@@ -9,7 +9,8 @@ per retrieved path of the subgraph aspect ("Tom Hanks acted in movies directed b
 2. **Relevance gating**: one soft gate per item, ``g = sigmoid(MLP(question, item))`` in [0, 1], from
    the question and item vectors of the retriever's encoder, their product, the pooled (projected)
    LM embeddings, the retrieval score and the item's kind and length. A gate below
-   ``gate_threshold`` closes: the item is left out of the prompt; an open gate scales the item's
+   ``gate_threshold`` closes: the item is left out of the prompt (except the ``min_open_paths``
+   best-gated paths, so the subgraph aspect never vanishes); an open gate scales the item's
    embeddings by ``g``. Gates come before alignment, so a closed item influences nothing
    downstream: the prompt is exactly the one built without that item (a test checks this).
 3. **Self-alignment**: each open item's token embeddings attend (multi-head cross-attention) to the
@@ -60,6 +61,7 @@ class AmarConfig:
     gate_hidden: int = 256
     align_heads: int = 4
     gate_threshold: float = 0.5
+    min_open_paths: int = 1  # the best-gated paths stay open even below the threshold
     max_new_tokens: int = 12
 
     def __post_init__(self) -> None:
@@ -109,6 +111,10 @@ def _head_module(hidden: int, config: AmarConfig):
             features = 3 * k + 2 * p + 1 + 3 + len(KINDS)
             self.gate = nn.Sequential(nn.Linear(features, config.gate_hidden), nn.GELU(),
                                       nn.Linear(config.gate_hidden, 1))
+            # Bilinear question-item term: which relation path fits which question is an interaction
+            # the concatenation MLP learns slowly.
+            self.gate_q = nn.Linear(k, p, bias=False)
+            self.gate_k = nn.Linear(k, p, bias=False)
             with torch.no_grad():
                 self.gate[-1].bias.fill_(2.0)  # start open: an untrained head keeps every item
             self.align = nn.MultiheadAttention(hidden, config.align_heads, batch_first=True)
@@ -124,7 +130,8 @@ def _head_module(hidden: int, config: AmarConfig):
             onehot_hops = nn.functional.one_hot(hops.clamp(max=2), 3).float()
             onehot_kind = nn.functional.one_hot(kinds, len(KINDS)).float()
             x = torch.cat([qk, keys, qk * keys, ip, qp * ip, scores[:, None], onehot_hops, onehot_kind], -1)
-            return self.gate(x).squeeze(-1)
+            bilinear = (self.gate_q(qk) * self.gate_k(keys)).sum(-1)
+            return self.gate(x).squeeze(-1) + bilinear
 
         def aligned(self, token_embeds, pools, q_pool):
             """Self-aligned token embeddings of open items: tokens [L, h] of each item attend to the
@@ -215,6 +222,8 @@ class AmarModel:
             return torch.cat([self._embed(_PREFIX), *token_embeds, suffix]), {"gates": [], "open": []}
         probs = torch.sigmoid(logits) if gates is None else gates.to(self.device)
         open_ = [i for i in range(len(items)) if float(probs[i]) >= self.config.gate_threshold]
+        paths = sorted((i for i in range(len(items)) if items[i].kind == "path"), key=lambda i: -float(probs[i]))
+        open_ = sorted(set(open_) | set(paths[: self.config.min_open_paths]))
         parts = [self._embed(_PREFIX)]
         if open_:
             kept = [token_embeds[i] for i in open_]

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class AmarTrainConfig:
     gate_epochs: int = 4
     gate_batch: int = 32
-    gate_lr: float = 1e-3
+    gate_lr: float = 3e-3
     lambda_align: float = 0.1
     lm_steps: int = 100  # optimizer steps of stage 2
     lm_batch: int = 2

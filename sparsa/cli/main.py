@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, event, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, event, judge, models, rerank, retrieval, serve, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -27,6 +27,7 @@ app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)
 app.command("rerank")(rerank.rerank)
 app.command("ask")(ask.ask)
+app.command("judge")(judge.judge)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 

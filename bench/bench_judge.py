@@ -1,0 +1,265 @@
+"""LLM relevance judgements on TREC DL 2019 (issue 8): agreement with NIST labels, system ranking.
+
+Stages (cached under .stage/judge, so a rerun skips what exists):
+  runs    seven rankings of each query's judged pool (~215 passages, all NIST-judged), made by sparsa:
+          BM25 with three (k1, b) settings, SPLADE-tiny (exact dot product), MiniLM dense (exact
+          cosine), TILDEv2 reranking of the BM25 order, and RRF fusions
+  pairs   the pairs to judge: the union of every run's top 10 (all nDCG@10 needs)
+  score   the resumable judge job (``sparsa.rag.judge_job``) over those pairs; QL for all of them,
+          the UMBRELA prompt as far as --umbrela-pairs (a fixed stratified subset), see notes
+  report  calibration fitted on the first half of the queries (sorted ids), Cohen's kappa,
+          Krippendorff's alpha, confusion matrix on the other half; nDCG@10 of every run under
+          NIST vs generated qrels and Kendall's tau / Spearman's rho between the two system orders
+
+    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_judge.py --stages runs pairs score report
+
+Writes bench/results/judge.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import write_results
+from sparsa.config import load_settings
+from sparsa.data import load_dataset, read_run, write_run
+from sparsa.eval import evaluate_run
+from sparsa.types import Hit, Qrels, Run, sort_hits
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE = ROOT / ".stage" / "judge"
+RUNS = STAGE / "runs"
+BM25_INDEX = ROOT / ".stage" / "rerank" / "indexes" / "dl19-bm25"  # built by bench_rerank.py (or here)
+TILDE_STORE = ROOT / ".stage" / "rerank" / "stores" / "dl19"  # built by bench_rerank.py --stages stores
+BM25_SETTINGS = {"bm25-k1_0.9-b_0.4": (0.9, 0.4), "bm25-k1_1.2-b_0.75": (1.2, 0.75), "bm25-k1_3.0-b_1.0": (3.0, 1.0)}
+RERANK_DEPTH = 30  # SPLADE-tiny and MiniLM rerank BM25's top 30 (encoding all 9,139 passages is too slow here)
+log = logging.getLogger("bench_judge")
+NOTES = ("CPU only, 2 cores shared with ~6 other jobs (load average 11-18): timings are distorted. "
+         "Runs rank each query's NIST-judged pool; generated qrels cover the union of all runs' top 10 "
+         "(complete_depth says how deep the job got; nDCG is cut there for both qrels). ")
+
+
+def dataset():
+    return load_dataset(load_settings().data_dir / "trec-dl-2019-passage", "test")
+
+
+def pool_run(scores: dict[str, dict[str, float]], qrels, name: str) -> Run:
+    """Each query's judged passages ranked by ``scores`` (missing ones last, in doc-id order)."""
+    ranked = {}
+    for qid, judged in qrels.items():
+        got = scores.get(qid, {})
+        hits = sort_hits([Hit(d, got[d]) for d in judged if d in got])
+        floor = min((h.score for h in hits), default=0.0)
+        hits += [Hit(d, floor - 1.0 - i * 1e-6) for i, d in enumerate(sorted(set(judged) - set(got)))]
+        ranked[qid] = hits
+    return Run(ranked, name=name)
+
+
+def rrf(runs: list[Run], name: str, k: int = 60) -> Run:
+    scores: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for qid, hits in run.items():
+            for rank, hit in enumerate(hits, start=1):
+                scores.setdefault(qid, {})[hit.doc_id] = scores.get(qid, {}).get(hit.doc_id, 0.0) + 1 / (k + rank)
+    return Run({q: sort_hits([Hit(d, s) for d, s in docs.items()]) for q, docs in scores.items()}, name=name)
+
+
+def rerank_head(first: Run, scores: dict[str, list[float]], name: str) -> Run:
+    """``first`` with each query's top RERANK_DEPTH reordered by ``scores`` (the rest keep their order)."""
+    ranked = {}
+    for qid, hits in first.items():
+        head = sort_hits([Hit(h.doc_id, s) for h, s in zip(hits[:RERANK_DEPTH], scores[qid], strict=True)])
+        floor = min(h.score for h in head)
+        ranked[qid] = head + [Hit(h.doc_id, floor - 1.0 - i * 1e-6) for i, h in enumerate(hits[RERANK_DEPTH:])]
+    return Run(ranked, name=name)
+
+
+def stage_runs() -> None:
+    from sparsa.indexes import build_index
+    from sparsa.indexes.lucene import LuceneBM25Index
+
+    data = dataset()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    if not (BM25_INDEX / "sparsa.json").is_file():
+        build_index("bm25", data.corpus, BM25_INDEX)
+    for name, (k1, b) in BM25_SETTINGS.items():
+        if not (RUNS / f"{name}.trec").is_file():
+            run = LuceneBM25Index.open(BM25_INDEX, k1=k1, b=b).retrieve(data.queries, k=len(data.corpus))
+            scores = {q: {h.doc_id: h.score for h in hits} for q, hits in run.items()}
+            write_run(pool_run(scores, data.qrels, name), RUNS / f"{name}.trec")
+    bm25 = read_run(RUNS / "bm25-k1_0.9-b_0.4.trec")
+    head = {q: [h.doc_id for h in hits[:RERANK_DEPTH]] for q, hits in bm25.items()}
+    head_docs = sorted({d for docs in head.values() for d in docs})
+    texts = [data.corpus[d].full_text for d in head_docs]
+    ids = {d: i for i, d in enumerate(head_docs)}
+    if not (RUNS / "splade-tiny.trec").is_file():
+        from sparsa.retrieval.splade import SpladeEncoder
+
+        encoder = SpladeEncoder()
+        docs = encoder.encode_documents(texts)
+        queries = dict(zip([q.id for q in data.queries], encoder.encode_queries([q.text for q in data.queries]),
+                           strict=True))
+        scores = {q: [queries[q].dot(docs[ids[d]]) for d in head[q]] for q in head}
+        write_run(rerank_head(bm25, scores, "splade-tiny"), RUNS / "splade-tiny.trec")
+    if not (RUNS / "minilm-dense.trec").is_file():
+        from sparsa.retrieval.dense import DenseConfig, DenseEncoder
+
+        encoder = DenseEncoder(DenseConfig(model="minilm-l6", device="cpu"))
+        docs = encoder.encode_documents(texts)
+        queries = dict(zip([q.id for q in data.queries], encoder.encode_queries([q.text for q in data.queries]),
+                           strict=True))
+        scores = {q: [float(queries[q] @ docs[ids[d]]) for d in head[q]] for q in head}
+        write_run(rerank_head(bm25, scores, "minilm-dense"), RUNS / "minilm-dense.trec")
+    for name, store in (("tildev2-bm25", TILDE_STORE), ("tildev2-unexpanded-bm25", TILDE_STORE.with_name("dl19-unexpanded"))):
+        if not (RUNS / f"{name}.trec").is_file() and (store / "sparsa.json").is_file():
+            from sparsa.rerank import TildeV2Reranker, rerank_run
+
+            reranked = rerank_run(TildeV2Reranker.open(store), bm25, data.queries, data.corpus, depth=None)
+            write_run(Run(dict(reranked), name=name), RUNS / f"{name}.trec")
+    fusions = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
+               "rrf-bm25-dense": ("bm25-k1_0.9-b_0.4", "minilm-dense")}
+    for name, parts in fusions.items():
+        if not (RUNS / f"{name}.trec").is_file() and all((RUNS / f"{p}.trec").is_file() for p in parts):
+            write_run(rrf([read_run(RUNS / f"{p}.trec") for p in parts], name), RUNS / f"{name}.trec")
+    for path in sorted(RUNS.glob("*.trec")):
+        log.info("%-22s nDCG@10 %.4f", path.stem, evaluate_run(read_run(path), data.qrels).aggregate["nDCG@10"])
+
+
+def load_runs() -> dict[str, Run]:
+    return {p.stem: read_run(p) for p in sorted(RUNS.glob("*.trec"))}
+
+
+def depth_ordered_pairs(runs: dict[str, Run], depth: int) -> list[tuple[str, str]]:
+    """The union of the runs' top ``depth``, rank 1 of every run and query first, then rank 2, ...
+
+    A job stopped early has then judged every run's top d for every query, for some d."""
+    from sparsa.rag.judge_job import top_k_union
+
+    pairs: dict[tuple[str, str], None] = {}
+    for rank in range(depth):
+        for pair in top_k_union([Run({q: hits[rank : rank + 1] for q, hits in run.items()}) for run in runs.values()],
+                                1):
+            pairs.setdefault(pair, None)
+    return list(pairs)
+
+
+def checkpoint_path(scorer: str) -> Path:
+    return STAGE / f"checkpoint-{scorer}.jsonl"
+
+
+def stage_score(args: argparse.Namespace) -> None:
+    """One scorer's resumable job over the depth-ordered pairs (run one process per scorer)."""
+    import torch
+    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.rag.judge_job import judge_with_checkpoint
+
+    torch.set_num_threads(args.threads)
+    data = dataset()
+    pairs = depth_ordered_pairs(load_runs(), args.depth)
+    log.info("%d pairs in the top %d of %d runs", len(pairs), args.depth, len(load_runs()))
+    judge = RelevanceJudge(JudgeConfig(scorers=(args.scorer,), max_passage_tokens=args.max_passage_tokens))
+    judge_with_checkpoint(judge, pairs, {q.id: q for q in data.queries}, data.corpus,
+                          checkpoint_path(args.scorer), batch_pairs=16)
+
+
+def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
+    """The largest d <= depth such that every run's top d of every query is judged."""
+    for d in range(1, depth + 1):
+        if any((q, h.doc_id) not in judged for run in runs.values() for q, hits in run.items() for h in hits[d - 1 : d]):
+            return d - 1
+    return depth
+
+
+def mean_ndcg(run: Run, qrels: Qrels, qids: list[str], cutoff: int) -> float:
+    per_query = evaluate_run(run, qrels, [f"nDCG@{cutoff}"]).per_query
+    return sum(per_query.get(q, {}).get(f"nDCG@{cutoff}", 0.0) for q in qids) / len(qids)
+
+
+def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: list[str], cutoff: int) -> dict:
+    from sparsa.rag.agreement import kendall_tau, spearman_rho
+
+    names = sorted(runs)
+    by_human = [mean_ndcg(runs[n], human, qids, cutoff) for n in names]
+    by_judge = [mean_ndcg(runs[n], generated, qids, cutoff) for n in names]
+    return {"queries": len(qids), "measure": f"nDCG@{cutoff}",
+            "runs": {n: {"human": round(h, 4), "generated": round(g, 4)} for n, h, g in zip(names, by_human, by_judge,
+                                                                                           strict=True)},
+            "kendall_tau": round(kendall_tau(by_human, by_judge), 4),
+            "spearman_rho": round(spearman_rho(by_human, by_judge), 4)}
+
+
+SETTINGS = {"ql": ("ql_mean", "ql_mean_z"), "umbrela": ("expected_grade", "p3", "expected_grade_z"),
+            "umbrela+ql": ("expected_grade", "p3", "expected_grade_z", "ql_mean", "ql_mean_z")}
+
+
+def stage_report(args: argparse.Namespace) -> None:
+    from sparsa.rag.agreement import label_agreement
+    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
+    from sparsa.rag.judge_job import fit_split, read_checkpoint
+
+    data = dataset()
+    runs = load_runs()
+    pairs = depth_ordered_pairs(runs, args.depth)
+    fit_qids, test_qids = fit_split(list(data.qrels), args.fit_queries)
+    checkpoints = {s: read_checkpoint(checkpoint_path(s)) for s in ("ql", "umbrela")}
+    results = {"split": {"fit_queries": fit_qids, "held_out_queries": test_qids,
+                         "rule": f"query ids sorted as strings; the first {args.fit_queries} fit the calibration"},
+               "runs_human_ndcg10_all_queries": {n: round(evaluate_run(r, data.qrels).aggregate["nDCG@10"], 4)
+                                                 for n, r in runs.items()},
+               "pairs_to_judge": len(pairs), "settings": {}}
+    for setting, features in SETTINGS.items():
+        needed = setting.split("+")
+        judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
+        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompt"} for p in judged]
+        human = np.array([data.qrels[q][d] for q, d in judged])
+        fit = [i for i, (q, _) in enumerate(judged) if q in set(fit_qids)]
+        test = [i for i, (q, _) in enumerate(judged) if q in set(test_qids)]
+        depth = complete_depth(runs, set(judged), args.depth)
+        entry = {"pairs_judged": len(judged), "complete_depth": depth, "features": list(features)}
+        if len(fit) < 8 or not test:
+            results["settings"][setting] = {**entry, "note": "too few judged pairs yet"}
+            continue
+        calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features)
+        grades = calibrator.predict(records)
+        entry.update(calibration={"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
+                                  "thresholds": np.round(calibrator.thresholds, 4).tolist(),
+                                  "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
+                     held_out=label_agreement(human[test], grades[test]))
+        if "umbrela" in needed:
+            entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
+        if depth >= 1:
+            generated = Qrels({})
+            for (q, d), g in zip(judged, grades.tolist(), strict=True):
+                generated.judgements.setdefault(q, {})[d] = g
+            entry["system_ranking_held_out"] = system_ranking(runs, data.qrels, generated, test_qids, depth)
+            entry["system_ranking_all_queries"] = system_ranking(runs, data.qrels, generated, sorted(data.qrels), depth)
+        results["settings"][setting] = entry
+        log.info("%s: %s", setting, json.dumps({k: v for k, v in entry.items() if k != "calibration"})[:600])
+    results["notes"] = NOTES
+    write_results("judge", results, packages=("torch", "transformers", "ir_measures"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", default=["runs", "pairs", "score", "report"])
+    parser.add_argument("--depth", type=int, default=10, help="judge each run's top DEPTH")
+    parser.add_argument("--scorer", default="ql", help="score stage: ql or umbrela")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fit-queries", type=int, default=21, help="report: calibrate on the first N query ids")
+    parser.add_argument("--max-passage-tokens", type=int, default=192)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("sparsa").setLevel(logging.INFO)
+    for stage in args.stages:
+        globals()[f"stage_{stage}"](*([args] if stage != "runs" else []))
+
+
+if __name__ == "__main__":
+    main()

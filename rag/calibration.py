@@ -1,0 +1,147 @@
+"""Map raw judge scores to 0-3 grades, fitted on a small labelled split.
+
+Features come from the judge's records (``sparsa.rag.judge``): the UMBRELA expected grade and
+label probabilities, and the query likelihood per query token. Query likelihood is not comparable
+across queries (a long rare query is unlikely under any passage), so the features also include
+per-query z-scores: each pair's score relative to the other pairs judged *for the same query*.
+Those depend on which pairs are judged together; fit and apply the calibration on pair sets chosen
+the same way (e.g. every run's top 10).
+
+The calibrator is ordinal: a linear score ``w . standardised(features)`` (least squares against
+the grades) cut by three thresholds, chosen by coordinate ascent to maximise Cohen's kappa on the
+labelled split, starting from the thresholds that reproduce the labelled grade proportions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sparsa.rag.agreement import cohen_kappa
+
+from sparsa.errors import ConfigError, DataFormatError
+
+FEATURES = ("expected_grade", "p3", "ql_mean", "expected_grade_z", "ql_mean_z")
+
+
+def _raw(record: Mapping, name: str) -> float:
+    if name == "expected_grade":
+        return float(record["expected_grade"])
+    if name == "p3":
+        return float(record["label_probs"][3])
+    if name == "ql_mean":
+        return float(record["ql_logprob"]) / max(int(record["ql_tokens"]), 1)
+    raise ConfigError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
+
+
+def feature_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarray:
+    """``float64[n, len(names)]``; names ending in ``_z`` are z-scored within each query's records."""
+    out = np.zeros((len(records), len(names)))
+    qids = np.array([r["qid"] for r in records])
+    for col, name in enumerate(names):
+        base = name.removesuffix("_z")
+        try:
+            values = np.array([_raw(r, base) for r in records])
+        except KeyError as exc:
+            raise ConfigError(f"feature {name!r} needs {exc.args[0]!r}, which these records lack "
+                              "(was that scorer run?)") from None
+        if name.endswith("_z"):
+            for qid in np.unique(qids):
+                rows = qids == qid
+                spread = values[rows].std()
+                values[rows] = (values[rows] - values[rows].mean()) / (spread if spread > 0 else 1.0)
+        out[:, col] = values
+    return out
+
+
+def cut(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Grades 0..len(thresholds): how many thresholds each score reaches."""
+    return np.searchsorted(np.asarray(thresholds), np.asarray(scores), side="right")
+
+
+def fit_thresholds(scores: np.ndarray, grades: np.ndarray, levels: int = 4, rounds: int = 4) -> np.ndarray:
+    """Increasing thresholds on ``scores`` maximising Cohen's kappa against ``grades`` (0..levels-1)."""
+    scores, grades = np.asarray(scores, dtype=np.float64), np.asarray(grades)
+    shares = np.cumsum(np.bincount(grades, minlength=levels))[:-1] / len(grades)
+    thresholds = np.quantile(scores, shares)  # start: the labelled grade proportions
+    candidates = np.unique(np.quantile(scores, np.linspace(0, 1, 201)))
+    labels = tuple(range(levels))
+
+    def kappa(t: np.ndarray) -> float:
+        return cohen_kappa(grades, cut(scores, t), labels)
+
+    best = kappa(thresholds)
+    for _ in range(rounds):
+        improved = False
+        for i in range(levels - 1):
+            low = thresholds[i - 1] if i > 0 else -np.inf
+            high = thresholds[i + 1] if i < levels - 2 else np.inf
+            for value in candidates[(candidates >= low) & (candidates <= high)]:
+                trial = thresholds.copy()
+                trial[i] = value
+                score = kappa(trial)
+                if score > best + 1e-12:
+                    best, thresholds, improved = score, trial, True
+        if not improved:
+            break
+    return thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class GradeCalibrator:
+    """``grade = cut(((features - mean) / std) @ weights, thresholds)``."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    fitted_on: dict
+
+    @classmethod
+    def fit(cls, records: Sequence[Mapping], grades: Sequence[int], features: Sequence[str] = FEATURES,
+            ridge: float = 1e-3) -> GradeCalibrator:
+        grades = np.asarray(grades)
+        if len(records) != len(grades) or len(records) < 8:
+            raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each, got {len(records)}")
+        x = feature_matrix(records, features)
+        mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+        z = (x - mean) / std
+        weights = np.linalg.solve(z.T @ z + ridge * len(z) * np.eye(z.shape[1]), z.T @ (grades - grades.mean()))
+        scores = z @ weights
+        thresholds = fit_thresholds(scores, grades)
+        fitted_on = {"pairs": len(grades), "queries": sorted({str(r["qid"]) for r in records}),
+                     "kappa_on_fit_pairs": round(cohen_kappa(grades, cut(scores, thresholds)), 4)}
+        return cls(tuple(features), tuple(mean.tolist()), tuple(std.tolist()), tuple(weights.tolist()),
+                   tuple(thresholds.tolist()), fitted_on)
+
+    def scores(self, records: Sequence[Mapping]) -> np.ndarray:
+        x = feature_matrix(records, self.features)
+        return ((x - np.array(self.mean)) / np.array(self.std)) @ np.array(self.weights)
+
+    def predict(self, records: Sequence[Mapping]) -> np.ndarray:
+        """``int64[n]`` grades 0-3."""
+        return cut(self.scores(records), self.thresholds).astype(np.int64)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GradeCalibrator:
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise DataFormatError(path, f"not a grade calibration file ({exc})") from None
+
+
+def argmax_grades(records: Sequence[Mapping]) -> np.ndarray:
+    """Uncalibrated grades: the judge's most probable label (needs the UMBRELA scorer)."""
+    try:
+        return np.array([int(np.argmax(r["label_probs"])) for r in records], dtype=np.int64)
+    except KeyError:
+        raise ConfigError("uncalibrated grades need the UMBRELA scorer's label_probs; "
+                          "pass a calibration or fit one") from None

@@ -1,0 +1,219 @@
+"""LLM relevance judgements (LLMJudge / TREC DL 0-3 scale) from a local causal LM.
+
+Two scorers share one LM (default SmolLM2-135M-Instruct):
+
+- **UMBRELA-like prompt** (Upadhyay et al., 2024, the prompt style of the LLMJudge challenge): the
+  DL grading scale plus the multi-aspect steps (intent, match M, trustworthiness T, final score O).
+  Instead of sampling, the assistant turn is pre-filled with ``##final score: `` and the next-token
+  distribution is read over the four labels "0".."3" (each one token): the label probabilities
+  (renormalised over the four) and the expected grade ``sum_g g * p(g)``. A 135M model rarely
+  *says* the right grade, but how its probability mass shifts between labels carries signal.
+- **Query likelihood** log P(query | passage) (UPR), reusing
+  :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object).
+
+Speed: the instructions are the same for every pair, so they go in the system turn, are run through
+the LM once, and their key/value cache is copied for each batch; only the per-pair part (query,
+passage, the step list, the assistant prefix) is computed per pair. Rows are right-padded and
+only each row's last hidden state goes through the LM head.
+
+Raw scores become grades in :mod:`sparsa.rag.calibration`; checkpointed batch jobs live in
+:mod:`sparsa.rag.judge_job`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sparsa.errors import ConfigError
+from sparsa.types import Document, Query
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("0", "1", "2", "3")
+SCORERS = ("umbrela", "ql")
+
+UMBRELA_INSTRUCTIONS = (
+    "Given a query and a passage, you must provide a score on an integer scale of 0 to 3 with the "
+    "following meanings:\n"
+    "3 = Perfectly relevant: The passage is dedicated to the query and contains the exact answer.\n"
+    "2 = Highly relevant: The passage has some answer for the query, but the answer may be a bit unclear, "
+    "or hidden amongst extraneous information.\n"
+    "1 = Related: The passage seems related to the query but does not answer it.\n"
+    "0 = Irrelevant: The passage has nothing to do with the query.\n"
+    "Assume that you are writing an answer to the query. If the passage seems to be related to the query "
+    "but does not include any answer to the query, mark it 1. If you would use any of the information "
+    "contained in the passage in such an answer, mark it 2. If the passage is primarily about the query, "
+    "or contains vital information about the topic, mark it 3. Otherwise, mark it 0."
+)
+UMBRELA_PAIR = (
+    "Query: {query}\nPassage: {passage}\n"
+    "Split this problem into steps:\n"
+    "Consider the underlying intent of the search.\n"
+    "Measure how well the content matches a likely intent of the query (M).\n"
+    "Measure how trustworthy the passage is (T).\n"
+    "Consider the aspects above and the relative importance of each, and decide on a final score (O). "
+    "Final score must be an integer value only.\n"
+    "Provide the score in the format of: ##final score: score, without providing any reasoning."
+)
+ANSWER_PREFIX = "##final score: "
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeConfig:
+    """``scorers``: any of "umbrela", "ql". Passages are cut to ``max_passage_tokens``."""
+
+    model: str = "smollm2-135m-instruct"
+    scorers: tuple[str, ...] = SCORERS
+    max_passage_tokens: int = 256
+    max_tokens_per_batch: int = 4096
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.scorers if s not in SCORERS]
+        if unknown or not self.scorers:
+            raise ConfigError(f"scorers {list(self.scorers)}: choose from {', '.join(SCORERS)}")
+        if min(self.max_passage_tokens, self.max_tokens_per_batch) < 1:
+            raise ConfigError("token limits must be >= 1")
+
+    def fingerprint(self) -> dict:
+        """What decides the scores (not the batch size or device): a checkpoint records it."""
+        return {"model": self.model, "scorers": list(self.scorers), "max_passage_tokens": self.max_passage_tokens,
+                "dtype": self.dtype, "instructions": UMBRELA_INSTRUCTIONS, "pair_template": UMBRELA_PAIR,
+                "answer_prefix": ANSWER_PREFIX}
+
+
+class RelevanceJudge:
+    """Scores (query, passage) pairs; ``score_pairs`` returns one record of raw scores per pair."""
+
+    def __init__(self, config: JudgeConfig = JudgeConfig()):
+        from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
+
+        started = time.perf_counter()
+        self.config = config
+        self.ql = QueryLikelihoodReranker(QueryLikelihoodConfig(
+            model=config.model, max_passage_tokens=config.max_passage_tokens,
+            max_tokens_per_batch=config.max_tokens_per_batch, device=config.device, dtype=config.dtype))
+        self.tokenizer, self.model = self.ql.tokenizer, self.ql.model
+        self.label_ids = [self._single_token(label) for label in LABELS]
+        self._prefix_ids, self._suffix_template = self._split_chat_prompt()
+        self._prefix_cache = None
+        logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
+                    time.perf_counter() - started)
+
+    def _single_token(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(f"label {text!r} is {len(ids)} tokens in this tokenizer; the judge needs one")
+        return ids[0]
+
+    def _split_chat_prompt(self) -> tuple[list[int], str]:
+        """The chat-formatted prompt split into a shared prefix (token ids) and a per-pair text template."""
+        marker = "\x00PAIR\x00"
+        messages = [{"role": "system", "content": UMBRELA_INSTRUCTIONS}, {"role": "user", "content": marker}]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # a base LM without a chat template: plain text turns
+            text = f"{UMBRELA_INSTRUCTIONS}\n\n{marker}\n\n"
+        before, _, after = text.partition(marker)
+        # Cut the shared prefix at a newline so its tokens are the same as in the full prompt.
+        cut = before.rstrip("\n").rfind("\n") + 1
+        return self.tokenizer(before[:cut], add_special_tokens=False)["input_ids"], \
+            before[cut:] + "{pair}" + after + ANSWER_PREFIX
+
+    def prompt(self, query: Query, passage: Document) -> str:
+        """The full prompt text of one pair (what the audit file records)."""
+        return self.tokenizer.decode(self._prefix_ids) + self._pair_text(query, passage)
+
+    def _pair_text(self, query: Query, passage: Document) -> str:
+        ids = self.tokenizer(passage.full_text, add_special_tokens=False, truncation=True,
+                             max_length=self.config.max_passage_tokens)["input_ids"]
+        text = self.tokenizer.decode(ids)
+        return self._suffix_template.format(pair=UMBRELA_PAIR.format(query=query.text, passage=text))
+
+    def score_pairs(self, pairs: Sequence[tuple[Query, Document]]) -> list[dict]:
+        """One dict per pair: ``label_probs`` (float[4], sum 1), ``expected_grade``, ``label_mass``
+        (the four labels' share of the full next-token distribution), ``ql_logprob`` (sum over query
+        tokens) and ``ql_tokens``, for the configured scorers."""
+        records: list[dict] = [{} for _ in pairs]
+        if "umbrela" in self.config.scorers and pairs:
+            probs, mass = self._umbrela(pairs)
+            for record, p, m in zip(records, probs, mass, strict=True):
+                record.update(label_probs=[round(float(x), 6) for x in p],
+                              expected_grade=round(float(p @ np.arange(4)), 6), label_mass=round(float(m), 6))
+        if "ql" in self.config.scorers and pairs:
+            sequences = []
+            for query, doc in pairs:
+                query_ids = self.ql._ids(" " + query.text)[: self.ql.config.max_query_tokens]
+                if not query_ids:
+                    raise ConfigError(f"query {query.id!r} is empty after tokenisation")
+                passage = self.tokenizer(doc.full_text, add_special_tokens=False, truncation=True,
+                                         max_length=self.config.max_passage_tokens)["input_ids"]
+                sequences.append((self.ql._before + passage + self.ql._after, query_ids))
+            scores = self.ql.score_ids(sequences, show_progress=False)
+            for record, score, (_, target) in zip(records, scores, sequences, strict=True):
+                record.update(ql_logprob=round(float(score), 5), ql_tokens=len(target))
+        return records
+
+    def _umbrela(self, pairs: Sequence[tuple[Query, Document]]) -> tuple[np.ndarray, np.ndarray]:
+        """``float32[n, 4]`` label probabilities and ``float32[n]`` label mass."""
+        import torch
+
+        from sparsa.batching import length_sorted_batches
+
+        suffixes = [self.tokenizer(self._pair_text(q, d), add_special_tokens=False)["input_ids"] for q, d in pairs]
+        probs = np.zeros((len(pairs), 4), dtype=np.float32)
+        mass = np.zeros(len(pairs), dtype=np.float32)
+        width = len(self._prefix_ids)
+        batches = length_sorted_batches([len(s) + width for s in suffixes],
+                                        max_tokens=self.config.max_tokens_per_batch)
+        with torch.inference_mode():
+            for batch in batches:
+                logits = self._last_logits([suffixes[i] for i in batch]).float()  # [B, V]
+                full = logits.log_softmax(-1)[:, self.label_ids]  # [B, 4]
+                probs[batch] = full.softmax(-1).cpu().numpy()
+                mass[batch] = full.exp().sum(-1).cpu().numpy()
+        return probs, mass
+
+    def _cached_prefix(self):
+        """The shared prefix's per-layer (key, value) tensors ``[1, kv_heads, P, head_dim]``, computed once."""
+        import torch
+
+        if self._prefix_cache is None:
+            ids = torch.tensor([self._prefix_ids], device=self.ql.device)
+            cache = self.model(input_ids=ids, use_cache=True).past_key_values
+            self._prefix_cache = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._prefix_cache
+
+    def _last_logits(self, suffixes: Sequence[list[int]]):
+        """``[B, vocab]`` next-token logits after each prefix + suffix (suffixes right-padded)."""
+        import torch
+        from transformers import DynamicCache
+
+        batch, width = len(suffixes), len(self._prefix_ids)
+        longest = max(len(s) for s in suffixes)
+        ids = torch.full((batch, longest), self.ql.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width + longest), dtype=torch.long)
+        mask[:, :width] = 1
+        for row, seq in enumerate(suffixes):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, width : width + len(seq)] = 1
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(self._cached_prefix()):
+            cache.update(keys.expand(batch, -1, -1, -1).contiguous(),
+                         values.expand(batch, -1, -1, -1).contiguous(), layer)
+        positions = torch.arange(width, width + longest)[None].expand(batch, -1)
+        device = self.ql.device
+        hidden = self.model.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  position_ids=positions.to(device), past_key_values=cache,
+                                  use_cache=True).last_hidden_state  # [B, longest, d]
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
+        return self.model.lm_head(hidden[torch.arange(batch, device=device), last])
+
+    def describe(self) -> dict:
+        return {"config": asdict(self.config), "prefix_tokens": len(self._prefix_ids)}

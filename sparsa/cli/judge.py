@@ -1,0 +1,52 @@
+"""``sparsa judge``: graded 0-3 relevance judgements from a local LM, written as TREC qrels.
+
+    sparsa judge --run bm25.trec --depth 10 --dataset trec-dl-2019-passage --out judged.qrels --fit-queries 21
+    sparsa judge --pairs pairs.tsv --dataset DIR --model smollm2-135m-instruct --out judged.qrels --calibration cal.json
+
+Calls :func:`sparsa.rag.judge_job.run_judge_job`. Beside ``--out`` it writes ``OUT.jsonl`` (raw
+scores, prompt and grade per pair, for audit) and keeps ``OUT.checkpoint.jsonl``: rerunning the
+same command after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsa.cli.common import console, dataset_path
+
+
+def judge(
+    dataset: Annotated[str, typer.Option(help="dataset folder or name under the data dir: queries and passages")],
+    out: Annotated[Path, typer.Option("--out", help="write the generated qrels here (TREC format)")],
+    pairs: Annotated[Path | None, typer.Option(help="pairs to judge: 'qid docid' lines (or TREC qrels/run lines)")]
+    = None,
+    run: Annotated[Path | None, typer.Option(help="judge the top --depth hits of this TREC run")] = None,
+    depth: Annotated[int, typer.Option(min=1, max=10_000, help="with --run: hits per query to judge")] = 10,
+    model: Annotated[str, typer.Option(help="causal LM: registry name or local folder")] = "smollm2-135m-instruct",
+    scorers: Annotated[str, typer.Option(help="comma-separated: umbrela (label probabilities), ql (query "
+                                              "likelihood)")] = "umbrela,ql",
+    calibration: Annotated[Path | None, typer.Option(help="grade calibration JSON from an earlier --fit-queries")]
+    = None,
+    fit_queries: Annotated[int, typer.Option(min=0, help="fit the calibration on the first N query ids (sorted) "
+                                                         "with the dataset's qrels; saved as OUT.calibration.json")]
+    = 0,
+    checkpoint: Annotated[Path | None, typer.Option(help="resumable checkpoint (default OUT.checkpoint.jsonl)")]
+    = None,
+    batch_pairs: Annotated[int, typer.Option(min=1, help="pairs per checkpointed batch")] = 32,
+    max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages to this many tokens")] = 256,
+    split: Annotated[str, typer.Option(help="qrels split (for --fit-queries)")] = "test",
+) -> None:
+    """Judge (query, passage) pairs on the 0-3 TREC DL scale; without a calibration the grade is the
+    most probable label."""
+    from sparsa.rag.judge import JudgeConfig
+    from sparsa.rag.judge_job import run_judge_job
+
+    config = JudgeConfig(model=model, scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()),
+                         max_passage_tokens=max_passage_tokens)
+    summary = run_judge_job(dataset_path(dataset), out, pairs, run, depth, config, calibration, fit_queries,
+                            checkpoint, batch_pairs=batch_pairs, split=split)
+    console.print(f"judged {summary['pairs']} pairs; wrote {summary['qrels']} and {summary['audit']} "
+                  f"(grades: {summary['calibration']})")

@@ -27,7 +27,7 @@ import numpy as np
 from sparsa.indexes.shards import clear_job, run_in_shards
 
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
-from sparsa.errors import ConfigError, IndexCorruptError
+from sparsa.errors import ConfigError, IndexCorruptError, require
 from sparsa.registry import DENSE_BACKENDS
 from sparsa.types import Corpus, Hit
 
@@ -89,6 +89,8 @@ class DenseIndex:
         if encoder is None:
             raise ConfigError("a dense index needs an encoder (e.g. sparsa.retrieval.DenseEncoder)")
         structure_cls = DENSE_BACKENDS.get(structure)  # unknown names fail before any encoding
+        if structure != "flat":
+            require("faiss", "faiss")  # so does a missing faiss
         _check_unique([d.id for d in corpus.documents])
         started = time.perf_counter()
         with atomic_dir(out, resume=True) as work:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, event, judge, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, dense, event, judge, models, rerank, retrieval, serve, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -21,10 +21,12 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 train.app.command("event")(event.train_event)
+train.app.command("dense")(dense.train_dense)
 app.add_typer(train.app, name="train")
 app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)
+app.command("fuse")(dense.fuse)
 app.command("rerank")(rerank.rerank)
 app.command("ask")(ask.ask)
 app.command("judge")(judge.judge)

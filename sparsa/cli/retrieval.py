@@ -18,22 +18,24 @@ DatasetOpt = Annotated[str | None, typer.Option(help="dataset folder or name und
 SplitOpt = Annotated[str, typer.Option(help="qrels split of the dataset")]
 
 
-KINDS = ("bm25", "splade")
+KINDS = ("bm25", "splade", "dense")
 
 
 def index(
     out_: Annotated[str, typer.Option("--out", help="index folder, or a name under $SPARSA_HOME/indexes")],
     dataset: DatasetOpt = None,
     corpus: Annotated[Path | None, typer.Option(help="corpus JSONL file (instead of --dataset)")] = None,
-    kind: Annotated[str, typer.Option(help="bm25 (Lucene) or splade (learned sparse)")] = "bm25",
-    model: Annotated[str, typer.Option(help="splade: encoder model (name, folder or hub id)")] = "splade-tiny",
+    kind: Annotated[str, typer.Option(help="bm25 (Lucene), splade (learned sparse) or dense (bi-encoder)")] = "bm25",
+    model: Annotated[str | None, typer.Option(help="splade/dense: encoder model (name, folder or hub id); "
+                                              "default splade-tiny / minilm-l6")] = None,
     backend: Annotated[list[str] | None, typer.Option(help="splade: exact, seismic, lucene-impact")] = None,
-    device: Annotated[str, typer.Option(help="splade: encoding device (auto, cpu, cuda)")] = "auto",
+    faiss: Annotated[str, typer.Option(help="dense: search structure flat, hnsw or ivfpq")] = "flat",
+    device: Annotated[str, typer.Option(help="splade/dense: encoding device (auto, cpu, cuda)")] = "auto",
     threads: Annotated[int, typer.Option(help="indexing threads")] = 2,
 ) -> None:
     """Build an index over a corpus as one atomic job (a failed build leaves the old index intact).
 
-    splade indexes encode in checkpointed shards: rerunning an interrupted job resumes it.
+    splade and dense indexes encode in checkpointed shards: rerunning an interrupted job resumes it.
     """
     from sparsa.indexes import build_index
 
@@ -44,10 +46,17 @@ def index(
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
     if kind == "bm25":
         path = build_index("bm25", docs, index_path(out_), threads=threads)
+    elif kind == "dense":
+        from sparsa.registry import DENSE_BACKENDS
+        from sparsa.retrieval.dense import DenseConfig, DenseEncoder
+
+        DENSE_BACKENDS.target(faiss)  # an unknown structure fails before the model loads
+        encoder = DenseEncoder(DenseConfig(model=model or "minilm-l6", device=device))
+        path = build_index("dense", docs, index_path(out_), encoder=encoder, structure=faiss)
     else:
         from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
-        encoder = SpladeEncoder(SpladeConfig(model=model, device=device))
+        encoder = SpladeEncoder(SpladeConfig(model=model or "splade-tiny", device=device))
         backends = tuple(backend or ("exact",))
         path = build_index("sparse", docs, index_path(out_), encoder=encoder, backends=backends,
                            **{b: {"threads": threads} for b in backends if b != "exact"})

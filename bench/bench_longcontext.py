@@ -13,7 +13,8 @@ Variants (``kernels/hf_attention.py``), all on the same model and prompts:
   * ``block-sparse-prefill``: SeerAttention training-free gate, top-16 blocks of 64 per query block
     (+ sink and diagonal), then full decode;
   * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 1,024 selected
-    tokens (Quest pages of 16; TidalDecode selection at layers 2 and 12 of 30);
+    tokens (Quest pages of 16, in every layer; TidalDecode: layers 0-1 dense, selection at layers 2 and
+    12 of 30, the other layers reuse the selection);
   * ``duo-kv``: exact prefill, then a head-compressed cache: 25% retrieval KV heads (RazorAttention
     echo/induction profile) keep everything, the others 64 sink + 256 recent tokens.
 The decode variants share the full variant's prefill (the same exact prefill, computed once); the
@@ -37,7 +38,8 @@ from common import write_results
 VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
 SETTINGS = {
     "block-sparse-prefill": {"prefill": "block-sparse", "gate_topk": 16, "block_size": 64, "min_sparse_tokens": 1024},
-    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16,
+                            "dense_layers": 0},
     "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
 }
@@ -84,7 +86,7 @@ def ruler_examples(tok, data_dir: Path, n: int) -> list[dict]:
             ask, _, prefix = question.partition("? ")
             if cut < 0 or not prefix:
                 from sparsa.errors import DataFormatError
-                raise DataFormatError(f"{path}:{line_no}: no question/answer prefix found")
+                raise DataFormatError(path, "no question/answer prefix found", line=line_no)
             ids = _chat_prompt(tok, rec["input"][:cut] + ask + "?", prefix)
             examples.append({"id": f"ruler-{rec['index']}", "task": "ruler-niah-multikey-3", "length": len(ids),
                                  "depth": None, "answers": rec["outputs"], "ids": ids, "max_new": 32})

@@ -217,7 +217,7 @@ def _block_sparse_fwd_kernel(
         # Sorted indices: the first n_full kept blocks need no masking, the next ones up to n_vis do.
         n_full = tl.sum((row < full_hi // BLOCK_M).to(tl.int32), 0)
         n_vis = tl.sum((row < tl.cdiv(vis_hi, BLOCK_M)).to(tl.int32), 0)
-        for e in range(0, n_full):
+        for e in range(n_full):
             blk_start = tl.load(idx_base + e) * BLOCK_M
             for sub in tl.static_range(BLOCK_M // BLOCK_N):
                 acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs,

@@ -10,6 +10,7 @@ Stable entry point (``rag/reader.py`` calls it)::
 ``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), ``gate_topk`` (32 KV
 blocks per query block) or ``gate_threshold``, ``min_sparse_tokens`` (1024: shorter prompts use dense
 prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (16),
+``dense_layers`` (2: Quest leaves the first layers dense, as the paper does),
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
 Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
 profiled once and saved under ``$SPARSA_HOME/head_profiles/``), ``retrieval_fraction`` (0.25),
@@ -69,6 +70,7 @@ class SparseAttentionConfig:
     budget_tokens: int = 2048
     page_size: int = 16
     tidal_layers: tuple[int, ...] | None = None
+    dense_layers: int = 2  # Quest decode: layers below this attend fully (as in the Quest paper)
     retrieval_fraction: float = 0.25
     sink: int = 64
     window: int = 256
@@ -131,6 +133,9 @@ def _decode(state: _LayerState, q, k, v, scale):
     seqlen = k.shape[2]
     stats["decode_keys_total"] += seqlen * k.shape[1]
     if cfg.decode == "full" or seqlen <= cfg.budget_tokens:
+        stats["decode_keys_read"] += seqlen * k.shape[1]
+        return ops.decode(q, k, v, scale=scale)
+    if cfg.selector == "quest" and state.layer_idx < cfg.dense_layers:
         stats["decode_keys_read"] += seqlen * k.shape[1]
         return ops.decode(q, k, v, scale=scale)
     if cfg.selector == "quest":

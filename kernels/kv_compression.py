@@ -91,9 +91,9 @@ class HeadProfile:
             data = json.loads(path.read_text())
             profile = HeadProfile(**data)
         except (OSError, ValueError, TypeError) as exc:
-            raise DataFormatError(f"{path}: not a head profile ({exc})") from None
+            raise DataFormatError(path, f"not a head profile ({exc})") from None
         if len(profile.scores) != len(profile.retrieval):
-            raise DataFormatError(f"{path}: scores and retrieval flags differ in layer count")
+            raise DataFormatError(path, "scores and retrieval flags differ in layer count")
         return profile
 
 

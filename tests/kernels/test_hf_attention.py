@@ -1,0 +1,194 @@
+"""Sparse attention installed on a real (small, randomly initialised) transformers Llama, on the CPU path.
+
+Exact settings (all blocks kept, budget >= cache, every head a retrieval head) must reproduce the model's
+own SDPA logits; lossy settings must run through prefill + decode, shrink the cache by the expected bytes,
+and record what they computed. One slow test runs SmolLM2 from the registry.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from sparsa.errors import ConfigError, DataFormatError  # noqa: E402
+from sparsa.kernels.hf_attention import (  # noqa: E402
+    _cache_argument,
+    install_sparse_attention,
+    remove_sparse_attention,
+    use_sparse_attention,
+)
+from sparsa.kernels.kv_compression import (  # noqa: E402
+    HeadProfile,
+    compressed_cache,
+    kv_cache_bytes,
+    profile_retrieval_heads,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=2000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    return LlamaForCausalLM(config).eval()
+
+
+IDS = torch.randint(0, 2000, (1, 160), generator=torch.Generator().manual_seed(1))
+
+
+def _run(model, steps=4):
+    """Prefill + greedy decode; returns (stacked last-position logits, cache)."""
+    with torch.inference_mode():
+        out = model(IDS, use_cache=True)
+        cache, logits = out.past_key_values, [out.logits[:, -1]]
+        for _ in range(steps):
+            token = logits[-1].argmax(-1, keepdim=True)
+            out = model(token, use_cache=True, **{_cache_argument(model): cache})
+            cache = out.past_key_values
+            logits.append(out.logits[:, -1])
+    return torch.stack(logits), cache
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    remove_sparse_attention(model)
+    return _run(model)
+
+
+@pytest.fixture(scope="module")
+def profile(model):
+    return profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
+
+
+@pytest.mark.parametrize("settings", [
+    {"prefill": "dense"},
+    {"prefill": "block-sparse", "min_sparse_tokens": 16, "gate_topk": 100},
+    {"decode": "sparse", "selector": "quest", "budget_tokens": 4096},
+    {"decode": "sparse", "selector": "tidal", "budget_tokens": 4096},
+    {"kv": "duo", "retrieval_fraction": 1.0},
+], ids=["dense", "block-sparse-all-blocks", "quest-big-budget", "tidal-big-budget", "duo-all-retrieval"])
+def test_exact_settings_reproduce_model_attention(model, reference, profile, settings):
+    if settings.get("kv") == "duo":
+        settings = {**settings, "profile": profile}
+    use_sparse_attention(model, **settings)
+    try:
+        logits, _ = _run(model)
+    finally:
+        remove_sparse_attention(model)
+    torch.testing.assert_close(logits, reference[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [
+    {"prefill": "block-sparse", "min_sparse_tokens": 16, "gate_topk": 1, "block_size": 16},
+    {"decode": "sparse", "selector": "quest", "budget_tokens": 64, "dense_layers": 1},
+    {"decode": "sparse", "selector": "tidal", "budget_tokens": 64, "tidal_layers": (1,)},
+], ids=["block-sparse", "quest", "tidal"])
+def test_lossy_settings_compute_less(model, settings):
+    use_sparse_attention(model, **settings)
+    try:
+        logits, _ = _run(model)
+        stats = dict(model.sparse_attention_stats)
+    finally:
+        remove_sparse_attention(model)
+    assert torch.isfinite(logits).all()
+    if settings.get("prefill") == "block-sparse":
+        assert 0 < stats["prefill_blocks_kept"] < stats["prefill_blocks_visible"]
+    else:
+        assert 0 < stats["decode_keys_read"] < stats["decode_keys_total"]
+
+
+def test_duo_cache_keeps_sink_and_window_for_streaming_heads(model, reference, profile):
+    half = profile.with_fraction(0.5)
+    use_sparse_attention(model, kv="duo", profile=half, retrieval_fraction=0.5, sink=16, window=32)
+    try:
+        logits, cache = _run(model, steps=4)
+    finally:
+        remove_sparse_attention(model)
+    assert torch.isfinite(logits).all()
+    length = IDS.shape[1] + 4
+    n_layers, n_kv, head_dim = 4, 2, 64
+    per_token = 2 * head_dim * 4  # K and V, float32
+    expected = sum(per_token * (length if keep else 16 + 32) for layer in half.retrieval for keep in layer)
+    assert kv_cache_bytes(cache) == expected < kv_cache_bytes(reference[1]) == per_token * length * n_layers * n_kv
+    assert cache.get_seq_length() == length
+
+
+def test_duo_through_generate_uses_the_compressed_cache(model, profile):
+    use_sparse_attention(model, kv="duo", profile=profile, retrieval_fraction=0.5, sink=4, window=8)
+    try:
+        with torch.inference_mode():
+            out = model.generate(IDS[:, :50], max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    finally:
+        remove_sparse_attention(model)
+    cache = out.past_key_values
+    assert out.sequences.shape[1] == 53
+    assert any(type(layer).__name__ == "_HeadCompressedLayer" for layer in cache.layers)
+
+
+def test_profile_roundtrip_and_errors(tmp_path, model, profile):
+    assert len(profile.scores) == 4 and all(len(row) == 2 for row in profile.scores)
+    assert profile.retrieval_fraction == 0.25
+    path = profile.save(tmp_path / "p.json")
+    assert HeadProfile.load(path) == profile
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataFormatError):
+        HeadProfile.load(tmp_path / "bad.json")
+    wrong = HeadProfile.from_scores(torch.rand(3, 2), 0.5)
+    with pytest.raises(ConfigError, match="does not fit"):
+        use_sparse_attention(model, kv="duo", profile=wrong, retrieval_fraction=0.5)
+    with pytest.raises(ConfigError, match="unknown sparse attention setting"):
+        use_sparse_attention(model, budget=3)
+    with pytest.raises(ConfigError, match="prefill"):
+        use_sparse_attention(model, prefill="sparse")
+    with pytest.raises(ValueError):
+        compressed_cache(profile, window=0)
+    assert model.config._attn_implementation != "sparsa"
+
+
+def test_padded_batch_falls_back_to_exact_attention(model):
+    ids = torch.randint(0, 2000, (2, 40), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # left padding
+    with torch.inference_mode():
+        remove_sparse_attention(model)
+        ref = model(ids, attention_mask=mask).logits
+        install_sparse_attention(model)
+        try:
+            out = model(ids, attention_mask=mask).logits
+        finally:
+            remove_sparse_attention(model)
+    torch.testing.assert_close(out[:, -1], ref[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_answers_the_same_with_sparse_settings():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsa.models import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    filler = "The grass is green. The sky is blue. The sun is yellow. " * 20
+    text = filler + "The pass key is 48213. Remember it. " + filler + "What is the pass key? The pass key is"
+    ids = tok(text, return_tensors="pt").input_ids
+
+    def answer():
+        with torch.inference_mode():
+            return tok.decode(lm.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:])
+
+    full = answer()
+    assert "48213" in full
+    for settings in ({"prefill": "block-sparse", "min_sparse_tokens": 128, "gate_topk": 4},
+                     {"prefill": "dense", "decode": "sparse", "budget_tokens": 128},
+                     {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.5, "sink": 16, "window": 64,
+                      "profile": profile_retrieval_heads(lm, period=64, n_sequences=1, retrieval_fraction=0.5)}):
+        use_sparse_attention(lm, **settings)
+        try:
+            assert "48213" in answer(), settings
+        finally:
+            remove_sparse_attention(lm)

@@ -12,19 +12,20 @@ import torch
 
 pytest.importorskip("transformers")
 
-from sparsa.errors import ConfigError, DataFormatError  # noqa: E402
-from sparsa.kernels.hf_attention import (  # noqa: E402
+from sparsa.kernels.hf_attention import (
     _cache_argument,
     install_sparse_attention,
     remove_sparse_attention,
     use_sparse_attention,
 )
-from sparsa.kernels.kv_compression import (  # noqa: E402
+from sparsa.kernels.kv_compression import (
     HeadProfile,
     compressed_cache,
     kv_cache_bytes,
     profile_retrieval_heads,
 )
+
+from sparsa.errors import ConfigError, DataFormatError
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from sparsa.kernels.kv_compression import HeadProfile, HeadSplitKV, head_split_attention, repeated_sequence_scores
+from sparsa.kernels.kv_compression import (
+    HeadProfile,
+    HeadSplitKV,
+    head_split_attention,
+    repeated_sequence_scores,
+)
 
 
 def test_echo_and_induction_heads_score_highest():

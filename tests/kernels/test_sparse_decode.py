@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from sparsa.kernels.quest import (  # noqa: E402
+from sparsa.kernels.quest import (
     PageBounds,
     quest_page_scores,
     quest_page_scores_ref,
@@ -20,7 +20,7 @@ from sparsa.kernels.quest import (  # noqa: E402
     select_topk,
     select_topk_ref,
 )
-from sparsa.kernels.sparse_decode import decode_attention, decode_attention_ref, tidal_select  # noqa: E402
+from sparsa.kernels.sparse_decode import decode_attention, decode_attention_ref, tidal_select
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU interpreter tests")
 

@@ -49,6 +49,27 @@ class ServedIndex:
                 "num_documents": self.manifest.get("num_documents"), "built_at": self.manifest.get("built_at")}
 
 
+# pyjnius breaks when several Python threads call into the JVM at once (measured under 50 concurrent
+# searches: IncompatibleClassChangeError and NullPointerException from Lucene): every Java-backed
+# search in this process takes this lock.
+JAVA_LOCK = threading.Lock()
+
+
+class SerialRetriever:
+    """A retriever whose calls hold a lock (for Java-backed indexes)."""
+
+    def __init__(self, retriever: Any, lock: threading.Lock):
+        self.retriever, self.lock = retriever, lock
+
+    def retrieve(self, queries, k: int = 1000, show_progress: bool | None = None):
+        with self.lock:
+            return self.retriever.retrieve(queries, k=k, show_progress=show_progress)
+
+
+def _uses_java(manifest: dict[str, Any]) -> bool:
+    return manifest["kind"] == "bm25" or manifest.get("default_backend") == "lucene-impact"
+
+
 def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
     """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open it."""
     from sparsa.indexes import open_index
@@ -63,6 +84,10 @@ def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
         raise ConfigError(f"{path} is a {manifest['kind']!r} index; the {retriever} retriever needs "
                           f"{' or '.join(expected)}")
     searcher = as_retriever(open_index(path, verify="none"))
+    if _uses_java(manifest):
+        searcher = SerialRetriever(searcher, JAVA_LOCK)
+    # One query before serving fills lazy caches (encoder pooling tensors) while no request races for them.
+    searcher.retrieve([Query("warm-up", "warm up")], k=1, show_progress=False)
     logger.info("serving %s from %s (%s documents) after %.1f s", retriever, path,
                 manifest.get("num_documents", "?"), time.perf_counter() - started)
     return ServedIndex(retriever, path, manifest, searcher)
@@ -120,15 +145,22 @@ class ServiceState:
         self.reranker = RERANKERS.get(self.config.reranker).load(self.config.reranker_model)
 
     def _load_pipeline(self) -> None:
+        """The QA pipeline over the served retriever and corpus (no second index or corpus in memory)."""
         if importlib.util.find_spec("sparsa.rag.pipeline") is None:
-            raise NotConfiguredError("QA not configured: this install has no sparsa.rag.pipeline")
-        from sparsa.rag.pipeline import load_pipeline
+            raise NotConfiguredError("QA not configured: this install has no sparsa.rag.pipeline", status=503)
+        from sparsa.rag.pipeline import QAPipeline
+        from sparsa.rag.reader import Reader
 
         index = self.indexes.get("bm25") or next(iter(self.indexes.values()), None)
-        if index is None:
-            raise NotConfiguredError("QA needs a served index to retrieve from")
-        self.pipeline = load_pipeline(index.path, model=self.config.qa_model, dataset=self.config.dataset,
-                                      k=self.config.qa_k, router=self.config.qa_router)
+        if index is None or self.corpus is None:
+            raise ConfigError("QA needs a served index and its dataset (the passages it reads)")
+        router = None
+        if self.config.qa_router is not None:
+            from sparsa.rag.routing import Router
+
+            router = Router.load(self.config.qa_router, corpus=self.corpus)
+        self.pipeline = QAPipeline(Reader.load(self.config.qa_model), retriever=index.searcher, corpus=self.corpus,
+                                   router=router, k=self.config.qa_k)
 
     @property
     def ready(self) -> bool:

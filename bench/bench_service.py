@@ -1,0 +1,300 @@
+"""Reliability of the service (issue 9) -> bench/results/service.json.
+
+Starts the real server (``sparsa serve``, SciFact BM25 + splade-tiny indexes, SmolLM2 QA reader,
+query-likelihood reranker) as its own process on loopback, in a scratch SPARSA_HOME whose indexes
+are copies of the published ones, and measures:
+
+- bad inputs: each gets a precise 4xx (status and message recorded);
+- load: N concurrent httpx clients on POST /search (bm25, then splade) for S seconds each:
+  throughput, p50/p90/p99 latency, errors;
+- fuzz: schemathesis over the OpenAPI spec (all operations, with the API key), and the server's own
+  count of responses by status class (from /metrics): zero 5xx is the target;
+- faults: a corrupt index file makes ``sparsa serve`` refuse to start and a swap answer 409; a
+  splade build started through the API is killed with SIGKILL midway: the served index keeps
+  answering identically, and a rerun resumes from the checkpointed shard and publishes.
+
+    python bench/bench_service.py                      # everything (~20 min on a quiet 2-core machine)
+    python bench/bench_service.py --only load --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_results
+
+KEY = "bench-key"
+RESULTS_LOG = Path(tempfile.gettempdir()) / "bench_service_server.log"  # kept for a look after the run
+SECTIONS = ("bad_inputs", "load", "fuzz", "faults")
+
+
+def scratch_home(real_home: Path, folder: Path) -> Path:
+    """A SPARSA_HOME with the real models (linked) and copies of the published SciFact indexes."""
+    (folder / "indexes").mkdir(parents=True)
+    os.symlink(real_home / "models", folder / "models")
+    for name in ("scifact-bm25", "scifact-splade"):
+        if not (real_home / "indexes" / name / "sparsa.json").is_file():
+            sys.exit(f"error: {real_home / 'indexes' / name} is missing; run 'make demo' first")
+        shutil.copytree(real_home / "indexes" / name, folder / "indexes" / name)
+    return folder
+
+
+class Server:
+    """``sparsa serve`` in a child process; ``extra`` are more flags."""
+
+    def __init__(self, home: Path, port: int, extra: list[str], log: Path):
+        self.base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "SPARSA_HOME": str(home), "SPARSA_API_KEY": KEY, "TOKENIZERS_PARALLELISM": "false"}
+        command = [sys.executable, "-m", "sparsa", "serve", "--port", str(port), *extra]
+        self.log = log
+        self.process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, seconds: float = 600) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}): {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("server not ready in time")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def bad_inputs(base: str) -> list[dict]:
+    json_headers = {"Content-Type": "application/json"}
+    cases = [
+        ("empty query", "/search", {"json": {"query": ""}}),
+        ("1 MB query", "/search", {"json": {"query": "x" * 1_000_000}}),
+        ("invalid UTF-8", "/search", {"content": b'{"query": "caf\xe9 \xff"}', "headers": json_headers}),
+        ("k=0", "/search", {"json": {"query": "vitamin D", "k": 0}}),
+        ("k=10^9", "/search", {"json": {"query": "vitamin D", "k": 10**9}}),
+        ("unknown retriever", "/search", {"json": {"query": "vitamin D", "retriever": "tfidf"}}),
+        ("retriever not served", "/search", {"json": {"query": "vitamin D", "retriever": "dense"}}),
+        ("broken JSON", "/search", {"content": b'{"query": ', "headers": json_headers}),
+        ("empty question", "/qa", {"json": {"question": " "}}),
+        ("unknown QA mode", "/qa", {"json": {"question": "why?", "mode": "guess"}}),
+        ("rerank: both sources", "/rerank", {"json": {"query": "q", "doc_ids": ["1"], "passages": [{"text": "a"}]}}),
+        ("missing API key", "/indexes", {"method": "GET"}),
+        ("wrong API key", "/indexes", {"method": "GET", "headers": {"X-API-Key": "wrong"}}),
+    ]
+    results = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for name, path, spec in cases:
+            spec = dict(spec)
+            response = client.request(spec.pop("method", "POST"), path, **spec)
+            results.append({"case": name, "path": path, "status": response.status_code,
+                            "detail": response.json().get("detail")})
+    return results
+
+
+async def _load(base: str, retriever: str, queries: list[str], clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def one_client(number: int, client: httpx.AsyncClient) -> None:
+        turn = number
+        while time.perf_counter() < deadline:
+            query = queries[turn % len(queries)]
+            turn += clients
+            started = time.perf_counter()
+            try:
+                response = await client.post("/search", json={"query": query, "retriever": retriever, "k": 10})
+                ok = response.status_code == 200 and len(response.json()["hits"]) > 0
+                key = None if ok else f"status {response.status_code}"
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            if key is None:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(i, client) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"retriever": retriever, "clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies),
+            "errors": sum(errors.values()), "error_kinds": errors,
+            "throughput_rps": round(len(latencies) / elapsed, 1),
+            "latency_ms": {p: round(float(np.percentile(ms, q)), 1) for p, q in
+                           (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} if len(ms) else {}}
+
+
+def status_counts(base: str) -> dict[str, int]:
+    """Responses by status class, as the server counted them (its Prometheus metrics)."""
+    counts: dict[str, int] = {}
+    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+        found = re.match(r'sparsa_requests_total\{.*status="(\d)\d\d"\} ([0-9.e+]+)', line)
+        if found:
+            key = f"{found.group(1)}xx"
+            counts[key] = counts.get(key, 0) + int(float(found.group(2)))
+    return counts
+
+
+def fuzz(base: str, examples: int, report: Path) -> dict:
+    before = status_counts(base)
+    command = [str(Path(sys.executable).with_name("schemathesis")), "run", base + "/openapi.json",
+               "--checks", "not_a_server_error", "--max-examples", str(examples), "-H", f"X-API-Key: {KEY}",
+               "--request-timeout", "600", "--seed", "1", "--report", "junit", "--report-junit-path", str(report),
+               "--continue-on-failure"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    after = status_counts(base)
+    summary = [line for line in done.stdout.splitlines() if re.search(r"passed|failed|error|Operations|cases", line)]
+    return {"command": " ".join(command[1:]), "exit_code": done.returncode,
+            "seconds": round(time.perf_counter() - started, 1),
+            "responses_by_class": {k: after.get(k, 0) - before.get(k, 0) for k in sorted(after)},
+            "schemathesis_summary": summary[-12:]}
+
+
+def corrupt_one_file(index: Path) -> str:
+    victim = max((p for p in index.rglob("*") if p.is_file() and p.name != "sparsa.json"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
+    victim.write_bytes(bytes(data))
+    return str(victim.relative_to(index))
+
+
+def corrupt_index_fault(home: Path, base: str, port: int, log_dir: Path) -> dict:
+    broken = home / "indexes" / "scifact-bm25-broken"
+    shutil.copytree(home / "indexes" / "scifact-bm25", broken)
+    name = corrupt_one_file(broken)
+    env = {**os.environ, "SPARSA_HOME": str(home)}
+    refused = subprocess.run([sys.executable, "-m", "sparsa", "serve", "--bm25", "scifact-bm25-broken", "--splade",
+                              "none", "--qa-model", "none", "--port", str(port + 1)], env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+    swap = httpx.post(base + "/indexes/swap", headers={"X-API-Key": KEY}, timeout=120,
+                      json={"retriever": "bm25", "name": "scifact-bm25-broken"})
+    still = httpx.post(base + "/search", json={"query": "vitamin D", "k": 3}, timeout=60)
+    return {"corrupted_file": name,
+            "serve_exit_code": refused.returncode, "serve_message": refused.stdout.strip().splitlines()[-1:]
+            + refused.stderr.strip().splitlines()[-1:],
+            "swap_status": swap.status_code, "swap_detail": swap.json().get("detail"),
+            "search_after_refused_swap": still.status_code}
+
+
+def kill_build_fault(home: Path, base: str) -> dict:
+    """Rebuild the served splade index through the API, SIGKILL it after its first shard, rerun it."""
+    headers = {"X-API-Key": KEY}
+    probe = {"query": "vitamin D deficiency and bone fractures", "retriever": "splade", "k": 10, "include_text": False}
+    before = httpx.post(base + "/search", json=probe, timeout=60).json()["hits"]
+    manifest = (home / "indexes" / "scifact-splade" / "sparsa.json").read_text()
+    request = {"name": "scifact-splade", "kind": "splade", "dataset": "scifact"}
+    job = httpx.post(base + "/indexes/build", headers=headers, json=request, timeout=60).json()
+    shard = home / "indexes" / ".scifact-splade.building" / "shards" / "000000"
+    started = time.monotonic()
+    while not shard.exists():
+        if time.monotonic() - started > 1800:
+            raise RuntimeError("the build wrote no shard in 30 min")
+        time.sleep(1)
+    first_shard_s = time.monotonic() - started
+    os.kill(job["pid"], signal.SIGKILL)
+    time.sleep(2)
+    status = httpx.get(f"{base}/indexes/jobs/{job['id']}", headers=headers, timeout=30).json()
+    during = httpx.post(base + "/search", json=probe, timeout=60)
+    unchanged = (home / "indexes" / "scifact-splade" / "sparsa.json").read_text() == manifest
+    rerun = httpx.post(base + "/indexes/build", headers=headers, json=request, timeout=60).json()
+    started = time.monotonic()
+    while (state := httpx.get(f"{base}/indexes/jobs/{rerun['id']}", headers=headers, timeout=30).json())["state"] \
+            == "running":
+        time.sleep(2)
+    rerun_s = time.monotonic() - started
+    swap = httpx.post(base + "/indexes/swap", headers=headers, json={"retriever": "splade", "name": "scifact-splade"},
+                      timeout=300)
+    after = httpx.post(base + "/search", json=probe, timeout=60).json()["hits"]
+    return {
+        "killed_after_s": round(first_shard_s, 1), "killed_job_state": status["state"],
+        "killed_job_returncode": status["returncode"],
+        "search_after_kill_status": during.status_code,
+        "search_after_kill_identical": during.status_code == 200 and during.json()["hits"] == before,
+        "published_manifest_unchanged": unchanged,
+        "rerun_state": state["state"], "rerun_seconds": round(rerun_s, 1),
+        "rerun_resumed": "resuming the interrupted build" in state["log_tail"] or "resuming" in
+        Path(home / "indexes" / f".scifact-splade.build-{rerun['id']}.log").read_text(),
+        "swap_status": swap.status_code,
+        "search_after_swap_identical": [h["doc_id"] for h in after] == [h["doc_id"] for h in before],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("SPARSA_HOME", "~/.cache/sparsa")).expanduser())
+    parser.add_argument("--only", choices=SECTIONS, action="append")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--examples", type=int, default=15, help="schemathesis examples per operation")
+    parser.add_argument("--port", type=int, default=8731)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    sections = args.only or list(SECTIONS)
+
+    from sparsa.data import load_dataset
+
+    queries = [q.text for q in load_dataset(Path(__file__).parents[1].parent / "shared" / "data" / "scifact").queries]
+    work = Path(tempfile.mkdtemp(prefix="bench_service_"))
+    home = scratch_home(args.home, work / "home")
+    server = Server(home, args.port, ["--reranker", "query-likelihood", "--timeout", "600"], work / "server.log")
+    results: dict = {"sections": sections}
+    try:
+        results["startup_s"] = round(server.wait_ready(), 1)
+        print(f"server ready in {results['startup_s']} s ({server.base})")
+        if "bad_inputs" in sections:
+            results["bad_inputs"] = bad_inputs(server.base)
+            for row in results["bad_inputs"]:
+                print(f"{row['case']:<24} {row['status']}  {row['detail']}")
+        if "load" in sections:
+            results["load"] = []
+            for retriever in ("bm25", "splade"):
+                row = asyncio.run(_load(server.base, retriever, queries, args.clients, args.seconds))
+                results["load"].append(row)
+                print(f"load {retriever:<7} {row['clients']} clients {row['seconds']} s: {row['throughput_rps']} req/s "
+                      f"p50 {row['latency_ms'].get('p50')} ms p99 {row['latency_ms'].get('p99')} ms "
+                      f"errors {row['errors']} {row['error_kinds'] or ''}")
+        if "fuzz" in sections:
+            results["fuzz"] = fuzz(server.base, args.examples, work / "schemathesis.xml")
+            print(f"fuzz: exit {results['fuzz']['exit_code']}, responses {results['fuzz']['responses_by_class']}")
+        if "faults" in sections:
+            results["faults"] = {"corrupt_index": corrupt_index_fault(home, server.base, args.port, work)}
+            print("corrupt index:", json.dumps(results["faults"]["corrupt_index"]))
+            results["faults"]["kill_build"] = kill_build_fault(home, server.base)
+            print("kill -9 build:", json.dumps(results["faults"]["kill_build"]))
+    finally:
+        server.stop()
+    results["notes"] = ("2-core machine shared with ~6 other jobs during the run: latency and throughput are "
+                        "distorted by that load; client and server share the same two cores.")
+    if not args.no_save:
+        print("wrote", write_results("service", results, ("fastapi", "uvicorn", "httpx", "schemathesis")))
+    shutil.copy(work / "server.log", RESULTS_LOG)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

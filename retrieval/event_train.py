@@ -34,9 +34,9 @@ class EventTrainConfig:
     """How to train an :class:`EventQueryEncoder` head; ``encoder`` fixes its shape and event window."""
 
     encoder: EventEncoderConfig = field(default_factory=EventEncoderConfig)
-    epochs: int = 40
+    epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.01
     temperature: float = 0.05
     hard_negatives: int = 16

@@ -17,14 +17,13 @@ get labels where the cited story was fetched. The query time of a question is ``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sparsa.data.trec import numbered_lines
+from sparsa.data.beir import _json_records  # one JSONL reader for every dataset
 from sparsa.errors import DataFormatError
 from sparsa.types import Document
 
@@ -91,17 +90,6 @@ def parse_date(value: str, path: Path, line: int) -> dt.date:
         raise DataFormatError(path, f"bad date {value!r} (expected YYYY/MM/DD)", line) from None
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in numbered_lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
-        if not isinstance(record, dict):
-            raise DataFormatError(path, "expected a JSON object", number)
-        yield number, record
-
-
 def _string(record: dict, name: str, path: Path, line: int) -> str:
     value = record.get(name)
     if not isinstance(value, str) or not value.strip():
@@ -119,7 +107,7 @@ def read_questions(path: str | Path) -> list[RealtimeQuestion]:
     path = Path(path)
     by_id: dict[str, RealtimeQuestion] = {}
     skipped = 0
-    for number, record in _records(path):
+    for number, record in _json_records(path):
         qid = _string(record, "question_id", path, number)
         if record.get("question_sentence") == "":
             skipped += 1  # blank placeholder rows occur in the source (e.g. 20201009_10)
@@ -154,7 +142,7 @@ def read_questions(path: str | Path) -> list[RealtimeQuestion]:
 def read_article_hits(path: str | Path) -> Iterator[tuple[str, Article]]:
     """``(question_id, article)`` for every hit of a gold or search-results file (undated hits kept)."""
     path = Path(path)
-    for number, record in _records(path):
+    for number, record in _json_records(path):
         qid = _string(record, "question_id", path, number)
         hits = record.get("search_result")
         if not isinstance(hits, list):

@@ -195,10 +195,11 @@ class ServiceState:
             raise NotConfiguredError("retriever 'hybrid' is not configured on this server: it fuses two or "
                                      "more served indexes with sparsa.retrieval.fusion; served: "
                                      f"{', '.join(self.indexes) or 'none'}")
-        from sparsa.retrieval.fusion import reciprocal_rank_fusion
+        from sparsa.retrieval.fusion import HybridRetriever
 
-        runs = [served.searcher.retrieve(query, k=k, show_progress=False) for served in parts]
-        return reciprocal_rank_fusion(runs, k=k)["q"]
+        # RRF over each served retriever's top max(k, 100): deep enough for the fused top k.
+        hybrid = HybridRetriever([served.searcher for served in parts], method="rrf", depth=max(k, 100))
+        return hybrid.retrieve(query, k=k, show_progress=False)["q"]
 
     def documents(self, doc_ids: list[str]) -> list[Document]:
         if self.corpus is None:

@@ -166,7 +166,7 @@ def fuzz(base: str, examples: int, report: Path) -> dict:
                "--request-timeout", "600", "--seed", "1", "--report", "junit", "--report-junit-path", str(report),
                "--continue-on-failure"]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=report.parent)
     after = status_counts(base)
     summary = [line for line in done.stdout.splitlines() if re.search(r"passed|failed|error|Operations|cases", line)]
     return {"command": " ".join(command[1:]), "exit_code": done.returncode,

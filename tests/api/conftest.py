@@ -1,5 +1,6 @@
-"""Real indexes for the service tests, built once per session: BM25 over Cranfield (1,400 documents)
-and a splade-tiny learned-sparse index over its first 120 documents; the app serves both."""
+"""Real indexes for the service tests, built once per session: BM25 over Cranfield (1,400 documents),
+a splade-tiny learned-sparse index and a MiniLM dense index over its first 120 documents; the app
+serves all three (and hybrid fuses them)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ SPLADE_DOCS = 120
 
 @pytest.fixture(scope="session")
 def index_root(tmp_path_factory, cranfield) -> Path:
-    """``bm25`` (all of Cranfield) and ``splade`` (its first 120 documents), built with the library."""
+    """``bm25`` (all of Cranfield), ``splade`` and ``dense`` (its first 120 documents), built with the library."""
     needs_java()
     from sparsa.indexes import build_index
+    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
     from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
     root = tmp_path_factory.mktemp("indexes")
@@ -30,13 +32,15 @@ def index_root(tmp_path_factory, cranfield) -> Path:
     subset = Corpus(cranfield.corpus.documents[:SPLADE_DOCS])
     encoder = SpladeEncoder(SpladeConfig(model="splade-tiny", device="cpu"))
     build_index("sparse", subset, root / "splade", encoder=encoder, show_progress=False)
+    dense = DenseEncoder(DenseConfig(model="minilm-l6", device="cpu"))
+    build_index("dense", subset, root / "dense", encoder=dense, show_progress=False)
     return root
 
 
 def service_config(index_root: Path, shared_data: Path, **changes):
     from sparsa.api import ServiceConfig
 
-    fields = {"indexes": {"bm25": index_root / "bm25", "splade": index_root / "splade"},
+    fields = {"indexes": {name: index_root / name for name in ("bm25", "splade", "dense")},
                   "dataset": shared_data / "cranfield", "api_key": API_KEY, "index_root": index_root,
                   "data_dir": shared_data}
     return ServiceConfig(**{**fields, **changes})

@@ -15,10 +15,10 @@ QUERY = "what similarity laws must be obeyed when constructing aeroelastic model
 
 def test_health_is_ready_once_everything_is_loaded(client):
     body = client.get("/health").json()
-    assert body["ready"] is True and set(body["indexes"]) == {"bm25", "splade"} and body["problems"] == []
+    assert body["ready"] is True and set(body["indexes"]) == {"bm25", "splade", "dense"} and body["problems"] == []
 
 
-@pytest.mark.parametrize("retriever", ["bm25", "splade"])
+@pytest.mark.parametrize("retriever", ["bm25", "splade", "dense", "hybrid"])
 def test_search_returns_ranked_hits_with_text(client, cranfield, retriever):
     response = client.post("/search", json={"query": QUERY, "retriever": retriever, "k": 5})
     assert response.status_code == 200, response.text
@@ -29,7 +29,7 @@ def test_search_returns_ranked_hits_with_text(client, cranfield, retriever):
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     for hit in hits:
         assert hit["text"] == cranfield.corpus[hit["doc_id"]].text
-    if retriever == "splade":
+    if retriever in ("splade", "dense"):
         assert {h["doc_id"] for h in hits} <= {d.id for d in cranfield.corpus.documents[:SPLADE_DOCS]}
 
 
@@ -53,8 +53,6 @@ BAD_INPUTS = [
     ("unknown retriever", {"query": "flow", "retriever": "tfidf"}, 422,
      "retriever: Input should be 'bm25', 'splade', 'dense' or 'hybrid'"),
     ("misspelt field", {"query": "flow", "kk": 3}, 422, "kk: Extra inputs are not permitted"),
-    ("dense not served", {"query": "flow", "retriever": "dense"}, 400,
-     "retriever 'dense' is not configured on this server; served: bm25, splade"),
 ]
 
 
@@ -78,15 +76,34 @@ def test_invalid_utf8_and_broken_json(client):
     assert broken.status_code == 422 and broken.json()["detail"].startswith("the request body is not valid JSON")
 
 
-def test_hybrid_and_qa_say_what_is_missing(client):
-    hybrid = client.post("/search", json={"query": "flow", "retriever": "hybrid"})
-    assert hybrid.status_code in (200, 400)
-    if hybrid.status_code == 400:
-        assert "hybrid" in hybrid.json()["detail"]
+def test_hybrid_is_rrf_over_the_served_retrievers(client, loaded_state):
+    from sparsa.retrieval.fusion import reciprocal_rank_fusion
+
+    from sparsa.types import Query
+
+    runs = [loaded_state.indexes[n].searcher.retrieve([Query("q", QUERY)], k=100, show_progress=False)
+            for n in ("bm25", "splade", "dense")]
+    expected = [h.doc_id for h in reciprocal_rank_fusion(runs, k=10)["q"]]
+    served = client.post("/search", json={"query": QUERY, "retriever": "hybrid", "k": 10}).json()["hits"]
+    assert [h["doc_id"] for h in served] == expected
+
+
+def test_what_is_not_served_is_named(client, index_root, shared_data):
+    from fastapi.testclient import TestClient
+    from sparsa.api import ServiceState, create_app
+
     qa = client.post("/qa", json={"question": "what is a boundary layer?"})
     assert qa.status_code == 503 and qa.json()["detail"].startswith("QA not configured")
     rerank = client.post("/rerank", json={"query": "flow", "doc_ids": ["1"]})
     assert rerank.status_code == 400 and "reranking is not configured" in rerank.json()["detail"]
+    only_bm25 = ServiceState(service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"}))
+    with TestClient(create_app(only_bm25.config, only_bm25.load(strict=True))) as bm25_client:
+        dense = bm25_client.post("/search", json={"query": "flow", "retriever": "dense"})
+        assert dense.status_code == 400
+        assert dense.json()["detail"] == "retriever 'dense' is not configured on this server; served: bm25"
+        hybrid = bm25_client.post("/search", json={"query": "flow", "retriever": "hybrid"})
+        assert hybrid.status_code == 400 and hybrid.json()["detail"].startswith(
+            "retriever 'hybrid' is not configured on this server: it fuses two or more served indexes")
 
 
 def test_rerank_validates_its_candidates(client):
@@ -103,7 +120,7 @@ def test_index_management_needs_the_key(client):
     assert wrong.status_code == 403 and wrong.json() == {"detail": "invalid API key"}
     listed = client.get("/indexes", headers={"X-API-Key": API_KEY})
     assert listed.status_code == 200
-    assert {i["retriever"] for i in listed.json()["loaded"]} == {"bm25", "splade"}
+    assert {i["retriever"] for i in listed.json()["loaded"]} == {"bm25", "splade", "dense"}
     assert {(i["name"], i["valid"]) for i in listed.json()["stored"]} >= {("bm25", True), ("splade", True)}
     bad_name = client.post("/indexes/build", headers={"X-API-Key": API_KEY},
                            json={"name": "../etc", "kind": "bm25", "dataset": "cranfield"})

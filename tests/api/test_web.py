@@ -100,9 +100,11 @@ def test_typing_a_query_shows_highlighted_ranked_results(browser, loaded_state):
             assert any(word.startswith(("boundary", "layer", "heat", "transfer")) for word in marked), marked
             assert f"10 results from {retriever}" in browser.find_element(By.ID, "status").text
         assert "ready" in browser.find_element(By.ID, "health").text
-        search_on_page(browser, base, "flow", "dense", "off")  # not served: the page shows the server's message
+        search_on_page(browser, base, "flow", "hybrid", "off")
+        browser.find_element(By.ID, "rerank").click()  # no reranker here: the page shows the server's message
+        browser.find_element(By.ID, "go").click()
         WebDriverWait(browser, 30).until(lambda b: "400" in b.find_element(By.ID, "status").text)
-        assert "retriever 'dense' is not configured" in browser.find_element(By.ID, "status").text
+        assert "reranking is not configured" in browser.find_element(By.ID, "status").text
     finally:
         stop()
 

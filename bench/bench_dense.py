@@ -76,7 +76,8 @@ def _subset(qrels: Qrels, ids: set[str]) -> Qrels:
     return Qrels({q: j for q, j in qrels.items() if q in ids})
 
 
-def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index: Path | None = None) -> tuple[dict, dict]:
+def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index: Path | None = None,
+                     names: tuple[str, ...] = ("bm25", "splade")) -> tuple[dict, dict]:
     """BM25 (``build_index("bm25")``) and learned-sparse (exact) runs at depth 1000, cached in ``work``."""
     from sparsa.indexes import build_index, open_index
     from sparsa.retrieval.searcher import as_retriever
@@ -84,7 +85,7 @@ def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index:
 
     corpus = load_dataset(DATA, "test").corpus
     timings, runs = {}, {}
-    for name in ("bm25", "splade"):
+    for name in names:
         folder = splade_index if name == "splade" and splade_index else work / f"scifact-{name}"
         started = time.perf_counter()
         if not (folder / "sparsa.json").is_file():
@@ -118,7 +119,8 @@ def tune_fusion(runs: list[Run], qrels: Qrels, method: str, normalisation: str =
     return best[0], round(best[1], 4)
 
 
-def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | None = None) -> None:
+def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | None = None,
+           skip_splade: bool = False) -> None:
     train, test = load_dataset(DATA, "train"), load_dataset(DATA, "test")
     dev_ids = set(json.loads((work / "dev_ids.json").read_text())) if (work / "dev_ids.json").is_file() else set()
     dev_qrels = _subset(train.qrels, dev_ids)
@@ -144,16 +146,18 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
     best_ft = max(fine_tuned, key=lambda n: variants[n]["dev"]["nDCG@10"]) if fine_tuned else "shipped"
 
     queries = {"test": test.queries, "dev": [q for q in train.queries if q.id in dev_ids]}
-    first, timings = first_stage_runs(work, splade_model, queries, splade_index)
+    names = ("bm25",) if skip_splade else ("bm25", "splade")
+    first, timings = first_stage_runs(work, splade_model, queries, splade_index, names)
     baselines = {name: {"test": _scores(first[(name, "test")], test.qrels), "dev": _scores(first[(name, "dev")], dev_qrels)}
-                 for name in ("bm25", "splade")}
-    systems = {"bm25": (first[("bm25", "test")], first[("bm25", "dev")]),
-               "splade": (first[("splade", "test")], first[("splade", "dev")]),
-               "dense": (dense_test[best_ft], dense_train[best_ft]),
-               "dense-shipped": (dense_test["shipped"], dense_train["shipped"])}
+                 for name in names}
+    systems = {name: (first[(name, "test")], first[(name, "dev")]) for name in names}
+    systems["dense"] = (dense_test[best_ft], dense_train[best_ft])
+    systems["dense-shipped"] = (dense_test["shipped"], dense_train["shipped"])
     hybrids = []
     for combo in (("bm25", "dense"), ("splade", "dense"), ("bm25", "splade"), ("bm25", "splade", "dense"),
-                  ("bm25", "splade", "dense-shipped")):
+                  ("bm25", "dense-shipped"), ("bm25", "splade", "dense-shipped")):
+        if any(s not in systems for s in combo):
+            continue
         test_runs, dev_runs = [systems[s][0] for s in combo], [systems[s][1] for s in combo]
         for method, normalisation in (("rrf", "minmax"), ("interp", "minmax"), ("interp", "zscore")):
             label = method if method == "rrf" else f"interp-{normalisation}"
@@ -206,11 +210,12 @@ def main() -> None:
     r.add_argument("--work", type=Path, required=True, help="the prepare folder; BM25/SPLADE indexes go here too")
     r.add_argument("--splade-model", default=".stage/models/ft-mixed-bf16")
     r.add_argument("--splade-index", type=Path, help="an index of --splade-model built before (sparsa index --kind splade)")
+    r.add_argument("--skip-splade", action="store_true", help="hybrids of BM25 and dense only")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.work)
     else:
-        report(args.runs, args.splade_model, args.work, args.splade_index)
+        report(args.runs, args.splade_model, args.work, args.splade_index, args.skip_splade)
 
 
 if __name__ == "__main__":

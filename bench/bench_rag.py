@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_results
-from sparsa.rag.answer_text import exact_match, token_f1
+from sparsa.rag.answer_text import exact_match, short_answer, token_f1
 
 from sparsa.types import Document
 
@@ -48,16 +48,13 @@ class GenerationCache:
 
     def __init__(self, path: Path, reader):
         self.path, self.reader = path, reader
-        from sparsa.rag import reader as prompts  # the prompt text is part of the key
+        from sparsa.rag import reader as prompts  # the prompt of each route is part of its key
 
-        c = reader.config  # the fields that change a generation, spelled out so the key stays stable
-        settings = (f"ReaderConfig(model={c.model!r}, max_context_tokens={c.max_context_tokens}, "
-                    f"max_passage_tokens={c.max_passage_tokens}, max_new_tokens={c.max_new_tokens}, "
-                    f"attention={c.attention!r}, device={c.device!r}, dtype={c.dtype!r})")
-        if c.sparse_settings:
-            settings += repr(sorted(c.sparse_settings.items()))
-        self.tag = json.dumps([str(reader.path), settings, prompts.READ_SYSTEM, prompts.RECALL_SYSTEM,
-                               prompts.READ_EXAMPLE, prompts.RECALL_EXAMPLE])
+        c = reader.config  # the fields that change a generation
+        settings = [str(reader.path), c.max_context_tokens, c.max_passage_tokens, c.max_new_tokens, c.attention,
+                    c.device, c.dtype, sorted(c.sparse_settings.items())]
+        self.tags = {"recall": json.dumps([settings, prompts.RECALL_SYSTEM, prompts.RECALL_EXAMPLE]),
+                     "retrieve": json.dumps([settings, prompts.READ_SYSTEM, prompts.READ_EXAMPLE])}
         self.entries = {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -67,7 +64,8 @@ class GenerationCache:
         self.misses = 0
 
     def answer(self, question: str, passages: list[Document]) -> dict:
-        key = hashlib.sha1(json.dumps([self.tag, question, [d.id for d in passages]]).encode()).hexdigest()
+        tag = self.tags["retrieve" if passages else "recall"]
+        key = hashlib.sha1(json.dumps([tag, question, [d.id for d in passages]]).encode()).hexdigest()
         if key not in self.entries:
             out = self.reader.answer(question, passages)
             entry = {"key": key, "text": out.text, "raw": out.raw, "citations": out.citations,
@@ -134,6 +132,7 @@ def routing(args: argparse.Namespace) -> dict:
             closed = cache.answer(e.question, [])
             passages = [corpus[h.doc_id] for h in hits[e.id]]
             opened = cache.answer(e.question, passages)
+            closed["text"], opened["text"] = short_answer(closed["raw"]), short_answer(opened["raw"])  # current rules
             rows.append({"id": e.id, "source": e.source, "split": e.split,
                          "features": question_features(e.question, stats, closed["mean_logprob"]),
                          "recall": closed["text"], "retrieve": opened["text"],

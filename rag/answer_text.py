@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 _CITATION = re.compile(r"\[([^\[\]]{1,200})\]")
 _LEADS = re.compile(
-    r"^(?:the\s+)?(?:short\s+|final\s+)?answer(?:\s+is)?\s*[:\-]?\s*|^(?:it\s+is|it's)\s+", re.IGNORECASE)
+    r"^(?:(?:the\s+)?(?:short\s+|final\s+)?answer\s*)?(?:to\s+(?:this|the)\s+question\s*)?(?:is\s*)?[:\-]\s*"
+    r"|^(?:the\s+)?(?:short\s+|final\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?\s+is\s+"
+    r"|^to\s+(?:this|the)\s+question\s+is\s*:?\s*|^(?:it\s+is|it's)\s+", re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 

@@ -36,11 +36,12 @@ READ_SYSTEM = ("You answer questions from the given passages. Reply with the sho
                "in brackets, like: Paris [2]")
 RECALL_SYSTEM = ("You answer questions from memory. Reply with the short answer only "
                  "(a name, date, number or short phrase), not a sentence.")
-# One worked example per prompt: small LMs copy the demonstrated format (a bare short answer) far
-# more reliably than they follow the instruction alone.
-READ_EXAMPLE = (("Passages:\n[1] Eiffel Tower: The tower in Paris was completed in 1889 for the World's Fair.\n"
+# One worked example per prompt: small LMs copy the demonstrated format (a bare short answer) more
+# reliably than they follow the instruction alone. A date answer in the example made SmolLM2-135M
+# answer most questions with a year; a name answer did not (10 dev questions: F1 0.10 vs 0.00).
+READ_EXAMPLE = (("Passages:\n[1] Eiffel Tower: The tower in Paris was designed by the engineer Gustave Eiffel.\n"
                  "[2] Big Ben: The clock tower in London was finished in 1859.\n\n"
-                 "Question: When was the Eiffel Tower completed?"), "1889 [1]")
+                 "Question: Who designed the Eiffel Tower?"), "Gustave Eiffel [1]")
 RECALL_EXAMPLE = ("Who wrote the play Hamlet?", "William Shakespeare")
 ATTENTION = ("full", "sparse")
 # attention="sparse": block-sparse prefill (SeerAttention gate; prompts under ``min_sparse_tokens`` stay
@@ -145,8 +146,8 @@ class Reader:
             system, example, user = READ_SYSTEM, READ_EXAMPLE, f"Passages:\n{context}\n\nQuestion: {question}"
         else:
             system, example, user = RECALL_SYSTEM, RECALL_EXAMPLE, question
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": example[0]},
-                    {"role": "assistant", "content": example[1]}, {"role": "user", "content": user}]
+        demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}] if example else []
+        messages = [{"role": "system", "content": system}, *demo, {"role": "user", "content": user}]
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self._ids(prompt), [doc for doc, _ in packed]
 

@@ -15,6 +15,10 @@ def test_short_answer_strips_markers_leads_and_periods():
     assert short_answer("Paris [2].") == "Paris"
     assert short_answer("The answer is: 3776.") == "3776"
     assert short_answer("Answer: 1889 [1]\nmore text") == "1889"
+    assert short_answer("The answer to this question is: The Queen") == "The Queen"
+    assert short_answer("to this question is: 5.55 cents") == "5.55 cents"
+    assert short_answer("Answer is Paris") == "Paris"
+    assert short_answer("Answers vary") == "Answers vary"
     assert short_answer("") == ""
 
 

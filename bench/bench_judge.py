@@ -81,7 +81,7 @@ def rerank_head(first: Run, scores: dict[str, list[float]], name: str) -> Run:
     return Run(ranked, name=name)
 
 
-def stage_runs() -> None:
+def stage_runs(args: argparse.Namespace) -> None:
     from sparsa.indexes import build_index
     from sparsa.indexes.lucene import LuceneBM25Index
 
@@ -99,6 +99,15 @@ def stage_runs() -> None:
     head_docs = sorted({d for docs in head.values() for d in docs})
     texts = [data.corpus[d].full_text for d in head_docs]
     ids = {d: i for i, d in enumerate(head_docs)}
+    for name, store in (("tildev2-bm25", TILDE_STORE), ("tildev2-unexpanded-bm25", TILDE_STORE.with_name("dl19-unexpanded"))):
+        if not (RUNS / f"{name}.trec").is_file() and (store / "sparsa.json").is_file():
+            from sparsa.rerank import TildeV2Reranker, rerank_run
+
+            reranked = rerank_run(TildeV2Reranker.open(store), bm25, data.queries, data.corpus, depth=None)
+            write_run(Run(dict(reranked), name=name), RUNS / f"{name}.trec")
+    write_fusions()
+    if not args.encoders:
+        return
     if not (RUNS / "splade-tiny.trec").is_file():
         from sparsa.retrieval.splade import SpladeEncoder
 
@@ -117,19 +126,17 @@ def stage_runs() -> None:
                            strict=True))
         scores = {q: [float(queries[q] @ docs[ids[d]]) for d in head[q]] for q in head}
         write_run(rerank_head(bm25, scores, "minilm-dense"), RUNS / "minilm-dense.trec")
-    for name, store in (("tildev2-bm25", TILDE_STORE), ("tildev2-unexpanded-bm25", TILDE_STORE.with_name("dl19-unexpanded"))):
-        if not (RUNS / f"{name}.trec").is_file() and (store / "sparsa.json").is_file():
-            from sparsa.rerank import TildeV2Reranker, rerank_run
+    write_fusions()
+    for path in sorted(RUNS.glob("*.trec")):
+        log.info("%-22s nDCG@10 %.4f", path.stem, evaluate_run(read_run(path), data.qrels).aggregate["nDCG@10"])
 
-            reranked = rerank_run(TildeV2Reranker.open(store), bm25, data.queries, data.corpus, depth=None)
-            write_run(Run(dict(reranked), name=name), RUNS / f"{name}.trec")
+
+def write_fusions() -> None:
     fusions = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
                "rrf-bm25-dense": ("bm25-k1_0.9-b_0.4", "minilm-dense")}
     for name, parts in fusions.items():
         if not (RUNS / f"{name}.trec").is_file() and all((RUNS / f"{p}.trec").is_file() for p in parts):
             write_run(rrf([read_run(RUNS / f"{p}.trec") for p in parts], name), RUNS / f"{name}.trec")
-    for path in sorted(RUNS.glob("*.trec")):
-        log.info("%-22s nDCG@10 %.4f", path.stem, evaluate_run(read_run(path), data.qrels).aggregate["nDCG@10"])
 
 
 def load_runs() -> dict[str, Run]:
@@ -150,8 +157,18 @@ def depth_ordered_pairs(runs: dict[str, Run], depth: int) -> list[tuple[str, str
     return list(pairs)
 
 
-def checkpoint_path(scorer: str) -> Path:
-    return STAGE / f"checkpoint-{scorer}.jsonl"
+def checkpoint_path(scorer: str, shard: int = 0) -> Path:
+    """Shard 0 of a scorer is ``checkpoint-<scorer>.jsonl``; others add ``-<shard>``."""
+    return STAGE / (f"checkpoint-{scorer}.jsonl" if shard == 0 else f"checkpoint-{scorer}-{shard}.jsonl")
+
+
+def read_all_checkpoints(scorer: str) -> dict:
+    from sparsa.rag.judge_job import read_checkpoint
+
+    records = {}
+    for path in sorted(STAGE.glob(f"checkpoint-{scorer}*.jsonl")):
+        records.update(read_checkpoint(path))
+    return records
 
 
 def stage_score(args: argparse.Namespace) -> None:
@@ -164,9 +181,12 @@ def stage_score(args: argparse.Namespace) -> None:
     data = dataset()
     pairs = depth_ordered_pairs(load_runs(), args.depth)
     log.info("%d pairs in the top %d of %d runs", len(pairs), args.depth, len(load_runs()))
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    done = set(read_all_checkpoints(args.scorer))
+    pairs = [p for p in pairs if p not in done][shard::shards]  # each process takes every n-th open pair
     judge = RelevanceJudge(JudgeConfig(scorers=(args.scorer,), max_passage_tokens=args.max_passage_tokens))
     judge_with_checkpoint(judge, pairs, {q.id: q for q in data.queries}, data.corpus,
-                          checkpoint_path(args.scorer), batch_pairs=16)
+                          checkpoint_path(args.scorer, shard), batch_pairs=16)
 
 
 def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
@@ -195,6 +215,20 @@ def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: l
             "spearman_rho": round(spearman_rho(by_human, by_judge), 4)}
 
 
+def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resamples: int = 1000) -> list[float]:
+    """95% interval of the 4-grade kappa, resampling held-out queries with replacement."""
+    from sparsa.rag.agreement import cohen_kappa
+
+    rng = np.random.default_rng(0)
+    by_query = {q: np.flatnonzero(np.asarray(qids) == q) for q in dict.fromkeys(qids)}
+    names = list(by_query)
+    values = []
+    for _ in range(resamples):
+        rows = np.concatenate([by_query[names[i]] for i in rng.integers(0, len(names), len(names))])
+        values.append(cohen_kappa(human[rows], grades[rows]))
+    return np.round(np.quantile(values, [0.025, 0.975]), 4).tolist()
+
+
 SETTINGS = {"ql": ("ql_mean", "ql_mean_z"), "umbrela": ("expected_grade", "p3", "expected_grade_z"),
             "umbrela+ql": ("expected_grade", "p3", "expected_grade_z", "ql_mean", "ql_mean_z")}
 
@@ -202,13 +236,13 @@ SETTINGS = {"ql": ("ql_mean", "ql_mean_z"), "umbrela": ("expected_grade", "p3", 
 def stage_report(args: argparse.Namespace) -> None:
     from sparsa.rag.agreement import label_agreement
     from sparsa.rag.calibration import GradeCalibrator, argmax_grades
-    from sparsa.rag.judge_job import fit_split, read_checkpoint
+    from sparsa.rag.judge_job import fit_split
 
     data = dataset()
     runs = load_runs()
     pairs = depth_ordered_pairs(runs, args.depth)
     fit_qids, test_qids = fit_split(list(data.qrels), args.fit_queries)
-    checkpoints = {s: read_checkpoint(checkpoint_path(s)) for s in ("ql", "umbrela")}
+    checkpoints = {s: read_all_checkpoints(s) for s in ("ql", "umbrela")}
     results = {"split": {"fit_queries": fit_qids, "held_out_queries": test_qids,
                          "rule": f"query ids sorted as strings; the first {args.fit_queries} fit the calibration"},
                "runs_human_ndcg10_all_queries": {n: round(evaluate_run(r, data.qrels).aggregate["nDCG@10"], 4)
@@ -232,6 +266,8 @@ def stage_report(args: argparse.Namespace) -> None:
                                   "thresholds": np.round(calibrator.thresholds, 4).tolist(),
                                   "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
                      held_out=label_agreement(human[test], grades[test]))
+        entry["held_out"]["cohen_kappa_4grade_95ci_query_bootstrap"] = kappa_interval(
+            [judged[i][0] for i in test], human[test], grades[test])
         if "umbrela" in needed:
             entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
         if depth >= 1:
@@ -252,13 +288,16 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10, help="judge each run's top DEPTH")
     parser.add_argument("--scorer", default="ql", help="score stage: ql or umbrela")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", default="0/1", help="score: this process's share i/n of the open pairs")
+    parser.add_argument("--no-encoders", dest="encoders", action="store_false",
+                        help="runs: only BM25, TILDEv2 and their fusion (no SPLADE / MiniLM encoding)")
     parser.add_argument("--fit-queries", type=int, default=21, help="report: calibrate on the first N query ids")
     parser.add_argument("--max-passage-tokens", type=int, default=192)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("sparsa").setLevel(logging.INFO)
     for stage in args.stages:
-        globals()[f"stage_{stage}"](*([args] if stage != "runs" else []))
+        globals()[f"stage_{stage}"](args)
 
 
 if __name__ == "__main__":

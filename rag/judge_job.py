@@ -27,7 +27,7 @@ Pair = tuple[str, str]  # (query id, doc id)
 
 
 def read_pairs(path: str | Path, queries: dict[str, Query], corpus: Corpus) -> list[Pair]:
-    """Pairs from ``qid docid`` lines (TREC qrels ``qid iter docid grade`` and TREC runs also work).
+    """Pairs from ``qid docid`` lines (BEIR/TREC qrels and TREC run lines also work).
 
     Unknown query or document ids and malformed lines raise DataFormatError with file and line.
     """
@@ -35,13 +35,14 @@ def read_pairs(path: str | Path, queries: dict[str, Query], corpus: Corpus) -> l
     seen: set[Pair] = set()
     for number, line in numbered_lines(path):
         parts = line.split()
-        if len(parts) == 2:
+        if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
+            continue  # BEIR qrels header
+        if len(parts) in (2, 3):  # pairs, or BEIR qrels 'qid docid grade'
             pair = (parts[0], parts[1])
         elif len(parts) in (4, 6):  # qrels or run lines: the doc id is the third column
             pair = (parts[0], parts[2])
         else:
-            raise DataFormatError(path, f"expected 'qid docid' (or a TREC qrels/run line), got {len(parts)} "
-                                        "columns", number)
+            raise DataFormatError(path, f"expected 'qid docid' (or a qrels/run line), got {len(parts)} columns", number)
         _check_pair(pair, queries, corpus, path, number)
         if pair not in seen:
             seen.add(pair)

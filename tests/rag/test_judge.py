@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from sparsa.rag.judge_job import judge_with_checkpoint, read_checkpoint, read_pairs
 
 from sparsa.cli.main import main
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.rag.judge_job import judge_with_checkpoint, read_checkpoint, read_pairs
 
 DL19 = "trec-dl-2019-passage"
 
@@ -41,10 +41,10 @@ def judge():
 
 
 def test_cli_rejects_bad_inputs(capsys, tiny_dl19, tmp_path):
-    folder, data, pairs = tiny_dl19
+    folder, _, pairs = tiny_dl19
     qid, doc = pairs[0]
     cases = {
-        "columns.tsv": (f"{qid} {doc}\n{qid} {doc} 1\n", "columns.tsv:2: expected 'qid docid'"),
+        "columns.tsv": (f"{qid} {doc}\n{qid} {doc} 1 x 9\n", "columns.tsv:2: expected 'qid docid'"),
         "unknown_doc.tsv": (f"{qid} {doc}\n{qid} nope\n", "unknown_doc.tsv:2: document 'nope' is not in"),
         "unknown_query.tsv": (f"q-none {doc}\n", "unknown_query.tsv:1: query 'q-none' is not in"),
     }

@@ -36,6 +36,13 @@ def event_text(article: Article) -> str:
     return f"{title}. {body[:EVENT_LEAD_CHARS]}"
 
 
+def _encoder_key(encoder, role: str) -> str:
+    """What decides the vectors (not the device or batch size, so CLI and bench share one cache)."""
+    config = encoder.config
+    return (f"{config.model}|{encoder.max_length}|{encoder.pooling}|{encoder.normalize}|{config.query_prefix}|"
+            f"{config.doc_prefix}|{role}")
+
+
 def cached_embeddings(encoder, texts: Sequence[str], cache_dir: str | Path | None, role: str) -> np.ndarray:
     """``float32[n, d]`` embeddings of ``texts``; reused from ``cache_dir`` when model and texts match.
 
@@ -46,7 +53,7 @@ def cached_embeddings(encoder, texts: Sequence[str], cache_dir: str | Path | Non
     encode = encoder.encode_queries if role == "queries" else encoder.encode_documents
     if cache_dir is None:
         return encode(list(texts))
-    digest = hashlib.sha256(f"{encoder.config}|{encoder.max_length}|{role}".encode())
+    digest = hashlib.sha256(_encoder_key(encoder, role).encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
     path = Path(cache_dir) / f"{role}-{digest.hexdigest()[:20]}.npy"

@@ -20,7 +20,6 @@ news; training then learns which events (and ages) to trust, and how much, per d
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -203,8 +202,3 @@ class EventQueryEncoder:
         logger.info("loaded event query encoder from %s (events=%s)", folder, config.use_events)
         return cls(config, backbone=backbone, head=head.eval())
 
-
-def describe(folder: str | Path) -> dict:
-    """The saved config and training record of an encoder folder."""
-    manifest = json.loads((Path(folder) / "sparsa.json").read_text())
-    return {"config": manifest.get("config"), "training": manifest.get("training")}

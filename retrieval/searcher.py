@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
-from sparsa.registry import ENCODERS
+from sparsa.registry import build_encoder
 from sparsa.types import Hit, Query, Run, SparseVector
 
 _BATCH = 256
@@ -24,10 +24,7 @@ class VectorIndex(Protocol):
     def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]: ...
 
 
-def encoder_from_spec(spec: dict[str, Any], **overrides: Any) -> Any:
-    """Rebuild an encoder from its ``spec()``; ``overrides`` change run-time fields (device...)."""
-    cls = ENCODERS.get(spec["name"])
-    return cls(cls.config_class(**{**spec["config"], **overrides}))
+encoder_from_spec = build_encoder  # the name this module has always exported
 
 
 class EncodedRetriever:

@@ -71,3 +71,10 @@ RERANKERS = Registry("reranker", {
     "tildev2": "sparsa.rerank.tilde:TildeV2Reranker",
     "query-likelihood": "sparsa.rerank.query_likelihood:QueryLikelihoodReranker",
 })
+
+
+def build_encoder(spec: dict[str, Any], **overrides: Any) -> Any:
+    """An encoder rebuilt from its ``spec()`` (as an index manifest records it); ``overrides``
+    change run-time fields such as the device."""
+    cls = ENCODERS.get(spec["name"])
+    return cls(cls.config_class(**{**spec["config"], **overrides}))

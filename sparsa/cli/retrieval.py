@@ -32,10 +32,15 @@ def index(
     faiss: Annotated[str, typer.Option(help="dense: search structure flat, hnsw or ivfpq")] = "flat",
     device: Annotated[str, typer.Option(help="splade/dense: encoding device (auto, cpu, cuda)")] = "auto",
     threads: Annotated[int, typer.Option(help="indexing threads")] = 2,
+    ray: Annotated[bool, typer.Option("--ray", help="splade/dense: encode on a Ray cluster")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default $SPARSA_RAY_ADDRESS, "
+                                                    "else a local Ray instance)")] = None,
+    ray_actors: Annotated[int | None, typer.Option(help="encoder actors (default: one per GPU)")] = None,
 ) -> None:
     """Build an index over a corpus as one atomic job (a failed build leaves the old index intact).
 
-    splade and dense indexes encode in checkpointed shards: rerunning an interrupted job resumes it.
+    splade and dense indexes encode in checkpointed shards: rerunning an interrupted job resumes it,
+    with or without --ray.
     """
     from sparsa.indexes import build_index
 
@@ -52,15 +57,27 @@ def index(
 
         DENSE_BACKENDS.target(faiss)  # an unknown structure fails before the model loads
         encoder = DenseEncoder(DenseConfig(model=model or "minilm-l6", device=device))
+        encoder = _on_ray(encoder, docs, ray, ray_address, ray_actors)
         path = build_index("dense", docs, index_path(out_), encoder=encoder, structure=faiss)
     else:
         from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
         encoder = SpladeEncoder(SpladeConfig(model=model or "splade-tiny", device=device))
+        encoder = _on_ray(encoder, docs, ray, ray_address, ray_actors)
         backends = tuple(backend or ("exact",))
         path = build_index("sparse", docs, index_path(out_), encoder=encoder, backends=backends,
                            **{b: {"threads": threads} for b in backends if b != "exact"})
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
+
+
+def _on_ray(encoder, docs, ray: bool, address: str | None, actors: int | None):
+    """The encoder itself, or a stand-in that runs its work on Ray (same spec, same shards)."""
+    if not ray:
+        return encoder
+    from sparsa.indexes.ray_encoding import RayEncoder, RayOptions
+
+    texts = [d.full_text for d in docs.documents]
+    return RayEncoder(encoder, texts, RayOptions(address=address, actors=actors))
 
 
 def search(

@@ -180,9 +180,8 @@ def pool_splade(
         return splade_pool_chunked(hidden, weight, bias, start, end)
     if method == "screened":
         cache = {} if cache is None else cache
-        if "weight_bf16" not in cache:
-            cache["weight_bf16"] = weight.bfloat16()
-            cache["weight_norms"] = weight.float().norm(dim=1)
+        if "weight_norms" not in cache:  # threads may race here: fill both before either is visible
+            cache.update(weight_bf16=weight.bfloat16(), weight_norms=weight.float().norm(dim=1))
         return splade_pool_screened(
             hidden, weight, bias, start, end, cache["weight_bf16"], cache["weight_norms"]
         )

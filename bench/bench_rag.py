@@ -158,7 +158,7 @@ def routing(args: argparse.Namespace) -> dict:
         if name == "popularity+confidence":
             from sparsa.rag.routing import Router
 
-            Router(model, stats).save(args.work / "router.json")
+            Router(model, stats).save(RESULTS / "rag_router.json")  # sparsa ask --router bench/results/rag_router.json
     oracle = [r["f1_retrieve"] > r["f1_recall"] for r in test]
     table["oracle"] = score(test, oracle)
     by_source = {s: {"always-retrieve": score([r for r in test if r["source"] == s], [True] * sum(r["source"] == s for r in test)),
@@ -172,7 +172,7 @@ def routing(args: argparse.Namespace) -> dict:
                   f"sources {list(NEEDS_CORPUS)}", "k": args.k, "reader": "smollm2-135m-instruct, greedy",
                   "max_new_tokens": args.max_new_tokens, "context_tokens": args.context_tokens,
                   "passage_tokens": args.passage_tokens, "metric": "SQuAD EM/F1, best over gold aliases",
-                  "router_file": str(args.work / "router.json")},
+                  "router_file": "bench/results/rag_router.json"},
         "test": table, "by_source_test": by_source, "routers": routers,
         "citations_within_retrieved": float(np.mean([r["citations_in_retrieved"] for r in rows])),
         "gold_answer_in_top_k": {s: round(float(np.mean([r["answer_in_passages"] for r in rows if r["source"] == s])), 3)

@@ -108,7 +108,7 @@ def _head_module(hidden: int, config: AmarConfig):
             super().__init__()
             k, p = config.key_dim, config.proj_dim
             self.proj = nn.Linear(hidden, p)
-            features = 3 * k + 2 * p + 1 + 3 + len(KINDS)
+            features = 3 * k + 2 * p + 3 + 3 + len(KINDS)
             self.gate = nn.Sequential(nn.Linear(features, config.gate_hidden), nn.GELU(),
                                       nn.Linear(config.gate_hidden, 1))
             # Bilinear question-item term: which relation path fits which question is an interaction
@@ -129,7 +129,11 @@ def _head_module(hidden: int, config: AmarConfig):
             qk = q_key.expand(n, -1)
             onehot_hops = nn.functional.one_hot(hops.clamp(max=2), 3).float()
             onehot_kind = nn.functional.one_hot(kinds, len(KINDS)).float()
-            x = torch.cat([qk, keys, qk * keys, ip, qp * ip, scores[:, None], onehot_hops, onehot_kind], -1)
+            # The score, its gap to the best item and its rank: the retriever's view of the item.
+            gap = scores - scores.max()
+            rank = torch.argsort(torch.argsort(-scores)).float() / max(n - 1, 1)
+            x = torch.cat([qk, keys, qk * keys, ip, qp * ip, scores[:, None], gap[:, None], rank[:, None],
+                           onehot_hops, onehot_kind], -1)
             bilinear = (self.gate_q(qk) * self.gate_k(keys)).sum(-1)
             return self.gate(x).squeeze(-1) + bilinear
 
@@ -221,8 +225,9 @@ class AmarModel:
         if mode == "text":
             return torch.cat([self._embed(_PREFIX), *token_embeds, suffix]), {"gates": [], "open": []}
         probs = torch.sigmoid(logits) if gates is None else gates.to(self.device)
-        open_ = [i for i in range(len(items)) if float(probs[i]) >= self.config.gate_threshold]
-        paths = sorted((i for i in range(len(items)) if items[i].kind == "path"), key=lambda i: -float(probs[i]))
+        levels = probs.detach().cpu().tolist()
+        open_ = [i for i in range(len(items)) if levels[i] >= self.config.gate_threshold]
+        paths = sorted((i for i in range(len(items)) if items[i].kind == "path"), key=lambda i: -levels[i])
         open_ = sorted(set(open_) | set(paths[: self.config.min_open_paths]))
         parts = [self._embed(_PREFIX)]
         if open_:
@@ -230,7 +235,7 @@ class AmarModel:
             pools = torch.stack([t.mean(0) for t in kept])
             aligned = self.head.aligned(kept, pools, q_pool)
             parts += [probs[i] * a for i, a in zip(open_, aligned)]
-        return torch.cat([*parts, suffix]), {"gates": probs.detach().cpu().tolist(), "open": open_,
+        return torch.cat([*parts, suffix]), {"gates": levels, "open": open_,
                                              "logits": logits}
 
     # -- generation
@@ -285,7 +290,8 @@ def first_answer(generated: str) -> str:
     """The first name a generation gives ("Big, Splash and Cast Away" -> "Big")."""
     from sparsa.rag.answer_text import short_answer
 
-    text = short_answer(generated)
+    # After "The answer is" a small LM often writes ":" and a line break before the name.
+    text = short_answer(generated.strip().lstrip(":").strip())
     if ":" in text:  # "The movies X acted in are: A; B" -> "A; B"
         text = text.rsplit(":", 1)[1]
     for sep in ("; ", " | ", "\n", ", ", " and ", ". "):
@@ -298,5 +304,5 @@ def hits_at_1(generated: str, golds: Sequence[str]) -> float:
     SQuAD normalisation; whole-answer matching keeps names with commas ("Paris, Texas") correct."""
     from sparsa.rag.answer_text import exact_match, short_answer
 
-    whole = short_answer(generated).strip("[]\"'*")
+    whole = short_answer(generated.strip().lstrip(":").strip()).strip("[]\"'*")
     return max(exact_match(first_answer(generated), golds), exact_match(whole, golds))

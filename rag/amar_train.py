@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class AmarTrainConfig:
     gate_epochs: int = 4
-    gate_batch: int = 32
+    gate_batch: int = 8
     gate_lr: float = 3e-3
     lambda_align: float = 0.1
     lm_steps: int = 100  # optimizer steps of stage 2

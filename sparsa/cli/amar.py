@@ -18,6 +18,7 @@ def train_amar_command(
     split: Annotated[str, typer.Option(help="never test")] = "dev",
     questions: Annotated[int, typer.Option(help="questions per hop (fixed random subset)")] = 1000,
     gate_epochs: Annotated[int, typer.Option()] = 4,
+    gate_batch: Annotated[int, typer.Option(help="questions per gate/alignment step")] = 8,
     lm_steps: Annotated[int, typer.Option(help="answer-loss steps through the frozen LM")] = 100,
     lm_batch: Annotated[int, typer.Option()] = 2,
     time_limit: Annotated[float | None, typer.Option(help="stop answer-loss training after this many s")] = None,
@@ -34,7 +35,7 @@ def train_amar_command(
     graph = KnowledgeGraph.load(data / "kb_reconstructed.txt.gz")
     asked = [q for h in hops for q in load_metaqa(data, h, split, limit=questions, seed=seed)]
     retrievals = retrieve_cached(KGRetriever(graph), asked, cache)
-    config = AmarTrainConfig(gate_epochs=gate_epochs, lm_steps=lm_steps, lm_batch=lm_batch, seed=seed)
+    config = AmarTrainConfig(gate_epochs=gate_epochs, gate_batch=gate_batch, lm_steps=lm_steps, lm_batch=lm_batch, seed=seed)
     record = train_amar(AmarModel(), retrievals, asked, out, config, time_limit_s=time_limit)
     console.print(f"trained Amar head in {out}: {record['gate_epochs']} gate epochs, {record['lm_steps']} "
                   f"answer steps on {record['questions']} questions")

@@ -41,9 +41,27 @@ TILDE_STORE = ROOT / ".stage" / "rerank" / "stores" / "dl19"  # built by bench_r
 BM25_SETTINGS = {"bm25-k1_0.9-b_0.4": (0.9, 0.4), "bm25-k1_1.2-b_0.75": (1.2, 0.75), "bm25-k1_3.0-b_1.0": (3.0, 1.0)}
 RERANK_DEPTH = 30  # SPLADE-tiny and MiniLM rerank BM25's top 30 (encoding all 9,139 passages is too slow here)
 log = logging.getLogger("bench_judge")
-NOTES = ("CPU only, 2 cores shared with ~6 other jobs (load average 11-18): timings are distorted. "
-         "Runs rank each query's NIST-judged pool; generated qrels cover the union of all runs' top 10 "
-         "(complete_depth says how deep the job got; nDCG is cut there for both qrels). ")
+NOTES = {
+    "machine": "CPU only, 2 cores shared with ~6 other helpers' jobs (load average 11-18): every timing is distorted.",
+    "throughput": "measured first on 64 random DL19 pairs, one process, 2 threads, load ~11: UMBRELA prompt 0.25 "
+                  "pairs/s, query likelihood 0.40 pairs/s. All 9,260 pairs with both scorers would take ~16 h "
+                  "here, so only the pairs that nDCG@10 of the compared runs needs were judged (below). During the "
+                  "job (two QL processes + one UMBRELA process, load ~16-18): QL ~12.6 pairs/min, UMBRELA ~4.6 "
+                  "pairs/min in total.",
+    "pairs": "the union of the six runs' top 10 per query (1,036 pairs, all NIST-judged), ordered rank-major "
+             "(every run's rank 1 for every query first, then rank 2, ...), so a job stopped early has judged "
+             "every run's top d for every query; complete_depth is that d and the system-ranking nDCG is cut "
+             "there (nDCG@d under both qrels). The first ~80 QL and ~50 UMBRELA pairs were judged in an "
+             "earlier order (top 10 of the three BM25 runs) before the TILDEv2 runs existed.",
+    "runs": "each query's NIST-judged pool (~215 passages) ranked by BM25 with three (k1, b), TILDEv2 (model trained "
+            "on SciFact, bench_rerank.py) over expanded and unexpanded passages, and RRF(BM25, TILDEv2). SPLADE-tiny "
+            "and MiniLM reranking of BM25's top 30 are implemented in stage_runs but were not finished: SPLADE-tiny "
+            "encoded at ~1.4 s/passage on this loaded machine.",
+    "calibration": "GradeCalibrator: standardised features -> least-squares score -> three thresholds maximising "
+                   "unweighted 4-grade kappa on the fit queries' judged pairs; *_z features are z-scored within "
+                   "each query's judged pairs (the same pair-selection rule on fit and held-out queries).",
+    "kappa_ci": "95% interval from 1,000 bootstrap resamples of the held-out queries.",
+}
 
 
 def dataset():
@@ -251,7 +269,7 @@ def stage_report(args: argparse.Namespace) -> None:
     for setting, features in SETTINGS.items():
         needed = setting.split("+")
         judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
-        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompt"} for p in judged]
+        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k not in ("prompt", "prompts")} for p in judged]
         human = np.array([data.qrels[q][d] for q, d in judged])
         fit = [i for i, (q, _) in enumerate(judged) if q in set(fit_qids)]
         test = [i for i, (q, _) in enumerate(judged) if q in set(test_qids)]

@@ -37,6 +37,15 @@ def _raw(record: Mapping, name: str) -> float:
     raise ConfigError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
 
 
+def available_features(records: Sequence[Mapping]) -> tuple[str, ...]:
+    """The features every record can give (the UMBRELA ones need that scorer, the QL ones that one)."""
+    needs = {"expected_grade": "expected_grade", "p3": "label_probs", "ql_mean": "ql_logprob"}
+    usable = tuple(f for f in FEATURES if all(needs[f.removesuffix("_z")] in r for r in records))
+    if not usable:
+        raise ConfigError("the records hold no judge scores to calibrate")
+    return usable
+
+
 def feature_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarray:
     """``float64[n, len(names)]``; names ending in ``_z`` are z-scored within each query's records."""
     out = np.zeros((len(records), len(names)))
@@ -102,11 +111,13 @@ class GradeCalibrator:
     fitted_on: dict
 
     @classmethod
-    def fit(cls, records: Sequence[Mapping], grades: Sequence[int], features: Sequence[str] = FEATURES,
+    def fit(cls, records: Sequence[Mapping], grades: Sequence[int], features: Sequence[str] | None = None,
             ridge: float = 1e-3) -> GradeCalibrator:
+        """Fit on labelled records; ``features`` None: every feature the records can give."""
         grades = np.asarray(grades)
         if len(records) != len(grades) or len(records) < 8:
             raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each, got {len(records)}")
+        features = tuple(features) if features is not None else available_features(records)
         x = feature_matrix(records, features)
         mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
         z = (x - mean) / std

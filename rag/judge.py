@@ -127,8 +127,27 @@ class RelevanceJudge:
             before[cut:] + "{pair}" + after + ANSWER_PREFIX
 
     def prompt(self, query: Query, passage: Document) -> str:
-        """The full prompt text of one pair (what the audit file records)."""
+        """The full UMBRELA prompt text of one pair."""
         return self.tokenizer.decode(self._prefix_ids) + self._pair_text(query, passage)
+
+    def prompts(self, query: Query, passage: Document) -> dict[str, str]:
+        """What each configured scorer fed the LM for this pair (the audit file records it)."""
+        texts = {}
+        if "umbrela" in self.config.scorers:
+            texts["umbrela"] = self.prompt(query, passage)
+        if "ql" in self.config.scorers:
+            context, target = self._ql_sequence(query, passage)
+            texts["ql"] = self.tokenizer.decode(context + target)  # the query is what gets scored
+        return texts
+
+    def _ql_sequence(self, query: Query, doc: Document) -> tuple[list[int], list[int]]:
+        """(context ids, query ids) for log P(query | passage), as the QL reranker builds them."""
+        query_ids = self.ql._ids(" " + query.text)[: self.ql.config.max_query_tokens]
+        if not query_ids:
+            raise ConfigError(f"query {query.id!r} is empty after tokenisation")
+        passage = self.tokenizer(doc.full_text, add_special_tokens=False, truncation=True,
+                                 max_length=self.config.max_passage_tokens)["input_ids"]
+        return self.ql._before + passage + self.ql._after, query_ids
 
     def _pair_text(self, query: Query, passage: Document) -> str:
         ids = self.tokenizer(passage.full_text, add_special_tokens=False, truncation=True,
@@ -147,14 +166,7 @@ class RelevanceJudge:
                 record.update(label_probs=[round(float(x), 6) for x in p],
                               expected_grade=round(float(p @ np.arange(4)), 6), label_mass=round(float(m), 6))
         if "ql" in self.config.scorers and pairs:
-            sequences = []
-            for query, doc in pairs:
-                query_ids = self.ql._ids(" " + query.text)[: self.ql.config.max_query_tokens]
-                if not query_ids:
-                    raise ConfigError(f"query {query.id!r} is empty after tokenisation")
-                passage = self.tokenizer(doc.full_text, add_special_tokens=False, truncation=True,
-                                         max_length=self.config.max_passage_tokens)["input_ids"]
-                sequences.append((self.ql._before + passage + self.ql._after, query_ids))
+            sequences = [self._ql_sequence(query, doc) for query, doc in pairs]
             scores = self.ql.score_ids(sequences, show_progress=False)
             for record, score, (_, target) in zip(records, scores, sequences, strict=True):
                 record.update(ql_logprob=round(float(score), 5), ql_tokens=len(target))

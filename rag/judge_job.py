@@ -156,7 +156,7 @@ def judge_with_checkpoint(judge, pairs: Sequence[Pair], queries: dict[str, Query
             chunk = todo[start : start + batch_pairs]
             items = [(queries[q], corpus[d]) for q, d in chunk]
             scores = judge.score_pairs(items)
-            lines = [{"qid": q, "docid": d, **s, "prompt": judge.prompt(*item)}
+            lines = [{"qid": q, "docid": d, **s, "prompts": judge.prompts(*item)}
                      for (q, d), s, item in zip(chunk, scores, items, strict=True)]
             _append(checkpoint, lines)
             done.update({(r["qid"], r["docid"]): r for r in lines})

@@ -53,3 +53,10 @@ def test_per_query_z_features_and_missing_scorer():
         feature_matrix(records, ["expected_grade"])
     with pytest.raises(ConfigError, match=">= 8"):
         GradeCalibrator.fit(records, [0, 1, 2, 3], features=("ql_mean",))
+
+
+def test_default_features_follow_the_scorers_that_ran():
+    grades = [0, 1, 2, 3] * 3
+    ql_only = [{k: v for k, v in r.items() if k.startswith("ql") or k in ("qid", "docid")} for r in _records(grades)]
+    assert GradeCalibrator.fit(ql_only, grades).features == ("ql_mean", "ql_mean_z")
+    assert len(GradeCalibrator.fit(_records(grades), grades).features) == 5

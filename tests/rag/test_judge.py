@@ -116,7 +116,8 @@ def test_interrupted_job_resumes_where_it_stopped(judge, tiny_dl19, tmp_path):
     assert list(resumed) == pairs
     for pair in pairs:
         a, b = resumed[pair], fresh[pair]
-        assert a["prompt"] == b["prompt"] and a["ql_tokens"] == b["ql_tokens"]
+        assert a["prompts"] == b["prompts"] and a["ql_tokens"] == b["ql_tokens"]
+        assert set(a["prompts"]) == {"umbrela", "ql"} and a["prompts"]["ql"].endswith(queries[pair[0]].text)
         assert a["ql_logprob"] == pytest.approx(b["ql_logprob"], abs=1e-2)
         assert a["label_probs"] == pytest.approx(b["label_probs"], abs=1e-3)
         assert sum(a["label_probs"]) == pytest.approx(1.0, abs=1e-4)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["lm", "text", "amar"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/amar/bench"))
     parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--gate-mode", choices=["scale", "filter"], nargs="+", default=["scale", "filter"],
+                        help="Amar variants to run: open gates scale the items, or only filter them")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -77,17 +80,22 @@ def main() -> None:
     if args.head is None and "amar" in args.modes:
         parser.error("--modes amar needs --head")
     model = AmarModel.load(args.head) if args.head is not None else AmarModel()
+    variants = [m for m in args.modes if m != "amar"]
+    if "amar" in args.modes:
+        variants += [f"amar-{g}" for g in args.gate_mode]
     table: dict[str, dict] = {}
     for hop in args.hops:
         questions = load_metaqa(args.data, hop, "test", limit=args.n, seed=args.seed)
         retrievals = retrieve_cached(retriever, questions, args.work / f"test_{hop}hop_{args.n}_{args.seed}.pkl")
         row: dict = {"questions": len(questions), **coverage(retrievals, questions)}
-        for mode in args.modes:
-            out = generations(model, retrievals, mode, args.work / f"{mode}_{hop}hop_{args.n}_{args.seed}.jsonl",
-                              args.chunk)
+        for mode in variants:
+            if mode.startswith("amar"):
+                model.config = replace(model.config, gate_mode=mode.split("-")[1])
+            cache = args.work / f"{mode.replace('amar-scale', 'amar')}_{hop}hop_{args.n}_{args.seed}.jsonl"
+            out = generations(model, retrievals, mode.split("-")[0], cache, args.chunk)
             hits = [hits_at_1(o["answer"], q.answers) for o, q in zip(out, questions)]
             row[mode] = {"hits@1": round(sum(hits) / len(hits), 4)}
-            if mode == "amar":
+            if mode.startswith("amar"):
                 items = [len(aspect_items(r)) for r in retrievals]
                 row[mode]["items_open"] = round(sum(len(o["open"]) for o in out) / len(out), 2)
                 row[mode]["items_retrieved"] = round(sum(items) / len(items), 2)
@@ -99,9 +107,9 @@ def main() -> None:
                                      for o, q in list(zip(out, questions))[:3]]
         table[f"{hop}-hop"] = row
 
-    print(f"\n{'':8}" + "".join(f"{m:>10}" for m in args.modes))
+    print(f"\n{'':8}" + "".join(f"{m:>13}" for m in variants))
     for name, row in table.items():
-        print(f"{name:8}" + "".join(f"{100 * row[m]['hits@1']:>10.1f}" for m in args.modes))
+        print(f"{name:8}" + "".join(f"{100 * row[m]['hits@1']:>13.1f}" for m in variants))
     payload = {
         "meta": run_metadata(("torch", "transformers")),
         "metric": "Hits@1: first answer of the greedy generation (or the whole short answer) equals a gold "
@@ -112,7 +120,8 @@ def main() -> None:
         if args.head is not None and (args.head / "training.json").is_file() else None,
         "test_subset": f"{args.n} questions per hop, numpy default_rng({args.seed}) without replacement",
         "modes": {"lm": "question only", "text": "retrieved entity, relations and paths as plain text",
-                  "amar": "gated, self-aligned soft prompts (inputs_embeds) from the same items"},
+                  "amar-scale": "gated, self-aligned soft prompts (inputs_embeds); open items scaled by their gate",
+                  "amar-filter": "the same, open items unscaled (the gate only filters)"},
         "table": table,
         "notes": "CPU only (2 cores shared with other jobs, load ~10); MetaQA test subset, not the full test.",
     }

@@ -11,7 +11,7 @@ per retrieved path of the subgraph aspect ("Tom Hanks acted in movies directed b
    LM embeddings, the retrieval score and the item's kind and length. A gate below
    ``gate_threshold`` closes: the item is left out of the prompt (except the ``min_open_paths``
    best-gated paths, so the subgraph aspect never vanishes); an open gate scales the item's
-   embeddings by ``g``. Gates come before alignment, so a closed item influences nothing
+   embeddings by ``g`` (``gate_mode="scale"``) or lets them through unchanged (``"filter"``). Gates come before alignment, so a closed item influences nothing
    downstream: the prompt is exactly the one built without that item (a test checks this).
 3. **Self-alignment**: each open item's token embeddings attend (multi-head cross-attention) to the
    pooled embeddings of all open items and the question; the result is added back through a learned
@@ -62,11 +62,15 @@ class AmarConfig:
     align_heads: int = 4
     gate_threshold: float = 0.5
     min_open_paths: int = 1  # the best-gated paths stay open even below the threshold
+    # "scale": open items enter multiplied by their gate; "filter": gates only decide which items enter.
+    gate_mode: Literal["scale", "filter"] = "scale"
     max_new_tokens: int = 12
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_threshold <= 1.0:
             raise ConfigError(f"gate_threshold must lie in [0, 1], got {self.gate_threshold}")
+        if self.gate_mode not in ("scale", "filter"):
+            raise ConfigError(f"gate_mode {self.gate_mode!r}: expected scale or filter")
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be >= 1")
 
@@ -234,7 +238,9 @@ class AmarModel:
             kept = [token_embeds[i] for i in open_]
             pools = torch.stack([t.mean(0) for t in kept])
             aligned = self.head.aligned(kept, pools, q_pool)
-            parts += [probs[i] * a for i, a in zip(open_, aligned)]
+            if self.config.gate_mode == "scale":
+                aligned = [probs[i] * a for i, a in zip(open_, aligned)]
+            parts += aligned
         return torch.cat([*parts, suffix]), {"gates": levels, "open": open_,
                                              "logits": logits}
 
@@ -274,13 +280,14 @@ class AmarModel:
         (folder / "amar_config.json").write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> AmarModel:
+    def load(cls, folder: str | Path, device: str = "cpu", **overrides) -> AmarModel:
+        """Load a saved head; ``overrides`` replace inference settings (``gate_mode``, ``gate_threshold``)."""
         import torch
 
         folder = Path(folder)
         if not (folder / "amar_head.pt").is_file():
             raise ConfigError(f"{folder}: no amar_head.pt; train one with 'sparsa train amar'")
-        config = AmarConfig(**json.loads((folder / "amar_config.json").read_text()))
+        config = AmarConfig(**{**json.loads((folder / "amar_config.json").read_text()), **overrides})
         model = cls(config, device)
         model.head.load_state_dict(torch.load(folder / "amar_head.pt", map_location=device))
         return model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sparsa.rag.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
@@ -52,6 +54,12 @@ def test_closed_gate_equals_removing_the_item(model):
         logits_masked = model.lm(inputs_embeds=masked[None]).logits
         logits_removed = model.lm(inputs_embeds=removed[None]).logits
         torch.testing.assert_close(logits_masked, logits_removed)
+        scaled = model.config
+        model.config = replace(scaled, gate_mode="filter")  # gates only select: same equivalence
+        masked, _ = model.prompt_embeds(full, aspect_items(full), "amar", gates=gates)
+        removed, _ = model.prompt_embeds(without, aspect_items(without), "amar", gates=gates[[0, 1, 2, 4]])
+        model.config = scaled
+        torch.testing.assert_close(masked, removed)
         model.head.align_scale.fill_(0.0)
 
 

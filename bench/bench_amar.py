@@ -48,6 +48,18 @@ def coverage(retrievals, questions) -> dict:
     return {"answer_in_top_path": round(top / len(questions), 4), "answer_in_any_path": round(any_ / len(questions), 4)}
 
 
+def kg_answer_hits(out: list[dict], retrievals, questions) -> float:
+    """Diagnostic without the LM: Hits@1 of the first entity of the highest-gated path."""
+    hits = 0.0
+    for o, r, q in zip(out, retrievals, questions):
+        items = aspect_items(r)
+        paths = [i for i, item in enumerate(items) if item.kind == "path"]
+        if paths and o["gates"]:
+            best = max(paths, key=lambda i: o["gates"][i])
+            hits += hits_at_1(items[best].tails[0], q.answers)
+    return round(hits / len(out), 4)
+
+
 def merge_results(amar: dict) -> Path:
     """Read-modify-write ``rag.json``: only the ``amar`` key changes (other helpers own the rest)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -87,7 +99,10 @@ def main() -> None:
     for hop in args.hops:
         questions = load_metaqa(args.data, hop, "test", limit=args.n, seed=args.seed)
         retrievals = retrieve_cached(retriever, questions, args.work / f"test_{hop}hop_{args.n}_{args.seed}.pkl")
-        row: dict = {"questions": len(questions), **coverage(retrievals, questions)}
+        row: dict = {"questions": len(questions), **coverage(retrievals, questions),
+                     "kg_answer_retriever_top_path": round(sum(
+                         hits_at_1(r.paths[0].tails[0], q.answers) if r.paths else 0.0
+                         for r, q in zip(retrievals, questions)) / len(questions), 4)}
         for mode in variants:
             if mode.startswith("amar"):
                 model.config = replace(model.config, gate_mode=mode.split("-")[1])
@@ -99,6 +114,7 @@ def main() -> None:
                 items = [len(aspect_items(r)) for r in retrievals]
                 row[mode]["items_open"] = round(sum(len(o["open"]) for o in out) / len(out), 2)
                 row[mode]["items_retrieved"] = round(sum(items) / len(items), 2)
+                row[mode]["kg_answer_gate_top_path"] = kg_answer_hits(out, retrievals, questions)
                 row[mode]["answer_in_open_paths"] = round(sum(
                     any(item_labels([its[i] for i in o["open"]], q.answers)[k] == 1.0 for k in range(len(o["open"])))
                     for o, q, its in zip(out, questions, (aspect_items(r) for r in retrievals))) / len(out), 4)

@@ -106,6 +106,15 @@ def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index:
     return runs, timings
 
 
+def _index_record(folder: Path) -> dict:
+    """Where the learned-sparse index came from (its manifest: encoder, build time)."""
+    if not (folder / "sparsa.json").is_file():
+        return {}
+    manifest = json.loads((folder / "sparsa.json").read_text())
+    return {"path": str(folder), "encoder": manifest.get("encoder"), "build_seconds": manifest.get("build_seconds"),
+            "built_with": "sparsa index --dataset scifact --kind splade --model <model> --backend exact"}
+
+
 def tune_fusion(runs: list[Run], qrels: Qrels, method: str, normalisation: str = "minmax") -> tuple[list[float], float]:
     """Grid search of weights (first run fixed at 1) by nDCG@10 on the tuning queries."""
     grid = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -180,6 +189,7 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
         "pretraining_selected": selected,
         "fine_tuned_for_hybrid": {"variant": best_ft, "chosen_by": "nDCG@10 on dev"},
         "first_stage": baselines, "first_stage_timings": timings,
+        "splade_index": _index_record(splade_index or work / "scifact-splade"),
         "hybrids": hybrids,
         "best_hybrid_chosen_on_dev": best_by_dev,
         "best_hybrid_on_test (for reference; not a selection)": max(hybrids, key=lambda h: h["nDCG@10"]),

@@ -7,17 +7,17 @@ import zlib
 
 import numpy as np
 import pytest
+from sparsa.indexes import build_index, open_index
+from sparsa.indexes.dense_index import DenseIndex
 
 from sparsa.artifacts import read_manifest
 from sparsa.errors import ConfigError, UnknownNameError
-from sparsa.indexes import build_index, open_index
-from sparsa.indexes.dense_index import DenseIndex
 from sparsa.types import Corpus, Document
 
 pytest.importorskip("faiss", reason="needs the 'faiss' extra")
 
 DIM = 32
-WORDS = "protein cell cancer vitamin bone gene virus heart brain sleep diet drug mouse trial".split()
+WORDS = ["protein", "cell", "cancer", "vitamin", "bone", "gene", "virus", "heart", "brain", "sleep", "diet", "drug", "mouse", "trial"]
 
 
 class HashingDenseEncoder:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from sparsa.errors import ConfigError, DataFormatError
 from sparsa.retrieval.dense_pretrain import (
     bfs_pair,
     ict_pair,
@@ -16,6 +14,8 @@ from sparsa.retrieval.dense_pretrain import (
     split_sentences,
     wlp_pair,
 )
+
+from sparsa.errors import ConfigError, DataFormatError
 from sparsa.types import Corpus, Document, Qrels, Query
 
 SENTENCES = ["Vitamin D regulates calcium.", "Deficiency weakens bone.", "Trials in 2019 showed gains.",

@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from sparsa.retrieval.fusion import (
+    HybridRetriever,
+    fuse,
+    interpolate,
+    normalise_scores,
+    reciprocal_rank_fusion,
+)
 
 from sparsa.errors import ConfigError
-from sparsa.retrieval.fusion import HybridRetriever, fuse, interpolate, normalise_scores, reciprocal_rank_fusion
 from sparsa.types import Hit, Query, Run
 
 A = Run({"q": [Hit("a", 10.0), Hit("b", 8.0), Hit("c", 2.0)]}, name="A")

@@ -46,8 +46,9 @@ NOTES = {
     "throughput": "measured first on 64 random DL19 pairs, one process, 2 threads, load ~11: UMBRELA prompt 0.25 "
                   "pairs/s, query likelihood 0.40 pairs/s. All 9,260 pairs with both scorers would take ~16 h "
                   "here, so only the pairs that nDCG@10 of the compared runs needs were judged (below). During the "
-                  "job (two QL processes + one UMBRELA process, load ~16-18): QL ~12.6 pairs/min, UMBRELA ~4.6 "
-                  "pairs/min in total.",
+                  "job (two QL processes + one UMBRELA process, load ~16-18): each QL process ~6 s/pair (478 pairs "
+                  "in 48 min), UMBRELA ~5 pairs/min; the UMBRELA job was stopped at 400 pairs (rank 3) for the "
+                  "deadline; rerunning the score stage resumes it.",
     "pairs": "the union of the six runs' top 10 per query (1,036 pairs, all NIST-judged), ordered rank-major "
              "(every run's rank 1 for every query first, then rank 2, ...), so a job stopped early has judged "
              "every run's top d for every query; complete_depth is that d and the system-ranking nDCG is cut "

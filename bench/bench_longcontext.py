@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     records = [done[e["id"]] for e in examples if e["id"] in done]
     summary = summarise(records)
+    by_task = {task: summarise([r for r in records if r["task"] == task]) for task in sorted({r["task"] for r in records})}
     print(f"{'variant':<24}{'n':>4}{'acc':>7}{'vs full':>9}{'KV MB':>9}{'KV x':>7}")
     for name, s in summary.items():
         ratio = "" if s["accuracy_vs_full"] is None else f"{s['accuracy_vs_full']:.2f}"
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "examples_planned": len(examples), "examples_done": len(records),
         "notes": "CPU run (2 shared cores): the variants use the PyTorch references of the kernels; "
                  "seconds are distorted by load. KV bytes are float32 tensors as stored.",
-        "summary": summary, "records": records}, packages=("torch", "transformers"))
+        "summary": summary, "summary_by_task": by_task, "records": records}, packages=("torch", "transformers"))
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,34 @@ def _init_ray(options: RayOptions) -> Any:
     require("ray.data", "ray")
     if not ray.is_initialized():
         address = options.address or os.environ.get("SPARSA_RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
+        with preserve_crash_signal_handlers():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False)
     return ray
+
+
+@contextmanager
+def preserve_crash_signal_handlers() -> Iterator[None]:
+    """Put back the process's native handlers for fault signals after ``ray.init`` or ``ray.shutdown``.
+
+    The JVM behind Lucene raises SIGSEGV on purpose (null checks, safepoints) and must see it first;
+    with Ray's crash reporter installed instead (or the default action, after ``ray.shutdown``),
+    the next Lucene call after a Ray job kills the process. ``sigaction`` is called through ctypes because Python's ``signal`` cannot hold a native
+    handler; the struct is copied as opaque bytes, so its layout does not matter.
+    """
+    import ctypes
+    import ctypes.util
+    import signal
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    signals = [signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGTERM]
+    saved = {}
+    for number in signals:
+        action = ctypes.create_string_buffer(512)  # larger than any libc's struct sigaction
+        if libc.sigaction(int(number), None, action) == 0:
+            saved[number] = action
+    try:
+        yield
+    finally:
+        for number, action in saved.items():
+            libc.sigaction(int(number), action, None)

@@ -8,6 +8,7 @@ import pytest
 from sparsa.data import load_dataset
 from sparsa.indexes import build_index, open_index
 from sparsa.types import Corpus
+from tests.conftest import needs_java
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.slow
@@ -17,9 +18,13 @@ pytestmark = pytest.mark.slow
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from sparsa.indexes.ray_encoding import preserve_crash_signal_handlers
+
+    with preserve_crash_signal_handlers():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
-    ray.shutdown()
+    with preserve_crash_signal_handlers():  # shutdown resets SIGSEGV to the default, killing a later JVM
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +67,38 @@ def test_ray_encoder_resumes_mid_job_and_encodes_dense(ray_local, docs):
     assert got.shape == expected.shape and cosine.min() > 0.999
     with pytest.raises(Exception, match="not part of its job"):
         on_ray.encode_documents(["a text this job never had"])
+
+
+_LUCENE_THEN_RAY = """
+import faulthandler, sys
+faulthandler.enable()  # as under pytest: part of the chain of handlers that broke
+from sparsa.data import load_dataset
+from sparsa.indexes import build_index, open_index
+from sparsa.indexes.ray_encoding import RayOptions, _init_ray, preserve_crash_signal_handlers
+
+data = load_dataset(sys.argv[1])  # all of Cranfield: a few JVM safepoints and null checks are certain
+build_index("bm25", data.corpus, sys.argv[2] + "/before", show_progress=False)  # starts the JVM
+import ray
+
+def bm25_run(name):
+    build_index("bm25", data.corpus, sys.argv[2] + "/" + name, show_progress=False)
+    print(len(open_index(sys.argv[2] + "/" + name).retrieve(data.queries, k=10, show_progress=False)))
+
+_init_ray(RayOptions())
+bm25_run("after-init")
+with preserve_crash_signal_handlers():
+    ray.shutdown()
+bm25_run("after-shutdown")
+"""
+
+
+def test_lucene_keeps_working_in_a_process_after_ray_starts(shared_data, tmp_path):
+    """Ray's init and shutdown used to replace the JVM's SIGSEGV handler: the next Lucene call segfaulted."""
+    import subprocess
+    import sys
+
+    needs_java()
+    done = subprocess.run([sys.executable, "-c", _LUCENE_THEN_RAY, str(shared_data / "cranfield"), str(tmp_path)],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["225", "225"]

@@ -1,0 +1,115 @@
+"""The indexing path's tokenisation (``TokenIds``, blocks) against the plain tokenizer call, on real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsa.batching import TokenIds, tokenized_blocks
+from sparsa.models import resolve_model
+
+# Texts the ASCII shortcut must leave to the normaliser or get exactly right: control characters,
+# tabs and newlines, added tokens in any case (also split by a removed control character), accents,
+# CJK, empty and over-long texts.
+TRICKY = [
+    "Hello\tWorld\nnew\rline", "a\x00b\x7fc\x0bd\x0ce", "the [MASK] token", "[cls] lower case", "[MA\x01SK] split",
+    "Café au lait", "中文 text", "  leading and trailing  ", "", "UPPER CASE ONLY", "x" * 5000, "word " * 1000,
+    "<|endoftext|> and <|im_start|>", "\ufffd replacement", "ÅNGSTRÖM naïve",
+]
+
+
+def _plain_ids(tokenizer, texts: list[str], max_length: int, add_special_tokens: bool = True) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+# (model, max_length, add_special_tokens): the SPLADE MLM, the dense encoder's 256, the decoder
+# layout (no special tokens, (512 - 1) // 2 for echo) and a short limit that truncates nearly all.
+CASES = [("splade-tiny", 512, True), ("minilm-l6", 256, True), ("smollm2-135m-instruct", 255, False),
+         ("splade-tiny", 16, True)]
+
+
+@pytest.mark.parametrize("model, max_length, special", CASES, ids=lambda x: str(x))
+def test_token_ids_equal_plain_call_on_scifact(model, max_length, special, scifact):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    texts = [doc.full_text for doc in scifact.corpus.documents] + TRICKY
+    ours = TokenIds(tokenizer, max_length, add_special_tokens=special)(texts)
+    expected = _plain_ids(tokenizer, texts, max_length, special)
+    mismatched = [i for i, (a, b) in enumerate(zip(ours, expected, strict=True)) if a != b]
+    assert not mismatched, f"{len(mismatched)} texts differ, first {texts[mismatched[0]][:80]!r}"
+    assert max(len(x) for x in ours) == max_length
+
+
+def test_ascii_shortcut_used_only_where_exact():
+    from transformers import AutoTokenizer
+
+    ids = TokenIds(AutoTokenizer.from_pretrained(resolve_model("splade-tiny")), 512)
+    assert ids._plain is not None  # BERT normaliser: the shortcut is on
+    assert ids._normalise_ascii("Tab\there") == "tab here"
+    assert ids._normalise_ascii("a\x00b") == "ab"
+    for text in ("the [MASK] token", "[cls] lower", "[MA\x01SK]", "Café"):
+        assert ids._normalise_ascii(text) is None
+
+
+def test_tokenized_blocks_cover_texts_in_order():
+    texts = [f"t{i}" for i in range(23)]
+    seen = []
+    for offset, block in tokenized_blocks(texts, lambda xs: [[len(x)] for x in xs], block_size=8, first_block=3):
+        seen.append((offset, len(block)))
+    assert seen == [(0, 3), (3, 8), (11, 8), (19, 4)]
+    assert [o for o, _ in tokenized_blocks(texts, lambda xs: xs, block_size=30, first_block=5)] == [0, 5]
+    assert list(tokenized_blocks([], lambda xs: xs)) == []
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Several blocks, and a first block of another size, on this small input."""
+    from sparsa.retrieval import dense, splade
+
+    for module in (splade, dense):
+        monkeypatch.setitem(module._BLOCK_SIZE, "cpu", 16)
+        monkeypatch.setitem(module._FIRST_BLOCK, "cpu", 5)
+
+
+def _shuffled(scifact) -> tuple[list[str], np.ndarray]:
+    texts = [doc.full_text for doc in scifact.corpus.documents[:12]] + TRICKY
+    order = np.random.default_rng(0).permutation(len(texts))
+    return texts, order
+
+
+def test_splade_vectors_equal_plain_tokenizer_path(scifact, small_blocks):
+    from sparsa.kernels.splade_pool import splade_pool_ref
+    from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+
+    encoder = SpladeEncoder(SpladeConfig(device="cpu", pooling="chunked"))
+    texts, order = _shuffled(scifact)
+    ours = encoder.encode_dense([texts[i] for i in order])
+    expected = torch.zeros_like(ours)
+    with torch.inference_mode():
+        plain = _plain_ids(encoder.tokenizer, texts, 512)
+        for at, i in enumerate(order.tolist()):  # one text at a time: no padding in the reference
+            input_ids = torch.tensor([plain[i]])
+            hidden = encoder.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+            n = torch.tensor([input_ids.shape[1]], dtype=torch.int32)
+            expected[at] = splade_pool_ref(hidden, encoder.weight, encoder.bias, torch.zeros_like(n), n)[0]
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert ((ours > 0).sum(dim=1) > 0).all()
+
+
+def test_dense_vectors_equal_plain_tokenizer_path(scifact, small_blocks):
+    from sparsa.retrieval.dense import DenseConfig, DenseEncoder, pool_hidden
+
+    encoder = DenseEncoder(DenseConfig(device="cpu", dtype="float32"))
+    texts, order = _shuffled(scifact)
+    ours = encoder.encode([texts[i] for i in order])
+    plain = _plain_ids(encoder.tokenizer, texts, encoder.max_length)
+    with torch.inference_mode():
+        expected = []
+        for i in order.tolist():
+            input_ids = torch.tensor([plain[i]])
+            mask = torch.ones_like(input_ids)
+            hidden = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            expected.append(torch.nn.functional.normalize(pool_hidden(hidden, mask, "mean"), dim=-1)[0].numpy())
+    np.testing.assert_allclose(ours, np.stack(expected), atol=1e-5)

@@ -91,10 +91,11 @@ class TokenIds:
       The call releases the GIL, so a background thread can tokenise while the model runs.
     - A ``BertNormalizer`` keeps a character alignment for every normalised string, which costs
       about as much as the rest of tokenisation. On ASCII text it acts character by character, so
-      the same normalisation is a Python ``lower()`` plus a substitution of the few characters it
-      changes otherwise (read from the normalizer itself, per ASCII character); such texts go
-      through a copy without the normaliser. Texts containing an added token (e.g. ``[MASK]``,
-      matched before normalising) and non-ASCII texts take the normal path.
+      the same normalisation is one ``bytes.translate`` with a table read from the normaliser
+      itself (what it makes of each ASCII character: lower case, control characters dropped,
+      tabs and newlines to spaces); such texts go through a copy without the normaliser. Texts
+      that may hold an added token (e.g. ``[MASK]``, matched before normalising) and non-ASCII
+      texts take the normal path.
 
     Tokenizers without a Rust backend (slow tokenizers) fall back to the wrapper call.
     """
@@ -112,16 +113,18 @@ class TokenIds:
             self._plain = _truncating_copy(backend, max_length, side)
             self._plain.normalizer = None
             self._encode_plain = getattr(self._plain, "encode_batch_fast", self._plain.encode_batch)
-            normalize = backend.normalizer.normalize_str
-            self._lowercase = bool(backend.normalizer.lowercase)
-            base = str.lower if self._lowercase else str
-            changed = {chr(i): normalize(chr(i)) for i in range(128) if normalize(chr(i)) != base(chr(i))}
-            self._ascii_map = changed
-            self._ascii_changed = re.compile("[" + re.escape("".join(changed)) + "]") if changed else None
-            # Usually only control characters change: then printable texts (a fast check) need no scan.
-            self._scan_printable = any(c.isprintable() for c in changed)
-            added = [t.content.lower() for t in backend.get_added_tokens_decoder().values()]
-            self._added = re.compile("|".join(re.escape(a) for a in added)) if added else None
+            mapped = [backend.normalizer.normalize_str(chr(i)) for i in range(128)]
+            if not all(len(m) <= 1 and m.isascii() for m in mapped):  # a table cannot say it
+                self._plain = None
+                return
+            self._table = bytes([ord(m) if m else i for i, m in enumerate(mapped)] + list(range(128, 256)))
+            self._delete = bytes(i for i, m in enumerate(mapped) if not m)
+            added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
+            self._added = re.compile("|".join(re.escape(a.lower()) for a in added)) if added else None
+            # A text can hold an added token only if it holds the token's first character in some
+            # case, or a character the normaliser turns into one: a substring test rules most out.
+            firsts = {c for a in added for c in (a[0].lower(), a[0].upper())}
+            self._added_firsts = tuple(firsts | {chr(i) for i, m in enumerate(mapped) if m in firsts})
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (a list of ints per text, truncated to ``max_length``)."""
@@ -153,14 +156,10 @@ class TokenIds:
         """What the ``BertNormalizer`` makes of an ASCII text; None for other texts and added tokens."""
         if not text.isascii():
             return None
-        normalised = text
-        scan = self._ascii_changed is not None and (self._scan_printable or not text.isprintable())
-        if scan and self._ascii_changed.search(text):
-            normalised = self._ascii_changed.sub(lambda m: self._ascii_map[m.group()], text)
-        if self._lowercase:
-            normalised = normalised.lower()
+        normalised = text.encode("ascii").translate(self._table, self._delete).decode("ascii")
         # Added tokens are matched in the raw text or in the normalised one; either way, skip it.
-        if self._added is not None and (self._added.search(normalised.lower()) or self._added.search(text.lower())):
+        maybe_added = self._added is not None and any(c in text for c in self._added_firsts)
+        if maybe_added and (self._added.search(normalised.lower()) or self._added.search(text.lower())):
             return None
         return normalised
 

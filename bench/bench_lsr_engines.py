@@ -2,13 +2,16 @@
 
     python bench/bench_lsr_engines.py --collection scifact            # real splade-tiny vectors
     python bench/bench_lsr_engines.py --collection synthetic --docs 1000000
-    python bench/bench_lsr_engines.py --collection synthetic --docs 1000000 --engines exact seismic exact-gpu --tag h200
+    bash bench/gpu_lsr_engines.sh                                       # on the GPU machine
 
 Engines: exact (sparsa's exact backend on CPU: scipy CSC postings), seismic, lucene-impact, and
-exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk, batches of 256).
+exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk, batches of 256;
+exact-torch runs that code on the CPU, to dry-run the GPU job).
 Seismic builds use every core (sparsa >= this commit); searches use one thread (the GPU engine: one GPU). Latency is per
-single query on one thread; throughput is one batch of all queries (one thread on CPU). Recall@10
-is against exact scoring. Encoded SciFact vectors are cached in .stage/ (git-ignored).
+single query on one thread; throughput is one batch of all queries (one thread on CPU; the median of
+up to 5 repeats while they take under 1 s in all). Recall@10
+is against exact scoring. Encoded SciFact vectors are cached in .stage/lsr_seed/ (git-ignored; carry it to
+the GPU machine).
 """
 
 from __future__ import annotations
@@ -27,43 +30,42 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import RESULTS, write_results  # noqa: E402
-from synthetic_splade import synthesize  # noqa: E402
+from common import RESULTS, run_metadata, write_results  # noqa: E402
+from synthetic_splade import SEED_FILE, fingerprint, load_seed, save_seed, synthesize  # noqa: E402
 
 from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
 from sparsa.types import Hit, SparseVector  # noqa: E402
 
-STAGE = Path(__file__).resolve().parent.parent / ".stage"
 K = 10
+GENERATOR = ("real-derived (bench/synthetic_splade.py since this commit): each document blends a real SciFact "
+             "splade-tiny document with a topical neighbour, with term dropout, weight noise and a few terms "
+             "resampled from the marginal")
 
 
-def scifact_vectors(data_dir: Path) -> tuple[SparseMatrix, list[SparseVector]]:
-    """splade-tiny vectors of SciFact's corpus and test queries (encoded once, then cached)."""
-    docs_dir, queries_file = STAGE / "scifact-splade-tiny", STAGE / "scifact-splade-tiny-queries.npz"
-    if not (docs_dir / "doc_ids.json").is_file() or not queries_file.is_file():
+def scifact_vectors(data_dir: Path, seed_file: Path = SEED_FILE) -> tuple[SparseMatrix, list[SparseVector]]:
+    """splade-tiny vectors of SciFact's corpus and test queries: encoded once into ``seed_file``
+    (a small .npz, also what the synthetic generator and the GPU machine read)."""
+    if not seed_file.is_file():
         from sparsa.data import load_dataset
         from sparsa.retrieval.splade import SpladeEncoder
 
         data = load_dataset(data_dir / "scifact")
         encoder = SpladeEncoder()
         vectors = encoder.encode_documents([d.full_text for d in data.corpus.documents])
-        SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size).save(docs_dir)
-        queries = encoder.encode_queries([q.text for q in data.queries])
-        query_matrix = SparseMatrix.from_vectors([q.id for q in data.queries], queries, encoder.vocab_size)
-        np.savez(queries_file, indptr=query_matrix.indptr, indices=query_matrix.indices, values=query_matrix.values)
-    saved = np.load(queries_file)
-    queries = [SparseVector(saved["indices"][a:b], saved["values"][a:b])
-               for a, b in zip(saved["indptr"][:-1], saved["indptr"][1:])]
-    return SparseMatrix.load(docs_dir), queries
+        docs = SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size)
+        save_seed(seed_file, docs, encoder.encode_queries([q.text for q in data.queries]))
+    return load_seed(seed_file)
 
 
-def open_engine(name: str, matrix: SparseMatrix, folder: Path):
+def open_engine(name: str, matrix: SparseMatrix, folder: Path, build: dict | None = None):
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
     from sparsa.registry import SPARSE_BACKENDS
 
-    if name in ("exact", "exact-gpu"):
-        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu", batch_size=256)
-    return SPARSE_BACKENDS.get(name).build(matrix, folder, {"threads": 1})
+    if name == "exact":
+        return ExactSparseSearcher(matrix, "cpu")
+    if name in ("exact-gpu", "exact-torch"):  # exact-torch: the GPU engine's code on the CPU (dry runs)
+        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu", batch_size=256, backend="torch")
+    return SPARSE_BACKENDS.get(name).build(matrix, folder, {"threads": 1, **(build or {})})
 
 
 def folder_bytes(folder: Path) -> int:
@@ -77,9 +79,12 @@ def timed_search(engine, queries: list[SparseVector], truth: list[list[Hit]], la
         t = time.perf_counter()
         engine.search([q], K)
         latencies.append((time.perf_counter() - t) * 1000)
-    t = time.perf_counter()
-    found = engine.search(queries, K)
-    batch_s = time.perf_counter() - t
+    times = []  # the whole query set as one batch, repeated (median) while that stays cheap
+    while not times or (len(times) < 5 and sum(times) < 1.0):
+        t = time.perf_counter()
+        found = engine.search(queries, K)
+        times.append(time.perf_counter() - t)
+    batch_s = float(np.median(times))
     recall = np.mean([len({h.doc_id for h in f} & {h.doc_id for h in t}) / max(1, min(K, len(t)))
                       for f, t in zip(found, truth)])
     return {"p50_ms": round(float(np.percentile(latencies, 50)), 3),
@@ -88,44 +93,54 @@ def timed_search(engine, queries: list[SparseVector], truth: list[list[Hit]], la
 
 
 # Seismic's search-time knobs (no rebuild): how many query terms to use, how hard to prune blocks.
-SEISMIC_SWEEP = [(20, 0.8), (64, 0.7), (64, 0.5), (64, 0.3)]  # lower heap_factor: fewer blocks skipped
+SEISMIC_SWEEP = [(10, 0.9), (20, 0.9), (20, 0.8), (30, 0.7), (64, 0.5)]  # lower heap_factor: fewer blocks skipped
 
 
 def measure(name: str, matrix: SparseMatrix, queries: list[SparseVector], truth: list[list[Hit]],
-            latency_queries: int) -> dict[str, dict]:
+            args: argparse.Namespace) -> dict[str, dict]:
     """Rows for one engine: one per search setting (Seismic sweeps its search-time knobs)."""
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     try:
         started = time.perf_counter()
-        engine = open_engine(name, matrix, folder)
+        engine = open_engine(name, matrix, folder, args.seismic_build if name == "seismic" else None)
         built = {"build_s": round(time.perf_counter() - started, 2),
                  "index_mb": round((folder_bytes(folder) or int(matrix.indptr.nbytes + matrix.indices.nbytes
                                                                + matrix.values.nbytes)) / 2**20, 1)}
         if name != "seismic":
-            return {name: built | timed_search(engine, queries, truth, latency_queries)}
+            return {name: built | timed_search(engine, queries, truth, args.latency_queries)}
         rows = {}
-        for query_cut, heap_factor in SEISMIC_SWEEP:
+        for query_cut, heap_factor in args.seismic_sweep:
             engine.config = replace(engine.config, query_cut=query_cut, heap_factor=heap_factor)
             rows[f"seismic qc={query_cut} hf={heap_factor}"] = built | timed_search(engine, queries, truth,
-                                                                                     latency_queries)
+                                                                                     args.latency_queries)
         return rows
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def save(args: argparse.Namespace, matrix: SparseMatrix, queries: list[SparseVector], rows: dict) -> Path:
-    key = f"{args.collection}-{len(matrix)}"
-    out = RESULTS / "lsr_engines.json"
+    derived = "-derived" if args.collection == "synthetic" else ""  # the older independent-terms set had none
+    key = f"{args.collection}{derived}-{len(matrix)}"
+    out = args.results
     previous = json.loads(out.read_text()) if out.is_file() else {}
     runs = previous.get("runs", {})
+    packages = ("torch", "scipy", "numpy", "pyseismic-lsr", "pyserini")
     runs.setdefault(key, {})[args.tag] = {
-        "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+        "meta": run_metadata(packages), "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
         "queries": len(queries), "mean_query_terms": round(float(np.mean([q.nnz for q in queries])), 1),
-        "engines": rows,
+        **args.generated, "engines": rows,
     }
     extra = {k: v for k, v in previous.items() if k not in ("meta", "runs", "k")}
-    return write_results("lsr_engines", {"k": K, "runs": runs, **extra},
-                         packages=("torch", "scipy", "pyseismic-lsr", "pyserini"))
+    return write_results("lsr_engines", {"k": K, "runs": runs, **extra}, packages=packages, path=out)
+
+
+def merge(source: Path, target: Path) -> None:
+    """Copy every run (collection x tag, each with its own meta) of ``source`` into ``target``."""
+    found, merged = json.loads(source.read_text()), json.loads(target.read_text())
+    for key, tags in found["runs"].items():
+        merged["runs"].setdefault(key, {}).update(tags)
+        print(f"merged {key}: {', '.join(tags)}")
+    target.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def main() -> None:
@@ -135,9 +150,25 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+",
                         default=["exact", "seismic", "lucene-impact"])
     parser.add_argument("--latency-queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=None,
+                        help="use the first N queries (all 300 by default); the batch is all of them")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--tag", default="cpu", help="results key, e.g. cpu or h200")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic collection seed")
+    parser.add_argument("--seed-file", type=Path, default=SEED_FILE, help="real vectors (.npz), written if missing")
+    parser.add_argument("--results", type=Path, default=RESULTS / "lsr_engines.json",
+                        help="JSON to update (the GPU run writes a copy under $OUT)")
+    parser.add_argument("--seismic-build", type=json.loads, default={},
+                        help='Seismic build settings as JSON, e.g. \'{"n_postings": 3000}\' (SeismicConfig defaults)')
+    parser.add_argument("--seismic-sweep", nargs="+", default=SEISMIC_SWEEP,
+                        type=lambda s: (int(s.split(":")[0]), float(s.split(":")[1])),
+                        help="query_cut:heap_factor pairs to search with")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="only copy the runs of this JSON (e.g. the GPU machine's) into --results")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.results)
+        return
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -145,17 +176,22 @@ def main() -> None:
     torch.set_num_threads(1)
     from sparsa.config import load_settings
 
-    matrix, queries = scifact_vectors(args.data_dir or load_settings().data_dir)
+    matrix, queries = scifact_vectors(args.data_dir or load_settings().data_dir, args.seed_file)
+    queries = queries[: args.queries]
+    args.generated = {}
     if args.collection == "synthetic":
         started = time.perf_counter()
-        matrix = synthesize(matrix, args.docs, device="cuda" if torch.cuda.is_available() else "cpu")
-        print(f"synthesized {len(matrix)} documents in {time.perf_counter() - started:.0f} s")
+        matrix = synthesize(matrix, args.docs, args.seed)
+        args.generated = {"generation_s": round(time.perf_counter() - started, 1), "fingerprint": fingerprint(matrix),
+                          "generator": GENERATOR, "seed": args.seed}
+        print(f"synthesized {len(matrix)} documents in {args.generated['generation_s']} s, "
+              f"fingerprint {args.generated['fingerprint']}", flush=True)
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
 
     truth = ExactSparseSearcher(matrix, "cpu").search(queries, K)
     rows: dict[str, dict] = {}
     for name in args.engines:
-        for label, row in measure(name, matrix, queries, truth, args.latency_queries).items():
+        for label, row in measure(name, matrix, queries, truth, args).items():
             rows[label] = row
             print(f"{label:<24} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  "
                   f"p50 {row['p50_ms']:>8.3f} ms  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} q/s  "

@@ -36,8 +36,8 @@ def run_metadata(packages: tuple[str, ...] = ()) -> dict:
     }
 
 
-def write_results(name: str, payload: dict, packages: tuple[str, ...] = ()) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path: Path | None = None) -> Path:
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": run_metadata(packages), **payload}, indent=2) + "\n")
     return path

@@ -1,9 +1,11 @@
 """Exact learned-sparse search: the ground truth for approximate engines, and the GPU engine.
 
 - CPU: an inverted index as a scipy CSC matrix; a query touches only its own terms' postings.
-- CUDA: documents as a torch sparse CSR matrix, a batch of queries as a dense [vocab, batch]
-  block, one sparse x dense matmul and ``topk``. The batch is sized so the [documents, batch]
-  score block stays under a fixed number of elements.
+- CUDA: documents as a torch sparse CSR matrix (int32 indices while the collection has fewer than
+  2^31 entries: half the index bytes that cuSPARSE streams per batch), a batch of queries as a dense
+  [vocab, batch] block, one sparse x dense matmul and ``topk``. The batch is sized so the
+  [documents, batch] score block stays under a fixed number of elements. Scores stay float32, so
+  results equal the CPU path's. ``backend="torch"`` runs this path on the CPU too (tests, dry runs).
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class ExactSparseSearcher:
 
     name = "exact"
 
-    def __init__(self, matrix: SparseMatrix, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, matrix: SparseMatrix, device: str = "auto", batch_size: int | None = None,
+                 backend: str = "auto"):
+        if backend not in ("auto", "scipy", "torch"):
+            raise ValueError(f"backend must be auto, scipy or torch, not {backend!r}")
         self.matrix = matrix
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        if self.device == "cpu":
+        self._use_torch = backend == "torch" or (backend == "auto" and self.device != "cpu")
+        if not self._use_torch:
             import scipy.sparse as sp
 
             shape = (len(matrix), matrix.dim)
@@ -46,12 +52,15 @@ class ExactSparseSearcher:
         else:
             import torch
 
+            index_dtype = np.int32 if matrix.nnz < 2**31 else np.int64
             with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely only on mm
                 warnings.simplefilter("ignore", UserWarning)
                 self._docs = torch.sparse_csr_tensor(
-                    torch.from_numpy(matrix.indptr), torch.from_numpy(matrix.indices.astype(np.int64)),
-                    torch.from_numpy(matrix.values), size=(len(matrix), matrix.dim), check_invariants=False,
-                ).to(self.device)
+                    torch.from_numpy(matrix.indptr.astype(index_dtype)).to(self.device),
+                    torch.from_numpy(matrix.indices.astype(index_dtype, copy=False)).to(self.device),
+                    torch.from_numpy(matrix.values).to(self.device), size=(len(matrix), matrix.dim),
+                    check_invariants=False,
+                )
 
     @classmethod
     def build(cls, matrix: SparseMatrix, folder: Path, config: dict) -> ExactSparseSearcher:
@@ -66,7 +75,7 @@ class ExactSparseSearcher:
 
     def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         k = min(k, len(self.matrix))
-        return self._search_cpu(queries, k) if self.device == "cpu" else self._search_torch(queries, k)
+        return self._search_torch(queries, k) if self._use_torch else self._search_cpu(queries, k)
 
     def _search_cpu(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         results = []

@@ -107,19 +107,39 @@ def test_damaged_vectors_are_refused(tmp_path, cranfield):
         open_index(out)
 
 
-def test_exact_search_matches_brute_force_dot_products():
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_exact_search_matches_brute_force_dot_products(backend):
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
     from sparsa.indexes.sparse_matrix import SparseMatrix
 
     rng = np.random.default_rng(0)
     docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 8)}) for _ in range(40)]
     matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(40)], docs, 50)
-    query = SparseVector.from_dict({3: 1.0, 7: 0.5, 11: 2.0})
-    expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0), reverse=True)[:5]
-    hits = ExactSparseSearcher(matrix, "cpu").search([query], k=5)[0]
-    assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
-    assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], rel=1e-6)
+    queries = [SparseVector.from_dict({3: 1.0, 7: 0.5, 11: 2.0}), SparseVector.from_dict({0: 0.3, 49: 1.5}),
+               SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 12)})]
+    found = ExactSparseSearcher(matrix, "cpu", batch_size=2, backend=backend).search(queries, k=5)
+    for query, hits in zip(queries, found):
+        expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0), reverse=True)[:5]
+        assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
+        assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], rel=1e-6)
     assert matrix.row(3).to_dict() == pytest.approx(docs[3].to_dict())
+
+
+@pytest.mark.gpu
+def test_exact_search_on_cuda_matches_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+    from sparsa.indexes.sparse_matrix import SparseMatrix
+
+    rng = np.random.default_rng(1)
+    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 30)}) for _ in range(2000)]
+    matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(2000)], docs, 500)
+    queries = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 10)}) for _ in range(300)]
+    cpu = ExactSparseSearcher(matrix, "cpu").search(queries, k=10)
+    gpu = ExactSparseSearcher(matrix, "cuda", batch_size=256).search(queries, k=10)
+    assert [{h.doc_id for h in q} for q in gpu] == [{h.doc_id for h in q} for q in cpu]
 
 
 def test_quantization_round_trip():

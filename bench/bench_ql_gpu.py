@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa
 from bench.common import RESULTS, run_metadata  # noqa: E402
 
 from sparsa.data import load_dataset  # noqa: E402

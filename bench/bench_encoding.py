@@ -180,7 +180,7 @@ def tokenizers_of(encoder) -> tuple[Callable, Callable]:
     ids = encoder._token_ids
 
     def ours(texts: list[str]) -> int:
-        return sum(len(block) for _, block in encoder._token_blocks(texts))
+        return sum(len(block) for _, block in ids.blocks(texts, encoder.device.type))
 
     def plain(texts: list[str]) -> list[list[int]]:
         return encoder.tokenizer(texts, truncation=True, max_length=ids.max_length,

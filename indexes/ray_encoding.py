@@ -170,8 +170,9 @@ def preserve_crash_signal_handlers() -> Iterator[None]:
 
     The JVM behind Lucene raises SIGSEGV on purpose (null checks, safepoints) and must see it first;
     with Ray's crash reporter installed instead (or the default action, after ``ray.shutdown``),
-    the next Lucene call after a Ray job kills the process. ``sigaction`` is called through ctypes because Python's ``signal`` cannot hold a native
-    handler; the struct is copied as opaque bytes, so its layout does not matter.
+    the next Lucene call after a Ray job kills the process. ``sigaction`` is called through ctypes
+    because Python's ``signal`` cannot hold a native handler; the struct is copied as opaque bytes,
+    so its layout does not matter.
     """
     import ctypes
     import ctypes.util

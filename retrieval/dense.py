@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from sparsa.batching import TokenIds, length_sorted_batches, pad_right, tokenized_blocks
+from sparsa.batching import TokenIds, length_sorted_batches, pad_right
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 Pooling = Literal["auto", "mean", "cls", "max"]
 _TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 131072}
-_BLOCK_SIZE = {"cpu": 8192, "cuda": 1024}  # texts tokenised per block (see sparsa.batching)
-_FIRST_BLOCK = {"cpu": 1024, "cuda": 256}  # smaller, so that the model starts sooner
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +148,7 @@ class DenseEncoder:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
         bar = progress_bar(len(texts), f"dense {desc}", unit="doc", show=show_progress)
         with bar, torch.inference_mode(), autocast:
-            for offset, ids in self._token_blocks(texts):
+            for offset, ids in self._token_ids.blocks(texts, self.device.type):
                 for batch in length_sorted_batches([len(x) for x in ids], batch_size, max_tokens):
                     out[offset + batch] = self._encode_batch([ids[i] for i in batch]).cpu().numpy()
                     bar.update(len(batch))
@@ -158,11 +156,6 @@ class DenseEncoder:
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self._token_ids(texts)
-
-    def _token_blocks(self, texts: Sequence[str]) -> Iterator[tuple[int, list[list[int]]]]:
-        """``(offset, token ids)`` per block, as encoding consumes them (the next block tokenised ahead)."""
-        block, first = _BLOCK_SIZE.get(self.device.type, 8192), _FIRST_BLOCK.get(self.device.type)
-        return tokenized_blocks(texts, self._tokenize, block, first)
 
     def _encode_batch(self, sequences: list[list[int]]) -> torch.Tensor:
         """``float32[B, d]`` pooled (and normalised) embeddings of one padded batch."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from sparsa.batching import TokenIds, length_sorted_batches, pad_right, tokenized_blocks
+from sparsa.batching import TokenIds, length_sorted_batches, pad_right
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 Architecture = Literal["auto", "masked-lm", "causal-lm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 _TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 65536}
-# Texts tokenised per block: on GPU small blocks let tokenising overlap the model; on CPU big blocks
-# sort better (less padding). A smaller first block lets the model start sooner.
-_BLOCK_SIZE = {"cpu": 8192, "cuda": 1024}
-_FIRST_BLOCK = {"cpu": 1024, "cuda": 256}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +239,7 @@ class SpladeEncoder:
         max_tokens = self.config.max_tokens or _TOKENS_PER_BATCH.get(self.device.type, 16384)
         bar = progress_bar(len(texts), f"SPLADE {desc}", unit="doc", show=show_progress)
         with bar, torch.inference_mode():
-            for offset, ids in self._token_blocks(texts):
+            for offset, ids in self._token_ids.blocks(texts, self.device.type):
                 items = [self._model_input(x) for x in ids]
                 for batch in length_sorted_batches([len(item[0]) for item in items], batch_size, max_tokens):
                     pooled = self._encode_batch([items[i] for i in batch])
@@ -253,11 +249,6 @@ class SpladeEncoder:
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids of the texts, without the echo/bos layout (decoders: no special tokens)."""
         return self._token_ids(texts)
-
-    def _token_blocks(self, texts: Sequence[str]) -> Iterator[tuple[int, list[list[int]]]]:
-        """``(offset, token ids)`` per block, as encoding consumes them (the next block tokenised ahead)."""
-        block, first = _BLOCK_SIZE.get(self.device.type, 8192), _FIRST_BLOCK.get(self.device.type)
-        return tokenized_blocks(texts, self._tokenize, block, first)
 
     def _model_input(self, ids: list[int]) -> tuple[list[int], int, int]:
         """Model token ids and the pooled range ``[start, end)`` of one text."""

@@ -66,11 +66,10 @@ def test_tokenized_blocks_cover_texts_in_order():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Several blocks, and a first block of another size, on this small input."""
-    from sparsa.retrieval import dense, splade
+    from sparsa import batching
 
-    for module in (splade, dense):
-        monkeypatch.setitem(module._BLOCK_SIZE, "cpu", 16)
-        monkeypatch.setitem(module._FIRST_BLOCK, "cpu", 5)
+    monkeypatch.setitem(batching.BLOCK_SIZE, "cpu", 16)
+    monkeypatch.setitem(batching.FIRST_BLOCK, "cpu", 5)
 
 
 def _shuffled(scifact) -> tuple[list[str], np.ndarray]:

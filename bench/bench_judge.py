@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
 from bench.common import write_results
 from sparsa.config import load_settings
 from sparsa.data import load_dataset, read_run, write_run
@@ -38,8 +38,12 @@ STAGE = ROOT / ".stage" / "judge"
 RUNS = STAGE / "runs"
 BM25_INDEX = ROOT / ".stage" / "rerank" / "indexes" / "dl19-bm25"  # built by bench_rerank.py (or here)
 TILDE_STORE = ROOT / ".stage" / "rerank" / "stores" / "dl19"  # built by bench_rerank.py --stages stores
-BM25_SETTINGS = {"bm25-k1_0.9-b_0.4": (0.9, 0.4), "bm25-k1_1.2-b_0.75": (1.2, 0.75), "bm25-k1_3.0-b_1.0": (3.0, 1.0)}
-RERANK_DEPTH = 30  # SPLADE-tiny and MiniLM rerank BM25's top 30 (encoding all 9,139 passages is too slow here)
+BM25_SETTINGS = {"bm25-k1_0.9-b_0.4": (0.9, 0.4), "bm25-k1_1.2-b_0.75": (1.2, 0.75), "bm25-k1_3.0-b_1.0": (3.0, 1.0),
+                 "bm25-k1_0.1-b_0.0": (0.1, 0.0), "bm25-k1_8.0-b_1.0": (8.0, 1.0)}  # the last two: poor settings
+FUSIONS = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
+           "rrf-bm25-dense": ("bm25-k1_0.9-b_0.4", "minilm-dense"),
+           "rrf-bm25-splade": ("bm25-k1_0.9-b_0.4", "splade-tiny"),
+           "rrf-splade-dense": ("splade-tiny", "minilm-dense")}
 log = logging.getLogger("bench_judge")
 NOTES = {
     "machine": "CPU only, 2 cores shared with ~6 other helpers' jobs (load average 11-18): every timing is distorted.",
@@ -90,16 +94,6 @@ def rrf(runs: list[Run], name: str, k: int = 60) -> Run:
     return Run({q: sort_hits([Hit(d, s) for d, s in docs.items()]) for q, docs in scores.items()}, name=name)
 
 
-def rerank_head(first: Run, scores: dict[str, list[float]], name: str) -> Run:
-    """``first`` with each query's top RERANK_DEPTH reordered by ``scores`` (the rest keep their order)."""
-    ranked = {}
-    for qid, hits in first.items():
-        head = sort_hits([Hit(h.doc_id, s) for h, s in zip(hits[:RERANK_DEPTH], scores[qid], strict=True)])
-        floor = min(h.score for h in head)
-        ranked[qid] = head + [Hit(h.doc_id, floor - 1.0 - i * 1e-6) for i, h in enumerate(hits[RERANK_DEPTH:])]
-    return Run(ranked, name=name)
-
-
 def stage_runs(args: argparse.Namespace) -> None:
     from sparsa.indexes import build_index
     from sparsa.indexes.lucene import LuceneBM25Index
@@ -114,46 +108,45 @@ def stage_runs(args: argparse.Namespace) -> None:
             scores = {q: {h.doc_id: h.score for h in hits} for q, hits in run.items()}
             write_run(pool_run(scores, data.qrels, name), RUNS / f"{name}.trec")
     bm25 = read_run(RUNS / "bm25-k1_0.9-b_0.4.trec")
-    head = {q: [h.doc_id for h in hits[:RERANK_DEPTH]] for q, hits in bm25.items()}
-    head_docs = sorted({d for docs in head.values() for d in docs})
-    texts = [data.corpus[d].full_text for d in head_docs]
-    ids = {d: i for i, d in enumerate(head_docs)}
     for name, store in (("tildev2-bm25", TILDE_STORE), ("tildev2-unexpanded-bm25", TILDE_STORE.with_name("dl19-unexpanded"))):
         if not (RUNS / f"{name}.trec").is_file() and (store / "sparsa.json").is_file():
             from sparsa.rerank import TildeV2Reranker, rerank_run
 
             reranked = rerank_run(TildeV2Reranker.open(store), bm25, data.queries, data.corpus, depth=None)
             write_run(Run(dict(reranked), name=name), RUNS / f"{name}.trec")
-    write_fusions()
-    if not args.encoders:
-        return
-    if not (RUNS / "splade-tiny.trec").is_file():
-        from sparsa.retrieval.splade import SpladeEncoder
-
-        encoder = SpladeEncoder()
-        docs = encoder.encode_documents(texts)
-        queries = dict(zip([q.id for q in data.queries], encoder.encode_queries([q.text for q in data.queries]),
-                           strict=True))
-        scores = {q: [queries[q].dot(docs[ids[d]]) for d in head[q]] for q in head}
-        write_run(rerank_head(bm25, scores, "splade-tiny"), RUNS / "splade-tiny.trec")
-    if not (RUNS / "minilm-dense.trec").is_file():
-        from sparsa.retrieval.dense import DenseConfig, DenseEncoder
-
-        encoder = DenseEncoder(DenseConfig(model="minilm-l6", device="cpu"))
-        docs = encoder.encode_documents(texts)
-        queries = dict(zip([q.id for q in data.queries], encoder.encode_queries([q.text for q in data.queries]),
-                           strict=True))
-        scores = {q: [float(queries[q] @ docs[ids[d]]) for d in head[q]] for q in head}
-        write_run(rerank_head(bm25, scores, "minilm-dense"), RUNS / "minilm-dense.trec")
+    if args.encoders:
+        encoder_runs(data)
     write_fusions()
     for path in sorted(RUNS.glob("*.trec")):
         log.info("%-22s nDCG@10 %.4f", path.stem, evaluate_run(read_run(path), data.qrels).aggregate["nDCG@10"])
 
 
+def encoder_runs(data) -> None:
+    """SPLADE-tiny (exact dot product) and MiniLM (cosine) ranking every query's whole judged pool."""
+    pool = sorted({d for judged in data.qrels.values() for d in judged})
+    ids = {d: i for i, d in enumerate(pool)}
+    texts = [data.corpus[d].full_text for d in pool]
+    qtexts = {q.id: q.text for q in data.queries if q.id in data.qrels}
+    if not (RUNS / "splade-tiny.trec").is_file():
+        from sparsa.retrieval.splade import SpladeEncoder
+
+        encoder = SpladeEncoder()
+        docs = encoder.encode_documents(texts)
+        queries = dict(zip(qtexts, encoder.encode_queries(list(qtexts.values())), strict=True))
+        scores = {q: {d: queries[q].dot(docs[ids[d]]) for d in data.qrels[q]} for q in qtexts}
+        write_run(pool_run(scores, data.qrels, "splade-tiny"), RUNS / "splade-tiny.trec")
+    if not (RUNS / "minilm-dense.trec").is_file():
+        from sparsa.retrieval.dense import DenseConfig, DenseEncoder
+
+        encoder = DenseEncoder(DenseConfig(model="minilm-l6", device="cpu"))
+        docs = encoder.encode_documents(texts)
+        queries = dict(zip(qtexts, encoder.encode_queries(list(qtexts.values())), strict=True))
+        scores = {q: {d: float(queries[q] @ docs[ids[d]]) for d in data.qrels[q]} for q in qtexts}
+        write_run(pool_run(scores, data.qrels, "minilm-dense"), RUNS / "minilm-dense.trec")
+
+
 def write_fusions() -> None:
-    fusions = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
-               "rrf-bm25-dense": ("bm25-k1_0.9-b_0.4", "minilm-dense")}
-    for name, parts in fusions.items():
+    for name, parts in FUSIONS.items():
         if not (RUNS / f"{name}.trec").is_file() and all((RUNS / f"{p}.trec").is_file() for p in parts):
             write_run(rrf([read_run(RUNS / f"{p}.trec") for p in parts], name), RUNS / f"{name}.trec")
 
@@ -190,22 +183,50 @@ def read_all_checkpoints(scorer: str) -> dict:
     return records
 
 
+def pairs_to_judge(args: argparse.Namespace, data) -> list[tuple[str, str]]:
+    """Every NIST-judged pair (--all-pairs, in sorted order), else the runs' top --depth, rank-major."""
+    if args.all_pairs:
+        return sorted((q, d) for q, judged in data.qrels.items() for d in judged)
+    return depth_ordered_pairs(load_runs(), args.depth)
+
+
 def stage_score(args: argparse.Namespace) -> None:
-    """One scorer's resumable job over the depth-ordered pairs (run one process per scorer)."""
+    """Resumable judge jobs over the pairs, one scorer after the other (one checkpoint each).
+
+    ``--shard i/n`` gives this process every n-th open pair (CPU jobs in parallel processes); the
+    wall time of each scorer goes to ``timings-<scorer>.json`` beside the checkpoints."""
+    import time
+
     import torch
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
     from sparsa.rag.judge_job import judge_with_checkpoint
 
     torch.set_num_threads(args.threads)
     data = dataset()
-    pairs = depth_ordered_pairs(load_runs(), args.depth)
-    log.info("%d pairs in the top %d of %d runs", len(pairs), args.depth, len(load_runs()))
+    all_pairs = pairs_to_judge(args, data)
+    queries = {q.id: q for q in data.queries}
     shard, shards = (int(x) for x in args.shard.split("/"))
-    done = set(read_all_checkpoints(args.scorer))
-    pairs = [p for p in pairs if p not in done][shard::shards]  # each process takes every n-th open pair
-    judge = RelevanceJudge(JudgeConfig(scorers=(args.scorer,), max_passage_tokens=args.max_passage_tokens))
-    judge_with_checkpoint(judge, pairs, {q.id: q for q in data.queries}, data.corpus,
-                          checkpoint_path(args.scorer, shard), batch_pairs=16)
+    on_gpu = args.device.startswith("cuda")
+    for scorer in args.scorers:
+        done = set(read_all_checkpoints(scorer))
+        pairs = [p for p in all_pairs if p not in done][shard::shards]  # each process takes every n-th open pair
+        log.info("%s: %d pairs, %d open for this shard", scorer, len(all_pairs), len(pairs))
+        started = time.perf_counter()
+        judge = RelevanceJudge(JudgeConfig(scorers=(scorer,), max_passage_tokens=args.max_passage_tokens,
+                                           max_tokens_per_batch=args.max_tokens_per_batch, device=args.device,
+                                           dtype=args.dtype))
+        loaded = time.perf_counter()
+        judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint_path(scorer, shard),
+                              batch_pairs=args.batch_pairs)
+        if on_gpu:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - loaded
+        timing = {"scorer": scorer, "pairs": len(pairs), "load_s": round(loaded - started, 2),
+                  "judge_s": round(seconds, 2), "pairs_per_s": round(len(pairs) / seconds, 1) if pairs else None,
+                  "device": torch.cuda.get_device_name() if on_gpu else args.device, "dtype": args.dtype,
+                  "max_tokens_per_batch": args.max_tokens_per_batch, "torch": torch.__version__}
+        (STAGE / f"timings-{scorer}.json").write_text(json.dumps(timing, indent=2))
+        log.info("%s", timing)
 
 
 def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
@@ -302,10 +323,17 @@ def stage_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global STAGE, RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", default=["runs", "pairs", "score", "report"])
     parser.add_argument("--depth", type=int, default=10, help="judge each run's top DEPTH")
-    parser.add_argument("--scorer", default="ql", help="score stage: ql or umbrela")
+    parser.add_argument("--scorers", nargs="+", default=["ql"], help="score stage: any of umbrela, ql, pl")
+    parser.add_argument("--all-pairs", action="store_true", help="judge every NIST-judged pair, not the runs' top DEPTH")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=4096)
+    parser.add_argument("--batch-pairs", type=int, default=16, help="score: pairs per checkpoint append")
+    parser.add_argument("--stage-dir", type=Path, default=STAGE, help="where runs, checkpoints and timings live")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shard", default="0/1", help="score: this process's share i/n of the open pairs")
     parser.add_argument("--no-encoders", dest="encoders", action="store_false",
@@ -315,6 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("sparsa").setLevel(logging.INFO)
+    STAGE, RUNS = args.stage_dir, args.stage_dir / "runs"
     for stage in args.stages:
         globals()[f"stage_{stage}"](args)
 

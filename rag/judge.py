@@ -9,7 +9,12 @@ Two scorers share one LM (default SmolLM2-135M-Instruct):
   (renormalised over the four) and the expected grade ``sum_g g * p(g)``. A 135M model rarely
   *says* the right grade, but how its probability mass shifts between labels carries signal.
 - **Query likelihood** log P(query | passage) (UPR), reusing
-  :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object).
+  :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object), plus the
+  query's likelihood with an empty passage, ``ql_prior_logprob`` (one per query), so that the
+  calibration can use the pointwise mutual information log P(q | p) - log P(q | no passage): raw
+  QL favours queries made of frequent words and passages that repeat them.
+- **Passage likelihood** ("pl") log P(passage | query) and log P(passage | no query): the same PMI
+  estimated in the other direction (by Bayes' rule the two are equal; the LM's estimates are not).
 
 Speed: the instructions are the same for every pair, so they go in the system turn, are run through
 the LM once, and their key/value cache is copied for each batch; only the per-pair part (query,
@@ -35,7 +40,7 @@ from sparsa.types import Document, Query
 logger = logging.getLogger(__name__)
 
 LABELS = ("0", "1", "2", "3")
-SCORERS = ("umbrela", "ql")
+SCORERS = ("umbrela", "ql", "pl")
 
 UMBRELA_INSTRUCTIONS = (
     "Given a query and a passage, you must provide a score on an integer scale of 0 to 3 with the "
@@ -61,6 +66,7 @@ UMBRELA_PAIR = (
     "Provide the score in the format of: ##final score: score, without providing any reasoning."
 )
 ANSWER_PREFIX = "##final score: "
+PL_PROMPT = "Question: {query}\nPassage:"  # the passage follows after a space
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ class JudgeConfig:
         """What decides the scores (not the batch size or device): a checkpoint records it."""
         return {"model": self.model, "scorers": list(self.scorers), "max_passage_tokens": self.max_passage_tokens,
                 "dtype": self.dtype, "instructions": UMBRELA_INSTRUCTIONS, "pair_template": UMBRELA_PAIR,
-                "answer_prefix": ANSWER_PREFIX}
+                "answer_prefix": ANSWER_PREFIX, "pl_prompt": PL_PROMPT}
 
 
 class RelevanceJudge:
@@ -103,6 +109,7 @@ class RelevanceJudge:
         self.label_ids = [self._single_token(label) for label in LABELS]
         self._prefix_ids, self._suffix_template = self._split_chat_prompt()
         self._prefix_cache = None
+        self._priors: dict[tuple[str, str], float] = {}  # ("ql", qid) / ("pl", docid) -> log-likelihood
         logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
                     time.perf_counter() - started)
 
@@ -138,6 +145,9 @@ class RelevanceJudge:
         if "ql" in self.config.scorers:
             context, target = self._ql_sequence(query, passage)
             texts["ql"] = self.tokenizer.decode(context + target)  # the query is what gets scored
+        if "pl" in self.config.scorers:
+            context, target = self._pl_sequence(query, passage)
+            texts["pl"] = self.tokenizer.decode(context + target)  # the passage is what gets scored
         return texts
 
     def _ql_sequence(self, query: Query, doc: Document) -> tuple[list[int], list[int]]:
@@ -149,6 +159,24 @@ class RelevanceJudge:
                                  max_length=self.config.max_passage_tokens)["input_ids"]
         return self.ql._before + passage + self.ql._after, query_ids
 
+    def _pl_sequence(self, query: Query | None, doc: Document) -> tuple[list[int], list[int]]:
+        """(context ids, passage ids) for log P(passage | query); ``query`` None: no query (the prior)."""
+        context = self.ql._ids(PL_PROMPT.format(query=query.text if query is not None else ""))
+        passage = self.tokenizer(" " + doc.full_text, add_special_tokens=False, truncation=True,
+                                 max_length=self.config.max_passage_tokens)["input_ids"]
+        if not passage:
+            raise ConfigError(f"document {doc.id!r} is empty after tokenisation")
+        return context, passage
+
+    def _prior_scores(self, kind: str, keys: Sequence[str], sequences: dict[str, tuple[list[int], list[int]]]
+                      ) -> list[float]:
+        """Cached log-likelihoods without the other side (``kind`` "ql": per query, "pl": per passage)."""
+        todo = [k for k in dict.fromkeys(keys) if (kind, k) not in self._priors]
+        if todo:
+            scores = self.ql.score_ids([sequences[k] for k in todo], show_progress=False)
+            self._priors.update({(kind, k): float(v) for k, v in zip(todo, scores, strict=True)})
+        return [self._priors[(kind, k)] for k in keys]
+
     def _pair_text(self, query: Query, passage: Document) -> str:
         ids = self.tokenizer(passage.full_text, add_special_tokens=False, truncation=True,
                              max_length=self.config.max_passage_tokens)["input_ids"]
@@ -158,7 +186,8 @@ class RelevanceJudge:
     def score_pairs(self, pairs: Sequence[tuple[Query, Document]]) -> list[dict]:
         """One dict per pair: ``label_probs`` (float[4], sum 1), ``expected_grade``, ``label_mass``
         (the four labels' share of the full next-token distribution), ``ql_logprob`` (sum over query
-        tokens) and ``ql_tokens``, for the configured scorers."""
+        tokens), ``ql_prior_logprob`` (the query after an empty passage) and ``ql_tokens``; ``pl_logprob``,
+        ``pl_prior_logprob`` (the passage without a query) and ``pl_tokens``; for the configured scorers."""
         records: list[dict] = [{} for _ in pairs]
         if "umbrela" in self.config.scorers and pairs:
             probs, mass = self._umbrela(pairs)
@@ -170,6 +199,19 @@ class RelevanceJudge:
             scores = self.ql.score_ids(sequences, show_progress=False)
             for record, score, (_, target) in zip(records, scores, sequences, strict=True):
                 record.update(ql_logprob=round(float(score), 5), ql_tokens=len(target))
+            empty = Document(id="", text="")
+            priors = self._prior_scores("ql", [q.id for q, _ in pairs], {
+                q.id: (self.ql._before + self.ql._after, self._ql_sequence(q, empty)[1]) for q, _ in pairs})
+            for record, prior in zip(records, priors, strict=True):
+                record["ql_prior_logprob"] = round(prior, 5)
+        if "pl" in self.config.scorers and pairs:
+            sequences = [self._pl_sequence(query, doc) for query, doc in pairs]
+            scores = self.ql.score_ids(sequences, show_progress=False)
+            priors = self._prior_scores("pl", [d.id for _, d in pairs],
+                                        {d.id: self._pl_sequence(None, d) for _, d in pairs})
+            for record, score, prior, (_, target) in zip(records, scores, priors, sequences, strict=True):
+                record.update(pl_logprob=round(float(score), 5), pl_prior_logprob=round(prior, 5),
+                              pl_tokens=len(target))
         return records
 
     def _umbrela(self, pairs: Sequence[tuple[Query, Document]]) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,26 @@ SETTINGS = {
     "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
 }
+_BS = {"prefill": "block-sparse", "block_size": 64, "min_sparse_tokens": 1024}
+# --choose-on-dev: per variant, candidates from the sparsest to the densest; the first whose accuracy on the dev
+# examples (other needles and depths than the test examples) is >= 95% of full attention's is used on the test set.
+CANDIDATES = {
+    "block-sparse-prefill": {
+        "bs-pooled-top16": _BS | {"gate_keys": "pooled", "gate_topk": 16},
+        "bs-tokens-top16": _BS | {"gate_keys": "tokens", "gate_topk": 16},
+        "bs-pooled-c0.90": _BS | {"gate_keys": "pooled", "gate_topk": None, "gate_coverage": 0.9},
+        "bs-tokens-c0.95": _BS | {"gate_keys": "tokens", "gate_topk": None, "gate_coverage": 0.95},
+        "bs-pooled-c0.95": _BS | {"gate_keys": "pooled", "gate_topk": None, "gate_coverage": 0.95},
+        "bs-pooled-top32": _BS | {"gate_keys": "pooled", "gate_topk": 32},
+        "bs-tokens-top32": _BS | {"gate_keys": "tokens", "gate_topk": 32},
+    },
+    "sparse-decode-quest": {
+        f"quest-{b}-dense{d}": SETTINGS["sparse-decode-quest"] | {"budget_tokens": b, "dense_layers": d}
+        for b, d in ((1024, 0), (1024, 2), (2048, 2))},
+    "sparse-decode-tidal": {
+        f"tidal-{b}": SETTINGS["sparse-decode-tidal"] | {"budget_tokens": b} for b in (1024, 2048)},
+    "duo-kv": {"duo-0.25": SETTINGS["duo-kv"]},
+}
 NEEDLE = "The special magic number is: {value}."
 QUESTION = "What is the special magic number mentioned in the text above?"
 ANSWER_PREFIX = "The special magic number is:"
@@ -103,18 +123,19 @@ def _greedy(model, logits, cache, max_new: int, stop: set[int]):
         if token in stop:
             break
         out.append(token)
-        logits, cache = decode_step(model, torch.tensor([[token]]), cache)
+        logits, cache = decode_step(model, torch.tensor([[token]], device=logits.device), cache)
     return out, cache
 
 
-def run_example(model, tok, ex: dict, profile) -> dict:
+def run_example(model, tok, ex: dict, profile, variants: dict[str, dict]) -> dict:
+    """Greedy answers of ``full`` and of each variant (name -> ``use_sparse_attention`` settings)."""
     import torch
     from sparsa.kernels.hf_attention import remove_sparse_attention, use_sparse_attention
     from sparsa.kernels.kv_compression import compressed_cache, kv_cache_bytes
     from sparsa.rag.generate import prefill
 
     stop = {tok.eos_token_id, *tok.convert_tokens_to_ids(["<|im_end|>"])} - {None}
-    ids = torch.tensor([ex["ids"]])
+    ids = torch.tensor([ex["ids"]], device=model.device)
     rec = {k: ex[k] for k in ("id", "task", "length", "depth", "answers")} | {"prompt_tokens": len(ex["ids"])}
     rec["variants"] = {}
 
@@ -123,43 +144,43 @@ def run_example(model, tok, ex: dict, profile) -> dict:
         correct = all(a.lower() in text.lower() for a in ex["answers"])
         stats = dict(getattr(model, "sparse_attention_stats", {}) or {})
         rec["variants"][name] = {"output": text, "correct": correct, "kv_bytes": kv_cache_bytes(cache),
-                                     "seconds": round(seconds, 1), "stats": stats}
+                                     "seconds": round(seconds, 3), "stats": stats}
 
     with torch.inference_mode():
+        # Variants with an exact prefill share it (computed once); block-sparse ones run their own.
         remove_sparse_attention(model)
         t0 = time.time()
         logits, full_cache = prefill(model, ids)
         t_prefill = time.time() - t0
-        for name in ("full", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv"):
+        for name, settings in {"full": None, **variants}.items():
             t0 = time.time()
-            if name == "full":
+            if settings is None:
                 remove_sparse_attention(model)
                 model.sparse_attention_stats = None
-                cache = copy.deepcopy(full_cache)
-            elif name == "duo-kv":
-                use_sparse_attention(model, **SETTINGS[name], profile=profile)
+                start_logits, cache = logits, copy.deepcopy(full_cache)
+            elif settings.get("prefill") == "block-sparse":
+                use_sparse_attention(model, **settings)
+                start_logits, cache = prefill(model, ids)
+                t0 -= t_prefill  # reported seconds include a prefill for every variant
+            elif settings.get("kv") == "duo":
+                use_sparse_attention(model, **settings, profile=profile)
                 cfg = model.model.layers[0].self_attn._sparsa_state.config
-                cache = compressed_cache(cfg.profile, sink=cfg.sink, window=cfg.window)
+                start_logits, cache = logits, compressed_cache(cfg.profile, sink=cfg.sink, window=cfg.window)
                 for i, layer in enumerate(full_cache.layers):  # the compressed cache stores the exact prefill
                     cache.update(layer.keys, layer.values, i)
             else:
-                use_sparse_attention(model, **SETTINGS[name])
-                cache = copy.deepcopy(full_cache)
-            tokens, cache = _greedy(model, logits, cache, ex["max_new"], stop)
+                use_sparse_attention(model, **settings)
+                start_logits, cache = logits, copy.deepcopy(full_cache)
+            tokens, cache = _greedy(model, start_logits, cache, ex["max_new"], stop)
             finish(name, tokens, cache, time.time() - t0 + t_prefill)
-        del full_cache
-        use_sparse_attention(model, **SETTINGS["block-sparse-prefill"])
-        t0 = time.time()
-        logits, cache = prefill(model, ids)
-        tokens, cache = _greedy(model, logits, cache, ex["max_new"], stop)
-        finish("block-sparse-prefill", tokens, cache, time.time() - t0)
+            del cache
         remove_sparse_attention(model)
     return rec
 
 
-def summarise(records: list[dict]) -> dict:
+def summarise(records: list[dict], names=VARIANTS) -> dict:
     summary = {}
-    for name in VARIANTS:
+    for name in names:
         rows = [r["variants"][name] for r in records if name in r["variants"]]
         full_rows = [r["variants"]["full"] for r in records if name in r["variants"]]
         if not rows:
@@ -181,12 +202,64 @@ def summarise(records: list[dict]) -> dict:
     return summary
 
 
+def _run_all(model, tok, examples, profile, variants, work: Path, summarise_only: bool) -> list[dict]:
+    """Run (or resume from ``work/records.jsonl``) every example; returns the records in example order."""
+    from sparsa.progress import progress_bar
+
+    work.mkdir(parents=True, exist_ok=True)
+    records_path = work / "records.jsonl"
+    done = {}
+    if records_path.exists():
+        done = {r["id"]: r for r in map(json.loads, records_path.read_text().splitlines())}
+    bar = progress_bar(len(examples), "examples")
+    for ex in examples:
+        if ex["id"] not in done and not summarise_only:
+            rec = run_example(model, tok, ex, profile, variants)
+            with records_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[ex["id"]] = rec
+            print(json.dumps({k: rec[k] for k in ("id", "prompt_tokens")} |
+                             {n: v["correct"] for n, v in rec["variants"].items()}), flush=True)
+        bar.update(1)
+    bar.close()
+    return [done[e["id"]] for e in examples if e["id"] in done]
+
+
+def choose_on_dev(records: list[dict]) -> tuple[dict, dict]:
+    """Per variant, the first (sparsest) candidate keeping >= 95% of full accuracy on the dev records, else the
+    most accurate one. Returns (variant -> settings, dev summary per candidate)."""
+    names = [n for cands in CANDIDATES.values() for n in cands]
+    dev = summarise(records, ["full", *names])
+    chosen = {}
+    for variant, cands in CANDIDATES.items():
+        ok = [n for n in cands if (dev[n]["accuracy_vs_full"] or 0) >= 0.95]
+        best = ok[0] if ok else max(cands, key=lambda n: dev[n]["accuracy"])
+        chosen[variant] = {"candidate": best, "settings": cands[best]}
+    return chosen, dev
+
+
+def _interleave(niah, ruler, depths) -> list[dict]:
+    """Interleave lengths and tasks so a stopped run still covers each of them."""
+    examples = []
+    for i in range(max(len(depths), len(ruler))):
+        examples += [e for e in niah if e["depth"] == (depths[i] if i < len(depths) else None)]
+        examples += ruler[i:i + 1]
+    return examples
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8000])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--ruler", type=int, default=4, help="RULER examples (the first N)")
+    parser.add_argument("--choose-on-dev", action="store_true",
+                        help="pick each variant's settings among CANDIDATES on dev needles first")
+    parser.add_argument("--dev-depths", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
     parser.add_argument("--work", type=Path, default=Path("/tmp/kernels/longcontext"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/...)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--summarise-only", action="store_true", help="write the JSON from the examples done so far")
@@ -202,42 +275,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = load_settings().data_dir / "longcontext"
-    path = resolve_model("smollm2-135m-instruct")
+    path = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     args.work.mkdir(parents=True, exist_ok=True)
     profile_path = args.work / "head_profile.json"
     if profile_path.exists():
         profile = HeadProfile.load(profile_path)
     else:
         profile = profile_retrieval_heads(model, retrieval_fraction=0.25, period=256, n_sequences=2,
-                                          model_name="smollm2-135m-instruct")
+                                          model_name=args.model)
         profile.save(profile_path)
-    # Interleave lengths and tasks so a stopped run still covers each of them.
+    settings, chosen, dev_summary = dict(SETTINGS), None, None
+    if args.choose_on_dev:
+        dev_examples = niah_examples(tok, data_dir, args.lengths, args.dev_depths, args.seed + 1)
+        candidates = {n: c for cands in CANDIDATES.values() for n, c in cands.items()}
+        dev_records = _run_all(model, tok, dev_examples, profile, candidates, args.work / "dev", args.summarise_only)
+        chosen, dev_summary = choose_on_dev(dev_records)
+        settings = {v: c["settings"] for v, c in chosen.items()}
+        print(json.dumps({v: c["candidate"] for v, c in chosen.items()}), flush=True)
     niah = niah_examples(tok, data_dir, args.lengths, args.depths, args.seed)
-    ruler = ruler_examples(tok, data_dir, args.ruler)
-    examples = []
-    for i in range(max(len(args.depths), len(ruler))):
-        examples += [e for e in niah if e["depth"] == (args.depths[i] if i < len(args.depths) else None)]
-        examples += ruler[i:i + 1]
-    records_path = args.work / "records.jsonl"
-    done = {}
-    if records_path.exists():
-        done = {r["id"]: r for r in map(json.loads, records_path.read_text().splitlines())}
-    from sparsa.progress import progress_bar
-
-    bar = progress_bar(len(examples), "examples")
-    for ex in examples:
-        if ex["id"] not in done and not args.summarise_only:
-            rec = run_example(model, tok, ex, profile)
-            with records_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            done[ex["id"]] = rec
-            print(json.dumps({k: rec[k] for k in ("id", "prompt_tokens")} |
-                             {n: v["correct"] for n, v in rec["variants"].items()}), flush=True)
-        bar.update(1)
-    bar.close()
-    records = [done[e["id"]] for e in examples if e["id"] in done]
+    examples = _interleave(niah, ruler_examples(tok, data_dir, args.ruler), args.depths)
+    records = _run_all(model, tok, examples, profile, settings, args.work / "test", args.summarise_only)
     summary = summarise(records)
     by_task = {task: summarise([r for r in records if r["task"] == task]) for task in sorted({r["task"] for r in records})}
     print(f"{'variant':<24}{'n':>4}{'acc':>7}{'vs full':>9}{'KV MB':>9}{'KV x':>7}")
@@ -246,13 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<24}{s['n']:>4}{s['accuracy']:>7.2f}{ratio:>9}{s['mean_kv_bytes'] / 2**20:>9.1f}"
               f"{s['kv_reduction_vs_full']:>7.2f}")
     write_results("longcontext_accuracy", {
-        "model": "smollm2-135m-instruct (float32, CPU, PyTorch reference path of sparsa.kernels)",
-        "settings": SETTINGS, "head_profile": {"retrieval_fraction": profile.retrieval_fraction,
-                                               "retrieval": profile.retrieval},
+        "model": f"{args.model} ({args.dtype}, {args.device}; "
+                 + ("Triton kernels)" if args.device.startswith("cuda") else "PyTorch reference path of sparsa.kernels)"),
+        "settings": settings, "chosen_on_dev": chosen, "dev_summary": dev_summary,
+        "head_profile": {"retrieval_fraction": profile.retrieval_fraction, "retrieval": profile.retrieval},
         "examples_planned": len(examples), "examples_done": len(records),
-        "notes": "CPU run (2 shared cores): the variants use the PyTorch references of the kernels; "
-                 "seconds are distorted by load. KV bytes are float32 tensors as stored.",
-        "summary": summary, "summary_by_task": by_task, "records": records}, packages=("torch", "transformers"))
+        "notes": "KV bytes are the cache tensors as stored (in the run's dtype). With --choose-on-dev each variant's "
+                 "settings were chosen on dev needles (seed + 1, dev depths) before the test examples ran.",
+        "summary": summary, "summary_by_task": by_task, "records": records},
+        packages=("torch", "transformers"), path=args.out)
     return 0
 
 

@@ -36,11 +36,12 @@ def dense_prefill(q, k, v, scale: float) -> torch.Tensor:
                                                             scale=scale, enable_gqa=True)
 
 
-def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | None, scale: float) -> torch.Tensor:
+def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | None, scale: float,
+              coverage: float | None = None, keys: str = "pooled") -> torch.Tensor:
     """SeerAttention training-free gate (``kernels/block_gating.py``): bool ``[B, Hq, nq, nk]`` kept blocks."""
-    scores = block_gate_scores(q, k, block_size=block_size, causal=True, sm_scale=scale)
+    scores = block_gate_scores(q, k, block_size=block_size, causal=True, sm_scale=scale, keys=keys)
     return select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size, causal=True,
-                         topk=topk, threshold=threshold)
+                         topk=topk, threshold=threshold, coverage=coverage)
 
 
 def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float) -> torch.Tensor:

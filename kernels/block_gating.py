@@ -54,6 +54,8 @@ __all__ = [
 
 PoolMode = Literal["mean", "max", "min"]
 _POOL_MODES = ("mean", "max", "min")
+GateKeys = Literal["pooled", "tokens"]
+_GATE_KEYS = ("pooled", "tokens")
 _LOG2E = 1.4426950408889634
 
 
@@ -96,27 +98,69 @@ def block_visibility(seqlen_q: int, seqlen_k: int, block_size: int, causal: bool
 
 
 def block_gate_scores(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64, causal: bool = True,
-                      pool: PoolMode = "mean", sm_scale: float | None = None) -> torch.Tensor:
+                      pool: PoolMode = "mean", sm_scale: float | None = None,
+                      keys: GateKeys = "pooled") -> torch.Tensor:
     """Training-free gate: fp32 ``[B, Hq, n_q_blocks, n_k_blocks]`` block probabilities (rows sum to 1
-    over visible blocks; invisible blocks score 0)."""
+    over visible blocks; invisible blocks score 0).
+
+    ``keys="pooled"`` scores pooled queries against pooled keys (SeerAttention's cheapest estimate);
+    ``keys="tokens"`` scores pooled queries against every key and reduces each block by log-sum-exp, so
+    the probabilities are the pooled query's exact attention mass per block and a block holding one
+    strongly matching key (a needle) is not averaged away. It costs
+    ``O(n_q_blocks * Sk * D)``, still ``block_size`` times less than the attention itself.
+    """
     if q.dim() != 4 or k.dim() != 4 or q.shape[1] % k.shape[1]:
         raise ValueError(f"need q [B, Hq, Sq, D], k [B, Hkv, Sk, D] with Hq % Hkv == 0: "
                          f"{tuple(q.shape)}, {tuple(k.shape)}")
+    if keys not in _GATE_KEYS:
+        raise ValueError(f"keys must be one of {_GATE_KEYS}, got {keys!r}")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qp = pool_blocks(q, block_size, pool)
-    kp = pool_blocks(k, block_size, pool).repeat_interleave(q.shape[1] // k.shape[1], 1)
     visible, _ = block_visibility(q.shape[2], k.shape[2], block_size, causal, q.device)
-    logits = (qp @ kp.transpose(-1, -2)) * scale
+    if keys == "pooled":
+        kp = pool_blocks(k, block_size, pool).repeat_interleave(q.shape[1] // k.shape[1], 1)
+        logits = (qp @ kp.transpose(-1, -2)) * scale
+    else:
+        logits = _token_max_logits(qp, k, block_size, scale, causal, q.shape[2])
     logits = logits.masked_fill(~visible, float("-inf"))
     return torch.softmax(logits, -1).nan_to_num(0.0)  # query blocks that see nothing: all zeros
 
 
+_TOKEN_GATE_ELEMENTS = 1 << 27  # fp32 scores per chunk of query blocks (512 MiB)
+
+
+def _token_max_logits(qp: torch.Tensor, k: torch.Tensor, block_size: int, scale: float, causal: bool,
+                      seqlen_q: int) -> torch.Tensor:
+    """``logsumexp_{c in block j, c visible to block i} qp_i . k_c * scale`` -> ``[B, Hq, n_q, n_k]``."""
+    b, hq, n_q, d = qp.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    n_k = triton.cdiv(sk, block_size)
+    pad = n_k * block_size - sk
+    # Query heads grouped under their KV head: [B, Hkv, group * n_q, D] x [B, Hkv, D, Sk], no K copies.
+    qg = qp.view(b, hkv, hq // hkv, n_q, d)
+    kf = k.float()
+    out = torch.empty(b, hkv, hq // hkv, n_q, n_k, dtype=torch.float32, device=qp.device)
+    k_pos = torch.arange(sk, device=qp.device)
+    newest = torch.clamp((torch.arange(n_q, device=qp.device) + 1) * block_size - 1, max=seqlen_q - 1) + sk - seqlen_q
+    rows = max(1, _TOKEN_GATE_ELEMENTS // max(1, b * hq * (sk + pad)))
+    for i0 in range(0, n_q, rows):
+        i1 = min(n_q, i0 + rows)
+        s = torch.einsum("bhgnd,bhsd->bhgns", qg[:, :, :, i0:i1], kf) * scale
+        if causal:
+            s = s.masked_fill(k_pos[None, :] > newest[i0:i1, None], float("-inf"))
+        s = nn.functional.pad(s, (0, pad), value=float("-inf"))
+        out[:, :, :, i0:i1] = s.view(*s.shape[:-1], n_k, block_size).logsumexp(-1)
+    return out.view(b, hq, n_q, n_k)
+
+
 def select_blocks(scores: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_size: int, causal: bool,
-                  topk: int | None = None, threshold: float | None = None) -> torch.Tensor:
-    """Bool ``[B, H, n_q_blocks, n_k_blocks]``: the ``topk`` best visible blocks per query block, or those
-    scoring ``>= threshold`` (exactly one of the two), plus the sink and diagonal blocks."""
-    if (topk is None) == (threshold is None):
-        raise ValueError("give exactly one of topk and threshold")
+                  topk: int | None = None, threshold: float | None = None,
+                  coverage: float | None = None) -> torch.Tensor:
+    """Bool ``[B, H, n_q_blocks, n_k_blocks]``: per query block the ``topk`` best visible blocks, those
+    scoring ``>= threshold``, or the fewest best blocks whose scores sum to ``coverage`` (top-p over the
+    block probabilities, as FlexPrefill does; exactly one of the three), plus the sink and diagonal blocks."""
+    if sum(x is not None for x in (topk, threshold, coverage)) != 1:
+        raise ValueError("give exactly one of topk, threshold and coverage")
     visible, forced = block_visibility(seqlen_q, seqlen_k, block_size, causal, scores.device)
     if scores.shape[-2:] != visible.shape:
         raise ValueError(f"scores {tuple(scores.shape)} do not match {tuple(visible.shape)} blocks")
@@ -127,18 +171,27 @@ def select_blocks(scores: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_s
         keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         top = ranked.topk(min(topk, scores.shape[-1]), dim=-1).indices
         keep.scatter_(-1, top, True)
-    else:
+    elif threshold is not None:
         keep = ranked >= threshold
+    else:
+        if not 0.0 < coverage <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+        order = ranked.argsort(-1, descending=True)
+        mass = scores.masked_fill(~visible, 0.0).gather(-1, order)
+        before = mass.cumsum(-1) - mass  # mass of the better blocks: keep while it is short of coverage
+        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        keep.scatter_(-1, order, before < coverage)
     return (keep & visible) | forced
 
 
 def training_free_gate(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64, causal: bool = True,
-                       topk: int | None = None, threshold: float | None = None, pool: PoolMode = "mean",
-                       sm_scale: float | None = None) -> KeptBlocks:
-    """Score blocks from pooled Q and K and keep the top-k / above-threshold ones, per query head."""
-    scores = block_gate_scores(q, k, block_size=block_size, causal=causal, pool=pool, sm_scale=sm_scale)
+                       topk: int | None = None, threshold: float | None = None, coverage: float | None = None,
+                       pool: PoolMode = "mean", sm_scale: float | None = None,
+                       keys: GateKeys = "pooled") -> KeptBlocks:
+    """Score blocks from pooled Q and K (or every key) and keep the top-k / above-threshold ones, per query head."""
+    scores = block_gate_scores(q, k, block_size=block_size, causal=causal, pool=pool, sm_scale=sm_scale, keys=keys)
     mask = select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size,
-                         causal=causal, topk=topk, threshold=threshold)
+                         causal=causal, topk=topk, threshold=threshold, coverage=coverage)
     return KeptBlocks.from_mask(mask)
 
 

@@ -123,6 +123,42 @@ def test_threshold_selection_and_argument_check():
         select_blocks(scores, topk=2, threshold=0.1, **common)
 
 
+@pytest.mark.parametrize(("sq", "sk"), [(70, 70), (20, 70)])
+def test_token_gate_is_the_pooled_query_attention_mass(sq, sk):
+    """keys="tokens": the probability of block j is the attention mass the pooled query puts on its keys."""
+    q, k = _qk((2, 4, 2, sq, sk, 64, 16), torch.float32, seed=3)
+    scores = block_gate_scores(q, k, block_size=16, causal=True, keys="tokens")
+    qp = pool_blocks(q, 16, "mean")
+    logits = torch.einsum("bhnd,bhsd->bhns", qp, k.repeat_interleave(2, 1)) / 8.0
+    newest = torch.clamp((torch.arange(qp.shape[2]) + 1) * 16 - 1, max=sq - 1) + sk - sq
+    logits = logits.masked_fill(torch.arange(sk)[None, :] > newest[:, None], float("-inf"))
+    probs = torch.softmax(logits, -1).nan_to_num(0.0)
+    want = torch.nn.functional.pad(probs, (0, 80 - sk)).view(*probs.shape[:3], 5, 16).sum(-1)
+    torch.testing.assert_close(scores, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="keys"):
+        block_gate_scores(q, k, block_size=16, keys="nearest")
+
+
+def test_coverage_selection_keeps_the_fewest_blocks_reaching_the_mass():
+    q, k = _qk((1, 2, 1, 128, 128, 64, 16), torch.float32, seed=5)
+    scores = block_gate_scores(q, k, block_size=16, causal=True, keys="tokens")
+    common = dict(seqlen_q=128, seqlen_k=128, block_size=16, causal=True)
+    visible, forced = block_visibility(128, 128, 16, causal=True)
+    masks = {c: select_blocks(scores, coverage=c, **common) for c in (0.3, 0.6, 0.9)}
+    for coverage, mask in masks.items():
+        assert torch.all((scores * mask).sum(-1) >= coverage - 1e-6)
+        assert not torch.any(mask & ~visible) and torch.all(mask[..., forced])
+        # without the forced blocks, every kept block outscores every dropped visible one
+        optional = mask & ~forced
+        weakest_kept = scores.masked_fill(~optional, float("inf")).amin(-1)
+        best_dropped = scores.masked_fill(mask | ~visible, float("-inf")).amax(-1)
+        assert torch.all(weakest_kept >= best_dropped)
+    assert torch.all(masks[0.3] <= masks[0.6]) and torch.all(masks[0.6] <= masks[0.9])
+    assert torch.equal(select_blocks(scores, coverage=1.0, **common), visible.expand_as(scores))
+    with pytest.raises(ValueError, match="coverage"):
+        select_blocks(scores, coverage=1.5, **common)
+
+
 def test_gate_drives_sparse_attention():
     shape = (1, 4, 2, 80, 80, 64, 16)
     q, k = _qk(shape, torch.float16, seed=4)

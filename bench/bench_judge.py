@@ -1,17 +1,19 @@
 """LLM relevance judgements on TREC DL 2019 (issue 8): agreement with NIST labels, system ranking.
 
 Stages (cached under .stage/judge, so a rerun skips what exists):
-  runs    seven rankings of each query's judged pool (~215 passages, all NIST-judged), made by sparsa:
-          BM25 with three (k1, b) settings, SPLADE-tiny (exact dot product), MiniLM dense (exact
-          cosine), TILDEv2 reranking of the BM25 order, and RRF fusions
-  pairs   the pairs to judge: the union of every run's top 10 (all nDCG@10 needs)
-  score   the resumable judge job (``sparsa.rag.judge_job``) over those pairs; QL for all of them,
-          the UMBRELA prompt as far as --umbrela-pairs (a fixed stratified subset), see notes
-  report  calibration fitted on the first half of the queries (sorted ids), Cohen's kappa,
-          Krippendorff's alpha, confusion matrix on the other half; nDCG@10 of every run under
-          NIST vs generated qrels and Kendall's tau / Spearman's rho between the two system orders
+  runs    rankings of each query's judged pool (~215 passages, all NIST-judged), made by sparsa:
+          BM25 with five (k1, b) settings (two of them poor), SPLADE-tiny (exact dot product) and
+          MiniLM dense (exact cosine) over the whole pool, RRF fusions, and TILDEv2 reranking of BM25
+          where its stores exist (bench_rerank.py)
+  score   resumable judge jobs (``sparsa.rag.judge_job``), one checkpoint per scorer: --all-pairs
+          judges every NIST-judged pair (on the H200: bench/gpu_judge.sh), else the runs' top --depth
+  report  calibration fitted on the first 21 query ids (sorted as strings), Cohen's kappa,
+          Krippendorff's alpha, confusion matrix on the other 22; nDCG@10 of every run under NIST vs
+          generated qrels and Kendall's tau / Spearman's rho between the two system orders
 
-    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_judge.py --stages runs pairs score report
+    SPARSA_HOME=/tmp/sparsa_home .venv/bin/python bench/bench_judge.py --stages runs
+    bash bench/gpu_judge.sh stage; then its two run() calls (see its header); unpack judge.tar.gz into .stage
+    .venv/bin/python bench/bench_judge.py --stages report --all-pairs
 
 Writes bench/results/judge.json.
 """
@@ -46,25 +48,27 @@ FUSIONS = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
            "rrf-splade-dense": ("splade-tiny", "minilm-dense")}
 log = logging.getLogger("bench_judge")
 NOTES = {
-    "machine": "CPU only, 2 cores shared with ~6 other helpers' jobs (load average 11-18): every timing is distorted.",
-    "throughput": "measured first on 64 random DL19 pairs, one process, 2 threads, load ~11: UMBRELA prompt 0.25 "
-                  "pairs/s, query likelihood 0.40 pairs/s. All 9,260 pairs with both scorers would take ~16 h "
-                  "here, so only the pairs that nDCG@10 of the compared runs needs were judged (below). During the "
-                  "job (two QL processes + one UMBRELA process, load ~16-18): each QL process ~6 s/pair (478 pairs "
-                  "in 48 min), UMBRELA ~5 pairs/min; the UMBRELA job was stopped at 400 pairs (rank 3) for the "
-                  "deadline; rerunning the score stage resumes it.",
-    "pairs": "the union of the six runs' top 10 per query (1,036 pairs, all NIST-judged), ordered rank-major "
-             "(every run's rank 1 for every query first, then rank 2, ...), so a job stopped early has judged "
-             "every run's top d for every query; complete_depth is that d and the system-ranking nDCG is cut "
-             "there (nDCG@d under both qrels). The first ~80 QL and ~50 UMBRELA pairs were judged in an "
-             "earlier order (top 10 of the three BM25 runs) before the TILDEv2 runs existed.",
-    "runs": "each query's NIST-judged pool (~215 passages) ranked by BM25 with three (k1, b), TILDEv2 (model trained "
-            "on SciFact, bench_rerank.py) over expanded and unexpanded passages, and RRF(BM25, TILDEv2). SPLADE-tiny "
-            "and MiniLM reranking of BM25's top 30 are implemented in stage_runs but were not finished: SPLADE-tiny "
-            "encoded at ~1.4 s/passage on this loaded machine.",
+    "judging": "all 9,260 NIST-judged pairs on one H200 (bench/gpu_judge.sh), SmolLM2-135M-Instruct in bfloat16, "
+               "passages cut to 192 tokens, 65,536 tokens per batch; timings under 'judging' (wall time of each "
+               "scorer's job after the model load, checkpoint writes included). QL ran twice: first with one "
+               "prompt (725 pairs/s), then with the four QL prompts (the checkpoint kept; 220 pairs/s for four "
+               "prompts and their priors). Device time for both calls pairs (model staging, load, judging): "
+               "~350 s. The earlier CPU run (2 shared cores) managed 0.25-0.4 pairs/s and judged 1,036 pairs.",
+    "pairs": "every NIST-judged pair (pool) of the 43 queries; the z-score features are per query over its pool, "
+             "on fit and held-out queries alike.",
+    "runs": "each query's judged pool ranked by BM25 with five (k1, b) settings, SPLADE-tiny and MiniLM over the "
+            "whole pool, and RRF fusions of BM25, SPLADE-tiny and MiniLM (10 runs, human nDCG@10 0.35-0.73). "
+            "The TILDEv2 runs of the previous report were not rebuilt (their stores are made by bench_rerank.py).",
+    "features": "ql_mean: log P(q|p) per query token; ql_pmi: log P(q|p) - log P(q|empty passage) (QL prompt "
+                "'question'); ql_pmi_ens: its mean over the four QL prompts; pl_pmi(_mean): log P(p|q) - log P(p|no "
+                "query) (per passage token); expected_grade, p3: the UMBRELA prompt's label distribution; *_z: "
+                "z-scored within each query's pool.",
     "calibration": "GradeCalibrator: standardised features -> least-squares score -> three thresholds maximising "
-                   "unweighted 4-grade kappa on the fit queries' judged pairs; *_z features are z-scored within "
-                   "each query's judged pairs (the same pair-selection rule on fit and held-out queries).",
+                   "unweighted 4-grade kappa on the fit queries' pairs (4,634 pairs), applied to the held-out "
+                   "queries' 4,626. Tried in a throwaway script on the same split and not kept, since none beat "
+                   "the linear model on held-out 4-grade kappa (0.19-0.23): multinomial logistic regression, "
+                   "gradient-boosted trees, degree-2 polynomial features, per-query rank features, per-query pool "
+                   "statistics, thresholds at the fit grade proportions, a kappa-maximising weight grid.",
     "kappa_ci": "95% interval from 1,000 bootstrap resamples of the held-out queries.",
 }
 
@@ -214,7 +218,7 @@ def stage_score(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         judge = RelevanceJudge(JudgeConfig(scorers=(scorer,), max_passage_tokens=args.max_passage_tokens,
                                            max_tokens_per_batch=args.max_tokens_per_batch, device=args.device,
-                                           dtype=args.dtype))
+                                           dtype=args.dtype, ql_prompts=tuple(args.ql_prompts)))
         loaded = time.perf_counter()
         judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint_path(scorer, shard),
                               batch_pairs=args.batch_pairs)
@@ -269,29 +273,59 @@ def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resam
     return np.round(np.quantile(values, [0.025, 0.975]), 4).tolist()
 
 
-SETTINGS = {"ql": ("ql_mean", "ql_mean_z"), "umbrela": ("expected_grade", "p3", "expected_grade_z"),
-            "umbrela+ql": ("expected_grade", "p3", "expected_grade_z", "ql_mean", "ql_mean_z")}
+QL_PMI, PL_PMI = ("ql_pmi_ens", "ql_pmi_ens_z"), ("pl_pmi", "pl_pmi_z", "pl_pmi_mean", "pl_pmi_mean_z")
+UMBRELA = ("expected_grade", "p3", "expected_grade_z")
+SETTINGS = {  # name: (scorers needed, features); "ql+pl" is the calibrator's default where UMBRELA is absent
+    "ql": (("ql",), ("ql_mean", "ql_mean_z")),
+    "ql-pmi": (("ql",), ("ql_pmi", "ql_pmi_z")),
+    "ql-pmi-4prompts": (("ql",), QL_PMI),
+    "pl-pmi": (("pl",), PL_PMI),
+    "ql+pl": (("ql", "pl"), QL_PMI + PL_PMI),
+    "umbrela": (("umbrela",), UMBRELA),
+    "umbrela+ql+pl": (("umbrela", "ql", "pl"), UMBRELA + QL_PMI + PL_PMI),
+}
+
+
+def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, test_qids, depth) -> dict:
+    """Calibrate on the fit pairs, then agreement on the held-out pairs and the system ranking."""
+    from sparsa.rag.agreement import label_agreement
+    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
+
+    calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features)
+    grades = calibrator.predict(records)
+    entry = {"calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
+                             "thresholds": np.round(calibrator.thresholds, 4).tolist(),
+                             "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
+             "held_out": label_agreement(human[test], grades[test])}
+    entry["held_out"]["cohen_kappa_4grade_95ci_query_bootstrap"] = kappa_interval(
+        [judged[i][0] for i in test], human[test], grades[test])
+    if "label_probs" in records[0]:
+        entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
+    if depth >= 1:
+        generated = Qrels({})
+        for (q, d), g in zip(judged, grades.tolist(), strict=True):
+            generated.judgements.setdefault(q, {})[d] = g
+        entry["system_ranking_held_out"] = system_ranking(runs, qrels, generated, test_qids, depth)
+        entry["system_ranking_all_queries"] = system_ranking(runs, qrels, generated, sorted(qrels), depth)
+    return entry
 
 
 def stage_report(args: argparse.Namespace) -> None:
-    from sparsa.rag.agreement import label_agreement
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
     from sparsa.rag.judge_job import fit_split
 
     data = dataset()
     runs = load_runs()
-    pairs = depth_ordered_pairs(runs, args.depth)
+    pairs = pairs_to_judge(args, data)
     fit_qids, test_qids = fit_split(list(data.qrels), args.fit_queries)
-    checkpoints = {s: read_all_checkpoints(s) for s in ("ql", "umbrela")}
+    checkpoints = {s: read_all_checkpoints(s) for s in ("ql", "pl", "umbrela")}
     results = {"split": {"fit_queries": fit_qids, "held_out_queries": test_qids,
                          "rule": f"query ids sorted as strings; the first {args.fit_queries} fit the calibration"},
                "runs_human_ndcg10_all_queries": {n: round(evaluate_run(r, data.qrels).aggregate["nDCG@10"], 4)
                                                  for n, r in runs.items()},
-               "pairs_to_judge": len(pairs), "settings": {}}
-    for setting, features in SETTINGS.items():
-        needed = setting.split("+")
+               "pairs_to_judge": len(pairs), "judging": judging_timings(), "settings": {}}
+    for setting, (needed, features) in SETTINGS.items():
         judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
-        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k not in ("prompt", "prompts")} for p in judged]
+        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompts"} for p in judged]
         human = np.array([data.qrels[q][d] for q, d in judged])
         fit = [i for i, (q, _) in enumerate(judged) if q in set(fit_qids)]
         test = [i for i, (q, _) in enumerate(judged) if q in set(test_qids)]
@@ -300,26 +334,17 @@ def stage_report(args: argparse.Namespace) -> None:
         if len(fit) < 8 or not test:
             results["settings"][setting] = {**entry, "note": "too few judged pairs yet"}
             continue
-        calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features)
-        grades = calibrator.predict(records)
-        entry.update(calibration={"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
-                                  "thresholds": np.round(calibrator.thresholds, 4).tolist(),
-                                  "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
-                     held_out=label_agreement(human[test], grades[test]))
-        entry["held_out"]["cohen_kappa_4grade_95ci_query_bootstrap"] = kappa_interval(
-            [judged[i][0] for i in test], human[test], grades[test])
-        if "umbrela" in needed:
-            entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
-        if depth >= 1:
-            generated = Qrels({})
-            for (q, d), g in zip(judged, grades.tolist(), strict=True):
-                generated.judgements.setdefault(q, {})[d] = g
-            entry["system_ranking_held_out"] = system_ranking(runs, data.qrels, generated, test_qids, depth)
-            entry["system_ranking_all_queries"] = system_ranking(runs, data.qrels, generated, sorted(data.qrels), depth)
+        entry.update(evaluate_setting(features, judged, records, human, fit, test, runs, data.qrels, test_qids,
+                                      depth))
         results["settings"][setting] = entry
         log.info("%s: %s", setting, json.dumps({k: v for k, v in entry.items() if k != "calibration"})[:600])
     results["notes"] = NOTES
     write_results("judge", results, packages=("torch", "transformers", "ir_measures"))
+
+
+def judging_timings() -> dict:
+    """What the score stage recorded per scorer (``timings-*.json``)."""
+    return {p.stem.removeprefix("timings-"): json.loads(p.read_text()) for p in sorted(STAGE.glob("timings-*.json"))}
 
 
 def main() -> None:
@@ -328,6 +353,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["runs", "pairs", "score", "report"])
     parser.add_argument("--depth", type=int, default=10, help="judge each run's top DEPTH")
     parser.add_argument("--scorers", nargs="+", default=["ql"], help="score stage: any of umbrela, ql, pl")
+    parser.add_argument("--ql-prompts", nargs="+", default=["question"], help="score: QL prompts (judge.QL_PROMPTS)")
     parser.add_argument("--all-pairs", action="store_true", help="judge every NIST-judged pair, not the runs' top DEPTH")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

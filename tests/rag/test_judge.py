@@ -117,7 +117,45 @@ def test_interrupted_job_resumes_where_it_stopped(judge, tiny_dl19, tmp_path):
     for pair in pairs:
         a, b = resumed[pair], fresh[pair]
         assert a["prompts"] == b["prompts"] and a["ql_tokens"] == b["ql_tokens"]
-        assert set(a["prompts"]) == {"umbrela", "ql"} and a["prompts"]["ql"].endswith(queries[pair[0]].text)
+        assert set(a["prompts"]) == {"umbrela", "ql", "pl"} and a["prompts"]["ql"].endswith(queries[pair[0]].text)
+        assert a["prompts"]["pl"].startswith(f"Question: {queries[pair[0]].text}\nPassage:")
+        assert a["ql_prior_logprob"] == pytest.approx(b["ql_prior_logprob"], abs=1e-2)
+        assert a["pl_logprob"] == pytest.approx(b["pl_logprob"], abs=5e-2) and a["pl_tokens"] == b["pl_tokens"]
         assert a["ql_logprob"] == pytest.approx(b["ql_logprob"], abs=1e-2)
         assert a["label_probs"] == pytest.approx(b["label_probs"], abs=1e-3)
         assert sum(a["label_probs"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_config_rejects_unknown_ql_prompts():
+    from sparsa.rag.judge import JudgeConfig
+
+    with pytest.raises(ConfigError, match="ql_prompts"):
+        JudgeConfig(ql_prompts=("question", "limerick"))
+    with pytest.raises(ConfigError, match="pl"):
+        JudgeConfig(scorers=("vibes",))
+
+
+@pytest.mark.slow
+def test_priors_are_the_empty_side_and_prompts_give_one_score_each(judge, tiny_dl19):
+    """The QL prior is log P(query | empty passage), the PL prior log P(passage | empty query), and several QL
+    prompts give one score each, the first one equal to the single-prompt judge's."""
+    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.types import Document, Query
+
+    _, data, pairs = tiny_dl19
+    queries = {q.id: q for q in data.queries}
+    items = [(queries[q], data.corpus[d]) for q, d in pairs[:2]]
+    records = judge.score_pairs(items)
+    query, doc = items[0]
+    empty_query, empty_doc = Query(query.id, ""), Document(doc.id, "")
+    ql_prior = judge.ql.score_ids([judge._ql_sequence(query, empty_doc)])[0]
+    assert records[0]["ql_prior_logprob"] == pytest.approx(float(ql_prior), abs=1e-3)
+    assert records[0]["ql_prior_logprob"] == records[1]["ql_prior_logprob"]  # one query, one prior
+    pl_prior = judge.ql.score_ids([judge._pl_sequence(empty_query, doc)])[0]
+    assert records[0]["pl_prior_logprob"] == pytest.approx(float(pl_prior), abs=1e-3)
+    several = RelevanceJudge(JudgeConfig(scorers=("ql",), max_passage_tokens=96, ql_prompts=("question", "chat")))
+    got = several.score_pairs(items)
+    assert [len(r["ql_logprobs"]) for r in got] == [2, 2]
+    assert got[0]["ql_logprobs"][0] == pytest.approx(records[0]["ql_logprob"], abs=1e-3)
+    chat_context, chat_query = several._ql_sequence(query, doc, 1)
+    assert several.tokenizer.decode(chat_context + chat_query).endswith("assistant\n" + query.text)

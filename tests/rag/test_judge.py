@@ -140,6 +140,7 @@ def test_priors_are_the_empty_side_and_prompts_give_one_score_each(judge, tiny_d
     """The QL prior is log P(query | empty passage), the PL prior log P(passage | empty query), and several QL
     prompts give one score each, the first one equal to the single-prompt judge's."""
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+
     from sparsa.types import Document, Query
 
     _, data, pairs = tiny_dl19

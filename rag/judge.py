@@ -1,18 +1,20 @@
 """LLM relevance judgements (LLMJudge / TREC DL 0-3 scale) from a local causal LM.
 
-Two scorers share one LM (default SmolLM2-135M-Instruct):
+Three scorers share one LM (default SmolLM2-135M-Instruct):
 
 - **UMBRELA-like prompt** (Upadhyay et al., 2024, the prompt style of the LLMJudge challenge): the
   DL grading scale plus the multi-aspect steps (intent, match M, trustworthiness T, final score O).
   Instead of sampling, the assistant turn is pre-filled with ``##final score: `` and the next-token
   distribution is read over the four labels "0".."3" (each one token): the label probabilities
-  (renormalised over the four) and the expected grade ``sum_g g * p(g)``. A 135M model rarely
-  *says* the right grade, but how its probability mass shifts between labels carries signal.
+  (renormalised over the four) and the expected grade ``sum_g g * p(g)``. With SmolLM2-135M these
+  carry no signal on TREC DL 2019 (held-out kappa about 0, bench/results/judge.json); a larger LM
+  may do better.
 - **Query likelihood** log P(query | passage) (UPR), reusing
   :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object), plus the
   query's likelihood with an empty passage, ``ql_prior_logprob`` (one per query), so that the
   calibration can use the pointwise mutual information log P(q | p) - log P(q | no passage): raw
-  QL favours queries made of frequent words and passages that repeat them.
+  QL favours queries made of frequent words and passages that repeat them. ``ql_prompts`` scores
+  the query under several prompts (``QL_PROMPTS``), each with its own prior.
 - **Passage likelihood** ("pl") log P(passage | query) and log P(passage | no query): the same PMI
   estimated in the other direction (by Bayes' rule the two are equal; the LM's estimates are not).
 

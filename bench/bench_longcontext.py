@@ -2,6 +2,7 @@
 
     SPARSA_HOME=/tmp/sparsa_home python bench/bench_longcontext.py            # CPU, PyTorch reference path
     python bench/bench_longcontext.py --lengths 2048 4096 --depths 0.5 --ruler 2 --work /tmp/lc
+    bash bench/gpu_kernels.sh longcontext      # the published run: H200, bf16, Triton kernels, --choose-on-dev
 
 Tasks (``$SPARSA_DATA_DIR/longcontext``): RULER 4K NIAH multikey-3 (UUID needle among UUID
 distractors; correct when the answer UUID is in the output) and needle-in-a-haystack over the Paul
@@ -10,15 +11,18 @@ Graham essays (a 7-digit "special magic number" inserted at a depth of the hayst
 
 Variants (``kernels/hf_attention.py``), all on the same model and prompts:
   * ``full``: the model's own SDPA attention and ``DynamicCache`` (the reference);
-  * ``block-sparse-prefill``: SeerAttention training-free gate, top-16 blocks of 64 per query block
-    (+ sink and diagonal), then full decode;
-  * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 1,024 selected
-    tokens (Quest pages of 16, in every layer; TidalDecode: layers 0-1 dense, selection at layers 2 and
+  * ``block-sparse-prefill``: SeerAttention training-free gate over blocks of 64, per query block the
+    best blocks holding 90% of the gate's probability (+ sink and diagonal), then full decode;
+  * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 2,048 selected
+    tokens (Quest pages of 16, layers 0-1 dense; TidalDecode: layers 0-1 dense, selection at layers 2 and
     12 of 30, the other layers reuse the selection);
   * ``duo-kv``: exact prefill, then a head-compressed cache: 25% retrieval KV heads (RazorAttention
     echo/induction profile) keep everything, the others 64 sink + 256 recent tokens.
 The decode variants share the full variant's prefill (the same exact prefill, computed once); the
 block-sparse variant runs its own. Each example is one JSON line in ``--work`` (resumable).
+``--choose-on-dev`` first runs every setting in ``CANDIDATES`` on dev needles (another seed, other depths)
+and keeps, per variant, the sparsest one within 95% of full attention's dev accuracy (SETTINGS holds
+what it picked in the published run).
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 
 VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
-SETTINGS = {
-    "block-sparse-prefill": {"prefill": "block-sparse", "gate_topk": 16, "block_size": 64, "min_sparse_tokens": 1024},
-    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16,
-                            "dense_layers": 0},
-    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024},
+SETTINGS = {  # what --choose-on-dev picked on the H200 (longcontext_accuracy.json["chosen_on_dev"])
+    "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.9, "gate_keys": "pooled", "block_size": 64,
+                             "min_sparse_tokens": 1024},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 2048, "page_size": 16,
+                            "dense_layers": 2},
+    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 2048},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
 }
 _BS = {"prefill": "block-sparse", "block_size": 64, "min_sparse_tokens": 1024}

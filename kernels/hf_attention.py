@@ -7,9 +7,10 @@ Stable entry point (``rag/reader.py`` calls it)::
     remove_sparse_attention(model)              # back to the model's own attention
     install_sparse_attention(model)             # = use_sparse_attention(model) with the defaults
 
-``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), ``gate_topk`` (32 KV
-blocks per query block) or ``gate_threshold``, ``gate_keys`` ("tokens": each block scored by its best key
-against the pooled queries; "pooled": pooled keys, SeerAttention's cheapest estimate), ``min_sparse_tokens`` (1024: shorter prompts use dense
+``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), one block rule:
+``gate_coverage`` (default 0.9: per query block, the best KV blocks until they hold 90% of the gate's
+probability), ``gate_topk`` or ``gate_threshold``; ``gate_keys`` ("pooled": SeerAttention's pooled keys;
+"tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (1024: shorter prompts use dense
 prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (16),
 ``dense_layers`` (2: Quest leaves the first layers dense, as the paper does),
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
@@ -56,6 +57,7 @@ PREFILL_MODES = ("dense", "block-sparse")
 DECODE_MODES = ("full", "sparse")
 KV_MODES = ("full", "duo")
 SELECTORS = ("quest", "tidal")
+DEFAULT_GATE_COVERAGE = 0.9
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,12 @@ class SparseAttentionConfig:
     decode: str = "full"
     kv: str = "full"
     block_size: int = 64
-    gate_topk: int | None = 32
+    # At most one block rule; none given = coverage 0.9, the sparsest rule that kept SmolLM2's needle accuracy
+    # on dev needles (bench/results/longcontext_accuracy.json, "chosen_on_dev").
+    gate_topk: int | None = None
     gate_threshold: float | None = None
-    gate_coverage: float | None = None  # top-p over the gate's block probabilities (replaces gate_topk)
-    gate_keys: str = "tokens"  # "pooled": SeerAttention's pooled keys; "tokens": best key per block
+    gate_coverage: float | None = None  # top-p over the gate's block probabilities
+    gate_keys: str = "pooled"  # "pooled": SeerAttention's pooled keys; "tokens": every key, per block
     min_sparse_tokens: int = 1024
     selector: str = "quest"
     budget_tokens: int = 2048
@@ -90,8 +94,8 @@ class SparseAttentionConfig:
             raise ConfigError(f"block_size must be 16, 32, 64 or 128, got {self.block_size}")
         if self.gate_keys not in ("pooled", "tokens"):
             raise ConfigError(f"gate_keys={self.gate_keys!r}: choose one of pooled, tokens")
-        if sum(x is not None for x in (self.gate_topk, self.gate_threshold, self.gate_coverage)) != 1:
-            raise ConfigError("give exactly one of gate_topk, gate_threshold and gate_coverage")
+        if sum(x is not None for x in (self.gate_topk, self.gate_threshold, self.gate_coverage)) > 1:
+            raise ConfigError("give at most one of gate_topk, gate_threshold and gate_coverage")
         if self.budget_tokens < 1 or self.page_size < 1 or self.sink < 0 or self.window < 1:
             raise ConfigError("budget_tokens, page_size and window must be >= 1 and sink >= 0")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
@@ -121,8 +125,11 @@ def _prefill(state: _LayerState, q, k, v, scale):
     cfg = state.config
     if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
         return ops.dense_prefill(q, k, v, scale)
+    coverage = cfg.gate_coverage
+    if cfg.gate_topk is None and cfg.gate_threshold is None and coverage is None:
+        coverage = DEFAULT_GATE_COVERAGE
     mask = ops.gate_mask(q, k, block_size=cfg.block_size, topk=cfg.gate_topk, threshold=cfg.gate_threshold,
-                         coverage=cfg.gate_coverage, scale=scale, keys=cfg.gate_keys)
+                         coverage=coverage, scale=scale, keys=cfg.gate_keys)
     from .block_gating import block_visibility
 
     visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)

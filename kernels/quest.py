@@ -5,7 +5,7 @@ updated incrementally as the cache grows). ``sum_d max(q_d min_d, q_d max_d)`` b
 every key of the page; it equals ``relu(q) . max + min(q, 0) . min``, two small matmuls, fused with the
 sum over the query heads of a GQA group in :func:`quest_page_scores` (Triton; reference
 :func:`quest_page_scores_ref`). :func:`select_topk` picks the top pages of each row in one Triton program
-per row (radix descent over the float bit pattern, 4 bits a round, then a prefix sum to compact the winners),
+per row (radix descent over the float bit pattern, one bit a round, then a prefix sum to compact the winners),
 replacing ``torch.topk``'s several launches; :func:`quest_select` chains the two. The first (sink) page
 and the newest page are always kept. The pages feed ``sparse_decode.decode_attention(page_size=P)``.
 """
@@ -129,10 +129,10 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr, RADIX_BITS: tl.cons
 
     Radix descent over order-preserving 32-bit keys of the floats: each of ``32 / RADIX_BITS`` rounds
     counts, in one reduction, how many keys reach each of ``2**RADIX_BITS`` candidate thresholds and fixes
-    the next ``RADIX_BITS`` bits of the k-th largest key. The rounds are latency-bound (one block-wide
-    reduction each), so fewer, wider rounds win: on an H200 (128k tokens, 8 rows of 8,192 pages, k = 256)
-    one bit per round (a bisection, 32 rounds) took 59 us for a whole Quest step against 83 us for
-    ``torch.topk`` and 106 us for a 4-pass ``tl.histogram`` radix select.
+    the next ``RADIX_BITS`` bits of the k-th largest key. On an H200 (128k tokens, 8 rows of 8,192 pages,
+    k = 256) one bit per round (a bisection, 32 rounds, the default) took 59 us for a whole Quest step,
+    against 83 us with ``torch.topk``, 106 us with a 4-pass ``tl.histogram`` radix select and 334 us with
+    4 bits per round (8 rounds, but the [pages x 16] comparison tile spills registers).
     """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, NP)
@@ -142,7 +142,7 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr, RADIX_BITS: tl.cons
     digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
     lo = tl.full([], -2147483648, tl.int64)  # invariant: #(key >= lo) >= k
     for r in tl.static_range(32 // RADIX_BITS):
-        shift: tl.constexpr = 32 - RADIX_BITS * (r + 1)
+        shift = 32 - RADIX_BITS * (r + 1)
         cand = lo + (digits << shift)  # candidate thresholds, ascending
         reach = tl.sum((key[:, None] >= cand[None, :]).to(tl.int32), 0)  # keys >= each candidate
         lo = lo + ((tl.sum((reach >= k).to(tl.int64), 0) - 1) << shift)
@@ -156,7 +156,7 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr, RADIX_BITS: tl.cons
 
 
 def select_topk(scores: torch.Tensor, k: int, *, counts: torch.Tensor | None = None,
-                radix_bits: int = 4) -> torch.Tensor:
+                radix_bits: int = 1) -> torch.Tensor:
     """int64 ``[..., k]``: positions of the ``k`` largest entries of each row of ``scores [..., n]`` (ascending
     positions; ties go to the lower position). One Triton program per row; ``torch.topk`` elsewhere.
     ``counts`` (int32, one entry per row), when given, is filled with ``k``."""

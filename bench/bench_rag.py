@@ -2,6 +2,7 @@
 
     python bench/bench_rag.py routing --per-source 80        # routing table -> rag.json["routing"]
     python bench/bench_rag.py latency --questions 20         # per-stage latency -> rag.json["reader"]
+    python bench/bench_rag.py latency --set-only --work .stage/rag --questions 8   # the set for a GPU run
     python bench/bench_rag.py latency --from-file SET.json --device cuda --key reader_gpu   # no Java
 
 Routing: one BM25 index over the union of the corpus-needing sources' passages (``rag/qa_sets.py``);
@@ -209,7 +210,10 @@ def latency(args: argparse.Namespace) -> dict:
     import torch
     from sparsa.rag.reader import Reader, ReaderConfig
 
-    items = json.loads(Path(args.from_file).read_text()) if args.from_file else _latency_set(args)
+    items = json.loads(Path(args.from_file[0]).read_text()) if args.from_file else _latency_set(args)
+    if args.set_only:
+        print(f"wrote {args.work / 'latency_set.json'}: {len(items)} questions")
+        return {}
     reader = Reader(ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens,
                                  max_context_tokens=args.context_tokens, max_passage_tokens=args.passage_tokens,
                                  device=args.device, dtype=args.dtype, attention=args.attention))
@@ -271,7 +275,10 @@ def main() -> None:
     parser.add_argument("--passage-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the loaded 2-core box)")
     parser.add_argument("--questions", type=int, default=20, help="latency: questions measured")
-    parser.add_argument("--from-file", default=None, help="latency: questions + passages JSON (no index needed)")
+    parser.add_argument("--from-file", default=None, nargs="+",
+                        help="latency: questions + passages JSON (no index needed); merge: the part(s) to merge")
+    parser.add_argument("--set-only", action="store_true",
+                        help="latency: only write WORK/latency_set.json (questions + passages for a GPU run)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="latency: reader LM name or folder")
     parser.add_argument("--attention", default="full", help="latency: full or sparse")
     parser.add_argument("--device", default="cpu")
@@ -282,7 +289,10 @@ def main() -> None:
     if args.what == "merge":  # a part measured elsewhere (the H200 run's --out file) into rag.json
         if not (args.key and args.from_file):
             parser.error("merge needs --key and --from-file")
-        print("wrote", merge_results(args.key, json.loads(Path(args.from_file).read_text())))
+        parts = [json.loads(Path(f).read_text()) for f in args.from_file]
+        # Several files (one per dtype from bench/gpu_rag.sh) merge as {dtype: part}.
+        payload = parts[0] if len(parts) == 1 else {p["dtype"]: p for p in parts}
+        print("wrote", merge_results(args.key, payload))
         return
     import torch
 
@@ -292,6 +302,8 @@ def main() -> None:
     args.data = args.data or load_settings().data_dir
     args.work.mkdir(parents=True, exist_ok=True)
     payload = routing(args) if args.what == "routing" else latency(args)
+    if args.set_only:
+        return
     if args.out:
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.from_file or args.key:

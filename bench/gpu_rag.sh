@@ -7,7 +7,8 @@
 #   SMOLLM2_DIR                     a folder holding the converted SmolLM2-135M-Instruct (safetensors +
 #                                   tokenizer), e.g. $SPARSA_HOME/models/smollm2-135m-instruct staged on the machine
 # Results land in $OUT/rag_reader_h200_*.json; merge them on the dev machine with
-#   python bench/bench_rag.py merge --key reader_h200 --from-file rag_reader_h200_bfloat16.json
+#   python bench/bench_rag.py merge --key reader_h200 --from-file rag_reader_h200_float32.json rag_reader_h200_bfloat16.json
+# (bench/gpu_amar.sh runs this script after the Amar run, in the same call.)
 set -euo pipefail
 : "${SMOLLM2_DIR:?set SMOLLM2_DIR to the SmolLM2-135M-Instruct folder}"
 pip install -q --no-index --no-deps --target /tmp/site .stage/rag/whl/sparsa-*.whl

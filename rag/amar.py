@@ -17,7 +17,9 @@ per retrieved path of the subgraph aspect ("Tom Hanks acted in movies directed b
    pooled embeddings of all open items and the question; the result is added back through a learned
    scale that starts at 0, so an untrained head reproduces the plain-text prompt. The alignment loss
    (InfoNCE over a batch) pulls the aligned summaries of the aspects of one question together
-   (entity with subgraph, relation with subgraph) and apart from other questions'.
+   (entity with subgraph, relation with subgraph) and apart from other questions'; it sees the update
+   at full strength and leaves the scale alone: only the answer loss decides how much of the update
+   reaches the LM (an InfoNCE-grown scale shifted every prompt token and cost answers).
 4. The gated, aligned embeddings go into the LM through ``inputs_embeds`` between a fixed prefix and
    the question; the answer-generation loss trains the head through the frozen LM.
 
@@ -65,6 +67,10 @@ class AmarConfig:
     # "scale": open items enter multiplied by their gate; "filter": gates only decide which items enter.
     gate_mode: Literal["scale", "filter"] = "scale"
     max_new_tokens: int = 12
+    # Low-rank adapters on the LM's linear layers (0: the LM stays frozen); trained with the head.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_threshold <= 1.0:
@@ -73,6 +79,9 @@ class AmarConfig:
             raise ConfigError(f"gate_mode {self.gate_mode!r}: expected scale or filter")
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be >= 1")
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +150,45 @@ def _head_module(hidden: int, config: AmarConfig):
             bilinear = (self.gate_q(qk) * self.gate_k(keys)).sum(-1)
             return self.gate(x).squeeze(-1) + bilinear
 
-        def aligned(self, token_embeds, pools, q_pool):
+        def aligned(self, token_embeds, pools, q_pool, strength=None):
             """Self-aligned token embeddings of open items: tokens [L, h] of each item attend to the
-            pooled open items and the question. token_embeds: list of [L_i, h]; pools [n, h]."""
+            pooled open items and the question. token_embeds: list of [L_i, h]; pools [n, h].
+            The update enters with ``tanh(align_scale)`` (what reaches the LM, learned from the answer
+            loss) unless ``strength`` is given (the alignment loss sees the update at full strength)."""
             memory = torch.cat([pools, q_pool[None]], 0)[None]  # [1, n + 1, h]
-            out = []
-            for tokens in token_embeds:
-                update, _ = self.align(tokens[None], memory, memory, need_weights=False)
-                out.append(tokens + torch.tanh(self.align_scale) * update[0])
-            return out
+            tokens = torch.cat(list(token_embeds))  # every token attends on its own: one call for all items
+            update, _ = self.align(tokens[None], memory, memory, need_weights=False)
+            out = tokens + (torch.tanh(self.align_scale) if strength is None else strength) * update[0]
+            return list(out.split([t.shape[0] for t in token_embeds]))
 
     return AmarHead()
+
+
+def _lora_adapters(lm, config: AmarConfig):
+    """Low-rank adapters ``x -> B(A(x)) * alpha / rank`` added to the outputs of the LM's linear layers
+    named in ``config.lora_targets`` (forward hooks: the LM's own modules stay untouched). ``B`` starts
+    at 0, so untrained adapters leave the LM as it was. Returns the adapters as a ``ModuleDict``."""
+    import torch
+    from torch import nn
+
+    class LoRA(nn.Module):
+        def __init__(self, base: nn.Linear):
+            super().__init__()
+            self.a = nn.Parameter(torch.randn(config.lora_rank, base.in_features) / base.in_features ** 0.5)
+            self.b = nn.Parameter(torch.zeros(base.out_features, config.lora_rank))
+            self.scale = config.lora_alpha / config.lora_rank
+
+        def forward(self, x):
+            return (x @ self.a.T) @ self.b.T * self.scale
+
+    adapters = nn.ModuleDict()
+    for name, module in lm.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in config.lora_targets:
+            adapter = adapters[name.replace(".", "__")] = LoRA(module).to(module.weight.device)
+            module.register_forward_hook(lambda _m, args, out, adapter=adapter: out + adapter(args[0]))
+    if not adapters:
+        raise ConfigError(f"no linear layer of {config.model} is named one of {config.lora_targets}")
+    return adapters
 
 
 class AmarModel:
@@ -172,6 +209,8 @@ class AmarModel:
         self.device = torch.device(device)
         self.embedding = self.lm.get_input_embeddings()
         self.head = _head_module(self.lm.config.hidden_size, config).to(device)
+        if config.lora_rank:  # registered on the head: trained, saved and loaded with it
+            self.head.lora = _lora_adapters(self.lm, config)
         self._token_cache: dict[str, list[int]] = {}
 
     # -- pieces
@@ -190,6 +229,11 @@ class AmarModel:
 
         return self.embedding(torch.tensor(list(ids), dtype=torch.long, device=self.device))  # [L, h]
 
+    def _embed_items(self, items: Sequence[AspectItem]) -> list[torch.Tensor]:
+        """Token embeddings ``[L_i, h]`` of each item's line, from one lookup."""
+        ids = [self.tokens(item.text + "\n") for item in items]
+        return list(self._embed_ids([t for i in ids for t in i]).split([len(i) for i in ids]))
+
     def item_gates(self, retrieval: KGRetrieval, items: Sequence[AspectItem]) -> torch.Tensor:
         """Gate probabilities ``float32[n]`` in [0, 1] for the items of one question."""
         import torch
@@ -204,9 +248,9 @@ class AmarModel:
         q_key = torch.as_tensor(retrieval.question_vector if retrieval.question_vector is not None
                                 else np.zeros(k, np.float32), device=dev)
         q_pool = self._embed(retrieval.question).mean(0)
-        token_embeds = [self._embed(item.text + "\n") for item in items]
         if not items:
-            return torch.zeros(0, device=dev), q_pool, token_embeds
+            return torch.zeros(0, device=dev), q_pool, []
+        token_embeds = self._embed_items(items)
         pools = torch.stack([t.mean(0) for t in token_embeds])
         keys = torch.as_tensor(np.stack([i.key_vector for i in items]), device=dev)
         scores = torch.tensor([i.score for i in items], dtype=torch.float32, device=dev)
@@ -225,14 +269,17 @@ class AmarModel:
         suffix = self._embed(_SUFFIX.format(question=retrieval.question))
         if mode == "lm" or not items:
             return torch.cat([self._embed(_PREFIX_NO_KNOWLEDGE), suffix]), {"gates": [], "open": []}
-        logits, q_pool, token_embeds = self._gate_logits(retrieval, items)
         if mode == "text":
-            return torch.cat([self._embed(_PREFIX), *token_embeds, suffix]), {"gates": [], "open": []}
+            return torch.cat([self._embed(_PREFIX), *self._embed_items(items), suffix]), {"gates": [], "open": []}
+        logits, q_pool, token_embeds = self._gate_logits(retrieval, items)
         probs = torch.sigmoid(logits) if gates is None else gates.to(self.device)
         levels = probs.detach().cpu().tolist()
-        open_ = [i for i in range(len(items)) if levels[i] >= self.config.gate_threshold]
         paths = sorted((i for i in range(len(items)) if items[i].kind == "path"), key=lambda i: -levels[i])
-        open_ = sorted(set(open_) | set(paths[: self.config.min_open_paths]))
+        must = set(paths[: self.config.min_open_paths])
+        # Open items in prompt order: entity and relation aspects, then paths from the highest gate down
+        # (a small LM copies the first fitting name it reads).
+        open_ = [i for i in range(len(items)) if items[i].kind != "path" and levels[i] >= self.config.gate_threshold]
+        open_ += [i for i in paths if i in must or levels[i] >= self.config.gate_threshold]
         parts = [self._embed(_PREFIX)]
         if open_:
             kept = [token_embeds[i] for i in open_]
@@ -281,7 +328,8 @@ class AmarModel:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", **overrides) -> AmarModel:
-        """Load a saved head; ``overrides`` replace inference settings (``gate_mode``, ``gate_threshold``)."""
+        """Load a saved head; ``overrides`` replace settings (``gate_mode``, ``gate_threshold``, ``lora_rank``
+        to add untrained adapters to a head saved without them)."""
         import torch
 
         folder = Path(folder)
@@ -289,7 +337,11 @@ class AmarModel:
             raise ConfigError(f"{folder}: no amar_head.pt; train one with 'sparsa train amar'")
         config = AmarConfig(**{**json.loads((folder / "amar_config.json").read_text()), **overrides})
         model = cls(config, device)
-        model.head.load_state_dict(torch.load(folder / "amar_head.pt", map_location=device))
+        missing, unexpected = model.head.load_state_dict(
+            torch.load(folder / "amar_head.pt", map_location=device), strict=False)
+        # A head saved without adapters may get fresh ones (lora_rank override): they start as identity.
+        if unexpected or any(not name.startswith("lora.") for name in missing):
+            raise ConfigError(f"{folder}: head does not fit the config (missing {missing}, unexpected {unexpected})")
         return model
 
 

@@ -41,7 +41,12 @@ class AmarTrainConfig:
     lm_steps: int = 100  # optimizer steps of stage 2
     lm_batch: int = 2
     lm_lr: float = 3e-4
+    lora_lr: float = 1e-3  # the LM's low-rank adapters, when the model has them (AmarConfig.lora_rank)
+    warmup_steps: int = 10  # stage 2: linear warm-up, then linear decay to 0 at lm_steps
     lambda_gate: float = 1.0
+    # Stage 2 prompt: "amar" (gated, aligned items) or "text" (all items as text: only adapters learn,
+    # the control that tells the gates' share of a gain from the adapters')
+    train_mode: str = "amar"
     temperature: float = 0.1
     checkpoint_every: int = 10
     seed: int = 0
@@ -52,6 +57,8 @@ class AmarTrainConfig:
                 raise ConfigError(f"{name} must be >= 1")
         if self.gate_epochs < 0 or self.lm_steps < 0:
             raise ConfigError("gate_epochs and lm_steps must be >= 0")
+        if self.train_mode not in ("amar", "text"):
+            raise ConfigError(f"train_mode {self.train_mode!r}: expected amar or text")
 
 
 def item_labels(items: Sequence[AspectItem], answers: Sequence[str]) -> list[float | None]:
@@ -61,17 +68,21 @@ def item_labels(items: Sequence[AspectItem], answers: Sequence[str]) -> list[flo
             for item in items]
 
 
-def _gate_loss(model: AmarModel, retrieval: KGRetrieval, items: list[AspectItem], answers: Sequence[str]):
+def gate_bce(logits, items: Sequence[AspectItem], answers: Sequence[str]):
+    """Binary cross-entropy of the path items' gate logits against :func:`item_labels`."""
     import torch
 
-    logits, q_pool, token_embeds = model._gate_logits(retrieval, items)
     labels = item_labels(items, answers)
     picked = [i for i, y in enumerate(labels) if y is not None]
     if not picked:
-        return logits.sum() * 0.0, logits, q_pool, token_embeds
+        return logits.sum() * 0.0
     target = torch.tensor([labels[i] for i in picked], device=logits.device)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[picked], target)
-    return loss, logits, q_pool, token_embeds
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[picked], target)
+
+
+def _gate_loss(model: AmarModel, retrieval: KGRetrieval, items: list[AspectItem], answers: Sequence[str]):
+    logits, q_pool, token_embeds = model._gate_logits(retrieval, items)
+    return gate_bce(logits, items, answers), logits, q_pool, token_embeds
 
 
 def _aspect_summaries(model: AmarModel, items, logits, q_pool, token_embeds):
@@ -82,7 +93,7 @@ def _aspect_summaries(model: AmarModel, items, logits, q_pool, token_embeds):
     if not {"entities", "relations", "path"} <= set(kinds):
         return None
     pools = torch.stack([t.mean(0) for t in token_embeds])
-    aligned = [a.mean(0) for a in model.head.aligned(token_embeds, pools, q_pool)]
+    aligned = [a.mean(0) for a in model.head.aligned(token_embeds, pools, q_pool, strength=1.0)]
     entity = aligned[kinds.index("entities")]
     relation = aligned[kinds.index("relations")]
     paths = [i for i, k in enumerate(kinds) if k == "path"]
@@ -104,22 +115,26 @@ def alignment_loss(summaries: list, temperature: float):
     return (ce(entity @ subgraph.T / temperature, target) + ce(relation @ subgraph.T / temperature, target)) / 2
 
 
-def _answer_target(items: Sequence[AspectItem], open_: Sequence[int], answers: Sequence[str]) -> str:
-    named = {normalize_answer(t) for i in open_ for t in items[i].tails}
-    return next((a for a in answers if normalize_answer(a) in named), answers[0])
+def answer_target(items: Sequence[AspectItem], open_: Sequence[int], answers: Sequence[str]) -> str:
+    """The gold answer the prompt names first (open items in prompt order), else the first gold answer."""
+    gold = {normalize_answer(a) for a in answers}
+    return next((t for i in open_ for t in items[i].tails if normalize_answer(t) in gold), answers[0])
 
 
-def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lambda_gate: float):
+def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lambda_gate: float,
+             mode: str = "amar"):
     """Answer cross-entropy after the soft prompts (right-padded batch) plus the gate loss."""
     import torch
 
     rows, labels, gate_losses = [], [], []
     for retrieval, question in batch:
         items = aspect_items(retrieval, model.config.key_dim)
-        embeds, info = model.prompt_embeds(retrieval, items, "amar")
-        if items:
-            gate_losses.append(_gate_loss(model, retrieval, items, question.answers)[0])
-        target = model.tokens(_answer_target(items, info["open"], question.answers) + "<|im_end|>")
+        embeds, info = model.prompt_embeds(retrieval, items, mode)
+        if mode == "amar" and items:
+            gate_losses.append(gate_bce(info["logits"], items, question.answers))
+        shown = info["open"] if mode == "amar" else range(len(items))
+        # The name follows "The answer is" after a space, as the LM itself would write it.
+        target = model.tokens(" " + answer_target(items, shown, question.answers) + "<|im_end|>")
         target_embeds = model._embed_ids(target)
         rows.append(torch.cat([embeds, target_embeds]))
         labels.append([-100] * embeds.shape[0] + target)
@@ -130,7 +145,7 @@ def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lamb
     label_ids = torch.tensor([y + [-100] * (longest - len(y)) for y in labels], device=model.device)
     loss = model.lm(inputs_embeds=inputs, attention_mask=mask, labels=label_ids).loss
     gate = torch.stack(gate_losses).mean() if gate_losses else loss * 0.0
-    return loss + lambda_gate * gate, float(loss), float(gate)
+    return loss + lambda_gate * gate, float(loss.detach()), float(gate.detach())
 
 
 def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: Sequence[KGQuestion],
@@ -147,8 +162,11 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
     checkpoint = out / "checkpoint.pt"
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    gate_opt = torch.optim.AdamW(model.head.parameters(), lr=config.gate_lr)
-    lm_opt = torch.optim.AdamW(model.head.parameters(), lr=config.lm_lr)
+    adapters = [p for n, p in model.head.named_parameters() if n.startswith("lora.")]
+    head_params = [p for n, p in model.head.named_parameters() if not n.startswith("lora.")]
+    gate_opt = torch.optim.AdamW(head_params, lr=config.gate_lr)
+    lm_opt = torch.optim.AdamW([{"params": head_params, "lr": config.lm_lr},
+                                {"params": adapters, "lr": config.lora_lr}])
     state = {"gate_epoch": 0, "lm_step": 0, "history": []}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=model.device, weights_only=False)
@@ -199,14 +217,24 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
         logger.info("gate epoch %d: bce %.4f", state["gate_epoch"], bce_sum / max(total, 1))
         save_checkpoint()
     # Stage 2: answer generation through the frozen LM.
+    planned, stage2_from, stage2_started = config.lm_steps, state["lm_step"], started
     with progress_bar(config.lm_steps, "amar answer loss", "step", show_progress) as bar:
         bar.update(state["lm_step"])
         while state["lm_step"] < config.lm_steps:
-            if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+            if state["lm_step"] >= planned or (time_limit_s is not None and time.perf_counter() - started > time_limit_s):
                 logger.info("time limit reached at step %d", state["lm_step"])
                 break
-            batch = [pairs[i] for i in rng.choice(len(pairs), size=config.lm_batch, replace=False)]
-            loss, lm_part, gate_part = _lm_loss(model, batch, config.lambda_gate)
+            batch = [pairs[i] for i in rng.choice(len(pairs), size=min(config.lm_batch, len(pairs)), replace=False)]
+            loss, lm_part, gate_part = _lm_loss(model, batch, config.lambda_gate, config.train_mode)
+            step = state["lm_step"]
+            if step == stage2_from + 3:
+                stage2_started = time.perf_counter()
+            if time_limit_s is not None and step == stage2_from + 8:  # fit the decay into the time left
+                per_step = (time.perf_counter() - stage2_started) / 5
+                planned = min(planned, step + int((time_limit_s - (time.perf_counter() - started)) / per_step))
+            factor = min(1.0, (step + 1) / max(config.warmup_steps, 1)) * max(0.0, 1.0 - step / planned)
+            for group, base in zip(lm_opt.param_groups, (config.lm_lr, config.lora_lr)):
+                group["lr"] = base * factor
             lm_opt.zero_grad()
             loss.backward()
             lm_opt.step()

@@ -238,6 +238,9 @@ class KGRetriever:
         self._pattern_index = {p: i for i, p in enumerate(self.patterns)}
         texts = [graph.path_question(p) for p in self.patterns]
         self._pattern_vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
+        # One row object per pattern, shared by every path that follows it: a pickled cache of
+        # retrievals then stores each pattern vector once (pickle memoises by object).
+        self._pattern_rows = list(self._pattern_vectors)
 
     # -- entities
     def link_entities(self, question: str) -> list[str]:
@@ -310,7 +313,7 @@ class KGRetriever:
             for score, pattern in sorted(kept, key=lambda x: -x[0])[: self.max_paths]:
                 ends = [self.graph.entities[e] for e, _ in reachable[pattern].most_common(self.max_tails)]
                 text = f"{topic} {self.graph.path_phrase(pattern)}: {'; '.join(ends)}"
-                vector = self._pattern_vectors[self._pattern_index[pattern]]
+                vector = self._pattern_rows[self._pattern_index[pattern]]
                 paths.append(PathItem(pattern, tuple(ends), score, text, vector))
         return KGRetrieval(question, topic, tuple(entities), relations, tuple(paths), q)
 

@@ -21,12 +21,13 @@ def train_amar_command(
     gate_batch: Annotated[int, typer.Option(help="questions per gate/alignment step")] = 8,
     lm_steps: Annotated[int, typer.Option(help="answer-loss steps through the frozen LM")] = 100,
     lm_batch: Annotated[int, typer.Option()] = 2,
+    lora_rank: Annotated[int, typer.Option(help="LoRA adapters on the LM (0: the LM stays frozen)")] = 0,
     time_limit: Annotated[float | None, typer.Option(help="stop answer-loss training after this many s")] = None,
     cache: Annotated[Path | None, typer.Option(help="pickle of retrievals to reuse")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Gate + alignment training (cheap), then the answer loss through the frozen LM."""
-    from sparsa.rag.amar import AmarModel
+    from sparsa.rag.amar import AmarConfig, AmarModel
     from sparsa.rag.amar_train import AmarTrainConfig, train_amar
     from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
@@ -36,6 +37,7 @@ def train_amar_command(
     asked = [q for h in hops for q in load_metaqa(data, h, split, limit=questions, seed=seed)]
     retrievals = retrieve_cached(KGRetriever(graph), asked, cache)
     config = AmarTrainConfig(gate_epochs=gate_epochs, gate_batch=gate_batch, lm_steps=lm_steps, lm_batch=lm_batch, seed=seed)
-    record = train_amar(AmarModel(), retrievals, asked, out, config, time_limit_s=time_limit)
+    record = train_amar(AmarModel(AmarConfig(lora_rank=lora_rank)), retrievals, asked, out, config,
+                        time_limit_s=time_limit)
     console.print(f"trained Amar head in {out}: {record['gate_epochs']} gate epochs, {record['lm_steps']} "
                   f"answer steps on {record['questions']} questions")

@@ -102,6 +102,48 @@ def test_training_checkpoints_and_resumes(model, tmp_path):
     assert again["lm_steps"] == 1 and again["seconds_this_run"] < record["seconds_this_run"] + 5
 
 
+def test_stage1_alignment_loss_leaves_the_prompt_alone(tmp_path):
+    """Stage 1 trains the alignment at full strength; how much reaches the LM stays 0 until stage 2."""
+    from sparsa.rag.amar_train import AmarTrainConfig, train_amar
+
+    torch.manual_seed(0)
+    fresh = AmarModel(AmarConfig())
+    retrievals = [_retrieval(PATHS), _retrieval(PATHS[::-1])]
+    questions = [KGQuestion(f"q{i}", r.question, ("Big",), 1) for i, r in enumerate(retrievals)]
+    before = fresh.head.align.out_proj.weight.detach().clone()
+    train_amar(fresh, retrievals, questions, tmp_path / "gates", AmarTrainConfig(gate_epochs=2, gate_batch=2, lm_steps=0))
+    assert float(fresh.head.align_scale.detach()) == 0.0
+    assert not torch.equal(before, fresh.head.align.out_proj.weight)  # the alignment itself did learn
+    retrieval = retrievals[0]
+    with torch.no_grad():
+        text, _ = fresh.prompt_embeds(retrieval, aspect_items(retrieval), "text")
+        amar, _ = fresh.prompt_embeds(retrieval, aspect_items(retrieval), "amar", gates=torch.ones(5))
+    torch.testing.assert_close(text, amar)  # all gates open: still the plain-text prompt
+
+
+def test_lora_adapters_start_as_identity_and_round_trip(model, tmp_path):
+    torch.manual_seed(0)
+    adapted = AmarModel(AmarConfig(lora_rank=4))
+    assert len(adapted.head.lora) == 7 * adapted.lm.config.num_hidden_layers
+    retrieval = _retrieval(PATHS)
+    with torch.no_grad():
+        embeds, _ = model.prompt_embeds(retrieval, aspect_items(retrieval), "text")
+        frozen = model.lm(inputs_embeds=embeds[None]).logits
+        torch.testing.assert_close(adapted.lm(inputs_embeds=embeds[None]).logits, frozen)  # B starts at 0
+        for adapter in adapted.head.lora.values():
+            adapter.b.normal_(0, 0.01)
+        changed = adapted.lm(inputs_embeds=embeds[None]).logits
+    assert not torch.allclose(changed, frozen)
+    adapted.save(tmp_path / "lora")
+    loaded = AmarModel.load(tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.lm(inputs_embeds=embeds[None]).logits, changed)
+    model.save(tmp_path / "plain")  # a head saved without adapters gains fresh (identity) ones
+    grown = AmarModel.load(tmp_path / "plain", lora_rank=4)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.lm(inputs_embeds=embeds[None]).logits, frozen)
+
+
 def test_generation_returns_one_answer_per_question(model):
     retrieval = _retrieval(PATHS)
     out = model.generate([retrieval, retrieval], "amar", batch_size=2)

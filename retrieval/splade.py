@@ -254,6 +254,7 @@ class SpladeEncoder:
         """Model token ids and the pooled range ``[start, end)`` of one text."""
         if self.architecture == "masked-lm":
             return ids, 0, len(ids)
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else ids  # pooled tokenisation gives arrays
         bos = self.tokenizer.bos_token_id
         prefix = [bos] if bos is not None else []
         if not self.config.echo:
@@ -299,6 +300,6 @@ def _to_sparse(pooled: torch.Tensor) -> list[SparseVector]:
     values = pooled[rows, cols].cpu().numpy()
     cols_np = cols.to(torch.int32).cpu().numpy()
     counts = torch.bincount(rows, minlength=pooled.shape[0]).cpu().numpy()
-    bounds = np.cumsum(counts)[:-1]
-    pairs = zip(np.split(cols_np, bounds), np.split(values, bounds), strict=True)
-    return [SparseVector(c, v) for c, v in pairs]
+    ends = np.cumsum(counts).tolist()
+    # Plain slicing: np.split costs ~7 us a piece, a third of the GPU path's time on SciFact.
+    return [SparseVector(cols_np[e - n : e], values[e - n : e]) for e, n in zip(ends, counts.tolist(), strict=True)]

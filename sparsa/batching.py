@@ -4,15 +4,19 @@ Encoders tokenise a corpus in blocks of ``block_size`` texts (the next block is 
 background thread while the current one runs through the model), sort each block by token length
 so that a batch holds texts of similar length (little padding), and write results back in input
 order. :class:`TokenIds` is the tokenisation they use: one parallel call into the Rust tokenizer per
-block, ids only.
+block, ids only; for big jobs feeding a GPU on a many-core host, a pool of tokenizer processes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import multiprocessing
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,6 +26,10 @@ logger = logging.getLogger(__name__)
 # on a CPU big blocks sort better (less padding). A smaller first block lets the model start sooner.
 BLOCK_SIZE = {"cpu": 8192, "cuda": 1024}
 FIRST_BLOCK = {"cpu": 1024, "cuda": 256}
+# Tokenizer processes: only for a GPU encoder (the CPU host is otherwise idle), on hosts with enough
+# cores, and for jobs big enough to repay starting them (they then live as long as the TokenIds).
+POOL_MIN_TEXTS = 2048
+POOL_MIN_CORES = 8
 
 
 def length_sorted_batches(
@@ -108,7 +116,8 @@ class TokenIds:
     def __init__(self, tokenizer: object, max_length: int, add_special_tokens: bool = True):
         self.tokenizer, self.max_length, self.add_special_tokens = tokenizer, max_length, add_special_tokens
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = self._plain = None
+        self._backend = self._plain = self._pool = None
+        self._pool_workers = 0
         if backend is None:
             return
         side = getattr(tokenizer, "truncation_side", "right")
@@ -157,9 +166,39 @@ class TokenIds:
                 ids[i] = e.ids
         return ids
 
-    def blocks(self, texts: Sequence[str], device_type: str) -> Iterator[tuple[int, list[list[int]]]]:
-        """``(offset, token ids)`` per block, sized for an encoder on ``device_type`` (next block tokenised ahead)."""
-        return tokenized_blocks(texts, self, BLOCK_SIZE.get(device_type, 8192), FIRST_BLOCK.get(device_type))
+    def blocks(self, texts: Sequence[str], device_type: str) -> Iterator[tuple[int, Sequence[Sequence[int]]]]:
+        """``(offset, token ids)`` per block, sized for an encoder on ``device_type`` (next block tokenised ahead).
+
+        Feeding a GPU from a host with ``POOL_MIN_CORES`` or more, jobs of ``POOL_MIN_TEXTS`` texts or more
+        are tokenised by a pool of processes (one Rust tokenizer thread each), and a block's ids come as
+        int32 arrays: the per-text Python work of tokenising (ASCII normalisation, reading the ids) then runs
+        in parallel and outside this process's GIL, which the thread feeding the GPU needs.
+        """
+        tokenize: Callable[[list[str]], Sequence[Sequence[int]]] = self
+        if device_type == "cuda" and len(texts) >= POOL_MIN_TEXTS and self._backend is not None:
+            tokenize = self._pooled() or self
+        return tokenized_blocks(texts, tokenize, BLOCK_SIZE.get(device_type, 8192), FIRST_BLOCK.get(device_type))
+
+    def _pooled(self) -> Callable[[list[str]], list[np.ndarray]] | None:
+        """``texts -> int32 id arrays`` through the process pool (started on first use), or None."""
+        pool, workers = self._pool, self._pool_workers
+        if pool is None:
+            workers = (os.cpu_count() or 1) - 2  # the GPU feeder and the block thread keep a core each
+            if workers < POOL_MIN_CORES - 2 or not sys.platform.startswith("linux"):
+                return None
+            pool, self._pool_workers = _start_pool(self, workers), workers
+            self._pool = pool
+
+        def tokenize(texts: list[str]) -> list[np.ndarray]:
+            size = -(-len(texts) // workers)
+            chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+            out: list[np.ndarray] = []
+            for flat, lengths in pool.map(_tokenize_in_worker, chunks):
+                ends = np.cumsum(lengths)
+                out += [flat[e - n : e] for e, n in zip(ends.tolist(), lengths.tolist(), strict=True)]
+            return out
+
+        return tokenize
 
     def _normalise_ascii(self, text: str) -> str | None:
         """What the ``BertNormalizer`` makes of an ASCII text; None for other texts and added tokens."""
@@ -171,6 +210,44 @@ class TokenIds:
         if maybe_added and (self._added.search(normalised.lower()) or self._added.search(text.lower())):
             return None
         return normalised
+
+
+_WORKER_IDS: TokenIds | None = None  # the TokenIds a pool worker inherited at fork
+
+
+def _start_pool(token_ids: TokenIds, workers: int) -> ProcessPoolExecutor:
+    """Fork ``workers`` tokenizer processes now, from the calling (main) thread, before any block thread.
+
+    Fork, not spawn: the workers inherit the tokenizer as it is (no pickling, no re-import of the user's
+    script); they never touch CUDA. The Rust tokenizer's own threads are off in them
+    (``TOKENIZERS_PARALLELISM=false`` across the fork, restored here afterwards).
+    """
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_set_worker_ids, initargs=(token_ids,))
+        list(pool.map(int, range(workers)))  # all workers fork here (fork pools start them all at once)
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    logger.info("tokenising in %d processes", workers)
+    return pool
+
+
+def _set_worker_ids(token_ids: TokenIds) -> None:
+    global _WORKER_IDS
+    _WORKER_IDS = token_ids
+    token_ids._pool = None
+
+
+def _tokenize_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """In a pool worker: the texts' ids as one flat int32 array and the per-text lengths."""
+    ids = _WORKER_IDS(texts)  # type: ignore[misc]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
 
 
 def _truncating_copy(backend: object, max_length: int, side: str) -> object:

@@ -63,6 +63,29 @@ def test_tokenized_blocks_cover_texts_in_order():
     assert list(tokenized_blocks([], lambda xs: xs)) == []
 
 
+def test_process_pool_gives_the_same_ids(scifact, monkeypatch):
+    """GPU jobs on many-core hosts tokenise in forked processes: same ids, as int32 arrays, in order."""
+    from transformers import AutoTokenizer
+
+    from sparsa import batching
+
+    monkeypatch.setattr(batching, "POOL_MIN_TEXTS", 8)
+    monkeypatch.setattr(batching, "POOL_MIN_CORES", 3)
+    monkeypatch.setattr(batching.os, "cpu_count", lambda: 5)  # 3 workers on any host
+    monkeypatch.setitem(batching.BLOCK_SIZE, "cuda", 64)
+    ids = TokenIds(AutoTokenizer.from_pretrained(resolve_model("splade-tiny")), 128)
+    texts = [doc.full_text for doc in scifact.corpus.documents[:150]] + TRICKY
+    try:
+        pooled = [x for _, block in ids.blocks(texts, "cuda") for x in block]
+        assert ids._pool_workers == 3
+        assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in pooled)
+        assert [x.tolist() for x in pooled] == ids(texts)
+        assert [len(b) for _, b in ids.blocks(texts[:5], "cuda")] == [5]  # small jobs: no pool needed
+    finally:
+        if ids._pool is not None:
+            ids._pool.shutdown()
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Several blocks, and a first block of another size, on this small input."""

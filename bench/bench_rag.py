@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_results
+from common import RESULTS, run_metadata, write_results
 from sparsa.rag.answer_text import exact_match, short_answer, token_f1
 
 from sparsa.types import Document
@@ -290,9 +290,15 @@ def main() -> None:
         if not (args.key and args.from_file):
             parser.error("merge needs --key and --from-file")
         parts = [json.loads(Path(f).read_text()) for f in args.from_file]
-        # Several files (one per dtype from bench/gpu_rag.sh) merge as {dtype: part}.
+        # Several files (one per dtype from bench/gpu_rag.sh) merge as {dtype: part}. The file's own
+        # "meta" describes the run of its other keys, so it stays; the part gets the merge's record.
         payload = parts[0] if len(parts) == 1 else {p["dtype"]: p for p in parts}
-        print("wrote", merge_results(args.key, payload))
+        payload["merged"] = {key: value for key, value in run_metadata().items() if key in ("command", "git_commit", "date")}
+        path = RESULTS / "rag.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current[args.key] = payload
+        path.write_text(json.dumps(current, indent=2) + "\n")
+        print("wrote", path)
         return
     import torch
 

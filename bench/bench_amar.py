@@ -96,10 +96,9 @@ def load_split(cache: Path, name: str, hop: int) -> tuple[list[KGQuestion], list
 
 
 def gates(args: argparse.Namespace) -> None:
+    import torch
     from sparsa.rag.amar import AmarConfig
     from sparsa.rag.amar_train import AmarTrainConfig, train_amar
-
-    import torch
 
     torch.set_num_threads(args.threads)
     pairs = [load_split(args.cache, "train", hop) for hop in args.hops]

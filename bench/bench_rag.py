@@ -30,7 +30,8 @@ from sparsa.rag.answer_text import exact_match, short_answer, token_f1
 from sparsa.types import Document
 
 ROUTERS = {"popularity": ("subject_logdf", "relation_logdf"), "confidence": ("lm_logprob",),
-           "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob")}
+           "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
+           "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus")}
 NOTE = ("CPU timings on a 2-core machine shared with other jobs (load average 4-6): absolute seconds are "
         "inflated and noisy; compare stages, not machines.")
 

@@ -8,6 +8,9 @@ for popular ones the LM already knows. Here popularity is estimated from what sp
   ``log((df + 1) / (N + 1))``; the subject is the bracketed ``[entity]``, else the rarest capitalised
   span, else the rarest content word (a multi-word span's df is its rarest word's: an upper bound);
 - ``relation_logdf``: the same for the question's other content words (the relation), averaged;
+- ``subject_in_corpus``: 1 if every word of the subject occurs in the corpus, else 0. WiTQA's rule
+  (rare subject -> retrieve) assumes the corpus covers the question; when the subject is absent from
+  it, retrieval has nothing to offer and the LM's own memory is the only chance;
 - ``lm_logprob``: the LM's own confidence, the mean token log-probability of its closed-book answer.
 
 A logistic regression on standardised features predicts P(retrieval helps) and a threshold on it,
@@ -31,7 +34,7 @@ import numpy as np
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.types import Corpus
 
-FEATURES = ("subject_logdf", "relation_logdf", "lm_logprob")
+FEATURES = ("subject_logdf", "relation_logdf", "subject_in_corpus", "lm_logprob")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 _STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this", "these", "those", "it", "its", "as", "into", "about", "than", "then", "there", "their", "his", "her", "he", "she", "they", "them", "you", "your", "we", "our", "i", "me", "my", "has", "have", "had", "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "name", "one"])
@@ -93,6 +96,7 @@ def question_features(question: str, stats: TermStats, lm_logprob: float = 0.0) 
     return {
         "subject_logdf": stats.logdf(subject) if subject else 0.0,
         "relation_logdf": float(np.mean(relation_logdfs)) if relation_logdfs else 0.0,
+        "subject_in_corpus": float(bool(subject) and all(stats.df.get(w.lower(), 0) > 0 for w in subject)),
         "lm_logprob": lm_logprob,
     }
 

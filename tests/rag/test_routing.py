@@ -39,6 +39,13 @@ def test_term_stats_and_subjects(stats):
     assert subject_and_relation("", stats) == ([], [])
 
 
+def test_subject_in_corpus_feature(stats):
+    assert question_features("who directed [Kismet]", stats)["subject_in_corpus"] == 1.0
+    assert question_features("who directed [Kismet Zebulon]", stats)["subject_in_corpus"] == 0.0
+    assert question_features("where does Zebulon live", stats)["subject_in_corpus"] == 0.0
+    assert question_features("", stats)["subject_in_corpus"] == 0.0
+
+
 def test_routing_decisions_on_fixed_popularity():
     # P(retrieval helps) falls with the subject's popularity (WiTQA): popular subjects are recalled.
     model = RouterModel(("subject_logdf", "lm_logprob"), (0.0, 0.0), (1.0, 1.0), (-2.0, -1.0), -4.0, 0.5)

@@ -106,6 +106,7 @@ class ServiceState:
         self.corpus = None
         self.reranker: Any = None
         self.pipeline: Any = None
+        self.qa_retriever: str | None = None  # the served index the QA pipeline retrieves from
         self.problems: list[str] = []
         self.loaded = threading.Event()
         self._swap_lock = threading.Lock()
@@ -151,7 +152,8 @@ class ServiceState:
         from sparsa.rag.pipeline import QAPipeline
         from sparsa.rag.reader import Reader
 
-        index = self.indexes.get("bm25") or next(iter(self.indexes.values()), None)
+        self.qa_retriever = "bm25" if "bm25" in self.indexes else next(iter(self.indexes), None)
+        index = self.indexes.get(self.qa_retriever) if self.qa_retriever else None
         if index is None or self.corpus is None:
             raise ConfigError("QA needs a served index and its dataset (the passages it reads)")
         router = None
@@ -233,4 +235,6 @@ class ServiceState:
         with self._swap_lock:
             served = open_served_index(retriever, path, verify="sha256")
             self.indexes[retriever] = served  # one assignment: requests see the old or the new index
+            if self.pipeline is not None and retriever == self.qa_retriever:
+                self.pipeline.retriever = served.searcher  # /qa reads from the new index too
             return served

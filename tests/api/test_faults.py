@@ -90,6 +90,23 @@ def test_swap_refuses_a_corrupt_index_and_keeps_serving(spare_index, index_root,
         assert client.post("/search", json={"query": "flow", "retriever": "splade"}).status_code == 200
 
 
+def test_swap_also_moves_qa_to_the_new_index(spare_index, shared_data):
+    import shutil
+
+    pytest.importorskip("sparsa.rag.pipeline", reason="the QA pipeline is not in this checkout")
+    from sparsa.api import ServiceState
+
+    shutil.copytree(spare_index / "bm25", spare_index / "bm25-new")
+    state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"},
+                                        qa_model="smollm2-135m-instruct")).load(strict=True)
+    old = state.pipeline.retriever
+    assert state.qa_retriever == "bm25" and old is state.indexes["bm25"].searcher
+    state.swap("bm25", spare_index / "bm25-new")
+    assert state.pipeline.retriever is state.indexes["bm25"].searcher and state.pipeline.retriever is not old
+    answer = state.answer("what is the effect of heat transfer on the boundary layer?", mode="retrieve")
+    assert answer.route == "retrieve" and answer.passages
+
+
 def _wait(predicate, seconds: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

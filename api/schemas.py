@@ -114,7 +114,8 @@ class IndexList(BaseModel):
 
 class BuildRequest(Strict):
     name: IndexName = Field(description="index name under the server's index folder")
-    kind: Literal["bm25", "splade"] = "bm25"
+    kind: Literal["bm25", "splade", "dense"] = Field(
+        "bm25", description="bm25 (Lucene), splade (splade-tiny, exact backend) or dense (minilm-l6, flat)")
     dataset: IndexName = Field(description="dataset name under the server's data folder, e.g. scifact")
 
 

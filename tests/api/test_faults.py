@@ -141,3 +141,21 @@ def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index,
         assert status(rerun)["state"] == "succeeded", status(rerun)["log_tail"]
         swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "bm25"})
         assert swapped.status_code == 200 and swapped.json()["num_documents"] == 5183
+
+
+@pytest.mark.slow
+def test_dense_index_built_through_the_api_and_swapped_in(spare_index, shared_data):
+    from fastapi.testclient import TestClient
+    from sparsa.api import ServiceState, create_app
+
+    state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"}))
+    with TestClient(create_app(state.config, state.load(strict=True))) as client:
+        job = client.post("/indexes/build", headers=KEY, json={"name": "cran-dense", "kind": "dense",
+                                                                "dataset": "cranfield"}).json()
+        status = lambda: client.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
+        assert _wait(lambda: status()["state"] != "running", 600), status()
+        assert status()["state"] == "succeeded", status()["log_tail"]
+        swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "dense", "name": "cran-dense"})
+        assert swapped.status_code == 200 and swapped.json()["num_documents"] == 1400
+        hits = client.post("/search", json={"query": "boundary layer heat transfer", "retriever": "dense", "k": 5})
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 5

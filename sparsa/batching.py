@@ -184,7 +184,7 @@ class TokenIds:
         pool, workers = self._pool, self._pool_workers
         if pool is None:
             workers = (os.cpu_count() or 1) - 2  # the GPU feeder and the block thread keep a core each
-            if workers < POOL_MIN_CORES - 2 or not sys.platform.startswith("linux"):
+            if workers < POOL_MIN_CORES - 2 or not sys.platform.startswith("linux") or _fork_unsafe():
                 return None
             pool, self._pool_workers = _start_pool(self, workers), workers
             self._pool = pool
@@ -213,6 +213,12 @@ class TokenIds:
 
 
 _WORKER_IDS: TokenIds | None = None  # the TokenIds a pool worker inherited at fork
+
+
+def _fork_unsafe() -> bool:
+    """A JVM (Lucene through pyjnius) or a Ray worker in this process: their threads do not survive a fork."""
+    ray = sys.modules.get("ray")
+    return "jnius" in sys.modules or bool(ray is not None and getattr(ray, "is_initialized", bool)())
 
 
 def _start_pool(token_ids: TokenIds, workers: int) -> ProcessPoolExecutor:

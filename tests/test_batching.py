@@ -81,6 +81,9 @@ def test_process_pool_gives_the_same_ids(scifact, monkeypatch):
         assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in pooled)
         assert [x.tolist() for x in pooled] == ids(texts)
         assert [len(b) for _, b in ids.blocks(texts[:5], "cuda")] == [5]  # small jobs: no pool needed
+        fresh = TokenIds(ids.tokenizer, 128)
+        monkeypatch.setitem(batching.sys.modules, "jnius", batching)  # a JVM in the process: never fork
+        assert fresh._pooled() is None and fresh._pool is None
     finally:
         if ids._pool is not None:
             ids._pool.shutdown()

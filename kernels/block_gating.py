@@ -3,8 +3,10 @@
 Algorithm (SeerAttention, Gao et al., 2024, arXiv:2410.13276):
   * **Training-free gate** (:func:`block_gate_scores`, :func:`select_blocks`, :func:`training_free_gate`):
     pool every ``block_size`` queries and keys (mean, max or min over the tokens of a block), score
-    every block pair with the scaled pooled dot product, softmax over the visible KV blocks of each
-    query block, then keep the top-k or above-threshold blocks. The first ("sink") block and the
+    every block pair with the scaled pooled dot product (or, ``keys="tokens"``, the pooled query against
+    every key, log-sum-exp per block: its exact attention mass), softmax over the visible KV blocks of
+    each query block, then keep the top-k, above-threshold or top-p (``coverage``, as in FlexPrefill,
+    Lai et al., 2025) blocks. The first ("sink") block and the
     diagonal block (the one holding the newest visible key) are always kept; with ``causal=True``
     blocks wholly in the future are never kept. Cheap: ``O((S / block)^2 * D)`` in plain PyTorch.
   * **Block-level ground truth** for training a gate (:func:`attention_block_max`): the attention map
@@ -121,7 +123,7 @@ def block_gate_scores(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64,
         kp = pool_blocks(k, block_size, pool).repeat_interleave(q.shape[1] // k.shape[1], 1)
         logits = (qp @ kp.transpose(-1, -2)) * scale
     else:
-        logits = _token_max_logits(qp, k, block_size, scale, causal, q.shape[2])
+        logits = _token_block_logits(qp, k, block_size, scale, causal, q.shape[2])
     logits = logits.masked_fill(~visible, float("-inf"))
     return torch.softmax(logits, -1).nan_to_num(0.0)  # query blocks that see nothing: all zeros
 
@@ -129,7 +131,7 @@ def block_gate_scores(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64,
 _TOKEN_GATE_ELEMENTS = 1 << 27  # fp32 scores per chunk of query blocks (512 MiB)
 
 
-def _token_max_logits(qp: torch.Tensor, k: torch.Tensor, block_size: int, scale: float, causal: bool,
+def _token_block_logits(qp: torch.Tensor, k: torch.Tensor, block_size: int, scale: float, causal: bool,
                       seqlen_q: int) -> torch.Tensor:
     """``logsumexp_{c in block j, c visible to block i} qp_i . k_c * scale`` -> ``[B, Hq, n_q, n_k]``."""
     b, hq, n_q, d = qp.shape

@@ -63,30 +63,53 @@ def test_tokenized_blocks_cover_texts_in_order():
     assert list(tokenized_blocks([], lambda xs: xs)) == []
 
 
-def test_process_pool_gives_the_same_ids(scifact, monkeypatch):
-    """GPU jobs on many-core hosts tokenise in forked processes: same ids, as int32 arrays, in order."""
+_POOL_CHECK = """
+import json, sys
+import numpy as np
+from transformers import AutoTokenizer
+from sparsa import batching
+from sparsa.batching import TokenIds
+from sparsa.models import resolve_model
+
+texts = json.load(open(sys.argv[1]))
+batching.POOL_MIN_TEXTS, batching.POOL_MIN_CORES = 8, 3
+batching.os.cpu_count = lambda: 5  # 3 workers on any host
+batching.BLOCK_SIZE["cuda"] = 64
+ids = TokenIds(AutoTokenizer.from_pretrained(resolve_model("splade-tiny")), 128)
+pooled = [x for _, block in ids.blocks(texts, "cuda") for x in block]
+assert ids._pool_workers == 3, ids._pool_workers
+assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in pooled)
+assert [x.tolist() for x in pooled] == ids(texts)
+assert [len(b) for _, b in ids.blocks(texts[:5], "cuda")] == [5]  # small jobs: no pool needed
+ids._pool.shutdown()
+print("pool ok")
+"""
+
+
+def test_process_pool_gives_the_same_ids(scifact, tmp_path, monkeypatch):
+    """GPU jobs on many-core hosts tokenise in forked processes: same ids, as int32 arrays, in order.
+
+    Checked in a fresh interpreter: this test process may run a JVM (the Lucene tests), which must not fork.
+    """
+    import json
+    import subprocess
+    import sys
+
     from transformers import AutoTokenizer
 
     from sparsa import batching
 
-    monkeypatch.setattr(batching, "POOL_MIN_TEXTS", 8)
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([doc.full_text for doc in scifact.corpus.documents[:150]] + TRICKY))
+    done = subprocess.run([sys.executable, "-c", _POOL_CHECK, str(texts)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "pool ok" in done.stdout, done.stderr[-2000:]
+    # A JVM in the process: never fork, whatever the host.
     monkeypatch.setattr(batching, "POOL_MIN_CORES", 3)
-    monkeypatch.setattr(batching.os, "cpu_count", lambda: 5)  # 3 workers on any host
-    monkeypatch.setitem(batching.BLOCK_SIZE, "cuda", 64)
+    monkeypatch.setattr(batching.os, "cpu_count", lambda: 5)
+    monkeypatch.setitem(batching.sys.modules, "jnius", batching)
     ids = TokenIds(AutoTokenizer.from_pretrained(resolve_model("splade-tiny")), 128)
-    texts = [doc.full_text for doc in scifact.corpus.documents[:150]] + TRICKY
-    try:
-        pooled = [x for _, block in ids.blocks(texts, "cuda") for x in block]
-        assert ids._pool_workers == 3
-        assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in pooled)
-        assert [x.tolist() for x in pooled] == ids(texts)
-        assert [len(b) for _, b in ids.blocks(texts[:5], "cuda")] == [5]  # small jobs: no pool needed
-        fresh = TokenIds(ids.tokenizer, 128)
-        monkeypatch.setitem(batching.sys.modules, "jnius", batching)  # a JVM in the process: never fork
-        assert fresh._pooled() is None and fresh._pool is None
-    finally:
-        if ids._pool is not None:
-            ids._pool.shutdown()
+    assert ids._pooled() is None and ids._pool is None
 
 
 @pytest.fixture

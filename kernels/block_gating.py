@@ -57,7 +57,7 @@ __all__ = [
 PoolMode = Literal["mean", "max", "min"]
 _POOL_MODES = ("mean", "max", "min")
 GateKeys = Literal["pooled", "tokens"]
-_GATE_KEYS = ("pooled", "tokens")
+GATE_KEYS = ("pooled", "tokens")
 _LOG2E = 1.4426950408889634
 
 
@@ -114,8 +114,8 @@ def block_gate_scores(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64,
     if q.dim() != 4 or k.dim() != 4 or q.shape[1] % k.shape[1]:
         raise ValueError(f"need q [B, Hq, Sq, D], k [B, Hkv, Sk, D] with Hq % Hkv == 0: "
                          f"{tuple(q.shape)}, {tuple(k.shape)}")
-    if keys not in _GATE_KEYS:
-        raise ValueError(f"keys must be one of {_GATE_KEYS}, got {keys!r}")
+    if keys not in GATE_KEYS:
+        raise ValueError(f"keys must be one of {GATE_KEYS}, got {keys!r}")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     qp = pool_blocks(q, block_size, pool)
     visible, _ = block_visibility(q.shape[2], k.shape[2], block_size, causal, q.device)

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from . import attention_ops as ops
+from .block_gating import GATE_KEYS
 from .kv_compression import (
     HeadProfile,
     HeadSplitKV,
@@ -84,6 +85,7 @@ class SparseAttentionConfig:
     profile: HeadProfile | None = field(default=None, repr=False)
 
     def validate(self) -> SparseAttentionConfig:
+        """Check the settings; returns them with the default block rule filled in when none was given."""
         from sparsa.errors import ConfigError
 
         for name, value, allowed in (("prefill", self.prefill, PREFILL_MODES), ("decode", self.decode, DECODE_MODES),
@@ -92,15 +94,16 @@ class SparseAttentionConfig:
                 raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
         if self.block_size not in (16, 32, 64, 128):
             raise ConfigError(f"block_size must be 16, 32, 64 or 128, got {self.block_size}")
-        if self.gate_keys not in ("pooled", "tokens"):
-            raise ConfigError(f"gate_keys={self.gate_keys!r}: choose one of pooled, tokens")
-        if sum(x is not None for x in (self.gate_topk, self.gate_threshold, self.gate_coverage)) > 1:
+        if self.gate_keys not in GATE_KEYS:
+            raise ConfigError(f"gate_keys={self.gate_keys!r}: choose one of {', '.join(GATE_KEYS)}")
+        rules = sum(x is not None for x in (self.gate_topk, self.gate_threshold, self.gate_coverage))
+        if rules > 1:
             raise ConfigError("give at most one of gate_topk, gate_threshold and gate_coverage")
         if self.budget_tokens < 1 or self.page_size < 1 or self.sink < 0 or self.window < 1:
             raise ConfigError("budget_tokens, page_size and window must be >= 1 and sink >= 0")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
             raise ConfigError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
-        return self
+        return self if rules else replace(self, gate_coverage=DEFAULT_GATE_COVERAGE)
 
 
 @dataclass
@@ -125,11 +128,8 @@ def _prefill(state: _LayerState, q, k, v, scale):
     cfg = state.config
     if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
         return ops.dense_prefill(q, k, v, scale)
-    coverage = cfg.gate_coverage
-    if cfg.gate_topk is None and cfg.gate_threshold is None and coverage is None:
-        coverage = DEFAULT_GATE_COVERAGE
     mask = ops.gate_mask(q, k, block_size=cfg.block_size, topk=cfg.gate_topk, threshold=cfg.gate_threshold,
-                         coverage=coverage, scale=scale, keys=cfg.gate_keys)
+                         coverage=cfg.gate_coverage, scale=scale, keys=cfg.gate_keys)
     from .block_gating import block_visibility
 
     visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)

@@ -56,7 +56,7 @@ def _raw(record: Mapping, name: str) -> float:
     if name == "pl_pmi":
         return float(record["pl_logprob"]) - float(record["pl_prior_logprob"])
     if name == "pl_pmi_mean":
-        return (float(record["pl_logprob"]) - float(record["pl_prior_logprob"])) / max(int(record["pl_tokens"]), 1)
+        return _raw(record, "pl_pmi") / max(int(record["pl_tokens"]), 1)
     raise ConfigError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -126,7 +126,7 @@ class RelevanceJudge:
         self.label_ids = [self._single_token(label) for label in LABELS]
         self._prefix_ids, self._suffix_template = self._split_chat_prompt()
         self._prefix_cache = None
-        self._priors: dict[tuple[str, str], float] = {}  # ("ql", qid) / ("pl", docid) -> log-likelihood
+        self._priors: dict[tuple[str, str], float] = {}  # ("ql<prompt>", qid) / ("pl", docid) -> log-likelihood
         logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
                     time.perf_counter() - started)
 
@@ -196,12 +196,13 @@ class RelevanceJudge:
             raise ConfigError(f"document {doc.id!r} is empty after tokenisation")
         return context, passage
 
-    def _prior_scores(self, kind: str, keys: Sequence[str], sequences: dict[str, tuple[list[int], list[int]]]
-                      ) -> list[float]:
-        """Cached log-likelihoods without the other side (``kind`` "ql": per query, "pl": per passage)."""
+    def _prior_scores(self, kind: str, keys: Sequence[str],
+                      sequence: Callable[[str], tuple[list[int], list[int]]]) -> list[float]:
+        """Cached log-likelihoods without the other side (``kind`` "ql<prompt>": per query, "pl": per
+        passage); ``sequence(key)`` builds the ids of a key not scored yet."""
         todo = [k for k in dict.fromkeys(keys) if (kind, k) not in self._priors]
         if todo:
-            scores = self.ql.score_ids([sequences[k] for k in todo], show_progress=False)
+            scores = self.ql.score_ids([sequence(k) for k in todo], show_progress=False)
             self._priors.update({(kind, k): float(v) for k, v in zip(todo, scores, strict=True)})
         return [self._priors[(kind, k)] for k in keys]
 
@@ -228,8 +229,8 @@ class RelevanceJudge:
         if "pl" in self.config.scorers and pairs:
             sequences = [self._pl_sequence(query, doc) for query, doc in pairs]
             scores = self.ql.score_ids(sequences, show_progress=False)
-            priors = self._prior_scores("pl", [d.id for _, d in pairs],
-                                        {d.id: self._pl_sequence(None, d) for _, d in pairs})
+            docs = {d.id: d for _, d in pairs}
+            priors = self._prior_scores("pl", [d.id for _, d in pairs], lambda i: self._pl_sequence(None, docs[i]))
             for record, score, prior, (_, target) in zip(records, scores, priors, sequences, strict=True):
                 record.update(pl_logprob=round(float(score), 5), pl_prior_logprob=round(prior, 5),
                               pl_tokens=len(target))
@@ -238,15 +239,18 @@ class RelevanceJudge:
     def _score_ql(self, pairs: Sequence[tuple[Query, Document]], records: list[dict]) -> None:
         """Query likelihood and its empty-passage prior under each of ``config.ql_prompts``."""
         empty = Document(id="", text="")
+        queries = {q.id: q for q, _ in pairs}
         scores, priors = [], []
         for prompt in range(len(self._ql_templates)):
             sequences = [self._ql_sequence(query, doc, prompt) for query, doc in pairs]
             scores.append(self.ql.score_ids(sequences, show_progress=False))
+            if prompt == 0:  # ql_tokens belongs to ql_logprob: the first prompt's query ids
+                tokens = [len(target) for _, target in sequences]
             priors.append(self._prior_scores(f"ql{prompt}", [q.id for q, _ in pairs],
-                                             {q.id: self._ql_sequence(q, empty, prompt) for q, _ in pairs}))
-        for row, (record, (_, target)) in enumerate(zip(records, sequences, strict=True)):
+                                             lambda i, p=prompt: self._ql_sequence(queries[i], empty, p)))
+        for row, record in enumerate(records):
             record.update(ql_logprob=round(float(scores[0][row]), 5), ql_prior_logprob=round(priors[0][row], 5),
-                          ql_tokens=len(target))
+                          ql_tokens=tokens[row])
             if len(scores) > 1:
                 record.update(ql_logprobs=[round(float(s[row]), 5) for s in scores],
                               ql_prior_logprobs=[round(p[row], 5) for p in priors])

@@ -56,10 +56,13 @@ class TermStats:
             n += 1
         return cls(df, n)
 
+    def min_df(self, words: Sequence[str]) -> int:
+        """Document frequency of the rarest word (an upper bound on the phrase's df; 0 without words)."""
+        return min((self.df.get(w.lower(), 0) for w in words), default=0)
+
     def logdf(self, words: Sequence[str]) -> float:
-        """``log((df + 1) / (N + 1))`` of the rarest word (an upper bound on the phrase's df)."""
-        df = min((self.df.get(w.lower(), 0) for w in words), default=0)
-        return math.log((df + 1) / (self.num_documents + 1))
+        """``log((df + 1) / (N + 1))`` of the rarest word."""
+        return math.log((self.min_df(words) + 1) / (self.num_documents + 1))
 
 
 def subject_and_relation(question: str, stats: TermStats) -> tuple[list[str], list[str]]:
@@ -96,7 +99,7 @@ def question_features(question: str, stats: TermStats, lm_logprob: float = 0.0) 
     return {
         "subject_logdf": stats.logdf(subject) if subject else 0.0,
         "relation_logdf": float(np.mean(relation_logdfs)) if relation_logdfs else 0.0,
-        "subject_in_corpus": float(bool(subject) and all(stats.df.get(w.lower(), 0) > 0 for w in subject)),
+        "subject_in_corpus": float(stats.min_df(subject) > 0),
         "lm_logprob": lm_logprob,
     }
 

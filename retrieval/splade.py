@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from sparsa.batching import TokenIds, length_sorted_batches, pad_right
+from sparsa.batching import TokenIds, length_sorted_batches, pad_right, row_slices
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
@@ -300,6 +300,5 @@ def _to_sparse(pooled: torch.Tensor) -> list[SparseVector]:
     values = pooled[rows, cols].cpu().numpy()
     cols_np = cols.to(torch.int32).cpu().numpy()
     counts = torch.bincount(rows, minlength=pooled.shape[0]).cpu().numpy()
-    ends = np.cumsum(counts).tolist()
     # Plain slicing: np.split costs ~7 us a piece, a third of the GPU path's time on SciFact.
-    return [SparseVector(cols_np[e - n : e], values[e - n : e]) for e, n in zip(ends, counts.tolist(), strict=True)]
+    return [SparseVector(cols_np[r], values[r]) for r in row_slices(counts)]

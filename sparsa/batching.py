@@ -65,6 +65,12 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
     return ids, mask
 
 
+def row_slices(lengths: Sequence[int] | np.ndarray) -> list[slice]:
+    """Slices that cut a flat array of consecutive rows of these lengths back into the rows."""
+    ends = np.cumsum(lengths, dtype=np.int64).tolist()
+    return [slice(end - n, end) for end, n in zip(ends, np.asarray(lengths).tolist(), strict=True)]
+
+
 def tokenized_blocks(
     texts: Sequence[str],
     tokenize: Callable[[list[str]], list[list[int]]],
@@ -192,11 +198,7 @@ class TokenIds:
         def tokenize(texts: list[str]) -> list[np.ndarray]:
             size = -(-len(texts) // workers)
             chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-            out: list[np.ndarray] = []
-            for flat, lengths in pool.map(_tokenize_in_worker, chunks):
-                ends = np.cumsum(lengths)
-                out += [flat[e - n : e] for e, n in zip(ends.tolist(), lengths.tolist(), strict=True)]
-            return out
+            return [flat[r] for flat, lengths in pool.map(_tokenize_in_worker, chunks) for r in row_slices(lengths)]
 
         return tokenize
 

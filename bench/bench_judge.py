@@ -6,13 +6,17 @@ Stages (cached under .stage/judge, so a rerun skips what exists):
           MiniLM dense (exact cosine) over the whole pool, RRF fusions, and TILDEv2 reranking of BM25
           where its stores exist (bench_rerank.py)
   score   resumable judge jobs (``sparsa.rag.judge_job``), one checkpoint per scorer: --all-pairs
-          judges every NIST-judged pair (on the H200: bench/gpu_judge.sh), else the runs' top --depth
+          judges every NIST-judged pair (on the H200: bench/gpu_judge.sh), else the runs' top --depth;
+          one model load for all scorers. --model (name or folder) with --tag: SmolLM2's checkpoints
+          and timings live in the stage folder itself, any other model's in <stage>/<tag>/
   report  calibration fitted on the first 21 query ids (sorted as strings), Cohen's kappa,
           Krippendorff's alpha, confusion matrix on the other 22; nDCG@10 of every run under NIST vs
-          generated qrels and Kendall's tau / Spearman's rho between the two system orders
+          generated qrels and Kendall's tau / Spearman's rho between the two system orders; SmolLM2's
+          under "settings", every other judged model's under "models"/<tag>, all of them in "summary"
 
     SPARSA_HOME=/tmp/sparsa_home .venv/bin/python bench/bench_judge.py --stages runs
     bash bench/gpu_judge.sh stage; then its two run() calls (see its header); unpack judge.tar.gz into .stage
+    QWEN_DIR=... bash bench/gpu_qwen_judge.sh (Qwen2.5-Coder-1.5B; see its header); unpack into .stage/judge
     .venv/bin/python bench/bench_judge.py --stages report --all-pairs
 
 Writes bench/results/judge.json.
@@ -24,16 +28,16 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
 from bench.common import write_results
+from bench.judge_report import read_all_checkpoints, report_model, summary
 from sparsa.config import load_settings
 from sparsa.data import load_dataset, read_run, write_run
 from sparsa.eval import evaluate_run
-from sparsa.types import Hit, Qrels, Run, sort_hits
+from sparsa.types import Hit, Run, sort_hits
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / ".stage" / "judge"
@@ -46,6 +50,7 @@ FUSIONS = {"rrf-bm25-tildev2": ("bm25-k1_0.9-b_0.4", "tildev2-bm25"),
            "rrf-bm25-dense": ("bm25-k1_0.9-b_0.4", "minilm-dense"),
            "rrf-bm25-splade": ("bm25-k1_0.9-b_0.4", "splade-tiny"),
            "rrf-splade-dense": ("splade-tiny", "minilm-dense")}
+DEFAULT_MODEL = "smollm2-135m-instruct"  # its checkpoints are the stage folder's own (the first report's)
 log = logging.getLogger("bench_judge")
 NOTES = {
     "judging": "all 9,260 NIST-judged pairs on one H200 (bench/gpu_judge.sh), SmolLM2-135M-Instruct in bfloat16, "
@@ -70,6 +75,11 @@ NOTES = {
                    "gradient-boosted trees, degree-2 polynomial features, per-query rank features, per-query pool "
                    "statistics, thresholds at the fit grade proportions, a kappa-maximising weight grid.",
     "kappa_ci": "95% interval from 1,000 bootstrap resamples of the held-out queries.",
+}
+MODEL_NOTES = {  # notes["models"]: how each model under "models" was judged
+    "qwen2.5-coder-1.5b-instruct": "Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M dequantised to float32 safetensors, "
+                                   "run in bfloat16) on one H200 by bench/gpu_qwen_judge.sh: the same pairs, "
+                                   "prompts, passage cut (192 tokens), split, runs and calibration as SmolLM2.",
 }
 
 
@@ -173,18 +183,20 @@ def depth_ordered_pairs(runs: dict[str, Run], depth: int) -> list[tuple[str, str
     return list(pairs)
 
 
-def checkpoint_path(scorer: str, shard: int = 0) -> Path:
+def model_folder(tag: str) -> Path:
+    """Where a model's checkpoints and timings live: SmolLM2's in the stage folder, others' in <stage>/<tag>."""
+    return STAGE if tag == DEFAULT_MODEL else STAGE / tag
+
+
+def model_folders() -> dict[str, Path]:
+    """Every model with checkpoints in the stage folder, SmolLM2 first."""
+    found = {DEFAULT_MODEL: STAGE} if any(STAGE.glob("checkpoint-*.jsonl")) else {}
+    return found | {p.name: p for p in sorted(STAGE.iterdir()) if p.is_dir() and any(p.glob("checkpoint-*.jsonl"))}
+
+
+def checkpoint_path(folder: Path, scorer: str, shard: int = 0) -> Path:
     """Shard 0 of a scorer is ``checkpoint-<scorer>.jsonl``; others add ``-<shard>``."""
-    return STAGE / (f"checkpoint-{scorer}.jsonl" if shard == 0 else f"checkpoint-{scorer}-{shard}.jsonl")
-
-
-def read_all_checkpoints(scorer: str) -> dict:
-    from sparsa.rag.judge_job import read_checkpoint
-
-    records = {}
-    for path in sorted(STAGE.glob(f"checkpoint-{scorer}*.jsonl")):
-        records.update(read_checkpoint(path))
-    return records
+    return folder / (f"checkpoint-{scorer}.jsonl" if shard == 0 else f"checkpoint-{scorer}-{shard}.jsonl")
 
 
 def pairs_to_judge(args: argparse.Namespace, data) -> list[tuple[str, str]]:
@@ -195,7 +207,8 @@ def pairs_to_judge(args: argparse.Namespace, data) -> list[tuple[str, str]]:
 
 
 def stage_score(args: argparse.Namespace) -> None:
-    """Resumable judge jobs over the pairs, one scorer after the other (one checkpoint each).
+    """Resumable judge jobs over the pairs, one scorer after the other (one checkpoint each, in
+    ``model_folder(tag)``), the model loaded once; a scorer with nothing open is skipped.
 
     ``--shard i/n`` gives this process every n-th open pair (CPU jobs in parallel processes); the
     wall time of each scorer goes to ``timings-<scorer>.json`` beside the checkpoints."""
@@ -211,148 +224,77 @@ def stage_score(args: argparse.Namespace) -> None:
     queries = {q.id: q for q in data.queries}
     shard, shards = (int(x) for x in args.shard.split("/"))
     on_gpu = args.device.startswith("cuda")
+    folder = model_folder(args.tag)
+    folder.mkdir(parents=True, exist_ok=True)
+    judge = None
     for scorer in args.scorers:
-        done = set(read_all_checkpoints(scorer))
+        done = set(read_all_checkpoints(folder, scorer))
         pairs = [p for p in all_pairs if p not in done][shard::shards]  # each process takes every n-th open pair
-        log.info("%s: %d pairs, %d open for this shard", scorer, len(all_pairs), len(pairs))
-        started = time.perf_counter()
-        judge = RelevanceJudge(JudgeConfig(scorers=(scorer,), max_passage_tokens=args.max_passage_tokens,
-                                           max_tokens_per_batch=args.max_tokens_per_batch, device=args.device,
-                                           dtype=args.dtype, ql_prompts=tuple(args.ql_prompts)))
-        loaded = time.perf_counter()
-        judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint_path(scorer, shard),
-                              batch_pairs=args.batch_pairs)
+        log.info("%s %s: %d pairs, %d open for this shard", args.tag, scorer, len(all_pairs), len(pairs))
+        if not pairs:
+            continue
         if on_gpu:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - loaded
-        timing = {"scorer": scorer, "pairs": len(pairs), "load_s": round(loaded - started, 2),
-                  "judge_s": round(seconds, 2), "pairs_per_s": round(len(pairs) / seconds, 1) if pairs else None,
-                  "device": torch.cuda.get_device_name() if on_gpu else args.device, "dtype": args.dtype,
-                  "max_tokens_per_batch": args.max_tokens_per_batch, "torch": torch.__version__}
-        (STAGE / f"timings-{scorer}.json").write_text(json.dumps(timing, indent=2))
-        log.info("%s", timing)
-
-
-def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
-    """The largest d <= depth such that every run's top d of every query is judged."""
-    for d in range(1, depth + 1):
-        if any((q, h.doc_id) not in judged for run in runs.values() for q, hits in run.items() for h in hits[d - 1 : d]):
-            return d - 1
-    return depth
-
-
-def mean_ndcg(run: Run, qrels: Qrels, qids: list[str], cutoff: int) -> float:
-    per_query = evaluate_run(run, qrels, [f"nDCG@{cutoff}"]).per_query
-    return sum(per_query.get(q, {}).get(f"nDCG@{cutoff}", 0.0) for q in qids) / len(qids)
-
-
-def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: list[str], cutoff: int) -> dict:
-    from sparsa.rag.agreement import kendall_tau, spearman_rho
-
-    names = sorted(runs)
-    by_human = [mean_ndcg(runs[n], human, qids, cutoff) for n in names]
-    by_judge = [mean_ndcg(runs[n], generated, qids, cutoff) for n in names]
-    return {"queries": len(qids), "measure": f"nDCG@{cutoff}",
-            "runs": {n: {"human": round(h, 4), "generated": round(g, 4)} for n, h, g in zip(names, by_human, by_judge,
-                                                                                           strict=True)},
-            "kendall_tau": round(kendall_tau(by_human, by_judge), 4),
-            "spearman_rho": round(spearman_rho(by_human, by_judge), 4)}
-
-
-def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resamples: int = 1000) -> list[float]:
-    """95% interval of the 4-grade kappa, resampling held-out queries with replacement."""
-    from sparsa.rag.agreement import cohen_kappa
-
-    rng = np.random.default_rng(0)
-    by_query = {q: np.flatnonzero(np.asarray(qids) == q) for q in dict.fromkeys(qids)}
-    names = list(by_query)
-    values = []
-    for _ in range(resamples):
-        rows = np.concatenate([by_query[names[i]] for i in rng.integers(0, len(names), len(names))])
-        values.append(cohen_kappa(human[rows], grades[rows]))
-    return np.round(np.quantile(values, [0.025, 0.975]), 4).tolist()
-
-
-QL_PMI, PL_PMI = ("ql_pmi_ens", "ql_pmi_ens_z"), ("pl_pmi", "pl_pmi_z", "pl_pmi_mean", "pl_pmi_mean_z")
-UMBRELA = ("expected_grade", "p3", "expected_grade_z")
-SETTINGS = {  # name: (scorers needed, features); "ql+pl" is the calibrator's default where UMBRELA is absent
-    "ql": (("ql",), ("ql_mean", "ql_mean_z")),
-    "ql-pmi": (("ql",), ("ql_pmi", "ql_pmi_z")),
-    "ql-pmi-4prompts": (("ql",), QL_PMI),
-    "pl-pmi": (("pl",), PL_PMI),
-    "ql+pl": (("ql", "pl"), QL_PMI + PL_PMI),
-    "umbrela": (("umbrela",), UMBRELA),
-    "umbrela+ql+pl": (("umbrela", "ql", "pl"), UMBRELA + QL_PMI + PL_PMI),
-}
-
-
-def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, test_qids, depth) -> dict:
-    """Calibrate on the fit pairs, then agreement on the held-out pairs and the system ranking."""
-    from sparsa.rag.agreement import label_agreement
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
-
-    calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features)
-    grades = calibrator.predict(records)
-    entry = {"calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
-                             "thresholds": np.round(calibrator.thresholds, 4).tolist(),
-                             "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
-             "held_out": label_agreement(human[test], grades[test])}
-    entry["held_out"]["cohen_kappa_4grade_95ci_query_bootstrap"] = kappa_interval(
-        [judged[i][0] for i in test], human[test], grades[test])
-    if "label_probs" in records[0]:
-        entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
-    if depth >= 1:
-        generated = Qrels({})
-        for (q, d), g in zip(judged, grades.tolist(), strict=True):
-            generated.judgements.setdefault(q, {})[d] = g
-        entry["system_ranking_held_out"] = system_ranking(runs, qrels, generated, test_qids, depth)
-        entry["system_ranking_all_queries"] = system_ranking(runs, qrels, generated, sorted(qrels), depth)
-    return entry
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        judge = judge.for_scorers((scorer,)) if judge is not None else RelevanceJudge(JudgeConfig(
+            model=args.model, scorers=(scorer,), max_passage_tokens=args.max_passage_tokens,
+            max_tokens_per_batch=args.max_tokens_per_batch, device=args.device, dtype=args.dtype,
+            ql_prompts=tuple(args.ql_prompts)))
+        loaded = time.perf_counter()
+        progress = {"done": 0}  # pairs judged by this call, also when it is stopped (Ctrl-C, timeout -s INT)
+        try:
+            judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint_path(folder, scorer, shard),
+                                  batch_pairs=args.batch_pairs, on_batch=partial(progress.__setitem__, "done"))
+        finally:
+            if on_gpu:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - loaded
+            timing = {"scorer": scorer, "pairs": progress["done"], "load_s": round(loaded - started, 2),
+                      "judge_s": round(seconds, 2), "pairs_per_s": round(progress["done"] / seconds, 1),
+                      "device": torch.cuda.get_device_name() if on_gpu else args.device, "dtype": args.dtype,
+                      "max_tokens_per_batch": args.max_tokens_per_batch, "torch": torch.__version__}
+            if on_gpu:
+                timing["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+            if progress["done"] < len(pairs):
+                timing["stopped_early_of"] = len(pairs)
+            path = folder / f"timings-{scorer}.json"
+            if path.is_file():  # a resumed job: keep what the earlier call recorded
+                timing["earlier_call"] = json.loads(path.read_text())
+            path.write_text(json.dumps(timing, indent=2))
+            log.info("%s", timing)
 
 
 def stage_report(args: argparse.Namespace) -> None:
+    """SmolLM2's judgements under "settings" (as in the first report), every other model's under
+    "models"/<tag>, and the headline figures of all of them side by side under "summary"."""
     from sparsa.rag.judge_job import fit_split
 
     data = dataset()
     runs = load_runs()
     pairs = pairs_to_judge(args, data)
-    fit_qids, test_qids = fit_split(list(data.qrels), args.fit_queries)
-    checkpoints = {s: read_all_checkpoints(s) for s in ("ql", "pl", "umbrela")}
-    results = {"split": {"fit_queries": fit_qids, "held_out_queries": test_qids,
+    split = fit_split(list(data.qrels), args.fit_queries)
+    results = {"split": {"fit_queries": split[0], "held_out_queries": split[1],
                          "rule": f"query ids sorted as strings; the first {args.fit_queries} fit the calibration"},
                "runs_human_ndcg10_all_queries": {n: round(evaluate_run(r, data.qrels).aggregate["nDCG@10"], 4)
                                                  for n, r in runs.items()},
-               "pairs_to_judge": len(pairs), "judging": judging_timings(), "settings": {}}
-    for setting, (needed, features) in SETTINGS.items():
-        judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
-        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompts"} for p in judged]
-        human = np.array([data.qrels[q][d] for q, d in judged])
-        fit = [i for i, (q, _) in enumerate(judged) if q in set(fit_qids)]
-        test = [i for i, (q, _) in enumerate(judged) if q in set(test_qids)]
-        depth = complete_depth(runs, set(judged), args.depth)
-        entry = {"pairs_judged": len(judged), "complete_depth": depth, "features": list(features)}
-        if len(fit) < 8 or not test:
-            results["settings"][setting] = {**entry, "note": "too few judged pairs yet"}
-            continue
-        entry.update(evaluate_setting(features, judged, records, human, fit, test, runs, data.qrels, test_qids,
-                                      depth))
-        results["settings"][setting] = entry
-        log.info("%s: %s", setting, json.dumps({k: v for k, v in entry.items() if k != "calibration"})[:600])
-    results["notes"] = NOTES
+               "pairs_to_judge": len(pairs)}
+    models = {tag: report_model(folder, data, runs, pairs, split, args.depth) for tag, folder in model_folders().items()}
+    results.update(models.get(DEFAULT_MODEL, {}))  # SmolLM2's "judging" and "settings", where they always were
+    results["models"] = {tag: entry for tag, entry in models.items() if tag != DEFAULT_MODEL}
+    results["summary"] = {tag: summary(entry["settings"]) for tag, entry in models.items()}
+    results["notes"] = NOTES | {"models": MODEL_NOTES}
     write_results("judge", results, packages=("torch", "transformers", "ir_measures"))
-
-
-def judging_timings() -> dict:
-    """What the score stage recorded per scorer (``timings-*.json``)."""
-    return {p.stem.removeprefix("timings-"): json.loads(p.read_text()) for p in sorted(STAGE.glob("timings-*.json"))}
 
 
 def main() -> None:
     global STAGE, RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", nargs="+", default=["runs", "pairs", "score", "report"])
+    parser.add_argument("--stages", nargs="+", default=["runs", "score", "report"])
     parser.add_argument("--depth", type=int, default=10, help="judge each run's top DEPTH")
     parser.add_argument("--scorers", nargs="+", default=["ql"], help="score stage: any of umbrela, ql, pl")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="score: the judge LM (registry name or folder)")
+    parser.add_argument("--tag", help="score: the model's checkpoint folder <stage>/<tag> (default: the model's "
+                                      "name or folder name; SmolLM2's is the stage folder itself)")
     parser.add_argument("--ql-prompts", nargs="+", default=["question"], help="score: QL prompts (judge.QL_PROMPTS)")
     parser.add_argument("--all-pairs", action="store_true", help="judge every NIST-judged pair, not the runs' top DEPTH")
     parser.add_argument("--device", default="cpu")
@@ -370,6 +312,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("sparsa").setLevel(logging.INFO)
     STAGE, RUNS = args.stage_dir, args.stage_dir / "runs"
+    args.tag = args.tag or Path(args.model).name
     for stage in args.stages:
         globals()[f"stage_{stage}"](args)
 

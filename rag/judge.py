@@ -29,10 +29,11 @@ Raw scores become grades in :mod:`sparsa.rag.calibration`; checkpointed batch jo
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -129,6 +130,13 @@ class RelevanceJudge:
         self._priors: dict[tuple[str, str], float] = {}  # ("ql<prompt>", qid) / ("pl", docid) -> log-likelihood
         logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
                     time.perf_counter() - started)
+
+    def for_scorers(self, scorers: Sequence[str]) -> RelevanceJudge:
+        """The same loaded LM (and prior cache) judging with other ``scorers``: a checkpoint holds one
+        scorer set, and a 1.5B model is not worth loading once per scorer."""
+        judge = copy.copy(self)
+        judge.config = replace(self.config, scorers=tuple(scorers))
+        return judge
 
     def _ql_template(self, name: str) -> tuple[list[int], list[int], str]:
         """(ids before the passage, ids after it, what precedes the query) of a query-likelihood prompt."""

@@ -8,7 +8,8 @@ as ids, so every candidate is scored on exactly the same tokens.
 
 Batching: pairs are sorted by length and grouped under a token budget; rows are padded on the
 left so every row's query ends the sequence, and only the last ``max query length + 1`` positions
-go through the LM head (``logits_to_keep``), never the ``[B, L, vocab]`` logits.
+go through the LM head (``logits_to_keep``), never the ``[B, L, vocab]`` logits; their float32
+log-softmax runs over a few rows at a time (``LOGPROB_CHUNK_ELEMENTS``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sparsa.types import Document, Hit, Query, sort_hits
 
 logger = logging.getLogger(__name__)
 
+LOGPROB_CHUNK_ELEMENTS = 1 << 28  # logits per float32 log-softmax chunk (1 GiB)
 DEFAULT_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 
 
@@ -144,7 +146,13 @@ class QueryLikelihoodReranker:
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device), logits_to_keep=keep,
                             use_cache=False).logits  # [B, keep, V]
-        logprobs = logits[:, :-1].float().log_softmax(-1)  # position j predicts kept token j + 1
         targets = targets.to(self.device)
-        picked = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+        picked = torch.zeros(targets.shape, device=self.device)
+        # float32 log-softmax over a few rows at a time: with a 152k vocabulary and passage-long targets,
+        # [B, keep, V] in float32 (twice) would outgrow even a 141 GB GPU at a 65k-token batch
+        rows = max(1, LOGPROB_CHUNK_ELEMENTS // (logits.shape[1] * logits.shape[2]))
+        for start in range(0, len(items), rows):
+            logprobs = logits[start : start + rows, :-1].float().log_softmax(-1)  # position j predicts token j + 1
+            wanted = targets[start : start + rows].clamp(min=0)[..., None]
+            picked[start : start + rows] = logprobs.gather(-1, wanted).squeeze(-1)
         return (picked * (targets != -100)).sum(-1).cpu().numpy()

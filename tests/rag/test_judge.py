@@ -126,6 +126,22 @@ def test_interrupted_job_resumes_where_it_stopped(judge, tiny_dl19, tmp_path):
         assert sum(a["label_probs"]) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_for_scorers_shares_the_model_and_scores_alike(judge, tiny_dl19):
+    """A judge for other scorers reuses the loaded LM; its scores equal the all-scorer judge's."""
+    _, data, pairs = tiny_dl19
+    queries = {q.id: q for q in data.queries}
+    items = [(queries[q], data.corpus[d]) for q, d in pairs[:2]]
+    ql_only = judge.for_scorers(("ql",))
+    assert ql_only.model is judge.model and judge.config.scorers == ("umbrela", "ql", "pl")
+    assert ql_only.config.fingerprint() == {**judge.config.fingerprint(), "scorers": ["ql"]}
+    got, full = ql_only.score_pairs(items), judge.score_pairs(items)
+    assert set(got[0]) == {"ql_logprob", "ql_prior_logprob", "ql_tokens"} and set(ql_only.prompts(*items[0])) == {"ql"}
+    assert [r["ql_logprob"] for r in got] == pytest.approx([r["ql_logprob"] for r in full], abs=1e-3)
+    with pytest.raises(ConfigError, match="scorers"):
+        judge.for_scorers(("vibes",))
+
+
 def test_config_rejects_unknown_ql_prompts():
     from sparsa.rag.judge import JudgeConfig
 

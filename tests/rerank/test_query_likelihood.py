@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
 
 from sparsa.errors import ConfigError
-from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
 from sparsa.types import Document, Query
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,16 @@ def test_batched_scores_equal_the_full_logits_reference(ql):
             logprobs = ql.model(input_ids=torch.tensor([context + target])).logits[0].log_softmax(-1)
         expected = sum(float(logprobs[len(context) + j - 1, t]) for j, t in enumerate(target))
         assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_log_softmax_in_row_chunks_gives_the_same_scores(ql, monkeypatch):
+    import sparsa.rerank.query_likelihood as module
+
+    pairs = [(ql._ids("Passage: cats sit on mats.\nQuestion:"), ql._ids(" where do cats sit?")),
+             (ql._ids("Passage: no\nQuestion:"), ql._ids(" why"))]
+    whole = ql.score_ids(pairs, show_progress=False)
+    monkeypatch.setattr(module, "LOGPROB_CHUNK_ELEMENTS", 1)  # one row per chunk
+    assert ql.score_ids(pairs, show_progress=False).tolist() == whole.tolist()
 
 
 def test_rerank_orders_by_likelihood_and_matches_batch(ql):

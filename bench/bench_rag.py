@@ -6,32 +6,37 @@
     python bench/bench_rag.py latency --from-file SET.json --device cuda --key reader_gpu   # no Java
 
 Routing: one BM25 index over the union of the corpus-needing sources' passages (``rag/qa_sets.py``);
-every question is answered closed-book and from its top-k passages (generations cached under
-``--work``, so reruns are cheap); routers are fitted on the dev half and scored on the test half.
-Results merge into ``bench/results/rag.json`` (other keys, such as ``"amar"``, are kept).
+every question is answered closed-book and from its top-k passages (generations cached in
+``--cache``, default ``WORK/generations.jsonl``, so reruns are cheap); routers are fitted on the dev
+half and scored on the test half. ``--step`` splits it (``bench/rag_routing.py``) so the generation
+can run on a GPU machine without Java (``bench/gpu_qwen_routing.sh``):
+
+    python bench/bench_rag.py routing --step set --per-source 100 --set-out SET.json      # CPU, Java
+    python bench/bench_rag.py routing --step generate --from-file SET.json --model M --model-key NAME \
+        --device cuda --dtype bfloat16 --batch-size 64 --cache OUT/generations.jsonl       # GPU, no Java
+    python bench/bench_rag.py routing --step report --from-file SET.json --model-key NAME \
+        --device cuda --dtype bfloat16 --cache OUT/generations.jsonl --key routing_NAME   # CPU
+
+The report needs the model key, device, dtype and token budgets the answers were generated with
+(they are part of the cache key; the default model key, the resolved model folder, depends on
+SPARSA_HOME). Results merge into ``bench/results/rag.json`` (other keys, such as ``"amar"``, are kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, run_metadata, write_results
-from sparsa.rag.answer_text import exact_match, short_answer, token_f1
 
 from sparsa.types import Document
 
-ROUTERS = {"popularity": ("subject_logdf", "relation_logdf"), "confidence": ("lm_logprob",),
-           "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
-           "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus")}
+DEFAULT_MODEL = "smollm2-135m-instruct"
 NOTE = ("CPU timings on a 2-core machine shared with other jobs (load average 4-6): absolute seconds are "
         "inflated and noisy; compare stages, not machines.")
 
@@ -45,165 +50,69 @@ def merge_results(key: str, payload: dict) -> Path:
     return write_results("rag", current, packages=("torch", "transformers"))
 
 
-class GenerationCache:
-    """Reader outputs on disk, one JSON line each, keyed by model, config, question and passages."""
-
-    def __init__(self, path: Path, reader):
-        self.path, self.reader = path, reader
-        from sparsa.rag import reader as prompts  # the prompt of each route is part of its key
-
-        c = reader.config  # the fields that change a generation
-        settings = [str(reader.path), c.max_context_tokens, c.max_passage_tokens, c.max_new_tokens, c.attention,
-                    c.device, c.dtype, sorted(c.sparse_settings.items())]
-        self.tags = {"recall": json.dumps([settings, prompts.RECALL_SYSTEM, prompts.RECALL_EXAMPLE]),
-                     "retrieve": json.dumps([settings, prompts.READ_SYSTEM, prompts.READ_EXAMPLE])}
-        self.entries = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-        self.misses = 0
-
-    def answer(self, question: str, passages: list[Document]) -> dict:
-        tag = self.tags["retrieve" if passages else "recall"]
-        key = hashlib.sha1(json.dumps([tag, question, [d.id for d in passages]]).encode()).hexdigest()
-        if key not in self.entries:
-            out = self.reader.answer(question, passages)
-            entry = {"key": key, "text": out.text, "raw": out.raw, "citations": out.citations,
-                     "passages": out.passages, "mean_logprob": out.mean_logprob, "timings": out.timings,
-                     "prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens}
-            with self.path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-            self.entries[key] = entry
-            self.misses += 1
-        return self.entries[key]
-
-
-def prepare_index(work: Path, docs: list[Document]) -> tuple[Path, Path]:
-    """The mixed corpus as a JSONL file and its BM25 index, rebuilt when the passages change."""
-    import shutil
-
-    from sparsa.indexes import build_index
-
-    from sparsa.types import Corpus
-
-    corpus_file, index = work / "mixed" / "corpus.jsonl", work / "mixed-bm25"
-    stamp = work / "mixed" / "fingerprint"
-    fingerprint = hashlib.sha1("\n".join(d.id for d in docs).encode()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != fingerprint:
-        shutil.rmtree(index, ignore_errors=True)
-        corpus_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = corpus_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs))
-        tmp.rename(corpus_file)
-        stamp.write_text(fingerprint)
-    if not (index / "sparsa.json").exists():
-        build_index("bm25", Corpus(docs), index, threads=1)
-    return corpus_file, index
-
-
-def score(rows: list[dict], routes: list[bool]) -> dict:
-    em = [r["em_retrieve"] if go else r["em_recall"] for r, go in zip(rows, routes, strict=True)]
-    f1 = [r["f1_retrieve"] if go else r["f1_recall"] for r, go in zip(rows, routes, strict=True)]
-    return {"em": round(float(np.mean(em)), 4), "f1": round(float(np.mean(f1)), 4),
-            "retrievals": int(sum(routes)), "questions": len(rows)}
-
-
 def routing(args: argparse.Namespace) -> dict:
-    from sparsa.indexes import open_index
-    from sparsa.rag.qa_sets import NEEDS_CORPUS, SOURCES, mixed_question_set
-    from sparsa.rag.reader import Reader, ReaderConfig
-    from sparsa.rag.routing import TermStats, fit_router, question_features
+    """One step of the routing experiment (``bench/rag_routing.py``), or all three in one process."""
+    from rag_routing import GenerationCache, answer_rows, build_set, generation_items, read_set, report
+    from sparsa.rag.reader import ReaderConfig
 
-    from sparsa.progress import progress_bar
-    from sparsa.types import Corpus, Query
+    from sparsa.models import resolve_model
 
-    examples, docs = mixed_question_set(args.data, args.per_source, args.seed)
-    _, index_path = prepare_index(args.work, docs)
-    corpus = Corpus(docs)
-    stats = TermStats.from_corpus(corpus)
-    index = open_index(index_path)
-    hits = index.retrieve([Query(e.id, e.question) for e in examples], k=args.k)
-    reader = Reader(ReaderConfig(max_new_tokens=args.max_new_tokens, max_context_tokens=args.context_tokens,
-                                 max_passage_tokens=args.passage_tokens))
-    cache = GenerationCache(args.work / "generations.jsonl", reader)
-    rows = []
-    with progress_bar(len(examples), "answering (recall + retrieve)", unit="question", show=True) as bar:
-        for e in _interleaved(examples):
-            closed = cache.answer(e.question, [])
-            passages = [corpus[h.doc_id] for h in hits[e.id]]
-            opened = cache.answer(e.question, passages)
-            closed["text"], opened["text"] = short_answer(closed["raw"]), short_answer(opened["raw"])  # current rules
-            rows.append({"id": e.id, "source": e.source, "split": e.split,
-                         "features": question_features(e.question, stats, closed["mean_logprob"]),
-                         "recall": closed["text"], "retrieve": opened["text"],
-                         "em_recall": exact_match(closed["text"], e.answers), "f1_recall": token_f1(closed["text"], e.answers),
-                         "em_retrieve": exact_match(opened["text"], e.answers),
-                         "f1_retrieve": token_f1(opened["text"], e.answers),
-                         "citations_in_retrieved": set(opened["citations"]) <= {h.doc_id for h in hits[e.id]},
-                         "answer_in_passages": any(_contains(corpus, hits[e.id], a) for a in e.answers[:5])})
-            bar.update(1)
-    dev = [r for r in rows if r["split"] == "dev"]
-    test = [r for r in rows if r["split"] == "test"]
-    table = {"always-retrieve": score(test, [True] * len(test)), "never-retrieve": score(test, [False] * len(test))}
-    routers = {}
-    for name, features in ROUTERS.items():
-        model = fit_router([r["features"] for r in dev], [r["f1_retrieve"] for r in dev],
-                           [r["f1_recall"] for r in dev], names=features, info={"dev_questions": len(dev)})
-        routes = [model.route(r["features"]) == "retrieve" for r in test]
-        table[f"routed ({name})"] = score(test, routes)
-        routers[name] = {"weights": dict(zip(features, model.weights, strict=True)), "bias": model.bias,
-                         "threshold": model.threshold,
-                         "retrieve_rate_by_source": {s: round(float(np.mean([go for r, go in zip(test, routes, strict=True)
-                                                                              if r["source"] == s])), 3) for s in SOURCES}}
-        if name == "popularity+confidence":
-            from sparsa.rag.routing import Router
-
-            Router(model, stats).save(RESULTS / "rag_router.json")  # sparsa ask --router bench/results/rag_router.json
-    oracle = [r["f1_retrieve"] > r["f1_recall"] for r in test]
-    table["oracle"] = score(test, oracle)
-    by_source = {s: {"always-retrieve": score([r for r in test if r["source"] == s], [True] * sum(r["source"] == s for r in test)),
-                     "never-retrieve": score([r for r in test if r["source"] == s], [False] * sum(r["source"] == s for r in test))}
-                 for s in SOURCES}
-    _print_table(table)
+    qset = read_set(Path(args.from_file[0])) if args.from_file else build_set(
+        args.data, args.work, args.per_source, args.seed, args.k)
+    if args.step == "set":
+        out = args.set_out or args.work / "routing_set.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(qset))
+        print(f"wrote {out}: {len(qset['questions'])} questions, {len(qset['passages'])} passages, "
+              f"{out.stat().st_size / 2**20:.1f} MiB")
+        return {}
+    config = ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens, max_context_tokens=args.context_tokens,
+                          max_passage_tokens=args.passage_tokens, device=args.device, dtype=args.dtype)
+    # The first SmolLM2 cache was keyed by the resolved model folder: the default key keeps it valid.
+    model_key = args.model_key or resolve_model(args.model, pull_missing=args.step != "report")
+    cache = GenerationCache(args.cache or args.work / "generations.jsonl", model_key, config)
+    summary_file = cache.path.with_name(cache.path.stem + ".summary.json")
+    if args.step in ("all", "generate"):
+        items = generation_items(qset)
+        missing = sum(cache.get(q, [d.id for d in p]) is None for q, p in items)
+        if missing:
+            _generate(args, config, cache, items, missing, summary_file)
+        if args.step == "generate":
+            return {}
+    rows = answer_rows(qset, cache)
+    key = args.key or "routing"
+    router_file = RESULTS / ("rag_router.json" if key == "routing" else f"rag_router_{key.removeprefix('routing_')}.json")
+    result = report(qset, rows, None if args.no_merge else router_file)
+    result["setup"].update({"reader": f"{Path(model_key).name}, greedy", "device": args.device, "dtype": args.dtype,
+                            "max_new_tokens": args.max_new_tokens, "context_tokens": args.context_tokens,
+                            "passage_tokens": args.passage_tokens, "router_file": f"bench/results/{router_file.name}"})
+    if summary_file.exists():
+        result["setup"]["generation"] = json.loads(summary_file.read_text())
+    if args.device == "cpu":
+        result["note"] = NOTE
+    args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "routing_rows.json").write_text(json.dumps(rows, indent=1))
-    return {
-        "setup": {"per_source": args.per_source, "seed": args.seed, "dev_questions": len(dev), "test_questions": len(test),
-                  "corpus_passages": len(docs), "index": "Lucene BM25 (k1 0.9, b 0.4) over the union of the corpus-needing "
-                  f"sources {list(NEEDS_CORPUS)}", "k": args.k, "reader": "smollm2-135m-instruct, greedy",
-                  "max_new_tokens": args.max_new_tokens, "context_tokens": args.context_tokens,
-                  "passage_tokens": args.passage_tokens, "metric": "SQuAD EM/F1, best over gold aliases",
-                  "router_file": "bench/results/rag_router.json"},
-        "test": table, "by_source_test": by_source, "routers": routers,
-        "citations_within_retrieved": float(np.mean([r["citations_in_retrieved"] for r in rows])),
-        "gold_answer_in_top_k": {s: round(float(np.mean([r["answer_in_passages"] for r in rows if r["source"] == s])), 3)
-                                 for s in SOURCES},
-        "note": NOTE,
-    }
+    return result
 
 
-def _interleaved(examples: list) -> list:
-    """Round-robin over sources, so a partial run covers every source evenly."""
-    rank: dict[str, int] = {}
-    keyed = []
-    for e in examples:
-        rank[e.source] = rank.get(e.source, 0) + 1
-        keyed.append((rank[e.source], e.source, e))
-    return [e for *_, e in sorted(keyed, key=lambda t: t[:2])]
+def _generate(args: argparse.Namespace, config, cache, items: list, missing: int, summary_file: Path) -> None:
+    """Load the reader and fill the cache's missing answers; a summary of the run beside the cache."""
+    import torch
+    from sparsa.rag.reader import Reader
 
-
-def _contains(corpus, hits, answer: str) -> bool:
-    from sparsa.rag.answer_text import normalize_answer
-
-    needle = f" {normalize_answer(answer)} "
-    return needle.strip() != "" and any(needle in f" {normalize_answer(corpus[h.doc_id].full_text)} " for h in hits)
-
-
-def _print_table(table: dict) -> None:
-    print(f"{'policy':28} {'EM':>7} {'F1':>7} {'retrievals':>11}")
-    for name, row in table.items():
-        print(f"{name:28} {row['em']:7.3f} {row['f1']:7.3f} {row['retrievals']:>5}/{row['questions']}")
+    started = time.perf_counter()
+    reader = Reader(config)
+    loaded = time.perf_counter() - started
+    print(f"reader {config.model} on {reader.device} ({config.dtype}) loaded in {loaded:.1f} s; "
+          f"{missing} of {len(items)} generations to do, batches of {args.batch_size}", flush=True)
+    done = cache.fill(reader, items, args.batch_size, log=lambda m: print(m, flush=True))
+    seconds = time.perf_counter() - started - loaded
+    hardware = torch.cuda.get_device_name() if str(reader.device).startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    summary = {"model_key": cache.model_key, "hardware": hardware, "dtype": config.dtype, "batch_size": args.batch_size,
+               "generations": done, "of": len(items), "load_seconds": round(loaded, 1),
+               "generate_seconds": round(seconds, 1), "new_tokens": sum(e["new_tokens"] for e in cache.entries.values())}
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    print("generation:", json.dumps(summary), flush=True)
 
 
 def latency(args: argparse.Namespace) -> dict:
@@ -243,6 +152,7 @@ def latency(args: argparse.Namespace) -> dict:
 
 def _latency_set(args: argparse.Namespace) -> list[dict]:
     """Questions of the mixed set with their BM25 top-k passages (also saved for the GPU run)."""
+    from rag_routing import prepare_index
     from sparsa.indexes import open_index
     from sparsa.rag.qa_sets import mixed_question_set
 
@@ -277,16 +187,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the loaded 2-core box)")
     parser.add_argument("--questions", type=int, default=20, help="latency: questions measured")
     parser.add_argument("--from-file", default=None, nargs="+",
-                        help="latency: questions + passages JSON (no index needed); merge: the part(s) to merge")
+                        help="latency: questions + passages JSON (no index needed); merge: the part(s) to merge; "
+                             "routing: the set file of '--step set'")
+    parser.add_argument("--step", choices=("all", "set", "generate", "report"), default="all",
+                        help="routing: one step (see above); all = the three in one process")
+    parser.add_argument("--set-out", type=Path, default=None, help="routing --step set: the set file (WORK/routing_set.json)")
+    parser.add_argument("--cache", type=Path, default=None, help="routing: generation cache (WORK/generations.jsonl)")
+    parser.add_argument("--model-key", default=None,
+                        help="routing: the reader's name in the cache key (default: the resolved --model folder)")
+    parser.add_argument("--batch-size", type=int, default=1, help="routing: prompts generated together")
     parser.add_argument("--set-only", action="store_true",
                         help="latency: only write WORK/latency_set.json (questions + passages for a GPU run)")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="latency: reader LM name or folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="reader LM name or folder")
     parser.add_argument("--attention", default="full", help="latency: full or sparse")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--key", default=None, help="rag.json key (default: routing / reader)")
     parser.add_argument("--out", type=Path, default=None, help="also write this part to a JSON file")
+    parser.add_argument("--no-merge", action="store_true", help="leave rag.json alone (print, and --out)")
     args = parser.parse_args()
+    if args.what == "routing" and args.step in ("all", "report") and not args.key and (
+            args.model != DEFAULT_MODEL or args.model_key):
+        parser.error("routing with another reader: pass --key (rag.json['routing'] is SmolLM2's table)")
     if args.what == "merge":  # a part measured elsewhere (the H200 run's --out file) into rag.json
         if not (args.key and args.from_file):
             parser.error("merge needs --key and --from-file")
@@ -309,11 +231,11 @@ def main() -> None:
     args.data = args.data or load_settings().data_dir
     args.work.mkdir(parents=True, exist_ok=True)
     payload = routing(args) if args.what == "routing" else latency(args)
-    if args.set_only:
+    if not payload:  # a set or generation step, or --set-only
         return
     if args.out:
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    if not args.from_file or args.key:
+    if not args.no_merge and (not args.from_file or args.key or args.what == "routing"):
         print("wrote", merge_results(args.key or ("routing" if args.what == "routing" else "reader"), payload))
 
 

@@ -5,6 +5,10 @@ they are produced (streaming without a helper thread), each token's log-probabil
 confidence, a routing feature) and the prefill and decode times separately (reader latency per stage).
 The KV cache is whatever ``transformers`` returns (``DynamicCache``), so an attention backend
 installed on the model (``sparsa.kernels`` block-sparse prefill) is used unchanged.
+
+:func:`generate_greedy_batch` runs several prompts at once (left-padded, with an attention mask and
+explicit positions, so each row sees exactly its own prompt): many short answers on a GPU cost about
+as many decode steps as one. Rows that stop early keep running with their output ignored.
 """
 
 from __future__ import annotations
@@ -85,6 +89,68 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
             logits, cache = decode_step(model, torch.tensor([[token_id]], device=device), cache)
             token_id, logprob = _pick(logits)
         stats.decode_seconds = time.perf_counter() - started
+
+
+def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                          stop_ids: Sequence[int], pad_id: int) -> list[tuple[list[int], GenerationStats]]:
+    """Greedy tokens of each prompt (stop id excluded) with its stats; one forward pass per step for all.
+
+    Each row's stats hold its own tokens and log-probs; ``prefill_seconds`` / ``decode_seconds`` are
+    the whole batch's (shared by its rows)."""
+    import torch
+
+    if not prompts or min(len(p) for p in prompts) < 1:
+        raise ValueError("generate_greedy_batch needs at least one non-empty prompt")
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(list(prompt))
+        mask[row, width - len(prompt):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stats = [GenerationStats(prompt_tokens=len(p)) for p in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    stop = set(stop_ids)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        picked, logprobs = _pick_rows(out.logits[:, -1])
+        prefill_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        running = [True] * len(prompts)
+        positions = positions[:, -1:]
+        for step in range(max_new_tokens):
+            for row, (token, logprob) in enumerate(zip(picked.tolist(), logprobs.tolist(), strict=True)):
+                if running[row] and token in stop:
+                    running[row] = False
+                elif running[row]:
+                    tokens[row].append(token)
+                    stats[row].logprobs.append(logprob)
+            if not any(running) or step + 1 == max_new_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+            positions = positions + 1
+            out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                        **{_cache_argument(model): _returned_cache(out)})
+            picked, logprobs = _pick_rows(out.logits[:, -1])
+        decode_seconds = time.perf_counter() - started
+    for row_stats, row_tokens in zip(stats, tokens, strict=True):
+        row_stats.new_tokens = len(row_tokens)
+        row_stats.prefill_seconds, row_stats.decode_seconds = prefill_seconds, decode_seconds
+    return list(zip(tokens, stats, strict=True))
+
+
+def _pick_rows(logits: Any) -> tuple[Any, Any]:
+    """Greedy token and its log-probability per row of ``logits [B, V]``."""
+    import torch
+
+    logprobs = logits.float().log_softmax(-1)
+    best, token = logprobs.max(-1)
+    if not bool(torch.isfinite(best).all()):  # e.g. an attention backend that turns fully padded rows into NaN
+        raise FloatingPointError("non-finite logits in a padded batch: generate one prompt at a time instead")
+    return token, best
 
 
 def _pick(logits: Any) -> tuple[int, float]:

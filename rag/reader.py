@@ -6,7 +6,8 @@ passage is cut to ``max_passage_tokens`` and passages are added in rank order wh
 context fits ``max_context_tokens`` (the first passage is cut to fit when it alone is too long), so
 the prompt never exceeds the budget. With no passages the same LM answers closed-book ("recall").
 
-Generation is greedy (``rag/generate.py``). ``attention="sparse"`` installs the block-sparse
+Generation is greedy (``rag/generate.py``); :meth:`Reader.answer_batch` answers many questions in
+length-sorted, left-padded batches (for bench runs on a GPU). ``attention="sparse"`` installs the block-sparse
 prefill from ``sparsa.kernels`` on the model for long contexts; ``"full"`` (the reference) uses the
 model's own attention.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.rag.answer_text import parse_citations, passages_containing, short_answer
-from sparsa.rag.generate import GenerationStats, generate_greedy
+from sparsa.rag.generate import GenerationStats, generate_greedy, generate_greedy_batch
 
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, MissingDependencyError
@@ -155,6 +156,26 @@ class Reader:
         """Answer ``question`` from ``passages`` (closed-book when empty)."""
         *_, output = self.stream(question, passages)
         return output
+
+    def answer_batch(self, items: Sequence[tuple[str, Sequence[Document]]], batch_size: int = 32) -> list[ReaderOutput]:
+        """Answers to ``(question, passages)`` pairs, in order, generated ``batch_size`` prompts at a time
+        (longest prompts first, so a batch pads little). Greedy like :meth:`answer`; padded batches may
+        differ from it in the last bits of low-precision logits. Timings are each batch's."""
+        from sparsa.batching import length_sorted_batches
+
+        prompts = [self.build_prompt(question, passages) for question, passages in items]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        outputs: list[ReaderOutput | None] = [None] * len(prompts)
+        with self._lock:
+            for batch in length_sorted_batches([len(ids) for ids, _ in prompts], batch_size):
+                started = time.perf_counter()
+                results = generate_greedy_batch(self.model, [prompts[i][0] for i in batch], self.config.max_new_tokens,
+                                                self.stop_ids, pad_id)
+                seconds = time.perf_counter() - started
+                for i, (tokens, stats) in zip(batch.tolist(), results, strict=True):
+                    raw = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                    outputs[i] = self._output(raw, prompts[i][1], stats, seconds)
+        return outputs  # type: ignore[return-value]
 
     def stream(self, question: str, passages: Sequence[Document] = ()) -> Iterator[str | ReaderOutput]:
         """Yield text pieces as they are generated, then the final :class:`ReaderOutput`."""

@@ -72,3 +72,31 @@ def test_sparse_attention_reader_matches_full_attention_on_short_prompts(reader,
     assert sparse.answer(question, passages.documents).raw == reader.answer(question, passages.documents).raw
     with pytest.raises(ConfigError):
         Reader(ReaderConfig(attention="sparse", sparse_settings={"prefill": "magic"}))
+
+
+def test_batched_answers_match_one_at_a_time(reader, passages):
+    """Left-padded batches (prompts of different lengths, both routes) give the unbatched answers."""
+    items = [("How tall is Mount Fuji?", passages.documents), ("What is the capital of France?", []),
+             ("Which river flows through Peru?", passages.documents[2:]), ("Who wrote Hamlet?", [])]
+    single = [reader.answer(question, docs) for question, docs in items]
+    for batch_size in (3, 4):
+        batched = reader.answer_batch(items, batch_size=batch_size)
+        assert [b.raw for b in batched] == [s.raw for s in single]
+        assert [b.citations for b in batched] == [s.citations for s in single]
+        assert [b.passages for b in batched] == [s.passages for s in single]
+        assert [b.new_tokens for b in batched] == [s.new_tokens for s in single]
+        assert [b.mean_logprob for b in batched] == pytest.approx([s.mean_logprob for s in single], abs=1e-4)
+
+
+def test_batch_generation_stops_each_row_on_its_own(reader):
+    from sparsa.rag.generate import generate_greedy_batch
+
+    prompts = [reader.build_prompt(q, [])[0] for q in ("What is the capital of France?", "Name a colour.")]
+    for max_new in (1, 6):
+        results = generate_greedy_batch(reader.model, prompts, max_new, reader.stop_ids, pad_id=0)
+        for (tokens, stats), prompt in zip(results, prompts, strict=True):
+            assert 0 < len(tokens) <= max_new and stats.new_tokens == len(tokens) == len(stats.logprobs)
+            assert not set(tokens) & set(reader.stop_ids) and stats.prompt_tokens == len(prompt)
+            assert all(lp <= 0 for lp in stats.logprobs)
+    with pytest.raises(ValueError):
+        generate_greedy_batch(reader.model, [], 4, reader.stop_ids, pad_id=0)

@@ -228,7 +228,7 @@ def report(qset: dict, rows: list[dict], router_file: Path | None) -> dict:
     fixed = {"always-retrieve": [True] * len(test), "never-retrieve": [False] * len(test)}
     table = {name: score(test, routes) for name, routes in fixed.items()}
     best_fixed = max(fixed, key=lambda name: (table[name]["f1"], -table[name]["retrievals"]))
-    routers, choice = {}, {}
+    routers, choice, fitted = {}, {}, {}
     policies = dict(fixed)
     for name, features in ROUTERS.items():
         model = fit_router([r["features"] for r in dev], [r["f1_retrieve"] for r in dev],
@@ -243,8 +243,10 @@ def report(qset: dict, rows: list[dict], router_file: Path | None) -> dict:
                          "retrieve_rate_by_source": {s: round(float(np.mean([go for r, go in zip(test, routes, strict=True)
                                                                               if r["source"] == s] or [0])), 3)
                                                      for s in SOURCES}}
-        if name == "popularity+confidence" and router_file is not None:
-            Router(model, stats=None).save(router_file)  # sparsa ask --router FILE (the model only)
+        fitted[name] = model
+    dev_choice = max(choice, key=choice.get)
+    if router_file is not None:
+        Router(fitted[dev_choice], stats=None).save(router_file)  # sparsa ask --router FILE (the model only)
     policies["oracle"] = [r["f1_retrieve"] > r["f1_recall"] for r in test]
     table["oracle"] = score(test, policies["oracle"])
     versus = {name: {metric: paired_bootstrap(routed_values(test, routes, metric),
@@ -260,7 +262,7 @@ def report(qset: dict, rows: list[dict], router_file: Path | None) -> dict:
         "setup": {**qset["setup"], "dev_questions": len(dev), "test_questions": len(test),
                   "metric": "SQuAD EM/F1, best over gold aliases"},
         "test": table, "by_source_test": by_source, "routers": routers,
-        "dev_choice": max(choice, key=choice.get),
+        "dev_choice": dev_choice,
         "versus_best_fixed": {"best_fixed": best_fixed, "paired_bootstrap_test": versus},
         "citations_within_retrieved": float(np.mean([r["citations_in_retrieved"] for r in rows])),
         "gold_answer_in_top_k": {s: round(float(np.mean([r["answer_in_passages"] for r in rows if r["source"] == s]

@@ -6,9 +6,11 @@ Three scorers share one LM (default SmolLM2-135M-Instruct):
   DL grading scale plus the multi-aspect steps (intent, match M, trustworthiness T, final score O).
   Instead of sampling, the assistant turn is pre-filled with ``##final score: `` and the next-token
   distribution is read over the four labels "0".."3" (each one token): the label probabilities
-  (renormalised over the four) and the expected grade ``sum_g g * p(g)``. With SmolLM2-135M these
-  carry no signal on TREC DL 2019 (held-out kappa about 0, bench/results/judge.json); a larger LM
-  may do better.
+  (renormalised over the four) and the expected grade ``sum_g g * p(g)``. On TREC DL 2019
+  (bench/results/judge.json, calibrated, held-out queries) these carry no signal with SmolLM2-135M
+  (4-grade kappa -0.02) and little with Qwen2.5-Coder-1.5B (0.08; the most probable label alone 0.02);
+  query and passage likelihood do better (held-out kappa 0.20 / 0.24 for the settings chosen on the
+  fit queries).
 - **Query likelihood** log P(query | passage) (UPR), reusing
   :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object), plus the
   query's likelihood with an empty passage, ``ql_prior_logprob`` (one per query), so that the

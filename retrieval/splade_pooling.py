@@ -122,6 +122,7 @@ def splade_pool_screened(
     weight_bf16: torch.Tensor | None = None,
     weight_norms: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    weight_packed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact fp32 pooled SPLADE weights ``float32[B, V]`` via a bounded bf16 screen (see module doc).
 
@@ -129,13 +130,21 @@ def splade_pool_screened(
         hidden: ``float32[B, L, D]``; weight: ``float32[V, D]``; bias: ``[V]`` or None.
         weight_bf16, weight_norms: ``weight`` in bf16 and its row norms ``float32[V]``, if the caller
             caches them across batches.
+        weight_packed: ``weight_bf16`` in the fused CPU kernel's layout
+            (``splade_cpu_kernel.pack_weight``): the screen's max-logits then come from that kernel
+            (same bf16 products, fp32 sums never rounded to bf16) instead of chunked matmuls + max.
     """
     hidden = hidden.float()
     weight = weight.float()
     weight_bf16 = weight.bfloat16() if weight_bf16 is None else weight_bf16
     weight_norms = weight.norm(dim=1) if weight_norms is None else weight_norms
     filled = _fill_outside_range(hidden, start, end)
-    approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
+    if weight_packed is not None:
+        from sparsa.retrieval.splade_cpu_kernel import fused_max_logits
+
+        approx = fused_max_logits(hidden.bfloat16(), start, end, weight_packed, weight.shape[0])  # [B, V]
+    else:
+        approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
     dim = hidden.shape[2]
     hidden_norms = filled.norm(dim=2).amax(dim=1)  # [B]: bounds |h . w| <= |h| |w| over every token
     slack = (_BF16_PRODUCT_ERROR + dim * 2.0**-23) * hidden_norms[:, None] * weight_norms[None, :]
@@ -161,6 +170,19 @@ def splade_pool_screened(
     return out
 
 
+def _screen_cache(weight: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """The screen's per-model tensors: bf16 weight, row norms, and the fused kernel's packed weight
+    when that kernel runs here (CPU with AVX512-BF16 and a compiler)."""
+    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, pack_weight
+
+    weight_bf16 = weight.bfloat16()
+    entries = {}  # "weight_norms" last: pool_splade tests for it
+    if device.type == "cpu" and fused_max_logits_available():
+        entries["weight_packed"] = pack_weight(weight_bf16)
+    entries.update(weight_bf16=weight_bf16, weight_norms=weight.float().norm(dim=1))
+    return entries
+
+
 def pool_splade(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -180,10 +202,11 @@ def pool_splade(
         return splade_pool_chunked(hidden, weight, bias, start, end)
     if method == "screened":
         cache = {} if cache is None else cache
-        if "weight_norms" not in cache:  # threads may race here: fill both before either is visible
-            cache.update(weight_bf16=weight.bfloat16(), weight_norms=weight.float().norm(dim=1))
+        if "weight_norms" not in cache:  # threads may race here: fill all before any is visible
+            cache.update(_screen_cache(weight, hidden.device))
         return splade_pool_screened(
-            hidden, weight, bias, start, end, cache["weight_bf16"], cache["weight_norms"]
+            hidden, weight, bias, start, end, cache["weight_bf16"], cache["weight_norms"],
+            weight_packed=cache.get("weight_packed"),
         )
     if method == "reference":
         return splade_pool_ref(hidden, weight, bias, start, end)

@@ -20,7 +20,7 @@
 #
 # Order and time: umbrela (~1.8M tokens: the prompt judge, the cheapest, and the one SmolLM2 could not
 # do), then ql under four prompts (~4.0M tokens), then pl (~1.6M tokens, LM head on every passage token).
-# Expected ~3 min in all: ~4.6 + 10.7 + 4.9 PFLOP at 250-450 TFLOP/s is 45-80 s of GPU work, plus at most
+# Measured on the H200: 117 s wall for the call (umbrela 28 s, ql 48 s, pl 25 s, load 9 s). Estimated beforehand: ~3 min in all: ~4.6 + 10.7 + 4.9 PFLOP at 250-450 TFLOP/s is 45-80 s of GPU work, plus at most
 # SmolLM2's 75 s of per-pair CPU work and a 15-40 s model load. Scaling SmolLM2's wall times by the 13x FLOPs
 # instead would give ~16 min: so python stops at JUDGE_BUDGET_S (default 530 s; Ctrl-C, the checkpoints keep
 # every finished batch of 2,048 pairs) and the tarball still comes back inside timeout_s=600. After a stop:

@@ -105,7 +105,93 @@ torch::Tensor max_logits(torch::Tensor hidden, torch::Tensor start, torch::Tenso
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("max_logits", &max_logits); }
+// The int8 screen: hidden_u8 [B, L, D/4 * 4] holds q + 128 for int8 q (u8 operand of vpdpbusd); packed_s8
+// [V/64*4, D/4, 16, 4] the int8 weights; corr int32 [V] = 128 * sum_d q_w[v, d]; row_scale float32 [V];
+// doc_scale float32 [B]. Returns float32 [B, V]: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v])
+// (0 for empty ranges). The integer sums are exact.
+torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torch::Tensor end,
+                              torch::Tensor packed, torch::Tensor corr, torch::Tensor row_scale,
+                              torch::Tensor doc_scale, int64_t vocab_chunk) {
+  TORCH_CHECK(hidden_u8.scalar_type() == at::kByte && packed.scalar_type() == at::kChar);
+  TORCH_CHECK(hidden_u8.is_contiguous() && packed.is_contiguous() && hidden_u8.dim() == 3);
+  TORCH_CHECK(corr.scalar_type() == at::kInt && row_scale.scalar_type() == at::kFloat);
+  const int64_t B = hidden_u8.size(0), L = hidden_u8.size(1), D = hidden_u8.size(2);
+  const int64_t quads = D / 4;
+  TORCH_CHECK(D % 4 == 0 && packed.size(1) == quads && packed.size(0) % 4 == 0);
+  const int64_t tiles = packed.size(0) / 4;
+  const int64_t V = tiles * 64;
+  TORCH_CHECK(corr.numel() == V && row_scale.numel() == V && doc_scale.numel() == B);
+  auto out = torch::zeros({B, V}, row_scale.options());
+  const int32_t* s = start.data_ptr<int32_t>();
+  const int32_t* e = end.data_ptr<int32_t>();
+  const uint32_t* h = reinterpret_cast<const uint32_t*>(hidden_u8.data_ptr<uint8_t>());  // 4 u8 each
+  const __m512i* w = reinterpret_cast<const __m512i*>(packed.data_ptr<int8_t>());
+  const int32_t* cr = corr.data_ptr<int32_t>();
+  const float* rs = row_scale.data_ptr<float>();
+  const float* ds = doc_scale.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t chunk_tiles = std::max<int64_t>(1, vocab_chunk / 64);
+  const int64_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
+  at::parallel_for(0, B * chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t b = item / chunks, c = item % chunks;
+      const int64_t t0 = s[b], t1 = e[b];
+      if (t1 <= t0) continue;
+      const uint32_t* hb = h + b * L * quads;
+      const __m512 scale = _mm512_set1_ps(ds[b]);
+      for (int64_t tile = c * chunk_tiles; tile < std::min(tiles, (c + 1) * chunk_tiles); ++tile) {
+        const __m512i* wt = w + tile * 4 * quads;
+        __m512i m0 = _mm512_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
+        for (int64_t t = t0; t < t1; t += 4) {
+          const uint32_t* r0 = hb + t * quads;
+          const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
+          const uint32_t* r2 = hb + std::min(t + 2, t1 - 1) * quads;
+          const uint32_t* r3 = hb + std::min(t + 3, t1 - 1) * quads;
+          __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+          __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+          __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+          __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+          for (int64_t k = 0; k < quads; ++k) {
+            const __m512i w0 = _mm512_loadu_si512(wt + k);
+            const __m512i w1 = _mm512_loadu_si512(wt + quads + k);
+            const __m512i w2 = _mm512_loadu_si512(wt + 2 * quads + k);
+            const __m512i w3 = _mm512_loadu_si512(wt + 3 * quads + k);
+            __m512i x = _mm512_set1_epi32((int)r0[k]);
+            a00 = _mm512_dpbusd_epi32(a00, x, w0); a01 = _mm512_dpbusd_epi32(a01, x, w1);
+            a02 = _mm512_dpbusd_epi32(a02, x, w2); a03 = _mm512_dpbusd_epi32(a03, x, w3);
+            x = _mm512_set1_epi32((int)r1[k]);
+            a10 = _mm512_dpbusd_epi32(a10, x, w0); a11 = _mm512_dpbusd_epi32(a11, x, w1);
+            a12 = _mm512_dpbusd_epi32(a12, x, w2); a13 = _mm512_dpbusd_epi32(a13, x, w3);
+            x = _mm512_set1_epi32((int)r2[k]);
+            a20 = _mm512_dpbusd_epi32(a20, x, w0); a21 = _mm512_dpbusd_epi32(a21, x, w1);
+            a22 = _mm512_dpbusd_epi32(a22, x, w2); a23 = _mm512_dpbusd_epi32(a23, x, w3);
+            x = _mm512_set1_epi32((int)r3[k]);
+            a30 = _mm512_dpbusd_epi32(a30, x, w0); a31 = _mm512_dpbusd_epi32(a31, x, w1);
+            a32 = _mm512_dpbusd_epi32(a32, x, w2); a33 = _mm512_dpbusd_epi32(a33, x, w3);
+          }
+          m0 = _mm512_max_epi32(m0, _mm512_max_epi32(_mm512_max_epi32(a00, a10), _mm512_max_epi32(a20, a30)));
+          m1 = _mm512_max_epi32(m1, _mm512_max_epi32(_mm512_max_epi32(a01, a11), _mm512_max_epi32(a21, a31)));
+          m2 = _mm512_max_epi32(m2, _mm512_max_epi32(_mm512_max_epi32(a02, a12), _mm512_max_epi32(a22, a32)));
+          m3 = _mm512_max_epi32(m3, _mm512_max_epi32(_mm512_max_epi32(a03, a13), _mm512_max_epi32(a23, a33)));
+        }
+        const int64_t v0 = tile * 64;
+        float* ob = o + b * V + v0;
+        const __m512i ms[4] = {m0, m1, m2, m3};
+        for (int j = 0; j < 4; ++j) {
+          const __m512i q = _mm512_sub_epi32(ms[j], _mm512_loadu_si512(cr + v0 + 16 * j));
+          const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(scale, _mm512_loadu_ps(rs + v0 + 16 * j)));
+          _mm512_storeu_ps(ob + 16 * j, f);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("max_logits", &max_logits);
+  m.def("max_logits_int8", &max_logits_int8);
+}
 """
 
 _lock = threading.Lock()
@@ -119,7 +205,7 @@ def _cpu_has_avx512_bf16() -> bool:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return False
-    return "avx512_bf16" in flags.split()
+    return {"avx512_bf16", "avx512_vnni"} <= set(flags.split())
 
 
 def _load() -> object | None:
@@ -132,11 +218,11 @@ def _load() -> object | None:
             return _module
         try:
             if not _cpu_has_avx512_bf16():
-                raise RuntimeError("CPU without AVX512-BF16")
+                raise RuntimeError("CPU without AVX512-BF16 and AVX512-VNNI")
             from torch.utils.cpp_extension import load_inline
 
-            flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"]
-            _module = load_inline("sparsa_splade_max_logits_v1", cpp_sources=_SOURCE, extra_cflags=flags,
+            flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp"]
+            _module = load_inline("sparsa_splade_max_logits_v2", cpp_sources=_SOURCE, extra_cflags=flags,
                                   extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, unsupported CPU: the torch path stays
             logger.info("fused bf16 max-logits kernel unavailable (%s); using the torch screen", exc)
@@ -180,3 +266,72 @@ def fused_max_logits(
     out = module.max_logits(hidden_bf16.contiguous(), start.to(torch.int32).contiguous(),
                             end.to(torch.int32).contiguous(), packed, vocab_chunk)
     return out[:, :vocab]
+
+
+def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``float32[V, D]`` -> the int8 screen's tensors.
+
+    Each row is quantised with its own scale ``s_v = max|w_v| / 127``: ``q_w = round(w / s_v)``.
+    Returned: ``packed`` int8 ``[ceil(V/64)*4, D'/4, 16, 4]`` (zero-padded), ``corr`` int32 ``[V']``
+    (``128 * sum q_w``, for the kernel's +128 offset of the hidden values), ``row_scale`` float32 ``[V']``,
+    ``row_error`` float32 ``[V]``: ``max_d |w - s_v q_w|`` in float64, rounded up, and ``abs_sum``
+    float32 ``[V]``: ``sum_d |w|`` rounded up.
+    """
+    import torch
+
+    vocab, dim = weight.shape
+    w64 = weight.double()
+    scale = (w64.abs().amax(dim=1) / 127).clamp(min=1e-30)
+    q = torch.round(w64 / scale[:, None]).clamp(-127, 127)
+    error = (w64 - q * scale[:, None]).abs().amax(dim=1)
+    padded_v = -(-vocab // VOCAB_TILE) * VOCAB_TILE
+    padded_d = -(-dim // 4) * 4
+    qp = torch.zeros(padded_v, padded_d, dtype=torch.int8)
+    qp[:vocab, :dim] = q.to(torch.int8)
+    corr = torch.zeros(padded_v, dtype=torch.int32)
+    corr[:vocab] = 128 * q.sum(dim=1).to(torch.int32)
+    row_scale = torch.zeros(padded_v, dtype=torch.float32)
+    row_scale[:vocab] = scale.float()
+    up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))  # noqa: E731
+    return {"packed": qp.view(padded_v // 16, 16, padded_d // 4, 4).transpose(1, 2).contiguous(),
+            "corr": corr, "row_scale": row_scale, "row_error": up(error), "abs_sum": up(w64.abs().sum(dim=1)),
+            "vocab": torch.tensor(vocab)}
+
+
+def int8_max_logits_upper(
+    hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor, packed: dict[str, torch.Tensor],
+    vocab_chunk: int = 1024,
+) -> torch.Tensor:
+    """``float32[B, V]`` upper bounds on ``max_{t in [start_b, end_b)} hidden[b, t] . weight[v]`` (exact fp32 h, w).
+
+    Each document's pooled tokens are quantised with one scale ``s_b = max|h| / 127``:
+    ``h = s_b q_h + e_h`` with ``|e_h| <= s_b / 2``, and ``w_v = s_v q_w + e_w``. Then
+    ``h . w = s_b s_v (q_h . q_w) + e_h . w + s_b (q_h . e_w)``, so for every token
+    ``|h . w - s_b s_v (q_h . q_w)| <= max|e_h| * sum|w_v| + s_b * max_t sum|q_h| * max|e_w|``, and the max
+    over tokens of the exact logits is at most the max of the integer sums (exact, from the kernel)
+    plus that. The bound is then widened by 2^-16 of the magnitudes involved to cover float32 rounding.
+    Rows with an empty range give 0 (callers drop them).
+    """
+    import torch
+
+    module = _load()
+    if module is None:
+        raise RuntimeError("fused max-logits kernels unavailable")
+    batch, length, dim = hidden.shape
+    vocab = int(packed["vocab"])
+    positions = torch.arange(length, device=hidden.device)
+    inside = (positions[None, :] >= start[:, None]) & (positions[None, :] < end[:, None])  # [B, L]
+    h = hidden.float() * inside[:, :, None]  # padded positions -> 0 (never read by the kernel anyway)
+    doc_scale = (h.abs().amax(dim=(1, 2)) / 127).clamp(min=1e-30)  # [B]
+    q = torch.round(h / doc_scale[:, None, None]).clamp_(-127, 127)
+    # |h / s - q| <= 1/2 plus the rounding of the float32 division (<= 2^-24 * 128): max |e_h| <= s (1/2 + 2^-16)
+    error = doc_scale * (0.5 + 2.0**-16)  # [B]
+    q_abs_sum = q.abs().sum(dim=2).amax(dim=1)  # [B]: max_t sum |q_h|
+    padded_d = packed["packed"].shape[1] * 4
+    u8 = torch.full((batch, length, padded_d), 128, dtype=torch.uint8)
+    u8[:, :, :dim] = (q + 128).to(torch.uint8)
+    approx = module.max_logits_int8(u8, start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous(),
+                                    packed["packed"], packed["corr"], packed["row_scale"], doc_scale,
+                                    vocab_chunk)[:, :vocab]
+    slack = error[:, None] * packed["abs_sum"][None, :] + (doc_scale * q_abs_sum)[:, None] * packed["row_error"][None, :]
+    return approx + (approx.abs() + slack) * 2.0**-16 + slack

@@ -122,7 +122,7 @@ def splade_pool_screened(
     weight_bf16: torch.Tensor | None = None,
     weight_norms: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    weight_packed: torch.Tensor | None = None,
+    weight_packed: torch.Tensor | dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Exact fp32 pooled SPLADE weights ``float32[B, V]`` via a bounded bf16 screen (see module doc).
 
@@ -132,23 +132,30 @@ def splade_pool_screened(
             caches them across batches.
         weight_packed: ``weight_bf16`` in the fused CPU kernel's layout
             (``splade_cpu_kernel.pack_weight``): the screen's max-logits then come from that kernel
-            (same bf16 products, fp32 sums never rounded to bf16) instead of chunked matmuls + max.
+            (same bf16 products, fp32 sums never rounded to bf16) instead of chunked matmuls + max;
+            or ``splade_cpu_kernel.pack_weight_int8``'s dict: an int8 (AVX512-VNNI) screen with its own
+            rigorous bound (``int8_max_logits_upper``), twice the bf16 kernel's rate.
     """
     hidden = hidden.float()
     weight = weight.float()
     weight_bf16 = weight.bfloat16() if weight_bf16 is None else weight_bf16
     weight_norms = weight.norm(dim=1) if weight_norms is None else weight_norms
     filled = _fill_outside_range(hidden, start, end)
-    if weight_packed is not None:
-        from sparsa.retrieval.splade_cpu_kernel import fused_max_logits
+    if isinstance(weight_packed, dict):  # the int8 kernel gives upper bounds directly
+        from sparsa.retrieval.splade_cpu_kernel import int8_max_logits_upper
 
-        approx = fused_max_logits(hidden.bfloat16(), start, end, weight_packed, weight.shape[0])  # [B, V]
+        upper = int8_max_logits_upper(hidden, start, end, weight_packed)  # [B, V]
     else:
-        approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
-    dim = hidden.shape[2]
-    hidden_norms = filled.norm(dim=2).amax(dim=1)  # [B]: bounds |h . w| <= |h| |w| over every token
-    slack = (_BF16_PRODUCT_ERROR + dim * 2.0**-23) * hidden_norms[:, None] * weight_norms[None, :]
-    upper = approx + approx.abs() * _BF16_OUTPUT_ERROR + slack
+        if weight_packed is not None:
+            from sparsa.retrieval.splade_cpu_kernel import fused_max_logits
+
+            approx = fused_max_logits(hidden.bfloat16(), start, end, weight_packed, weight.shape[0])  # [B, V]
+        else:
+            approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
+        dim = hidden.shape[2]
+        hidden_norms = filled.norm(dim=2).amax(dim=1)  # [B]: bounds |h . w| <= |h| |w| over every token
+        slack = (_BF16_PRODUCT_ERROR + dim * 2.0**-23) * hidden_norms[:, None] * weight_norms[None, :]
+        upper = approx + approx.abs() * _BF16_OUTPUT_ERROR + slack
     if bias is not None:
         upper += bias.float()
     candidates = upper > 0  # [B, V]: every (b, v) whose exact pooled logit can be positive
@@ -173,12 +180,12 @@ def splade_pool_screened(
 def _screen_cache(weight: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     """The screen's per-model tensors: bf16 weight, row norms, and the fused kernel's packed weight
     when that kernel runs here (CPU with AVX512-BF16 and a compiler)."""
-    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, pack_weight
+    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, pack_weight_int8
 
     weight_bf16 = weight.bfloat16()
     entries = {}  # "weight_norms" last: pool_splade tests for it
     if device.type == "cpu" and fused_max_logits_available():
-        entries["weight_packed"] = pack_weight(weight_bf16)
+        entries["weight_packed"] = pack_weight_int8(weight.float().cpu())
     entries.update(weight_bf16=weight_bf16, weight_norms=weight.float().norm(dim=1))
     return entries
 

@@ -137,3 +137,22 @@ def test_fused_cpu_screen_kernel_matches_torch():
         packed = pack_weight(weight.bfloat16())
         screened = splade_pool_screened(hidden, weight, bias, start, end, weight_packed=packed)
         torch.testing.assert_close(screened, splade_pool_ref(hidden, weight, bias, start, end), atol=1e-5, rtol=1e-5)
+
+
+def test_int8_cpu_screen_bounds_and_matches_reference():
+    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, int8_max_logits_upper, pack_weight_int8
+
+    if not fused_max_logits_available():
+        pytest.skip("no AVX512-BF16/VNNI CPU or no compiler")
+    hidden, weight, bias, start, end = _pooling_inputs()
+    for dim in (32, 30):  # widths not a multiple of 4 are padded
+        h, w = hidden[..., :dim].contiguous(), weight[:, :dim].contiguous()
+        packed = pack_weight_int8(w)
+        upper = int8_max_logits_upper(h, start, end, packed)
+        for b in range(h.shape[0]):
+            if end[b] > start[b]:
+                exact = (h[b, start[b]:end[b]] @ w.T).amax(0)
+                assert (upper[b] >= exact).all()
+                assert (upper[b] - exact).max() < 0.2 * exact.abs().max()  # a bound, but not a vacuous one
+        screened = splade_pool_screened(h, w, bias, start, end, weight_packed=packed)
+        torch.testing.assert_close(screened, splade_pool_ref(h, w, bias, start, end), atol=1e-5, rtol=1e-5)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from sparsa.batching import TokenIds, length_sorted_batches, pad_right
+from sparsa.batching import TokenIds, cpu_batch_workers, length_sorted_batches, map_batches, pad_right
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["auto", "mean", "cls", "max"]
-_TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 131072}
+# CPU: 4,096-token batches, two at once on the 2-core machine (see ``map_batches``), ran minilm-l6
+# ~3% faster than 8,192 (activations stay in cache between layers).
+_TOKENS_PER_BATCH = {"cpu": 4096, "cuda": 131072}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ class DenseEncoder:
             self.dtype = getattr(torch, config.dtype)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
+        # CPU bf16: the model's forward with autocast's casts done once (same outputs, fewer copies).
+        use_fast = self.device.type == "cpu" and self.dtype == torch.bfloat16 and Bf16BertForward.supports(self.model)
+        self._bf16_bert = Bf16BertForward(self.model) if use_fast else None
         logger.info("loaded dense %s from %s on %s (%s, %s pooling, normalize=%s) in %.1f s", config.model,
                     path, self.device, self.dtype, self.pooling, self.normalize,
                     time.perf_counter() - started)
@@ -137,20 +142,19 @@ class DenseEncoder:
         desc: str = "texts",
     ) -> np.ndarray:
         """``float32[n, d]`` embeddings of ``texts`` in input order (length-sorted batches inside)."""
-        import torch
-
         if isinstance(texts, str):
             raise TypeError("expected a sequence of texts, got one str")
         batch_size = batch_size or self.config.batch_size
         max_tokens = self.config.max_tokens or _TOKENS_PER_BATCH.get(self.device.type, 16384)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        use_bf16 = self.dtype == torch.bfloat16
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        workers = cpu_batch_workers(self.device.type)
         bar = progress_bar(len(texts), f"dense {desc}", unit="doc", show=show_progress)
-        with bar, torch.inference_mode(), autocast:
+        with bar:
             for offset, ids in self._token_ids.blocks(texts, self.device.type):
-                for batch in length_sorted_batches([len(x) for x in ids], batch_size, max_tokens):
-                    out[offset + batch] = self._encode_batch([ids[i] for i in batch]).cpu().numpy()
+                batches = length_sorted_batches([len(x) for x in ids], batch_size, max_tokens)
+                run = lambda batch, ids=ids: self._encode_batch([ids[i] for i in batch]).cpu().numpy()
+                for batch, vectors in zip(batches, map_batches(run, batches, workers), strict=True):
+                    out[offset + batch] = vectors
                     bar.update(len(batch))
         return out
 
@@ -158,15 +162,75 @@ class DenseEncoder:
         return self._token_ids(texts)
 
     def _encode_batch(self, sequences: list[list[int]]) -> torch.Tensor:
-        """``float32[B, d]`` pooled (and normalised) embeddings of one padded batch."""
+        """``float32[B, d]`` pooled (and normalised) embeddings of one padded batch (any thread)."""
         import torch
 
         ids, mask = pad_right(sequences, self.tokenizer.pad_token_id or 0)
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
-        embeddings = pool_hidden(hidden, attention_mask, self.pooling)
-        return torch.nn.functional.normalize(embeddings, dim=-1) if self.normalize else embeddings
+        use_bf16 = self.dtype == torch.bfloat16
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            if self._bf16_bert is not None:
+                hidden = self._bf16_bert(input_ids, attention_mask).float()
+            else:
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+            embeddings = pool_hidden(hidden, attention_mask, self.pooling)
+            return torch.nn.functional.normalize(embeddings, dim=-1) if self.normalize else embeddings
+
+
+class Bf16BertForward:
+    """A BERT encoder's forward in bf16 for CPU inference, equal to the model's forward under bf16 autocast.
+
+    What autocast does per call, done once: every linear weight cast to bf16 (autocast recasts the
+    fp32 weights on every call in inference mode), query/key/value fused into one matrix (one cast
+    of the layer input, one wider matmul). As under autocast, the residual stream and layer norms
+    stay fp32, matmuls, GELU and attention (SDPA) run in bf16. Tests compare the two forwards.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        import torch
+
+        bf16 = torch.bfloat16
+        self.embeddings = model.embeddings
+        self.heads = int(model.config.num_attention_heads)
+        self.layers = []
+        for layer in model.encoder.layer:
+            att = layer.attention.self
+            qkv_w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).to(bf16)
+            qkv_b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).to(bf16)
+            out, inter, final = layer.attention.output, layer.intermediate, layer.output
+            self.layers.append((qkv_w, qkv_b, float(att.scaling),
+                                out.dense.weight.to(bf16), out.dense.bias.to(bf16), out.LayerNorm,
+                                inter.dense.weight.to(bf16), inter.dense.bias.to(bf16),
+                                final.dense.weight.to(bf16), final.dense.bias.to(bf16), final.LayerNorm))
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        """Plain BERT encoders (absolute positions, GELU, SDPA attention, no decoder, no adapters)."""
+        config = model.config
+        return (type(model).__name__ == "BertModel" and getattr(config, "hidden_act", None) == "gelu"
+                and getattr(config, "position_embedding_type", "absolute") == "absolute"
+                and not getattr(config, "is_decoder", False)
+                and getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager"))
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``float32[B, L, D]`` (padded positions hold garbage, as in the model)."""
+        import torch
+        from torch.nn.functional import gelu, layer_norm, linear, scaled_dot_product_attention
+
+        with torch.autocast(input_ids.device.type, enabled=False):
+            x = self.embeddings(input_ids=input_ids)  # float32
+            batch, length, dim = x.shape
+            keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: padded keys masked out
+            for qkv_w, qkv_b, scale, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
+                qkv = linear(x.to(torch.bfloat16), qkv_w, qkv_b)
+                q, k, v = qkv.view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+                attended = scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale)
+                attended = attended.transpose(1, 2).reshape(batch, length, dim)
+                x = layer_norm(linear(attended, o_w, o_b) + x, (dim,), ln1.weight, ln1.bias, ln1.eps)
+                hidden = gelu(linear(x.to(torch.bfloat16), i_w, i_b))
+                x = layer_norm(linear(hidden, f_w, f_b) + x, (dim,), ln2.weight, ln2.bias, ln2.eps)
+        return x
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -189,8 +189,9 @@ torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torc
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("max_logits", &max_logits);
-  m.def("max_logits_int8", &max_logits_int8);
+  // No Python objects inside: release the GIL so that batches in other threads run meanwhile.
+  m.def("max_logits", &max_logits, py::call_guard<py::gil_scoped_release>());
+  m.def("max_logits_int8", &max_logits_int8, py::call_guard<py::gil_scoped_release>());
 }
 """
 
@@ -222,9 +223,9 @@ def _load() -> object | None:
             from torch.utils.cpp_extension import load_inline
 
             flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp"]
-            _module = load_inline("sparsa_splade_max_logits_v2", cpp_sources=_SOURCE, extra_cflags=flags,
+            _module = load_inline("sparsa_splade_max_logits_v3", cpp_sources=_SOURCE, extra_cflags=flags,
                                   extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler, no ninja, unsupported CPU: the torch path stays
+        except Exception as exc:  # noqa: BLE001 (no compiler, no ninja, unsupported CPU: the torch path stays)
             logger.info("fused bf16 max-logits kernel unavailable (%s); using the torch screen", exc)
             _failed = True
     return _module
@@ -292,7 +293,7 @@ def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     corr[:vocab] = 128 * q.sum(dim=1).to(torch.int32)
     row_scale = torch.zeros(padded_v, dtype=torch.float32)
     row_scale[:vocab] = scale.float()
-    up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))  # noqa: E731
+    up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))
     return {"packed": qp.view(padded_v // 16, 16, padded_d // 4, 4).transpose(1, 2).contiguous(),
             "corr": corr, "row_scale": row_scale, "row_error": up(error), "abs_sum": up(w64.abs().sum(dim=1)),
             "vocab": torch.tensor(vocab)}

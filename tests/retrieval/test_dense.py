@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
-from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 TEXTS = [
     "cancer treatment with targeted therapy",
@@ -51,3 +51,20 @@ def test_config_rejects_bad_values():
         DenseConfig(pooling="sum")
     with pytest.raises(ConfigError):
         DenseConfig(batch_size=0)
+
+
+def test_bf16_cpu_forward_equals_model_under_autocast(texts):
+    import torch
+    from sparsa.retrieval.dense import Bf16BertForward
+
+    from sparsa.batching import pad_right
+
+    encoder = DenseEncoder(DenseConfig(device="cpu", dtype="bfloat16"))
+    assert Bf16BertForward.supports(encoder.model)
+    ids, mask = (torch.from_numpy(a) for a in pad_right(encoder._tokenize(texts), 0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    out = Bf16BertForward(encoder.model)(ids, mask).float()
+    keep = mask.bool()
+    torch.testing.assert_close(out[keep], expected[keep], atol=2e-2, rtol=0)
+    assert (out[keep] - expected[keep]).abs().mean() < 1e-3

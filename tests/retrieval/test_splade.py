@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from sparsa.errors import ConfigError
 from sparsa.kernels.splade_pool import splade_pool_ref
-from sparsa.models import resolve_model
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 from sparsa.retrieval.splade_pooling import splade_pool_chunked, splade_pool_screened
+
+from sparsa.errors import ConfigError
+from sparsa.models import resolve_model
 
 TEXTS = [
     "cancer treatment with targeted therapy",
@@ -140,7 +140,11 @@ def test_fused_cpu_screen_kernel_matches_torch():
 
 
 def test_int8_cpu_screen_bounds_and_matches_reference():
-    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, int8_max_logits_upper, pack_weight_int8
+    from sparsa.retrieval.splade_cpu_kernel import (
+        fused_max_logits_available,
+        int8_max_logits_upper,
+        pack_weight_int8,
+    )
 
     if not fused_max_logits_available():
         pytest.skip("no AVX512-BF16/VNNI CPU or no compiler")

@@ -161,3 +161,21 @@ def test_dense_vectors_equal_plain_tokenizer_path(scifact, small_blocks):
             hidden = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             expected.append(torch.nn.functional.normalize(pool_hidden(hidden, mask, "mean"), dim=-1)[0].numpy())
     np.testing.assert_allclose(ours, np.stack(expected), atol=1e-5)
+
+
+def test_map_batches_keeps_order_and_restores_torch_threads():
+    import time
+
+    from sparsa.batching import map_batches
+
+    threads = torch.get_num_threads()
+    seen = []
+
+    def slow_square(x):
+        seen.append(torch.get_num_threads())
+        time.sleep(0.01 * (x % 3))
+        return x * x
+
+    assert list(map_batches(slow_square, list(range(10)), workers=3)) == [x * x for x in range(10)]
+    assert set(seen) == {1} and torch.get_num_threads() == threads
+    assert list(map_batches(slow_square, [1, 2], workers=1)) == [1, 4]

@@ -17,7 +17,7 @@ Paths:
   result equals the fp32 ``"chunked"`` one (same products, same max) at the cost of the screen plus
   a small gather-matmul. The screen is an int8 AVX512-VNNI kernel with the max over tokens fused in
   (``splade_cpu_kernel``, on CPUs with AVX512-VNNI and AVX512-BF16 and a compiler; ~2.2% of pairs
-  pass on SciFact; a bf16 kernel there too), else chunked bf16 matmuls + max in torch.
+  pass on SciFact), else chunked bf16 matmuls + max in torch.
 - ``"reference"``: ``splade_pool_ref``, full logits (tests only).
 """
 
@@ -123,7 +123,7 @@ def splade_pool_screened(
     weight_bf16: torch.Tensor | None = None,
     weight_norms: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    weight_packed: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    weight_packed: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Exact fp32 pooled SPLADE weights ``float32[B, V]`` via a bounded bf16 screen (see module doc).
 
@@ -131,28 +131,21 @@ def splade_pool_screened(
         hidden: ``float32[B, L, D]``; weight: ``float32[V, D]``; bias: ``[V]`` or None.
         weight_bf16, weight_norms: ``weight`` in bf16 and its row norms ``float32[V]``, if the caller
             caches them across batches.
-        weight_packed: ``weight_bf16`` in the fused CPU kernel's layout
-            (``splade_cpu_kernel.pack_weight``): the screen's max-logits then come from that kernel
-            (same bf16 products, fp32 sums never rounded to bf16) instead of chunked matmuls + max;
-            or ``splade_cpu_kernel.pack_weight_int8``'s dict: an int8 (AVX512-VNNI) screen with its own
-            rigorous bound (``int8_max_logits_upper``), twice the bf16 kernel's rate.
+        weight_packed: ``splade_cpu_kernel.pack_weight_int8``'s dict: the screen's upper bounds then
+            come from the fused int8 (AVX512-VNNI) kernel with its own rigorous bound
+            (``int8_max_logits_upper``) instead of chunked bf16 matmuls + max.
     """
     hidden = hidden.float()
     weight = weight.float()
     weight_bf16 = weight.bfloat16() if weight_bf16 is None else weight_bf16
     weight_norms = weight.norm(dim=1) if weight_norms is None else weight_norms
     filled = _fill_outside_range(hidden, start, end)
-    if isinstance(weight_packed, dict):  # the int8 kernel gives upper bounds directly
+    if weight_packed is not None:  # the int8 kernel gives upper bounds directly
         from sparsa.retrieval.splade_cpu_kernel import int8_max_logits_upper
 
         upper = int8_max_logits_upper(hidden, start, end, weight_packed)  # [B, V]
     else:
-        if weight_packed is not None:
-            from sparsa.retrieval.splade_cpu_kernel import fused_max_logits
-
-            approx = fused_max_logits(hidden.bfloat16(), start, end, weight_packed, weight.shape[0])  # [B, V]
-        else:
-            approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
+        approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
         dim = hidden.shape[2]
         hidden_norms = filled.norm(dim=2).amax(dim=1)  # [B]: bounds |h . w| <= |h| |w| over every token
         slack = (_BF16_PRODUCT_ERROR + dim * 2.0**-23) * hidden_norms[:, None] * weight_norms[None, :]

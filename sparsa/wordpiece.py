@@ -19,12 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import string
 import unicodedata
 
 # Rust's char::is_whitespace (Unicode White_Space) restricted to ASCII, and Rust's
 # char::is_ascii_punctuation: what the BERT pre-tokenizer splits on and isolates.
 _ASCII_SPACE = "\t\n\x0b\x0c\r "
-_ASCII_PUNCT = "".join(chr(c) for c in range(128) if chr(c) in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_ASCII_PUNCT = string.punctuation
 
 
 def _words_pattern(space: str, punct: str) -> re.Pattern:

@@ -21,8 +21,9 @@ Variants (``kernels/hf_attention.py``), all on the same model and prompts:
 The decode variants share the full variant's prefill (the same exact prefill, computed once); the
 block-sparse variant runs its own. Each example is one JSON line in ``--work`` (resumable).
 ``--choose-on-dev`` first runs every setting in ``CANDIDATES`` on dev needles (another seed, other depths)
-and keeps, per variant, the sparsest one within 95% of full attention's dev accuracy (SETTINGS holds
-what it picked in the published run).
+and keeps, per variant, the one with the least measured attention work among those within 95% of full
+attention's dev accuracy (SETTINGS holds what it picked in the published run). Candidates ending in
+``-rh`` exempt the retrieval heads of the duo-kv head profile from the sparse rule (``full_retrieval_heads``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ CANDIDATES = {
         f"tidal-{b}": SETTINGS["sparse-decode-tidal"] | {"budget_tokens": b} for b in (1024, 2048)},
     "duo-kv": {"duo-0.25": SETTINGS["duo-kv"]},
 }
+# The same rules with the retrieval heads (the duo-kv head profile) exempt: they attend to everything.
+for _variant, _names in (("block-sparse-prefill", ("bs-pooled-c0.90", "bs-pooled-c0.95")),
+                         ("sparse-decode-quest", ("quest-1024-dense2", "quest-2048-dense2")),
+                         ("sparse-decode-tidal", ("tidal-1024", "tidal-2048"))):
+    for _name in _names:
+        CANDIDATES[_variant][_name + "-rh"] = CANDIDATES[_variant][_name] | {"full_retrieval_heads": True}
 NEEDLE = "The special magic number is: {value}."
 QUESTION = "What is the special magic number mentioned in the text above?"
 ANSWER_PREFIX = "The special magic number is:"
@@ -132,6 +139,10 @@ def _greedy(model, logits, cache, max_new: int, stop: set[int]):
     return out, cache
 
 
+def _profile_arg(settings: dict, profile) -> dict:
+    return {"profile": profile} if settings.get("full_retrieval_heads") else {}
+
+
 def run_example(model, tok, ex: dict, profile, variants: dict[str, dict]) -> dict:
     """Greedy answers of ``full`` and of each variant (name -> ``use_sparse_attention`` settings)."""
     import torch
@@ -164,7 +175,7 @@ def run_example(model, tok, ex: dict, profile, variants: dict[str, dict]) -> dic
                 model.sparse_attention_stats = None
                 start_logits, cache = logits, copy.deepcopy(full_cache)
             elif settings.get("prefill") == "block-sparse":
-                use_sparse_attention(model, **settings)
+                use_sparse_attention(model, **settings, **_profile_arg(settings, profile))
                 start_logits, cache = prefill(model, ids)
                 t0 -= t_prefill  # reported seconds include a prefill for every variant
             elif settings.get("kv") == "duo":
@@ -174,7 +185,7 @@ def run_example(model, tok, ex: dict, profile, variants: dict[str, dict]) -> dic
                 for i, layer in enumerate(full_cache.layers):  # the compressed cache stores the exact prefill
                     cache.update(layer.keys, layer.values, i)
             else:
-                use_sparse_attention(model, **settings)
+                use_sparse_attention(model, **settings, **_profile_arg(settings, profile))
                 start_logits, cache = logits, copy.deepcopy(full_cache)
             tokens, cache = _greedy(model, start_logits, cache, ex["max_new"], stop)
             finish(name, tokens, cache, time.time() - t0 + t_prefill)
@@ -230,15 +241,21 @@ def _run_all(model, tok, examples, profile, variants, work: Path, summarise_only
     return [done[e["id"]] for e in examples if e["id"] in done]
 
 
+def _density(row: dict) -> float:
+    """The share of attention work a candidate kept on dev (prefill blocks x decode keys x KV bytes)."""
+    return ((row["prefill_block_density"] or 1.0) * (row["decode_key_fraction_read"] or 1.0)
+            / (row["kv_reduction_vs_full"] or 1.0))
+
+
 def choose_on_dev(records: list[dict]) -> tuple[dict, dict]:
-    """Per variant, the first (sparsest) candidate keeping >= 95% of full accuracy on the dev records, else the
-    most accurate one. Returns (variant -> settings, dev summary per candidate)."""
+    """Per variant, the candidate with the lowest measured density on the dev records among those keeping >= 95%
+    of full accuracy there, else the most accurate one. Returns (variant -> settings, dev summary per candidate)."""
     names = [n for cands in CANDIDATES.values() for n in cands]
     dev = summarise(records, ["full", *names])
     chosen = {}
     for variant, cands in CANDIDATES.items():
         ok = [n for n in cands if (dev[n]["accuracy_vs_full"] or 0) >= 0.95]
-        best = ok[0] if ok else max(cands, key=lambda n: dev[n]["accuracy"])
+        best = min(ok, key=lambda n: _density(dev[n])) if ok else max(cands, key=lambda n: dev[n]["accuracy"])
         chosen[variant] = {"candidate": best, "settings": cands[best]}
     return chosen, dev
 

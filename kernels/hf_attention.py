@@ -16,7 +16,8 @@ prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_siz
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
 Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
 profiled once and saved under ``$SPARSA_HOME/head_profiles/``), ``retrieval_fraction`` (0.25),
-``sink`` (64), ``window`` (256).
+``sink`` (64), ``window`` (256); ``full_retrieval_heads`` (False: with True, the profile's retrieval heads
+attend to every block and key, and the gate / decode selector applies to the other heads only).
 
 How it hooks in, without editing model code: an ``attn_implementation`` named ``"sparsa"`` is
 registered with ``transformers.AttentionInterface`` (with SDPA's mask function, so padded batches get a
@@ -82,6 +83,9 @@ class SparseAttentionConfig:
     retrieval_fraction: float = 0.25
     sink: int = 64
     window: int = 256
+    # DuoAttention's head split applied to the sparse rules: the profile's retrieval heads attend to every
+    # block / key; the gate or the decode selector applies to the other heads only.
+    full_retrieval_heads: bool = False
     profile: HeadProfile | None = field(default=None, repr=False)
 
     def validate(self) -> SparseAttentionConfig:
@@ -112,6 +116,16 @@ class _LayerState:
     layer_idx: int
     shared: dict  # one per model: TidalDecode's selected tokens, statistics
     bounds: PageBounds | None = None
+    full_heads: torch.Tensor | None = None  # bool [Hkv] on the device: heads exempt from the sparse rule
+
+    def full_head_mask(self, device) -> torch.Tensor | None:
+        """The retrieval heads of this layer when ``full_retrieval_heads`` is on and it has any, else None."""
+        cfg = self.config
+        if not cfg.full_retrieval_heads or not any(cfg.profile.retrieval[self.layer_idx]):
+            return None
+        if self.full_heads is None or self.full_heads.device != device:
+            self.full_heads = torch.tensor(cfg.profile.retrieval[self.layer_idx], device=device)
+        return self.full_heads
 
 
 def _new_stats() -> dict:
@@ -133,6 +147,10 @@ def _prefill(state: _LayerState, q, k, v, scale):
     from .block_gating import block_visibility
 
     visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)
+    full = state.full_head_mask(q.device)
+    if full is not None:
+        full_q = full.repeat_interleave(q.shape[1] // full.shape[0])
+        mask = torch.where(full_q[None, :, None, None], visible, mask)
     stats = state.shared["stats"]
     stats["prefill_blocks_kept"] += int(mask.sum())
     stats["prefill_blocks_visible"] += int(visible.sum()) * mask.shape[0] * mask.shape[1]
@@ -156,8 +174,7 @@ def _decode(state: _LayerState, q, k, v, scale):
         else:
             state.bounds.update(k)
         indices, counts = quest_select(q, state.bounds, cfg.budget_tokens)
-        stats["decode_keys_read"] += min(seqlen, int(counts.sum()) // q.shape[0] * cfg.page_size)
-        return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=cfg.page_size)
+        return _sparse_decode(state, q, k, v, scale, indices, counts, cfg.page_size)
     selection_layers = state.shared["tidal_layers"]
     if state.layer_idx < selection_layers[0] or state.layer_idx in selection_layers:
         if state.layer_idx in selection_layers:
@@ -165,8 +182,22 @@ def _decode(state: _LayerState, q, k, v, scale):
         stats["decode_keys_read"] += seqlen * k.shape[1]
         return ops.decode(q, k, v, scale=scale)
     indices, counts = state.shared["tidal"]
-    stats["decode_keys_read"] += int(counts[0, 0]) * k.shape[1]
-    return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=1)
+    return _sparse_decode(state, q, k, v, scale, indices, counts, 1)
+
+
+def _sparse_decode(state: _LayerState, q, k, v, scale, indices, counts, page_size: int):
+    """Decode over the selected pages; with ``full_retrieval_heads`` the layer's retrieval heads read all."""
+    b, hkv, seqlen = k.shape[:3]
+    full = state.full_head_mask(q.device)
+    if full is not None:
+        n_units = -(-seqlen // page_size)
+        everything = torch.arange(n_units, device=q.device, dtype=indices.dtype).expand(b, hkv, n_units)
+        picked = torch.nn.functional.pad(indices, (0, n_units - indices.shape[-1])).expand(b, hkv, n_units)
+        indices = torch.where(full[None, :, None], everything, picked)
+        counts = torch.where(full[None, :], n_units, counts.expand(b, hkv)).to(torch.int32)
+    keys_read = (counts.long() * page_size).clamp_max(seqlen).sum() * (hkv // counts.shape[1])
+    state.shared["stats"]["decode_keys_read"] += int(keys_read) // b
+    return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=page_size)
 
 
 def sparsa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -251,7 +282,7 @@ def use_sparse_attention(model, prefill: str = "block-sparse", decode: str = "fu
     modules = _attention_modules(model)
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no attention modules with q_proj/layer_idx to patch")
-    if kv == "duo":
+    if kv == "duo" or config.full_retrieval_heads:
         profile = config.profile
         if profile is None:
             profile = _default_profile(model, config)

@@ -38,6 +38,11 @@ def model():
     return LlamaForCausalLM(config).eval()
 
 
+LOSSY = [
+    {"prefill": "block-sparse", "min_sparse_tokens": 16, "gate_topk": 1, "block_size": 16},
+    {"decode": "sparse", "selector": "quest", "budget_tokens": 64, "dense_layers": 1},
+    {"decode": "sparse", "selector": "tidal", "budget_tokens": 64, "tidal_layers": (1,)},
+]
 IDS = torch.randint(0, 2000, (1, 160), generator=torch.Generator().manual_seed(1))
 
 
@@ -71,9 +76,11 @@ def profile(model):
     {"decode": "sparse", "selector": "quest", "budget_tokens": 4096},
     {"decode": "sparse", "selector": "tidal", "budget_tokens": 4096},
     {"kv": "duo", "retrieval_fraction": 1.0},
-], ids=["dense", "block-sparse-all-blocks", "quest-big-budget", "tidal-big-budget", "duo-all-retrieval"])
+    *({**lossy, "full_retrieval_heads": True, "retrieval_fraction": 1.0} for lossy in LOSSY),
+], ids=["dense", "block-sparse-all-blocks", "quest-big-budget", "tidal-big-budget", "duo-all-retrieval",
+        "block-sparse-all-heads-exempt", "quest-all-heads-exempt", "tidal-all-heads-exempt"])
 def test_exact_settings_reproduce_model_attention(model, reference, profile, settings):
-    if settings.get("kv") == "duo":
+    if settings.get("kv") == "duo" or settings.get("full_retrieval_heads"):
         settings = {**settings, "profile": profile}
     use_sparse_attention(model, **settings)
     try:
@@ -83,12 +90,29 @@ def test_exact_settings_reproduce_model_attention(model, reference, profile, set
     torch.testing.assert_close(logits, reference[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("settings", [
-    {"prefill": "block-sparse", "min_sparse_tokens": 16, "gate_topk": 1, "block_size": 16},
-    {"decode": "sparse", "selector": "quest", "budget_tokens": 64, "dense_layers": 1},
-    {"decode": "sparse", "selector": "tidal", "budget_tokens": 64, "tidal_layers": (1,)},
-], ids=["block-sparse", "quest", "tidal"])
+@pytest.mark.parametrize("settings", LOSSY, ids=["block-sparse", "quest", "tidal"])
 def test_lossy_settings_compute_less(model, settings):
+    stats = _stats(model, settings)
+    if settings.get("prefill") == "block-sparse":
+        assert 0 < stats["prefill_blocks_kept"] < stats["prefill_blocks_visible"]
+    else:
+        assert 0 < stats["decode_keys_read"] < stats["decode_keys_total"]
+
+
+@pytest.mark.parametrize("settings", LOSSY, ids=["block-sparse", "quest", "tidal"])
+def test_exempt_retrieval_heads_read_everything(model, profile, settings):
+    """Half the KV heads exempt: those read every block / key, so the work lies between the rule's and full."""
+    half = profile.with_fraction(0.5)
+    lossy = _stats(model, settings)
+    mixed = _stats(model, {**settings, "full_retrieval_heads": True, "retrieval_fraction": 0.5, "profile": half})
+    kept, total = (("prefill_blocks_kept", "prefill_blocks_visible") if settings.get("prefill") == "block-sparse"
+                   else ("decode_keys_read", "decode_keys_total"))
+    exempt_share = sum(map(sum, half.retrieval)) / sum(map(len, half.retrieval))
+    assert lossy[kept] < mixed[kept] < mixed[total] == lossy[total]
+    assert mixed[kept] >= exempt_share * mixed[total]
+
+
+def _stats(model, settings) -> dict:
     use_sparse_attention(model, **settings)
     try:
         logits, _ = _run(model)
@@ -96,10 +120,7 @@ def test_lossy_settings_compute_less(model, settings):
     finally:
         remove_sparse_attention(model)
     assert torch.isfinite(logits).all()
-    if settings.get("prefill") == "block-sparse":
-        assert 0 < stats["prefill_blocks_kept"] < stats["prefill_blocks_visible"]
-    else:
-        assert 0 < stats["decode_keys_read"] < stats["decode_keys_total"]
+    return stats
 
 
 def test_duo_cache_keeps_sink_and_window_for_streaming_heads(model, reference, profile):

@@ -9,13 +9,15 @@ distractors; correct when the answer UUID is in the output) and needle-in-a-hays
 Graham essays (a 7-digit "special magic number" inserted at a depth of the haystack, context cut to
 2k/4k/8k tokens including the prompt; correct when the number is in the output). Greedy decoding.
 
-Variants (``kernels/hf_attention.py``), all on the same model and prompts:
+Variants (``kernels/hf_attention.py``), all on the same model and prompts, as chosen on dev (SETTINGS):
   * ``full``: the model's own SDPA attention and ``DynamicCache`` (the reference);
   * ``block-sparse-prefill``: SeerAttention training-free gate over blocks of 64, per query block the
-    best blocks holding 90% of the gate's probability (+ sink and diagonal), then full decode;
-  * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 2,048 selected
+    best blocks holding 95% of the gate's probability (+ sink and diagonal), then full decode;
+  * ``sparse-decode-quest`` / ``sparse-decode-tidal``: exact prefill, then decode over 1,024 selected
     tokens (Quest pages of 16, layers 0-1 dense; TidalDecode: layers 0-1 dense, selection at layers 2 and
     12 of 30, the other layers reuse the selection);
+  * in those three, the retrieval heads of the duo-kv head profile attend to everything
+    (``full_retrieval_heads``);
   * ``duo-kv``: exact prefill, then a head-compressed cache: 25% retrieval KV heads (RazorAttention
     echo/induction profile) keep everything, the others 64 sink + 256 recent tokens.
 The decode variants share the full variant's prefill (the same exact prefill, computed once); the
@@ -42,12 +44,17 @@ from common import write_results
 
 VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
 SETTINGS = {  # what --choose-on-dev picked on the H200 (longcontext_accuracy.json["chosen_on_dev"])
-    "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.9, "gate_keys": "pooled", "block_size": 64,
-                             "min_sparse_tokens": 1024},
-    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 2048, "page_size": 16,
-                            "dense_layers": 2},
-    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 2048},
+    "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.95, "gate_keys": "pooled", "block_size": 64,
+                             "min_sparse_tokens": 1024, "full_retrieval_heads": True},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16,
+                            "dense_layers": 2, "full_retrieval_heads": True},
+    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024,
+                            "full_retrieval_heads": True},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
+}
+_RULES = {  # the rules without the retrieval-head exemption, as first published
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "page_size": 16},
+    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal"},
 }
 _BS = {"prefill": "block-sparse", "block_size": 64, "min_sparse_tokens": 1024}
 # --choose-on-dev: per variant, candidates from the sparsest to the densest; the first whose accuracy on the dev
@@ -63,10 +70,10 @@ CANDIDATES = {
         "bs-tokens-top32": _BS | {"gate_keys": "tokens", "gate_topk": 32},
     },
     "sparse-decode-quest": {
-        f"quest-{b}-dense{d}": SETTINGS["sparse-decode-quest"] | {"budget_tokens": b, "dense_layers": d}
+        f"quest-{b}-dense{d}": _RULES["sparse-decode-quest"] | {"budget_tokens": b, "dense_layers": d}
         for b, d in ((1024, 0), (1024, 2), (2048, 2))},
     "sparse-decode-tidal": {
-        f"tidal-{b}": SETTINGS["sparse-decode-tidal"] | {"budget_tokens": b} for b in (1024, 2048)},
+        f"tidal-{b}": _RULES["sparse-decode-tidal"] | {"budget_tokens": b} for b in (1024, 2048)},
     "duo-kv": {"duo-0.25": SETTINGS["duo-kv"]},
 }
 # The same rules with the retrieval heads (the duo-kv head profile) exempt: they attend to everything.

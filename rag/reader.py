@@ -47,7 +47,10 @@ RECALL_EXAMPLE = ("Who wrote the play Hamlet?", "William Shakespeare")
 ATTENTION = ("full", "sparse")
 # attention="sparse": block-sparse prefill (SeerAttention gate; prompts under ``min_sparse_tokens`` stay
 # dense) and Quest page-sparse decode, through ``sparsa.kernels.hf_attention``.
-SPARSE_DEFAULTS = {"prefill": "block-sparse", "decode": "sparse"}
+# The settings that kept SmolLM2's long-context accuracy (bench/results/longcontext_accuracy.json, chosen on dev
+# needles): gate coverage 0.95, Quest over 1,024 tokens, retrieval heads (profiled once per model) exempt.
+SPARSE_DEFAULTS = {"prefill": "block-sparse", "decode": "sparse", "gate_coverage": 0.95, "budget_tokens": 1024,
+                   "full_retrieval_heads": True}
 
 
 @dataclass(frozen=True, slots=True)

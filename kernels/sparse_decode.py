@@ -2,8 +2,9 @@
 
 Algorithm: flash-decoding. The cache (or the list of selected tokens) is cut into splits; one program per
 (split, batch x KV head) runs an online softmax for all ``Hq / Hkv`` query heads of its group at once
-(GQA: each key is read once per group), and writes a partial (max, sum, weighted values); a second
-kernel merges the splits. Work is spread over splits so that a single sequence fills the GPU.
+(GQA: each key is read once per group), and writes a partial (max, sum, weighted values); the last
+split of each group to finish merges them (an arrival counter per group), so a step is one launch. Work
+is spread over splits so that a single sequence fills the GPU.
 
 Sparse mode reads only the tokens an index list names: ``indices [B, Hi, N]`` (``Hi`` = 1 shared by all
 heads, or ``Hkv``) with ``counts [B, Hi]``. With ``page_size = P > 1`` each index names a page of P
@@ -61,13 +62,13 @@ def _configs() -> list[triton.Config]:
 
 @triton.autotune(configs=_configs(), key=["HEAD_DIM", "GROUP_PAD", "PAGE", "SPARSE", "SPLIT_BUCKET"])
 @triton.jit
-def _decode_partial_kernel(
-    Q, K, V, IDX, CNT, M_OUT, L_OUT, ACC_OUT,
+def _decode_kernel(
+    Q, K, V, IDX, CNT, M_OUT, L_OUT, ACC_OUT, ARRIVED, O, LSE,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ib, stride_ih, stride_cb, stride_ch,
     seqlen_k, n_work, split_len, n_splits, qk_scale, HKV, IDX_GROUP, SPLIT_BUCKET,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-    SPARSE: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    PAGE: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     split = tl.program_id(0)
     bh = tl.program_id(1)
@@ -118,32 +119,57 @@ def _decode_partial_kernel(
     tl.store(L_OUT + row * n_splits + split, l_i, mask=g_ok)
     acc_ptrs = ACC_OUT + (row * n_splits + split)[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(acc_ptrs, acc, mask=g_ok[:, None])
+    # The last split of this (batch, KV head) to finish merges the group's partials, which saves a second
+    # launch (and its ramp-up) per decode step. The barrier + acq_rel atomic publish every thread's stores.
+    tl.debug_barrier()
+    if tl.atomic_add(ARRIVED + bh, 1, sem="acq_rel") == n_splits - 1:
+        _merge_splits(M_OUT, L_OUT, ACC_OUT, O, LSE, (bh // HKV) * (HKV * GROUP) + kvh * GROUP, n_splits,
+                      GROUP, GROUP_P2, HEAD_DIM, 16)
+        tl.store(ARRIVED + bh, 0)  # ready for the next call
 
 
 @triton.jit
-def _decode_merge_kernel(M_IN, L_IN, ACC_IN, O, LSE, n_splits, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _merge_splits(M_IN, L_IN, ACC_IN, O, LSE, row0, n_splits, GROUP: tl.constexpr, GROUP_P2: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
+    """Combine the ``n_splits`` partial softmaxes of query rows ``row0 .. row0 + GROUP - 1``."""
+    rows = row0 + tl.arange(0, GROUP_P2)
+    r_ok = tl.arange(0, GROUP_P2) < GROUP
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_s = tl.arange(0, CHUNK)
-    m = tl.full([CHUNK], -1.0e30, dtype=tl.float32)
+    offs_c = tl.arange(0, CHUNK)
+    m_all = tl.full([GROUP_P2], -1.0e30, dtype=tl.float32)
     for s0 in range(0, n_splits, CHUNK):
-        m = tl.maximum(m, tl.load(M_IN + row * n_splits + s0 + offs_s, mask=s0 + offs_s < n_splits,
-                                  other=-1.0e30))
-    m_all = tl.max(m, 0)
-    l_all = tl.zeros([CHUNK], dtype=tl.float32)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        ok = r_ok[:, None] & (s0 + offs_c < n_splits)[None, :]
+        m = tl.load(M_IN + rows[:, None] * n_splits + s0 + offs_c[None, :], mask=ok, other=-1.0e30,
+                    cache_modifier=".cg")
+        m_all = tl.maximum(m_all, tl.max(m, 1))
+    l_tot = tl.zeros([GROUP_P2], dtype=tl.float32)
+    acc = tl.zeros([GROUP_P2, HEAD_DIM], dtype=tl.float32)
     for s0 in range(0, n_splits, CHUNK):
-        ok = s0 + offs_s < n_splits
-        w = tl.exp2(tl.load(M_IN + row * n_splits + s0 + offs_s, mask=ok, other=-1.0e30) - m_all)
+        ok = r_ok[:, None] & (s0 + offs_c < n_splits)[None, :]
+        part = rows[:, None] * n_splits + s0 + offs_c[None, :]
+        w = tl.exp2(tl.load(M_IN + part, mask=ok, other=-1.0e30, cache_modifier=".cg") - m_all[:, None])
         w = tl.where(ok, w, 0.0)
-        l_all += w * tl.load(L_IN + row * n_splits + s0 + offs_s, mask=ok, other=0.0)
-        a = tl.load(ACC_IN + (row * n_splits + s0 + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=ok[:, None], other=0.0)
-        acc += tl.sum(a * w[:, None], 0)
-    l_tot = tl.sum(l_all, 0)
+        l_tot += tl.sum(w * tl.load(L_IN + part, mask=ok, other=0.0, cache_modifier=".cg"), 1)
+        a = tl.load(ACC_IN + part[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0,
+                    cache_modifier=".cg")
+        acc += tl.sum(a * w[:, :, None], 1)
     l_safe = tl.where(l_tot == 0.0, 1.0, l_tot)
-    tl.store(O + row * HEAD_DIM + offs_d, (acc / l_safe).to(O.dtype.element_ty))
-    tl.store(LSE + row, tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634))
+    tl.store(O + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
+             mask=r_ok[:, None])
+    tl.store(LSE + rows, tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634),
+             mask=r_ok)
+
+
+_ARRIVED: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (batch, KV head): how many splits have finished. The merging program
+    resets its counter, so the buffer stays zero between calls (calls on one device must not overlap)."""
+    buf = _ARRIVED.get(device)
+    if buf is None or buf.numel() < n:
+        buf = _ARRIVED[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return buf[:n].view(-1, 1) if n == 1 else buf[:n]
 
 
 @functools.cache
@@ -201,8 +227,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         n_work = idx.shape[-1] * page_size
         idx_group = hkv // idx.shape[1]
     else:
-        idx = cnt = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
-        cnt = cnt[:, :1]
+        idx = cnt = _arrival_counters(q.device, 1)  # never read (SPARSE is off); avoids a fill kernel per call
         n_work, idx_group = s, 1
     if num_splits is None:
         # Two waves of programs: long splits keep each program's load pipeline full, and a second wave
@@ -214,18 +239,18 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     m_part = torch.empty(b * hq * num_splits, dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
     acc_part = torch.empty(b * hq * num_splits, d, dtype=torch.float32, device=q.device)
-    _decode_partial_kernel[(num_splits, b * hkv)](
-        q, k, v, idx, cnt, m_part, l_part, acc_part,
+    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
+    _decode_kernel[(num_splits, b * hkv)](
+        q, k, v, idx, cnt, m_part, l_part, acc_part, _arrival_counters(q.device, b * hkv), out, lse,
         q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
         cnt.stride(0), cnt.stride(1),
         s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
         min(triton.next_power_of_2(split_len), 1 << 14),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, PAGE=page_size,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), GROUP_P2=triton.next_power_of_2(group),
+        HEAD_DIM=d, PAGE=page_size,
         SPARSE=sparse,
     )
-    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
-    _decode_merge_kernel[(b * hq,)](m_part, l_part, acc_part, out, lse, num_splits, HEAD_DIM=d, CHUNK=16)
     out = out.view(q_in.shape)
     return (out, lse) if return_lse else out
 

@@ -151,8 +151,9 @@ def sparse(args, out: list) -> None:
         out.extend(sparse_rows(flex, gen, s, args.sparsities))
 
 
-def decode_providers(q, k, v, splits, budgets) -> dict:
-    """name -> zero-argument callable running one decode step."""
+def decode_providers(q, k, v, splits, budgets, quest_pages=()) -> dict:
+    """name -> zero-argument callable running one decode step. ``quest_pages``: extra Quest page sizes, end to
+    end (coarser pages: fewer bounds to score and pages to rank, looser bounds)."""
     bounds = sd.PageBounds.from_keys(k, 16)
     q4 = q[:, :, None]
     fns = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
@@ -175,6 +176,14 @@ def decode_providers(q, k, v, splits, budgets) -> dict:
                 lambda i=idx, c=cnt, n=n: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16, num_splits=n))
         fns[f"tidal-{budget}-kernel"] = (
             lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
+        for page in quest_pages:
+            coarse = sd.PageBounds.from_keys(k, page)
+
+            def quest_coarse(b=budget, bounds=coarse, page=page):
+                i, c = sd.quest_select(q, bounds, b)
+                return sd.decode_attention(q, k, v, indices=i, counts=c, page_size=page)
+
+            fns[f"quest-{budget}-page{page}-end2end"] = quest_coarse
     return fns
 
 
@@ -184,7 +193,7 @@ def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
     k, v = (torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     kv_bytes = 2 * k.numel() * k.element_size()
     times = {}
-    for name, fn in decode_providers(q, k, v, args.decode_splits, args.budgets).items():
+    for name, fn in decode_providers(q, k, v, args.decode_splits, args.budgets, args.quest_pages).items():
         eager = _bench(fn)
         try:
             graphed = _bench(_graphed(fn))
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-seqlens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument("--decode-splits", type=int, nargs="*", default=[8, 33, 66])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--quest-pages", type=int, nargs="*", default=[32, 64],
+                        help="extra Quest page sizes timed end to end")
     parser.add_argument("--sections", nargs="+", default=["checks", "decode", "dense", "sparse"])
     parser.add_argument("--commit", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernels_h200.json")

@@ -118,13 +118,19 @@ class _LayerState:
     bounds: PageBounds | None = None
     full_heads: torch.Tensor | None = None  # bool [Hkv] on the device: heads exempt from the sparse rule
 
-    def full_head_mask(self, device) -> torch.Tensor | None:
-        """The retrieval heads of this layer when ``full_retrieval_heads`` is on and it has any, else None."""
+    def full_head_mask(self, device, n_heads: int) -> torch.Tensor | None:
+        """Which of the ``n_heads`` KV heads given to attention are exempt (when ``full_retrieval_heads`` is on and
+        this layer has any retrieval head), else None."""
         cfg = self.config
-        if not cfg.full_retrieval_heads or not any(cfg.profile.retrieval[self.layer_idx]):
+        if not cfg.full_retrieval_heads:
+            return None
+        row = cfg.profile.retrieval[self.layer_idx]
+        if n_heads != len(row):  # kv="duo" hands decode only this layer's retrieval heads: all exempt
+            return torch.ones(n_heads, dtype=torch.bool, device=device)
+        if not any(row):
             return None
         if self.full_heads is None or self.full_heads.device != device:
-            self.full_heads = torch.tensor(cfg.profile.retrieval[self.layer_idx], device=device)
+            self.full_heads = torch.tensor(row, device=device)
         return self.full_heads
 
 
@@ -147,7 +153,7 @@ def _prefill(state: _LayerState, q, k, v, scale):
     from .block_gating import block_visibility
 
     visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)
-    full = state.full_head_mask(q.device)
+    full = state.full_head_mask(q.device, k.shape[1])
     if full is not None:
         full_q = full.repeat_interleave(q.shape[1] // full.shape[0])
         mask = torch.where(full_q[None, :, None, None], visible, mask)
@@ -188,7 +194,7 @@ def _decode(state: _LayerState, q, k, v, scale):
 def _sparse_decode(state: _LayerState, q, k, v, scale, indices, counts, page_size: int):
     """Decode over the selected pages; with ``full_retrieval_heads`` the layer's retrieval heads read all."""
     b, hkv, seqlen = k.shape[:3]
-    full = state.full_head_mask(q.device)
+    full = state.full_head_mask(q.device, hkv)
     if full is not None:
         n_units = -(-seqlen // page_size)
         everything = torch.arange(n_units, device=q.device, dtype=indices.dtype).expand(b, hkv, n_units)

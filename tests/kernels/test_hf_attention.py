@@ -112,6 +112,24 @@ def test_exempt_retrieval_heads_read_everything(model, profile, settings):
     assert mixed[kept] >= exempt_share * mixed[total]
 
 
+def test_exempt_heads_with_duo_cache_read_everything(model, profile):
+    """kv="duo" gives decode only the retrieval heads; exempt, they read their whole cache as duo alone does."""
+    half = profile.with_fraction(0.5)
+    duo = {"kv": "duo", "profile": half, "retrieval_fraction": 0.5, "sink": 16, "window": 32}
+    reference, _ = _logits(model, duo)
+    mixed, _ = _logits(model, {**duo, "decode": "sparse", "selector": "quest", "budget_tokens": 64,
+                               "dense_layers": 0, "full_retrieval_heads": True})
+    torch.testing.assert_close(mixed, reference, atol=1e-4, rtol=1e-4)
+
+
+def _logits(model, settings):
+    use_sparse_attention(model, **settings)
+    try:
+        return _run(model)
+    finally:
+        remove_sparse_attention(model)
+
+
 def _stats(model, settings) -> dict:
     use_sparse_attention(model, **settings)
     try:

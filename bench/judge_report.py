@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from sparsa.rag.calibration import CALIBRATOR_MODELS
 
 from sparsa.eval import evaluate_run
 from sparsa.types import Qrels, Run
@@ -37,22 +38,37 @@ def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
     return depth
 
 
-def mean_ndcg(run: Run, qrels: Qrels, qids: list[str], cutoff: int) -> float:
-    per_query = evaluate_run(run, qrels, [f"nDCG@{cutoff}"]).per_query
-    return sum(per_query.get(q, {}).get(f"nDCG@{cutoff}", 0.0) for q in qids) / len(qids)
+def ndcg_matrix(runs: dict[str, Run], qrels: Qrels, qids: list[str], cutoff: int) -> np.ndarray:
+    """``float64[runs (sorted by name), queries]``: per-query nDCG@cutoff, 0 where the qrels hold no gain."""
+    names = sorted(runs)
+    out = np.zeros((len(names), len(qids)))
+    for row, name in enumerate(names):
+        per_query = evaluate_run(runs[name], qrels, [f"nDCG@{cutoff}"]).per_query
+        out[row] = [per_query.get(q, {}).get(f"nDCG@{cutoff}", 0.0) for q in qids]
+    return out
 
 
-def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: list[str], cutoff: int) -> dict:
+def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: list[str], cutoff: int,
+                   resamples: int = 0) -> dict:
+    """The runs' mean nDCG@cutoff over ``qids`` under both qrels, Kendall's tau and Spearman's rho; with
+    ``resamples``, a 95% interval of tau from resampling the queries with replacement."""
     from sparsa.rag.agreement import kendall_tau, spearman_rho
 
     names = sorted(runs)
-    by_human = [mean_ndcg(runs[n], human, qids, cutoff) for n in names]
-    by_judge = [mean_ndcg(runs[n], generated, qids, cutoff) for n in names]
-    return {"queries": len(qids), "measure": f"nDCG@{cutoff}",
-            "runs": {n: {"human": round(h, 4), "generated": round(g, 4)} for n, h, g in zip(names, by_human, by_judge,
-                                                                                           strict=True)},
-            "kendall_tau": round(kendall_tau(by_human, by_judge), 4),
-            "spearman_rho": round(spearman_rho(by_human, by_judge), 4)}
+    by_human, by_judge = ndcg_matrix(runs, human, qids, cutoff), ndcg_matrix(runs, generated, qids, cutoff)
+    means_h, means_g = by_human.mean(1), by_judge.mean(1)
+    out = {"queries": len(qids), "measure": f"nDCG@{cutoff}",
+           "runs": {n: {"human": round(h, 4), "generated": round(g, 4)}
+                    for n, h, g in zip(names, means_h.tolist(), means_g.tolist(), strict=True)},
+           "kendall_tau": round(kendall_tau(means_h, means_g), 4),
+           "spearman_rho": round(spearman_rho(means_h, means_g), 4)}
+    if resamples:
+        rng = np.random.default_rng(0)
+        draws = [rng.integers(0, len(qids), len(qids)) for _ in range(resamples)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # a draw where one side ties every run: nan
+            taus = [kendall_tau(by_human[:, d].mean(1), by_judge[:, d].mean(1)) for d in draws]
+        out["kendall_tau_95ci_query_bootstrap"] = np.round(np.nanquantile(taus, [0.025, 0.975]), 4).tolist()
+    return out
 
 
 def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resamples: int = 1000) -> list[float]:
@@ -84,13 +100,23 @@ SETTINGS = {  # name: (scorers needed, features); "ql+pl" is the calibrator's de
 
 
 CV_FOLDS = 3
+# Each feature setting is calibrated by every GradeCalibrator model; the least-squares one keeps the
+# setting's plain name (the first reports' entries), the others are "<setting>/<model>".
+QRELS_KINDS = ("discrete", "expected-gain")  # generated qrels: the 0-3 grades, or round(100 * expected grade)
 SELECTION_RULE = (
     f"decided on the fit queries only: their ids (sorted) are dealt into {CV_FOLDS} folds by position "
     f"(i mod {CV_FOLDS}); each fold is graded by a calibrator fitted on the other two, giving out-of-fold "
-    "grades for every fit pair. kappa: the setting with the highest 4-grade kappa of those grades against "
-    "NIST; system ranking: the highest Kendall tau between the runs' nDCG@10 over the fit queries under NIST "
-    "qrels and under those grades, ties to the higher fit kappa. Remaining ties: the first in SETTINGS order. "
-    "The held-out figures of the chosen settings are reported as they are, whatever the other settings got.")
+    "grades (and expected grades) for every fit pair. Candidates: every feature setting with every "
+    "calibrator model (least-squares, ordinal-logit). kappa: the candidate with the highest 4-grade kappa of "
+    "those grades against NIST; system ranking: the candidate and qrels kind (discrete 0-3 grades, or "
+    "expected-gain: round(100 * expected grade)) with the highest Kendall tau between the runs' nDCG@10 over "
+    "the fit queries under NIST qrels and under those qrels, ties to the higher fit kappa. Remaining ties: the "
+    "first in report order (SETTINGS order, least-squares first, discrete first). The held-out figures of the "
+    "chosen candidates are reported as they are, whatever the other candidates got.")
+
+
+def entry_name(setting: str, model: str) -> str:
+    return setting if model == "least-squares" else f"{setting}/{model}"
 
 
 def generated_qrels(judged: list, grades: np.ndarray) -> Qrels:
@@ -100,54 +126,77 @@ def generated_qrels(judged: list, grades: np.ndarray) -> Qrels:
     return generated
 
 
-def fit_criteria(features, judged, records, human, fit, fit_qids: list[str], runs, qrels, depth) -> dict:
+def fit_criteria(features, judged, records, human, fit, fit_qids: list[str], runs, qrels, depth,
+                 model: str = "least-squares") -> dict:
     """Out-of-fold grades of the fit pairs (``CV_FOLDS``-fold over the fit queries): their 4-grade kappa
-    and, where the runs' top ``depth`` is judged, the system ranking over the fit queries."""
+    and, where the runs' top ``depth`` is judged, the system ranking over the fit queries under discrete
+    and (``expected_gain``) expected-gain qrels."""
     from sparsa.rag.agreement import cohen_kappa
-    from sparsa.rag.calibration import GradeCalibrator
+    from sparsa.rag.calibration import GradeCalibrator, expected_gains
 
     fold_of = {q: i % CV_FOLDS for i, q in enumerate(sorted(fit_qids))}
     folds = np.array([fold_of[judged[i][0]] for i in fit])
     fit = np.asarray(fit)
     grades = np.zeros(len(fit), dtype=np.int64)
+    expected = np.zeros(len(fit))
     for fold in range(CV_FOLDS):
         train, held = fit[folds != fold], folds == fold
-        calibrator = GradeCalibrator.fit([records[i] for i in train], human[train], features)
+        calibrator = GradeCalibrator.fit([records[i] for i in train], human[train], features, model=model)
         grades[held] = calibrator.predict([records[i] for i in fit[held]])
+        expected[held] = calibrator.expected_grades([records[i] for i in fit[held]])
     entry = {"folds": CV_FOLDS, "pairs": len(fit),
              "cohen_kappa_4grade": round(float(cohen_kappa(human[fit], grades)), 4)}
     if depth >= 1:
-        ranking = system_ranking(runs, qrels, generated_qrels([judged[i] for i in fit], grades), fit_qids, depth)
+        fit_pairs = [judged[i] for i in fit]
+        ranking = system_ranking(runs, qrels, generated_qrels(fit_pairs, grades), fit_qids, depth)
         entry |= {k: ranking[k] for k in ("queries", "measure", "kendall_tau", "spearman_rho")}
+        ranking = system_ranking(runs, qrels, generated_qrels(fit_pairs, expected_gains(expected)), fit_qids, depth)
+        entry["expected_gain"] = {k: ranking[k] for k in ("kendall_tau", "spearman_rho")}
     return entry
 
 
-def choose_on_fit(settings: dict) -> dict:
-    """The kappa and system-ranking choices of ``SELECTION_RULE`` with their held-out figures."""
-    scored = [(name, e) for name, e in settings.items() if "fit_queries_cv" in e and "held_out" in e]
+def ranking_figures(entry: dict, kind: str) -> tuple[dict, dict]:
+    """An entry's (fit-CV, held-out) system-ranking figures under qrels of ``kind`` (``QRELS_KINDS``)."""
+    if kind == "discrete":
+        return entry["fit_queries_cv"], entry.get("system_ranking_held_out", {})
+    return entry["fit_queries_cv"].get("expected_gain", {}), entry.get("system_ranking_held_out_expected_gain", {})
+
+
+def choose_on_fit(settings: dict, models: tuple[str, ...] | None = None,
+                  kinds: tuple[str, ...] = QRELS_KINDS) -> dict:
+    """The kappa and system-ranking choices of ``SELECTION_RULE`` with their held-out figures; ``models``
+    and ``kinds`` narrow the candidates (e.g. to the first reports' least-squares, discrete ones)."""
+    scored = [(name, e) for name, e in settings.items() if "fit_queries_cv" in e and "held_out" in e
+              and (models is None or e.get("calibrator", "least-squares") in models)]
     if not scored:
         return {}
-    order = {name: i for i, name in enumerate(SETTINGS)}
+    order = {name: i for i, name in enumerate(settings)}
 
     def kappa_key(item):
-        return item[1]["fit_queries_cv"]["cohen_kappa_4grade"], -order.get(item[0], len(order))
+        return item[1]["fit_queries_cv"]["cohen_kappa_4grade"], -order[item[0]]
 
-    def tau_key(item):
-        return (item[1]["fit_queries_cv"].get("kendall_tau", float("-inf")),) + kappa_key(item)
+    def tau_key(candidate):
+        item, kind = candidate
+        tau = ranking_figures(item[1], kind)[0].get("kendall_tau")
+        return (tau if tau is not None else float("-inf"),) + kappa_key(item) + (-kinds.index(kind),)
 
-    def figures(item) -> dict:
+    def figures(item, kind: str = "discrete") -> dict:
         name, entry = item
         held = entry["held_out"]
-        return {"setting": name, "fit_cv_kappa_4grade": entry["fit_queries_cv"]["cohen_kappa_4grade"],
-                "fit_cv_kendall_tau": entry["fit_queries_cv"].get("kendall_tau"),
+        fit_ranking, held_ranking = ranking_figures(entry, kind)
+        return {"setting": name, "calibrator": entry.get("calibrator", "least-squares"), "qrels": kind,
+                "fit_cv_kappa_4grade": entry["fit_queries_cv"]["cohen_kappa_4grade"],
+                "fit_cv_kendall_tau": fit_ranking.get("kendall_tau"),
                 "held_out_kappa_4grade": held["cohen_kappa_4grade"],
                 "held_out_kappa_4grade_95ci": held["cohen_kappa_4grade_95ci_query_bootstrap"],
                 "held_out_kappa_binary": held["cohen_kappa_binary"],
                 "held_out_alpha_ordinal": held["krippendorff_alpha_ordinal"],
-                "held_out_kendall_tau": entry.get("system_ranking_held_out", {}).get("kendall_tau"),
-                "held_out_spearman_rho": entry.get("system_ranking_held_out", {}).get("spearman_rho")}
+                "held_out_kendall_tau": held_ranking.get("kendall_tau"),
+                "held_out_kendall_tau_95ci": held_ranking.get("kendall_tau_95ci_query_bootstrap"),
+                "held_out_spearman_rho": held_ranking.get("spearman_rho")}
 
-    return {"for_kappa": figures(max(scored, key=kappa_key)), "for_system_ranking": figures(max(scored, key=tau_key))}
+    return {"for_kappa": figures(max(scored, key=kappa_key)),
+            "for_system_ranking": figures(*max(((item, kind) for item in scored for kind in kinds), key=tau_key))}
 
 
 def targets(chosen: dict, default_model: str, kappa_target: float = 0.25, tau_target: float = 0.85) -> dict:
@@ -169,17 +218,26 @@ def targets(chosen: dict, default_model: str, kappa_target: float = 0.25, tau_ta
 def headline(models: dict, default_model: str) -> dict:
     """``chosen_on_fit`` (the rule, then each model's choices) and ``targets``."""
     chosen = {tag: choose_on_fit(entry["settings"]) for tag, entry in models.items()}
-    return {"chosen_on_fit": {"rule": SELECTION_RULE} | chosen, "targets": targets(chosen, default_model)}
+    # The same rule over narrower candidate pools: what each new option adds on its own.
+    pools = {"least-squares, discrete qrels (the earlier reports' pool)": (("least-squares",), ("discrete",)),
+             "least-squares, discrete or expected-gain qrels": (("least-squares",), QRELS_KINDS),
+             "ordinal-logit, discrete or expected-gain qrels": (("ordinal-logit",), QRELS_KINDS)}
+    by_pool = {pool: {tag: choose_on_fit(entry["settings"], *narrowed) for tag, entry in models.items()}
+               for pool, narrowed in pools.items()}
+    return {"chosen_on_fit": {"rule": SELECTION_RULE} | chosen, "targets": targets(chosen, default_model),
+            "chosen_on_fit_by_candidate_pool": by_pool}
 
 
-def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, test_qids, depth) -> dict:
-    """Calibrate on the fit pairs, then agreement on the held-out pairs and the system ranking."""
+def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, test_qids, depth,
+                     model: str = "least-squares") -> dict:
+    """Calibrate on the fit pairs, then agreement on the held-out pairs and the system ranking under
+    discrete and expected-gain qrels (``*_expected_gain``)."""
     from sparsa.rag.agreement import label_agreement
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
+    from sparsa.rag.calibration import GradeCalibrator, argmax_grades, expected_gains
 
-    calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features)
+    calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features, model=model)
     grades = calibrator.predict(records)
-    entry = {"calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
+    entry = {"calibrator": model, "calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
                              "thresholds": np.round(calibrator.thresholds, 4).tolist(),
                              "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
              "held_out": label_agreement(human[test], grades[test])}
@@ -188,9 +246,13 @@ def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, t
     if "label_probs" in records[0]:
         entry["held_out_uncalibrated_argmax"] = label_agreement(human[test], argmax_grades(records)[test])
     if depth >= 1:
-        generated = generated_qrels(judged, grades)
-        entry["system_ranking_held_out"] = system_ranking(runs, qrels, generated, test_qids, depth)
-        entry["system_ranking_all_queries"] = system_ranking(runs, qrels, generated, sorted(qrels), depth)
+        gains = expected_gains(calibrator.expected_grades(records))
+        for suffix, generated in (("", generated_qrels(judged, grades)), ("_expected_gain",
+                                                                          generated_qrels(judged, gains))):
+            entry[f"system_ranking_held_out{suffix}"] = system_ranking(runs, qrels, generated, test_qids, depth,
+                                                                       resamples=1000)
+            entry[f"system_ranking_all_queries{suffix}"] = system_ranking(runs, qrels, generated, sorted(qrels),
+                                                                          depth)
     return entry
 
 
@@ -200,7 +262,8 @@ def report_model(folder: Path, data, runs: dict[str, Run], pairs: list, split: t
     fit_qids, test_qids = set(split[0]), split[1]
     checkpoints = {s: read_all_checkpoints(folder, s) for s in ("ql", "pl", "umbrela")}
     settings = {}
-    for setting, (needed, features) in SETTINGS.items():
+    for (setting, (needed, features)), model in ((s, m) for s in SETTINGS.items() for m in CALIBRATOR_MODELS):
+        name = entry_name(setting, model)
         judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
         records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompts"} for p in judged]
         human = np.array([data.qrels[q][d] for q, d in judged])
@@ -209,14 +272,14 @@ def report_model(folder: Path, data, runs: dict[str, Run], pairs: list, split: t
         complete = complete_depth(runs, set(judged), depth)
         entry = {"pairs_judged": len(judged), "complete_depth": complete, "features": list(features)}
         if len(fit) < 8 or not test:
-            settings[setting] = {**entry, "note": "too few judged pairs yet"}
+            settings[name] = {**entry, "note": "too few judged pairs yet"}
             continue
         entry.update(evaluate_setting(features, judged, records, human, fit, test, runs, data.qrels, test_qids,
-                                      complete))
+                                      complete, model))
         entry["fit_queries_cv"] = fit_criteria(features, judged, records, human, fit, split[0], runs, data.qrels,
-                                               complete)
-        settings[setting] = entry
-        log.info("%s %s: %s", folder.name, setting,
+                                               complete, model)
+        settings[name] = entry
+        log.info("%s %s: %s", folder.name, name,
                  json.dumps({k: v for k, v in entry.items() if k != "calibration"})[:600])
     return {"judging": judging_timings(folder), "settings": settings}
 
@@ -233,10 +296,14 @@ def summary(settings: dict) -> dict:
                       "kappa_4grade_95ci": held["cohen_kappa_4grade_95ci_query_bootstrap"],
                       "kappa_binary": held["cohen_kappa_binary"], "alpha_ordinal": held["krippendorff_alpha_ordinal"],
                       "tau_held_out": entry.get("system_ranking_held_out", {}).get("kendall_tau"),
-                      "tau_all_queries": entry.get("system_ranking_all_queries", {}).get("kendall_tau")}
+                      "tau_all_queries": entry.get("system_ranking_all_queries", {}).get("kendall_tau"),
+                      "tau_held_out_expected_gain": entry.get("system_ranking_held_out_expected_gain", {}).get(
+                          "kendall_tau")}
         if "fit_queries_cv" in entry:  # the selection criteria (fit queries only)
             rows[name] |= {"fit_cv_kappa_4grade": entry["fit_queries_cv"]["cohen_kappa_4grade"],
-                           "fit_cv_tau": entry["fit_queries_cv"].get("kendall_tau")}
+                           "fit_cv_tau": entry["fit_queries_cv"].get("kendall_tau"),
+                           "fit_cv_tau_expected_gain": entry["fit_queries_cv"].get("expected_gain", {}).get(
+                               "kendall_tau")}
         if "held_out_uncalibrated_argmax" in entry:
             rows[name]["kappa_4grade_uncalibrated_argmax"] = entry["held_out_uncalibrated_argmax"]["cohen_kappa_4grade"]
     return rows

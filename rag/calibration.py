@@ -11,9 +11,13 @@ each pair's score relative to the other pairs judged *for the same query*. Those
 pairs are judged together; fit and apply the calibration on pair sets chosen the same way (e.g. every
 run's top 10, or whole pools).
 
-The calibrator is ordinal: a linear score ``w . standardised(features)`` (least squares against
-the grades) cut by three thresholds, chosen by coordinate ascent to maximise Cohen's kappa on the
-labelled split, starting from the thresholds that reproduce the labelled grade proportions.
+The calibrator is ordinal: a linear score ``w . standardised(features)`` cut by three thresholds,
+chosen by coordinate ascent to maximise Cohen's kappa on the labelled split, starting from the
+thresholds that reproduce the labelled grade proportions. ``model`` says how ``w`` is fitted:
+"least-squares" against the grades as numbers, or "ordinal-logit", the proportional-odds model's
+maximum likelihood (``sparsa.rag.ordinal``), which treats the grades as ordered labels. Either gives
+an expected grade in [0, 3] (``expected_grades``): the least-squares prediction clipped to the scale,
+or the ordinal model's ``sum_k P(grade >= k)``; both are monotone in the score.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from sparsa.rag.agreement import cohen_kappa
@@ -36,6 +41,8 @@ FEATURES = tuple(f + z for f in NEEDS for z in ("", "_z"))
 # The default set, where the records allow: the PMI features (ql_mean only for records without the
 # QL prior) and the UMBRELA ones. On TREC DL 2019 (bench/results/judge.json) the UMBRELA features of
 # SmolLM2-135M carry no signal, and ranking or logistic models did no better than this linear one.
+CalibratorModel = Literal["least-squares", "ordinal-logit"]
+CALIBRATOR_MODELS: tuple[str, ...] = get_args(CalibratorModel)
 DEFAULT_FEATURES = ("ql_pmi_ens", "ql_pmi_ens_z", "pl_pmi", "pl_pmi_z", "pl_pmi_mean", "pl_pmi_mean_z",
                     "expected_grade", "p3", "expected_grade_z")
 
@@ -131,7 +138,8 @@ def fit_thresholds(scores: np.ndarray, grades: np.ndarray, levels: int = 4, roun
 
 @dataclass(frozen=True, slots=True)
 class GradeCalibrator:
-    """``grade = cut(((features - mean) / std) @ weights, thresholds)``."""
+    """``grade = cut(((features - mean) / std) @ weights, thresholds)``; ``intercepts``: the mean fit
+    grade ("least-squares") or the three cutpoints ("ordinal-logit"), for ``expected_grades``."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
@@ -139,25 +147,35 @@ class GradeCalibrator:
     weights: tuple[float, ...]
     thresholds: tuple[float, ...]
     fitted_on: dict
+    model: CalibratorModel = "least-squares"
+    intercepts: tuple[float, ...] = ()  # empty in files saved before expected grades existed
 
     @classmethod
     def fit(cls, records: Sequence[Mapping], grades: Sequence[int], features: Sequence[str] | None = None,
-            ridge: float = 1e-3) -> GradeCalibrator:
+            ridge: float = 1e-3, model: CalibratorModel = "least-squares") -> GradeCalibrator:
         """Fit on labelled records; ``features`` None: every feature the records can give."""
         grades = np.asarray(grades)
         if len(records) != len(grades) or len(records) < 8:
             raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each, got {len(records)}")
+        if model not in CALIBRATOR_MODELS:
+            raise ConfigError(f"calibrator model {model!r}: expected one of {', '.join(CALIBRATOR_MODELS)}")
         features = tuple(features) if features is not None else available_features(records)
         x = feature_matrix(records, features)
         mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
         z = (x - mean) / std
-        weights = np.linalg.solve(z.T @ z + ridge * len(z) * np.eye(z.shape[1]), z.T @ (grades - grades.mean()))
+        if model == "ordinal-logit":
+            from sparsa.rag.ordinal import fit_proportional_odds
+
+            weights, intercepts = fit_proportional_odds(z, grades, ridge=ridge)
+        else:
+            weights = np.linalg.solve(z.T @ z + ridge * len(z) * np.eye(z.shape[1]), z.T @ (grades - grades.mean()))
+            intercepts = np.array([grades.mean()])
         scores = z @ weights
         thresholds = fit_thresholds(scores, grades)
         fitted_on = {"pairs": len(grades), "queries": sorted({str(r["qid"]) for r in records}),
                      "kappa_on_fit_pairs": round(cohen_kappa(grades, cut(scores, thresholds)), 4)}
         return cls(tuple(features), tuple(mean.tolist()), tuple(std.tolist()), tuple(weights.tolist()),
-                   tuple(thresholds.tolist()), fitted_on)
+                   tuple(thresholds.tolist()), fitted_on, model, tuple(intercepts.tolist()))
 
     def scores(self, records: Sequence[Mapping]) -> np.ndarray:
         x = feature_matrix(records, self.features)
@@ -166,6 +184,18 @@ class GradeCalibrator:
     def predict(self, records: Sequence[Mapping]) -> np.ndarray:
         """``int64[n]`` grades 0-3."""
         return cut(self.scores(records), self.thresholds).astype(np.int64)
+
+    def expected_grades(self, records: Sequence[Mapping]) -> np.ndarray:
+        """``float64[n]`` in [0, 3], increasing in ``scores``: a continuous grade without the thresholds'
+        quantisation (for expected-gain qrels, ``expected_gain_qrels``)."""
+        if not self.intercepts:
+            raise ConfigError("this calibration was saved without intercepts; refit it to get expected grades")
+        scores = self.scores(records)
+        if self.model == "ordinal-logit":
+            from sparsa.rag.ordinal import expected_grade
+
+            return expected_grade(scores, np.array(self.intercepts))
+        return np.clip(scores + self.intercepts[0], 0.0, len(self.thresholds))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -177,6 +207,16 @@ class GradeCalibrator:
             return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         except (OSError, json.JSONDecodeError, TypeError) as exc:
             raise DataFormatError(path, f"not a grade calibration file ({exc})") from None
+
+
+GAIN_SCALE = 100  # expected grade 0.00-3.00 -> integer gain 0-300 (TREC qrels hold integers)
+
+
+def expected_gains(expected: np.ndarray, scale: int = GAIN_SCALE) -> np.ndarray:
+    """``int64[n]``: ``round(scale * expected grade)``, for qrels scored by nDCG with linear gains, which is
+    unchanged when every gain is multiplied by one constant. Binary measures (AP, RR, their ``rel=2``
+    variants) read any gain >= their threshold as relevant, so these qrels are not for them."""
+    return np.rint(np.asarray(expected, dtype=np.float64) * scale).astype(np.int64)
 
 
 def argmax_grades(records: Sequence[Mapping]) -> np.ndarray:

@@ -15,6 +15,10 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+from sparsa.rag.calibration import CalibratorModel
 
 from sparsa.data.trec import numbered_lines
 from sparsa.errors import ConfigError, DataFormatError
@@ -24,6 +28,8 @@ from sparsa.types import Corpus, Qrels, Query, Run
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]  # (query id, doc id)
+Gains = Literal["discrete", "expected-gain"]  # what the written qrels hold (``grade_records``)
+GAINS: tuple[str, ...] = get_args(Gains)
 
 
 def read_pairs(path: str | Path, queries: dict[str, Query], corpus: Corpus) -> list[Pair]:
@@ -167,8 +173,9 @@ def judge_with_checkpoint(judge, pairs: Sequence[Pair], queries: dict[str, Query
 
 
 def write_outputs(records: dict[Pair, dict], grades: dict[Pair, int], qrels_out: str | Path,
-                  audit_out: str | Path) -> None:
-    """TREC qrels of ``grades`` and the audit JSONL (raw scores, prompt, grade), each written atomically."""
+                  audit_out: str | Path, value_name: str = "grade") -> None:
+    """TREC qrels of ``grades`` and the audit JSONL (raw scores, prompt, and the qrels value under
+    ``value_name``: "grade", or "gain" for expected-gain qrels), each written atomically."""
     from sparsa.data.trec import write_qrels
 
     judged: dict[str, dict[str, int]] = {}
@@ -179,7 +186,7 @@ def write_outputs(records: dict[Pair, dict], grades: dict[Pair, int], qrels_out:
     tmp = audit_out.with_name(f".{audit_out.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for pair, grade in grades.items():
-            f.write(json.dumps({**records[pair], "grade": int(grade)}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({**records[pair], value_name: int(grade)}, ensure_ascii=False) + "\n")
     os.replace(tmp, audit_out)
 
 
@@ -193,35 +200,51 @@ def fit_split(qids: Sequence[str], fit_queries: int) -> tuple[list[str], list[st
 
 
 def grade_records(records: dict[Pair, dict], calibration: str | Path | None = None, fit_queries: int = 0,
-                  human: Qrels | None = None, save_calibration: str | Path | None = None) -> dict[Pair, int]:
-    """Grades for judged pairs: a saved calibration, one fitted on the first ``fit_queries`` queries
-    (with ``human`` labels), or else the judge's most probable label."""
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
+                  human: Qrels | None = None, save_calibration: str | Path | None = None,
+                  model: CalibratorModel = "least-squares", gains: Gains = "discrete") -> dict[Pair, int]:
+    """Qrels values for judged pairs from a saved calibration, one fitted (``model``) on the first
+    ``fit_queries`` queries (with ``human`` labels), or else the judge's own UMBRELA label distribution.
 
+    ``gains`` "discrete": grades 0-3 (the calibration's, else the most probable label); "expected-gain":
+    ``round(100 * expected grade)`` (the calibration's, else UMBRELA's), for nDCG-style measures only:
+    it keeps the information the thresholds drop, but binary measures would count any gain >= 1 (or 2)
+    as relevant."""
+    from sparsa.rag.calibration import GradeCalibrator, argmax_grades, expected_gains
+
+    if gains not in GAINS:
+        raise ConfigError(f"gains {gains!r}: expected one of {', '.join(GAINS)}")
     pairs = list(records)
     rows = [records[p] for p in pairs]
+    calibrator = None
     if calibration is not None:
-        grades = GradeCalibrator.load(calibration).predict(rows)
+        calibrator = GradeCalibrator.load(calibration)
     elif fit_queries:
         if human is None:
             raise ConfigError("fitting a calibration needs human qrels in the dataset")
         fit_qids = set(fit_split([q for q, _ in pairs], fit_queries)[0])
         labelled = [i for i, (q, d) in enumerate(pairs) if q in fit_qids and d in human.get(q, {})]
         calibrator = GradeCalibrator.fit([rows[i] for i in labelled], [human[pairs[i][0]][pairs[i][1]]
-                                                                       for i in labelled])
+                                                                       for i in labelled], model=model)
         if save_calibration is not None:
             calibrator.save(save_calibration)
-        grades = calibrator.predict(rows)
+    if gains == "discrete":
+        values = calibrator.predict(rows) if calibrator is not None else argmax_grades(rows)
+    elif calibrator is not None:
+        values = expected_gains(calibrator.expected_grades(rows))
+    elif all("expected_grade" in r for r in rows):
+        values = expected_gains(np.array([r["expected_grade"] for r in rows]))
     else:
-        grades = argmax_grades(rows)
-    return dict(zip(pairs, grades.tolist(), strict=True))
+        raise ConfigError("uncalibrated expected gains need the UMBRELA scorer's expected_grade; "
+                          "pass a calibration or fit one")
+    return dict(zip(pairs, values.tolist(), strict=True))
 
 
 def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path | None = None,
                   run_file: str | Path | None = None, depth: int = 10, config=None,
                   calibration: str | Path | None = None, fit_queries: int = 0, checkpoint: str | Path | None = None,
                   audit: str | Path | None = None, batch_pairs: int = 32, split: str = "test",
-                  show_progress: bool | None = None) -> dict:
+                  show_progress: bool | None = None, calibrator: CalibratorModel = "least-squares",
+                  gains: Gains = "discrete") -> dict:
     """What ``sparsa judge`` does: read pairs, judge them (resumably), grade, write qrels + audit JSONL."""
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
@@ -241,7 +264,8 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
     judge = RelevanceJudge(config or JudgeConfig())
     records = judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs, show_progress)
     saved = out.with_name(out.name + ".calibration.json") if fit_queries else None
-    grades = grade_records(records, calibration, fit_queries, data.qrels, saved)
-    write_outputs(records, grades, out, audit)
+    grades = grade_records(records, calibration, fit_queries, data.qrels, saved, calibrator, gains)
+    write_outputs(records, grades, out, audit, "gain" if gains == "expected-gain" else "grade")
+    uncalibrated = "argmax of the label probabilities" if gains == "discrete" else "UMBRELA expected grade"
     return {"pairs": len(pairs), "qrels": str(out), "audit": str(audit), "checkpoint": str(checkpoint),
-            "calibration": str(saved or calibration or "argmax of the label probabilities")}
+            "calibration": str(saved or calibration or uncalibrated), "gains": gains}

@@ -2,6 +2,7 @@
 
     sparsa judge --run bm25.trec --depth 10 --dataset trec-dl-2019-passage --out judged.qrels --fit-queries 21
     sparsa judge --pairs pairs.tsv --dataset DIR --model smollm2-135m-instruct --out judged.qrels --calibration cal.json
+    sparsa judge --run bm25.trec --dataset trec-dl-2019-passage --out gains.qrels --fit-queries 21 --gains expected-gain
 
 Calls :func:`sparsa.rag.judge_job.run_judge_job`. Beside ``--out`` it writes ``OUT.jsonl`` (raw
 scores, prompt and grade per pair, for audit) and keeps ``OUT.checkpoint.jsonl``: rerunning the
@@ -11,7 +12,7 @@ same command after an interruption continues where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -38,6 +39,13 @@ def judge(
     batch_pairs: Annotated[int, typer.Option(min=1, help="pairs per checkpointed batch")] = 32,
     max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages to this many tokens")] = 256,
     split: Annotated[str, typer.Option(help="qrels split (for --fit-queries)")] = "test",
+    calibrator: Annotated[Literal["least-squares", "ordinal-logit"], typer.Option(
+        help="with --fit-queries: how the score is fitted, least squares on the grades or a proportional-odds "
+             "(ordinal logistic) model; either is cut by kappa-maximising thresholds")] = "least-squares",
+    gains: Annotated[Literal["discrete", "expected-gain"], typer.Option(
+        help="qrels values: grades 0-3, or round(100 * expected grade) for nDCG-style measures (nDCG's "
+             "linear gain ignores the scale; binary measures such as AP or RR would call every gain > 0 "
+             "relevant)")] = "discrete",
 ) -> None:
     """Judge (query, passage) pairs on the 0-3 TREC DL scale; without a calibration the grade is the
     most probable label."""
@@ -47,6 +55,7 @@ def judge(
     config = JudgeConfig(model=model, scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()),
                          max_passage_tokens=max_passage_tokens)
     summary = run_judge_job(dataset_path(dataset), out, pairs, run, depth, config, calibration, fit_queries,
-                            checkpoint, batch_pairs=batch_pairs, split=split)
+                            checkpoint, batch_pairs=batch_pairs, split=split, calibrator=calibrator,
+                            gains=gains)
     console.print(f"judged {summary['pairs']} pairs; wrote {summary['qrels']} and {summary['audit']} "
-                  f"(grades: {summary['calibration']})")
+                  f"({summary['gains']} from {summary['calibration']})")

@@ -210,6 +210,7 @@ def targets(chosen: dict, default_model: str, kappa_target: float = 0.25, tau_ta
                     "kappa_4grade_held_out": kappa["held_out_kappa_4grade"], "kappa_setting": kappa["setting"],
                     "kappa_target_met": kappa["held_out_kappa_4grade"] >= kappa_target,
                     "kendall_tau_held_out": tau["held_out_kendall_tau"], "tau_setting": tau["setting"],
+                    "tau_qrels": tau["qrels"],
                     "tau_target_met": (tau["held_out_kendall_tau"] or float("-inf")) >= tau_target}
     return {"kappa_4grade_at_least": kappa_target, "kendall_tau_at_least": tau_target,
             "kappa_target_is_about": default_model, "by_model": out}

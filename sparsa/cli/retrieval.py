@@ -149,6 +149,10 @@ def eval_(
     judgements = load_dataset(dataset_path(dataset), split).qrels if dataset else Qrels.read_trec(qrels)
     if judgements is None:
         raise ConfigError(f"dataset {dataset} has no qrels for split {split!r}")
+    if max((g for docs in judgements.values() for g in docs.values()), default=0) > 3:
+        # e.g. `sparsa judge --gains expected-gain`: gains of 100 x an expected grade, meant for nDCG only
+        console.print("warning: qrels grades go above 3 (expected-gain qrels?): nDCG is scale-free, but "
+                      "MRR, recall and MAP count every grade >= 1 as relevant")
     result = evaluate_run(run, judgements, measure or tuple(DEFAULT_MEASURES))
     print_eval(result)
     if json_out is not None:

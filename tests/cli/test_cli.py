@@ -55,3 +55,14 @@ def test_index_search_eval_roundtrip(tmp_path, shared_data, capsys):
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "sparsa", "version"], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0 and "sparsa 0.1.0" in out.stderr
+
+
+def test_eval_warns_about_expected_gain_qrels(tmp_path, capsys):
+    run, qrels = tmp_path / "run.trec", tmp_path / "gains.qrels"
+    run.write_text("q1 Q0 d1 1 2.0 r\nq1 Q0 d2 2 1.0 r\n")
+    qrels.write_text("q1 0 d1 150\nq1 0 d2 300\n")
+    assert main(["eval", "--run", str(run), "--qrels", str(qrels), "--measure", "nDCG@10"]) == 0
+    assert "expected-gain qrels" in capsys.readouterr().err
+    qrels.write_text("q1 0 d1 1\nq1 0 d2 3\n")
+    assert main(["eval", "--run", str(run), "--qrels", str(qrels), "--measure", "nDCG@10"]) == 0
+    assert "expected-gain" not in capsys.readouterr().err

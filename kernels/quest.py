@@ -5,7 +5,8 @@ updated incrementally as the cache grows). ``sum_d max(q_d min_d, q_d max_d)`` b
 every key of the page; it equals ``relu(q) . max + min(q, 0) . min``, two small matmuls, fused with the
 sum over the query heads of a GQA group in :func:`quest_page_scores` (Triton; reference
 :func:`quest_page_scores_ref`). :func:`select_topk` picks the top pages of each row in one Triton program
-per row (bisection over the float bit pattern, stopping once exactly k pass, then a prefix sum to compact the winners),
+per row (bisection over the values, then over the float bit pattern for ties, stopping once exactly k pass; then a
+prefix sum compacts the winners),
 replacing ``torch.topk``'s several launches; :func:`quest_select` chains the two. The first (sink) page
 and the newest page are always kept. The pages feed ``sparse_decode.decode_attention(page_size=P)``.
 """

@@ -124,6 +124,12 @@ def quest_page_scores_ref(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
 
 
 @triton.jit
+def _order_key(bits):
+    """Order-preserving int64 key of float32 bit patterns (int32): negative floats' bits are flipped."""
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+
+
+@triton.jit
 def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
     """Indices of the k largest of one row of n floats (ties: lowest positions), in position order; also
     writes ``k`` to ``CNT[row]`` (the page count decode attention reads), saving a separate fill launch.
@@ -139,8 +145,7 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
     offs = tl.arange(0, NP)
     s = tl.load(S + row * n + offs, mask=offs < n, other=float("-inf"))
     s = tl.where(s == 0.0, 0.0, s)  # -0.0 -> +0.0, so the value and key orders below agree
-    bits = s.to(tl.int32, bitcast=True)
-    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)  # order-preserving float -> int
+    key = _order_key(s.to(tl.int32, bitcast=True))
     # Phase 1: bisect the values between the row's finite min and max. Scores are spread over a small range,
     # so a count of exactly k is usually hit after ~log2(n) halvings, where bisecting the 32-bit keys from
     # the full int range takes ~10 rounds more.
@@ -160,11 +165,9 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
         hi_v = tl.where(enough, hi_v, mid)
         rounds += 1
     # Phase 2 (ties, adjacent floats, infinities): exact bisection over the keys from phase 1's bracket.
-    lo_bits = lo_v.to(tl.int32, bitcast=True)
-    hi_bits = hi_v.to(tl.int32, bitcast=True)
-    lo = tl.where(lo_v < float("inf"), tl.where(lo_bits >= 0, lo_bits, lo_bits ^ 0x7FFFFFFF).to(tl.int64),
+    lo = tl.where(lo_v < float("inf"), _order_key(lo_v.to(tl.int32, bitcast=True)),
                   tl.full([], -2147483648, tl.int64))
-    hi = tl.where(hi_strict & (lo_v < hi_v), tl.where(hi_bits >= 0, hi_bits, hi_bits ^ 0x7FFFFFFF).to(tl.int64) - 1,
+    hi = tl.where(hi_strict & (lo_v < hi_v), _order_key(hi_v.to(tl.int32, bitcast=True)) - 1,
                   tl.full([], 2147483647, tl.int64))
     n_ge = tl.sum((key >= lo).to(tl.int32), 0)
     while (lo < hi) & (n_ge != k):

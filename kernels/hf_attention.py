@@ -118,20 +118,19 @@ class _LayerState:
     bounds: PageBounds | None = None
     full_heads: torch.Tensor | None = None  # bool [Hkv] on the device: heads exempt from the sparse rule
 
-    def full_head_mask(self, device, n_heads: int) -> torch.Tensor | None:
-        """Which of the ``n_heads`` KV heads given to attention are exempt (when ``full_retrieval_heads`` is on and
-        this layer has any retrieval head), else None."""
+    def full_head_mask(self, device) -> torch.Tensor | None:
+        """This layer's exempt KV heads (when ``full_retrieval_heads`` is on and it has any), else None."""
         cfg = self.config
-        if not cfg.full_retrieval_heads:
-            return None
-        row = cfg.profile.retrieval[self.layer_idx]
-        if n_heads != len(row):  # kv="duo" hands decode only this layer's retrieval heads: all exempt
-            return torch.ones(n_heads, dtype=torch.bool, device=device)
-        if not any(row):
+        if not cfg.full_retrieval_heads or not any(cfg.profile.retrieval[self.layer_idx]):
             return None
         if self.full_heads is None or self.full_heads.device != device:
-            self.full_heads = torch.tensor(row, device=device)
+            self.full_heads = torch.tensor(cfg.profile.retrieval[self.layer_idx], device=device)
         return self.full_heads
+
+    def exempts_all(self, n_heads: int) -> bool:
+        """kv="duo" hands decode only this layer's retrieval heads: with the exemption, all of them read all."""
+        cfg = self.config
+        return cfg.full_retrieval_heads and n_heads != len(cfg.profile.retrieval[self.layer_idx])
 
 
 def _new_stats() -> dict:
@@ -153,7 +152,7 @@ def _prefill(state: _LayerState, q, k, v, scale):
     from .block_gating import block_visibility
 
     visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)
-    full = state.full_head_mask(q.device, k.shape[1])
+    full = state.full_head_mask(q.device)
     if full is not None:
         full_q = full.repeat_interleave(q.shape[1] // full.shape[0])
         mask = torch.where(full_q[None, :, None, None], visible, mask)
@@ -168,7 +167,7 @@ def _decode(state: _LayerState, q, k, v, scale):
     stats = state.shared["stats"]
     seqlen = k.shape[2]
     stats["decode_keys_total"] += seqlen * k.shape[1]
-    if cfg.decode == "full" or seqlen <= cfg.budget_tokens:
+    if cfg.decode == "full" or seqlen <= cfg.budget_tokens or state.exempts_all(k.shape[1]):
         stats["decode_keys_read"] += seqlen * k.shape[1]
         return ops.decode(q, k, v, scale=scale)
     if cfg.selector == "quest" and state.layer_idx < cfg.dense_layers:
@@ -194,7 +193,7 @@ def _decode(state: _LayerState, q, k, v, scale):
 def _sparse_decode(state: _LayerState, q, k, v, scale, indices, counts, page_size: int):
     """Decode over the selected pages; with ``full_retrieval_heads`` the layer's retrieval heads read all."""
     b, hkv, seqlen = k.shape[:3]
-    full = state.full_head_mask(q.device, hkv)
+    full = state.full_head_mask(q.device)
     if full is not None:
         n_units = -(-seqlen // page_size)
         everything = torch.arange(n_units, device=q.device, dtype=indices.dtype).expand(b, hkv, n_units)

@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export SPARSA_HOME ?= $(HOME)/.cache/sparsa
+# No wheel cache: the venv is ~3.6 GB (triton alone ~1 GB) and a cached copy of every wheel only costs disk.
+export PIP_NO_CACHE_DIR ?= 1
 
 .PHONY: install demo test bench clean
 

@@ -13,6 +13,9 @@ Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.
     end to end with page scoring + top-k from precomputed page bounds), ours over TidalDecode tokens
     (a reuse layer: kernel only), budgets 2k/4k; eager and as a replayed CUDA graph (launch overhead
     removed, as a serving engine would run a decode step). Bandwidth = KV bytes read / time.
+  * ``decode_layers``: the same providers as a model's decode step runs them: one CUDA graph over a stack
+    of layers (2 GiB of KV in all, each layer its own cache and page bounds), time per layer, no L2 flush
+    (each layer starts cold on its own cache); the copy reference is copied the same way.
 """
 
 from __future__ import annotations
@@ -226,6 +229,63 @@ def decode(args, out: list, copy_gbps: float) -> None:
         out.extend(decode_rows(s, args, copy_gbps))
 
 
+def _per_layer_ms(steps: list, rounds: int = 30) -> float:
+    """One CUDA graph calling ``steps`` in order (one per layer, each on its own tensors); median ms per step.
+
+    No L2 flush between replays: the layers' tensors together are several times the 50 MB L2, so every step
+    starts cold on its own data, as in a model's decode step. ``do_bench`` instead zeroes a 256 MB buffer
+    before each call, which leaves L2 full of dirty lines that the timed call must write back to HBM: ~50 MB
+    of writes charged to a 134 MB read at 32k."""
+    replay = _graphed(lambda: [step() for step in steps])
+    replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(steps))
+    return sorted(times)[len(times) // 2]
+
+
+def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 31) -> list[dict]:
+    """The decode providers over a stack of layers (``stack_bytes`` of KV in all), timed per layer."""
+    d = 128
+    q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
+    kv_bytes = 2 * HKV * s * d * 2
+    n_layers = max(2, stack_bytes // kv_bytes)
+    layers = [decode_providers(q, *(torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2)),
+                               (), args.budgets, args.quest_pages) for _ in range(n_layers)]
+    sources = [torch.empty(kv_bytes // 4, dtype=torch.int16, device="cuda") for _ in range(n_layers)]
+    copies = [(src, torch.empty_like(src)) for src in sources]  # each moves kv_bytes: half read, half written
+    copy_ms = _per_layer_ms([lambda src=src, dst=dst: dst.copy_(src) for src, dst in copies])
+    same_size_gbps = kv_bytes / copy_ms * 1e-6
+    del sources, copies
+    full_ms = None
+    rows = []
+    for name in layers[0]:
+        ms = _per_layer_ms([fns[name] for fns in layers])
+        full_ms = ms if name == "ours-full" else full_ms
+        row = {"seqlen": s, "layers": n_layers, "provider": name, "per_layer_ms": ms}
+        if name in ("ours-full", "sdpa"):
+            row |= {"kv_gb_per_s": kv_bytes / ms * 1e-6, "fraction_of_copy_bandwidth": kv_bytes / ms * 1e-6 / copy_gbps,
+                    "same_size_copy_gb_per_s": same_size_gbps,
+                    "fraction_of_same_size_copy": kv_bytes / ms * 1e-6 / same_size_gbps}
+        rows.append(row)
+    for row in rows:
+        row["speedup_vs_ours_full"] = full_ms / row["per_layer_ms"]
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def decode_layers(args, out: list, copy_gbps: float) -> None:
+    for s in args.decode_seqlens:
+        out.extend(decode_layer_rows(s, args, copy_gbps))
+        torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[4096, 16384, 32768, 65536])
@@ -237,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--quest-pages", type=int, nargs="*", default=[32, 64],
                         help="extra Quest page sizes timed end to end")
-    parser.add_argument("--sections", nargs="+", default=["checks", "decode", "dense", "sparse"])
+    parser.add_argument("--sections", nargs="+", default=["checks", "decode", "decode_layers", "dense", "sparse"])
     parser.add_argument("--commit", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernels_h200.json")
     args = parser.parse_args(argv)
@@ -267,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             payload[section] = []
             try:
-                if section == "decode":
-                    decode(args, payload[section], payload["copy_bandwidth"]["gb_per_s"])
+                if section in ("decode", "decode_layers"):
+                    fn = decode if section == "decode" else decode_layers
+                    fn(args, payload[section], payload["copy_bandwidth"]["gb_per_s"])
                 else:
                     {"dense": dense, "sparse": sparse}[section](args, payload[section])
             except Exception as exc:  # noqa: BLE001 - keep what was measured

@@ -82,6 +82,12 @@ for _variant, _names in (("block-sparse-prefill", ("bs-pooled-c0.90", "bs-pooled
                          ("sparse-decode-tidal", ("tidal-1024", "tidal-2048"))):
     for _name in _names:
         CANDIDATES[_variant][_name + "-rh"] = CANDIDATES[_variant][_name] | {"full_retrieval_heads": True}
+# Coarser Quest pages: fewer bounds to score and pages to rank per step (the selection dominates Quest's step
+# at 128k, kernels_h200.json), looser bounds.
+for _budget in (1024, 2048):
+    for _page in (32, 64):
+        CANDIDATES["sparse-decode-quest"][f"quest-{_budget}-page{_page}-dense2-rh"] = (
+            CANDIDATES["sparse-decode-quest"][f"quest-{_budget}-dense2-rh"] | {"page_size": _page})
 NEEDLE = "The special magic number is: {value}."
 QUESTION = "What is the special magic number mentioned in the text above?"
 ANSWER_PREFIX = "The special magic number is:"
@@ -213,7 +219,8 @@ def summarise(records: list[dict], names=VARIANTS) -> dict:
         kv = sum(r["kv_bytes"] for r in rows) / len(rows)
         kv_full = sum(r["kv_bytes"] for r in full_rows) / len(full_rows)
         stats = {}
-        for key in ("prefill_blocks_kept", "prefill_blocks_visible", "decode_keys_read", "decode_keys_total"):
+        for key in ("prefill_blocks_kept", "prefill_blocks_visible", "decode_keys_read", "decode_keys_total",
+                    "decode_selection_reads"):
             stats[key] = sum(r["stats"].get(key, 0) for r in rows)
         summary[name] = {
             "n": len(rows), "accuracy": acc, "accuracy_vs_full": (acc / full_acc) if full_acc else None,
@@ -221,7 +228,10 @@ def summarise(records: list[dict], names=VARIANTS) -> dict:
             "prefill_block_density": (stats["prefill_blocks_kept"] / stats["prefill_blocks_visible"]
                                    if stats["prefill_blocks_visible"] else None),
             "decode_key_fraction_read": (stats["decode_keys_read"] / stats["decode_keys_total"]
-                                      if stats["decode_keys_total"] else None)}
+                                      if stats["decode_keys_total"] else None),
+            # keys attended + vectors read to select them (Quest's page bounds), per key of the full cache
+            "decode_read_fraction": ((stats["decode_keys_read"] + stats["decode_selection_reads"])
+                                     / stats["decode_keys_total"] if stats["decode_keys_total"] else None)}
     return summary
 
 
@@ -249,18 +259,19 @@ def _run_all(model, tok, examples, profile, variants, work: Path, summarise_only
 
 
 def _density(row: dict) -> float:
-    """The share of attention work a candidate kept on dev (prefill blocks x decode keys x KV bytes)."""
-    return ((row["prefill_block_density"] or 1.0) * (row["decode_key_fraction_read"] or 1.0)
-            / (row["kv_reduction_vs_full"] or 1.0))
+    """The share of attention work a candidate kept on dev (prefill blocks x decode reads x KV bytes)."""
+    decode = row.get("decode_read_fraction") or row["decode_key_fraction_read"] or 1.0
+    return (row["prefill_block_density"] or 1.0) * decode / (row["kv_reduction_vs_full"] or 1.0)
 
 
-def choose_on_dev(records: list[dict]) -> tuple[dict, dict]:
+def choose_on_dev(records: list[dict], variants=tuple(CANDIDATES)) -> tuple[dict, dict]:
     """Per variant, the candidate with the lowest measured density on the dev records among those keeping >= 95%
     of full accuracy there, else the most accurate one. Returns (variant -> settings, dev summary per candidate)."""
-    names = [n for cands in CANDIDATES.values() for n in cands]
+    names = [n for v in variants for n in CANDIDATES[v]]
     dev = summarise(records, ["full", *names])
     chosen = {}
-    for variant, cands in CANDIDATES.items():
+    for variant in variants:
+        cands = CANDIDATES[variant]
         ok = [n for n in cands if (dev[n]["accuracy_vs_full"] or 0) >= 0.95]
         best = min(ok, key=lambda n: _density(dev[n])) if ok else max(cands, key=lambda n: dev[n]["accuracy"])
         chosen[variant] = {"candidate": best, "settings": cands[best]}
@@ -284,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--choose-on-dev", action="store_true",
                         help="pick each variant's settings among CANDIDATES on dev needles first")
     parser.add_argument("--dev-depths", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS[1:], default=list(VARIANTS[1:]),
+                        help="run only these variants (and full attention), on dev and test")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kernels/longcontext"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -315,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         profile = profile_retrieval_heads(model, retrieval_fraction=0.25, period=256, n_sequences=2,
                                           model_name=args.model)
         profile.save(profile_path)
-    settings, chosen, dev_summary = dict(SETTINGS), None, None
+    settings, chosen, dev_summary = {v: SETTINGS[v] for v in args.variants}, None, None
     if args.choose_on_dev:
         dev_examples = niah_examples(tok, data_dir, args.lengths, args.dev_depths, args.seed + 1)
-        candidates = {n: c for cands in CANDIDATES.values() for n, c in cands.items()}
+        candidates = {n: c for v in args.variants for n, c in CANDIDATES[v].items()}
         dev_records = _run_all(model, tok, dev_examples, profile, candidates, args.work / "dev", args.summarise_only)
-        chosen, dev_summary = choose_on_dev(dev_records)
+        chosen, dev_summary = choose_on_dev(dev_records, args.variants)
         settings = {v: c["settings"] for v, c in chosen.items()}
         print(json.dumps({v: c["candidate"] for v, c in chosen.items()}), flush=True)
     niah = niah_examples(tok, data_dir, args.lengths, args.depths, args.seed)

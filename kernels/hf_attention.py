@@ -134,7 +134,9 @@ class _LayerState:
 
 
 def _new_stats() -> dict:
-    return {"prefill_blocks_kept": 0, "prefill_blocks_visible": 0, "decode_keys_read": 0, "decode_keys_total": 0}
+    # decode_selection_reads: key-sized vectors a selector reads to choose (Quest: a min and a max per page)
+    return {"prefill_blocks_kept": 0, "prefill_blocks_visible": 0, "decode_keys_read": 0, "decode_keys_total": 0,
+            "decode_selection_reads": 0}
 
 
 def _tidal_layers(config: SparseAttentionConfig, n_layers: int) -> tuple[int, ...]:
@@ -179,6 +181,7 @@ def _decode(state: _LayerState, q, k, v, scale):
         else:
             state.bounds.update(k)
         indices, counts = quest_select(q, state.bounds, cfg.budget_tokens)
+        stats["decode_selection_reads"] += 2 * state.bounds.kmax.shape[2] * k.shape[1]
         return _sparse_decode(state, q, k, v, scale, indices, counts, cfg.page_size)
     selection_layers = state.shared["tidal_layers"]
     if state.layer_idx < selection_layers[0] or state.layer_idx in selection_layers:

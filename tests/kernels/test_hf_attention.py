@@ -99,6 +99,16 @@ def test_lossy_settings_compute_less(model, settings):
         assert 0 < stats["decode_keys_read"] < stats["decode_keys_total"]
 
 
+def test_quest_counts_the_page_bounds_it_reads(model):
+    """Quest reads a min and a max key per page to select: coarser pages read fewer; Tidal counts none."""
+    quest = next(s for s in LOSSY if s.get("selector") == "quest")
+    fine, coarse = (_stats(model, {**quest, "page_size": page}) for page in (4, 16))
+    assert 0 < coarse["decode_selection_reads"] < fine["decode_selection_reads"]
+    assert fine["decode_selection_reads"] > 3 * coarse["decode_selection_reads"]  # ~4x, partial last pages
+    tidal = next(s for s in LOSSY if s.get("selector") == "tidal")
+    assert _stats(model, tidal)["decode_selection_reads"] == 0
+
+
 @pytest.mark.parametrize("settings", LOSSY, ids=["block-sparse", "quest", "tidal"])
 def test_exempt_retrieval_heads_read_everything(model, profile, settings):
     """Half the KV heads exempt: those read every block / key, so the work lies between the rule's and full."""

@@ -9,6 +9,8 @@
 #   call 1: carry .stage/k1, command: mkdir -p /root/stage && cp -r .stage/k1/. /root/stage/
 #   call 2: carry .stage/k2, command: bash bench/gpu_kernels.sh setup kernels
 #   call 3: command: bash bench/gpu_kernels.sh longcontext
+#   (or quest-pages: Quest's page size chosen on dev needles among 16/32/64, test needles for that choice only;
+#    writes $OUT/longcontext_quest_pages.json; KERNEL_ARGS / LC_ARGS add flags to either step)
 # Results land in $OUT; copy them to bench/results/ on the dev machine.
 set -euo pipefail
 STAGE=/root/stage
@@ -23,11 +25,16 @@ for step in "$@"; do
       (cd /tmp && PIP_NO_INDEX=1 PIP_FIND_LINKS=$STAGE python -c \
         "from sparsa.models import pull; print(pull('smollm2-135m-instruct'))" 2>&1 | tail -1) ;;
     kernels)
-      (cd /tmp && python "$REPO/bench/bench_kernels_h200.py" --commit "$COMMIT" --sections checks sparse decode \
+      (cd /tmp && python "$REPO/bench/bench_kernels_h200.py" --commit "$COMMIT" --sections checks sparse decode decode_layers \
         --out "$OUT/kernels_h200.json" ${KERNEL_ARGS:-}) ;;
     longcontext)
       (cd /tmp && python "$REPO/bench/bench_longcontext.py" --device cuda --dtype bfloat16 --choose-on-dev \
         --lengths 2048 4096 8000 --depths 0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 --ruler 10 \
         --work "$STAGE/lc" --out "$OUT/longcontext_accuracy.json" ${LC_ARGS:-} 2>&1 | grep -v "Loading weights") ;;
+    quest-pages)
+      (cd /tmp && python "$REPO/bench/bench_longcontext.py" --device cuda --dtype bfloat16 --choose-on-dev \
+        --variants sparse-decode-quest --lengths 2048 4096 8000 --depths 0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 \
+        --dev-depths 0.05 0.15 0.25 0.35 0.45 0.55 0.65 0.75 0.85 0.95 --ruler 10 --work "$STAGE/lc-pages" \
+        --out "$OUT/longcontext_quest_pages.json" ${LC_ARGS:-} 2>&1 | grep -v "Loading weights") ;;
   esac
 done

@@ -23,6 +23,15 @@
 #   writes $OUT/judge_ft.tar.gz (out-of-fold records, checkpoint, timings, log; not the weights). To resume a
 #   call that stopped early, unpack its tarball into $JG2 (tar xzf judge_ft.tar.gz -C .stage/jg2) before the next.
 #   Here: tar xzf <files_at>/judge_ft.tar.gz -C .stage && .venv/bin/python bench/bench_judge_finetune.py --stages report
+# Transfer fine-tuning (bench/bench_judge_transfer.py): build the transfer set first
+#   (.venv/bin/python bench/judge_transfer_data.py; 'stage' copies .stage/judge_transfer.jsonl.gz, or
+#   $TRANSFER_PAIRS, into $JG2), then the same two calls with 'transfer' in the second,
+#   run(command="bash bench/gpu_judge.sh transfer", carry=[".stage/jg2"], timeout_s=480)
+#   pulls SmolLM2, fine-tunes on the transfer set and judges all pairs with the UMBRELA scorer after each epoch
+#   (TR_ARGS adds flags, TR_LIMIT_S bounds it, default 300 s), then the zero-shot query- and passage-likelihood
+#   scorers of the default mode (TR_BASE=0 skips them) for the combined calibration; writes $OUT/judge_tr.tar.gz
+#   (the epochs' records, timings, logs, and the zero-shot checkpoints as judge/; not the weights).
+#   Here: tar xzf <files_at>/judge_tr.tar.gz -C .stage && .venv/bin/python bench/bench_judge_transfer.py --stages report
 # JG1 / JG2 (default .stage/jg1, .stage/jg2) name the two staging folders, so two stagings can coexist.
 set -euo pipefail
 JG1=${JG1:-.stage/jg1}
@@ -40,6 +49,8 @@ if [[ "${1:-}" == stage ]]; then
     cp .stage/dl/gguf-0.19.0-py3-none-any.whl $JG2/whl/
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w $JG2/whl .
     cp -r "$DATA" $JG2/data/ && chmod -R u+w $JG2/data
+    TRANSFER=${TRANSFER_PAIRS:-.stage/judge_transfer.jsonl.gz}
+    [[ -f "$TRANSFER" ]] && cp "$TRANSFER" $JG2/judge_transfer.jsonl.gz
     du -sh $JG1 $JG2
     exit 0
 fi
@@ -70,10 +81,24 @@ if [[ "${1:-}" == finetune ]]; then
     ls -la "$OUT"
     exit $rc
 fi
-python "$REPO/bench/bench_judge.py" --stages score --all-pairs --scorers ${JUDGE_SCORERS:-ql pl umbrela} --ql-prompts question query plain chat --device cuda \
-    --dtype bfloat16 --max-tokens-per-batch ${JUDGE_TOKENS:-65536} --batch-pairs 2048 --max-passage-tokens 192 \
-    --stage-dir /tmp/judge > /tmp/judge/score.log 2>&1 || rc=$?
-grep -v "Loading weights\|judging:" /tmp/judge/score.log || true
+score_pairs() {  # the zero-shot scorers $1 of every NIST-judged pair, checkpoints in /tmp/judge
+    python "$REPO/bench/bench_judge.py" --stages score --all-pairs --scorers $1 --ql-prompts question query plain chat \
+        --device cuda --dtype bfloat16 --max-tokens-per-batch ${JUDGE_TOKENS:-65536} --batch-pairs 2048 \
+        --max-passage-tokens 192 --stage-dir /tmp/judge > /tmp/judge/score.log 2>&1 || rc=$?
+    grep -v "Loading weights\|judging:" /tmp/judge/score.log || true
+}
+if [[ "${1:-}" == transfer ]]; then
+    mkdir -p /tmp/judge_tr
+    timeout "${TR_LIMIT_S:-300}" python "$REPO/bench/bench_judge_transfer.py" --stages train \
+        --pairs "$REPO/$JG2/judge_transfer.jsonl.gz" --stage-dir /tmp/judge_tr --device cuda ${TR_ARGS:-} \
+        > /tmp/judge_tr/transfer.log 2>&1 || rc=$?
+    grep -v "Loading weights\|it/s\]$" /tmp/judge_tr/transfer.log | tail -30 || true
+    [[ "${TR_BASE:-1}" == 0 ]] || score_pairs "ql pl"
+    tar czf "$OUT/judge_tr.tar.gz" -C /tmp judge_tr judge
+    ls -la "$OUT"
+    exit $rc
+fi
+score_pairs "${JUDGE_SCORERS:-ql pl umbrela}"
 tar czf "$OUT/judge.tar.gz" -C /tmp judge
 ls -la "$OUT"
 exit $rc

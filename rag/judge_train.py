@@ -14,6 +14,11 @@ adapters, and a 135M model has little spare capacity for a new task in a rank-16
 projections alone. ``lora_rank > 0`` (:mod:`sparsa.retrieval.lora`, merged before saving) is there for
 larger judges.
 
+Training data: the graded pairs of a data set's first N queries (``labelled_pairs``, the in-domain
+setting), or any labelled pairs in a JSONL file (``read_labelled_pairs``: one object per line with
+``query``, ``passage``, ``grade`` 0-3), e.g. many-topic pairs from other collections for transfer
+(``bench/judge_transfer_data.py``).
+
 Schedule: linear warm-up, then a constant learning rate, and a shuffle fixed by (seed, epoch): the model
 after epoch e of a longer run is the e-epoch model, so choosing the number of epochs by
 cross-validation needs one run per (fold, learning rate) (``bench/bench_judge_finetune.py``).
@@ -21,9 +26,11 @@ cross-validation needs one run per (fold, learning rate) (``bench/bench_judge_fi
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +75,88 @@ class LabelledPair:
     query: Query
     passage: Document
     grade: int  # 0..3, the TREC DL scale
+
+
+# a labelled-pairs JSONL line's fields: the first three required, the rest optional
+PAIR_FIELDS = ("query", "passage", "grade", "query_id", "doc_id", "title", "source")
+
+
+def read_labelled_pairs(path: str | Path) -> list[LabelledPair]:
+    """Labelled pairs from a JSONL file (``.gz`` by suffix): one object per line with ``query``,
+    ``passage``, ``grade`` (an integer 0-3) and optionally ``query_id``, ``doc_id``, ``title``,
+    ``source`` (kept in the passage's ``meta``). A missing ``query_id`` is shared by the lines with the
+    same query text (``line<N>``, N the first such line); a missing ``doc_id`` is ``line<N>``. Any bad
+    line raises :class:`DataFormatError` naming the file and line."""
+    from sparsa.data.trec import numbered_lines
+
+    pairs: list[LabelledPair] = []
+    query_ids: dict[str, str] = {}
+    for number, line in numbered_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(path, f"invalid JSON ({exc.msg})", number) from None
+        pairs.append(_labelled_pair(record, query_ids, path, number))
+    if not pairs:
+        raise DataFormatError(path, "no labelled pairs in file")
+    return pairs
+
+
+def _labelled_pair(record: object, query_ids: dict[str, str], path: str | Path, number: int) -> LabelledPair:
+    def fail(message: str) -> DataFormatError:
+        return DataFormatError(path, message, number)
+
+    if not isinstance(record, dict):
+        raise fail(f"expected a JSON object with {', '.join(PAIR_FIELDS)}, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(PAIR_FIELDS))
+    if unknown:
+        raise fail(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(PAIR_FIELDS)}")
+    for field in ("query", "passage"):
+        if not isinstance(record.get(field), str) or not record[field].strip():
+            raise fail(f"{field!r} must be a non-empty string")
+    grade = record.get("grade")
+    if isinstance(grade, bool) or not isinstance(grade, int) or not 0 <= grade <= 3:
+        raise fail(f"'grade' must be an integer 0-3 (the judge's scale), got {grade!r}")
+    for field in ("query_id", "doc_id", "title", "source"):
+        value = record.get(field, "")
+        allowed = (str, int) if field.endswith("_id") else (str,)  # JSON ids are often numbers
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise fail(f"{field!r} must be a string, got {value!r}")
+    if "query_id" in record:
+        query_id = str(record["query_id"])
+    else:
+        query_id = query_ids.setdefault(record["query"], f"line{number}")
+    meta = {"source": record["source"]} if "source" in record else None
+    passage = Document(str(record.get("doc_id", f"line{number}")), record["passage"], record.get("title", ""), meta)
+    return LabelledPair(Query(query_id, record["query"]), passage, grade)
+
+
+def write_labelled_pairs(pairs: Sequence[LabelledPair], path: str | Path) -> None:
+    """The JSONL format :func:`read_labelled_pairs` reads (gzip by a ``.gz`` suffix), written atomically."""
+    import gzip
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz" else tmp.open("w", encoding="utf-8")) as f:
+        for p in pairs:
+            row = {"query_id": p.query.id, "query": p.query.text, "doc_id": p.passage.id, "title": p.passage.title,
+                   "passage": p.passage.text, "grade": p.grade}
+            if p.passage.meta and "source" in p.passage.meta:
+                row["source"] = p.passage.meta["source"]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def describe_pairs(pairs: Sequence[LabelledPair]) -> dict:
+    """Counts of pairs, queries, grades and (where recorded) sources by grade: a training set's summary."""
+    by_source: dict[str, Counter] = {}
+    for p in pairs:
+        by_source.setdefault((p.passage.meta or {}).get("source", "-"), Counter())[p.grade] += 1
+    return {"pairs": len(pairs), "queries": len({p.query.id for p in pairs}),
+            "grades": {g: n for g, n in sorted(Counter(p.grade for p in pairs).items())},
+            "sources": {s: {"pairs": sum(c.values()), "grades": dict(sorted(c.items()))}
+                        for s, c in sorted(by_source.items())}}
 
 
 def labelled_pairs(dataset: str | Path, fit_queries: int, split: str = "test") -> tuple[list[LabelledPair], list[str]]:

@@ -1,5 +1,6 @@
 """``sparsa train splade``: fine-tune a SPLADE encoder on labelled pairs plus self-supervised pairs;
-``sparsa train judge``: fine-tune the relevance judge (UMBRELA scorer) on graded pairs of the first N queries."""
+``sparsa train judge``: fine-tune the relevance judge (UMBRELA scorer) on graded pairs of the first N queries
+of a dataset, or on a labelled-pairs JSONL file."""
 
 from __future__ import annotations
 
@@ -60,31 +61,48 @@ def splade(
 
 @app.command("judge")
 def judge(
-    dataset: Annotated[str, typer.Option(help="dataset folder or name under the data dir, with graded qrels")],
     out: Annotated[Path, typer.Option(help="folder for the fine-tuned judge (a plain HF causal LM)")],
-    fit_queries: Annotated[int, typer.Option(min=1, help="train on the first N query ids (sorted); the others "
-                                                         "stay held out, as in 'sparsa judge --fit-queries'")] = 21,
+    dataset: Annotated[str | None, typer.Option(help="dataset folder or name under the data dir, with graded "
+                                                     "qrels: train on its first --fit-queries queries")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="or train on labelled pairs: JSONL[.gz], one object a line "
+                                                    "with query, passage, grade (0-3) and optional query_id, "
+                                                    "doc_id, title, source")] = None,
+    fit_queries: Annotated[int, typer.Option(min=1, help="with --dataset: train on the first N query ids (sorted); "
+                                                         "the others stay held out, as in 'sparsa judge "
+                                                         "--fit-queries'")] = 21,
     model: Annotated[str, typer.Option(help="starting LM: registry name or local folder")] = "smollm2-135m-instruct",
     epochs: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option()] = 2e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lora_rank: Annotated[int, typer.Option(min=0, help="0: full fine-tune; else LoRA of this rank, merged")] = 0,
     max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages as 'sparsa judge' will")] = 192,
-    split: Annotated[str, typer.Option(help="qrels split holding the grades")] = "test",
+    split: Annotated[str, typer.Option(help="with --dataset: the qrels split holding the grades")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Fine-tune the judge LM so that its UMBRELA prompt's label tokens 0-3 predict the human grades;
-    use the result with 'sparsa judge --model OUT'."""
-    from sparsa.rag.judge_train import JudgeTrainConfig, labelled_pairs, train_judge
+    """Fine-tune the judge LM so that its UMBRELA prompt's label tokens 0-3 predict the human grades
+    (of a dataset's first queries, or of a pairs file); use the result with 'sparsa judge --model OUT'."""
+    from sparsa.rag.judge_train import (
+        JudgeTrainConfig,
+        describe_pairs,
+        labelled_pairs,
+        read_labelled_pairs,
+        train_judge,
+    )
 
+    if (dataset is None) == (pairs is None):
+        raise ConfigError("give --dataset (graded qrels, first --fit-queries queries) or --pairs FILE, not both")
     config = JudgeTrainConfig(model=model, epochs=epochs, lr=lr, batch_size=batch_size, lora_rank=lora_rank,
                               max_passage_tokens=max_passage_tokens)
-    path = dataset_path(dataset)
-    pairs, fit = labelled_pairs(path, fit_queries, split)
-    console.print(f"{len(pairs)} labelled pairs from the first {len(fit)} queries of {path.name}")
-    folder = train_judge(pairs, out, config, device=device,
-                         data_description={"dataset": path.name, "split": split, "fit_queries": fit,
-                                           "pairs": len(pairs)})
+    if pairs is not None:
+        labelled = read_labelled_pairs(pairs)
+        described = {"pairs_file": str(pairs), **describe_pairs(labelled)}
+        console.print(f"{len(labelled)} labelled pairs ({described['queries']} queries) from {pairs}")
+    else:
+        path = dataset_path(dataset)
+        labelled, fit = labelled_pairs(path, fit_queries, split)
+        described = {"dataset": path.name, "split": split, "fit_queries": fit, "pairs": len(labelled)}
+        console.print(f"{len(labelled)} labelled pairs from the first {len(fit)} queries of {path.name}")
+    folder = train_judge(labelled, out, config, device=device, data_description=described)
     console.print(f"fine-tuned judge in {folder}; use it with 'sparsa judge --model {folder}'")
 
 

@@ -87,3 +87,103 @@ def test_fine_tuned_judge_learns_and_loads_as_a_plain_model(dl19_slice, tmp_path
     assert set(argmax_grades(records).tolist()) <= {0, 1, 2, 3}
     assert all(sum(r["label_probs"]) == pytest.approx(1.0, abs=1e-4) for r in records)
     assert judge.prompt(pairs[0].query, pairs[0].passage).endswith("##final score: ")
+
+
+def pairs_file(tmp_path, lines: list[str], name: str = "pairs.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+GOOD = json.dumps({"query": "how tall is mount fuji", "passage": "Mount Fuji is 3,776 metres tall.", "grade": 3})
+
+
+def test_pairs_file_round_trip_and_default_ids(tmp_path):
+    from sparsa.rag.judge_train import describe_pairs, read_labelled_pairs, write_labelled_pairs
+
+    path = pairs_file(tmp_path, [
+        GOOD,
+        json.dumps({"query": "how tall is mount fuji", "passage": "Fuji is in Japan.", "grade": 1, "doc_id": 7}),
+        "",  # blank lines are skipped, not errors
+        json.dumps({"query": "eiffel tower year", "passage": "Completed in 1889.", "grade": 2, "query_id": "q9",
+                    "title": "Eiffel Tower", "source": "hand"}),
+    ])
+    pairs = read_labelled_pairs(path)
+    assert [(p.query.id, p.passage.id, p.grade) for p in pairs] == [("line1", "line1", 3), ("line1", "7", 1),
+                                                                   ("q9", "line4", 2)]
+    assert pairs[2].passage.full_text == "Eiffel Tower Completed in 1889." and pairs[2].passage.meta == {"source": "hand"}
+    write_labelled_pairs(pairs, tmp_path / "copy.jsonl.gz")
+    assert read_labelled_pairs(tmp_path / "copy.jsonl.gz") == pairs
+    assert describe_pairs(pairs) == {"pairs": 3, "queries": 2, "grades": {1: 1, 2: 1, 3: 1},
+                                     "sources": {"-": {"pairs": 2, "grades": {1: 1, 3: 1}},
+                                                 "hand": {"pairs": 1, "grades": {2: 1}}}}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"query": "q", "passage": "p", "grade": 1', "invalid JSON"),
+    ('["q", "p", 1]', "expected a JSON object"),
+    ('{"query": "q", "passage": "p"}', "'grade' must be an integer 0-3"),
+    ('{"query": "q", "passage": "p", "grade": 4}', "'grade' must be an integer 0-3 (the judge's scale), got 4"),
+    ('{"query": "q", "passage": "p", "grade": "2"}', "got '2'"),
+    ('{"query": "q", "passage": "p", "grade": true}', "got True"),
+    ('{"query": "q", "passage": " ", "grade": 1}', "'passage' must be a non-empty string"),
+    ('{"query": "q", "passage": "p", "grade": 1, "label": 1}', "unknown field(s) 'label'"),
+    ('{"query": "q", "passage": "p", "grade": 1, "title": 5}', "'title' must be a string"),
+])
+def test_bad_pairs_lines_name_file_and_line(tmp_path, line, message):
+    from sparsa.rag.judge_train import read_labelled_pairs
+
+    from sparsa.errors import DataFormatError
+
+    path = pairs_file(tmp_path, [GOOD, line])
+    with pytest.raises(DataFormatError) as caught:
+        read_labelled_pairs(path)
+    assert str(caught.value).startswith(f"{path}:2: ") and message in str(caught.value)
+
+
+def test_cli_pairs_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_path):
+    out = tmp_path / "judge"
+    bad = pairs_file(tmp_path, [GOOD, GOOD, '{"query": "q", "passage": "p", "grade": 5}'])
+    cases = [
+        (["--pairs", str(bad)], f"{bad}:3: 'grade' must be an integer 0-3"),
+        (["--pairs", str(tmp_path / "none.jsonl")], "none.jsonl: file not found"),
+        (["--pairs", str(pairs_file(tmp_path, [""], "empty.jsonl"))], "no labelled pairs in file"),
+        (["--pairs", str(pairs_file(tmp_path, [GOOD] * 3, "few.jsonl"))], "3 labelled pairs; fine-tuning needs"),
+        (["--pairs", str(bad), "--dataset", str(dl19_slice)], "--dataset (graded qrels"),
+        ([], "or --pairs FILE, not both"),
+    ]
+    for argv, message in cases:
+        assert main(["train", "judge", "--out", str(out), *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
+    """``sparsa train judge --pairs``: eight hand-written pairs of two topics, one step on CPU; the saved
+    folder records where its data came from and judges through RelevanceJudge with a lower loss."""
+    import math
+
+    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.rag.judge_train import read_labelled_pairs
+
+    texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
+                                        "Tokyo has many trains.", "Bread needs yeast."],
+             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.", "Paris is in France.",
+                                                 "The Louvre is a museum.", "Cats sleep a lot."]}
+    grades = (3, 1, 0, 0)  # skewed, as real pools: one step can learn the prior (uniform grades would not)
+    path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g, "source": "hand"})
+                                 for q, passages in texts.items() for p, g in zip(passages, grades, strict=True)])
+    out = tmp_path / "judge"
+    # one step after warm-up of 10: the rate is lr / 11
+    argv = ["train", "judge", "--pairs", str(path), "--out", str(out), "--batch-size", "8", "--lr", "1e-4",
+            "--max-passage-tokens", "16", "--device", "cpu"]
+    assert main(argv) == 0
+    assert f"8 labelled pairs (2 queries) from {path}" in capsys.readouterr().err
+    manifest = json.loads((out / "sparsa.json").read_text())
+    assert manifest["data"]["pairs_file"] == str(path) and manifest["data"]["sources"]["hand"]["pairs"] == 8
+    pairs = read_labelled_pairs(path)
+    judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
+    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
+    after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    assert after < manifest["epochs"][0]["loss"] - 0.05

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
-from bench.common import RESULTS, run_metadata
+from bench.common import RESULTS, run_metadata, run_stages
 from bench.judge_report import (
     CV_FOLDS,
     QL_PMI,
@@ -359,19 +359,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "judge.json",
                         help="report: the judge results file to add the 'finetuned' key to (others kept)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("sparsa").setLevel(logging.INFO)
-    if args.device.startswith("cuda"):
-        import torch
-
-        # CV scoring and the final judging both run float32 weights with TF32 matmuls, so the calibrator
-        # fitted on the one applies to the other
-        torch.backends.cuda.matmul.allow_tf32 = True
-    args.stage_dir.mkdir(parents=True, exist_ok=True)
-    for stage in args.stages:
-        started = time.perf_counter()
-        globals()[f"stage_{stage}"](args)
-        log.info("stage %s: %.1f s", stage, time.perf_counter() - started)
+    run_stages(args, globals(), log)
 
 
 if __name__ == "__main__":

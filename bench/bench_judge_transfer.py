@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
 from bench.bench_judge_finetune import BASE_STAGE, DEPTH, all_pairs, dataset, read_jsonl, split, write_jsonl
-from bench.common import RESULTS, run_metadata
+from bench.common import RESULTS, run_metadata, run_stages
 from bench.judge_report import (
     PL_PMI,
     QL_PMI,
@@ -245,17 +245,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "judge.json",
                         help="report: the judge results file to add 'transfer_finetune' to (other keys kept)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("sparsa").setLevel(logging.INFO)
-    if args.device.startswith("cuda"):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 weights, as bench_judge_finetune scores
-    args.stage_dir.mkdir(parents=True, exist_ok=True)
-    for stage in args.stages:
-        started = time.perf_counter()
-        globals()[f"stage_{stage}"](args)
-        log.info("stage %s: %.1f s", stage, time.perf_counter() - started)
+    run_stages(args, globals(), log)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_metadata(packages: tuple[str, ...] = ()) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
                                 cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
@@ -41,3 +41,22 @@ def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": run_metadata(packages), **payload}, indent=2) + "\n")
     return path
+
+
+def run_stages(args, stages: dict, log) -> None:
+    """The staged benches' main loop: log at INFO, TF32 matmuls on CUDA (float32 weights score the same in
+    every stage, so a calibrator fitted on one applies to the next), then ``stages["stage_<name>"](args)``
+    for each of ``args.stages`` in order, each one's seconds logged. ``stages``: the script's ``globals()``."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("sparsa").setLevel(logging.INFO)
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+    args.stage_dir.mkdir(parents=True, exist_ok=True)
+    for stage in args.stages:
+        started = time.perf_counter()
+        stages[f"stage_{stage}"](args)
+        log.info("stage %s: %.1f s", stage, time.perf_counter() - started)

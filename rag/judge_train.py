@@ -133,19 +133,14 @@ def _labelled_pair(record: object, query_ids: dict[str, str], path: str | Path, 
 
 def write_labelled_pairs(pairs: Sequence[LabelledPair], path: str | Path) -> None:
     """The JSONL format :func:`read_labelled_pairs` reads (gzip by a ``.gz`` suffix), written atomically."""
-    import gzip
-    import os
+    from sparsa.data.trec import write_jsonl
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz" else tmp.open("w", encoding="utf-8")) as f:
-        for p in pairs:
-            row = {"query_id": p.query.id, "query": p.query.text, "doc_id": p.passage.id, "title": p.passage.title,
-                   "passage": p.passage.text, "grade": p.grade}
-            if p.passage.meta and "source" in p.passage.meta:
-                row["source"] = p.passage.meta["source"]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    def row(p: LabelledPair) -> dict:
+        source = (p.passage.meta or {}).get("source")
+        return {"query_id": p.query.id, "query": p.query.text, "doc_id": p.passage.id, "title": p.passage.title,
+                "passage": p.passage.text, "grade": p.grade} | ({"source": source} if source is not None else {})
+
+    write_jsonl(map(row, pairs), path)
 
 
 def describe_pairs(pairs: Sequence[LabelledPair]) -> dict:

@@ -18,7 +18,6 @@ in-batch negative. Pairs travel as JSONL(.gz), to train on another machine.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -118,10 +117,9 @@ def labelled_pairs(queries: Sequence[Query], qrels: Qrels, corpus: Corpus) -> li
 
 
 def write_pairs(pairs: Sequence[Pair], path: str | Path) -> None:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(asdict(p)) + "\n")
+    from sparsa.data.trec import write_jsonl
+
+    write_jsonl((asdict(p) for p in pairs), path)
 
 
 def read_pairs(path: str | Path) -> list[Pair]:

@@ -7,15 +7,15 @@ judged relevant. Only the split's qrels are used, so test judgements never reach
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from sparsa.errors import DataFormatError
 from sparsa.retrieval.splade_train import TrainingExample
+
+from sparsa.errors import DataFormatError
 from sparsa.types import Corpus, Qrels, Query, Run
 
 
@@ -63,10 +63,9 @@ def title_body_examples(corpus: Corpus, title_run: Run | None = None, negatives:
 
 def write_examples(examples: Sequence[TrainingExample], path: str | Path) -> None:
     """JSONL (gzip by suffix): the interchange format for training on another machine."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for e in examples:
-            f.write(json.dumps(asdict(e)) + "\n")
+    from sparsa.data.trec import write_jsonl
+
+    write_jsonl((asdict(e) for e in examples), path)
 
 
 def read_examples(path: str | Path) -> list[TrainingExample]:

@@ -1,10 +1,14 @@
-"""TREC run files (``qid Q0 docid rank score tag``) and qrels (BEIR TSV or TREC four-column)."""
+"""TREC run files (``qid Q0 docid rank score tag``) and qrels (BEIR TSV or TREC four-column); line-file I/O
+shared by every reader and writer of records (numbered lines for errors, atomic writes, JSONL)."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from sparsa.errors import DataFormatError
 from sparsa.types import Hit, Qrels, Run
@@ -28,6 +32,30 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+@contextmanager
+def atomic_text(path: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text file (gzip by a ``.gz`` suffix) written to a temporary sibling and renamed into place when
+    the block ends without an error, so a reader never sees half a file; after an error the old file stays."""
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz" else open(tmp, "w", encoding="utf-8")) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> None:
+    """One JSON object per line, atomically (gzip by suffix); read back with :func:`numbered_lines`."""
+    with atomic_text(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def read_run(path: str | Path, name: str | None = None) -> Run:
     results: dict[str, list[Hit]] = {}
     tag = None
@@ -45,15 +73,11 @@ def read_run(path: str | Path, name: str | None = None) -> Run:
 
 def write_run(run: Run, path: str | Path) -> None:
     """Write atomically, so a reader never sees half a run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tag = run.name.replace(" ", "_") or "sparsa"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_text(path) as f:
         for qid, hits in run.items():
             for rank, hit in enumerate(hits, start=1):
                 f.write(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {tag}\n")
-    os.replace(tmp, path)
 
 
 def read_qrels(path: str | Path) -> Qrels:
@@ -81,11 +105,7 @@ def read_qrels(path: str | Path) -> Qrels:
 
 
 def write_qrels(qrels: Qrels, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_text(path) as f:
         for qid, docs in qrels.items():
             for doc_id, grade in docs.items():
                 f.write(f"{qid} 0 {doc_id} {grade}\n")
-    os.replace(tmp, path)

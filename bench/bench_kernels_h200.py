@@ -14,7 +14,7 @@ Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.
     (a reuse layer: kernel only), budgets 2k/4k; eager and as a replayed CUDA graph (launch overhead
     removed, as a serving engine would run a decode step). Bandwidth = KV bytes read / time.
   * ``decode_layers``: the same providers as a model's decode step runs them: one CUDA graph over a stack
-    of layers (2 GiB of KV in all, each layer its own cache and page bounds), time per layer, no L2 flush
+    of layers (8 GiB of KV in all, each layer its own cache and page bounds), time per layer, no L2 flush
     (each layer starts cold on its own cache); the copy reference is copied the same way.
 """
 
@@ -250,8 +250,10 @@ def _per_layer_ms(steps: list, rounds: int = 30) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 31) -> list[dict]:
-    """The decode providers over a stack of layers (``stack_bytes`` of KV in all), timed per layer."""
+def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 33) -> list[dict]:
+    """The decode providers over a stack of layers (``stack_bytes`` of KV in all), timed per layer. 8 GiB: a
+    sparse provider touches only its selection (at 128k, 16 layers x ~8-25 MB of bounds and pages), which must
+    still exceed L2 several times over."""
     d = 128
     q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
     kv_bytes = 2 * HKV * s * d * 2

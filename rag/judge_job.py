@@ -176,18 +176,13 @@ def write_outputs(records: dict[Pair, dict], grades: dict[Pair, int], qrels_out:
                   audit_out: str | Path, value_name: str = "grade") -> None:
     """TREC qrels of ``grades`` and the audit JSONL (raw scores, prompt, and the qrels value under
     ``value_name``: "grade", or "gain" for expected-gain qrels), each written atomically."""
-    from sparsa.data.trec import write_qrels
+    from sparsa.data.trec import write_jsonl, write_qrels
 
     judged: dict[str, dict[str, int]] = {}
     for (qid, docid), grade in grades.items():
         judged.setdefault(qid, {})[docid] = int(grade)
     write_qrels(Qrels(judged), qrels_out)
-    audit_out = Path(audit_out)
-    tmp = audit_out.with_name(f".{audit_out.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for pair, grade in grades.items():
-            f.write(json.dumps({**records[pair], value_name: int(grade)}, ensure_ascii=False) + "\n")
-    os.replace(tmp, audit_out)
+    write_jsonl(({**records[pair], value_name: int(grade)} for pair, grade in grades.items()), audit_out)
 
 
 def fit_split(qids: Sequence[str], fit_queries: int) -> tuple[list[str], list[str]]:

@@ -45,6 +45,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 from sparsa.rag.judge_train import LabelledPair, describe_pairs, write_labelled_pairs
 
 from sparsa.config import load_settings
+from sparsa.data import load_corpus, read_qrels, read_queries
 from sparsa.types import Document, Query
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,18 +125,13 @@ def bm25_ranking(queries: Sequence[str], docs: Sequence[str], depth: int, k1: fl
 
 
 def beir(folder: Path, qrels_files: Sequence[str]) -> tuple[dict[str, str], list[Document], dict[str, dict[str, int]]]:
-    """Queries, corpus and qrels of a BEIR-layout folder (``corpus.jsonl`` or ``.jsonl.gz``)."""
-    corpus_file = next(p for p in (folder / "corpus.jsonl", folder / "corpus.jsonl.gz") if p.is_file())
-    opener = gzip.open if corpus_file.suffix == ".gz" else open
-    with opener(corpus_file, "rt", encoding="utf-8") as f:
-        corpus = [Document(str(r["_id"]), r["text"], r.get("title", "")) for r in map(json.loads, f)]
-    queries = {str(r["_id"]): r["text"] for r in map(json.loads, (folder / "queries.jsonl").open())}
+    """Queries, corpus (file order) and the qrels of ``qrels_files`` merged, of a BEIR-layout folder."""
+    queries = {q.id: q.text for q in read_queries(folder / "queries.jsonl")}
     qrels: dict[str, dict[str, int]] = {}
     for name in qrels_files:
-        for line in (folder / "qrels" / name).read_text().splitlines()[1:]:
-            qid, did, grade = line.split("\t")
-            qrels.setdefault(qid, {})[did] = int(grade)
-    return queries, corpus, qrels
+        for qid, judged in read_qrels(folder / "qrels" / name).items():
+            qrels.setdefault(qid, {}).update(judged)
+    return queries, load_corpus(folder).documents, qrels
 
 
 def collection_pairs(source: str, folder: Path, qrels_files: Sequence[str], grade_map: dict[int, int],

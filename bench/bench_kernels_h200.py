@@ -203,7 +203,7 @@ def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - report, keep measuring
             print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
             graphed = None
-        times[name] = (eager, graphed, str(getattr(sd._decode_kernel, "best_config", "")))
+        times[name] = (eager, graphed, str(sd.LAUNCH))
     full_e, full_g, _ = times["ours-full"]
     # A copy moving the same bytes pays the same launch and ramp-up costs as the decode step.
     same_size = copy_bandwidth(kv_bytes, graphed=True)

@@ -67,8 +67,7 @@ def _bucket_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
         j_star = 0
         c_star = n_ge
         found = n_ge < 0
-        for jj in tl.static_range(16):
-            j: tl.constexpr = 15 - jj
+        for j in tl.static_range(15, -1, -1):
             if j >= 12:
                 w = w3
             elif j >= 8:

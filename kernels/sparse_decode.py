@@ -53,20 +53,20 @@ _LOG2E = 1.4426950408889634
 _HEAD_DIMS = (64, 128)
 
 
-def _configs() -> list[triton.Config]:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn, w, s in [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4)]]
+# One fixed launch config, chosen on the H200 where it decodes (bench/probe_decode_configs.py): a CUDA graph over
+# a stack of layers, no L2 flush. Autotuning under do_bench had picked configs by a flushed-L2 timing that a
+# model's decode step never sees. At head dim 128 the pipeline (3 stages of a 128-token K and V tile, 192 KiB
+# of shared memory) allows one program per SM, so the split count fills exactly one wave (see _num_splits).
+LAUNCH = ({"BLOCK_N": 16, "num_warps": 4, "num_stages": 1} if os.environ.get("TRITON_INTERPRET") == "1"
+          else {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3})
 
 
-@triton.autotune(configs=_configs(), key=["HEAD_DIM", "GROUP_PAD", "PAGE", "SPARSE", "SPLIT_BUCKET"])
 @triton.jit
 def _decode_kernel(
     Q, K, V, IDX, CNT, M_OUT, L_OUT, ACC_OUT, ARRIVED, O, LSE,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ib, stride_ih, stride_cb, stride_ch,
-    seqlen_k, n_work, split_len, n_splits, qk_scale, HKV, IDX_GROUP, SPLIT_BUCKET,
+    seqlen_k, n_work, split_len, n_splits, qk_scale, HKV, IDX_GROUP,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -173,8 +173,23 @@ def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+def _resident_programs(device: torch.device, head_dim: int, itemsize: int) -> int:
+    """How many decode programs one SM holds at once (shared memory bounds it) x the SM count."""
+    if device.type != "cuda":
+        return 4
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    per_program = LAUNCH["num_stages"] * LAUNCH["BLOCK_N"] * head_dim * 2 * itemsize  # a K and a V tile per stage
+    return props.multi_processor_count * max(1, smem // per_program)
+
+
+def _num_splits(q: torch.Tensor, groups: int, n_work: int) -> int:
+    """Splits per (batch, KV head): one wave of resident programs, each at least 256 tokens long. H200, head dim
+    128, 8 KV heads (16 splits): 36.5 us per layer at 32k (86% of a 4 GiB copy's bandwidth) and 125 us at 128k
+    (100%), against 53 / 147 us with two waves (33 splits): a second wave's programs start late and idle SMs
+    wait for them (bench/probe_decode_configs.py)."""
+    resident = _resident_programs(q.device, q.shape[-1], q.element_size())
+    return max(1, min(resident // groups, triton.cdiv(max(n_work, 1), 256)))
 
 
 def _check(q, k, v, indices, counts, page_size):
@@ -230,10 +245,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         idx = cnt = _arrival_counters(q.device, 1)  # never read (SPARSE is off); avoids a fill kernel per call
         n_work, idx_group = s, 1
     if num_splits is None:
-        # Two waves of programs: long splits keep each program's load pipeline full, and a second wave
-        # evens out stragglers (H200, 128k tokens x 8 KV heads: 33 splits read at 87-90% of copy
-        # bandwidth in two runs; 16-17 splits 76-92%, 66 splits 80-82%, 132 splits 80%).
-        num_splits = max(1, min(triton.cdiv(2 * _sm_count(q.device), b * hkv), triton.cdiv(max(n_work, 1), 256)))
+        num_splits = _num_splits(q, b * hkv, n_work)
     split_len = triton.cdiv(max(n_work, 1), num_splits)
     num_splits = triton.cdiv(max(n_work, 1), split_len)
     m_part = torch.empty(b * hq * num_splits, dtype=torch.float32, device=q.device)
@@ -246,10 +258,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
         cnt.stride(0), cnt.stride(1),
         s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
-        min(triton.next_power_of_2(split_len), 1 << 14),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), GROUP_P2=triton.next_power_of_2(group),
         HEAD_DIM=d, PAGE=page_size,
-        SPARSE=sparse,
+        SPARSE=sparse, **LAUNCH,
     )
     out = out.view(q_in.shape)
     return (out, lse) if return_lse else out

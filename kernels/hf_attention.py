@@ -11,7 +11,7 @@ Stable entry point (``rag/reader.py`` calls it)::
 ``gate_coverage`` (default 0.95: per query block, the best KV blocks until they hold 95% of the gate's
 probability), ``gate_topk`` or ``gate_threshold``; ``gate_keys`` ("pooled": SeerAttention's pooled keys;
 "tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (1024: shorter prompts use dense
-prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (16),
+prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (64),
 ``dense_layers`` (2: Quest leaves the first layers dense, as the paper does),
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
 Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
@@ -77,7 +77,10 @@ class SparseAttentionConfig:
     min_sparse_tokens: int = 1024
     selector: str = "quest"
     budget_tokens: int = 2048
-    page_size: int = 16
+    # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on the
+    # H200 at 128k / 4k tokens 5.3x full decode end to end against 3.1x, as there are 4x fewer bounds to score and
+    # rank (longcontext_accuracy.json quest_page_size_choice; kernels_h200.json decode_layers).
+    page_size: int = 64
     tidal_layers: tuple[int, ...] | None = None
     dense_layers: int = 2  # Quest decode: layers below this attend fully (as in the Quest paper)
     retrieval_fraction: float = 0.25
@@ -105,6 +108,9 @@ class SparseAttentionConfig:
             raise ConfigError("give at most one of gate_topk, gate_threshold and gate_coverage")
         if self.budget_tokens < 1 or self.page_size < 1 or self.sink < 0 or self.window < 1:
             raise ConfigError("budget_tokens, page_size and window must be >= 1 and sink >= 0")
+        if self.decode == "sparse" and self.selector == "quest" and self.budget_tokens < 3 * self.page_size:
+            raise ConfigError(f"budget_tokens={self.budget_tokens} holds fewer than 3 pages of {self.page_size}: the "
+                              "always-kept first and newest pages would fill it; lower page_size or raise the budget")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
             raise ConfigError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
         return self if rules else replace(self, gate_coverage=DEFAULT_GATE_COVERAGE)

@@ -173,22 +173,23 @@ def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 @functools.cache
-def _resident_programs(device: torch.device, head_dim: int, itemsize: int) -> int:
-    """How many decode programs one SM holds at once (shared memory bounds it) x the SM count."""
+def _sm_resources(device: torch.device) -> tuple[int, int]:
+    """(SM count, shared memory bytes per SM)."""
     if device.type != "cuda":
-        return 4
+        return 4, 228 * 1024
     props = torch.cuda.get_device_properties(device)
-    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
-    per_program = LAUNCH["num_stages"] * LAUNCH["BLOCK_N"] * head_dim * 2 * itemsize  # a K and a V tile per stage
-    return props.multi_processor_count * max(1, smem // per_program)
+    return props.multi_processor_count, getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
 
 
 def _num_splits(q: torch.Tensor, groups: int, n_work: int) -> int:
-    """Splits per (batch, KV head): one wave of resident programs, each at least 256 tokens long. H200, head dim
-    128, 8 KV heads (16 splits): 36.5 us per layer at 32k (86% of a 4 GiB copy's bandwidth) and 125 us at 128k
-    (100%), against 53 / 147 us with two waves (33 splits): a second wave's programs start late and idle SMs
-    wait for them (bench/probe_decode_configs.py)."""
-    resident = _resident_programs(q.device, q.shape[-1], q.element_size())
+    """Splits per (batch, KV head): one wave of resident programs, each at least 256 tokens long. H200, 8 KV
+    heads, per layer of a CUDA-graphed layer stack (bench/probe_decode_configs.py, run c4e838c): head dim 128,
+    one program per SM, 16 splits: 36.0 us at 32k (88% of a 4 GiB copy's bandwidth) and 123 us at 128k (103%),
+    against 53 / 145 us with two waves (33 splits), whose second wave starts late while SMs idle. Head dim 64,
+    two per SM, 33 splits: 24.2 / 68.7 us (the sweep's best: 22.7 / 67.3 us)."""
+    sms, smem = _sm_resources(q.device)
+    per_program = LAUNCH["num_stages"] * LAUNCH["BLOCK_N"] * q.shape[-1] * 2 * q.element_size()  # K + V tiles
+    resident = sms * max(1, smem // per_program)
     return max(1, min(resident // groups, triton.cdiv(max(n_work, 1), 256)))
 
 

@@ -48,9 +48,10 @@ ATTENTION = ("full", "sparse")
 # attention="sparse": block-sparse prefill (SeerAttention gate; prompts under ``min_sparse_tokens`` stay
 # dense) and Quest page-sparse decode, through ``sparsa.kernels.hf_attention``.
 # The settings that kept SmolLM2's long-context accuracy (bench/results/longcontext_accuracy.json, chosen on dev
-# needles): gate coverage 0.95, Quest over 1,024 tokens, retrieval heads (profiled once per model) exempt.
+# needles): gate coverage 0.95, Quest over 1,024 tokens in pages of 64, retrieval heads (profiled once per model)
+# exempt.
 SPARSE_DEFAULTS = {"prefill": "block-sparse", "decode": "sparse", "gate_coverage": 0.95, "budget_tokens": 1024,
-                   "full_retrieval_heads": True}
+                   "page_size": 64, "full_retrieval_heads": True}
 
 
 @dataclass(frozen=True, slots=True)

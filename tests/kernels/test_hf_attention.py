@@ -40,7 +40,7 @@ def model():
 
 LOSSY = [
     {"prefill": "block-sparse", "min_sparse_tokens": 16, "gate_topk": 1, "block_size": 16},
-    {"decode": "sparse", "selector": "quest", "budget_tokens": 64, "dense_layers": 1},
+    {"decode": "sparse", "selector": "quest", "budget_tokens": 64, "page_size": 16, "dense_layers": 1},
     {"decode": "sparse", "selector": "tidal", "budget_tokens": 64, "tidal_layers": (1,)},
 ]
 IDS = torch.randint(0, 2000, (1, 160), generator=torch.Generator().manual_seed(1))
@@ -127,7 +127,7 @@ def test_exempt_heads_with_duo_cache_read_everything(model, profile):
     half = profile.with_fraction(0.5)
     duo = {"kv": "duo", "profile": half, "retrieval_fraction": 0.5, "sink": 16, "window": 32}
     reference, _ = _logits(model, duo)
-    mixed, _ = _logits(model, {**duo, "decode": "sparse", "selector": "quest", "budget_tokens": 64,
+    mixed, _ = _logits(model, {**duo, "decode": "sparse", "selector": "quest", "budget_tokens": 64, "page_size": 16,
                                "dense_layers": 0, "full_retrieval_heads": True})
     torch.testing.assert_close(mixed, reference, atol=1e-4, rtol=1e-4)
 
@@ -194,6 +194,8 @@ def test_profile_roundtrip_and_errors(tmp_path, model, profile):
         use_sparse_attention(model, budget=3)
     with pytest.raises(ConfigError, match="prefill"):
         use_sparse_attention(model, prefill="sparse")
+    with pytest.raises(ConfigError, match="fewer than 3 pages of 64"):
+        use_sparse_attention(model, decode="sparse", budget_tokens=128)
     with pytest.raises(ValueError):
         compressed_cache(profile, window=0)
     assert model.config._attn_implementation != "sparsa"
@@ -249,7 +251,7 @@ def test_smollm2_answers_the_same_with_sparse_settings():
     full = answer()
     assert "48213" in full
     profile = profile_retrieval_heads(lm, period=64, n_sequences=1, retrieval_fraction=0.5)
-    for settings in ({"prefill": "dense", "decode": "sparse", "budget_tokens": 128},
+    for settings in ({"prefill": "dense", "decode": "sparse", "budget_tokens": 128, "page_size": 16},
                      {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.5, "sink": 16, "window": 64,
                       "profile": profile}):
         use_sparse_attention(lm, **settings)

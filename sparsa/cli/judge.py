@@ -12,11 +12,13 @@ same command after an interruption continues where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from sparsa.cli.common import console, dataset_path
+from sparsa.rag.calibration import CalibratorModel
+from sparsa.rag.judge_job import Gains
 
 
 def judge(
@@ -39,10 +41,10 @@ def judge(
     batch_pairs: Annotated[int, typer.Option(min=1, help="pairs per checkpointed batch")] = 32,
     max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages to this many tokens")] = 256,
     split: Annotated[str, typer.Option(help="qrels split (for --fit-queries)")] = "test",
-    calibrator: Annotated[Literal["least-squares", "ordinal-logit"], typer.Option(
+    calibrator: Annotated[CalibratorModel, typer.Option(
         help="with --fit-queries: how the score is fitted, least squares on the grades or a proportional-odds "
              "(ordinal logistic) model; either is cut by kappa-maximising thresholds")] = "least-squares",
-    gains: Annotated[Literal["discrete", "expected-gain"], typer.Option(
+    gains: Annotated[Gains, typer.Option(
         help="qrels values: grades 0-3, or round(100 * expected grade) for nDCG-style measures (nDCG's "
              "linear gain ignores the scale; binary measures such as AP or RR would call every gain > 0 "
              "relevant)")] = "discrete",

@@ -172,24 +172,44 @@ def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
     return buf[:n].view(-1, 1) if n == 1 else buf[:n]
 
 
+_SMEM_RESERVE = 16 * 1024  # shared memory besides the K/V pipeline (the query tile, dot operands)
+
+
 @functools.cache
-def _sm_resources(device: torch.device) -> tuple[int, int]:
-    """(SM count, shared memory bytes per SM)."""
+def _sm_resources(device: torch.device) -> tuple[int, int, int]:
+    """(SM count, shared memory bytes per SM, per block with opt-in); H200 figures off CUDA."""
     if device.type != "cuda":
-        return 4, 228 * 1024
+        return 132, 228 * 1024, 227 * 1024
     props = torch.cuda.get_device_properties(device)
-    return props.multi_processor_count, getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    return props.multi_processor_count, per_sm, getattr(props, "shared_memory_per_block_optin", per_sm - 1024)
 
 
-def _num_splits(q: torch.Tensor, groups: int, n_work: int) -> int:
+def _tile_bytes(launch: dict, head_dim: int, itemsize: int) -> int:
+    return launch["num_stages"] * launch["BLOCK_N"] * head_dim * 2 * itemsize  # a K and a V tile per stage
+
+
+def _launch_for(device: torch.device, head_dim: int, itemsize: int) -> dict:
+    """``LAUNCH``, with fewer stages and then shorter tiles where a block gets less shared memory than on an
+    H200 (A100: 163 KiB, most other GPUs ~99 KiB), so the kernel compiles everywhere."""
+    launch = dict(LAUNCH)
+    per_block = _sm_resources(device)[2]
+    while _tile_bytes(launch, head_dim, itemsize) + _SMEM_RESERVE > per_block and launch["BLOCK_N"] > 16:
+        if launch["num_stages"] > 2:
+            launch["num_stages"] -= 1
+        else:
+            launch["BLOCK_N"] //= 2
+    return launch
+
+
+def _num_splits(q: torch.Tensor, groups: int, n_work: int, launch: dict) -> int:
     """Splits per (batch, KV head): one wave of resident programs, each at least 256 tokens long. H200, 8 KV
     heads, per layer of a CUDA-graphed layer stack (bench/probe_decode_configs.py, run c4e838c): head dim 128,
     one program per SM, 16 splits: 36.0 us at 32k (88% of a 4 GiB copy's bandwidth) and 123 us at 128k (103%),
     against 53 / 145 us with two waves (33 splits), whose second wave starts late while SMs idle. Head dim 64,
     two per SM, 33 splits: 24.2 / 68.7 us (the sweep's best: 22.7 / 67.3 us)."""
-    sms, smem = _sm_resources(q.device)
-    per_program = LAUNCH["num_stages"] * LAUNCH["BLOCK_N"] * q.shape[-1] * 2 * q.element_size()  # K + V tiles
-    resident = sms * max(1, smem // per_program)
+    sms, per_sm, _ = _sm_resources(q.device)
+    resident = sms * max(1, per_sm // (_tile_bytes(launch, q.shape[-1], q.element_size()) + _SMEM_RESERVE))
     return max(1, min(resident // groups, triton.cdiv(max(n_work, 1), 256)))
 
 
@@ -245,8 +265,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     else:
         idx = cnt = _arrival_counters(q.device, 1)  # never read (SPARSE is off); avoids a fill kernel per call
         n_work, idx_group = s, 1
+    launch = _launch_for(q.device, d, q.element_size()) if q.is_cuda else LAUNCH
     if num_splits is None:
-        num_splits = _num_splits(q, b * hkv, n_work)
+        num_splits = _num_splits(q, b * hkv, n_work, launch)
     split_len = triton.cdiv(max(n_work, 1), num_splits)
     num_splits = triton.cdiv(max(n_work, 1), split_len)
     m_part = torch.empty(b * hq * num_splits, dtype=torch.float32, device=q.device)
@@ -261,7 +282,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), GROUP_P2=triton.next_power_of_2(group),
         HEAD_DIM=d, PAGE=page_size,
-        SPARSE=sparse, **LAUNCH,
+        SPARSE=sparse, **launch,
     )
     out = out.view(q_in.shape)
     return (out, lse) if return_lse else out

@@ -128,3 +128,22 @@ def test_bad_inputs_raise_clear_errors():
         decode_attention(q, k, v, indices=torch.zeros(1, 1, 2, dtype=torch.int32))
     with pytest.raises(ValueError, match="head dim"):
         decode_attention(torch.randn(1, 4, 32), torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32))
+
+
+@pytest.mark.parametrize("gpu, head_dim, splits", [
+    ((132, 228 * 1024, 227 * 1024), 128, 16),  # H200: one 192 KiB program per SM, 8 KV heads -> 16 splits
+    ((132, 228 * 1024, 227 * 1024), 64, 33),  # two per SM
+    ((108, 164 * 1024, 163 * 1024), 128, 13),  # A100: two stages fit, one program per SM
+    ((58, 100 * 1024, 99 * 1024), 128, 7),  # ~99 KiB per block: 2 stages of 64-token tiles, one per SM
+])
+def test_launch_fits_shared_memory_and_splits_fill_one_wave(monkeypatch, gpu, head_dim, splits):
+    from sparsa.kernels import sparse_decode as sd
+
+    monkeypatch.setattr(sd, "LAUNCH", {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3})  # the GPU setting
+    monkeypatch.setattr(sd, "_sm_resources", lambda device: gpu)
+    device = torch.device("cuda", 0)
+    launch = sd._launch_for(device, head_dim, 2)
+    assert sd._tile_bytes(launch, head_dim, 2) + sd._SMEM_RESERVE <= gpu[2]
+    q = torch.empty(1, 32, head_dim, dtype=torch.bfloat16)
+    assert sd._num_splits(q, 8, 131072, launch) == splits
+    assert sd._num_splits(q, 8, 1024, launch) == 4  # short work: splits of at least 256 tokens

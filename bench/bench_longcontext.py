@@ -46,8 +46,8 @@ VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decod
 SETTINGS = {  # what --choose-on-dev picked on the H200 (longcontext_accuracy.json["chosen_on_dev"])
     "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.95, "gate_keys": "pooled", "block_size": 64,
                              "min_sparse_tokens": 1024, "full_retrieval_heads": True},
-    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 16,
-                            "dense_layers": 2, "full_retrieval_heads": True},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 64,
+                            "dense_layers": 2, "full_retrieval_heads": True},  # pages: ["quest_page_size_choice"]
     "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024,
                             "full_retrieval_heads": True},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_kernels_h200 import HKV, HQ, _per_layer_ms, copy_bandwidth, sd  # noqa: E402
+from bench_kernels_h200 import HKV, HQ, _per_layer_ms, copy_bandwidth, sd
 
 CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),  # (BLOCK_N, num_warps, num_stages)
            (128, 4, 2), (64, 4, 4), (64, 8, 2), (32, 2, 4), (128, 8, 2), (64, 2, 3)]

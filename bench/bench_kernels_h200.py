@@ -250,6 +250,14 @@ def _per_layer_ms(steps: list, rounds: int = 30) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def layer_copy_ms(traffic_bytes: int, n_layers: int) -> float:
+    """Per-layer ms of a copy moving ``traffic_bytes`` (half read, half written) in each of ``n_layers``
+    buffers, timed like the decode providers (``_per_layer_ms``): the same-size copy reference."""
+    copies = [(src, torch.empty_like(src)) for src in (torch.empty(traffic_bytes // 4, dtype=torch.int16, device="cuda")
+                                                        for _ in range(n_layers))]
+    return _per_layer_ms([lambda src=src, dst=dst: dst.copy_(src) for src, dst in copies])
+
+
 def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 33) -> list[dict]:
     """The decode providers over a stack of layers (``stack_bytes`` of KV in all), timed per layer. 8 GiB: a
     sparse provider touches only its selection (at 128k, 16 layers x ~8-25 MB of bounds and pages), which must
@@ -260,11 +268,7 @@ def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 33
     n_layers = max(2, stack_bytes // kv_bytes)
     layers = [decode_providers(q, *(torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2)),
                                (), args.budgets, args.quest_pages) for _ in range(n_layers)]
-    sources = [torch.empty(kv_bytes // 4, dtype=torch.int16, device="cuda") for _ in range(n_layers)]
-    copies = [(src, torch.empty_like(src)) for src in sources]  # each moves kv_bytes: half read, half written
-    copy_ms = _per_layer_ms([lambda src=src, dst=dst: dst.copy_(src) for src, dst in copies])
-    same_size_gbps = kv_bytes / copy_ms * 1e-6
-    del sources, copies
+    same_size_gbps = kv_bytes / layer_copy_ms(kv_bytes, n_layers) * 1e-6
     full_ms = None
     rows = []
     for name in layers[0]:

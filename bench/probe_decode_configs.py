@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_kernels_h200 import HKV, HQ, _per_layer_ms, copy_bandwidth, sd
+from bench_kernels_h200 import HKV, HQ, _per_layer_ms, copy_bandwidth, layer_copy_ms, sd
 
 CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),  # (BLOCK_N, num_warps, num_stages)
            (128, 4, 2), (64, 4, 4), (64, 8, 2), (32, 2, 4), (128, 8, 2), (64, 2, 3)]
@@ -29,10 +29,7 @@ def sweep(s: int, d: int, splits: list[int | None], stack_bytes: int) -> list[di
     q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
     layers = [tuple(torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
               for _ in range(n_layers)]
-    copies = [(t, torch.empty_like(t)) for t in (torch.empty(kv_bytes // 4, dtype=torch.int16, device="cuda")
-                                                for _ in range(n_layers))]
-    copy_ms = _per_layer_ms([lambda src=src, dst=dst: dst.copy_(src) for src, dst in copies])
-    del copies
+    copy_ms = layer_copy_ms(kv_bytes, n_layers)
     rows = []
     for bn, warps, stages in CONFIGS:
         sd.LAUNCH = {"BLOCK_N": bn, "num_warps": warps, "num_stages": stages}

@@ -1,17 +1,20 @@
 """A fused CPU kernel for the screen of SPLADE pooling: ``max_t hidden[b, t] . weight[v]`` in one pass, in int8.
 
-The torch screen (``splade_pooling._chunked_max_logits``) writes a ``[tokens, chunk]`` bf16 logits
-block per vocabulary chunk and max-pools it in a second pass; on a 2-core AVX512 machine the max
-pass cost almost as much as the matmul. This kernel multiplies int8 operands with AVX512-VNNI
-``vpdpbusd`` (exact int32 sums) into a register tile of 4 tokens x 64 vocabulary rows and folds the
-tile into running maxima at once, so no logits are stored; :func:`int8_max_logits_upper` turns the
-integer maxima into rigorous upper bounds of the fp32 pooled logits. (A bf16 ``vdpbf16ps`` version of
-the same tiling ran at 0.7x this one and was dropped.)
+The torch screen (``splade_pooling._chunked_max_logits``) writes a ``[tokens, chunk]`` logits block
+per vocabulary chunk and max-pools it in a second pass. This kernel multiplies int8 operands into a
+register tile and folds the tile into running maxima at once, so no logits are stored;
+:func:`int8_max_logits_upper` turns the integer maxima into rigorous upper bounds of the fp32 pooled
+logits. Two builds of one contract, chosen by :func:`cpu_isa`:
 
-Built on first use with ``torch.utils.cpp_extension.load_inline`` (g++; cached by torch under
-``TORCH_EXTENSIONS_DIR``); :func:`fused_max_logits_available` is False when the CPU lacks
-AVX512-BF16 / AVX512-VNNI (the screened path is only chosen on CPUs with fast bf16), there is no
-compiler, or the build fails, and callers then keep the torch path.
+- AVX512-VNNI: ``vpdpbusd`` (exact int32 sums), 4 tokens x 64 vocabulary rows, 8-bit hidden values.
+  (A bf16 ``vdpbf16ps`` version of the same tiling ran at 0.7x and was dropped.)
+- AVX2 + FMA: ``vpmaddubsw`` + ``vpmaddwd``, 2 tokens x 32 rows, 7-bit hidden values (so the int16
+  pair sums cannot saturate). On a 2-core AVX2 EPYC it ran at ~150-180 G multiply-adds/s against
+  55-72 for torch's fp32 matmul + max, and the screen kept 3.9% of (doc, term) pairs (8-bit: 2.3%).
+
+Built on first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja; ~25 s, cached by
+torch under ``TORCH_EXTENSIONS_DIR``); :func:`fused_max_logits_available` is False when the CPU has
+neither instruction set, there is no compiler, or the build fails, and callers then keep the torch path.
 """
 
 from __future__ import annotations
@@ -33,10 +36,22 @@ _SOURCE = r"""
 #include <immintrin.h>
 #include <limits>
 
-// The int8 screen: hidden_u8 [B, L, D/4 * 4] holds q + 128 for int8 q (u8 operand of vpdpbusd); packed_s8
-// [V/64*4, D/4, 16, 4] the int8 weights; corr int32 [V] = 128 * sum_d q_w[v, d]; row_scale float32 [V];
+// The int8 screen: hidden_u8 [B, L, D/4 * 4] holds q + OFFSET for int q (u8 operand); packed_s8
+// [V/64*4, D/4, 16, 4] the int8 weights; corr int32 [V] = OFFSET * sum_d q_w[v, d]; row_scale float32 [V];
 // doc_scale float32 [B]. Returns float32 [B, V]: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v])
 // (0 for empty ranges). The integer sums are exact.
+#if defined(__AVX512VNNI__)
+constexpr int64_t HIDDEN_OFFSET = 128;  // q_h in [-127, 127]: vpdpbusd sums u8 * s8 straight into int32
+constexpr int64_t WEIGHT_LEVELS = 127;  // q_w in [-127, 127]
+#else
+// AVX2 has no vpdpbusd: vpmaddubsw adds pairs of u8 * s8 products into int16 with saturation, then vpmaddwd
+// widens to int32. With 7-bit values on both sides (u8 = q_h + 64 <= 127, |q_w| <= 63) a pair is at most
+// 2 * 127 * 63 = 16002, so two quads' pairs add up in int16 (<= 32004 < 2^15) before one widening: exact.
+constexpr int64_t HIDDEN_OFFSET = 64;
+constexpr int64_t WEIGHT_LEVELS = 63;
+#endif
+
+#if defined(__AVX512VNNI__)
 torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torch::Tensor end,
                               torch::Tensor packed, torch::Tensor corr, torch::Tensor row_scale,
                               torch::Tensor doc_scale, int64_t vocab_chunk) {
@@ -115,10 +130,89 @@ torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torc
   });
   return out;
 }
+#else
+torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torch::Tensor end,
+                              torch::Tensor packed, torch::Tensor corr, torch::Tensor row_scale,
+                              torch::Tensor doc_scale, int64_t vocab_chunk) {
+  TORCH_CHECK(hidden_u8.scalar_type() == at::kByte && packed.scalar_type() == at::kChar);
+  TORCH_CHECK(hidden_u8.is_contiguous() && packed.is_contiguous() && hidden_u8.dim() == 3);
+  TORCH_CHECK(corr.scalar_type() == at::kInt && row_scale.scalar_type() == at::kFloat);
+  const int64_t B = hidden_u8.size(0), L = hidden_u8.size(1), D = hidden_u8.size(2);
+  const int64_t quads = D / 4;
+  TORCH_CHECK(D % 8 == 0 && packed.size(1) == quads && packed.size(0) % 4 == 0);
+  const int64_t tiles = packed.size(0) / 2;  // 32 vocabulary rows (two packed blocks of 16) per register tile
+  const int64_t V = tiles * 32;
+  TORCH_CHECK(corr.numel() == V && row_scale.numel() == V && doc_scale.numel() == B);
+  auto out = torch::zeros({B, V}, row_scale.options());
+  const int32_t* s = start.data_ptr<int32_t>();
+  const int32_t* e = end.data_ptr<int32_t>();
+  const uint32_t* h = reinterpret_cast<const uint32_t*>(hidden_u8.data_ptr<uint8_t>());  // 4 u8 each
+  const __m256i* w = reinterpret_cast<const __m256i*>(packed.data_ptr<int8_t>());  // a block's quad: 2 x 8 rows
+  const int32_t* cr = corr.data_ptr<int32_t>();
+  const float* rs = row_scale.data_ptr<float>();
+  const float* ds = doc_scale.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t chunk_tiles = std::max<int64_t>(1, vocab_chunk / 32);
+  const int64_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
+  at::parallel_for(0, B * chunks, 1, [&](int64_t lo, int64_t hi) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    // x . w + y . v for 8 rows, exact in int32 (see HIDDEN_OFFSET): two quads of one token, one widening
+    auto dot2 = [&](__m256i acc, __m256i x, __m256i w8, __m256i y, __m256i v8) {
+      const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(x, w8), _mm256_maddubs_epi16(y, v8));
+      return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+    };
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t b = item / chunks, c = item % chunks;
+      const int64_t t0 = s[b], t1 = e[b];
+      if (t1 <= t0) continue;
+      const uint32_t* hb = h + b * L * quads;
+      const __m256 scale = _mm256_set1_ps(ds[b]);
+      for (int64_t tile = c * chunk_tiles; tile < std::min(tiles, (c + 1) * chunk_tiles); ++tile) {
+        const __m256i* wa = w + tile * 4 * quads;  // block 2 * tile: quads x (rows 0-7, rows 8-15)
+        const __m256i* wb = wa + 2 * quads;        // block 2 * tile + 1
+        __m256i m0 = _mm256_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
+        for (int64_t t = t0; t < t1; t += 2) {
+          const uint32_t* r0 = hb + t * quads;
+          const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
+          __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+          __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+          for (int64_t k = 0; k < quads; k += 2) {  // quads is even (pack_weight_int8 pads D to 8)
+            const __m256i x0 = _mm256_set1_epi32((int)r0[k]), y0 = _mm256_set1_epi32((int)r0[k + 1]);
+            const __m256i x1 = _mm256_set1_epi32((int)r1[k]), y1 = _mm256_set1_epi32((int)r1[k + 1]);
+            __m256i w0 = _mm256_loadu_si256(wa + 2 * k), w1 = _mm256_loadu_si256(wa + 2 * k + 1);
+            __m256i v0 = _mm256_loadu_si256(wa + 2 * k + 2), v1 = _mm256_loadu_si256(wa + 2 * k + 3);
+            a00 = dot2(a00, x0, w0, y0, v0); a01 = dot2(a01, x0, w1, y0, v1);
+            a10 = dot2(a10, x1, w0, y1, v0); a11 = dot2(a11, x1, w1, y1, v1);
+            w0 = _mm256_loadu_si256(wb + 2 * k); w1 = _mm256_loadu_si256(wb + 2 * k + 1);
+            v0 = _mm256_loadu_si256(wb + 2 * k + 2); v1 = _mm256_loadu_si256(wb + 2 * k + 3);
+            a02 = dot2(a02, x0, w0, y0, v0); a03 = dot2(a03, x0, w1, y0, v1);
+            a12 = dot2(a12, x1, w0, y1, v0); a13 = dot2(a13, x1, w1, y1, v1);
+          }
+          m0 = _mm256_max_epi32(m0, _mm256_max_epi32(a00, a10));
+          m1 = _mm256_max_epi32(m1, _mm256_max_epi32(a01, a11));
+          m2 = _mm256_max_epi32(m2, _mm256_max_epi32(a02, a12));
+          m3 = _mm256_max_epi32(m3, _mm256_max_epi32(a03, a13));
+        }
+        const int64_t v0 = tile * 32;
+        float* ob = o + b * V + v0;
+        const __m256i ms[4] = {m0, m1, m2, m3};
+        for (int j = 0; j < 4; ++j) {
+          const __m256i q = _mm256_sub_epi32(ms[j], _mm256_loadu_si256((const __m256i*)(cr + v0 + 8 * j)));
+          const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_mul_ps(scale, _mm256_loadu_ps(rs + v0 + 8 * j)));
+          _mm256_storeu_ps(ob + 8 * j, f);
+        }
+      }
+    }
+  });
+  return out;
+}
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // No Python objects inside: release the GIL so that batches in other threads run meanwhile.
   m.def("max_logits_int8", &max_logits_int8, py::call_guard<py::gil_scoped_release>());
+  m.attr("HIDDEN_OFFSET") = HIDDEN_OFFSET;
+  m.attr("WEIGHT_LEVELS") = WEIGHT_LEVELS;
 }
 """
 
@@ -127,13 +221,24 @@ _module: object | None = None
 _failed = False
 
 
-def _cpu_has_avx512_bf16() -> bool:
+# The instruction set the kernel is built for -> compiler flags. AVX512 needs BF16 too: on such CPUs the
+# dense encoder and the torch screen run in bf16 as well (``cpu_has_fast_bf16``).
+_ISA_FLAGS = {
+    "avx512-vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"],
+    "avx2": ["-mavx2", "-mfma"],
+}
+
+
+def cpu_isa() -> str | None:
+    """``"avx512-vnni"``, ``"avx2"`` or None: which build of the kernel this CPU runs."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return {"avx512_bf16", "avx512_vnni"} <= set(flags.split())
+        return None
+    if {"avx512_bf16", "avx512_vnni", "avx512bw", "avx512vl"} <= flags:
+        return "avx512-vnni"
+    return "avx2" if {"avx2", "fma"} <= flags else None
 
 
 def _load() -> object | None:
@@ -145,15 +250,16 @@ def _load() -> object | None:
         if _module is not None or _failed:
             return _module
         try:
-            if not _cpu_has_avx512_bf16():
-                raise RuntimeError("CPU without AVX512-BF16 and AVX512-VNNI")
+            isa = cpu_isa()
+            if isa is None:
+                raise RuntimeError("CPU without AVX2/FMA or AVX512-VNNI")
             from torch.utils.cpp_extension import load_inline
 
-            flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp"]
-            _module = load_inline("sparsa_splade_max_logits_v4", cpp_sources=_SOURCE, extra_cflags=flags,
+            name = f"sparsa_splade_max_logits_v6_{isa.replace('-', '_')}"
+            _module = load_inline(name, cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS[isa]],
                                   extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # noqa: BLE001 (no compiler, no ninja, unsupported CPU: the torch path stays)
-            logger.info("fused bf16 max-logits kernel unavailable (%s); using the torch screen", exc)
+            logger.info("fused int8 max-logits kernel unavailable (%s); using the torch screen", exc)
             _failed = True
     return _module
 
@@ -163,34 +269,43 @@ def fused_max_logits_available() -> bool:
     return _load() is not None
 
 
-def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``float32[V, D]`` -> the int8 screen's tensors.
+def _loaded_module() -> object:
+    module = _load()
+    if module is None:
+        raise RuntimeError("fused max-logits kernels unavailable")
+    return module
 
-    Each row is quantised with its own scale ``s_v = max|w_v| / 127``: ``q_w = round(w / s_v)``.
-    Returned: ``packed`` int8 ``[ceil(V/64)*4, D'/4, 16, 4]`` (zero-padded), ``corr`` int32 ``[V']``
-    (``128 * sum q_w``, for the kernel's +128 offset of the hidden values), ``row_scale`` float32 ``[V']``,
-    ``row_error`` float32 ``[V]``: ``max_d |w - s_v q_w|`` in float64, rounded up, and ``abs_sum``
-    float32 ``[V]``: ``sum_d |w|`` rounded up.
+
+def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``float32[V, D]`` -> the int8 screen's tensors for the kernel built here.
+
+    Each row is quantised with its own scale ``s_v = max|w_v| / n`` (``n`` = the build's ``WEIGHT_LEVELS``:
+    127, or 63 on AVX2): ``q_w = round(w / s_v)``. Returned: ``packed`` int8 ``[ceil(V/64)*4, D'/4, 16, 4]``
+    (zero-padded, ``D'`` a multiple of 8), ``corr`` int32 ``[V']`` (``offset * sum q_w`` for the build's
+    offset of the hidden values), ``row_scale`` float32 ``[V']``, ``row_error`` float32 ``[V]``:
+    ``max_d |w - s_v q_w|`` in float64, rounded up, and ``abs_sum`` float32 ``[V]``: ``sum_d |w|`` rounded up.
     """
     import torch
 
+    module = _loaded_module()
+    offset, levels = module.HIDDEN_OFFSET, module.WEIGHT_LEVELS
     vocab, dim = weight.shape
     w64 = weight.double()
-    scale = (w64.abs().amax(dim=1) / 127).clamp(min=1e-30)
-    q = torch.round(w64 / scale[:, None]).clamp(-127, 127)
+    scale = (w64.abs().amax(dim=1) / levels).clamp(min=1e-30)
+    q = torch.round(w64 / scale[:, None]).clamp(-levels, levels)
     error = (w64 - q * scale[:, None]).abs().amax(dim=1)
     padded_v = -(-vocab // VOCAB_TILE) * VOCAB_TILE
-    padded_d = -(-dim // 4) * 4
+    padded_d = -(-dim // 8) * 8
     qp = torch.zeros(padded_v, padded_d, dtype=torch.int8)
     qp[:vocab, :dim] = q.to(torch.int8)
     corr = torch.zeros(padded_v, dtype=torch.int32)
-    corr[:vocab] = 128 * q.sum(dim=1).to(torch.int32)
+    corr[:vocab] = offset * q.sum(dim=1).to(torch.int32)
     row_scale = torch.zeros(padded_v, dtype=torch.float32)
     row_scale[:vocab] = scale.float()
     up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))
     return {"packed": qp.view(padded_v // 16, 16, padded_d // 4, 4).transpose(1, 2).contiguous(),
             "corr": corr, "row_scale": row_scale, "row_error": up(error), "abs_sum": up(w64.abs().sum(dim=1)),
-            "vocab": torch.tensor(vocab)}
+            "weight": weight.float(), "vocab": torch.tensor(vocab)}
 
 
 def int8_max_logits_upper(
@@ -199,34 +314,45 @@ def int8_max_logits_upper(
 ) -> torch.Tensor:
     """``float32[B, V]`` upper bounds on ``max_{t in [start_b, end_b)} hidden[b, t] . weight[v]`` (exact fp32 h, w).
 
-    Each document's pooled tokens are quantised with one scale ``s_b = max|h| / 127``:
-    ``h = s_b q_h + e_h`` with ``|e_h| <= s_b / 2``, and ``w_v = s_v q_w + e_w``. Then
-    ``h . w = s_b s_v (q_h . q_w) + e_h . w + s_b (q_h . e_w)``, so for every token
-    ``|h . w - s_b s_v (q_h . q_w)| <= max|e_h| * sum|w_v| + s_b * max_t sum|q_h| * max|e_w|``, and the max
-    over tokens of the exact logits is at most the max of the integer sums (exact, from the kernel)
-    plus that. The bound is then widened by 2^-16 of the magnitudes involved to cover float32 rounding.
-    Rows with an empty range give 0 (callers drop them).
+    Hidden dimensions carry large offsets shared by all tokens (means up to ~9 against deviations of
+    ~2 in splade-tiny), so each document is centred first: ``h = mu_b + c`` with ``mu_b`` the mean of its
+    pooled tokens, and ``h . w = mu_b . w + c . w``. The first term is one fp32 matrix-vector product;
+    the second is screened in int8 at a much finer scale than ``h`` would need (the screen kept 2.4% of
+    (doc, term) pairs instead of 5.6%, 7-bit values on SciFact).
+
+    The centred tokens are quantised with one scale per document, ``s_b = max|c| / n`` (``n`` = the
+    build's ``HIDDEN_OFFSET - 1``): ``c = s_b q_h + e_h``, and ``w_v = s_v q_w + e_w``. Then
+    ``c . w = s_b s_v (q_h . q_w) + e_h . w + s_b (q_h . e_w)``, so for every token
+    ``|c . w - s_b s_v (q_h . q_w)| <= max|e_h| * sum|w_v| + s_b * max_t sum|q_h| * max|e_w|``, and the max
+    over tokens is at most the max of the integer sums (exact, from the kernel) plus that.
+    ``max|e_h| <= s_b (1/2 + 2^-15)`` covers the rounding of the float32 subtraction and division,
+    ``D 2^-23 max|mu_b| sum|w_v|`` that of the fp32 ``mu_b . w``, and the bound is widened by 2^-16 of the
+    magnitudes involved for the final float32 operations. Rows with an empty range give 0 (callers drop them).
     """
     import torch
 
-    module = _load()
-    if module is None:
-        raise RuntimeError("fused max-logits kernels unavailable")
+    module = _loaded_module()
+    offset = module.HIDDEN_OFFSET
+    levels = offset - 1
     batch, length, dim = hidden.shape
     vocab = int(packed["vocab"])
     positions = torch.arange(length, device=hidden.device)
     inside = (positions[None, :] >= start[:, None]) & (positions[None, :] < end[:, None])  # [B, L]
-    h = hidden.float() * inside[:, :, None]  # padded positions -> 0 (never read by the kernel anyway)
-    doc_scale = (h.abs().amax(dim=(1, 2)) / 127).clamp(min=1e-30)  # [B]
-    q = torch.round(h / doc_scale[:, None, None]).clamp_(-127, 127)
-    # |h / s - q| <= 1/2 plus the rounding of the float32 division (<= 2^-24 * 128): max |e_h| <= s (1/2 + 2^-16)
-    error = doc_scale * (0.5 + 2.0**-16)  # [B]
+    h = hidden.float() * inside[:, :, None]
+    mean = h.sum(dim=1) / (end - start).clamp(min=1).to(h.dtype)[:, None]  # [B, D]
+    centred = (h - mean[:, None, :]) * inside[:, :, None]  # padded positions -> 0 (never read by the kernel)
+    doc_scale = (centred.abs().amax(dim=(1, 2)) / levels).clamp(min=1e-30)  # [B]
+    q = torch.round(centred / doc_scale[:, None, None]).clamp_(-levels, levels)
+    error = doc_scale * (0.5 + 2.0**-15)  # [B]
     q_abs_sum = q.abs().sum(dim=2).amax(dim=1)  # [B]: max_t sum |q_h|
     padded_d = packed["packed"].shape[1] * 4
-    u8 = torch.full((batch, length, padded_d), 128, dtype=torch.uint8)
-    u8[:, :, :dim] = (q + 128).to(torch.uint8)
+    u8 = torch.full((batch, length, padded_d), offset, dtype=torch.uint8)
+    u8[:, :, :dim] = (q + offset).to(torch.uint8)
     approx = module.max_logits_int8(u8, start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous(),
                                     packed["packed"], packed["corr"], packed["row_scale"], doc_scale,
                                     vocab_chunk)[:, :vocab]
-    slack = error[:, None] * packed["abs_sum"][None, :] + (doc_scale * q_abs_sum)[:, None] * packed["row_error"][None, :]
-    return approx + (approx.abs() + slack) * 2.0**-16 + slack
+    abs_sum = packed["abs_sum"][None, :]
+    slack = (error[:, None] * abs_sum + (doc_scale * q_abs_sum)[:, None] * packed["row_error"][None, :]
+             + (dim * 2.0**-23) * mean.abs().amax(dim=1)[:, None] * abs_sum)
+    offsets = mean @ packed["weight"].T  # [B, V]: mu_b . w_v
+    return approx + offsets + (approx.abs() + offsets.abs() + slack) * 2.0**-16 + slack

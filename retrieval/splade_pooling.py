@@ -15,9 +15,9 @@ Paths:
 - ``"screened"`` (CPU): a low-precision pass finds, with a rigorous rounding-error bound, every
   ``(b, v)`` whose pooled logit can be positive; only those are recomputed exactly in float32. The
   result equals the fp32 ``"chunked"`` one (same products, same max) at the cost of the screen plus
-  a small gather-matmul. The screen is an int8 AVX512-VNNI kernel with the max over tokens fused in
-  (``splade_cpu_kernel``, on CPUs with AVX512-VNNI and AVX512-BF16 and a compiler; ~2.2% of pairs
-  pass on SciFact), else chunked bf16 matmuls + max in torch.
+  a small gather-matmul. The screen is an int8 kernel with the max over tokens fused in
+  (``splade_cpu_kernel``: AVX512-VNNI, ~2.2% of pairs pass on SciFact, or AVX2, ~3.9%; needs a
+  compiler), else chunked bf16 matmuls + max in torch.
 - ``"reference"``: ``splade_pool_ref``, full logits (tests only).
 """
 
@@ -50,14 +50,17 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_pool_method(method: PoolMethod, device: torch.device) -> str:
-    """``auto``: the Triton kernel on CUDA, screening on CPUs with native bf16, else chunked fp32."""
+    """``auto``: the Triton kernel on CUDA; on CPU screening when the int8 kernel builds here (AVX2 or
+    AVX512-VNNI) or the CPU has native bf16, else chunked fp32."""
     if method not in POOL_METHODS:
         raise ValueError(f"pooling method {method!r}: expected one of {', '.join(POOL_METHODS)}")
     if method != "auto":
         return method
     if device.type == "cuda":
         return "triton" if triton_available() else "chunked"
-    return "screened" if cpu_has_fast_bf16() else "chunked"
+    from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available
+
+    return "screened" if fused_max_logits_available() or cpu_has_fast_bf16() else "chunked"
 
 
 def _fill_outside_range(hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -145,14 +148,14 @@ def splade_pool_screened(
     """
     hidden = hidden.float()
     weight = weight.float()
-    weight_bf16 = weight.bfloat16() if weight_bf16 is None else weight_bf16
-    weight_norms = weight.norm(dim=1) if weight_norms is None else weight_norms
-    filled = _fill_outside_range(hidden, start, end)
     if weight_packed is not None:  # the int8 kernel gives upper bounds directly
         from sparsa.retrieval.splade_cpu_kernel import int8_max_logits_upper
 
         upper = int8_max_logits_upper(hidden, start, end, weight_packed)  # [B, V]
     else:
+        weight_bf16 = weight.bfloat16() if weight_bf16 is None else weight_bf16
+        weight_norms = weight.norm(dim=1) if weight_norms is None else weight_norms
+        filled = _fill_outside_range(hidden, start, end)
         approx = _chunked_max_logits(filled.bfloat16(), weight_bf16, chunk_size).float()  # [B, V]
         dim = hidden.shape[2]
         hidden_norms = filled.norm(dim=2).amax(dim=1)  # [B]: bounds |h . w| <= |h| |w| over every token
@@ -162,16 +165,20 @@ def splade_pool_screened(
         upper += bias.float()
     candidates = upper > 0  # [B, V]: every (b, v) whose exact pooled logit can be positive
     candidates[end <= start] = False
-    rows, cols = candidates.nonzero(as_tuple=True)
+    rows, cols = candidates.nonzero(as_tuple=True)  # row-major: each row's candidates together
     out = torch.zeros(hidden.shape[0], weight.shape[0], dtype=torch.float32, device=hidden.device)
     if rows.numel() == 0:
         return out
-    counts = candidates.sum(dim=1)
-    slots = torch.arange(rows.numel(), device=hidden.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    index = torch.zeros(hidden.shape[0], int(counts.max()), dtype=torch.long, device=hidden.device)
-    index[rows, slots] = cols  # [B, C]: each row's candidates, padded with vocabulary id 0
-    exact = torch.bmm(filled, weight[index].transpose(1, 2)).amax(dim=1)  # [B, C]
-    values = exact[rows, slots]
+    # One exact fp32 product per document over its own tokens and candidates: a padded batched product
+    # ran at 0.6x this (padding to the largest candidate count, and a strided gathered weight).
+    values = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
+    first = 0
+    for b, count in enumerate(candidates.sum(dim=1).tolist()):
+        if count:
+            terms = cols[first : first + count]
+            tokens = hidden[b, int(start[b]) : int(end[b])]
+            values[first : first + count] = torch.mm(tokens, weight.index_select(0, terms).T).amax(dim=0)
+            first += count
     if bias is not None:
         values += bias.float()[cols]
     out[rows, cols] = torch.log1p(torch.relu_(values))
@@ -181,7 +188,7 @@ def splade_pool_screened(
 
 def _screen_cache(weight: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     """The screen's per-model tensors: bf16 weight, row norms, and the fused kernel's packed weight
-    when that kernel runs here (CPU with AVX512-BF16 and a compiler)."""
+    when that kernel runs here (see ``splade_cpu_kernel.cpu_isa``)."""
     from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, pack_weight_int8
 
     weight_bf16 = weight.bfloat16()

@@ -130,10 +130,14 @@ def test_int8_cpu_screen_bounds_and_matches_reference():
     )
 
     if not fused_max_logits_available():
-        pytest.skip("no AVX512-BF16/VNNI CPU or no compiler")
+        pytest.skip("no AVX2 or AVX512-VNNI CPU, or no compiler")
     hidden, weight, bias, start, end = _pooling_inputs()
-    for dim in (32, 30):  # widths not a multiple of 4 are padded
-        h, w = hidden[..., :dim].contiguous(), weight[:, :dim].contiguous()
+    # widths not a multiple of 8 are padded; a large offset shared by all tokens (as real hidden states
+    # have) is taken out by the per-document centring, so the bound stays tight
+    shift = torch.randn(32, generator=torch.Generator().manual_seed(1)) * 9
+    for dim, offset in ((32, 0.0), (30, 0.0), (32, 1.0), (20, 1.0)):
+        h = (hidden[..., :dim] + offset * shift[:dim]).contiguous()
+        w = weight[:, :dim].contiguous()
         packed = pack_weight_int8(w)
         upper = int8_max_logits_upper(h, start, end, packed)
         for b in range(h.shape[0]):

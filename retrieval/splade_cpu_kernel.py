@@ -282,8 +282,8 @@ def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     Each row is quantised with its own scale ``s_v = max|w_v| / n`` (``n`` = the build's ``WEIGHT_LEVELS``:
     127, or 63 on AVX2): ``q_w = round(w / s_v)``. Returned: ``packed`` int8 ``[ceil(V/64)*4, D'/4, 16, 4]``
     (zero-padded, ``D'`` a multiple of 8), ``corr`` int32 ``[V']`` (``offset * sum q_w`` for the build's
-    offset of the hidden values), ``row_scale`` float32 ``[V']``, ``row_error`` float32 ``[V]``:
-    ``max_d |w - s_v q_w|`` in float64, rounded up, and ``abs_sum`` float32 ``[V]``: ``sum_d |w|`` rounded up.
+    offset of the hidden values), ``row_scale`` float32 ``[V']``, and ``row_terms`` float32 ``[D + 3, V]``:
+    ``w`` transposed, ``sum_d |w|`` and ``max_d |w - s_v q_w|`` (float64, rounded up), ``s_v``.
     """
     import torch
 
@@ -303,9 +303,9 @@ def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     row_scale = torch.zeros(padded_v, dtype=torch.float32)
     row_scale[:vocab] = scale.float()
     up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))
+    row_terms = torch.cat([weight.float().T, up(w64.abs().sum(dim=1))[None], up(error)[None], scale.float()[None]])
     return {"packed": qp.view(padded_v // 16, 16, padded_d // 4, 4).transpose(1, 2).contiguous(),
-            "corr": corr, "row_scale": row_scale, "row_error": up(error), "abs_sum": up(w64.abs().sum(dim=1)),
-            "weight": weight.float(), "vocab": torch.tensor(vocab)}
+            "corr": corr, "row_scale": row_scale, "row_terms": row_terms.contiguous(), "vocab": torch.tensor(vocab)}
 
 
 def int8_max_logits_upper(
@@ -325,9 +325,9 @@ def int8_max_logits_upper(
     ``c . w = s_b s_v (q_h . q_w) + e_h . w + s_b (q_h . e_w)``, so for every token
     ``|c . w - s_b s_v (q_h . q_w)| <= max|e_h| * sum|w_v| + s_b * max_t sum|q_h| * max|e_w|``, and the max
     over tokens is at most the max of the integer sums (exact, from the kernel) plus that.
-    ``max|e_h| <= s_b (1/2 + 2^-15)`` covers the rounding of the float32 subtraction and division,
-    ``D 2^-23 max|mu_b| sum|w_v|`` that of the fp32 ``mu_b . w``, and the bound is widened by 2^-16 of the
-    magnitudes involved for the final float32 operations. Rows with an empty range give 0 (callers drop them).
+    ``max|e_h| <= s_b (1/2 + 2^-15)`` covers the rounding of the float32 subtraction and division; the
+    float32 rounding of the remaining steps is bounded in the code. Rows with an empty range give only
+    the per-row terms (callers drop them).
     """
     import torch
 
@@ -351,8 +351,20 @@ def int8_max_logits_upper(
     approx = module.max_logits_int8(u8, start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous(),
                                     packed["packed"], packed["corr"], packed["row_scale"], doc_scale,
                                     vocab_chunk)[:, :vocab]
-    abs_sum = packed["abs_sum"][None, :]
-    slack = (error[:, None] * abs_sum + (doc_scale * q_abs_sum)[:, None] * packed["row_error"][None, :]
-             + (dim * 2.0**-23) * mean.abs().amax(dim=1)[:, None] * abs_sum)
-    offsets = mean @ packed["weight"].T  # [B, V]: mu_b . w_v
-    return approx + offsets + (approx.abs() + offsets.abs() + slack) * 2.0**-16 + slack
+    # upper = approx + mu_b . w_v + slack, every term a product of a per-document and a per-row factor, so
+    # one [B, D + 3] x [D + 3, V] matmul gives all but approx (separate [B, V] passes cost ~4% of the job):
+    # slack = error_b sum|w_v| + s_b max_t sum|q_h| max|e_w| (the quantisation, above)
+    #       + (D + 3) 2^-23 max|mu_b| sum|w_v| (rounding of the matmul's signed part mu_b . w_v)
+    #       + 2^-16 (max|mu_b| sum|w_v| + s_b max_t sum|q_h| n s_v) (rounding of the final add and of the
+    #         kernel's scaling: |mu_b . w_v| <= max|mu_b| sum|w_v|, |approx| <= s_b max_t sum|q_h| n s_v),
+    # and the nonnegative slack factors are widened by 2^-12 for their own rounding in the matmul.
+    widen = 1.0 + 2.0**-12
+    mean_abs = mean.abs().amax(dim=1)  # [B]
+    quantised = doc_scale * q_abs_sum  # [B]
+    factors = torch.cat([mean, torch.stack([
+        (error + ((dim + 3) * 2.0**-23 + 2.0**-16) * mean_abs) * widen,
+        quantised * widen,
+        quantised * (2.0**-16 * module.WEIGHT_LEVELS * widen),
+    ], dim=1)], dim=1)  # [B, D + 3]
+    return approx.add_(factors @ packed["row_terms"])
+

@@ -9,8 +9,9 @@ logits. Two builds of one contract, chosen by :func:`cpu_isa`:
 - AVX512-VNNI: ``vpdpbusd`` (exact int32 sums), 4 tokens x 64 vocabulary rows, 8-bit hidden values.
   (A bf16 ``vdpbf16ps`` version of the same tiling ran at 0.7x and was dropped.)
 - AVX2 + FMA: ``vpmaddubsw`` + ``vpmaddwd``, 2 tokens x 32 rows, 7-bit hidden values (so the int16
-  pair sums cannot saturate). On a 2-core AVX2 EPYC it ran at ~150-180 G multiply-adds/s against
-  55-72 for torch's fp32 matmul + max, and the screen kept 3.9% of (doc, term) pairs (8-bit: 2.3%).
+  pair sums cannot saturate), two quads summed in int16 before widening. On a 2-core AVX2 EPYC it ran
+  at ~200 G multiply-adds/s against 55-72 for torch's fp32 matmul + max (one quad per widening: ~160;
+  four, with 6-bit hidden values: no faster), and the screen kept 2.6% of (doc, term) pairs.
 
 Built on first use with ``torch.utils.cpp_extension.load_inline`` (g++ and ninja; ~25 s, cached by
 torch under ``TORCH_EXTENSIONS_DIR``); :func:`fused_max_logits_available` is False when the CPU has
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VOCAB_TILE = 64  # vocabulary rows per register tile (4 zmm of 16 fp32 lanes)
+VOCAB_TILE = 64  # vocabulary rows are padded to a multiple of the larger build's register tile
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -36,22 +37,99 @@ _SOURCE = r"""
 #include <immintrin.h>
 #include <limits>
 
-// The int8 screen: hidden_u8 [B, L, D/4 * 4] holds q + OFFSET for int q (u8 operand); packed_s8
-// [V/64*4, D/4, 16, 4] the int8 weights; corr int32 [V] = OFFSET * sum_d q_w[v, d]; row_scale float32 [V];
-// doc_scale float32 [B]. Returns float32 [B, V]: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v])
-// (0 for empty ranges). The integer sums are exact.
+// The int8 screen: hidden_u8 [B, L, D'] holds q + HIDDEN_OFFSET for int q (u8 operand); packed s8
+// [V'/16, D'/4, 16, 4] the int8 weights (blocks of 16 rows, 4 consecutive dims per int32 lane); corr int32
+// [V'] = HIDDEN_OFFSET * sum_d q_w[v, d]; row_scale float32 [V']; doc_scale float32 [B]. Returns float32
+// [B, V']: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v]) (0 for empty ranges). Integer sums are exact.
 #if defined(__AVX512VNNI__)
 constexpr int64_t HIDDEN_OFFSET = 128;  // q_h in [-127, 127]: vpdpbusd sums u8 * s8 straight into int32
 constexpr int64_t WEIGHT_LEVELS = 127;  // q_w in [-127, 127]
+constexpr int64_t TILE_ROWS = 64;       // 4 tokens x 64 rows: 16 zmm accumulators
+
+// max over tokens [t0, t1) of the 64 rows' integer sums (offset included) into maxima[64]
+static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads, int32_t* maxima) {
+  const __m512i* wt = reinterpret_cast<const __m512i*>(tile);  // 4 blocks: quads x 16 rows each
+  __m512i m0 = _mm512_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
+  for (int64_t t = t0; t < t1; t += 4) {
+    const uint32_t* r0 = hb + t * quads;
+    const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
+    const uint32_t* r2 = hb + std::min(t + 2, t1 - 1) * quads;
+    const uint32_t* r3 = hb + std::min(t + 3, t1 - 1) * quads;
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (int64_t k = 0; k < quads; ++k) {
+      const __m512i w0 = _mm512_loadu_si512(wt + k);
+      const __m512i w1 = _mm512_loadu_si512(wt + quads + k);
+      const __m512i w2 = _mm512_loadu_si512(wt + 2 * quads + k);
+      const __m512i w3 = _mm512_loadu_si512(wt + 3 * quads + k);
+      __m512i x = _mm512_set1_epi32((int)r0[k]);
+      a00 = _mm512_dpbusd_epi32(a00, x, w0); a01 = _mm512_dpbusd_epi32(a01, x, w1);
+      a02 = _mm512_dpbusd_epi32(a02, x, w2); a03 = _mm512_dpbusd_epi32(a03, x, w3);
+      x = _mm512_set1_epi32((int)r1[k]);
+      a10 = _mm512_dpbusd_epi32(a10, x, w0); a11 = _mm512_dpbusd_epi32(a11, x, w1);
+      a12 = _mm512_dpbusd_epi32(a12, x, w2); a13 = _mm512_dpbusd_epi32(a13, x, w3);
+      x = _mm512_set1_epi32((int)r2[k]);
+      a20 = _mm512_dpbusd_epi32(a20, x, w0); a21 = _mm512_dpbusd_epi32(a21, x, w1);
+      a22 = _mm512_dpbusd_epi32(a22, x, w2); a23 = _mm512_dpbusd_epi32(a23, x, w3);
+      x = _mm512_set1_epi32((int)r3[k]);
+      a30 = _mm512_dpbusd_epi32(a30, x, w0); a31 = _mm512_dpbusd_epi32(a31, x, w1);
+      a32 = _mm512_dpbusd_epi32(a32, x, w2); a33 = _mm512_dpbusd_epi32(a33, x, w3);
+    }
+    m0 = _mm512_max_epi32(m0, _mm512_max_epi32(_mm512_max_epi32(a00, a10), _mm512_max_epi32(a20, a30)));
+    m1 = _mm512_max_epi32(m1, _mm512_max_epi32(_mm512_max_epi32(a01, a11), _mm512_max_epi32(a21, a31)));
+    m2 = _mm512_max_epi32(m2, _mm512_max_epi32(_mm512_max_epi32(a02, a12), _mm512_max_epi32(a22, a32)));
+    m3 = _mm512_max_epi32(m3, _mm512_max_epi32(_mm512_max_epi32(a03, a13), _mm512_max_epi32(a23, a33)));
+  }
+  _mm512_storeu_si512(maxima, m0); _mm512_storeu_si512(maxima + 16, m1);
+  _mm512_storeu_si512(maxima + 32, m2); _mm512_storeu_si512(maxima + 48, m3);
+}
 #else
 // AVX2 has no vpdpbusd: vpmaddubsw adds pairs of u8 * s8 products into int16 with saturation, then vpmaddwd
 // widens to int32. With 7-bit values on both sides (u8 = q_h + 64 <= 127, |q_w| <= 63) a pair is at most
 // 2 * 127 * 63 = 16002, so two quads' pairs add up in int16 (<= 32004 < 2^15) before one widening: exact.
 constexpr int64_t HIDDEN_OFFSET = 64;
 constexpr int64_t WEIGHT_LEVELS = 63;
+constexpr int64_t TILE_ROWS = 32;  // 2 tokens x 32 rows: 8 ymm accumulators
+
+static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads, int32_t* maxima) {
+  const __m256i* wa = reinterpret_cast<const __m256i*>(tile);  // block 1: quads x (rows 0-7, rows 8-15)
+  const __m256i* wb = wa + 2 * quads;                          // block 2
+  const __m256i ones = _mm256_set1_epi16(1);
+  // x . w + y . v for 8 rows: two quads of one token, one widening
+  auto dot2 = [&](__m256i acc, __m256i x, __m256i w8, __m256i y, __m256i v8) {
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(x, w8), _mm256_maddubs_epi16(y, v8));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+  };
+  __m256i m0 = _mm256_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
+  for (int64_t t = t0; t < t1; t += 2) {
+    const uint32_t* r0 = hb + t * quads;
+    const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+    __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    for (int64_t k = 0; k < quads; k += 2) {  // quads is even (pack_weight_int8 pads D to 8)
+      const __m256i x0 = _mm256_set1_epi32((int)r0[k]), y0 = _mm256_set1_epi32((int)r0[k + 1]);
+      const __m256i x1 = _mm256_set1_epi32((int)r1[k]), y1 = _mm256_set1_epi32((int)r1[k + 1]);
+      __m256i w0 = _mm256_loadu_si256(wa + 2 * k), w1 = _mm256_loadu_si256(wa + 2 * k + 1);
+      __m256i v0 = _mm256_loadu_si256(wa + 2 * k + 2), v1 = _mm256_loadu_si256(wa + 2 * k + 3);
+      a00 = dot2(a00, x0, w0, y0, v0); a01 = dot2(a01, x0, w1, y0, v1);
+      a10 = dot2(a10, x1, w0, y1, v0); a11 = dot2(a11, x1, w1, y1, v1);
+      w0 = _mm256_loadu_si256(wb + 2 * k); w1 = _mm256_loadu_si256(wb + 2 * k + 1);
+      v0 = _mm256_loadu_si256(wb + 2 * k + 2); v1 = _mm256_loadu_si256(wb + 2 * k + 3);
+      a02 = dot2(a02, x0, w0, y0, v0); a03 = dot2(a03, x0, w1, y0, v1);
+      a12 = dot2(a12, x1, w0, y1, v0); a13 = dot2(a13, x1, w1, y1, v1);
+    }
+    m0 = _mm256_max_epi32(m0, _mm256_max_epi32(a00, a10));
+    m1 = _mm256_max_epi32(m1, _mm256_max_epi32(a01, a11));
+    m2 = _mm256_max_epi32(m2, _mm256_max_epi32(a02, a12));
+    m3 = _mm256_max_epi32(m3, _mm256_max_epi32(a03, a13));
+  }
+  _mm256_storeu_si256((__m256i*)maxima, m0); _mm256_storeu_si256((__m256i*)(maxima + 8), m1);
+  _mm256_storeu_si256((__m256i*)(maxima + 16), m2); _mm256_storeu_si256((__m256i*)(maxima + 24), m3);
+}
 #endif
 
-#if defined(__AVX512VNNI__)
 torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torch::Tensor end,
                               torch::Tensor packed, torch::Tensor corr, torch::Tensor row_scale,
                               torch::Tensor doc_scale, int64_t vocab_chunk) {
@@ -60,153 +138,36 @@ torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torc
   TORCH_CHECK(corr.scalar_type() == at::kInt && row_scale.scalar_type() == at::kFloat);
   const int64_t B = hidden_u8.size(0), L = hidden_u8.size(1), D = hidden_u8.size(2);
   const int64_t quads = D / 4;
-  TORCH_CHECK(D % 4 == 0 && packed.size(1) == quads && packed.size(0) % 4 == 0);
-  const int64_t tiles = packed.size(0) / 4;
-  const int64_t V = tiles * 64;
+  TORCH_CHECK(D % 8 == 0 && packed.size(1) == quads && (packed.size(0) * 16) % TILE_ROWS == 0);
+  const int64_t V = packed.size(0) * 16, tiles = V / TILE_ROWS;
   TORCH_CHECK(corr.numel() == V && row_scale.numel() == V && doc_scale.numel() == B);
   auto out = torch::zeros({B, V}, row_scale.options());
   const int32_t* s = start.data_ptr<int32_t>();
   const int32_t* e = end.data_ptr<int32_t>();
   const uint32_t* h = reinterpret_cast<const uint32_t*>(hidden_u8.data_ptr<uint8_t>());  // 4 u8 each
-  const __m512i* w = reinterpret_cast<const __m512i*>(packed.data_ptr<int8_t>());
+  const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* cr = corr.data_ptr<int32_t>();
   const float* rs = row_scale.data_ptr<float>();
   const float* ds = doc_scale.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  const int64_t chunk_tiles = std::max<int64_t>(1, vocab_chunk / 64);
+  const int64_t chunk_tiles = std::max<int64_t>(1, vocab_chunk / TILE_ROWS);
   const int64_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
   at::parallel_for(0, B * chunks, 1, [&](int64_t lo, int64_t hi) {
+    alignas(64) int32_t maxima[TILE_ROWS];
     for (int64_t item = lo; item < hi; ++item) {
       const int64_t b = item / chunks, c = item % chunks;
-      const int64_t t0 = s[b], t1 = e[b];
-      if (t1 <= t0) continue;
-      const uint32_t* hb = h + b * L * quads;
-      const __m512 scale = _mm512_set1_ps(ds[b]);
+      if (e[b] <= s[b]) continue;
       for (int64_t tile = c * chunk_tiles; tile < std::min(tiles, (c + 1) * chunk_tiles); ++tile) {
-        const __m512i* wt = w + tile * 4 * quads;
-        __m512i m0 = _mm512_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
-        for (int64_t t = t0; t < t1; t += 4) {
-          const uint32_t* r0 = hb + t * quads;
-          const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
-          const uint32_t* r2 = hb + std::min(t + 2, t1 - 1) * quads;
-          const uint32_t* r3 = hb + std::min(t + 3, t1 - 1) * quads;
-          __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
-          __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-          __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-          __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-          for (int64_t k = 0; k < quads; ++k) {
-            const __m512i w0 = _mm512_loadu_si512(wt + k);
-            const __m512i w1 = _mm512_loadu_si512(wt + quads + k);
-            const __m512i w2 = _mm512_loadu_si512(wt + 2 * quads + k);
-            const __m512i w3 = _mm512_loadu_si512(wt + 3 * quads + k);
-            __m512i x = _mm512_set1_epi32((int)r0[k]);
-            a00 = _mm512_dpbusd_epi32(a00, x, w0); a01 = _mm512_dpbusd_epi32(a01, x, w1);
-            a02 = _mm512_dpbusd_epi32(a02, x, w2); a03 = _mm512_dpbusd_epi32(a03, x, w3);
-            x = _mm512_set1_epi32((int)r1[k]);
-            a10 = _mm512_dpbusd_epi32(a10, x, w0); a11 = _mm512_dpbusd_epi32(a11, x, w1);
-            a12 = _mm512_dpbusd_epi32(a12, x, w2); a13 = _mm512_dpbusd_epi32(a13, x, w3);
-            x = _mm512_set1_epi32((int)r2[k]);
-            a20 = _mm512_dpbusd_epi32(a20, x, w0); a21 = _mm512_dpbusd_epi32(a21, x, w1);
-            a22 = _mm512_dpbusd_epi32(a22, x, w2); a23 = _mm512_dpbusd_epi32(a23, x, w3);
-            x = _mm512_set1_epi32((int)r3[k]);
-            a30 = _mm512_dpbusd_epi32(a30, x, w0); a31 = _mm512_dpbusd_epi32(a31, x, w1);
-            a32 = _mm512_dpbusd_epi32(a32, x, w2); a33 = _mm512_dpbusd_epi32(a33, x, w3);
-          }
-          m0 = _mm512_max_epi32(m0, _mm512_max_epi32(_mm512_max_epi32(a00, a10), _mm512_max_epi32(a20, a30)));
-          m1 = _mm512_max_epi32(m1, _mm512_max_epi32(_mm512_max_epi32(a01, a11), _mm512_max_epi32(a21, a31)));
-          m2 = _mm512_max_epi32(m2, _mm512_max_epi32(_mm512_max_epi32(a02, a12), _mm512_max_epi32(a22, a32)));
-          m3 = _mm512_max_epi32(m3, _mm512_max_epi32(_mm512_max_epi32(a03, a13), _mm512_max_epi32(a23, a33)));
-        }
-        const int64_t v0 = tile * 64;
-        float* ob = o + b * V + v0;
-        const __m512i ms[4] = {m0, m1, m2, m3};
-        for (int j = 0; j < 4; ++j) {
-          const __m512i q = _mm512_sub_epi32(ms[j], _mm512_loadu_si512(cr + v0 + 16 * j));
-          const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(scale, _mm512_loadu_ps(rs + v0 + 16 * j)));
-          _mm512_storeu_ps(ob + 16 * j, f);
+        tile_max(h + b * L * quads, s[b], e[b], w + tile * TILE_ROWS * D, quads, maxima);
+        const int64_t v0 = tile * TILE_ROWS;
+        for (int64_t j = 0; j < TILE_ROWS; ++j) {  // a few ops per tile against ~10^5 multiply-adds
+          o[b * V + v0 + j] = static_cast<float>(maxima[j] - cr[v0 + j]) * (ds[b] * rs[v0 + j]);
         }
       }
     }
   });
   return out;
 }
-#else
-torch::Tensor max_logits_int8(torch::Tensor hidden_u8, torch::Tensor start, torch::Tensor end,
-                              torch::Tensor packed, torch::Tensor corr, torch::Tensor row_scale,
-                              torch::Tensor doc_scale, int64_t vocab_chunk) {
-  TORCH_CHECK(hidden_u8.scalar_type() == at::kByte && packed.scalar_type() == at::kChar);
-  TORCH_CHECK(hidden_u8.is_contiguous() && packed.is_contiguous() && hidden_u8.dim() == 3);
-  TORCH_CHECK(corr.scalar_type() == at::kInt && row_scale.scalar_type() == at::kFloat);
-  const int64_t B = hidden_u8.size(0), L = hidden_u8.size(1), D = hidden_u8.size(2);
-  const int64_t quads = D / 4;
-  TORCH_CHECK(D % 8 == 0 && packed.size(1) == quads && packed.size(0) % 4 == 0);
-  const int64_t tiles = packed.size(0) / 2;  // 32 vocabulary rows (two packed blocks of 16) per register tile
-  const int64_t V = tiles * 32;
-  TORCH_CHECK(corr.numel() == V && row_scale.numel() == V && doc_scale.numel() == B);
-  auto out = torch::zeros({B, V}, row_scale.options());
-  const int32_t* s = start.data_ptr<int32_t>();
-  const int32_t* e = end.data_ptr<int32_t>();
-  const uint32_t* h = reinterpret_cast<const uint32_t*>(hidden_u8.data_ptr<uint8_t>());  // 4 u8 each
-  const __m256i* w = reinterpret_cast<const __m256i*>(packed.data_ptr<int8_t>());  // a block's quad: 2 x 8 rows
-  const int32_t* cr = corr.data_ptr<int32_t>();
-  const float* rs = row_scale.data_ptr<float>();
-  const float* ds = doc_scale.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const int64_t chunk_tiles = std::max<int64_t>(1, vocab_chunk / 32);
-  const int64_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
-  at::parallel_for(0, B * chunks, 1, [&](int64_t lo, int64_t hi) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    // x . w + y . v for 8 rows, exact in int32 (see HIDDEN_OFFSET): two quads of one token, one widening
-    auto dot2 = [&](__m256i acc, __m256i x, __m256i w8, __m256i y, __m256i v8) {
-      const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(x, w8), _mm256_maddubs_epi16(y, v8));
-      return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
-    };
-    for (int64_t item = lo; item < hi; ++item) {
-      const int64_t b = item / chunks, c = item % chunks;
-      const int64_t t0 = s[b], t1 = e[b];
-      if (t1 <= t0) continue;
-      const uint32_t* hb = h + b * L * quads;
-      const __m256 scale = _mm256_set1_ps(ds[b]);
-      for (int64_t tile = c * chunk_tiles; tile < std::min(tiles, (c + 1) * chunk_tiles); ++tile) {
-        const __m256i* wa = w + tile * 4 * quads;  // block 2 * tile: quads x (rows 0-7, rows 8-15)
-        const __m256i* wb = wa + 2 * quads;        // block 2 * tile + 1
-        __m256i m0 = _mm256_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
-        for (int64_t t = t0; t < t1; t += 2) {
-          const uint32_t* r0 = hb + t * quads;
-          const uint32_t* r1 = hb + std::min(t + 1, t1 - 1) * quads;
-          __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
-          __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-          for (int64_t k = 0; k < quads; k += 2) {  // quads is even (pack_weight_int8 pads D to 8)
-            const __m256i x0 = _mm256_set1_epi32((int)r0[k]), y0 = _mm256_set1_epi32((int)r0[k + 1]);
-            const __m256i x1 = _mm256_set1_epi32((int)r1[k]), y1 = _mm256_set1_epi32((int)r1[k + 1]);
-            __m256i w0 = _mm256_loadu_si256(wa + 2 * k), w1 = _mm256_loadu_si256(wa + 2 * k + 1);
-            __m256i v0 = _mm256_loadu_si256(wa + 2 * k + 2), v1 = _mm256_loadu_si256(wa + 2 * k + 3);
-            a00 = dot2(a00, x0, w0, y0, v0); a01 = dot2(a01, x0, w1, y0, v1);
-            a10 = dot2(a10, x1, w0, y1, v0); a11 = dot2(a11, x1, w1, y1, v1);
-            w0 = _mm256_loadu_si256(wb + 2 * k); w1 = _mm256_loadu_si256(wb + 2 * k + 1);
-            v0 = _mm256_loadu_si256(wb + 2 * k + 2); v1 = _mm256_loadu_si256(wb + 2 * k + 3);
-            a02 = dot2(a02, x0, w0, y0, v0); a03 = dot2(a03, x0, w1, y0, v1);
-            a12 = dot2(a12, x1, w0, y1, v0); a13 = dot2(a13, x1, w1, y1, v1);
-          }
-          m0 = _mm256_max_epi32(m0, _mm256_max_epi32(a00, a10));
-          m1 = _mm256_max_epi32(m1, _mm256_max_epi32(a01, a11));
-          m2 = _mm256_max_epi32(m2, _mm256_max_epi32(a02, a12));
-          m3 = _mm256_max_epi32(m3, _mm256_max_epi32(a03, a13));
-        }
-        const int64_t v0 = tile * 32;
-        float* ob = o + b * V + v0;
-        const __m256i ms[4] = {m0, m1, m2, m3};
-        for (int j = 0; j < 4; ++j) {
-          const __m256i q = _mm256_sub_epi32(ms[j], _mm256_loadu_si256((const __m256i*)(cr + v0 + 8 * j)));
-          const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_mul_ps(scale, _mm256_loadu_ps(rs + v0 + 8 * j)));
-          _mm256_storeu_ps(ob + 8 * j, f);
-        }
-      }
-    }
-  });
-  return out;
-}
-#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // No Python objects inside: release the GIL so that batches in other threads run meanwhile.
@@ -255,7 +216,9 @@ def _load() -> object | None:
                 raise RuntimeError("CPU without AVX2/FMA or AVX512-VNNI")
             from torch.utils.cpp_extension import load_inline
 
-            name = f"sparsa_splade_max_logits_v6_{isa.replace('-', '_')}"
+            logger.info("loading the int8 SPLADE screen kernel for %s (built once, ~25 s, then cached)", isa)
+
+            name = f"sparsa_splade_max_logits_v7_{isa.replace('-', '_')}"
             _module = load_inline(name, cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS[isa]],
                                   extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # noqa: BLE001 (no compiler, no ninja, unsupported CPU: the torch path stays)

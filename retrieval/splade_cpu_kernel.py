@@ -216,7 +216,7 @@ def _load() -> object | None:
                 raise RuntimeError("CPU without AVX2/FMA or AVX512-VNNI")
             from torch.utils.cpp_extension import load_inline
 
-            logger.info("loading the int8 SPLADE screen kernel for %s (built once, ~25 s, then cached)", isa)
+            logger.info("loading the int8 SPLADE screen kernel for %s (built on first use, ~25 s, then cached)", isa)
             name = f"sparsa_splade_max_logits_v7_{isa.replace('-', '_')}"
             _module = load_inline(name, cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS[isa]],
                                   extra_ldflags=["-fopenmp"], verbose=False)

@@ -136,14 +136,14 @@ def splade_pool_screened(
     chunk_size: int | None = None,
     weight_packed: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Exact fp32 pooled SPLADE weights ``float32[B, V]`` via a bounded bf16 screen (see module doc).
+    """Exact fp32 pooled SPLADE weights ``float32[B, V]`` via a bounded low-precision screen (see module doc).
 
     Args:
         hidden: ``float32[B, L, D]``; weight: ``float32[V, D]``; bias: ``[V]`` or None.
         weight_bf16, weight_norms: ``weight`` in bf16 and its row norms ``float32[V]``, if the caller
             caches them across batches.
         weight_packed: ``splade_cpu_kernel.pack_weight_int8``'s dict: the screen's upper bounds then
-            come from the fused int8 (AVX512-VNNI) kernel with its own rigorous bound
+            come from the fused int8 kernel (AVX2 or AVX512-VNNI) with its own rigorous bound
             (``int8_max_logits_upper``) instead of chunked bf16 matmuls + max.
     """
     hidden = hidden.float()
@@ -187,16 +187,13 @@ def splade_pool_screened(
 
 
 def _screen_cache(weight: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """The screen's per-model tensors: bf16 weight, row norms, and the fused kernel's packed weight
-    when that kernel runs here (see ``splade_cpu_kernel.cpu_isa``)."""
+    """The screen's per-model tensors: the fused kernel's packed weight when that kernel runs here (see
+    ``splade_cpu_kernel.cpu_isa``), else the torch screen's bf16 weight and row norms."""
     from sparsa.retrieval.splade_cpu_kernel import fused_max_logits_available, pack_weight_int8
 
-    weight_bf16 = weight.bfloat16()
-    entries = {}  # "weight_norms" last: pool_splade tests for it
     if device.type == "cpu" and fused_max_logits_available():
-        entries["weight_packed"] = pack_weight_int8(weight.float().cpu())
-    entries.update(weight_bf16=weight_bf16, weight_norms=weight.float().norm(dim=1))
-    return entries
+        return {"weight_packed": pack_weight_int8(weight.float().cpu())}
+    return {"weight_bf16": weight.bfloat16(), "weight_norms": weight.float().norm(dim=1)}
 
 
 def pool_splade(
@@ -210,7 +207,7 @@ def pool_splade(
 ) -> torch.Tensor:
     """Dispatch to one pooling path (already resolved by :func:`resolve_pool_method`); ``float32[B, V]``.
 
-    ``cache`` holds per-model derived tensors (bf16 weight, norms) between calls.
+    ``cache`` holds per-model derived tensors (packed or bf16 weight, norms) between calls.
     """
     if method == "triton":
         return splade_pool(hidden, weight.to(hidden.dtype), bias, start, end)
@@ -218,10 +215,10 @@ def pool_splade(
         return splade_pool_chunked(hidden, weight, bias, start, end)
     if method == "screened":
         cache = {} if cache is None else cache
-        if "weight_norms" not in cache:  # threads may race here: fill all before any is visible
+        if not cache:  # threads may race here: one update with every entry, so none is seen half-filled
             cache.update(_screen_cache(weight, hidden.device))
         return splade_pool_screened(
-            hidden, weight, bias, start, end, cache["weight_bf16"], cache["weight_norms"],
+            hidden, weight, bias, start, end, cache.get("weight_bf16"), cache.get("weight_norms"),
             weight_packed=cache.get("weight_packed"),
         )
     if method == "reference":

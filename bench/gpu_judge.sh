@@ -32,6 +32,8 @@
 #   scorers of the default mode (TR_BASE=0 skips them) for the combined calibration; writes $OUT/judge_tr.tar.gz
 #   (the epochs' records, timings, logs, and the zero-shot checkpoints as judge/; not the weights).
 #   Here: tar xzf <files_at>/judge_tr.tar.gz -C .stage && .venv/bin/python bench/bench_judge_transfer.py --stages report
+# Per-token likelihoods (bench/probe_judge_tokens.py): the same two calls with 'tokens' in the second; writes
+#   $OUT/judge_tokens.npz (copy it to .stage/judge_tokens/ here, then that script's report stage).
 # JG1 / JG2 (default .stage/jg1, .stage/jg2) name the two staging folders, so two stagings can coexist.
 set -euo pipefail
 JG1=${JG1:-.stage/jg1}
@@ -95,6 +97,14 @@ if [[ "${1:-}" == transfer ]]; then
     grep -v "Loading weights\|it/s\]$" /tmp/judge_tr/transfer.log | tail -30 || true
     [[ "${TR_BASE:-1}" == 0 ]] || score_pairs "ql pl"
     tar czf "$OUT/judge_tr.tar.gz" -C /tmp judge_tr judge
+    ls -la "$OUT"
+    exit $rc
+fi
+if [[ "${1:-}" == tokens ]]; then  # bench/probe_judge_tokens.py: per-token likelihoods of every pair
+    python "$REPO/bench/probe_judge_tokens.py" ${PROBE_ARGS:---stages score} --npz /tmp/judge_tokens/judge_tokens.npz \
+        > /tmp/judge/tokens.log 2>&1 || rc=$?
+    grep -v "Loading weights" /tmp/judge/tokens.log | tail -20 || true
+    cp /tmp/judge_tokens/*.npz "$OUT/" 2>/dev/null || true
     ls -la "$OUT"
     exit $rc
 fi

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -160,7 +160,15 @@ class GradeCalibrator:
         if model not in CALIBRATOR_MODELS:
             raise ConfigError(f"calibrator model {model!r}: expected one of {', '.join(CALIBRATOR_MODELS)}")
         features = tuple(features) if features is not None else available_features(records)
-        x = feature_matrix(records, features)
+        calibrator = cls.fit_matrix(feature_matrix(records, features), grades, features, ridge, model)
+        queries = sorted({str(r["qid"]) for r in records})
+        return replace(calibrator, fitted_on={"pairs": len(grades), "queries": queries, **calibrator.fitted_on})
+
+    @classmethod
+    def fit_matrix(cls, x: np.ndarray, grades: Sequence[int], features: Sequence[str], ridge: float = 1e-3,
+                   model: CalibratorModel = "least-squares") -> GradeCalibrator:
+        """``fit`` on a ready ``float[n, len(features)]`` matrix (features computed elsewhere, e.g. probes)."""
+        x, grades = np.asarray(x, dtype=np.float64), np.asarray(grades)
         mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
         z = (x - mean) / std
         if model == "ordinal-logit":
@@ -172,14 +180,15 @@ class GradeCalibrator:
             intercepts = np.array([grades.mean()])
         scores = z @ weights
         thresholds = fit_thresholds(scores, grades)
-        fitted_on = {"pairs": len(grades), "queries": sorted({str(r["qid"]) for r in records}),
-                     "kappa_on_fit_pairs": round(cohen_kappa(grades, cut(scores, thresholds)), 4)}
+        fitted_on = {"kappa_on_fit_pairs": round(cohen_kappa(grades, cut(scores, thresholds)), 4)}
         return cls(tuple(features), tuple(mean.tolist()), tuple(std.tolist()), tuple(weights.tolist()),
                    tuple(thresholds.tolist()), fitted_on, model, tuple(intercepts.tolist()))
 
     def scores(self, records: Sequence[Mapping]) -> np.ndarray:
-        x = feature_matrix(records, self.features)
-        return ((x - np.array(self.mean)) / np.array(self.std)) @ np.array(self.weights)
+        return self.matrix_scores(feature_matrix(records, self.features))
+
+    def matrix_scores(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - np.array(self.mean)) / np.array(self.std)) @ np.array(self.weights)
 
     def predict(self, records: Sequence[Mapping]) -> np.ndarray:
         """``int64[n]`` grades 0-3."""

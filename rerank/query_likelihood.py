@@ -115,21 +115,32 @@ class QueryLikelihoodReranker:
     def score_ids(self, sequences: Sequence[tuple[list[int], list[int]]],
                   show_progress: bool | None = None) -> np.ndarray:
         """``float32[n]``: sum of log P(target ids | context ids) for each ``(context, target)`` pair."""
+        return np.array([lp.sum(dtype=np.float32) for lp in self.token_logprobs(sequences, show_progress)],
+                        dtype=np.float32).reshape(len(sequences))
+
+    def token_logprobs(self, sequences: Sequence[tuple[list[int], list[int]]],
+                       show_progress: bool | None = None) -> list[np.ndarray]:
+        """``float32[len(target)]`` per ``(context, target)`` pair: log P(each target id | context and the
+        target ids before it)."""
         import torch
 
         from sparsa.batching import length_sorted_batches
 
-        scores = np.zeros(len(sequences), dtype=np.float32)
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
         lengths = [len(c) + len(t) for c, t in sequences]
         batches = length_sorted_batches(lengths, max_tokens=self.max_tokens_per_batch)
         with torch.inference_mode(), progress_bar(len(sequences), "query likelihood", unit="pair",
                                                    show=show_progress) as bar:
             for batch in batches:
-                scores[batch] = self._score_batch([sequences[i] for i in batch])
+                items = [sequences[i] for i in batch]
+                picked = self._score_batch(items)
+                for row, (i, (_, target)) in enumerate(zip(batch, items, strict=True)):
+                    out[i] = picked[row, picked.shape[1] - len(target):] if target else out[i]
                 bar.update(len(batch))
-        return scores
+        return out
 
     def _score_batch(self, items: Sequence[tuple[list[int], list[int]]]) -> np.ndarray:
+        """``float32[B, longest target]``: each row's target log-probabilities, right-aligned."""
         import torch
 
         width = max(len(c) + len(t) for c, t in items)
@@ -155,4 +166,4 @@ class QueryLikelihoodReranker:
             logprobs = logits[start : start + rows, :-1].float().log_softmax(-1)  # position j predicts token j + 1
             wanted = targets[start : start + rows].clamp(min=0)[..., None]
             picked[start : start + rows] = logprobs.gather(-1, wanted).squeeze(-1)
-        return (picked * (targets != -100)).sum(-1).cpu().numpy()
+        return (picked * (targets != -100)).cpu().numpy()

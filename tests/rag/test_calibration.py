@@ -45,6 +45,16 @@ def test_calibrator_learns_the_direction_and_round_trips(tmp_path):
         GradeCalibrator.load(tmp_path / "bad.json")
 
 
+def test_fit_matrix_is_fit_on_the_records_feature_matrix():
+    grades = [0, 1, 2, 3] * 6
+    records, features = _records(grades, noise=0.3), ("ql_mean", "expected_grade_z")
+    from_records = GradeCalibrator.fit(records, grades, features=features)
+    from_matrix = GradeCalibrator.fit_matrix(feature_matrix(records, features), grades, features)
+    assert from_matrix.weights == from_records.weights and from_matrix.thresholds == from_records.thresholds
+    assert from_records.fitted_on["pairs"] == 24 and "pairs" not in from_matrix.fitted_on
+    assert from_matrix.matrix_scores(feature_matrix(records, features)).tolist() == from_records.scores(records).tolist()
+
+
 def test_per_query_z_features_and_missing_scorer():
     records = [{"qid": q, "ql_logprob": v, "ql_tokens": 1} for q, v in (("a", 1), ("a", 3), ("b", 10), ("b", 30))]
     z = feature_matrix(records, ["ql_mean_z"])[:, 0]

@@ -1,4 +1,5 @@
-"""Query likelihood under SmolLM2-135M: batched scores equal a one-pair-at-a-time reference."""
+"""Query likelihood under SmolLM2-135M: batched scores (and per-token log-probabilities) equal a
+one-pair-at-a-time reference."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ def test_batched_scores_equal_the_full_logits_reference(ql):
              (ql._ids("Passage: no\nQuestion:"), ql._ids(" why")),
              (ql._ids("Passage: a longer passage about the weather in spring.\nQuestion:"), ql._ids(" is it warm"))]
     got = ql.score_ids(pairs, show_progress=False)  # one left-padded batch of unequal lengths
-    for (context, target), score in zip(pairs, got, strict=True):
+    per_token = ql.token_logprobs(pairs, show_progress=False)
+    for (context, target), score, tokens in zip(pairs, got, per_token, strict=True):
         with torch.inference_mode():
             logprobs = ql.model(input_ids=torch.tensor([context + target])).logits[0].log_softmax(-1)
-        expected = sum(float(logprobs[len(context) + j - 1, t]) for j, t in enumerate(target))
-        assert score == pytest.approx(expected, abs=1e-3)
+        expected = [float(logprobs[len(context) + j - 1, t]) for j, t in enumerate(target)]
+        assert tokens.tolist() == pytest.approx(expected, abs=1e-3)
+        assert score == pytest.approx(sum(expected), abs=1e-3)
 
 
 def test_log_softmax_in_row_chunks_gives_the_same_scores(ql, monkeypatch):

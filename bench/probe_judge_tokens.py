@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +209,11 @@ def answer_features(npz: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def kappas(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit_qids: list[str]) -> dict:
+def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit_qids: list[str], runs=None,
+           pairs=None, qrels=None) -> dict:
     """Least-squares GradeCalibrator on the columns (each with its per-query z-score): 4-grade kappa of
-    out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries."""
+    out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries; with
+    ``runs``, also Kendall's tau of the runs' nDCG@10 under NIST and under the generated 0-3 grades."""
     from sparsa.rag.agreement import cohen_kappa
     from sparsa.rag.calibration import GradeCalibrator, cut
 
@@ -228,8 +231,17 @@ def kappas(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit_qi
         out_of_fold[folds == fold] = cut(calibrator.matrix_scores(x[folds == fold]), calibrator.thresholds)
     calibrator = GradeCalibrator.fit_matrix(x[fit], human[fit], names)
     held_grades = cut(calibrator.matrix_scores(x[held]), calibrator.thresholds)
-    return {"fit_cv_kappa_4grade": round(float(cohen_kappa(human[fit], out_of_fold[fit])), 4),
-            "held_out_kappa_4grade": round(float(cohen_kappa(human[held], held_grades)), 4)}
+    out = {"fit_cv_kappa_4grade": round(float(cohen_kappa(human[fit], out_of_fold[fit])), 4),
+           "held_out_kappa_4grade": round(float(cohen_kappa(human[held], held_grades)), 4)}
+    if runs:
+        from bench.judge_report import generated_qrels, system_ranking
+
+        held_qids = sorted(set(qid.tolist()) - set(fit_qids))
+        for key, rows, grades, queries in (("fit_cv_kendall_tau", fit, out_of_fold[fit], fit_qids),
+                                           ("held_out_kendall_tau", held, held_grades, held_qids)):
+            generated = generated_qrels([pairs[i] for i in np.flatnonzero(rows)], grades)
+            out[key] = system_ranking(runs, qrels, generated, sorted(queries), 10)["kendall_tau"]
+    return out
 
 
 def stage_report(args: argparse.Namespace) -> None:
@@ -237,44 +249,56 @@ def stage_report(args: argparse.Namespace) -> None:
     from bench.common import write_results
 
     features, qid, docid = token_features(Path(args.npz))
+    from bench.bench_judge import RUNS, load_runs
+
     qrels = dataset().qrels
     human = np.array([qrels[q][d] for q, d in zip(qid.tolist(), docid.tolist(), strict=True)])
     fit_qids = sorted(set(qid.tolist()))[:FIT_QUERIES]
+    runs = load_runs() if RUNS.exists() else {}  # bench_judge.py --stages runs
+    agree = partial(agreement, qid=qid, human=human, fit_qids=fit_qids, runs=runs,
+                    pairs=list(zip(qid.tolist(), docid.tolist(), strict=True)), qrels=qrels)
     reference = [features["ql_pmi_4prompts (sum; the judge's)"]]
     passage = [features["pl_pmi (sum; the judge's)"], features["pl_pmi_mean (the judge's)"]]
     rows = {}
     for name, values in features.items():
-        rows[name] = {"alone": kappas([values], qid, human, fit_qids),
-                      "with ql_pmi_4prompts": kappas(reference + [values], qid, human, fit_qids)}
+        rows[name] = {"alone": agree([values]),
+                      "with ql_pmi_4prompts": agree(reference + [values])}
     answers = Path(args.npz).with_name("judge_answer.npz")
     if answers.exists():
         for name, values in answer_features(answers).items():
-            rows[name] = {"alone": kappas([values], qid, human, fit_qids),
-                          "with ql_pmi_4prompts": kappas(reference + [values], qid, human, fit_qids),
-                          "with ql_pmi_4prompts + pl_pmi": kappas(reference + passage + [values], qid, human, fit_qids)}
-    rows["ql_pmi_4prompts + pl_pmi (the judge's ql+pl)"] = {"alone": kappas(reference + passage, qid, human, fit_qids)}
+            rows[name] = {"alone": agree([values]),
+                          "with ql_pmi_4prompts": agree(reference + [values]),
+                          "with ql_pmi_4prompts + pl_pmi": agree(reference + passage + [values])}
+    rows["ql_pmi_4prompts + pl_pmi (the judge's ql+pl)"] = {"alone": agree(reference + passage)}
     if args.npz_fp32 and Path(args.npz_fp32).exists():
         fp32, _, _ = token_features(Path(args.npz_fp32))
-        rows["float32 LM: ql_pmi_4prompts"] = {"alone": kappas([fp32["ql_pmi_4prompts (sum; the judge's)"]], qid, human, fit_qids)}
-        rows["float32 LM: ql_pmi_4prompts + pl_pmi"] = {"alone": kappas(
-            [fp32[k] for k in ("ql_pmi_4prompts (sum; the judge's)", "pl_pmi (sum; the judge's)", "pl_pmi_mean (the judge's)")],
-            qid, human, fit_qids)}
+        rows["float32 LM: ql_pmi_4prompts"] = {"alone": agree([fp32["ql_pmi_4prompts (sum; the judge's)"]])}
+        judge_features = ("ql_pmi_4prompts (sum; the judge's)", "pl_pmi (sum; the judge's)", "pl_pmi_mean (the judge's)")
+        rows["float32 LM: ql_pmi_4prompts + pl_pmi"] = {"alone": agree([fp32[k] for k in judge_features])}
     flat_rows = [(f"{name} / {setting}", k) for name, settings in rows.items() for setting, k in settings.items()]
     chosen, chosen_k = max(flat_rows, key=lambda row: row[1]["fit_cv_kappa_4grade"])
+    by_tau = max(flat_rows, key=lambda row: (row[1].get("fit_cv_kendall_tau", 0), row[1]["fit_cv_kappa_4grade"]))
     width = max(map(len, rows))
-    print(f"{'feature':{width}s}  {'setting':30s}  fit-CV kappa  held-out kappa")
+    print(f"{'feature':{width}s}  {'setting':30s}  kappa: fit-CV  held out   tau: fit-CV  held out")
     for name, settings in rows.items():
         for setting, k in settings.items():
-            print(f"{name:{width}s}  {setting:30s}  {k['fit_cv_kappa_4grade']:12.4f}  {k['held_out_kappa_4grade']:14.4f}")
+            print(f"{name:{width}s}  {setting:30s}  {k['fit_cv_kappa_4grade']:13.4f}  {k['held_out_kappa_4grade']:8.4f}"
+                  f"  {k.get('fit_cv_kendall_tau', float('nan')):11.4f}  {k.get('held_out_kendall_tau', float('nan')):8.4f}")
     write_results("judge_tokens", {
         "what": __doc__.split("Stages:")[0].strip(),
         "model": "smollm2-135m-instruct, bfloat16 on the H200 (the judge checkpoints' setting), passages cut to "
                  "192 tokens; the answer-prompt rows and 'float32 LM' rows: float32",
         "pairs": len(qid), "fit_queries": fit_qids, "held_out_queries": sorted(set(qid.tolist()) - set(fit_qids)),
+        "runs": {"names": sorted(runs), "from": "bench/bench_judge.py --stages runs, rebuilt on this session's "
+                 "AVX2 CPU (MiniLM in float32; the runs in judge.json came from a bf16-capable CPU, so the dense "
+                 "and fused runs' human nDCG@10 differ by <= 0.002)"},
         "calibration": "each feature and its per-query z-score, least-squares GradeCalibrator (rag/calibration.py), "
                        "3-fold CV over the fit queries as in bench/judge_report.py",
         "chosen_on_fit": {"rule": "the row with the highest fit-CV kappa", "row": chosen, **chosen_k},
+        "chosen_on_fit_for_tau": ({"rule": "the row with the highest fit-CV Kendall tau, ties to the higher fit-CV kappa",
+                                   "row": by_tau[0], **by_tau[1]} if runs else None),
         "rows": rows})
+    print(f"chosen on fit for tau: {by_tau[0]}: {by_tau[1]}")
     print(f"chosen on fit: {chosen}: fit-CV {chosen_k['fit_cv_kappa_4grade']}, held out {chosen_k['held_out_kappa_4grade']}")
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparsa.batching import pad_left
+
 
 @dataclass(slots=True)
 class GenerationStats:
@@ -102,14 +104,7 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
     if not prompts or min(len(p) for p in prompts) < 1:
         raise ValueError("generate_greedy_batch needs at least one non-empty prompt")
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(list(prompt))
-        mask[row, width - len(prompt):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = (torch.from_numpy(a).to(device) for a in pad_left(prompts, pad_id))
     stats = [GenerationStats(prompt_tokens=len(p)) for p in prompts]
     tokens: list[list[int]] = [[] for _ in prompts]
     stop = set(stop_ids)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsa.batching import length_sorted_batches, pad_left
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
@@ -115,16 +116,13 @@ class QueryLikelihoodReranker:
     def score_ids(self, sequences: Sequence[tuple[list[int], list[int]]],
                   show_progress: bool | None = None) -> np.ndarray:
         """``float32[n]``: sum of log P(target ids | context ids) for each ``(context, target)`` pair."""
-        return np.array([lp.sum(dtype=np.float32) for lp in self.token_logprobs(sequences, show_progress)],
-                        dtype=np.float32).reshape(len(sequences))
+        return np.array([lp.sum() for lp in self.token_logprobs(sequences, show_progress)], dtype=np.float32)
 
     def token_logprobs(self, sequences: Sequence[tuple[list[int], list[int]]],
                        show_progress: bool | None = None) -> list[np.ndarray]:
         """``float32[len(target)]`` per ``(context, target)`` pair: log P(each target id | context and the
         target ids before it)."""
         import torch
-
-        from sparsa.batching import length_sorted_batches
 
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
         lengths = [len(c) + len(t) for c, t in sequences]
@@ -135,7 +133,7 @@ class QueryLikelihoodReranker:
                 items = [sequences[i] for i in batch]
                 picked = self._score_batch(items)
                 for row, (i, (_, target)) in enumerate(zip(batch, items, strict=True)):
-                    out[i] = picked[row, picked.shape[1] - len(target):] if target else out[i]
+                    out[i] = picked[row, picked.shape[1] - len(target):]
                 bar.update(len(batch))
         return out
 
@@ -143,19 +141,14 @@ class QueryLikelihoodReranker:
         """``float32[B, longest target]``: each row's target log-probabilities, right-aligned."""
         import torch
 
-        width = max(len(c) + len(t) for c, t in items)
         keep = max(len(t) for _, t in items) + 1
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
+        # left padding: the query ends every row, so its positions are the last keep - 1 of every row
+        ids, mask, positions = (torch.from_numpy(a).to(self.device)
+                                for a in pad_left([c + t for c, t in items], self.pad_id))
         targets = torch.full((len(items), keep - 1), -100, dtype=torch.long)
-        for row, (context, target) in enumerate(items):  # left padding: the query ends every row
-            seq = context + target
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+        for row, (_, target) in enumerate(items):
             targets[row, keep - 1 - len(target):] = torch.tensor(target)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device), logits_to_keep=keep,
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
                             use_cache=False).logits  # [B, keep, V]
         targets = targets.to(self.device)
         picked = torch.zeros(targets.shape, device=self.device)

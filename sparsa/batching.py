@@ -69,6 +69,19 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
     return ids, mask
 
 
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``int64[B, L]`` ids padded on the left (every row ends at the last column, where a causal LM's
+    next-token logits are read), attention mask, and position ids (0 at each row's first real token)."""
+    length = max((len(s) for s in sequences), default=0)
+    ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, length - len(seq):] = seq
+            mask[row, length - len(seq):] = 1
+    return ids, mask, np.maximum(mask.cumsum(-1) - 1, 0)
+
+
 def row_slices(lengths: Sequence[int] | np.ndarray) -> list[slice]:
     """Slices that cut a flat array of consecutive rows of these lengths back into the rows."""
     ends = np.cumsum(lengths, dtype=np.int64).tolist()

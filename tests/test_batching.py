@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsa.batching import TokenIds, tokenized_blocks
+from sparsa.batching import TokenIds, pad_left, tokenized_blocks
 from sparsa.models import resolve_model
 
 # Texts the ASCII shortcut must leave to the normaliser or get exactly right: control characters,
@@ -179,3 +179,10 @@ def test_map_batches_keeps_order_and_restores_torch_threads():
     assert list(map_batches(slow_square, list(range(10)), workers=3)) == [x * x for x in range(10)]
     assert set(seen) == {1} and torch.get_num_threads() == threads
     assert list(map_batches(slow_square, [1, 2], workers=1)) == [1, 4]
+
+
+def test_pad_left_ends_every_row_at_the_last_column():
+    ids, mask, positions = pad_left([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert positions.tolist() == [[0, 1, 2], [0, 0, 0], [0, 0, 0]]

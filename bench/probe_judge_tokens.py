@@ -49,15 +49,21 @@ def unflat(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
+def judged_pairs(limit: int | None) -> tuple[list[tuple[str, str]], dict, dict]:
+    """Every NIST-judged DL19 pair (sorted, the first ``limit``), the queries by id, the corpus."""
+    from bench.bench_judge import dataset
+
+    data = dataset()
+    pairs = sorted((q, d) for q, judged in data.qrels.items() for d in judged)[:limit]
+    return pairs, {q.id: q for q in data.queries}, data.corpus
+
+
 def stage_score(args: argparse.Namespace) -> None:
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
-    from bench.bench_judge import dataset
     from sparsa.types import Document
 
-    data = dataset()
-    pairs = sorted((q, d) for q, judged in data.qrels.items() for d in judged)[: args.limit]
-    queries, corpus = {q.id: q for q in data.queries}, data.corpus
+    pairs, queries, corpus = judged_pairs(args.limit)
     judge = RelevanceJudge(JudgeConfig(scorers=("ql", "pl"), ql_prompts=QL_PROMPT_NAMES, device=args.device,
                                        dtype=args.dtype, max_passage_tokens=192, max_tokens_per_batch=65536))
     started = time.perf_counter()
@@ -96,59 +102,43 @@ def stage_answer(args: argparse.Namespace) -> None:
     import torch
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
-    from bench.bench_judge import dataset
-    from sparsa.batching import length_sorted_batches
+    from sparsa.batching import length_sorted_batches, pad_left
 
-    data = dataset()
-    pairs = sorted((q, d) for q, judged in data.qrels.items() for d in judged)[: args.limit]
-    queries, corpus = {q.id: q for q in data.queries}, data.corpus
+    pairs, queries, corpus = judged_pairs(args.limit)
     judge = RelevanceJudge(JudgeConfig(scorers=("ql",), device=args.device, dtype=args.dtype, max_passage_tokens=192))
     tok, model, device = judge.tokenizer, judge.model, judge.ql.device
     yes, no = (tok(" yes", add_special_tokens=False)["input_ids"][0], tok(" no", add_special_tokens=False)["input_ids"][0])
+    passages, answer_tokens = [], []  # each pair's cut passage text, and its token ids that are not the query's
+    for q, d in pairs:
+        ids = tok(corpus[d].full_text, add_special_tokens=False, truncation=True, max_length=192)["input_ids"]
+        passages.append(tok.decode(ids))
+        spelled = set(tok(" " + passages[-1], add_special_tokens=False)["input_ids"]) | set(ids)
+        query_ids = set(tok(" " + queries[q].text, add_special_tokens=False)["input_ids"])
+        answer_tokens.append(torch.tensor(sorted(spelled - query_ids), device=device))
     started = time.perf_counter()
     out = {}
     for name, template in ANSWER_PROMPTS.items():
         for with_passage in (True, False):
-            rows, passage_sets = [], []
-            for q, d in pairs:
-                ids = tok(corpus[d].full_text, add_special_tokens=False, truncation=True, max_length=192)["input_ids"]
-                text = template.format(passage=tok.decode(ids) if with_passage else "", query=queries[q].text)
-                rows.append(tok(text, add_special_tokens=False)["input_ids"])
-                query_ids = set(tok(" " + queries[q].text, add_special_tokens=False)["input_ids"])
-                spelled = set(tok(" " + tok.decode(ids), add_special_tokens=False)["input_ids"]) | set(ids)
-                passage_sets.append(sorted(spelled - query_ids))  # answer tokens, not the query's own words
+            rows = [tok(template.format(passage=passage if with_passage else "", query=queries[q].text),
+                        add_special_tokens=False)["input_ids"] for (q, _), passage in zip(pairs, passages, strict=True)]
             feats = np.zeros((len(rows), 5), dtype=np.float32)
             for batch in length_sorted_batches([len(r) for r in rows], max_tokens=65536):
-                width = max(len(rows[i]) for i in batch)
-                ids = torch.full((len(batch), width), judge.ql.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, width - len(rows[i]):] = torch.tensor(rows[i])
-                    mask[row, width - len(rows[i]):] = 1
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                ids, mask, positions = (torch.from_numpy(a).to(device)
+                                        for a in pad_left([rows[i] for i in batch], judge.ql.pad_id))
                 with torch.inference_mode():
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   position_ids=positions.to(device), logits_to_keep=1, use_cache=False).logits[:, -1]
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                                   use_cache=False).logits[:, -1]
                     logp = logits.float().log_softmax(-1)
                     probs = logp.exp()
                     entropy = -(probs * logp).sum(-1)
                     top1 = probs.max(-1).values
-                    copy = torch.stack([probs[row, torch.tensor(passage_sets[i], device=device)].sum()
-                                        for row, i in enumerate(batch)])
+                    copy = torch.stack([probs[row, answer_tokens[i]].sum() for row, i in enumerate(batch)])
                 feats[batch] = torch.stack([entropy, top1, copy, logp[:, yes], logp[:, no]], -1).cpu().numpy()
             out[f"{name}_{'passage' if with_passage else 'empty'}"] = feats
             print(f"{name} {with_passage}: {time.perf_counter() - started:.1f} s", flush=True)
     out["feature_names"] = np.array(["entropy", "top1", "copy_mass", "logp_yes", "logp_no"])
     out["qid"], out["docid"] = np.array([q for q, _ in pairs]), np.array([d for _, d in pairs])
     np.savez_compressed(Path(args.npz).with_name("judge_answer.npz"), **out)
-
-
-def per_query_z(values: np.ndarray, qids: np.ndarray) -> np.ndarray:
-    out = values.astype(np.float64).copy()
-    for q in np.unique(qids):
-        rows = qids == q
-        out[rows] = (out[rows] - out[rows].mean()) / (out[rows].std() or 1.0)
-    return out
 
 
 def best_window(pmi: np.ndarray, width: int) -> float:
@@ -215,7 +205,7 @@ def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit
     out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries; with
     ``runs``, also Kendall's tau of the runs' nDCG@10 under NIST and under the generated 0-3 grades."""
     from sparsa.rag.agreement import cohen_kappa
-    from sparsa.rag.calibration import GradeCalibrator, cut
+    from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
 
     from bench.judge_report import CV_FOLDS
 

@@ -94,12 +94,17 @@ def feature_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarr
         except KeyError as exc:
             raise ConfigError(f"feature {name!r} needs {exc.args[0]!r}, which these records lack "
                               "(was that scorer run?)") from None
-        if name.endswith("_z"):
-            for qid in np.unique(qids):
-                rows = qids == qid
-                spread = values[rows].std()
-                values[rows] = (values[rows] - values[rows].mean()) / (spread if spread > 0 else 1.0)
-        out[:, col] = values
+        out[:, col] = per_query_z(values, qids) if name.endswith("_z") else values
+    return out
+
+
+def per_query_z(values: np.ndarray, qids: np.ndarray) -> np.ndarray:
+    """``values`` z-scored within each query's rows (a query whose values are all equal: centred only)."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    for qid in np.unique(qids):
+        rows = qids == qid
+        spread = out[rows].std()
+        out[rows] = (out[rows] - out[rows].mean()) / (spread if spread > 0 else 1.0)
     return out
 
 
@@ -154,11 +159,8 @@ class GradeCalibrator:
     def fit(cls, records: Sequence[Mapping], grades: Sequence[int], features: Sequence[str] | None = None,
             ridge: float = 1e-3, model: CalibratorModel = "least-squares") -> GradeCalibrator:
         """Fit on labelled records; ``features`` None: every feature the records can give."""
-        grades = np.asarray(grades)
         if len(records) != len(grades) or len(records) < 8:
             raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each, got {len(records)}")
-        if model not in CALIBRATOR_MODELS:
-            raise ConfigError(f"calibrator model {model!r}: expected one of {', '.join(CALIBRATOR_MODELS)}")
         features = tuple(features) if features is not None else available_features(records)
         calibrator = cls.fit_matrix(feature_matrix(records, features), grades, features, ridge, model)
         queries = sorted({str(r["qid"]) for r in records})
@@ -169,6 +171,11 @@ class GradeCalibrator:
                    model: CalibratorModel = "least-squares") -> GradeCalibrator:
         """``fit`` on a ready ``float[n, len(features)]`` matrix (features computed elsewhere, e.g. probes)."""
         x, grades = np.asarray(x, dtype=np.float64), np.asarray(grades)
+        if x.shape != (len(grades), len(features)) or len(grades) < 8:
+            raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each and a column per "
+                              f"feature, got {x.shape} features for {len(grades)} grades")
+        if model not in CALIBRATOR_MODELS:
+            raise ConfigError(f"calibrator model {model!r}: expected one of {', '.join(CALIBRATOR_MODELS)}")
         mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
         z = (x - mean) / std
         if model == "ordinal-logit":

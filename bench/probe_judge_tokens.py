@@ -138,6 +138,7 @@ def stage_answer(args: argparse.Namespace) -> None:
             print(f"{name} {with_passage}: {time.perf_counter() - started:.1f} s", flush=True)
     out["feature_names"] = np.array(["entropy", "top1", "copy_mass", "logp_yes", "logp_no"])
     out["qid"], out["docid"] = np.array([q for q, _ in pairs]), np.array([d for _, d in pairs])
+    Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(Path(args.npz).with_name("judge_answer.npz"), **out)
 
 

@@ -17,14 +17,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+
+from sparsa import __version__
 from sparsa.api.deps import RequestTimeout
 from sparsa.api.jobs import BuildJobs
 from sparsa.api.metrics import ServiceMetrics
 from sparsa.api.routers import health, indexes, qa, search
 from sparsa.api.settings import ServiceConfig
 from sparsa.api.state import NotConfiguredError, NotReadyError, ServiceState
-
-from sparsa import __version__
 from sparsa.errors import ConfigError, DataFormatError, IndexCorruptError, SparsaError, UnknownNameError
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
+
 from sparsa.api.jobs import BuildJobs
 from sparsa.api.metrics import ServiceMetrics
 from sparsa.api.settings import ServiceConfig

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
-
 from sparsa.errors import ConfigError, SparsaError
 from sparsa.types import Document, Hit, Query, sort_hits
 
@@ -72,10 +71,9 @@ def _uses_java(manifest: dict[str, Any]) -> bool:
 
 def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
     """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open it."""
+    from sparsa.artifacts import read_manifest
     from sparsa.indexes import open_index
     from sparsa.retrieval.searcher import as_retriever
-
-    from sparsa.artifacts import read_manifest
 
     started = time.perf_counter()
     manifest = read_manifest(path, verify=verify)  # IndexCorruptError names the bad file

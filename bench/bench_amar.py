@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, run_metadata
+
 from sparsa.rag.amar import AmarModel, aspect_items, first_answer, hits_at_1
 from sparsa.rag.answer_text import normalize_answer
 from sparsa.rag.kg import KGQuestion, KGRetrieval, PathItem
@@ -97,6 +98,7 @@ def load_split(cache: Path, name: str, hop: int) -> tuple[list[KGQuestion], list
 
 def gates(args: argparse.Namespace) -> None:
     import torch
+
     from sparsa.rag.amar import AmarConfig
     from sparsa.rag.amar_train import AmarTrainConfig, train_amar
 

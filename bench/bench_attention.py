@@ -28,7 +28,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, run_metadata  # noqa: E402
+from common import RESULTS, run_metadata
 
 try:
     from sparsa.kernels import block_sparse_attention as bsa
@@ -66,7 +66,7 @@ def check_correctness() -> list[dict]:
     results = []
     for name, dtype, b, hq, hkv, sq, sk, d, block, causal, kind, lens in cases:
         torch.manual_seed(len(results))
-        kwargs = dict(block_size=block, causal=causal)
+        kwargs = {"block_size": block, "causal": causal}
         if lens:
             cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
             q, k, v = _random_qkv(b, hq, hkv, sum(lens), sum(lens), d, dtype, varlen=True)
@@ -198,29 +198,30 @@ def sweep(args, rows: list[dict], write) -> None:
             dense_flops = useful_flops(None, b, hq, s, d, block)
             sdpa, sdpa_mode = _sdpa_fn(q, k, v)
             t_sdpa = _bench(sdpa)
-            rows.append(dict(provider=f"sdpa-flash ({sdpa_mode})", head_dim=d, seqlen=s, sparsity=0.0,
-                             ms=t_sdpa, tflops=dense_flops / t_sdpa * 1e-9, speedup_vs_sdpa=1.0))
+            rows.append({"provider": f"sdpa-flash ({sdpa_mode})", "head_dim": d, "seqlen": s, "sparsity": 0.0,
+                         "ms": t_sdpa, "tflops": dense_flops / t_sdpa * 1e-9, "speedup_vs_sdpa": 1.0})
             sparsities = args.sparsities if d in args.sparse_head_dims else [0.0]
             for sparsity in sparsities:
                 mask = None if sparsity == 0 else causal_block_mask(b, hq, n_blocks, sparsity, gen)
                 flops = useful_flops(mask, b, hq, s, d, block)
                 actual = 0.0 if mask is None else 1 - flops / dense_flops
                 kept = None if mask is None else bsa.KeptBlocks.from_mask(mask)
-                t = _bench(lambda: bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True))
+                t = _bench(lambda q=q, k=k, v=v, kept=kept: bsa.block_sparse_attention(
+                    q, k, v, kept, block_size=block, causal=True))
                 config = str(getattr(bsa._block_sparse_fwd_kernel, "best_config", ""))
-                rows.append(dict(provider="ours", head_dim=d, seqlen=s, sparsity=round(actual, 3), ms=t,
-                                 tflops=flops / t * 1e-9, speedup_vs_sdpa=t_sdpa / t, config=config))
+                rows.append({"provider": "ours", "head_dim": d, "seqlen": s, "sparsity": round(actual, 3), "ms": t,
+                             "tflops": flops / t * 1e-9, "speedup_vs_sdpa": t_sdpa / t, "config": config})
                 if flex is not None and d in args.flex_head_dims:
                     try:
                         full = torch.ones(b, hq, n_blocks, n_blocks, dtype=torch.bool, device="cuda").tril()
                         bm = flex_block_mask(full if mask is None else mask, block, s)
-                        t_flex = _bench(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
+                        t_flex = _bench(lambda q=q, k=k, v=v, bm=bm: flex(q, k, v, block_mask=bm, enable_gqa=True))
                         ours = bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True)
                         agree = _rel_err(flex(q, k, v, block_mask=bm, enable_gqa=True), ours)
-                        rows.append(dict(provider="flex", head_dim=d, seqlen=s, sparsity=round(actual, 3),
-                                         ms=t_flex, tflops=flops / t_flex * 1e-9,
-                                         speedup_vs_sdpa=t_sdpa / t_flex,
-                                         ours_speedup_vs_flex=t_flex / t, rel_diff_vs_ours=agree))
+                        rows.append({"provider": "flex", "head_dim": d, "seqlen": s, "sparsity": round(actual, 3),
+                                     "ms": t_flex, "tflops": flops / t_flex * 1e-9,
+                                     "speedup_vs_sdpa": t_sdpa / t_flex,
+                                     "ours_speedup_vs_flex": t_flex / t, "rel_diff_vs_ours": agree})
                     except Exception as exc:  # noqa: BLE001 - a competitor failing must not stop the sweep
                         print(f"flex failed at d={d} s={s} sparsity={sparsity}: {type(exc).__name__}: {exc}")
                 print(json.dumps(rows[-1]))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import write_results  # noqa: E402
+from common import write_results
 
-from sparsa.config import load_settings  # noqa: E402
-from sparsa.data import load_dataset  # noqa: E402
-from sparsa.eval import evaluate_run  # noqa: E402
-from sparsa.indexes import build_index, open_index  # noqa: E402
+from sparsa.config import load_settings
+from sparsa.data import load_dataset
+from sparsa.eval import evaluate_run
+from sparsa.indexes import build_index, open_index
 
 REFERENCE = {"scifact": {"nDCG@10": 0.679, "source": "Pyserini BEIR regressions, BM25 flat"}}
 

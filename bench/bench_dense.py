@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
-from sparsa.retrieval.dense_pretrain import labelled_pairs, write_pairs
-from sparsa.retrieval.fusion import fuse
 
 from sparsa.data import load_dataset
 from sparsa.eval import evaluate_run
+from sparsa.retrieval.dense_pretrain import labelled_pairs, write_pairs
+from sparsa.retrieval.fusion import fuse
 from sparsa.types import Qrels, Run
 
 DATA = Path("/work/shared/data/scifact")

@@ -24,17 +24,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import write_results  # noqa: E402
+from common import write_results
 
-from sparsa.config import load_settings  # noqa: E402
-from sparsa.data import load_dataset  # noqa: E402
-from sparsa.models import resolve_model  # noqa: E402
-from sparsa.types import Hit, Run, SparseVector  # noqa: E402
+from sparsa.config import load_settings
+from sparsa.data import load_dataset
+from sparsa.models import resolve_model
+from sparsa.types import Hit, Run, SparseVector
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers", "scipy")
 MODELS = ("splade-tiny", "minilm-l6", "smollm2")
@@ -55,7 +56,7 @@ class PeakMemory:
         while not self._stop.wait(0.01):
             self.peak_mib = max(self.peak_mib, self._rss_mib())
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         import torch
 
         if self.device == "cuda":
@@ -153,7 +154,7 @@ def build(model: str, device: str, variant: str, decoder_top_k: int | None) -> t
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(resolve_model(model), device=device)
-        baseline = lambda texts, q: st.encode(texts, batch_size=64)  # noqa: E731
+        baseline = lambda texts, q: st.encode(texts, batch_size=64)
         return ("dense", lambda texts, q: ours.encode(texts), baseline, ours.dim, "sentence-transformers 64",
                 tokenizers_of(ours))
     if model == "splade-tiny":

@@ -67,12 +67,11 @@ def _paired_recall5(events: list[dict], plain: list[dict]) -> list[dict]:
 
 
 def main() -> None:
+    from sparsa.data.realtimeqa import load_realtimeqa
     from sparsa.retrieval.dense import DenseConfig, DenseEncoder
     from sparsa.retrieval.event_data import embed_realtimeqa, split_by_week
     from sparsa.retrieval.event_encoder import EventEncoderConfig
     from sparsa.retrieval.event_train import EventTrainConfig, dense_run, gold_qrels, train_event_encoder
-
-    from sparsa.data.realtimeqa import load_realtimeqa
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--last-train-week", default="20220930")

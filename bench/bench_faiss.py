@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
+
 from sparsa.indexes.vector_search import ExactSearch, FlatStructure, HNSWStructure, IVFPQStructure
 
 

@@ -262,6 +262,7 @@ def stage_score(args: argparse.Namespace) -> None:
     import time
 
     import torch
+
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
     from sparsa.rag.judge_job import judge_with_checkpoint
 

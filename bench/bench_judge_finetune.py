@@ -142,6 +142,7 @@ def fit_pairs(data, args) -> list:
 def stage_cv(args) -> None:
     """Out-of-fold UMBRELA records of every fit pair for each (lr, epochs); a finished (lr, fold) is skipped."""
     import torch
+
     from sparsa.rag.judge_train import JudgeTrainer
 
     data = dataset()

@@ -89,6 +89,7 @@ SELECTION_RULE = (
 def stage_train(args) -> None:
     """Fine-tune on the pairs file; after each epoch in ``--epochs``, UMBRELA records of every DL 2019 pair."""
     import torch
+
     from sparsa.rag.judge_train import JudgeTrainConfig, JudgeTrainer, describe_pairs, read_labelled_pairs
 
     data = dataset()
@@ -187,9 +188,8 @@ def table(settings: dict) -> dict:
 def stage_report(args) -> None:
     """judge.json "transfer_finetune" (other keys kept): the transfer set, and once the GPU stage has run,
     every candidate's figures and the choices made on the fit queries; before that, ``status`` says so."""
-    from sparsa.rag.judge_train import describe_pairs, read_labelled_pairs
-
     from bench.bench_judge import load_runs
+    from sparsa.rag.judge_train import describe_pairs, read_labelled_pairs
 
     data = dataset()
     fit_qids, test_qids = split(data)

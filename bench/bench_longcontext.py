@@ -140,6 +140,7 @@ def ruler_examples(tok, data_dir: Path, n: int) -> list[dict]:
 
 def _greedy(model, logits, cache, max_new: int, stop: set[int]):
     import torch
+
     from sparsa.rag.generate import decode_step
 
     out = []
@@ -159,6 +160,7 @@ def _profile_arg(settings: dict, profile) -> dict:
 def run_example(model, tok, ex: dict, profile, variants: dict[str, dict]) -> dict:
     """Greedy answers of ``full`` and of each variant (name -> ``use_sparse_attention`` settings)."""
     import torch
+
     from sparsa.kernels.hf_attention import remove_sparse_attention, use_sparse_attention
     from sparsa.kernels.kv_compression import compressed_cache, kv_cache_bytes
     from sparsa.rag.generate import prefill
@@ -308,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from sparsa.kernels.kv_compression import HeadProfile, profile_retrieval_heads
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparsa.config import load_settings
+    from sparsa.kernels.kv_compression import HeadProfile, profile_retrieval_heads
     from sparsa.models import resolve_model
 
     if args.threads:

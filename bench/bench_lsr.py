@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import RESULTS, write_results  # noqa: E402
+from common import RESULTS, write_results
 
 DATASETS = ("scifact", "cranfield", "cisi")
 

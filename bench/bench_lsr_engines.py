@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import RESULTS, run_metadata, write_results  # noqa: E402
-from synthetic_splade import SEED_FILE, fingerprint, load_seed, save_seed, synthesize  # noqa: E402
+from common import RESULTS, run_metadata, write_results
+from synthetic_splade import SEED_FILE, fingerprint, load_seed, save_seed, synthesize
 
-from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
-from sparsa.types import Hit, SparseVector  # noqa: E402
+from sparsa.indexes.sparse_matrix import SparseMatrix
+from sparsa.types import Hit, SparseVector
 
 K = 10
 GENERATOR = ("real-derived (bench/synthetic_splade.py since this commit): each document blends a real SciFact "

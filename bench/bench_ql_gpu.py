@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa
-from bench.common import RESULTS, run_metadata  # noqa: E402
-
-from sparsa.data import load_dataset  # noqa: E402
-from sparsa.types import Run  # noqa: E402
+from bench.common import RESULTS, run_metadata
+from sparsa.data import load_dataset
+from sparsa.types import Run
 
 
 def score(args: argparse.Namespace) -> None:

@@ -53,9 +53,9 @@ def merge_results(key: str, payload: dict) -> Path:
 def routing(args: argparse.Namespace) -> dict:
     """One step of the routing experiment (``bench/rag_routing.py``), or all three in one process."""
     from rag_routing import GenerationCache, answer_rows, build_set, generation_items, read_set, report
-    from sparsa.rag.reader import ReaderConfig
 
     from sparsa.models import resolve_model
+    from sparsa.rag.reader import ReaderConfig
 
     qset = read_set(Path(args.from_file[0])) if args.from_file else build_set(
         args.data, args.work, args.per_source, args.seed, args.k)
@@ -98,6 +98,7 @@ def routing(args: argparse.Namespace) -> dict:
 def _generate(args: argparse.Namespace, config, cache, items: list, missing: int, summary_file: Path) -> None:
     """Load the reader and fill the cache's missing answers; a summary of the run beside the cache."""
     import torch
+
     from sparsa.rag.reader import Reader
 
     started = time.perf_counter()
@@ -118,6 +119,7 @@ def _generate(args: argparse.Namespace, config, cache, items: list, missing: int
 def latency(args: argparse.Namespace) -> dict:
     """Per-stage seconds of the reader (prefill, decode) and, with an index, of retrieval."""
     import torch
+
     from sparsa.rag.reader import Reader, ReaderConfig
 
     items = json.loads(Path(args.from_file[0]).read_text()) if args.from_file else _latency_set(args)
@@ -153,9 +155,9 @@ def latency(args: argparse.Namespace) -> dict:
 def _latency_set(args: argparse.Namespace) -> list[dict]:
     """Questions of the mixed set with their BM25 top-k passages (also saved for the GPU run)."""
     from rag_routing import prepare_index
+
     from sparsa.indexes import open_index
     from sparsa.rag.qa_sets import mixed_question_set
-
     from sparsa.types import Corpus, Query
 
     examples, docs = mixed_question_set(args.data, args.per_source, args.seed)

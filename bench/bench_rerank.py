@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, write_results  # noqa: E402
-
-from sparsa.config import load_settings  # noqa: E402
-from sparsa.data import load_dataset  # noqa: E402
-from sparsa.eval import evaluate_run  # noqa: E402
-from sparsa.types import Hit, Run  # noqa: E402
+from bench.common import RESULTS, write_results
+from sparsa.config import load_settings
+from sparsa.data import load_dataset
+from sparsa.eval import evaluate_run
+from sparsa.types import Hit, Run
 
 STAGE = Path(__file__).resolve().parent.parent / ".stage" / "rerank"
 TILDE, TILDEV2 = STAGE / "models" / "tilde-scifact", STAGE / "models" / "tildev2-scifact"

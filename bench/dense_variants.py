@@ -25,7 +25,6 @@ from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 from sparsa.retrieval.dense_pretrain import pretraining_pairs, read_pairs
 from sparsa.retrieval.dense_train import DenseTrainConfig, Stage, train_dense
 from sparsa.retrieval.searcher import EncodedRetriever
-
 from sparsa.types import Corpus, Document, Query
 
 # name -> (start model or variant, stages as (pairs: a task or a file, steps, lr))

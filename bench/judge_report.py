@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sparsa.rag.calibration import CALIBRATOR_MODELS
 
 from sparsa.eval import evaluate_run
+from sparsa.rag.calibration import CALIBRATOR_MODELS
 from sparsa.types import Qrels, Run
 
 log = logging.getLogger("bench_judge")

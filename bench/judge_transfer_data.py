@@ -42,10 +42,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-from sparsa.rag.judge_train import LabelledPair, describe_pairs, write_labelled_pairs
-
 from sparsa.config import load_settings
 from sparsa.data import load_corpus, read_qrels, read_queries
+from sparsa.rag.judge_train import LabelledPair, describe_pairs, write_labelled_pairs
 from sparsa.types import Document, Query
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_encoding import evaluate, exact_run
 from common import write_results
 from probe_dense_precision import PlanForward, cosine_distance, encode, site_weights, top10_changed
-from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
+from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 
 def rounded_to(t: torch.Tensor, bits: int) -> torch.Tensor:

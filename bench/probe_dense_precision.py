@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_encoding import evaluate, exact_run
 from common import write_results
-from sparsa.retrieval.dense import DenseConfig, DenseEncoder, pool_hidden
 
 from sparsa.batching import length_sorted_batches, map_batches, pad_right
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
 from sparsa.models import resolve_model
+from sparsa.retrieval.dense import DenseConfig, DenseEncoder, pool_hidden
 
 BF16 = torch.bfloat16
 SITES = ("qkv", "o", "up", "down")

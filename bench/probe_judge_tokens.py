@@ -60,7 +60,6 @@ def judged_pairs(limit: int | None) -> tuple[list[tuple[str, str]], dict, dict]:
 
 def stage_score(args: argparse.Namespace) -> None:
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-
     from sparsa.types import Document
 
     pairs, queries, corpus = judged_pairs(args.limit)
@@ -100,9 +99,9 @@ def stage_answer(args: argparse.Namespace) -> None:
     entropy, top-1 probability, the probability mass on tokens of the passage (copying an answer from
     it), and P(" yes") / P(" no")."""
     import torch
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
     from sparsa.batching import length_sorted_batches, pad_left
+    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
     pairs, queries, corpus = judged_pairs(args.limit)
     judge = RelevanceJudge(JudgeConfig(scorers=("ql",), device=args.device, dtype=args.dtype, max_passage_tokens=192))
@@ -205,10 +204,9 @@ def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit
     """Least-squares GradeCalibrator on the columns (each with its per-query z-score): 4-grade kappa of
     out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries; with
     ``runs``, also Kendall's tau of the runs' nDCG@10 under NIST and under the generated 0-3 grades."""
+    from bench.judge_report import CV_FOLDS
     from sparsa.rag.agreement import cohen_kappa
     from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
-
-    from bench.judge_report import CV_FOLDS
 
     x = np.column_stack([c for col in columns for c in (col, per_query_z(col, qid))])
     names = [str(i) for i in range(x.shape[1])]

@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from sparsa.kernels.kv_compression import HeadProfile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparsa.config import load_settings
+    from sparsa.kernels.kv_compression import HeadProfile
     from sparsa.models import resolve_model
 
     path = resolve_model("smollm2-135m-instruct")

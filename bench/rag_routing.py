@@ -40,7 +40,6 @@ def prepare_index(work: Path, docs: list[Document]) -> tuple[Path, Path]:
     import shutil
 
     from sparsa.indexes import build_index
-
     from sparsa.types import Corpus
 
     corpus_file, index = work / "mixed" / "corpus.jsonl", work / "mixed-bm25"
@@ -63,7 +62,6 @@ def build_set(data: Path, work: Path, per_source: int, seed: int, k: int) -> dic
     from sparsa.indexes import open_index
     from sparsa.rag.qa_sets import NEEDS_CORPUS, mixed_question_set
     from sparsa.rag.routing import TermStats, question_features
-
     from sparsa.types import Corpus, Query
 
     examples, docs = mixed_question_set(data, per_source, seed)

@@ -21,10 +21,9 @@ import numpy as np
 
 
 def encode_scifact(n: int) -> np.ndarray:
-    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
-
     from sparsa.config import load_settings
     from sparsa.data import load_corpus
+    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
     docs = load_corpus(load_settings().data_dir / "scifact").documents[:n]
     return DenseEncoder(DenseConfig(max_length=128)).encode_documents([d.full_text for d in docs])

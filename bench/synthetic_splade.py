@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sparsa.indexes.sparse_matrix import SparseMatrix  # noqa: E402
-from sparsa.types import SparseVector  # noqa: E402
+from sparsa.indexes.sparse_matrix import SparseMatrix
+from sparsa.types import SparseVector
 
 SEED_FILE = Path(__file__).resolve().parent.parent / ".stage" / "lsr_seed" / "scifact-splade-tiny.npz"
 
@@ -58,7 +59,7 @@ def load_seed(path: Path) -> tuple[SparseMatrix, list[SparseVector]]:
     docs = SparseMatrix([str(d) for d in saved["doc_ids"]], saved["doc_indptr"], saved["doc_indices"],
                         saved["doc_values"], int(saved["dim"]))
     qi, qx, qv = saved["query_indptr"], saved["query_indices"], saved["query_values"]
-    return docs, [SparseVector(qx[a:b], qv[a:b]) for a, b in zip(qi[:-1], qi[1:])]
+    return docs, [SparseVector(qx[a:b], qv[a:b]) for a, b in itertools.pairwise(qi)]
 
 
 def neighbours(docs: SparseMatrix, m: int) -> np.ndarray:

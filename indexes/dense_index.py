@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from sparsa.indexes.shards import clear_job, run_in_shards
 
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError, IndexCorruptError, require
+from sparsa.indexes.shards import clear_job, run_in_shards
 from sparsa.registry import DENSE_BACKENDS
 from sparsa.types import Corpus, Hit
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
+from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.indexes.shards import clear_job, run_in_shards
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.registry import SPARSE_BACKENDS

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sparsa.errors import ConfigError, IndexCorruptError, MissingDependencyError, require
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
+from sparsa.errors import ConfigError, IndexCorruptError, MissingDependencyError, require
 from sparsa.progress import progress_bar
 from sparsa.types import Corpus, Hit, Query, Run
 
@@ -91,7 +91,7 @@ class LuceneBM25Index:
 
     @classmethod
     def build(
-        cls, corpus: Corpus, out: str | Path, show_progress: bool | None = None, **config: float | int
+        cls, corpus: Corpus, out: str | Path, show_progress: bool | None = None, **config: float
     ) -> Path:
         settings = BM25Config(**config)
         start_java()
@@ -115,7 +115,7 @@ class LuceneBM25Index:
         return Path(out)
 
     @classmethod
-    def open(cls, path: str | Path, **overrides: float | int) -> LuceneBM25Index:
+    def open(cls, path: str | Path, **overrides: float) -> LuceneBM25Index:
         """Open an index; ``overrides`` change search-time parameters (k1, b, threads)."""
         path = Path(path).expanduser()
         manifest = read_manifest(path)

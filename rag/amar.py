@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from sparsa.rag.kg import KGRetrieval
 
 from sparsa.errors import ConfigError
+from sparsa.rag.kg import KGRetrieval
 
 if TYPE_CHECKING:
     import torch

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
-from sparsa.rag.agreement import cohen_kappa
 
 from sparsa.errors import ConfigError, DataFormatError
+from sparsa.rag.agreement import cohen_kappa
 
 # base feature -> the record field it needs (every base feature also has a per-query "_z" variant)
 NEEDS = {"expected_grade": "expected_grade", "p3": "label_probs", "ql_mean": "ql_logprob",

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
-from sparsa.rag.calibration import CalibratorModel
 
 from sparsa.data.trec import numbered_lines
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.progress import progress_bar
+from sparsa.rag.calibration import CalibratorModel
 from sparsa.types import Corpus, Qrels, Query, Run
 
 logger = logging.getLogger(__name__)
@@ -241,9 +241,8 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
                   show_progress: bool | None = None, calibrator: CalibratorModel = "least-squares",
                   gains: Gains = "discrete") -> dict:
     """What ``sparsa judge`` does: read pairs, judge them (resumably), grade, write qrels + audit JSONL."""
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-
     from sparsa.data import load_dataset
+    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
     if (pairs_file is None) == (run_file is None):
         raise ConfigError("give exactly one of --pairs FILE or --run RUN")

@@ -157,9 +157,8 @@ def describe_pairs(pairs: Sequence[LabelledPair]) -> dict:
 def labelled_pairs(dataset: str | Path, fit_queries: int, split: str = "test") -> tuple[list[LabelledPair], list[str]]:
     """The graded pairs of the first ``fit_queries`` query ids (sorted, as ``judge_job.fit_split``; the
     other queries stay held out for evaluation), and those query ids."""
-    from sparsa.rag.judge_job import fit_split
-
     from sparsa.data import load_dataset
+    from sparsa.rag.judge_job import fit_split
 
     data = load_dataset(dataset, split)
     if data.qrels is None:
@@ -184,10 +183,10 @@ class JudgeTrainer:
 
     def __init__(self, config: JudgeTrainConfig = JudgeTrainConfig(), device: str = "auto"):
         import torch
-        from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
         from sparsa.config import resolve_device
         from sparsa.models import resolve_model
+        from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
         self.config, self.device = config, resolve_device(device)
         self.source = resolve_model(config.model)

@@ -130,9 +130,8 @@ def load_pipeline(index: str | Path | None, *, model: str = "smollm2-135m-instru
     passage store). ``router``: a router file saved by :meth:`sparsa.rag.routing.Router.save`, or
     ``"default"``. ``reader_config``: :class:`sparsa.rag.reader.ReaderConfig` fields.
     """
-    from sparsa.rag.reader import Reader
-
     from sparsa.data import load_corpus
+    from sparsa.rag.reader import Reader
 
     retriever = corpus = None
     if index is not None:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsa.rag.answer_text import parse_citations, passages_containing, short_answer
-from sparsa.rag.generate import GenerationStats, generate_greedy, generate_greedy_batch
-
 from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, MissingDependencyError
 from sparsa.models import resolve_model
+from sparsa.rag.answer_text import parse_citations, passages_containing, short_answer
+from sparsa.rag.generate import GenerationStats, generate_greedy, generate_greedy_batch
 from sparsa.types import Document
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,6 @@ _EXPORTS = {
     "rerank_run": "sparsa.rerank.runs",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - the lazy exports are the public names
 
 __getattr__ = lazy_exports("sparsa.rerank", _EXPORTS)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.progress import progress_bar
-from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.types import Document, Hit, Query, sort_hits
 

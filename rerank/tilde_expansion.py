@@ -23,10 +23,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
-from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
 

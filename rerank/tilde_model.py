@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
-from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.rerank.tilde_expansion import ExpandedPassage, TildeExpander
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop

@@ -18,6 +18,6 @@ _EXPORTS = {
     "train_splade": "sparsa.retrieval.splade_train",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - the lazy exports are the public names
 
 __getattr__ = lazy_exports("sparsa.retrieval", _EXPORTS)

@@ -93,8 +93,9 @@ class DenseEncoder:
 
     def __init__(self, config: DenseConfig | None = None):
         import torch
-        from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
         from transformers import AutoModel, AutoTokenizer
+
+        from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
 
         self.config = config = config or DenseConfig()
         started = time.perf_counter()

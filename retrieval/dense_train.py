@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparsa.retrieval.dense_pretrain import Pair
-
 from sparsa.artifacts import atomic_dir, write_manifest
 from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
+from sparsa.retrieval.dense_pretrain import Pair
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +63,10 @@ class Stage:
 class _Trainable:
     def __init__(self, config: DenseTrainConfig, device: str):
         import torch
-        from sparsa.retrieval.dense import _folder_settings
         from transformers import AutoModel, AutoTokenizer
 
         from sparsa.models import resolve_model
+        from sparsa.retrieval.dense import _folder_settings
 
         self.source = Path(resolve_model(config.model))
         _, self.pooling, self.normalize = _folder_settings(self.source)
@@ -77,6 +76,7 @@ class _Trainable:
 
     def embed(self, texts: list[str], max_length: int):
         import torch
+
         from sparsa.retrieval.dense import pool_hidden
 
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from sparsa.retrieval.event_window import EventStore, to_days
 
 from sparsa.data.realtimeqa import Article, RealtimeQA, RealtimeQuestion
 from sparsa.errors import ConfigError
+from sparsa.retrieval.event_window import EventStore, to_days
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sparsa.retrieval.event_window import EventSelection, EventStore
 
 from sparsa.errors import ConfigError, IndexCorruptError
+from sparsa.retrieval.event_window import EventSelection, EventStore
 
 if TYPE_CHECKING:
     import datetime as dt

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sparsa.retrieval.event_data import EmbeddedRealtimeQA
-from sparsa.retrieval.event_encoder import EventEncoderConfig, EventQueryEncoder
 
 from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
+from sparsa.retrieval.event_data import EmbeddedRealtimeQA
+from sparsa.retrieval.event_encoder import EventEncoderConfig, EventQueryEncoder
 from sparsa.types import Hit, Qrels, Run
 
 logger = logging.getLogger(__name__)
@@ -180,11 +180,10 @@ def train_realtimeqa(folder: str | Path, out: str | Path, config: EventTrainConf
     Returns the saved folder and its training record, which holds recall@5 / MRR@10 of the gold article
     on the test weeks (candidates: every article dated up to each question's day).
     """
-    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
-    from sparsa.retrieval.event_data import embed_realtimeqa, split_by_week
-
     from sparsa.data.realtimeqa import load_realtimeqa
     from sparsa.eval import evaluate_run
+    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
+    from sparsa.retrieval.event_data import embed_realtimeqa, split_by_week
 
     backbone = DenseEncoder(DenseConfig(model=config.encoder.backbone))
     data = embed_realtimeqa(load_realtimeqa(folder), backbone, cache_dir, event_source=event_source)

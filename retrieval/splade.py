@@ -138,8 +138,9 @@ class SpladeEncoder:
 
     def __init__(self, config: SpladeConfig | None = None):
         import torch
-        from sparsa.retrieval.splade_pooling import resolve_pool_method
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+        from sparsa.retrieval.splade_pooling import resolve_pool_method
 
         self.config = config = config or SpladeConfig()
         started = time.perf_counter()
@@ -274,6 +275,7 @@ class SpladeEncoder:
     def _encode_batch(self, items: list[tuple[list[int], int, int]]) -> torch.Tensor:
         """Pooled ``float32[B, V]`` on the model's device for one batch of ``(ids, start, end)``."""
         import torch
+
         from sparsa.retrieval.splade_pooling import pool_splade
 
         ids, mask = pad_right([item[0] for item in items], self.pad_id)

@@ -27,6 +27,7 @@ import logging
 from typing import Literal
 
 import torch
+
 from sparsa.kernels.splade_pool import splade_pool, splade_pool_ref, triton_available
 
 logger = logging.getLogger(__name__)

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from sparsa.kernels.splade_pool import splade_pool_ref
-from sparsa.retrieval.lora import add_lora, merge_lora
-from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
 from sparsa.batching import pad_right
 from sparsa.errors import ConfigError
+from sparsa.kernels.splade_pool import splade_pool_ref
 from sparsa.progress import progress_bar
+from sparsa.retrieval.lora import add_lora, merge_lora
+from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,7 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
 
 def _restore_head_and_save(model: TrainableSplade, out: Path) -> None:
     from safetensors.torch import save_file
+
     from sparsa.retrieval.splade import TERM_BIAS_FILE
 
     backbone = model.backbone.to("cpu")

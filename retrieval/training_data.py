@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from sparsa.retrieval.splade_train import TrainingExample
-
 from sparsa.errors import DataFormatError
+from sparsa.retrieval.splade_train import TrainingExample
 from sparsa.types import Corpus, Qrels, Query, Run
 
 

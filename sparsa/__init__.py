@@ -31,8 +31,8 @@ __all__ = [
     "Qrels",
     "Query",
     "Run",
-    "SparseVector",
     "SparsaError",
+    "SparseVector",
     "UnknownNameError",
     "__version__",
 ]

@@ -40,5 +40,5 @@ def test_plain_pip_install_maps_every_subpackage(tmp_path):
                     "--target", str(tmp_path), str(repo)], check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "sparsa"]
     code = "import sparsa\n" + "\n".join(f"import sparsa.{name}" for name in SUBPACKAGES) + \
-           "\nassert sparsa.__file__.startswith(%r)" % str(tmp_path)
+           f"\nassert sparsa.__file__.startswith({str(tmp_path)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/", env={"PYTHONPATH": str(tmp_path)})

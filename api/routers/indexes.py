@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
+
 from sparsa.api.deps import AdminKey, Jobs, State, run_blocking
 from sparsa.api.schemas import (
     BuildJob,
@@ -13,7 +14,6 @@ from sparsa.api.schemas import (
     StoredIndex,
     SwapRequest,
 )
-
 from sparsa.artifacts import read_manifest
 from sparsa.errors import SparsaError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+
 from sparsa.api.deps import SearchKey, State, run_blocking
 from sparsa.api.schemas import ErrorBody, QARequest, QAResponse, to_hits
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+
 from sparsa.api.deps import Metrics, SearchKey, State, run_blocking
 from sparsa.api.schemas import (
     ErrorBody,
@@ -14,7 +15,6 @@ from sparsa.api.schemas import (
     SearchResponse,
     to_hits,
 )
-
 from sparsa.types import Document
 
 router = APIRouter(tags=["search"], dependencies=[SearchKey],

@@ -56,6 +56,7 @@ def loaded_state(index_root, shared_data):
 @pytest.fixture(scope="session")
 def client(loaded_state):
     from fastapi.testclient import TestClient
+
     from sparsa.api import create_app
 
     with TestClient(create_app(loaded_state.config, loaded_state), raise_server_exceptions=False) as test_client:

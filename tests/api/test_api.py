@@ -78,7 +78,6 @@ def test_invalid_utf8_and_broken_json(client):
 
 def test_hybrid_is_rrf_over_the_served_retrievers(client, loaded_state):
     from sparsa.retrieval.fusion import reciprocal_rank_fusion
-
     from sparsa.types import Query
 
     runs = [loaded_state.indexes[n].searcher.retrieve([Query("q", QUERY)], k=100, show_progress=False)
@@ -90,6 +89,7 @@ def test_hybrid_is_rrf_over_the_served_retrievers(client, loaded_state):
 
 def test_what_is_not_served_is_named(client, index_root, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     qa = client.post("/qa", json={"question": "what is a boundary layer?"})
@@ -133,6 +133,7 @@ def test_index_management_needs_the_key(client):
 
 def test_keyed_search_and_disabled_management(index_root, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     keyed = ServiceState(service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"},
@@ -148,6 +149,7 @@ def test_keyed_search_and_disabled_management(index_root, shared_data):
 
 def test_time_limit_gives_504(index_root, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     state = ServiceState(service_config(index_root, shared_data, indexes={"splade": index_root / "splade"},

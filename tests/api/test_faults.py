@@ -27,7 +27,6 @@ def corrupt_one_file(index: Path) -> str:
 
 def test_corrupt_index_is_refused_at_load(spare_index, shared_data):
     from sparsa.api import ServiceState
-
     from sparsa.errors import IndexCorruptError
 
     name = corrupt_one_file(spare_index / "bm25")
@@ -52,6 +51,7 @@ def test_serve_command_stops_on_a_corrupt_index(spare_index, capsys):
 
 def test_health_is_not_ready_while_loading_or_broken(spare_index, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     corrupt_one_file(spare_index / "bm25")
@@ -68,6 +68,7 @@ def test_swap_refuses_a_corrupt_index_and_keeps_serving(spare_index, index_root,
     import shutil
 
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     shutil.copytree(spare_index / "bm25", spare_index / "bm25-broken")
@@ -120,6 +121,7 @@ def _wait(predicate, seconds: float, step: float = 0.05) -> bool:
 def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index, shared_data):
     """Build through the API, kill -9 the build process midway, keep serving, rebuild, swap in."""
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"}))
@@ -146,6 +148,7 @@ def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index,
 @pytest.mark.slow
 def test_dense_index_built_through_the_api_and_swapped_in(spare_index, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"}))

@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.java, pytest.mark.slow]
 def test_no_server_errors_on_any_operation(loaded_state):
     schemathesis = pytest.importorskip("schemathesis", reason="needs schemathesis (the 'dev' extra)")
     from hypothesis import HealthCheck, given, settings
+
     from sparsa.api import create_app
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(loaded_state.config, loaded_state))

@@ -10,6 +10,7 @@ pytestmark = [pytest.mark.java, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def qa_client(qa_state):
     from fastapi.testclient import TestClient
+
     from sparsa.api import create_app
 
     with TestClient(create_app(qa_state.config, qa_state), raise_server_exceptions=False) as client:

@@ -14,6 +14,7 @@ QUERY = "heat transfer in laminar boundary layers"
 @pytest.fixture(scope="module")
 def rerank_client(index_root, shared_data):
     from fastapi.testclient import TestClient
+
     from sparsa.api import ServiceState, create_app
 
     state = ServiceState(service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"},

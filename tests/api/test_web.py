@@ -87,6 +87,7 @@ def search_on_page(browser, base: str, query: str, retriever: str, mode: str) ->
 def test_typing_a_query_shows_highlighted_ranked_results(browser, loaded_state):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
     from sparsa.api import create_app
 
     base, stop = serve_in_thread(create_app(loaded_state.config, loaded_state))
@@ -113,6 +114,7 @@ def test_typing_a_query_shows_highlighted_ranked_results(browser, loaded_state):
 def test_page_shows_the_answer_citations_and_route(browser, qa_state):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
     from sparsa.api import create_app
 
     base, stop = serve_in_thread(create_app(qa_state.config, qa_state))

@@ -7,11 +7,11 @@ import zlib
 
 import numpy as np
 import pytest
-from sparsa.indexes import build_index, open_index
-from sparsa.indexes.dense_index import DenseIndex
 
 from sparsa.artifacts import read_manifest
 from sparsa.errors import ConfigError, UnknownNameError
+from sparsa.indexes import build_index, open_index
+from sparsa.indexes.dense_index import DenseIndex
 from sparsa.types import Corpus, Document
 
 pytest.importorskip("faiss", reason="needs the 'faiss' extra")

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from sparsa.kernels.block_gating import (  # noqa: E402
+from sparsa.kernels.block_gating import (
     LearnableBlockGate,
     attention_block_max,
     attention_block_max_ref,
@@ -23,7 +23,7 @@ from sparsa.kernels.block_gating import (  # noqa: E402
     select_blocks,
     training_free_gate,
 )
-from sparsa.kernels.block_sparse_attention import (  # noqa: E402
+from sparsa.kernels.block_sparse_attention import (
     block_sparse_attention,
     block_sparse_attention_ref,
 )
@@ -115,7 +115,7 @@ def test_topk_selection(topk):
 def test_threshold_selection_and_argument_check():
     q, k = _qk((1, 2, 1, 64, 64, 64, 16), torch.float32)
     scores = block_gate_scores(q, k, block_size=16, causal=True)
-    common = dict(seqlen_q=64, seqlen_k=64, block_size=16, causal=True)
+    common = {"seqlen_q": 64, "seqlen_k": 64, "block_size": 16, "causal": True}
     visible, forced = block_visibility(64, 64, 16, causal=True)
     assert torch.equal(select_blocks(scores, threshold=0.0, **common), visible.expand_as(scores))
     assert torch.equal(select_blocks(scores, threshold=1.5, **common), forced.expand_as(scores))
@@ -142,7 +142,7 @@ def test_token_gate_is_the_pooled_query_attention_mass(sq, sk):
 def test_coverage_selection_keeps_the_fewest_blocks_reaching_the_mass():
     q, k = _qk((1, 2, 1, 128, 128, 64, 16), torch.float32, seed=5)
     scores = block_gate_scores(q, k, block_size=16, causal=True, keys="tokens")
-    common = dict(seqlen_q=128, seqlen_k=128, block_size=16, causal=True)
+    common = {"seqlen_q": 128, "seqlen_k": 128, "block_size": 16, "causal": True}
     visible, forced = block_visibility(128, 128, 16, causal=True)
     masks = {c: select_blocks(scores, coverage=c, **common) for c in (0.3, 0.6, 0.9)}
     for coverage, mask in masks.items():

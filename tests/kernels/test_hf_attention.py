@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from sparsa.errors import ConfigError, DataFormatError
 from sparsa.kernels.hf_attention import (
     _cache_argument,
     install_sparse_attention,
@@ -24,8 +25,6 @@ from sparsa.kernels.kv_compression import (
     kv_cache_bytes,
     profile_retrieval_heads,
 )
-
-from sparsa.errors import ConfigError, DataFormatError
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sparsa.kernels.kv_compression import (
     HeadProfile,
     HeadSplitKV,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from sparsa.errors import ConfigError
 from sparsa.rag.agreement import (
     average_ranks,
     binarize,
@@ -14,8 +16,6 @@ from sparsa.rag.agreement import (
     label_agreement,
     spearman_rho,
 )
-
-from sparsa.errors import ConfigError
 
 
 def test_cohen_kappa_by_hand():

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from sparsa.rag.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
 from sparsa.rag.kg import KGQuestion, KGRetrieval, PathItem
 

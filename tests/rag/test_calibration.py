@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparsa.rag.calibration import GradeCalibrator, available_features, cut, feature_matrix, fit_thresholds
 
 from sparsa.errors import ConfigError, DataFormatError
+from sparsa.rag.calibration import GradeCalibrator, available_features, cut, feature_matrix, fit_thresholds
 
 
 def _records(grades, noise=0.0, seed=0):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from sparsa.rag.judge_job import judge_with_checkpoint, read_checkpoint, read_pairs
 
 from sparsa.cli.main import main
 from sparsa.errors import ConfigError, DataFormatError
+from sparsa.rag.judge_job import judge_with_checkpoint, read_checkpoint, read_pairs
 
 DL19 = "trec-dl-2019-passage"
 
@@ -156,7 +156,6 @@ def test_priors_are_the_empty_side_and_prompts_give_one_score_each(judge, tiny_d
     """The QL prior is log P(query | empty passage), the PL prior log P(passage | empty query), and several QL
     prompts give one score each, the first one equal to the single-prompt judge's."""
     from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-
     from sparsa.types import Document, Query
 
     _, data, pairs = tiny_dl19

@@ -53,9 +53,8 @@ def test_cli_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_path):
 
 
 def test_config_rejects_bad_values():
-    from sparsa.rag.judge_train import JudgeTrainConfig, JudgeTrainer
-
     from sparsa.errors import ConfigError
+    from sparsa.rag.judge_train import JudgeTrainConfig, JudgeTrainer
 
     with pytest.raises(ConfigError, match="lr must be > 0"):
         JudgeTrainConfig(lr=0)
@@ -131,9 +130,8 @@ def test_pairs_file_round_trip_and_default_ids(tmp_path):
     ('{"query": "q", "passage": "p", "grade": 1, "title": 5}', "'title' must be a string"),
 ])
 def test_bad_pairs_lines_name_file_and_line(tmp_path, line, message):
-    from sparsa.rag.judge_train import read_labelled_pairs
-
     from sparsa.errors import DataFormatError
+    from sparsa.rag.judge_train import read_labelled_pairs
 
     path = pairs_file(tmp_path, [GOOD, line])
     with pytest.raises(DataFormatError) as caught:

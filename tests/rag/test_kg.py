@@ -5,9 +5,9 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
 from sparsa.errors import DataFormatError
+from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
 TRIPLES = [
     ("Big", "directed_by", "Penny Marshall"),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sparsa.rag.pipeline import Answer, QAPipeline
 
 from sparsa.errors import ConfigError
+from sparsa.rag.pipeline import Answer, QAPipeline
 
 
 def test_recall_mode_reads_closed_book(reader):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sparsa.rag.reader import ReaderConfig, ReaderOutput
 
 from sparsa.errors import ConfigError
+from sparsa.rag.reader import ReaderConfig, ReaderOutput
 from sparsa.types import Document
 
 

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from sparsa.errors import ConfigError, DataFormatError
 from sparsa.rag.routing import (
     Router,
     RouterModel,
@@ -16,8 +18,6 @@ from sparsa.rag.routing import (
     read_router_model,
     subject_and_relation,
 )
-
-from sparsa.errors import ConfigError, DataFormatError
 
 TEXTS = ["Kismet directed_by William Dieterle", "Kismet starred_actors Marlene Dietrich",
          "Paris is the capital of France", "The river flows through Paris"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
 
 from sparsa.errors import ConfigError
+from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
 from sparsa.types import Document, Query
 
 pytestmark = pytest.mark.slow

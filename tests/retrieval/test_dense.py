@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
+from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 
 TEXTS = [
     "cancer treatment with targeted therapy",
@@ -55,9 +55,9 @@ def test_config_rejects_bad_values():
 
 def test_bf16_cpu_forward_equals_model_under_autocast(texts):
     import torch
-    from sparsa.retrieval.dense import Bf16BertForward
 
     from sparsa.batching import pad_right
+    from sparsa.retrieval.dense import Bf16BertForward
 
     encoder = DenseEncoder(DenseConfig(device="cpu", dtype="bfloat16"))
     assert Bf16BertForward.supports(encoder.model)

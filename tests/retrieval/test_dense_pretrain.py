@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+
+from sparsa.errors import ConfigError, DataFormatError
 from sparsa.retrieval.dense_pretrain import (
     bfs_pair,
     ict_pair,
@@ -14,8 +16,6 @@ from sparsa.retrieval.dense_pretrain import (
     split_sentences,
     wlp_pair,
 )
-
-from sparsa.errors import ConfigError, DataFormatError
 from sparsa.types import Corpus, Document, Qrels, Query
 
 SENTENCES = ["Vitamin D regulates calcium.", "Deficiency weakens bone.", "Trials in 2019 showed gains.",

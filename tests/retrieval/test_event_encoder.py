@@ -6,10 +6,10 @@ import datetime as dt
 
 import numpy as np
 import pytest
-from sparsa.retrieval.event_encoder import EventEncoderConfig, EventQueryEncoder
-from sparsa.retrieval.event_window import EventStore
 
 from sparsa.errors import ConfigError, IndexCorruptError
+from sparsa.retrieval.event_encoder import EventEncoderConfig, EventQueryEncoder
+from sparsa.retrieval.event_window import EventStore
 
 DIM = 16
 DAY0 = dt.date(2022, 10, 1)

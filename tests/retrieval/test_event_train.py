@@ -6,10 +6,10 @@ import gzip
 import json
 
 import pytest
-from sparsa.retrieval.event_encoder import EventQueryEncoder
 
 from sparsa.cli.main import main
 from sparsa.data.realtimeqa import load_realtimeqa
+from sparsa.retrieval.event_encoder import EventQueryEncoder
 
 
 @pytest.fixture(scope="module")

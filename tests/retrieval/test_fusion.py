@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from sparsa.errors import ConfigError
 from sparsa.retrieval.fusion import (
     HybridRetriever,
     fuse,
@@ -12,8 +14,6 @@ from sparsa.retrieval.fusion import (
     normalise_scores,
     reciprocal_rank_fusion,
 )
-
-from sparsa.errors import ConfigError
 from sparsa.types import Hit, Query, Run
 
 A = Run({"q": [Hit("a", 10.0), Hit("b", 8.0), Hit("c", 2.0)]}, name="A")

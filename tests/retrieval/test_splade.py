@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from sparsa.kernels.splade_pool import splade_pool_ref
-from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
-from sparsa.retrieval.splade_pooling import splade_pool_chunked, splade_pool_screened
 
 from sparsa.errors import ConfigError
+from sparsa.kernels.splade_pool import splade_pool_ref
 from sparsa.models import resolve_model
+from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+from sparsa.retrieval.splade_pooling import splade_pool_chunked, splade_pool_screened
 
 TEXTS = [
     "cancer treatment with targeted therapy",

@@ -10,7 +10,12 @@ import torch
 from sparsa.retrieval.lora import add_lora, merge_lora
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 from sparsa.retrieval.splade_train import SpladeTrainConfig, TrainingExample, flops, train_splade
-from sparsa.retrieval.training_data import labelled_examples, read_examples, title_body_examples, write_examples
+from sparsa.retrieval.training_data import (
+    labelled_examples,
+    read_examples,
+    title_body_examples,
+    write_examples,
+)
 from sparsa.types import Hit, Qrels, Run
 
 pytestmark = pytest.mark.slow
@@ -25,7 +30,7 @@ EXAMPLES = [
     TrainingExample("aspirin prevents stroke", "Low-dose aspirin lowers the risk of ischemic stroke.",
                     ("Gut microbiota composition in infants.",)),
 ]
-TINY = dict(batch_size=2, max_query_length=16, max_doc_length=32, warmup_steps=1, checkpoint_every=1)
+TINY = {"batch_size": 2, "max_query_length": 16, "max_doc_length": 32, "warmup_steps": 1, "checkpoint_every": 1}
 
 
 def test_flops_is_the_sum_of_squared_mean_weights():

@@ -38,6 +38,7 @@ demo: install
 	$(BIN)/sparsa serve
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: install

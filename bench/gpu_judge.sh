@@ -34,6 +34,8 @@
 #   Here: tar xzf <files_at>/judge_tr.tar.gz -C .stage && .venv/bin/python bench/bench_judge_transfer.py --stages report
 # Per-token likelihoods (bench/probe_judge_tokens.py): the same two calls with 'tokens' in the second; writes
 #   $OUT/judge_tokens.npz (copy it to .stage/judge_tokens/ here, then that script's report stage).
+# Hidden states (bench/probe_judge_hidden.py): the same two calls with 'hidden' in the second; writes six
+#   float16 .npy files and hidden_pairs.npz to $OUT (copy them to .stage/judge_hidden/ here, then its report).
 # JG1 / JG2 (default .stage/jg1, .stage/jg2) name the two staging folders, so two stagings can coexist.
 set -euo pipefail
 JG1=${JG1:-.stage/jg1}
@@ -105,6 +107,14 @@ if [[ "${1:-}" == tokens ]]; then  # bench/probe_judge_tokens.py: per-token like
         > /tmp/judge/tokens.log 2>&1 || rc=$?
     grep -v "Loading weights" /tmp/judge/tokens.log | tail -20 || true
     cp /tmp/judge_tokens/*.npz "$OUT/" 2>/dev/null || true
+    ls -la "$OUT"
+    exit $rc
+fi
+if [[ "${1:-}" == hidden ]]; then  # bench/probe_judge_hidden.py: hidden states at the end of judging prompts
+    python "$REPO/bench/probe_judge_hidden.py" --stages hidden --dir /tmp/judge_hidden ${PROBE_ARGS:-} \
+        > /tmp/judge/hidden.log 2>&1 || rc=$?
+    grep -v "Loading weights" /tmp/judge/hidden.log | tail -20 || true
+    cp /tmp/judge_hidden/* "$OUT/" 2>/dev/null || true
     ls -la "$OUT"
     exit $rc
 fi

@@ -37,6 +37,11 @@ from bench.probe_judge_tokens import ANSWER_PROMPTS, FIT_QUERIES, judged_pairs, 
 PROMPTS = ("umbrela", "yesno")
 LAYERS = (12, 20, 30)  # hidden_states indices: 0 is the embeddings, 30 the last layer after the final norm
 ALPHAS = (10.0, 100.0, 1000.0, 10000.0)
+# what the probe reads: each (prompt, layer) alone, and states side by side
+STATE_SOURCES = {f"{prompt} layer {layer}": [(prompt, layer)] for prompt in PROMPTS for layer in LAYERS} | {
+    "yesno layers 12+20+30": [("yesno", layer) for layer in LAYERS],
+    "yesno + umbrela layer 20": [("yesno", 20), ("umbrela", 20)],
+    "all six": [(prompt, layer) for prompt in PROMPTS for layer in LAYERS]}
 
 
 def stage_hidden(args: argparse.Namespace) -> None:
@@ -131,6 +136,16 @@ def evaluate(x: np.ndarray, extra: list[np.ndarray], qid: np.ndarray, human: np.
     return result
 
 
+def tau_spread(rows: dict) -> dict:
+    """How the probe-alone rows rank the runs: their held-out and fit-CV Kendall tau side by side."""
+    alone = {name: r for name, r in rows.items() if name.endswith("/ alone")}
+    held = [r["held_out_kendall_tau"] for r in alone.values()]
+    return {"rows": len(alone), "held_out_tau_at_least_0.85": sum(t >= 0.85 for t in held),
+            "held_out_tau_range": [min(held), max(held)],
+            "fit_cv_tau_range": [min(r["fit_cv_kendall_tau"] for r in alone.values()),
+                                 max(r["fit_cv_kendall_tau"] for r in alone.values())]}
+
+
 def stage_report(args: argparse.Namespace) -> None:
     from bench.bench_judge import RUNS, dataset, load_runs
     from bench.common import write_results
@@ -147,18 +162,20 @@ def stage_report(args: argparse.Namespace) -> None:
     fit_qids = sorted(set(qid.tolist()))[:FIT_QUERIES]
     tau_inputs = ({"runs": load_runs(), "qrels": qrels, "pairs": list(zip(qid.tolist(), docid.tolist(), strict=True))}
                   if RUNS.exists() else None)
+    passage = [features["pl_pmi (sum; the judge's)"], features["pl_pmi_mean (the judge's)"]]
     rows = {}
-    for prompt in PROMPTS:
-        for layer in LAYERS:
-            x = np.load(folder / f"hidden_{prompt}_{layer}.npy").astype(np.float64)
-            for alpha in ALPHAS:
-                for setting, extra in (("alone", []), ("with ql_pmi_4prompts", [ql_pmi])):
-                    name = f"{prompt} layer {layer} alpha {alpha:g} / {setting}"
-                    rows[name] = evaluate(x, extra, qid, human, fit_qids, alpha, tau_inputs)
-                    r = rows[name]
-                    print(f"{name:55s} kappa fit-CV {r['fit_cv_kappa_4grade']:.4f} held out "
-                          f"{r['held_out_kappa_4grade']:.4f}  tau fit-CV {r.get('fit_cv_kendall_tau', float('nan')):.4f}"
-                          f" held out {r.get('held_out_kendall_tau', float('nan')):.4f}", flush=True)
+    for source, parts in STATE_SOURCES.items():
+        x = np.hstack([np.load(folder / f"hidden_{prompt}_{layer}.npy") for prompt, layer in parts]).astype(np.float64)
+        settings = [("alone", []), ("with ql_pmi_4prompts", [ql_pmi])]
+        if len(parts) > 1:
+            settings.append(("with ql_pmi_4prompts + pl_pmi", [ql_pmi, *passage]))
+        for alpha in ALPHAS:
+            for setting, extra in settings:
+                name = f"{source} alpha {alpha:g} / {setting}"
+                rows[name] = r = evaluate(x, extra, qid, human, fit_qids, alpha, tau_inputs)
+                print(f"{name:62s} kappa fit-CV {r['fit_cv_kappa_4grade']:.4f} held out "
+                      f"{r['held_out_kappa_4grade']:.4f}  tau fit-CV {r.get('fit_cv_kendall_tau', float('nan')):.4f}"
+                      f" held out {r.get('held_out_kendall_tau', float('nan')):.4f}", flush=True)
     chosen = max(rows, key=lambda name: rows[name]["fit_cv_kappa_4grade"])
     by_tau = max(rows, key=lambda name: (rows[name].get("fit_cv_kendall_tau", 0), rows[name]["fit_cv_kappa_4grade"]))
     write_results("judge_hidden", {
@@ -169,6 +186,7 @@ def stage_report(args: argparse.Namespace) -> None:
         "chosen_on_fit": {"rule": "the row with the highest fit-CV kappa", "row": chosen, **rows[chosen]},
         "chosen_on_fit_for_tau": {"rule": "the row with the highest fit-CV Kendall tau, ties to the higher fit-CV "
                                           "kappa", "row": by_tau, **rows[by_tau]} if tau_inputs else None,
+        "probe_alone_tau": tau_spread(rows) if tau_inputs else None,
         "rows": rows})
     print(f"chosen on fit: {chosen}: {rows[chosen]}")
     print(f"chosen on fit for tau: {by_tau}: {rows[by_tau]}")

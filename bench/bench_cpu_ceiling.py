@@ -6,7 +6,7 @@ Counts MiniLM-L6's multiply-adds per SciFact document from the real token length
 as both sparsa and sentence-transformers do): the six layers' QKV, output and feed-forward matrices
 (2 x 1.77M FLOP per token) plus attention's two L x L products. Then times the best float32 matrix
 multiply this CPU manages (torch.mm, square sizes and the feed-forward's own shape) with ``--threads``
-threads, and divides: no float32 encoder can exceed that rate, whatever it fuses, because the matrix
+threads (the best of ten runs each), and divides: no float32 encoder can exceed that rate, whatever it fuses, because the matrix
 work alone takes that long. Compared with twice the sentence-transformers rate measured in
 ``--encoding`` (the issue's target). Prints a table and writes bench/results/cpu_ceiling.json.
 """
@@ -38,7 +38,7 @@ def flops_per_doc(lengths: np.ndarray) -> float:
     return float(np.mean(per_token * lengths + attention * lengths**2))
 
 
-def best_gflops(shape: tuple[int, int, int], repeats: int = 5) -> float:
+def best_gflops(shape: tuple[int, int, int], repeats: int = 10) -> float:
     import torch
 
     m, k, n = shape

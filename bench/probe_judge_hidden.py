@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
 
-from bench.probe_judge_tokens import ANSWER_PROMPTS, FIT_QUERIES, judged_pairs, token_features
+from bench.probe_judge_tokens import ANSWER_PROMPTS, FIT_QUERIES, figures, judged_pairs, token_features
 
 PROMPTS = ("umbrela", "yesno")
 LAYERS = (12, 20, 30)  # hidden_states indices: 0 is the embeddings, 30 the last layer after the final norm
@@ -101,8 +101,7 @@ def evaluate(x: np.ndarray, extra: list[np.ndarray], qid: np.ndarray, human: np.
              alpha: float, tau_inputs: dict | None) -> dict:
     """Fit-CV (nested) and held-out kappa, and Kendall's tau with ``tau_inputs``, of the probe score plus
     ``extra`` columns (each with its per-query z-score), least-squares GradeCalibrator."""
-    from bench.judge_report import CV_FOLDS, generated_qrels, system_ranking
-    from sparsa.rag.agreement import cohen_kappa
+    from bench.judge_report import CV_FOLDS
     from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
 
     fold_of = {q: i % CV_FOLDS for i, q in enumerate(sorted(fit_qids))}
@@ -123,17 +122,7 @@ def evaluate(x: np.ndarray, extra: list[np.ndarray], qid: np.ndarray, human: np.
     out_of_fold = np.zeros(len(qid), dtype=np.int64)
     for fold in range(CV_FOLDS):
         out_of_fold[folds == fold] = grades(fit & (folds != fold), folds == fold)
-    held_grades = grades(fit, held)
-    result = {"fit_cv_kappa_4grade": round(float(cohen_kappa(human[fit], out_of_fold[fit])), 4),
-              "held_out_kappa_4grade": round(float(cohen_kappa(human[held], held_grades)), 4)}
-    if tau_inputs:
-        runs, qrels, pairs = tau_inputs["runs"], tau_inputs["qrels"], tau_inputs["pairs"]
-        held_qids = sorted(set(qid.tolist()) - set(fit_qids))
-        for key, rows, g, queries in (("fit_cv_kendall_tau", fit, out_of_fold[fit], fit_qids),
-                                      ("held_out_kendall_tau", held, held_grades, held_qids)):
-            generated = generated_qrels([pairs[i] for i in np.flatnonzero(rows)], g)
-            result[key] = system_ranking(runs, qrels, generated, sorted(queries), 10)["kendall_tau"]
-    return result
+    return figures(qid, human, fit_qids, out_of_fold, grades(fit, held), **(tau_inputs or {}))
 
 
 def tau_spread(rows: dict) -> dict:

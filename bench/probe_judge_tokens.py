@@ -205,7 +205,6 @@ def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit
     out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries; with
     ``runs``, also Kendall's tau of the runs' nDCG@10 under NIST and under the generated 0-3 grades."""
     from bench.judge_report import CV_FOLDS
-    from sparsa.rag.agreement import cohen_kappa
     from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
 
     x = np.column_stack([c for col in columns for c in (col, per_query_z(col, qid))])
@@ -220,6 +219,17 @@ def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit
         out_of_fold[folds == fold] = cut(calibrator.matrix_scores(x[folds == fold]), calibrator.thresholds)
     calibrator = GradeCalibrator.fit_matrix(x[fit], human[fit], names)
     held_grades = cut(calibrator.matrix_scores(x[held]), calibrator.thresholds)
+    return figures(qid, human, fit_qids, out_of_fold, held_grades, runs, pairs, qrels)
+
+
+def figures(qid: np.ndarray, human: np.ndarray, fit_qids: list[str], out_of_fold: np.ndarray, held_grades: np.ndarray,
+            runs=None, pairs=None, qrels=None) -> dict:
+    """4-grade kappa of the fit pairs' out-of-fold grades and of the held-out pairs' grades; with ``runs``,
+    Kendall's tau of the runs' nDCG@10 under NIST and under those grades, on each query set."""
+    from sparsa.rag.agreement import cohen_kappa
+
+    fit = np.isin(qid, fit_qids)
+    held = ~fit
     out = {"fit_cv_kappa_4grade": round(float(cohen_kappa(human[fit], out_of_fold[fit])), 4),
            "held_out_kappa_4grade": round(float(cohen_kappa(human[held], held_grades)), 4)}
     if runs:

@@ -63,11 +63,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from sparsa.config import load_settings
+    from sparsa.cli.common import dataset_path
 
     torch.set_num_threads(args.threads)
-    folder = Path(args.dataset) if Path(args.dataset).is_dir() else load_settings().data_dir / args.dataset
-    texts = [d.full_text for d in load_dataset(folder).corpus.documents]
+    texts = [d.full_text for d in load_dataset(dataset_path(args.dataset)).corpus.documents]
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("minilm-l6")))
     lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]],
                        dtype=np.float64)

@@ -5,6 +5,11 @@ Names load on first use, so ``import sparsa.api`` needs neither FastAPI nor torc
 
 from __future__ import annotations
 
+if __name__ != "sparsa.api":  # a bare `import api` run from the repo root: see sparsa/toplevel.py
+    from sparsa.toplevel import defer_to_installed
+
+    defer_to_installed(__name__, __file__)
+
 from sparsa.lazy import lazy_exports
 
 _EXPORTS = {

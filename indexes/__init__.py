@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from sparsa.indexes.jobs import build_index, open_index
+if __name__ != "sparsa.indexes":  # a bare `import indexes` run from the repo root: see sparsa/toplevel.py
+    from sparsa.toplevel import defer_to_installed
+
+    defer_to_installed(__name__, __file__)
+
+from sparsa.lazy import lazy_exports
+
+_EXPORTS = {"build_index": "sparsa.indexes.jobs", "open_index": "sparsa.indexes.jobs"}
 
 __all__ = ["build_index", "open_index"]
+
+__getattr__ = lazy_exports("sparsa.indexes", _EXPORTS)

@@ -11,6 +11,11 @@ Names are imported lazily, so ``import sparsa.rag`` loads neither torch nor tran
 
 from __future__ import annotations
 
+if __name__ != "sparsa.rag":  # a bare `import rag` run from the repo root: see sparsa/toplevel.py
+    from sparsa.toplevel import defer_to_installed
+
+    defer_to_installed(__name__, __file__)
+
 from sparsa.lazy import lazy_exports
 
 _EXPORTS = {

@@ -10,6 +10,11 @@ Names are imported lazily, so ``import sparsa.rerank`` loads neither torch nor t
 
 from __future__ import annotations
 
+if __name__ != "sparsa.rerank":  # a bare `import rerank` run from the repo root: see sparsa/toplevel.py
+    from sparsa.toplevel import defer_to_installed
+
+    defer_to_installed(__name__, __file__)
+
 from sparsa.lazy import lazy_exports
 
 _EXPORTS = {

@@ -27,17 +27,49 @@ def test_subpackages_import_without_java():
     assert not {"pyserini", "jnius"} & loaded
 
 
-def test_no_generic_top_level_modules_installed():
-    code = "import importlib.util as u\nfor m in ('api', 'kernels', 'retrieval', 'indexes', 'rag', 'rerank'):\n" \
-           "    s = u.find_spec(m)\n    assert s is None, (m, s.origin)"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+REPO = Path(__file__).resolve().parents[1]
+TOP_LEVEL_FOLDERS = ["api", "indexes", "kernels", "rag", "rerank", "retrieval"]
+
+
+def test_sparsa_installs_no_generic_top_level_module():
+    code = "import importlib.metadata as m, json\n" \
+           "print(json.dumps(sorted(n for n, d in m.packages_distributions().items() if 'sparsa' in d)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert json.loads(out.stdout) == ["sparsa"]
+
+
+def test_repo_folders_never_shadow_installed_distributions(tmp_path):
+    """From the repo root (sys.path[0] is the root), a bare ``import kernels`` gets the installed one."""
+    for name in TOP_LEVEL_FOLDERS:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("WHO = 'installed'\n")
+    code = "\n".join(f"import {name}\nassert {name}.WHO == 'installed', {name}.__file__" for name in TOP_LEVEL_FOLDERS)
+    code += f"\nimport sparsa.kernels\nassert sparsa.kernels.__file__.startswith({str(REPO)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(tmp_path)})
+
+
+def test_repo_folders_are_not_top_level_modules():
+    """Where no distribution of that name is installed, the bare import fails as it does elsewhere."""
+    for name in TOP_LEVEL_FOLDERS:
+        code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is not None)"
+        if subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode:
+            continue  # installed (Hugging Face's kernels, say): the test above covers it
+        out = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd=REPO,
+                             check=False)
+        assert out.returncode == 1, name
+        assert f"the subpackage sparsa.{name}" in out.stderr
+
+
+def test_transformers_imports_from_the_repo_root():
+    """transformers 5 imports Hugging Face's ``kernels`` distribution, which our kernels/ folder once shadowed."""
+    code = "import transformers.modeling_utils, sparsa.kernels"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True)
 
 
 def test_plain_pip_install_maps_every_subpackage(tmp_path):
     """``pip install .`` (not editable) must ship the top-level folders as sparsa.<name>."""
-    repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(tmp_path), str(repo)], check=True, capture_output=True)
+                    "--target", str(tmp_path), str(REPO)], check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "sparsa"]
     code = "import sparsa\n" + "\n".join(f"import sparsa.{name}" for name in SUBPACKAGES) + \
            f"\nassert sparsa.__file__.startswith({str(tmp_path)!r})"

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from sparsa.cli.common import console, dataset_path, index_path, out
+from sparsa.data.beir import EMPTY_QUERY
 from sparsa.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def ask(
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if not question.strip():
-        raise ConfigError("the question is empty")
+        raise ConfigError(f"the question: {EMPTY_QUERY}")
     if index is not None and dataset is None:
         raise ConfigError("--index needs --dataset: the corpus that turns its hits into passages")
     if index is None and mode == "retrieve":

@@ -9,8 +9,9 @@ from rich.console import Console
 from sparsa.config import load_settings
 from sparsa.errors import DataFormatError
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)  # messages and tables; stdout stays for data
-out = Console(highlight=False, soft_wrap=True)
+# Messages carry paths, queries and generated text: print them literally (no Rich markup, no :emoji: codes).
+console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)  # stdout stays for data
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def dataset_path(name_or_path: str) -> Path:

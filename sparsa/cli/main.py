@@ -6,6 +6,7 @@ import logging
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from sparsa import __version__
 from sparsa.cli import ask, demo, dense, event, judge, models, rerank, retrieval, serve, train
@@ -56,17 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     root = logging.getLogger("sparsa")
     if not root.handlers:
         root.addHandler(handler)
+        # Not also through the root logger: pyserini's import calls logging.basicConfig, which printed each
+        # "loaded ..." / "serving ..." line a second time with a timestamp.
+        root.propagate = False
     root.setLevel(logging.INFO)
     try:
         # Standalone mode lets typer print usage errors and help itself; it ends with SystemExit.
         app(args=argv, prog_name="sparsa")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except SparsaError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    except OSError as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (SparsaError, OSError) as exc:
+        console.print(Text.assemble(("error:", "red"), f" {exc}"))
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

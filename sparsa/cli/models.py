@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from sparsa import models
 from sparsa.cli.common import console
@@ -21,7 +22,7 @@ def list_models() -> None:
     table = Table("name", "kind", "package", "local folder", "description")
     for name, spec in models.BUILTIN_MODELS.items():
         folder = models.installed_path(name)
-        table.add_row(name, spec.kind, spec.packages, str(folder) if folder else "[dim]not pulled[/]",
+        table.add_row(name, spec.kind, spec.packages, str(folder) if folder else Text("not pulled", style="dim"),
                       spec.description)
     console.print(table)
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sparsa.cli.common import console, dataset_path, index_path, out
 from sparsa.data import load_corpus, load_dataset, read_queries
+from sparsa.data.beir import EMPTY_QUERY
 from sparsa.errors import ConfigError
 from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
 from sparsa.types import Qrels, Query, Run
@@ -96,7 +97,7 @@ def search(
     opened = open_retriever(index_path(index_), backend)
     if query is not None:
         if not query.strip():
-            raise ConfigError("the query is empty")
+            raise ConfigError(f"--query: {EMPTY_QUERY}")
         run = opened.retrieve([Query("q", query)], k=k, show_progress=False)
         table = Table("rank", "doc id", "score")
         for rank, hit in enumerate(run["q"], start=1):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsa.data.trec import numbered_lines, read_qrels
+from sparsa.data.trec import json_error_text, numbered_lines, read_qrels
 from sparsa.errors import DataFormatError
 from sparsa.types import Corpus, Document, Qrels, Query
 
@@ -39,7 +39,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON ({exc.msg} at column {exc.colno})", number) from None
+            raise DataFormatError(path, f"invalid JSON: {json_error_text(exc)}", number) from None
         if not isinstance(record, dict):
             raise DataFormatError(path, "expected a JSON object", number)
         yield number, record
@@ -70,20 +70,29 @@ def read_corpus(path: str | Path) -> Corpus:
     return Corpus(docs.values())
 
 
+EMPTY_QUERY = "the query text is empty"  # one message for a queries file, --query and a question
+
+
+def _query(qid: str, text: str, path: Path, number: int) -> Query:
+    if not text.strip():
+        raise DataFormatError(path, f"{EMPTY_QUERY} (query {qid!r})", number)
+    return Query(qid, text.strip())
+
+
 def read_queries(path: str | Path) -> list[Query]:
-    """``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text``."""
+    """``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text``; an empty text names its line."""
     path = Path(path)
     queries: list[Query] = []
     if ".tsv" in path.suffixes:
         for number, line in numbered_lines(path):
             qid, sep, text = line.partition("\t")
-            if not sep or not text.strip():
+            if not sep:
                 raise DataFormatError(path, "expected 'qid<TAB>text'", number)
-            queries.append(Query(qid.strip(), text.strip()))
+            queries.append(_query(qid.strip(), text, path, number))
     else:
         for number, record in _json_records(path):
-            queries.append(Query(_field(record, _ID_FIELDS, path, number, "id"),
-                                 _field(record, _TEXT_FIELDS, path, number, "text")))
+            queries.append(_query(_field(record, _ID_FIELDS, path, number, "id"),
+                                  _field(record, _TEXT_FIELDS, path, number, "text"), path, number))
     if not queries:
         raise DataFormatError(path, "no queries in file")
     return queries

@@ -32,6 +32,11 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """``Expecting value at column 3``; messages such as "Unterminated string starting at" end in "at" already."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 @contextmanager
 def atomic_text(path: str | Path) -> Iterator[TextIO]:
     """A UTF-8 text file (gzip by a ``.gz`` suffix) written to a temporary sibling and renamed into place when

@@ -51,6 +51,24 @@ def test_index_search_eval_roundtrip(tmp_path, shared_data, capsys):
     assert main(["search", "--index", str(index), "--query", "   "]) == 2
 
 
+def test_error_text_prints_literally(tmp_path, capsys):
+    """Paths and messages are not Rich markup: no emoji for :100:, no lost [bold], no crash on [/]."""
+    run = tmp_path / "run:100:[bold]x[/]:1234:.trec"
+    assert main(["eval", "--run", str(run), "--qrels", str(run)]) == 2
+    assert capsys.readouterr().err == f"error: {run}: file not found\n"
+
+
+def test_each_message_prints_once(tmp_path, shared_data):
+    """pyserini's import calls logging.basicConfig; sparsa's lines must not print again through the root logger."""
+    run = tmp_path / "run.trec"
+    run.write_text("1 Q0 1 1 1.0 x\n")
+    argv = ["eval", "--run", str(run), "--dataset", str(shared_data / "cranfield")]
+    code = f"import logging, sys\nlogging.basicConfig(format='%(asctime)s %(message)s')\n" \
+           f"from sparsa.cli.main import main\nsys.exit(main({argv!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stderr.count("loaded cranfield") == 1
+
+
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "sparsa", "version"], capture_output=True, text=True, cwd="/",
                          check=False)

@@ -98,3 +98,23 @@ def test_tsv_queries(tmp_path):
     path.write_text("1 no tab here\n")
     with pytest.raises(DataFormatError, match=r"queries.tsv:1: expected 'qid<TAB>text'"):
         read_queries(path)
+
+
+@pytest.mark.parametrize(("name", "lines"), [
+    ("queries.jsonl", '{"_id": "1", "text": "fine"}\n{"_id": "2", "text": "  "}\n'),
+    ("queries.tsv", "1\tfine\n2\t \n"),
+])
+def test_an_empty_query_text_names_file_and_line(tmp_path, name, lines):
+    """JSONL and TSV follow one rule (the CLI's --query too): an empty text is an error, not a 0-score query."""
+    path = tmp_path / name
+    path.write_text(lines)
+    with pytest.raises(DataFormatError, match=rf"{name}:2: the query text is empty \(query '2'\)"):
+        read_queries(path)
+
+
+def test_bad_json_names_the_column_once(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text('{"_id": "1", "text": "unterminated}\n')
+    with pytest.raises(DataFormatError) as error:
+        read_queries(path)
+    assert str(error.value) == f"{path}:1: invalid JSON: Unterminated string starting at column 22"

@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 from sparsa.cli.common import console, dataset_path, index_path, out
-from sparsa.data.beir import EMPTY_QUERY
 from sparsa.errors import ConfigError
 
 
@@ -43,7 +42,7 @@ def ask(
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if not question.strip():
-        raise ConfigError(f"the question: {EMPTY_QUERY}")
+        raise ConfigError("the question is empty")
     if index is not None and dataset is None:
         raise ConfigError("--index needs --dataset: the corpus that turns its hits into passages")
     if index is None and mode == "retrieve":

@@ -1,8 +1,9 @@
 """Index builds started through the API, each a ``sparsa index`` process of its own.
 
 A separate process keeps a build's memory and a crash (or a ``kill -9``) away from the server; the
-build itself is the CLI's atomic, resumable job, so a killed build leaves the published index
-serving and a rerun of the same build resumes from its checkpointed shards.
+build itself is ``sparsa.indexes.build_index_job`` (``sparsa index`` only calls it), an atomic, resumable
+job, so a killed build leaves the published index serving and a rerun of the same build resumes from
+its checkpointed shards.
 """
 
 from __future__ import annotations

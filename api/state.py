@@ -1,6 +1,6 @@
 """What a service has loaded (indexes, corpus, reranker, QA pipeline) and the library calls on it.
 
-Everything goes through the library's public functions: ``open_index`` + ``as_retriever`` for
+Everything goes through the library's public functions: ``sparsa.search.open_retriever`` for
 search, ``RERANKERS`` for reranking, ``rag.pipeline.load_pipeline`` for QA. An index that fails its
 manifest check is refused with the library's message and never served; swapping an index opens
 and checks the new one first, so a bad swap leaves the old index serving.
@@ -18,7 +18,8 @@ from typing import Any
 
 from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
 from sparsa.errors import ConfigError, SparsaError
-from sparsa.types import Document, Hit, Query, sort_hits
+from sparsa.search import Retriever, open_retriever
+from sparsa.types import Document, Hit, Query, Run, sort_hits
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ServedIndex:
     retriever: str
     path: Path
     manifest: dict[str, Any]
-    searcher: Any  # a Retriever: retrieve(queries, k) -> Run
+    searcher: Retriever
 
     def describe(self) -> dict[str, Any]:
         return {"retriever": self.retriever, "path": str(self.path), "kind": self.manifest.get("kind", "?"),
@@ -54,15 +55,19 @@ class ServedIndex:
 JAVA_LOCK = threading.Lock()
 
 
-class SerialRetriever:
+class SerialRetriever(Retriever):
     """A retriever whose calls hold a lock (for Java-backed indexes)."""
 
-    def __init__(self, retriever: Any, lock: threading.Lock):
+    def __init__(self, retriever: Retriever, lock: threading.Lock):
         self.retriever, self.lock = retriever, lock
 
-    def retrieve(self, queries, k: int = 1000, show_progress: bool | None = None):
+    def search(self, queries, k: int = 1000, show_progress: bool | None = None) -> Run:
         with self.lock:
-            return self.retriever.retrieve(queries, k=k, show_progress=show_progress)
+            return self.retriever.search(queries, k=k, show_progress=show_progress)
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        with self.lock:
+            return self.retriever.search_text(text, k=k)
 
 
 def _uses_java(manifest: dict[str, Any]) -> bool:
@@ -72,20 +77,17 @@ def _uses_java(manifest: dict[str, Any]) -> bool:
 def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
     """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open it."""
     from sparsa.artifacts import read_manifest
-    from sparsa.indexes import open_index
-    from sparsa.retrieval.searcher import as_retriever
 
     started = time.perf_counter()
     manifest = read_manifest(path, verify=verify)  # IndexCorruptError names the bad file
-    expected = {"bm25": ("bm25",), "splade": ("sparse",), "dense": ("dense",)}[retriever]
-    if manifest["kind"] not in expected:
-        raise ConfigError(f"{path} is a {manifest['kind']!r} index; the {retriever} retriever needs "
-                          f"{' or '.join(expected)}")
-    searcher = as_retriever(open_index(path, verify="none"))
+    if manifest["kind"] != retriever:  # each base retriever is served from an index of that kind
+        raise ConfigError(f"{path} is a {manifest['kind']!r} index; the {retriever} retriever needs a "
+                          f"{retriever} index")
+    searcher = open_retriever(path, verify="none")
     if _uses_java(manifest):
         searcher = SerialRetriever(searcher, JAVA_LOCK)
     # One query before serving fills lazy caches (encoder pooling tensors) while no request races for them.
-    searcher.retrieve([Query("warm-up", "warm up")], k=1, show_progress=False)
+    searcher.search([Query("warm-up", "warm up")], k=1, show_progress=False)
     logger.info("serving %s from %s (%s documents) after %.1f s", retriever, path,
                 manifest.get("num_documents", "?"), time.perf_counter() - started)
     return ServedIndex(retriever, path, manifest, searcher)
@@ -180,16 +182,15 @@ class ServiceState:
 
     def search(self, text: str, retriever: str, k: int) -> list[Hit]:
         self._require_loaded()
-        query = [Query("q", text)]
         if retriever == "hybrid":
-            return self._hybrid(query, k)
+            return self._hybrid(text, k)
         served = self.indexes.get(retriever)
         if served is None:
             raise NotConfiguredError(f"retriever {retriever!r} is not configured on this server; "
                                      f"served: {', '.join(self.indexes) or 'none'}")
-        return served.searcher.retrieve(query, k=k, show_progress=False)["q"]
+        return served.searcher.search_text(text, k=k)
 
-    def _hybrid(self, query: list[Query], k: int) -> list[Hit]:
+    def _hybrid(self, text: str, k: int) -> list[Hit]:
         parts = [self.indexes[name] for name in BASE_RETRIEVERS if name in self.indexes]
         if len(parts) < 2 or not fusion_available():
             raise NotConfiguredError("retriever 'hybrid' is not configured on this server: it fuses two or "
@@ -199,7 +200,7 @@ class ServiceState:
 
         # RRF over each served retriever's top max(k, 100): deep enough for the fused top k.
         hybrid = HybridRetriever([served.searcher for served in parts], method="rrf", depth=max(k, 100))
-        return hybrid.retrieve(query, k=k, show_progress=False)["q"]
+        return hybrid.search_text(text, k=k)
 
     def documents(self, doc_ids: list[str]) -> list[Document]:
         if self.corpus is None:

@@ -21,7 +21,8 @@ from common import write_results
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
 from sparsa.eval import evaluate_run
-from sparsa.indexes import build_index, open_index
+from sparsa.indexes import build_index
+from sparsa.search import open_retriever
 
 REFERENCE = {"scifact": {"nDCG@10": 0.679, "source": "Pyserini BEIR regressions, BM25 flat"}}
 
@@ -39,9 +40,9 @@ def main() -> None:
             started = time.perf_counter()
             build_index("bm25", data.corpus, Path(tmp) / name, show_progress=False)
             index_s = time.perf_counter() - started
-            index = open_index(Path(tmp) / name)
+            index = open_retriever(Path(tmp) / name)
             started = time.perf_counter()
-            run = index.retrieve(data.queries, k=args.k, show_progress=False)
+            run = index.search(data.queries, k=args.k, show_progress=False)
             search_s = time.perf_counter() - started
             result = evaluate_run(run, data.qrels)
             rows[name] = {

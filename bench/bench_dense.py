@@ -79,9 +79,9 @@ def _subset(qrels: Qrels, ids: set[str]) -> Qrels:
 def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index: Path | None = None,
                      names: tuple[str, ...] = ("bm25", "splade")) -> tuple[dict, dict]:
     """BM25 (``build_index("bm25")``) and learned-sparse (exact) runs at depth 1000, cached in ``work``."""
-    from sparsa.indexes import build_index, open_index
-    from sparsa.retrieval.searcher import as_retriever
+    from sparsa.indexes import build_index
     from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+    from sparsa.search import open_retriever
 
     corpus = load_dataset(DATA, "test").corpus
     timings, runs = {}, {}
@@ -92,15 +92,15 @@ def first_stage_runs(work: Path, splade_model: str, queries: dict, splade_index:
             if name == "bm25":
                 build_index("bm25", corpus, folder)
             else:
-                build_index("sparse", corpus, folder, encoder=SpladeEncoder(SpladeConfig(model=splade_model)),
+                build_index("splade", corpus, folder, encoder=SpladeEncoder(SpladeConfig(model=splade_model)),
                             backends=("exact",))
             timings[f"{name}_index_seconds"] = round(time.perf_counter() - started, 1)
         retriever = None
         for split, topics in queries.items():
             cached = work / f"{name}_{split}.trec"
             if not cached.is_file():
-                retriever = retriever or as_retriever(open_index(folder))
-                retriever.retrieve(topics, k=1000).write_trec(cached)
+                retriever = retriever or open_retriever(folder)
+                retriever.search(topics, k=1000).write_trec(cached)
             runs[(name, split)] = Run.read_trec(cached)
             runs[(name, split)].name = name
     return runs, timings

@@ -39,14 +39,15 @@ log = logging.getLogger("bench_event")
 
 def bm25_runs(data, positions, window_days: int) -> dict[str, Run]:
     """BM25 over the whole dated pool, post-filtered to each question's candidates (and its window)."""
-    from sparsa.indexes import build_index, open_index
+    from sparsa.indexes import build_index
+    from sparsa.search import open_retriever
 
     path = STAGE / "bm25"
     if not (path / "sparsa.json").is_file():
         build_index("bm25", Corpus(a.to_document() for a in data.articles), path)
-    index = open_index(path)
+    index = open_retriever(path)
     questions = [data.questions[i] for i in positions]
-    found = index.retrieve([Query(q.id, q.text) for q in questions], k=3000)
+    found = index.search([Query(q.id, q.text) for q in questions], k=3000)
     date_of = {a.id: np.datetime64(a.date, "D") for a in data.articles}
     runs: dict[str, dict[str, list[Hit]]] = {"bm25": {}, f"bm25 + {window_days}-day filter": {}}
     for q in questions:

@@ -78,7 +78,7 @@ def main() -> None:
     if truth_file.is_file():
         truth = np.load(truth_file)
     else:
-        _, truth = ExactSearch(vectors, "cpu").search(queries, 10)
+        _, truth = ExactSearch(vectors, "cpu").search_vectors(queries, 10)
         np.save(truth_file, truth)
         payload["exact_ground_truth_seconds"] = round(time.perf_counter() - started, 1)
     lat_q = queries[: args.latency_queries]
@@ -103,8 +103,8 @@ def main() -> None:
         for value in values:
             structure.config = {**structure.config, knob: value}
             structure.apply_search_settings()
-            stats, found = latencies(structure.search, lat_q)
-            _, all_found = structure.search(queries, 10)
+            stats, found = latencies(structure.search_vectors, lat_q)
+            _, all_found = structure.search_vectors(queries, 10)
             row["sweep"].append({knob: value, **stats, "recall@10": round(recall_at(all_found, truth), 4)})
             print(structure.name, row["sweep"][-1], flush=True)
         payload["results"][structure.name] = row

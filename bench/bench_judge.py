@@ -165,7 +165,7 @@ def stage_runs(args: argparse.Namespace) -> None:
         build_index("bm25", data.corpus, BM25_INDEX)
     for name, (k1, b) in BM25_SETTINGS.items():
         if not (RUNS / f"{name}.trec").is_file():
-            run = LuceneBM25Index.open(BM25_INDEX, k1=k1, b=b).retrieve(data.queries, k=len(data.corpus))
+            run = LuceneBM25Index.open(BM25_INDEX, k1=k1, b=b).search(data.queries, k=len(data.corpus))
             scores = {q: {h.doc_id: h.score for h in hits} for q, hits in run.items()}
             write_run(pool_run(scores, data.qrels, name), RUNS / f"{name}.trec")
     bm25 = read_run(RUNS / "bm25-k1_0.9-b_0.4.trec")

@@ -49,7 +49,7 @@ def encode(args: argparse.Namespace) -> None:
             docs_s = time.perf_counter() - started
             queries = encoder.encode_queries([q.text for q in data.queries], show_progress=False)
             matrix = SparseMatrix.from_vectors(list(data.corpus), docs, encoder.vocab_size)
-            hits = ExactSparseSearcher(matrix).search(queries, args.k)
+            hits = ExactSparseSearcher(matrix).search_vectors(queries, args.k)
             Run({q.id: h for q, h in zip(data.queries, hits)}, name=name).write_trec(args.out / f"{name}.{dataset}.trec")
             timings[f"{name}.{dataset}"] = {"docs": len(texts), "encode_seconds": round(docs_s, 2),
                                            "docs_per_s": round(len(texts) / docs_s, 1),

@@ -73,16 +73,16 @@ def folder_bytes(folder: Path) -> int:
 
 
 def timed_search(engine, queries: list[SparseVector], truth: list[list[Hit]], latency_queries: int) -> dict:
-    engine.search(queries[:5], K)  # warm-up
+    engine.search_vectors(queries[:5], K)  # warm-up
     latencies = []
     for q in queries[:latency_queries]:
         t = time.perf_counter()
-        engine.search([q], K)
+        engine.search_vectors([q], K)
         latencies.append((time.perf_counter() - t) * 1000)
     times = []  # the whole query set as one batch, repeated (median) while that stays cheap
     while not times or (len(times) < 5 and sum(times) < 1.0):
         t = time.perf_counter()
-        found = engine.search(queries, K)
+        found = engine.search_vectors(queries, K)
         times.append(time.perf_counter() - t)
     batch_s = float(np.median(times))
     recall = np.mean([len({h.doc_id for h in f} & {h.doc_id for h in t}) / max(1, min(K, len(t)))
@@ -188,7 +188,7 @@ def main() -> None:
               f"fingerprint {args.generated['fingerprint']}", flush=True)
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
 
-    truth = ExactSparseSearcher(matrix, "cpu").search(queries, K)
+    truth = ExactSparseSearcher(matrix, "cpu").search_vectors(queries, K)
     rows: dict[str, dict] = {}
     for name in args.engines:
         for label, row in measure(name, matrix, queries, truth, args).items():

@@ -156,18 +156,18 @@ def _latency_set(args: argparse.Namespace) -> list[dict]:
     """Questions of the mixed set with their BM25 top-k passages (also saved for the GPU run)."""
     from rag_routing import prepare_index
 
-    from sparsa.indexes import open_index
     from sparsa.rag.qa_sets import mixed_question_set
+    from sparsa.search import open_retriever
     from sparsa.types import Corpus, Query
 
     examples, docs = mixed_question_set(args.data, args.per_source, args.seed)
     _, index_path = prepare_index(args.work, docs)
-    corpus, index = Corpus(docs), open_index(index_path)
+    corpus, index = Corpus(docs), open_retriever(index_path)
     chosen = examples[:: max(len(examples) // args.questions, 1)][: args.questions]
     items = []
     for e in chosen:
         started = time.perf_counter()
-        hits = index.retrieve([Query(e.id, e.question)], k=args.k)[e.id]
+        hits = index.search([Query(e.id, e.question)], k=args.k)[e.id]
         items.append({"question": e.question, "retrieve_seconds": time.perf_counter() - started,
                       "passages": [{"id": h.doc_id, "text": corpus[h.doc_id].text, "title": corpus[h.doc_id].title}
                                    for h in hits]})

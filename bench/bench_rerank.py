@@ -51,7 +51,8 @@ def data_dir() -> Path:
 
 def bm25_index(name: str, folder: Path) -> object:
     """An opened BM25 index: the shared SciFact one, or one built here over the DL 2019 passages."""
-    from sparsa.indexes import build_index, open_index
+    from sparsa.indexes import build_index
+    from sparsa.search import open_retriever
 
     if name == "scifact":
         path = load_settings().index_dir / "scifact-bm25"
@@ -59,7 +60,7 @@ def bm25_index(name: str, folder: Path) -> object:
         path = STAGE / "indexes" / f"{name}-bm25"
     if not (path / "sparsa.json").is_file():
         build_index("bm25", load_dataset(folder, "test").corpus, path)
-    return open_index(path)
+    return open_retriever(path)
 
 
 def stage_train(results: dict) -> None:
@@ -69,7 +70,7 @@ def stage_train(results: dict) -> None:
 
     train = load_dataset(data_dir() / "scifact", "train")
     bm25 = bm25_index("scifact", data_dir() / "scifact")
-    labelled = labelled_examples(train.queries, train.qrels, train.corpus, bm25.retrieve(train.queries, k=30),
+    labelled = labelled_examples(train.queries, train.qrels, train.corpus, bm25.search(train.queries, k=30),
                                  negatives=7)
     if not (TILDE / "sparsa.json").is_file():
         pairs = labelled + title_body_examples(train.corpus, negatives=0)
@@ -109,7 +110,7 @@ def ndcg10(run: Run, qrels) -> float:
 def dl19_pool_run() -> tuple[object, Run]:
     """Each DL 2019 query's judged passages ordered by BM25 (unretrieved ones last, by doc id)."""
     data = load_dataset(data_dir() / "trec-dl-2019-passage", "test")
-    bm25 = bm25_index("dl19", data_dir() / "trec-dl-2019-passage").retrieve(data.queries, k=len(data.corpus))
+    bm25 = bm25_index("dl19", data_dir() / "trec-dl-2019-passage").search(data.queries, k=len(data.corpus))
     pool = {}
     for q in data.queries:
         judged = data.qrels[q.id]
@@ -125,7 +126,7 @@ def stage_quality(results: dict) -> None:
     from sparsa.rerank import TildeV2Reranker, rerank_run
 
     test = load_dataset(data_dir() / "scifact", "test")
-    bm25 = bm25_index("scifact", data_dir() / "scifact").retrieve(test.queries, k=1000)
+    bm25 = bm25_index("scifact", data_dir() / "scifact").search(test.queries, k=1000)
     tilde = TildeV2Reranker.open(STORES["scifact"])
     scifact = {"queries": len(test.queries), "bm25": ndcg10(bm25, test.qrels)}
     for depth in (100, 1000):
@@ -167,7 +168,7 @@ def stage_fusion(results: dict) -> None:
     bm25 = bm25_index("scifact", data_dir() / "scifact")
     grid = [round(0.1 * i, 1) for i in range(11)]
     train = load_dataset(data_dir() / "scifact", "train")
-    first = bm25.retrieve(train.queries, k=100)
+    first = bm25.search(train.queries, k=100)
     second = rerank_run(tilde, first, train.queries, train.corpus, depth=100)
     on_train = {a: ndcg10(_fuse(first, second, a), train.qrels) for a in grid}
     alpha = max(grid, key=lambda a: on_train[a])
@@ -175,7 +176,7 @@ def stage_fusion(results: dict) -> None:
     out = {"alpha_chosen_on_train": alpha, "train_ndcg10_by_alpha": on_train,
            "note": "alpha is the BM25 weight; chosen on SciFact train queries (which TILDEv2 was trained on)"}
     for depth in (100, 1000):
-        first = bm25.retrieve(test.queries, k=depth)
+        first = bm25.search(test.queries, k=depth)
         second = rerank_run(tilde, first, test.queries, test.corpus, depth=depth)
         out[f"test_bm25_top{depth}"] = ndcg10(_fuse(first, second, alpha), test.qrels)
     results["scifact_bm25_tildev2_interpolation"] = out
@@ -193,7 +194,7 @@ def stage_ablation(results: dict) -> None:
     folder = STAGE / "stores" / "scifact-unexpanded"
     if not (folder / "sparsa.json").is_file():
         build_tildev2_store(test.corpus.documents, folder, encoder, expander=None)
-    bm25 = bm25_index("scifact", data_dir() / "scifact").retrieve(test.queries, k=100)
+    bm25 = bm25_index("scifact", data_dir() / "scifact").search(test.queries, k=100)
     out["scifact_test_bm25_top100"] = ndcg10(rerank_run(TildeV2Reranker.open(folder), bm25, test.queries,
                                                         test.corpus, 100), test.qrels)
     data, pool = dl19_pool_run()
@@ -216,7 +217,7 @@ def stage_ql(results: dict, queries: int, depth: int, dl19_depth: int) -> None:
     ql = QueryLikelihoodReranker(config)
     test = load_dataset(data_dir() / "scifact", "test")
     subset = sorted(test.queries, key=lambda q: int(q.id))[:queries]
-    bm25 = bm25_index("scifact", data_dir() / "scifact").retrieve(subset, k=depth)
+    bm25 = bm25_index("scifact", data_dir() / "scifact").search(subset, k=depth)
     qrels = type(test.qrels)({q.id: test.qrels[q.id] for q in subset})
     started = time.perf_counter()
     reranked = rerank_run(ql, bm25, subset, test.corpus, depth)
@@ -254,7 +255,7 @@ def stage_speed(results: dict, queries: int) -> None:
     torch.set_num_threads(1)  # the reranker itself uses no torch; numpy's ufuncs are single-threaded
     test = load_dataset(data_dir() / "scifact", "test")
     topics = test.queries[:queries]
-    bm25 = bm25_index("scifact", data_dir() / "scifact").retrieve(topics, k=1000)
+    bm25 = bm25_index("scifact", data_dir() / "scifact").search(topics, k=1000)
     reranker = TildeV2Reranker.open(STORES["scifact"])
     candidates = {q.id: [test.corpus[h.doc_id] for h in bm25[q.id]] for q in topics}
     for q in topics[:10]:  # warm-up: page the store in

@@ -24,7 +24,7 @@ from sparsa.indexes import build_index, open_index
 from sparsa.retrieval.dense import DenseConfig, DenseEncoder
 from sparsa.retrieval.dense_pretrain import pretraining_pairs, read_pairs
 from sparsa.retrieval.dense_train import DenseTrainConfig, Stage, train_dense
-from sparsa.retrieval.searcher import EncodedRetriever
+from sparsa.search import EncodedRetriever
 from sparsa.types import Corpus, Document, Query
 
 # name -> (start model or variant, stages as (pairs: a task or a file, steps, lr))
@@ -95,7 +95,7 @@ def main() -> None:
         for split, topics in queries.items():
             if split == "train" and "ft" in name:  # fine-tuned on the others: only held-out dev queries count
                 topics = [q for q in topics if q.id in dev_ids]
-            _append_run(args.out / f"{split}_runs.trec.gz", retriever.retrieve(topics, k=args.depth, show_progress=False),
+            _append_run(args.out / f"{split}_runs.trec.gz", retriever.search(topics, k=args.depth, show_progress=False),
                         name)
         manifest = json.loads((Path(model) / "sparsa.json").read_text()) if stages else {}
         records[name] = {"start": start, "stages": manifest.get("stages", []), "train_seconds": round(trained_s, 1),

@@ -59,16 +59,16 @@ def prepare_index(work: Path, docs: list[Document]) -> tuple[Path, Path]:
 
 def build_set(data: Path, work: Path, per_source: int, seed: int, k: int) -> dict:
     """Questions with their top-``k`` BM25 passages and corpus features, as one JSON-ready dict."""
-    from sparsa.indexes import open_index
     from sparsa.rag.qa_sets import NEEDS_CORPUS, mixed_question_set
     from sparsa.rag.routing import TermStats, question_features
+    from sparsa.search import open_retriever
     from sparsa.types import Corpus, Query
 
     examples, docs = mixed_question_set(data, per_source, seed)
     _, index_path = prepare_index(work, docs)
     corpus = Corpus(docs)
     stats = TermStats.from_corpus(corpus)
-    hits = open_index(index_path).retrieve([Query(e.id, e.question) for e in examples], k=k)
+    hits = open_retriever(index_path).search([Query(e.id, e.question) for e in examples], k=k)
     questions, passages = [], {}
     for e in _interleaved(examples):
         ids = [h.doc_id for h in hits[e.id]]

@@ -148,7 +148,7 @@ def collection_stats(matrix: SparseMatrix, queries: list[SparseVector], sample: 
     x = sp.diags(1 / (np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) + 1e-9)) @ x
     sims = (x @ x.T).toarray()
     np.fill_diagonal(sims, -1)
-    hits = ExactSparseSearcher(matrix, "cpu").search(queries, 11)
+    hits = ExactSparseSearcher(matrix, "cpu").search_vectors(queries, 11)
     s = np.array([[h.score for h in q] for q in hits if len(q) == 11])
     q = [0.1, 0.5, 0.9, 0.99]
     return {

@@ -9,8 +9,9 @@ if __name__ != "sparsa.indexes":  # a bare `import indexes` run from the repo ro
 
 from sparsa.lazy import lazy_exports
 
-_EXPORTS = {"build_index": "sparsa.indexes.jobs", "open_index": "sparsa.indexes.jobs"}
+_EXPORTS = {"build_index": "sparsa.indexes.jobs", "build_index_job": "sparsa.indexes.jobs",
+            "open_index": "sparsa.indexes.jobs"}
 
-__all__ = ["build_index", "open_index"]
+__all__ = ["build_index", "build_index_job", "open_index"]
 
 __getattr__ = lazy_exports("sparsa.indexes", _EXPORTS)

@@ -9,7 +9,7 @@ Folder layout (``sparsa.json`` written last, with every file's size and sha256):
 ``add`` publishes a new folder atomically: unchanged segments are hard-linked, the new documents
 are encoded into new segments, and the faiss structure is extended (IVF-PQ keeps its trained
 quantizers, so heavy additions drift from the data it was trained on: rebuild then). The manifest
-records the document encoder's ``spec()`` so ``retrieval.searcher.as_retriever`` rebuilds the query
+records the document encoder's ``spec()``, from which ``sparsa.search.open_retriever`` rebuilds the query
 encoder (``indexes`` never imports ``retrieval``).
 """
 
@@ -182,7 +182,7 @@ class DenseIndex:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` documents by inner product for each row of ``queries`` (``float32[q, d]``)."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -191,7 +191,7 @@ class DenseIndex:
             raise ConfigError(f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}")
         if not len(queries) or not self.num_documents:
             return [[] for _ in queries]
-        scores, rows = self.searcher.search(queries, min(k, self.num_documents))
+        scores, rows = self.searcher.search_vectors(queries, min(k, self.num_documents))
         return [[Hit(self.doc_ids[r], float(s)) for r, s in zip(row.tolist(), score.tolist()) if r >= 0]
                 for row, score in zip(rows, scores, strict=True)]
 

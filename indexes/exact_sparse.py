@@ -73,7 +73,7 @@ class ExactSparseSearcher:
     def settings(self) -> dict:
         return {}
 
-    def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         k = min(k, len(self.matrix))
         return self._search_torch(queries, k) if self._use_torch else self._search_cpu(queries, k)
 

@@ -1,16 +1,30 @@
 """Index jobs: build any index kind, and open any index folder by its manifest.
 
+``build_index`` builds a kind from a corpus with the encoder and settings it is given;
+``build_index_job`` is the job behind ``sparsa index`` and the service's builds: it also chooses
+each kind's encoder (registry name + default model). ``open_index`` opens the index itself (a BM25
+index is a ``Retriever``; learned-sparse and dense indexes answer ``search_vectors``): to search with
+query texts, open it with ``sparsa.search.open_retriever``.
+
 Publishing and manifests are shared with every other artifact (``sparsa/artifacts.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsa.artifacts import read_manifest
-from sparsa.registry import INDEX_BACKENDS
+from sparsa.registry import DENSE_BACKENDS, INDEX_BACKENDS, SPARSE_BACKENDS, build_encoder
 from sparsa.types import Corpus
+
+if TYPE_CHECKING:
+    from sparsa.indexes.ray_encoding import RayOptions
+    from sparsa.search import Retriever, VectorIndex
+
+# Index kinds whose documents an encoder turns into vectors: the encoder's registry name and default model.
+ENCODED_KINDS = {"splade": ("splade", "splade-tiny"), "dense": ("dense", "minilm-l6")}
 
 
 def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool | None = None, **config: Any) -> Path:
@@ -19,7 +33,38 @@ def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool 
     return backend.build(corpus, out, show_progress=show_progress, **config)
 
 
-def open_index(path: str | Path, verify: str = "size") -> Any:
+def build_index_job(
+    kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None, backends: Sequence[str] = ("exact",),
+    structure: str = "flat", device: str = "auto", threads: int = 2, ray: RayOptions | None = None,
+    show_progress: bool | None = None,
+) -> Path:
+    """Build a ``kind`` index (bm25, splade or dense) over ``corpus`` at ``out`` as one atomic job.
+
+    splade and dense indexes encode with ``model`` (default splade-tiny / minilm-l6) on ``device``, in
+    checkpointed shards (a rerun resumes), on a Ray cluster with ``ray``; ``backends``: the splade
+    search backends to build (the first is the default), ``structure``: the dense search structure.
+    ``threads``: Lucene indexing, and the search threads of Seismic and Lucene-impact backends.
+    """
+    INDEX_BACKENDS.target(kind)  # an unknown kind fails first, listing the known ones
+    if kind not in ENCODED_KINDS:
+        return build_index(kind, corpus, out, show_progress=show_progress, threads=threads)
+    if kind == "dense":
+        DENSE_BACKENDS.target(structure)  # unknown names fail before the model loads
+        config: dict[str, Any] = {"structure": structure}
+    else:
+        for name in backends:
+            SPARSE_BACKENDS.target(name)
+        config = {"backends": tuple(backends), **{b: {"threads": threads} for b in backends if b != "exact"}}
+    encoder_name, default_model = ENCODED_KINDS[kind]
+    encoder = build_encoder({"name": encoder_name, "config": {"model": model or default_model, "device": device}})
+    if ray is not None:
+        from sparsa.indexes.ray_encoding import RayEncoder
+
+        encoder = RayEncoder(encoder, [d.full_text for d in corpus.documents], ray)
+    return build_index(kind, corpus, out, show_progress=show_progress, encoder=encoder, **config)
+
+
+def open_index(path: str | Path, verify: str = "size") -> Retriever | VectorIndex:
     """Open any sparsa index folder; its manifest says which backend reads it."""
     manifest = read_manifest(path, verify=verify)
     return INDEX_BACKENDS.get(manifest["kind"]).open(path)

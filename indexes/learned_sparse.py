@@ -2,8 +2,9 @@
 
 The index folder keeps the encoded documents (``vectors/``, a CSR matrix) and one structure per
 backend (``exact`` needs none; ``seismic``; ``lucene-impact``). ``open`` picks a backend by name,
-all behind ``search(vectors, k) -> list[list[Hit]]``. The manifest records the document encoder
-so the caller can rebuild the matching query encoder (``indexes`` never imports ``retrieval``).
+all behind ``search_vectors(vectors, k) -> list[list[Hit]]``. The manifest records the document encoder,
+from which ``sparsa.search.open_retriever`` rebuilds the matching query encoder (``indexes`` never
+imports ``retrieval``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def encode_in_shards(
 class LearnedSparseIndex:
     """An opened learned-sparse index with one active backend."""
 
-    kind = "sparse"
+    kind = "splade"
 
     def __init__(self, path: Path, manifest: dict, matrix: SparseMatrix, searcher: Any):
         self.path, self.manifest, self.matrix, self.searcher = path, manifest, matrix, searcher
@@ -110,12 +111,12 @@ class LearnedSparseIndex:
     def num_documents(self) -> int:
         return len(self.matrix)
 
-    def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         """Top-``k`` documents by dot product for each query vector; an empty vector finds nothing."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         nonempty = [i for i, q in enumerate(queries) if q.nnz]
-        found = self.searcher.search([queries[i] for i in nonempty], k) if nonempty else []
+        found = self.searcher.search_vectors([queries[i] for i in nonempty], k) if nonempty else []
         results: list[list[Hit]] = [[] for _ in queries]
         for i, hits in zip(nonempty, found, strict=True):
             results[i] = hits

@@ -19,7 +19,8 @@ from pathlib import Path
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError, IndexCorruptError, MissingDependencyError, require
 from sparsa.progress import progress_bar
-from sparsa.types import Corpus, Hit, Query, Run
+from sparsa.search import Retriever
+from sparsa.types import Corpus, Hit, Query, Run, sort_hits
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ class BM25Config:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
-class LuceneBM25Index:
-    """A Lucene index searched with BM25. Build with :meth:`build`, open with :meth:`open`."""
+class LuceneBM25Index(Retriever):
+    """A Lucene index searched with BM25 (a ``Retriever``). Build with :meth:`build`, open with :meth:`open`."""
 
     kind = "bm25"
 
@@ -126,10 +127,12 @@ class LuceneBM25Index:
     def num_documents(self) -> int:
         return int(self.manifest["num_documents"])
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        return [Hit(h.docid, float(h.score)) for h in self._searcher.search(text, k=k)]
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        return sort_hits([Hit(h.docid, float(h.score)) for h in self._searcher.search(text, k=k)])
 
-    def retrieve(self, queries: Sequence[Query], k: int = 1000, show_progress: bool | None = None) -> Run:
+    def search(self, queries: Sequence[Query], k: int = 1000, show_progress: bool | None = None) -> Run:
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         results: dict[str, list[Hit]] = {}

@@ -71,7 +71,7 @@ class LuceneImpactSearcher:
     def settings(self) -> dict:
         return asdict(self.config)
 
-    def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         from jnius import autoclass
 
         HashMap, ArrayList = autoclass("java.util.HashMap"), autoclass("java.util.ArrayList")

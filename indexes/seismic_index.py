@@ -98,7 +98,7 @@ class SeismicSearcher:
     def settings(self) -> dict:
         return asdict(self.config)
 
-    def search(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
         if not queries:
             return []
         ids = np.array([str(i) for i in range(len(queries))], dtype=_terms(np.zeros(1, np.int32)).dtype)

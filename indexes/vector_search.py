@@ -1,6 +1,6 @@
 """Search structures over stored dense vectors: faiss Flat / HNSW / IVF-PQ and exact torch/numpy search.
 
-Every searcher answers ``search(queries float32[q, d], k) -> (scores float32[q, k], rows int64[q, k])``
+Every searcher answers ``search_vectors(queries float32[q, d], k) -> (scores float32[q, k], rows int64[q, k])``
 by inner product (row -1: fewer than k found). A structure is chosen by name (``DENSE_BACKENDS`` in
 ``sparsa/registry.py``) and saved as ``<name>.faiss`` beside the vectors, so it can be rebuilt any
 time from them. Where it runs:
@@ -63,7 +63,7 @@ class ExactSearch:
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self))
         block = max(1, _SCORE_BLOCK // max(1, len(self)))
         scores, rows = [], []
@@ -140,7 +140,7 @@ class FaissStructure:
         self.index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
         return True
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, rows.astype(np.int64)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
+from sparsa.search import Retriever
 from sparsa.types import Corpus, Document, Hit, Query
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,12 @@ class Answer:
 
 
 class QAPipeline:
-    """``reader``: a :class:`sparsa.rag.reader.Reader`; ``retriever``: any ``Retriever``; ``corpus``
-    turns hits into passages; ``router``: a :class:`sparsa.rag.routing.Router`; ``reranker``: any
-    ``Reranker`` (it reranks ``rerank_depth`` hits, the reader gets the top ``k``)."""
+    """``reader``: a :class:`sparsa.rag.reader.Reader`; ``retriever``: any ``sparsa.search.Retriever``;
+    ``corpus`` turns hits into passages; ``router``: a :class:`sparsa.rag.routing.Router`; ``reranker``:
+    any ``RERANKERS`` class's instance (it reranks ``rerank_depth`` hits, the reader gets the top ``k``)."""
 
-    def __init__(self, reader: Any, retriever: Any = None, corpus: Corpus | None = None, router: Any = None,
-                 reranker: Any = None, k: int = 5, rerank_depth: int = 20):
+    def __init__(self, reader: Any, retriever: Retriever | None = None, corpus: Corpus | None = None,
+                 router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20):
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if retriever is not None and corpus is None:
@@ -106,7 +107,7 @@ class QAPipeline:
     def _passages(self, question: str, timings: dict[str, float]) -> tuple[list[Hit], list[Document]]:
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
-        hits = self.retriever.retrieve([Query("q", question)], k=depth, show_progress=False).get("q", [])
+        hits = self.retriever.search_text(question, k=depth)
         timings["retrieve"] = time.perf_counter() - started
         missing = [hit.doc_id for hit in hits if hit.doc_id not in self.corpus]
         if missing:
@@ -123,7 +124,8 @@ class QAPipeline:
 def load_pipeline(index: str | Path | None, *, model: str = "smollm2-135m-instruct", dataset: str | Path | None = None,
                   reranker: str | None = None, k: int = 5, router: str | Path | None = None,
                   rerank_model: str | Path | None = None, **reader_config: Any) -> QAPipeline:
-    """Open an index (any sparsa index folder; None: closed-book only), its corpus and the reader.
+    """Open an index (any sparsa index folder or name, through ``sparsa.search.open_retriever``; None:
+    closed-book only), its corpus and the reader.
 
     ``dataset``: the dataset folder or corpus file whose documents the index holds (needed to turn
     hits into passages). ``reranker``: a ``RERANKERS`` name (``tildev2`` needs ``rerank_model``, its
@@ -135,12 +137,11 @@ def load_pipeline(index: str | Path | None, *, model: str = "smollm2-135m-instru
 
     retriever = corpus = None
     if index is not None:
-        from sparsa.indexes import open_index
-        from sparsa.retrieval.searcher import as_retriever
+        from sparsa.search import open_retriever
 
         if dataset is None:
             raise ConfigError("an index needs its dataset (the corpus it was built from) to read passages")
-        retriever = as_retriever(open_index(index))
+        retriever = open_retriever(index)
         corpus = load_corpus(dataset)
     elif reranker is not None:
         raise ConfigError("a reranker needs an index")

@@ -17,8 +17,6 @@ _EXPORTS = {
     "SpladeEncoder": "sparsa.retrieval.splade",
     "DenseConfig": "sparsa.retrieval.dense",
     "DenseEncoder": "sparsa.retrieval.dense",
-    "EncodedRetriever": "sparsa.retrieval.searcher",
-    "as_retriever": "sparsa.retrieval.searcher",
     "SpladeTrainConfig": "sparsa.retrieval.splade_train",
     "train_splade": "sparsa.retrieval.splade_train",
 }

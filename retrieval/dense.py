@@ -122,7 +122,7 @@ class DenseEncoder:
                     time.perf_counter() - started)
 
     def spec(self) -> dict:
-        """What rebuilds this encoder (see ``sparsa.retrieval.searcher.encoder_from_spec``)."""
+        """What rebuilds this encoder (see ``sparsa.registry.build_encoder``)."""
         return {"name": "dense", "config": asdict(self.config)}
 
     def encode_queries(

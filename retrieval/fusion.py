@@ -8,17 +8,18 @@
   it is treated as ranked just below the run's depth.
 
 Only the top ``depth`` hits of each run take part (None: all). ``k`` is the number of fused hits
-kept per query, as in every ``retrieve(queries, k)``. This module imports no index: retrievers
-arrive as objects with ``retrieve(queries, k) -> Run``.
+kept per query, as in every ``search(queries, k)``. This module imports no index: retrievers
+arrive as ``sparsa.search.Retriever`` s (``search(queries, k) -> Run``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from sparsa.errors import ConfigError
+from sparsa.search import Retriever
 from sparsa.types import Hit, Query, Run
 
 Normalisation = Literal["minmax", "zscore"]
@@ -104,10 +105,10 @@ def fuse(runs: Sequence[Run], method: str = "rrf", weights: Sequence[float] | No
     raise ConfigError(f"unknown fusion method {method!r}; known: {', '.join(METHODS)}")
 
 
-class HybridRetriever:
-    """Several retrievers behind one ``retrieve(queries, k) -> Run``: each fetches ``depth`` hits, then fusion."""
+class HybridRetriever(Retriever):
+    """Several retrievers behind one ``search(queries, k) -> Run``: each fetches ``depth`` hits, then fusion."""
 
-    def __init__(self, retrievers: Sequence[Any], method: str = "rrf", weights: Sequence[float] | None = None,
+    def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf", weights: Sequence[float] | None = None,
                  depth: int = 1000, normalisation: Normalisation = "minmax", rrf_k: float = 60.0):
         if method not in METHODS:
             raise ConfigError(f"unknown fusion method {method!r}; known: {', '.join(METHODS)}")
@@ -116,8 +117,8 @@ class HybridRetriever:
         self.method, self.depth, self.normalisation, self.rrf_k = method, depth, normalisation, rrf_k
         self.name = f"{method}(" + ",".join(getattr(r, "name", type(r).__name__) for r in self.retrievers) + ")"
 
-    def retrieve(self, queries: Sequence[Query], k: int = 1000, show_progress: bool | None = None) -> Run:
-        runs = [r.retrieve(queries, k=max(k, self.depth), show_progress=show_progress) for r in self.retrievers]
+    def search(self, queries: Sequence[Query], k: int = 1000, show_progress: bool | None = None) -> Run:
+        runs = [r.search(queries, k=max(k, self.depth), show_progress=show_progress) for r in self.retrievers]
         fused = fuse(runs, self.method, self.weights, k=k, depth=self.depth, normalisation=self.normalisation,
                      rrf_k=self.rrf_k)
         fused.name = self.name

@@ -178,7 +178,7 @@ class SpladeEncoder:
     config_class = SpladeConfig
 
     def spec(self) -> dict:
-        """What rebuilds this encoder (see ``sparsa.retrieval.searcher.encoder_from_spec``)."""
+        """What rebuilds this encoder (see ``sparsa.registry.build_encoder``)."""
         return {"name": "splade", "config": asdict(self.config)}
 
     @property

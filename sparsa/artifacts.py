@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "sparsa.json"
 _BUILDING = ".building"
 _OWNER = "owner.pid"
+# Kinds renamed since: manifests that say the old name are read as the new one.
+OLD_KINDS = {"sparse": "splade"}  # learned-sparse indexes
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,7 +122,7 @@ def read_manifest(path: str | Path, verify: str = "size", kind: str | None = Non
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-        manifest["kind"]
+        manifest["kind"] = OLD_KINDS.get(manifest["kind"], manifest["kind"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise IndexCorruptError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if kind is not None and manifest["kind"] != kind:

@@ -59,6 +59,14 @@ def load_settings() -> Settings:
     return settings_from_env()
 
 
+def index_path(name_or_path: str | Path) -> Path:
+    """An index folder: a path, or a name under ``$SPARSA_HOME/indexes`` (``scifact-bm25``)."""
+    path = Path(name_or_path).expanduser()
+    if isinstance(name_or_path, Path) or path.exists() or "/" in name_or_path:
+        return path
+    return load_settings().index_dir / name_or_path
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` means CUDA when torch sees a GPU, else CPU."""
     if device != "auto":

@@ -38,10 +38,11 @@ class Registry:
         return getattr(importlib.import_module(module), attribute)
 
 
-# Index backends, by the ``kind`` stored in each index's sparsa.json.
+# Index backends, by the ``kind`` stored in each index's sparsa.json (the CLI's ``--kind`` and the service's
+# retriever names too). Manifests written before "splade" was the one name say "sparse": read_manifest maps it.
 INDEX_BACKENDS = Registry("index kind", {
     "bm25": "sparsa.indexes.lucene:LuceneBM25Index",
-    "sparse": "sparsa.indexes.learned_sparse:LearnedSparseIndex",
+    "splade": "sparsa.indexes.learned_sparse:LearnedSparseIndex",
     "dense": "sparsa.indexes.dense_index:DenseIndex",
 })
 
@@ -53,7 +54,7 @@ DENSE_BACKENDS = Registry("dense structure", {
 })
 
 # Search structures over a learned-sparse index's stored vectors: build(matrix, folder, config),
-# open(folder, matrix, config), search(vectors, k).
+# open(folder, matrix, config), search_vectors(vectors, k).
 SPARSE_BACKENDS = Registry("sparse backend", {
     "exact": "sparsa.indexes.exact_sparse:ExactSparseSearcher",
     "seismic": "sparsa.indexes.seismic_index:SeismicSearcher",

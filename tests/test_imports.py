@@ -16,9 +16,16 @@ def loaded_modules(code: str) -> set[str]:
     return set(json.loads(out.stdout.splitlines()[-1]))
 
 
+HEAVY = {"torch", "transformers", "pyserini", "jnius", "faiss", "ray", "sentence_transformers", "triton"}
+
+
 def test_import_sparsa_loads_no_heavy_dependency():
-    heavy = {"torch", "transformers", "pyserini", "jnius", "faiss", "ray", "sentence_transformers", "triton"}
-    assert not heavy & loaded_modules("import sparsa")
+    assert not HEAVY & loaded_modules("import sparsa")
+
+
+def test_the_search_layer_loads_no_heavy_dependency():
+    """``sparsa.search`` reaches index classes and encoders through the registries, only when opening one."""
+    assert not HEAVY & loaded_modules("from sparsa.search import Retriever, open_retriever")
 
 
 def test_subpackages_import_without_java():

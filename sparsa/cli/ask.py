@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from sparsa.cli.common import console, dataset_path, index_path, out
+from sparsa.cli.common import console, dataset_path, out
+from sparsa.config import index_path
 from sparsa.errors import ConfigError
 
 

@@ -1,4 +1,5 @@
-"""What every command shares: the console, dataset and index path resolution."""
+"""What every command shares: the console and dataset path resolution (index names:
+``sparsa.config.index_path``)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,3 @@ def dataset_path(name_or_path: str) -> Path:
     if under_data.exists():
         return under_data
     raise DataFormatError(path, f"dataset not found (also looked in {load_settings().data_dir})")
-
-
-def index_path(name_or_path: str) -> Path:
-    """An index folder: a path, or a name under ``$SPARSA_HOME/indexes``."""
-    path = Path(name_or_path).expanduser()
-    if path.exists() or "/" in name_or_path:
-        return path
-    return load_settings().index_dir / name_or_path

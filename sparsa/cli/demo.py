@@ -12,10 +12,12 @@ import typer
 from rich.table import Table
 
 from sparsa import models
-from sparsa.cli.common import console, dataset_path, index_path
+from sparsa.cli.common import console, dataset_path
 from sparsa.cli.retrieval import print_eval
+from sparsa.config import index_path
 from sparsa.data import load_dataset
 from sparsa.eval import evaluate_run
+from sparsa.search import open_retriever
 
 EXAMPLES = 3
 
@@ -26,7 +28,7 @@ def demo(
     rebuild: Annotated[bool, typer.Option(help="rebuild the index even if it exists")] = False,
 ) -> None:
     """Pull default models, index SciFact (BM25), search its test queries and report nDCG@10."""
-    from sparsa.indexes import build_index, open_index
+    from sparsa.indexes import build_index
 
     for name in models.BUILTIN_MODELS:
         console.print(f"model {name}: {models.pull(name)}")
@@ -34,10 +36,10 @@ def demo(
     path = index_path(index_name)
     if rebuild or not (path / "sparsa.json").is_file():
         build_index("bm25", data.corpus, path)
-    index = open_index(path)
-    console.print(f"index: {index}")
+    retriever = open_retriever(path)
+    console.print(f"index: {retriever}")
 
-    run = index.retrieve(data.queries, k=100)  # enough for nDCG@10 and R@100; bench/ uses k=1000
+    run = retriever.search(data.queries, k=100)  # enough for nDCG@10 and R@100; bench/ uses k=1000
     for query in data.queries[:EXAMPLES]:
         table = Table("rank", "doc id", "score", "relevant", "title", title=f"query {query.id}: {query.text}")
         for rank, hit in enumerate(run[query.id][:3], start=1):

@@ -8,18 +8,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sparsa.cli.common import console, dataset_path, index_path, out
+from sparsa.cli.common import console, dataset_path, out
+from sparsa.config import index_path
 from sparsa.data import load_corpus, load_dataset, read_queries
 from sparsa.data.beir import EMPTY_QUERY
 from sparsa.errors import ConfigError
 from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
+from sparsa.search import open_retriever
 from sparsa.types import Qrels, Query, Run
 
 DatasetOpt = Annotated[str | None, typer.Option(help="dataset folder or name under the data dir (e.g. scifact)")]
 SplitOpt = Annotated[str, typer.Option(help="qrels split of the dataset")]
-
-
-KINDS = ("bm25", "splade", "dense")
 
 
 def index(
@@ -43,42 +42,18 @@ def index(
     splade and dense indexes encode in checkpointed shards: rerunning an interrupted job resumes it,
     with or without --ray.
     """
-    from sparsa.indexes import build_index
+    from sparsa.indexes import build_index_job
+    from sparsa.indexes.ray_encoding import RayOptions
+    from sparsa.registry import INDEX_BACKENDS
 
     if (dataset is None) == (corpus is None):
         raise ConfigError("give exactly one of --dataset or --corpus")
-    if kind not in KINDS:
-        raise ConfigError(f"unknown index kind {kind!r}; known: {', '.join(KINDS)}")
+    INDEX_BACKENDS.target(kind)  # an unknown kind fails before the corpus loads
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
-    if kind == "bm25":
-        path = build_index("bm25", docs, index_path(out_), threads=threads)
-    elif kind == "dense":
-        from sparsa.registry import DENSE_BACKENDS
-        from sparsa.retrieval.dense import DenseConfig, DenseEncoder
-
-        DENSE_BACKENDS.target(faiss)  # an unknown structure fails before the model loads
-        encoder = DenseEncoder(DenseConfig(model=model or "minilm-l6", device=device))
-        encoder = _on_ray(encoder, docs, ray, ray_address, ray_actors)
-        path = build_index("dense", docs, index_path(out_), encoder=encoder, structure=faiss)
-    else:
-        from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
-
-        encoder = SpladeEncoder(SpladeConfig(model=model or "splade-tiny", device=device))
-        encoder = _on_ray(encoder, docs, ray, ray_address, ray_actors)
-        backends = tuple(backend or ("exact",))
-        path = build_index("sparse", docs, index_path(out_), encoder=encoder, backends=backends,
-                           **{b: {"threads": threads} for b in backends if b != "exact"})
+    path = build_index_job(kind, docs, index_path(out_), model=model, backends=tuple(backend or ("exact",)),
+                           structure=faiss, device=device, threads=threads,
+                           ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None)
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
-
-
-def _on_ray(encoder, docs, ray: bool, address: str | None, actors: int | None):
-    """The encoder itself, or a stand-in that runs its work on Ray (same spec, same shards)."""
-    if not ray:
-        return encoder
-    from sparsa.indexes.ray_encoding import RayEncoder, RayOptions
-
-    texts = [d.full_text for d in docs.documents]
-    return RayEncoder(encoder, texts, RayOptions(address=address, actors=actors))
 
 
 def search(
@@ -88,24 +63,24 @@ def search(
     split: SplitOpt = "test",
     queries: Annotated[Path | None, typer.Option(help="queries file (JSONL or TSV)")] = None,
     k: Annotated[int, typer.Option(help="hits per query", min=1, max=10_000)] = 1000,
-    backend: Annotated[str | None, typer.Option(help="learned-sparse backend (default: the index's first)")] = None,
+    backend: Annotated[str | None, typer.Option(help="splade index: search backend (default: the index's first)")] = None,
     run_out: Annotated[Path | None, typer.Option("--out", help="write the run here (TREC format)")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
     if sum(x is not None for x in (query, dataset, queries)) != 1:
         raise ConfigError("give exactly one of --query, --dataset or --queries")
-    opened = open_retriever(index_path(index_), backend)
+    if query is not None and not query.strip():
+        raise ConfigError(f"--query: {EMPTY_QUERY}")
+    retriever = open_retriever(index_, backend)
     if query is not None:
-        if not query.strip():
-            raise ConfigError(f"--query: {EMPTY_QUERY}")
-        run = opened.retrieve([Query("q", query)], k=k, show_progress=False)
+        run = retriever.search([Query("q", query)], k=k, show_progress=False)
         table = Table("rank", "doc id", "score")
         for rank, hit in enumerate(run["q"], start=1):
             table.add_row(str(rank), hit.doc_id, f"{hit.score:.4f}")
         console.print(table)
     else:
         topics = load_dataset(dataset_path(dataset), split).queries if dataset else read_queries(queries)
-        run = opened.retrieve(topics, k=k)
+        run = retriever.search(topics, k=k)
     if run_out is not None:
         run.write_trec(run_out)
         console.print(f"wrote {sum(len(h) for h in run.values())} hits for {len(run)} queries to {run_out}")
@@ -113,16 +88,6 @@ def search(
         for qid, hits in run.items():
             for rank, hit in enumerate(hits, start=1):
                 out.print(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {run.name}")
-
-
-def open_retriever(path: Path, backend: str | None = None):
-    """Open any index as a retriever (learned-sparse indexes get their own query encoder)."""
-    from sparsa.indexes import open_index
-    from sparsa.indexes.learned_sparse import LearnedSparseIndex
-    from sparsa.retrieval.searcher import as_retriever
-
-    index = LearnedSparseIndex.open(path, backend) if backend else open_index(path)
-    return as_retriever(index)
 
 
 def print_eval(result: RankingEval, title: str = "") -> None:

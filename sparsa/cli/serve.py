@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from sparsa.cli.common import console, dataset_path, index_path
+from sparsa.cli.common import console, dataset_path
+from sparsa.config import index_path
 from sparsa.errors import ConfigError
 
 DEFAULT_INDEXES = {"bm25": "scifact-bm25", "splade": "scifact-splade"}

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from sparsa.cli import amar
-from sparsa.cli.common import console, dataset_path, index_path
+from sparsa.cli.common import console, dataset_path
 from sparsa.errors import ConfigError
 
 app = typer.Typer(help="Train encoders.", no_args_is_help=True)
@@ -109,22 +109,22 @@ def judge(
 def _mine_examples(dataset: str | None, split: str, first_stage: str | None, negatives: int,
                    self_supervised: int) -> tuple[list, dict]:
     from sparsa.data import load_dataset
-    from sparsa.indexes import open_index
     from sparsa.retrieval.training_data import labelled_examples, title_body_examples
+    from sparsa.search import open_retriever
     from sparsa.types import Query
 
     if dataset is None or first_stage is None:
         raise ConfigError("give --dataset and --first-stage (a BM25 index of its corpus), or --examples")
     data = load_dataset(dataset_path(dataset), split)
-    bm25 = open_index(index_path(first_stage))
+    bm25 = open_retriever(first_stage)
     labelled = labelled_examples(data.queries, data.qrels, data.corpus,
-                                 bm25.retrieve(data.queries, k=negatives + 20), negatives)
+                                 bm25.search(data.queries, k=negatives + 20), negatives)
     described = {"dataset": data.name, "split": split, "queries": len(data.queries), "labelled": len(labelled),
                  "negatives": f"BM25 top-{negatives + 20} minus relevant"}
     pseudo = []
     if self_supervised:
         titled = [Query(d.id, d.title) for d in data.corpus.documents if d.title.strip()]
-        title_run = bm25.retrieve(titled, k=negatives + 10)
+        title_run = bm25.search(titled, k=negatives + 10)
         pseudo = title_body_examples(data.corpus, title_run, negatives, limit=self_supervised)
         described["self_supervised"] = f"{len(pseudo)} title->body pairs from the corpus"
     return labelled + pseudo, described

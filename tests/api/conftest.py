@@ -31,7 +31,7 @@ def index_root(tmp_path_factory, cranfield) -> Path:
     build_index("bm25", cranfield.corpus, root / "bm25", show_progress=False)
     subset = Corpus(cranfield.corpus.documents[:SPLADE_DOCS])
     encoder = SpladeEncoder(SpladeConfig(model="splade-tiny", device="cpu"))
-    build_index("sparse", subset, root / "splade", encoder=encoder, show_progress=False)
+    build_index("splade", subset, root / "splade", encoder=encoder, show_progress=False)
     dense = DenseEncoder(DenseConfig(model="minilm-l6", device="cpu"))
     build_index("dense", subset, root / "dense", encoder=dense, show_progress=False)
     return root

@@ -37,7 +37,7 @@ def test_search_finds_what_the_library_finds(client, loaded_state):
     """The API adds nothing to the ranking: same ids and scores as the library retriever."""
     from sparsa.types import Query
 
-    direct = loaded_state.indexes["bm25"].searcher.retrieve([Query("q", QUERY)], k=10, show_progress=False)["q"]
+    direct = loaded_state.indexes["bm25"].searcher.search([Query("q", QUERY)], k=10, show_progress=False)["q"]
     served = client.post("/search", json={"query": QUERY, "k": 10, "include_text": False}).json()["hits"]
     assert [h["doc_id"] for h in served] == [h.doc_id for h in direct]
     assert served[0]["text"] is None
@@ -80,7 +80,7 @@ def test_hybrid_is_rrf_over_the_served_retrievers(client, loaded_state):
     from sparsa.retrieval.fusion import reciprocal_rank_fusion
     from sparsa.types import Query
 
-    runs = [loaded_state.indexes[n].searcher.retrieve([Query("q", QUERY)], k=100, show_progress=False)
+    runs = [loaded_state.indexes[n].searcher.search([Query("q", QUERY)], k=100, show_progress=False)
             for n in ("bm25", "splade", "dense")]
     expected = [h.doc_id for h in reciprocal_rank_fusion(runs, k=10)["q"]]
     served = client.post("/search", json={"query": QUERY, "retriever": "hybrid", "k": 10}).json()["hits"]

@@ -83,7 +83,7 @@ def test_swap_refuses_a_corrupt_index_and_keeps_serving(spare_index, index_root,
                                             "checksum; rebuild it")
         assert client.post("/search", json={"query": "flow", "k": 3}).json()["hits"] == before
         wrong_kind = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "splade-copy"})
-        assert wrong_kind.status_code == 400 and "is a 'sparse' index" in wrong_kind.json()["detail"]
+        assert wrong_kind.status_code == 400 and "is a 'splade' index" in wrong_kind.json()["detail"]
         missing = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "nope"})
         assert missing.status_code == 404
         swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "splade", "name": "splade-copy"})

@@ -61,14 +61,14 @@ def test_flat_index_returns_the_exact_top_k(tmp_path):
     index = open_index(build_index("dense", corpus, tmp_path / "flat", encoder=encoder, shard_size=16))
     assert isinstance(index, DenseIndex) and index.num_documents == 60
     for query in ("protein cancer", "sleep diet drug", "brain"):
-        hits = index.search(encoder.encode_documents([query]), 5)[0]
+        hits = index.search_vectors(encoder.encode_documents([query]), 5)[0]
         _, expected_scores = brute_force(encoder, corpus, query, 5)
         np.testing.assert_allclose([h.score for h in hits], expected_scores, rtol=1e-5)
         # ids can differ only inside ties: each returned doc must score what brute force says
         by_id = dict(zip([d.id for d in corpus.documents], encoder.encode_documents(
             [d.full_text for d in corpus.documents]) @ encoder.encode(query), strict=True))
         assert all(abs(by_id[h.doc_id] - h.score) < 1e-5 for h in hits)
-    assert index.search(encoder.encode_documents(["gene"]), 1000)[0].__len__() == 60  # k above n: all
+    assert index.search_vectors(encoder.encode_documents(["gene"]), 1000)[0].__len__() == 60  # k above n: all
 
 
 @pytest.mark.parametrize("structure", ["hnsw", "ivfpq"])
@@ -78,8 +78,8 @@ def test_faiss_round_trip_and_incremental_add(tmp_path, structure):
     path = build_index("dense", first, tmp_path / structure, encoder=encoder, structure=structure)
     index = open_index(path)
     queries = encoder.encode_documents(["protein cell", "virus heart trial"])
-    before = index.search(queries, 10)
-    again = open_index(path, verify="sha256").search(queries, 10)  # persisted: same answers after reload
+    before = index.search_vectors(queries, 10)
+    again = open_index(path, verify="sha256").search_vectors(queries, 10)  # persisted: same answers after reload
     assert before == again
     assert (path / f"{structure}.faiss").is_file()
 
@@ -88,7 +88,7 @@ def test_faiss_round_trip_and_incremental_add(tmp_path, structure):
     assert grown.doc_ids[400:] == [d.id for d in second.documents]
     # a new document, searched with its own vector, is found first (or tied first)
     own = encoder.encode_documents([second.documents[7].full_text])
-    top = grown.search(own, 10)[0]
+    top = grown.search_vectors(own, 10)[0]
     assert top[0].score == pytest.approx(1.0, abs=0.05 if structure == "ivfpq" else 1e-5)
     if structure == "hnsw":
         assert second.documents[7].id in {h.doc_id for h in top if h.score > 1 - 1e-5}
@@ -116,12 +116,12 @@ def test_build_from_vectors_and_errors(tmp_path):
     index = open_index(DenseIndex.build_from_vectors([f"v{i}" for i in range(40)], vectors, tmp_path / "v", spec,
                                                      shard_size=16))
     best = int(np.argmax(vectors @ vectors[3]))
-    assert index.search(vectors[3], 1)[0][0].doc_id == f"v{best}"
+    assert index.search_vectors(vectors[3], 1)[0][0].doc_id == f"v{best}"
     assert index.encoder_spec == spec
     with pytest.raises(ConfigError, match="dimensions"):
-        index.search(np.zeros((1, 4), np.float32), 3)
+        index.search_vectors(np.zeros((1, 4), np.float32), 3)
     with pytest.raises(ConfigError, match="k must be"):
-        index.search(vectors[:1], 0)
+        index.search_vectors(vectors[:1], 0)
     with pytest.raises(UnknownNameError):
         build_index("dense", make_corpus(3), tmp_path / "x", encoder=HashingDenseEncoder(), structure="annoy")
     with pytest.raises(ConfigError, match="needs an encoder"):

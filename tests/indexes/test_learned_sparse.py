@@ -49,7 +49,7 @@ def cranfield_sparse(tmp_path_factory, cranfield):
     pytest.importorskip("seismic")
     needs_java()
     out = tmp_path_factory.mktemp("lsr") / "cran-hash"
-    build_index("sparse", cranfield.corpus, out, encoder=HashingEncoder(), shard_size=300,
+    build_index("splade", cranfield.corpus, out, encoder=HashingEncoder(), shard_size=300,
                 backends=("exact", "seismic", "lucene-impact"), show_progress=False)
     return out
 
@@ -57,16 +57,16 @@ def cranfield_sparse(tmp_path_factory, cranfield):
 def test_backends_agree_with_exact_search(cranfield_sparse, cranfield):
     encoder = HashingEncoder()
     queries = [encoder.encode(q.text) for q in cranfield.queries]  # a large batch: results stay in order
-    exact = open_index(cranfield_sparse).search(queries, k=10)
+    exact = open_index(cranfield_sparse).search_vectors(queries, k=10)
     assert open_index(cranfield_sparse).num_documents == 1400
     first = cranfield.corpus.documents[0]
-    top = open_index(cranfield_sparse).search([encoder.encode(first.full_text)], k=1)[0][0]
+    top = open_index(cranfield_sparse).search_vectors([encoder.encode(first.full_text)], k=1)[0][0]
     assert top.doc_id == first.id  # a document is its own best match
     assert top.score == pytest.approx(encoder.encode(first.full_text).dot(encoder.encode(first.full_text)), rel=1e-5)
     for backend, floor in (("lucene-impact", 0.95), ("seismic", 0.9)):
         from sparsa.indexes.learned_sparse import LearnedSparseIndex
 
-        found = LearnedSparseIndex.open(cranfield_sparse, backend=backend).search(queries, k=10)
+        found = LearnedSparseIndex.open(cranfield_sparse, backend=backend).search_vectors(queries, k=10)
         assert np.mean([overlap_at(e, f) for e, f in zip(exact, found)]) >= floor, backend
         assert np.mean([e[0].doc_id == f[0].doc_id for e, f in zip(exact, found)]) >= floor, backend
 
@@ -75,18 +75,18 @@ def test_manifest_records_the_encoder(cranfield_sparse):
     index = open_index(cranfield_sparse)
     assert index.encoder_spec == HashingEncoder().spec()
     assert set(index.manifest["config"]["backends"]) == {"exact", "seismic", "lucene-impact"}
-    assert index.search([SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32))], k=5) == [[]]
+    assert index.search_vectors([SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32))], k=5) == [[]]
     with pytest.raises(ConfigError, match="k must be >= 1"):
-        index.search([HashingEncoder().encode("wing")], k=0)
+        index.search_vectors([HashingEncoder().encode("wing")], k=0)
 
 
 def test_interrupted_build_resumes_from_its_shards(tmp_path, cranfield):
     out = tmp_path / "resumable"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        build_index("sparse", cranfield.corpus, out, encoder=HashingEncoder(fail_after=3), shard_size=200)
+        build_index("splade", cranfield.corpus, out, encoder=HashingEncoder(fail_after=3), shard_size=200)
     assert not out.exists() and len(list((tmp_path / ".resumable.building" / "shards").iterdir())) == 3
     second = HashingEncoder()
-    build_index("sparse", cranfield.corpus, out, encoder=second, shard_size=200)
+    build_index("splade", cranfield.corpus, out, encoder=second, shard_size=200)
     assert second.calls == 4  # 7 shards of 200, 3 reused
     assert open_index(out).num_documents == 1400
     assert not (tmp_path / ".resumable.building").exists()
@@ -94,14 +94,14 @@ def test_interrupted_build_resumes_from_its_shards(tmp_path, cranfield):
 
 def test_unknown_backend_and_missing_encoder(tmp_path, cranfield):
     with pytest.raises(UnknownNameError, match="unknown sparse backend 'seismik'"):
-        build_index("sparse", cranfield.corpus, tmp_path / "x", encoder=HashingEncoder(), backends=("seismik",))
+        build_index("splade", cranfield.corpus, tmp_path / "x", encoder=HashingEncoder(), backends=("seismik",))
     with pytest.raises(ConfigError, match="needs an encoder"):
-        build_index("sparse", cranfield.corpus, tmp_path / "x")
+        build_index("splade", cranfield.corpus, tmp_path / "x")
 
 
 def test_damaged_vectors_are_refused(tmp_path, cranfield):
     out = tmp_path / "damaged"
-    build_index("sparse", cranfield.corpus, out, encoder=HashingEncoder())
+    build_index("splade", cranfield.corpus, out, encoder=HashingEncoder())
     (out / "vectors" / "values.npy").write_bytes(b"garbage")
     with pytest.raises(IndexCorruptError):
         open_index(out)
@@ -117,7 +117,7 @@ def test_exact_search_matches_brute_force_dot_products(backend):
     matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(40)], docs, 50)
     queries = [SparseVector.from_dict({3: 1.0, 7: 0.5, 11: 2.0}), SparseVector.from_dict({0: 0.3, 49: 1.5}),
                SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 12)})]
-    found = ExactSparseSearcher(matrix, "cpu", batch_size=2, backend=backend).search(queries, k=5)
+    found = ExactSparseSearcher(matrix, "cpu", batch_size=2, backend=backend).search_vectors(queries, k=5)
     for query, hits in zip(queries, found):
         expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0), reverse=True)[:5]
         assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
@@ -137,8 +137,8 @@ def test_exact_search_on_cuda_matches_cpu():
     docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 30)}) for _ in range(2000)]
     matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(2000)], docs, 500)
     queries = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 10)}) for _ in range(300)]
-    cpu = ExactSparseSearcher(matrix, "cpu").search(queries, k=10)
-    gpu = ExactSparseSearcher(matrix, "cuda", batch_size=256).search(queries, k=10)
+    cpu = ExactSparseSearcher(matrix, "cpu").search_vectors(queries, k=10)
+    gpu = ExactSparseSearcher(matrix, "cuda", batch_size=256).search_vectors(queries, k=10)
     assert [{h.doc_id for h in q} for q in gpu] == [{h.doc_id for h in q} for q in cpu]
 
 

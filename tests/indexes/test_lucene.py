@@ -31,13 +31,13 @@ def cranfield_index(tmp_path_factory, cranfield):
 def test_build_search_and_evaluate(cranfield_index, cranfield):
     index = open_index(cranfield_index)
     assert index.num_documents == 1400
-    hits = index.search("boundary layer heat transfer", k=5)
+    hits = index.search_text("boundary layer heat transfer", k=5)
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
-    run = index.retrieve(cranfield.queries, k=100, show_progress=False)
+    run = index.search(cranfield.queries, k=100, show_progress=False)
     assert len(run) == len(cranfield.queries)
     assert evaluate_run(run, cranfield.qrels).aggregate["nDCG@10"] > 0.3
     with pytest.raises(ConfigError, match="k must be >= 1"):
-        index.retrieve(cranfield.queries[:1], k=0)
+        index.search(cranfield.queries[:1], k=0)
 
 
 def test_search_parameters_come_from_the_manifest_and_can_be_overridden(cranfield_index):
@@ -59,7 +59,7 @@ def test_rebuild_replaces_the_index_atomically(tmp_path):
                 show_progress=False)
     index = open_index(out)
     assert index.num_documents == 2
-    assert [h.doc_id for h in index.retrieve([Query("q", "banana")], k=5)["q"]] == ["b"]
+    assert [h.doc_id for h in index.search([Query("q", "banana")], k=5)["q"]] == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]  # no work folders left
 
 
@@ -86,7 +86,7 @@ def test_killed_build_leaves_previous_index_serving(shared_data, tmp_path):
     needs_java()
     out = tmp_path / "serving"
     build_index("bm25", _tiny_corpus(), out, show_progress=False)
-    before = [h.doc_id for h in open_index(out).search("wing", k=3)]
+    before = [h.doc_id for h in open_index(out).search_text("wing", k=3)]
 
     child = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(shared_data / "scifact"), str(out)])
     deadline = time.time() + 120
@@ -98,7 +98,7 @@ def test_killed_build_leaves_previous_index_serving(shared_data, tmp_path):
 
     index = open_index(out)
     assert index.num_documents == 3
-    assert [h.doc_id for h in index.search("wing", k=3)] == before
+    assert [h.doc_id for h in index.search_text("wing", k=3)] == before
     assert list(tmp_path.glob(".serving.building*"))  # the dead build's folder is still there...
     build_index("bm25", _tiny_corpus(), out, show_progress=False)
     assert not list(tmp_path.glob(".serving.building*"))  # ...until the next build cleans it up

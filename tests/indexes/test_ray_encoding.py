@@ -39,8 +39,8 @@ def test_ray_build_matches_the_local_build(ray_local, docs, tmp_path):
     encoder = SpladeEncoder(SpladeConfig(device="cpu"))
     texts = [d.full_text for d in docs.documents]
     on_ray = RayEncoder(encoder, texts, RayOptions(batch_size=7))  # batches that straddle shards
-    build_index("sparse", docs, tmp_path / "ray", encoder=on_ray, shard_size=16)
-    build_index("sparse", docs, tmp_path / "local", encoder=encoder, shard_size=16)
+    build_index("splade", docs, tmp_path / "ray", encoder=on_ray, shard_size=16)
+    build_index("splade", docs, tmp_path / "local", encoder=encoder, shard_size=16)
     ray_index, local_index = open_index(tmp_path / "ray"), open_index(tmp_path / "local")
     assert ray_index.manifest["encoder"] == local_index.manifest["encoder"]
     a, b = ray_index.matrix, local_index.matrix
@@ -82,7 +82,7 @@ import ray
 
 def bm25_run(name):
     build_index("bm25", data.corpus, sys.argv[2] + "/" + name, show_progress=False)
-    print(len(open_index(sys.argv[2] + "/" + name).retrieve(data.queries, k=10, show_progress=False)))
+    print(len(open_index(sys.argv[2] + "/" + name).search(data.queries, k=10, show_progress=False)))
 
 _init_ray(RayOptions())
 bm25_run("after-init")

@@ -37,10 +37,9 @@ def test_pipeline_input_errors(reader, passages):
 
 @pytest.mark.java
 def test_retrieve_mode_cites_only_retrieved_passages(reader, passages, tiny_bm25):
-    from sparsa.indexes import open_index
-    from sparsa.retrieval.searcher import as_retriever
+    from sparsa.search import open_retriever
 
-    pipeline = QAPipeline(reader, as_retriever(open_index(tiny_bm25[0])), passages, k=2)
+    pipeline = QAPipeline(reader, open_retriever(tiny_bm25[0]), passages, k=2)
     for question, top in (("How tall is Mount Fuji?", "fuji"), ("Which river flows through Peru?", "amazon")):
         answer = pipeline.answer(question, mode="retrieve")
         retrieved = [hit.doc_id for hit in answer.passages]
@@ -51,11 +50,10 @@ def test_retrieve_mode_cites_only_retrieved_passages(reader, passages, tiny_bm25
 
 @pytest.mark.java
 def test_auto_mode_follows_the_router(reader, passages, tiny_bm25):
-    from sparsa.indexes import open_index
     from sparsa.rag.routing import Router, RouterModel, TermStats
-    from sparsa.retrieval.searcher import as_retriever
+    from sparsa.search import open_retriever
 
-    retriever = as_retriever(open_index(tiny_bm25[0]))
+    retriever = open_retriever(tiny_bm25[0])
     # Retrieve exactly when the subject occurs in the corpus: log((df + 1) / 4) > -1 iff df >= 1.
     covered = RouterModel(("subject_logdf",), (0.0,), (1.0,), (50.0,), 50.0 * 1.0, 0.5)
     pipeline = QAPipeline(reader, retriever, passages, router=Router(covered, TermStats.from_corpus(passages)), k=2)

@@ -32,7 +32,7 @@ def bm25_results(tmp_path_factory, shared_data):
         data = load_dataset(shared_data / name)
         out = tmp_path_factory.mktemp("bm25") / name
         build_index("bm25", data.corpus, out, show_progress=False)
-        run = open_index(out).retrieve(data.queries, k=1000, show_progress=False)
+        run = open_index(out).search(data.queries, k=1000, show_progress=False)
         results[name] = evaluate_run(run, data.qrels).aggregate
     return results
 

@@ -78,13 +78,13 @@ class FixedRetriever:
     def __init__(self, run: Run):
         self.run, self.name = run, run.name
 
-    def retrieve(self, queries, k=1000, show_progress=None):
+    def search(self, queries, k=1000, show_progress=None):
         return Run({q.id: self.run[q.id][:k] for q in queries if q.id in self.run}, name=self.name)
 
 
 def test_hybrid_retriever_fuses_its_retrievers():
     hybrid = HybridRetriever([FixedRetriever(A), FixedRetriever(B)], method="rrf", depth=10)
-    run = hybrid.retrieve([Query("q", "anything")], k=2)
+    run = hybrid.search([Query("q", "anything")], k=2)
     assert [h.doc_id for h in run["q"]] == ["a", "c"] and run.name == "rrf(A,B)"
     with pytest.raises(ConfigError):
         HybridRetriever([FixedRetriever(A)], method="nope")

@@ -10,8 +10,9 @@ from sparsa.cli.main import main
 from sparsa.errors import ConfigError
 from sparsa.indexes import open_index
 from sparsa.models import resolve_model
-from sparsa.retrieval.searcher import EncodedRetriever, as_retriever, encoder_from_spec
+from sparsa.registry import build_encoder
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+from sparsa.search import EncodedRetriever, open_retriever
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +52,9 @@ def test_retriever_uses_the_index_encoder_and_refuses_a_mismatch(tmp_path, small
     assert main(["-q", "index", "--corpus", str(small_corpus), "--kind", "splade", "--out", str(index_dir),
                  "--device", "cpu"]) == 0
     index = open_index(index_dir)
-    retriever = as_retriever(index, device="cpu")
+    retriever = open_retriever(index_dir, device="cpu")
     assert isinstance(retriever, EncodedRetriever)
-    rebuilt = encoder_from_spec(index.encoder_spec, device="cpu")
+    rebuilt = build_encoder(index.encoder_spec, device="cpu")
     assert isinstance(rebuilt, SpladeEncoder) and rebuilt.config.model == "splade-tiny"
     with pytest.raises(ConfigError, match="does not match the index's document encoder"):
         # The same weights under another name still count as another encoder: names are compared.

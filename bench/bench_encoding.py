@@ -1,28 +1,56 @@
 """Encoding throughput on the SciFact corpus: sparsa's encoders against sentence-transformers.
 
     python bench/bench_encoding.py [--device cpu|cuda] [--models splade-tiny minilm-l6 smollm2]
-        [--baseline-docs N] [--our-docs N] [--decoder-docs N] [--name encoding] [--tokenize-only]
+        [--baseline-docs N] [--our-docs N] [--decoder-docs N] [--repeats N] [--warmup-docs N]
+        [--baseline-dtypes float32 bfloat16 float16] [--baseline-batch-sizes 32 64 128 256]
+        [--name encoding] [--tokenize-only]
 
-For each model, both implementations encode the same SciFact texts (title + abstract); reported:
-docs/s (model load excluded, after a short warm-up), peak memory (process RSS on CPU, allocated
-CUDA memory on GPU), and SciFact test nDCG@10 / R@100 from an exact sparse (scipy) or dense
-(numpy) dot-product search over whatever the run encoded. ``--baseline-docs N`` times the baseline
-on the first N documents only (then its nDCG is not computed); the JSON says which texts each row
-used. The SmolLM2 (Mistral-SPLADE) row has no sentence-transformers counterpart: its baseline is the
-same encoder with full-logits reference pooling. Tokenisation alone is timed on the encoder's own
-path (``tokenize_only_docs_per_s``) and as the plain Hugging Face call it replaced
-(``tokenize_plain_hf_call_docs_per_s``). Prints a table and writes bench/results/<name>.json.
+What is timed is what an indexing job does: every document encoded once, texts in, vectors out on the
+host (tokenisation included; model load excluded and reported as ``load_seconds``). The texts are
+unseen: each timed pass runs in a fresh Python process, and it is that process's first and only pass
+over the SciFact corpus texts (title + abstract, the real texts, so token statistics are the corpus's
+own). Nothing an earlier pass tokenised can be cached: sparsa's WordPiece word cache
+(``sparsa/wordpiece.py``), its tokenizer processes (``sparsa/batching.py``) and any cache of the
+baseline start empty. Before the timed pass each process warms up (``warmup_seconds``: CUDA context,
+kernels, allocator; on a GPU, ``--warmup-docs`` defaults to enough texts to start sparsa's tokenizer
+processes, as a long job has them running) on marked copies of corpus texts: every word gets the
+suffix ``zq``, so the warm-up shares no word with the corpus and primes no word cache for it. Each
+process times at least the full corpus once (or the first ``--our-docs``/``--baseline-docs`` texts).
+
+Per model: ours is timed in ``--repeats`` processes (the median is reported); sentence-transformers
+runs every configuration a user could pick, each in its own process: dtype (float32, bfloat16, float16
+on CUDA; float32 on CPU, bfloat16 too where the CPU has native bf16) x batch size (32, 64, 128, 256).
+Every configuration's docs/s is reported (``baseline_sweep``), the fastest is ``baseline`` (with
+``baseline_config``), and ``speedup_vs_best_baseline`` compares ours' median with it. nDCG@10 / R@100
+on the SciFact test queries come from the timed encodings of the original texts (queries encoded
+afterwards, untimed) by exact sparse (scipy) or dense (numpy) search, whenever a run covered the whole
+corpus. Peak memory: process RSS on CPU, allocated CUDA memory on GPU. Tokenisation alone is timed in
+one more fresh process: the encoder's own path on its first pass (``tokenize_only_docs_per_s``), then
+the plain Hugging Face call it replaced (``tokenize_plain_hf_call_docs_per_s``; the Rust WordPiece has
+no cache, and sparsa's path uses private copies of it), with the mean tokens per document of the timed
+and the warm-up texts. The SmolLM2 (Mistral-SPLADE) row has no sentence-transformers counterpart: its
+baseline is the same encoder with full-logits reference pooling (batch 8). A ``model:variant`` row
+(float32, bfloat16, chunked, screened, triton) changes ours only; it reuses the model's baseline sweep.
+Prints a table and writes bench/results/<name>.json (rows written as each model finishes).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
+import itertools
+import json
 import os
+import pickle
+import re
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -32,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import write_results
 
+from sparsa.batching import POOL_MIN_TEXTS
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
 from sparsa.models import resolve_model
@@ -39,6 +68,9 @@ from sparsa.types import Hit, Run, SparseVector
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers", "scipy")
 MODELS = ("splade-tiny", "minilm-l6", "smollm2")
+SMOLLM2_BASELINE = {"dtype": "auto", "batch_size": 8}  # full-logits reference pooling needs small batches
+WARMUP_MARK = "zq"  # appended to every word of the warm-up texts: no SciFact word ends up shared
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: a run the BERT pre-tokenizer keeps as one word
 
 
 class PeakMemory:
@@ -117,8 +149,9 @@ def evaluate(run: Run, qrels) -> dict[str, float]:
     return {"nDCG@10": round(agg[nDCG @ 10], 4), "R@100": round(agg[R @ 100], 4)}
 
 
-def score(kind: str, docs, queries, vocab: int) -> np.ndarray:
+def score(kind: str, docs, queries) -> np.ndarray:
     if kind == "sparse":
+        vocab = 1 + max((int(v.indices.max()) for v in (*docs, *queries) if v.nnz), default=0)
         return (sparse_matrix(queries, vocab) @ sparse_matrix(docs, vocab).T).toarray()
     return np.asarray(queries) @ np.asarray(docs).T
 
@@ -136,43 +169,91 @@ def agreement(kind: str, ours, theirs) -> dict[str, float]:
             "max_abs_diff_same_terms": float(max(diffs, default=0.0))}
 
 
-def to_sparse_list(encoded) -> list[SparseVector]:
-    """sentence-transformers' sparse (or dense) tensor rows as SparseVectors."""
-    dense = (encoded.to_dense() if encoded.is_sparse else encoded).float().cpu().numpy()
-    return [SparseVector.from_dense(row) for row in dense]
+def sparse_rows(encoded) -> list[SparseVector]:
+    """The rows of sentence-transformers' ``[n, vocab]`` sparse (or dense) tensor as SparseVectors."""
+    coo = (encoded if encoded.is_sparse else encoded.to_sparse()).coalesce()  # sorted by (row, column)
+    rows, cols = coo.indices().cpu().numpy()
+    values = coo.values().float().cpu().numpy()
+    keep = values != 0
+    rows, cols, values = rows[keep], cols[keep].astype(np.int32), values[keep]
+    bounds = np.searchsorted(rows, np.arange(encoded.shape[0] + 1)).tolist()
+    return [SparseVector(cols[a:b], values[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
-def build(model: str, device: str, variant: str, decoder_top_k: int | None) -> tuple:
-    """``(kind, ours(texts, is_query), baseline(texts, is_query), vocab, baseline_name, tokenizers)``."""
+def warmup_texts(corpus: list[str], n: int) -> list[str]:
+    """``n`` corpus texts (cycled) with ``WARMUP_MARK`` appended to every word: same layout and
+    punctuation, but not one word in common with the corpus (so no word cache is primed for it)."""
+    mark = lambda match: match.group() + WARMUP_MARK
+    return [_WORD.sub(mark, text) for text in itertools.islice(itertools.cycle(corpus), n)]
+
+
+# ---- building the encoders (in the worker process) -----------------------------------------------------
+
+
+@dataclass
+class Encoder:
+    """One implementation in one configuration, as the timed pass calls it."""
+
+    kind: str  # "sparse" or "dense"
+    config: dict  # what a user picks: dtype, batch size (or token budget), pooling
+    encode: Callable[[list[str]], object]  # texts -> vectors on the host: the timed call
+    finish: Callable[[object], object] = lambda vectors: vectors  # untimed: as the scorer takes them
+
+
+def build_ours(model: str, device: str, variant: str, decoder_top_k: int | None) -> tuple[Encoder, object]:
+    """sparsa's encoder for ``model`` (``variant`` picks dtype or pooling), and the encoder object itself."""
     from sparsa.retrieval.dense import DenseConfig, DenseEncoder
     from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
-    dtype = {"float32": "float32", "bfloat16": "bfloat16"}.get(variant, "auto")
+    dtype = variant if variant in ("float32", "bfloat16") else "auto"
     pooling = variant if variant in ("chunked", "screened", "triton") else "auto"
     if model == "minilm-l6":
-        ours = DenseEncoder(DenseConfig(device=device, dtype=dtype))
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(resolve_model(model), device=device)
-        baseline = lambda texts, q: st.encode(texts, batch_size=64)
-        return ("dense", lambda texts, q: ours.encode(texts), baseline, ours.dim, "sentence-transformers 64",
-                tokenizers_of(ours))
+        dense = DenseEncoder(DenseConfig(device=device, dtype=dtype))
+        return Encoder("dense", our_config(dense), dense.encode), dense
     if model == "splade-tiny":
-        enc = SpladeEncoder(SpladeConfig(device=device, dtype=dtype, pooling=pooling))
-        from sentence_transformers import SparseEncoder
+        splade = SpladeEncoder(SpladeConfig(device=device, dtype=dtype, pooling=pooling))
+        return Encoder("sparse", our_config(splade), splade.encode), splade
+    decoder = SpladeEncoder(SpladeConfig.mistral_splade(device=device, dtype=dtype, pooling=pooling,
+                                                        doc_top_k=decoder_top_k))
+    return Encoder("sparse", our_config(decoder), decoder.encode_documents), decoder
 
-        st = SparseEncoder(resolve_model(model), device=device)
-        def baseline(texts, q):
-            return to_sparse_list(st.encode(texts, batch_size=32, convert_to_tensor=True))
 
-        return ("sparse", lambda texts, q: enc.encode(texts), baseline, enc.vocab_size,
-                "sentence-transformers 32", tokenizers_of(enc))
-    config = SpladeConfig.mistral_splade(device=device, dtype=dtype, pooling=pooling, doc_top_k=decoder_top_k)
-    enc = SpladeEncoder(config)
-    ref = SpladeEncoder(config.__class__(**{**_fields(config), "pooling": "reference"}))
-    return ("sparse", lambda texts, q: enc.encode_documents(texts),
-            lambda texts, q: ref.encode_documents(texts, batch_size=8), enc.vocab_size,
-            "same encoder, full-logits reference pooling, batch 8", tokenizers_of(enc))
+def our_config(encoder) -> dict:
+    """The dtype and batching an encoder runs with: by default batches are cut to a token budget
+    (batch x padded length), the module's private per-device default unless the config sets one."""
+    budgets = importlib.import_module(type(encoder).__module__)._TOKENS_PER_BATCH
+    config = {"dtype": str(encoder.dtype).removeprefix("torch."), "batch_size": encoder.config.batch_size,
+              "max_tokens": encoder.config.max_tokens or budgets.get(encoder.device.type, 16384)}
+    if hasattr(encoder, "pooling"):
+        config["pooling"] = encoder.pooling
+    return config
+
+
+def build_baseline(model: str, device: str, dtype: str, batch_size: int,
+                   decoder_top_k: int | None) -> Encoder:
+    """sentence-transformers for ``model`` in ``dtype`` (weights cast as a user would: ``.to(dtype)``)
+    with ``batch_size``; for smollm2, sparsa's encoder with full-logits reference pooling."""
+    import torch
+
+    config = {"dtype": dtype, "batch_size": batch_size}
+    if model == "smollm2":
+        from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+
+        ref = SpladeEncoder(SpladeConfig.mistral_splade(device=device, dtype=dtype, pooling="reference",
+                                                        doc_top_k=decoder_top_k))
+        config = {**config, "dtype": str(ref.dtype).removeprefix("torch."), "pooling": "reference"}
+        return Encoder("sparse", config, lambda texts: ref.encode_documents(texts, batch_size=batch_size))
+    from sentence_transformers import SentenceTransformer, SparseEncoder
+
+    sparse = model == "splade-tiny"
+    st = (SparseEncoder if sparse else SentenceTransformer)(resolve_model(model), device=device)
+    st = st.to(getattr(torch, dtype))
+    # One tensor for the whole job, then one copy to the host: faster than per-row numpy conversion.
+    encode = lambda texts: st.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+                                     show_progress_bar=False).cpu()
+    if sparse:
+        return Encoder("sparse", config, encode, finish=sparse_rows)
+    return Encoder("dense", config, lambda texts: encode(texts).float().numpy())
 
 
 def tokenizers_of(encoder) -> tuple[Callable, Callable]:
@@ -191,65 +272,191 @@ def tokenizers_of(encoder) -> tuple[Callable, Callable]:
     return ours, plain
 
 
-def _fields(config) -> dict:
-    from dataclasses import fields
-
-    return {f.name: getattr(config, f.name) for f in fields(config)}
+# ---- one timed job in a fresh process ------------------------------------------------------------------
 
 
-def bench_model(model: str, variant: str, args, data, texts: list[str]) -> dict:
-    kind, ours, baseline, vocab, baseline_name, (tokenize, tokenize_plain) = build(
-        model, args.device, variant, args.decoder_top_k)
-    n_ours = len(texts) if model != "smollm2" else min(len(texts), args.decoder_docs)
-    n_base = args.baseline_docs or len(texts)
-    n_base = min(n_base, n_ours) if model == "smollm2" else n_base
-    if variant != "default":  # the default row already timed the baseline on the full corpus
-        n_base = min(n_base, args.variant_baseline_docs)
-    query_texts = [q.text for q in data.queries]
-    ours(texts[:32], False)  # warm-up: allocator, kernels, autotune
-    row: dict = {"model": model, "variant": variant, "kind": kind}
-    # Tokenisation alone, twice each, alternating (the best of two is reported): the encoder's path,
-    # and the plain Hugging Face call it replaced.
-    tok = {"ours": [], "plain": []}
-    for _ in range(2):
-        for who, fn in (("ours", tokenize), ("plain", tokenize_plain)):
-            tok[who].append(timed(args.device, lambda fn=fn: fn(texts[:n_ours]))[1])
-    row["tokenize_only_docs_per_s"] = round(n_ours / min(tok["ours"]), 1)
-    row["tokenize_plain_hf_call_docs_per_s"] = round(n_ours / min(tok["plain"]), 1)
-    row["tokenize_docs"] = n_ours
+def run_worker(spec: dict) -> None:
+    """Load, warm up on marked texts, time one first pass over the corpus texts; pickle the result."""
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device, model = spec["device"], spec["model"]
+    data = load_dataset(spec["dataset"])
+    corpus = [d.full_text for d in data.corpus.documents]
+    texts, warmup = corpus[: spec["docs"]], warmup_texts(corpus, spec["warmup_docs"])
+    started = time.perf_counter()
+    if spec["job"] == "baseline":
+        encoder = build_baseline(model, device, spec["dtype"], spec["batch_size"], spec["decoder_top_k"])
+    else:
+        encoder, ours = build_ours(model, device, spec["variant"], spec["decoder_top_k"])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    load_seconds = time.perf_counter() - started
+    if spec["job"] == "tokenize":
+        result = tokenize_job(ours, texts, warmup, device)
+    else:
+        result = encode_job(encoder, texts, warmup, device)
+        result["entry"]["load_seconds"] = round(load_seconds, 2)
+        if spec["queries"]:
+            result["queries"] = encoder.finish(encoder.encode([q.text for q in data.queries]))
+    result["hardware"] = {"device": device, "torch_threads": torch.get_num_threads(),
+                          "gpu": torch.cuda.get_device_name() if device == "cuda" else None}
+    with open(spec["out"], "wb") as f:
+        pickle.dump(result, f)
+
+
+def encode_job(encoder: Encoder, texts: list[str], warmup: list[str], device: str) -> dict:
+    """Warm up, then the timed pass: ``{"entry": figures, "docs": vectors, "kind": sparse or dense}``."""
+    warmup_seconds = timed(device, lambda: encoder.encode(warmup))[1] if warmup else 0.0
+    vectors, seconds, peak = timed(device, lambda: encoder.encode(texts))
+    entry = {"docs": len(texts), "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 1),
+             "peak_memory_mib": round(peak, 1), "warmup_docs": len(warmup),
+             "warmup_seconds": round(warmup_seconds, 3), "config": encoder.config,
+             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    return {"entry": entry, "docs": encoder.finish(vectors), "kind": encoder.kind}
+
+
+def tokenize_job(encoder, texts: list[str], warmup: list[str], device: str) -> dict:
+    """Tokenisation alone: the encoder's path on its first pass over the texts, then the plain call."""
+    ours, plain = tokenizers_of(encoder)
+    if warmup:
+        ours(warmup)  # on a GPU host, starts the tokenizer processes as the encoder's warm-up does
+    ours_seconds = timed(device, lambda: ours(texts))[1]
+    ids, plain_seconds, _ = timed(device, lambda: plain(texts))
+    mean_tokens = lambda batch: round(float(np.mean([len(x) for x in batch])), 1) if batch else None
+    return {"tokenize_only_docs_per_s": round(len(texts) / ours_seconds, 1),
+            "tokenize_plain_hf_call_docs_per_s": round(len(texts) / plain_seconds, 1),
+            "tokenize_docs": len(texts),
+            "mean_tokens_per_doc": {"timed": mean_tokens(ids), "warmup": mean_tokens(plain(warmup))}}
+
+
+# ---- the parent: one fresh process per timed pass ------------------------------------------------------
+
+
+class Jobs:
+    """Runs each job in a fresh Python process (this script with ``--worker``) and scores its result."""
+
+    def __init__(self, args, data, folder: Path):
+        self.args, self.data, self.folder = args, data, folder
+        self.count, self.hardware = 0, None
+
+    def run(self, job: str, model: str, docs: int, **spec: object) -> dict:
+        """The worker's result (``entry`` scored when it covered the corpus), or ``{"error": ...}``."""
+        self.count += 1
+        out = self.folder / f"job{self.count}.pkl"
+        args = self.args
+        spec = {"job": job, "model": model, "docs": docs, "device": args.device, "threads": args.threads,
+                "dataset": args.dataset, "warmup_docs": args.warmup_docs, "decoder_top_k": args.decoder_top_k,
+                "out": str(out),
+                "queries": job != "tokenize" and model != "smollm2" and docs == len(self.data.corpus), **spec}
+        worker = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        code = subprocess.run(worker, check=False).returncode
+        if code:
+            return {"error": f"worker exited with code {code}"}
+        with open(out, "rb") as f:
+            result = pickle.load(f)
+        out.unlink()
+        hardware = result.pop("hardware")
+        self.hardware = self.hardware or hardware
+        if "entry" in result:
+            result["entry"]["texts"] = self.texts(docs)
+            if "queries" in result:
+                result["entry"].update(self.evaluate(result))
+        return result
+
+    def texts(self, docs: int) -> str:
+        return (f"unseen: the first {docs} {self.data.name} corpus documents (title + abstract), encoded "
+                f"once, on their first pass in a fresh process; warm-up on {self.args.warmup_docs} marked "
+                f"copies (every word + '{WARMUP_MARK}': no word shared with the corpus)")
+
+    def evaluate(self, result: dict) -> dict[str, float]:
+        data = self.data
+        scores = score(result["kind"], result["docs"], result.pop("queries"))
+        run = exact_run([q.id for q in data.queries], [d.id for d in data.corpus.documents], scores)
+        return evaluate(run, data.qrels)
+
+
+def baseline_sweep(jobs: Jobs, model: str, docs: int) -> list[dict]:
+    """Every baseline configuration's result, in sweep order (each in its own process)."""
+    args = jobs.args
+    configs = [SMOLLM2_BASELINE] if model == "smollm2" else [
+        {"dtype": dtype, "batch_size": size}
+        for dtype, size in itertools.product(args.baseline_dtypes, args.baseline_batch_sizes)]
+    results = []
+    for config in configs:
+        results.append({"config": config, **jobs.run("baseline", model, docs, **config)})
+        print(f"{model:12} baseline  {config['dtype']:>8}/{config['batch_size']:<4} {describe(results[-1])}",
+              flush=True)
+    return results
+
+
+def describe(result: dict) -> str:
+    if "error" in result:
+        return result["error"]
+    entry = result["entry"]
+    return f"{entry['docs_per_s']:9.1f} docs/s ({entry['docs']} docs, nDCG@10 {entry.get('nDCG@10', '-')})"
+
+
+def bench_model(model: str, variant: str, jobs: Jobs, n_texts: int, sweeps: dict) -> dict:
+    args = jobs.args
+    n_ours = n_texts if model != "smollm2" else min(n_texts, args.decoder_docs)
+    n_base = min(args.baseline_docs or n_texts, n_texts if model != "smollm2" else n_ours)
+    row: dict = {"model": model, "variant": variant}
+    tokenized = jobs.run("tokenize", model, n_ours, variant=variant)
+    if "error" in tokenized:
+        raise SystemExit(f"{model}:{variant} tokenisation job failed: {tokenized['error']}")
+    row.update(tokenized)
+    row["tokenize_texts"] = jobs.texts(n_ours)
     if args.tokenize_only:
-        row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         return row
+    runs = [jobs.run("ours", model, n_ours, variant=variant) for _ in range(args.repeats)]
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        raise SystemExit(f"{model}:{variant} ours failed: {failed[0]}")
+    runs.sort(key=lambda r: r["entry"]["docs_per_s"])
+    median = runs[(len(runs) - 1) // 2]  # the lower median
+    row["kind"] = median["kind"]
     if model == "smollm2" and args.decoder_top_k:
         row["doc_top_k"] = args.decoder_top_k
-    runs = {"ours": (ours, n_ours), "baseline": (baseline, n_base)}
-    encoded = {}
-    for who, (fn, n) in runs.items():
-        if who == "baseline":
-            fn(texts[:16], False)
-        repeats = args.repeats if who == "ours" else 1
-        timings = [timed(args.device, lambda fn=fn, n=n: fn(texts[:n], False)) for _ in range(repeats)]
-        docs, seconds, peak = timings[-1]
-        load = [round(x, 2) for x in os.getloadavg()]
-        encoded[who] = docs
-        entry = {"docs": n, "seconds": round(seconds, 3), "docs_per_s": round(n / seconds, 1),
-                 "peak_memory_mib": round(peak, 1), "texts": f"first {n} SciFact corpus documents",
-                 "load_average_after": load}
-        if repeats > 1:
-            entry["first_call_seconds"] = round(timings[0][1], 3)
-        if who == "baseline":
-            entry["implementation"] = baseline_name
-        if n == len(data.corpus) and model != "smollm2":
-            query_vecs = fn(query_texts, True)
-            run = exact_run([q.id for q in data.queries], [d.id for d in data.corpus.documents],
-                            score(kind, docs, query_vecs, vocab))
-            entry.update(evaluate(run, data.qrels))
-        row[who] = entry
+    row["ours_config"] = median["entry"]["config"]
+    row["ours"] = {**median["entry"], "runs_docs_per_s": [r["entry"]["docs_per_s"] for r in runs],
+                   "reported": f"median of {len(runs)} fresh processes"}
+    if model not in sweeps:
+        sweeps[model] = baseline_sweep(jobs, model, n_base)
+    sweep = sweeps[model]
+    done = [r for r in sweep if "entry" in r]
+    if not done:
+        raise SystemExit(f"{model}: every baseline configuration failed")
+    best = max(done, key=lambda r: r["entry"]["docs_per_s"])
+    row["baseline_config"] = best["entry"]["config"]
+    implementation = ("same encoder, full-logits reference pooling" if model == "smollm2"
+                      else "sentence-transformers")
+    row["baseline"] = {**best["entry"], "implementation": implementation, "reported": "fastest configuration"}
+    row["baseline_sweep"] = [r.get("entry") or {"config": r["config"], "error": r["error"]} for r in sweep]
+    reference = done[0]  # the first configuration that ran: float32 unless --baseline-dtypes says otherwise
     shared = min(n_ours, n_base)
-    row["agreement_on_shared_docs"] = {"docs": shared, **agreement(kind, encoded["ours"][:shared],
-                                                                  encoded["baseline"][:shared])}
-    row["speedup"] = round(row["ours"]["docs_per_s"] / row["baseline"]["docs_per_s"], 2)
+    row["agreement_on_shared_docs"] = {
+        "docs": shared, "baseline_config": reference["entry"]["config"],
+        **agreement(row["kind"], median["docs"][:shared], reference["docs"][:shared])}
+    row["speedup_vs_best_baseline"] = round(row["ours"]["docs_per_s"] / row["baseline"]["docs_per_s"], 2)
     return row
+
+
+def print_row(row: dict, tokenize_only: bool) -> None:
+    name = f"{row['model']:12} {row['variant']:9}"
+    tokens = row["mean_tokens_per_doc"]
+    print(f"{name} tokenise {row['tokenize_only_docs_per_s']:9.1f} docs/s (plain HF call "
+          f"{row['tokenize_plain_hf_call_docs_per_s']:.1f}); tokens/doc {tokens['timed']} "
+          f"(warm-up texts {tokens['warmup']})", flush=True)
+    if tokenize_only:
+        return
+    ours, base, config = row["ours"], row["baseline"], row["baseline_config"]
+    print(f"{name} ours {ours['docs_per_s']:9.1f} docs/s (runs {ours['runs_docs_per_s']}; {ours['docs']} "
+          f"docs, {ours['peak_memory_mib']:.0f} MiB, nDCG@10 {ours.get('nDCG@10', '-')})  best baseline "
+          f"{config['dtype']}/{config['batch_size']} {base['docs_per_s']:.1f} docs/s ({base['docs']} docs, "
+          f"{base['peak_memory_mib']:.0f} MiB, nDCG@10 {base.get('nDCG@10', '-')})  "
+          f"speedup {row['speedup_vs_best_baseline']}x", flush=True)
 
 
 def main() -> None:
@@ -260,45 +467,49 @@ def main() -> None:
     parser.add_argument("--baseline-docs", type=int, default=0, help="0: the whole corpus")
     parser.add_argument("--our-docs", type=int, default=0, help="0: the whole corpus")
     parser.add_argument("--decoder-docs", type=int, default=64, help="documents for the SmolLM2 row")
-    parser.add_argument("--variant-baseline-docs", type=int, default=512,
-                        help="baseline documents for non-default variant rows")
     parser.add_argument("--decoder-top-k", type=int, default=None, help="prune SmolLM2 doc vectors")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (the last is reported)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="fresh processes timing ours (the median is reported)")
+    parser.add_argument("--warmup-docs", type=int, default=None,
+                        help=f"marked texts each process warms up on (default: {POOL_MIN_TEXTS} on cuda, "
+                             "enough to start sparsa's tokenizer processes; 32 on cpu)")
+    parser.add_argument("--baseline-dtypes", nargs="+", choices=("float32", "bfloat16", "float16"),
+                        help="default: all three on cuda; float32 on cpu (+ bfloat16 with native bf16)")
+    parser.add_argument("--baseline-batch-sizes", nargs="+", type=int, default=[32, 64, 128, 256])
     parser.add_argument("--dataset", default=str(load_settings().data_dir / "scifact"))
     parser.add_argument("--name", default="encoding")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tokenize-only", action="store_true", help="time tokenisation only, no encoding")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a job spec (JSON): run it in this process
     args = parser.parse_args()
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return
+    args.warmup_docs = args.warmup_docs if args.warmup_docs is not None else (
+        POOL_MIN_TEXTS if args.device == "cuda" else 32)
+    args.baseline_dtypes = args.baseline_dtypes or default_baseline_dtypes(args.device)
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
-    texts = [d.full_text for d in data.corpus.documents]
-    texts = texts[: args.our_docs] if args.our_docs else texts
-    hardware = {"device": args.device, "torch_threads": torch.get_num_threads(),
-                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
-    rows = []
-    for spec in args.models:
-        model, _, variant = spec.partition(":")
-        if model not in MODELS:
-            parser.error(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-        rows.append(bench_model(model, variant or "default", args, data, texts))
-        r = rows[-1]
-        print(f"{model:12} {variant or 'default':9} tokenise {r['tokenize_only_docs_per_s']:9.1f} docs/s "
-              f"(plain HF call {r['tokenize_plain_hf_call_docs_per_s']:.1f})", flush=True)
-        if args.tokenize_only:
-            write_results(args.name, _payload(args, data, hardware, rows), PACKAGES)
-            continue
-        print(f"{model:12} {variant or 'default':9} ours {r['ours']['docs_per_s']:9.1f} docs/s "
-              f"({r['ours']['docs']} docs, {r['ours']['peak_memory_mib']:.0f} MiB, nDCG@10 "
-              f"{r['ours'].get('nDCG@10', '-')})  baseline {r['baseline']['docs_per_s']:8.1f} docs/s "
-              f"({r['baseline']['docs']} docs, {r['baseline']['peak_memory_mib']:.0f} MiB, nDCG@10 "
-              f"{r['baseline'].get('nDCG@10', '-')})  speedup {r['speedup']}x", flush=True)
-        write_results(args.name, _payload(args, data, hardware, rows), PACKAGES)  # partial results survive
-    path = write_results(args.name, _payload(args, data, hardware, rows), PACKAGES)
+    n_texts = min(args.our_docs or len(data.corpus), len(data.corpus))
+    rows, sweeps = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench_encoding_") as folder:
+        jobs = Jobs(args, data, Path(folder))
+        for spec in args.models:
+            model, _, variant = spec.partition(":")
+            if model not in MODELS:
+                parser.error(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+            rows.append(bench_model(model, variant or "default", jobs, n_texts, sweeps))
+            print_row(rows[-1], args.tokenize_only)
+            path = write_results(args.name, _payload(args, data, jobs.hardware, rows), PACKAGES)
     print(f"wrote {path}")
+
+
+def default_baseline_dtypes(device: str) -> list[str]:
+    if device == "cuda":
+        return ["float32", "bfloat16", "float16"]
+    from sparsa.retrieval.splade_pooling import cpu_has_fast_bf16
+
+    return ["float32", "bfloat16"] if cpu_has_fast_bf16() else ["float32"]
 
 
 def _payload(args, data, hardware: dict, rows: list[dict]) -> dict:
@@ -306,6 +517,11 @@ def _payload(args, data, hardware: dict, rows: list[dict]) -> dict:
     if args.device == "cpu":
         note = "CPU timings on a shared 2-core machine (other jobs active, see load averages): noisy."
     payload = {"dataset": data.name, "corpus_docs": len(data.corpus), "hardware_detail": hardware,
+               "texts": f"unseen: real {data.name} corpus texts, each timed pass the first and only pass "
+                        f"over them in a fresh process; warm-up on marked copies (every word + "
+                        f"'{WARMUP_MARK}')",
+               "timed": "end to end as an indexing job: texts in, vectors on the host out (tokenisation "
+                        "included); model load excluded (load_seconds), warm-up excluded (warmup_seconds)",
                "note": note, "rows": rows}
     weights_note = os.environ.get("SPARSA_BENCH_WEIGHTS_NOTE")
     if weights_note:

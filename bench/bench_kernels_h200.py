@@ -6,13 +6,26 @@ Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.
   * ``checks``: decode kernel (full, Quest pages, TidalDecode tokens) against its fp32 reference;
   * ``copy_bandwidth``: ``dst.copy_(src)`` of 2 GiB, (read + write bytes) / time; each decode length also
     times a copy moving its KV bytes (``fraction_of_same_size_copy``);
-  * ``dense``: ours (block_sparse_attention, dense mode) vs SDPA flash at 4k/16k/32k/64k, head dim 128/64;
-  * ``sparse``: 50/75/90/95% block sparsity (block 128, random kept blocks + sink + diagonal) vs dense
-    SDPA and FlexAttention with the same BlockMask (helpers shared with ``bench/bench_attention.py``);
-  * ``decode``: one query token at 32k/128k: SDPA, ours full, ours over Quest pages (kernel only, and
-    end to end with page scoring + top-k from precomputed page bounds), ours over TidalDecode tokens
-    (a reuse layer: kernel only), budgets 2k/4k; eager and as a replayed CUDA graph (launch overhead
-    removed, as a serving engine would run a decode step). Bandwidth = KV bytes read / time.
+  * ``dense``: ours (block_sparse_attention, dense mode) vs dense SDPA at 4k/16k/32k/64k, head dim 128/64.
+    SDPA runs in every configuration a user could pick (``bench_attention.sdpa_configs``): ``default`` (no
+    ``sdpa_kernel`` context: torch's choice) and ``cudnn``, ``flash``, ``efficient`` each forced alone,
+    each with ``enable_gqa=True`` or, where a backend refuses it, K/V expanded to the query heads outside
+    the timed call. Each row: ``sdpa_ms`` per configuration, ``sdpa_configs`` (backend, GQA mode),
+    ``sdpa_unavailable`` (error text), ``sdpa_best`` (the fastest) and ``speedup_vs_sdpa`` against it,
+    ``speedup_vs_sdpa_default``, and ``max_abs_err_vs_sdpa_best`` (our output against the fastest's);
+  * ``sparse``: 50/75/90/95% block sparsity at 32k (block 128, random kept blocks + sink + diagonal) vs
+    dense SDPA (as above) and FlexAttention, compiled with fullgraph, on the same BlockMask (full blocks
+    below the diagonal, diagonal blocks with a plain causal mask_mod), in each configuration of
+    ``--flex-configs`` (``bench_attention.flex_options``): ``quick`` = the compiled default and
+    ``mode="max-autotune-no-cudagraphs"``; ``full`` (default) also explicit ``kernel_options`` (BLOCK_M x
+    BLOCK_N 128x64/64x64/128x128 x num_warps 4/8 x num_stages 2/3, USE_TMA, BACKEND="FLASH"). A rejected
+    configuration, or one whose output is off ours, lands in ``flex_unavailable``; the others in
+    ``flex_ms`` / ``flex_configs`` (compile mode, kernel_options, rel_diff_vs_ours), ``flex_best`` and
+    ``speedup_vs_flex`` against it, ``speedup_vs_flex_default`` against the compiled default;
+  * ``decode``: one query token at 32k/128k: SDPA (torch's choice of backend), ours full, ours over Quest
+    pages (kernel only, and end to end with page scoring + top-k from precomputed page bounds), ours over
+    TidalDecode tokens (a reuse layer: kernel only), budgets 2k/4k; eager and as a replayed CUDA graph
+    (launch overhead removed, as a serving engine would run a decode step). Bandwidth = KV bytes read / time.
   * ``decode_layers``: the same providers as a model's decode step runs them: one CUDA graph over a stack
     of layers (8 GiB of KV in all, each layer its own cache and page bounds), time per layer, no L2 flush
     (each layer starts cold on its own cache); the copy reference is copied the same way.
@@ -30,16 +43,24 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import _bench, _rel_err, _sdpa_fn, causal_block_mask, flex_block_mask, useful_flops
+from bench_attention import (
+    SDPA_BACKENDS,
+    Baselines,
+    Flex,
+    _bench,
+    _rel_err,
+    causal_block_mask,
+    flex_block_mask,
+    flex_options,
+    sdpa_configs,
+    useful_flops,
+)
 from common import RESULTS, run_metadata
 
-try:
-    from sparsa.kernels import block_sparse_attention as bsa
-    from sparsa.kernels import sparse_decode as sd
-except ImportError:  # a bare GPU machine: import the folder as a package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from kernels import block_sparse_attention as bsa
-    from kernels import sparse_decode as sd
+from sparsa.kernels import (
+    block_sparse_attention as bsa,  # installed (a wheel of this checkout on the GPU host)
+)
+from sparsa.kernels import sparse_decode as sd
 
 HQ, HKV = 32, 8
 
@@ -64,7 +85,8 @@ def checks() -> list[dict]:
         q = torch.randn(b, HQ, d, device="cuda", dtype=dtype)
         k, v = (torch.randn(b, HKV, s, d, device="cuda", dtype=dtype) for _ in range(2))
         bounds = sd.PageBounds.from_keys(k, 16)
-        cases = {"full": {}, "quest": dict(zip(("indices", "counts"), sd.quest_select(q, bounds, 512)), page_size=16),
+        cases = {"full": {},
+                 "quest": dict(zip(("indices", "counts"), sd.quest_select(q, bounds, 512)), page_size=16),
                  "tidal": dict(zip(("indices", "counts"), sd.tidal_select(q, k, 700)))}
         for name, kw in cases.items():
             err = _rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
@@ -74,8 +96,8 @@ def checks() -> list[dict]:
     picked = sd.select_topk(scores, 256)
     same = torch.equal(scores.gather(-1, picked).sort(-1).values,
                        scores.topk(256, dim=-1).values.sort(-1).values)
-    rows.append({"check": "select_topk/8x8192/k=256", "dtype": "torch.float32", "rel_err": 0.0 if same else 1.0,
-                 "passed": same})
+    rows.append({"check": "select_topk/8x8192/k=256", "dtype": "torch.float32",
+                 "rel_err": 0.0 if same else 1.0, "passed": same})
     return rows
 
 
@@ -101,12 +123,16 @@ def _best_config() -> str:
 def dense_row(d: int, s: int) -> dict:
     q, k, v = _qkv(s, d)
     flops = useful_flops(None, 1, HQ, s, d, 128)
-    sdpa, mode = _sdpa_fn(q, k, v)
-    t_sdpa = _bench(sdpa)
-    t_ours = _bench(lambda: bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True))
-    return {"head_dim": d, "seqlen": s, "sdpa_ms": t_sdpa, "ours_ms": t_ours, "sdpa_tflops": flops / t_sdpa * 1e-9,
-            "ours_tflops": flops / t_ours * 1e-9, "speedup_vs_sdpa": t_sdpa / t_ours, "sdpa_mode": mode,
-            "config": _best_config()}
+    sdpa = Baselines.measure("sdpa", sdpa_configs(q, k, v))
+
+    def ours():
+        return bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True)
+
+    t_ours = _bench(ours)
+    sdpa_ms = sdpa.ms.get(sdpa.best)
+    return {"head_dim": d, "seqlen": s, "ours_ms": t_ours, **sdpa.fields(t_ours),
+            "sdpa_tflops": flops / sdpa_ms * 1e-9 if sdpa_ms else None, "ours_tflops": flops / t_ours * 1e-9,
+            "max_abs_err_vs_sdpa_best": sdpa.max_abs_err(ours()), "config": _best_config()}
 
 
 def dense(args, out: list) -> None:
@@ -116,39 +142,32 @@ def dense(args, out: list) -> None:
             print(json.dumps(out[-1]), flush=True)
 
 
-def sparse_rows(flex, gen, s: int, sparsities) -> list[dict]:
+def sparse_rows(flex: Flex, gen, s: int, sparsities) -> list[dict]:
     d, block = 128, 128
     q, k, v = _qkv(s, d)
     n = triton.cdiv(s, block)
     dense_flops = useful_flops(None, 1, HQ, s, d, block)
-    sdpa, _ = _sdpa_fn(q, k, v)
-    t_sdpa = _bench(sdpa)
+    sdpa = Baselines.measure("sdpa", sdpa_configs(q, k, v))
     rows = []
     for sparsity in sparsities:
         mask = causal_block_mask(1, HQ, n, sparsity, gen)
         kept = bsa.KeptBlocks.from_mask(mask)
-        bm = flex_block_mask(mask, block, s)
 
         def ours(kept=kept):
             return bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True)
 
-        def competitor(bm=bm):
-            return flex(q, k, v, block_mask=bm, enable_gqa=True)
-
-        t_ours, t_flex = _bench(ours), _bench(competitor)
+        t_ours = _bench(ours)
+        config = _best_config()
+        timed = Baselines.measure("flex", flex.configs(q, k, v, flex_block_mask(mask, block, s), ours()))
         actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
-        rows.append({"head_dim": d, "seqlen": s, "sparsity": round(actual, 3), "sdpa_ms": t_sdpa, "ours_ms": t_ours,
-                     "flex_ms": t_flex, "speedup_vs_sdpa": t_sdpa / t_ours, "speedup_vs_flex": t_flex / t_ours,
-                     "flex_vs_ours_rel_diff": _rel_err(competitor(), ours()), "config": _best_config()})
+        rows.append({"head_dim": d, "seqlen": s, "sparsity": round(actual, 3), "ours_ms": t_ours,
+                     **sdpa.fields(t_ours), **timed.fields(t_ours), "config": config})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def sparse(args, out: list) -> None:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    torch._dynamo.config.cache_size_limit = 64
-    flex = torch.compile(flex_attention, dynamic=False)
+    flex = Flex(args.flex_configs, n_shapes=len(args.sparse_seqlens))
     gen = torch.Generator(device="cuda").manual_seed(0)
     for s in args.sparse_seqlens:
         out.extend(sparse_rows(flex, gen, s, args.sparsities))
@@ -176,7 +195,8 @@ def decode_providers(q, k, v, splits, budgets, quest_pages=()) -> dict:
         fns[f"quest-{budget}-end2end"] = quest_end2end
         for n in splits:
             fns[f"quest-{budget}-kernel-splits{n}"] = (
-                lambda i=idx, c=cnt, n=n: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16, num_splits=n))
+                lambda i=idx, c=cnt, n=n: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=16,
+                                                              num_splits=n))
         fns[f"tidal-{budget}-kernel"] = (
             lambda i=tok_idx, c=tok_cnt: sd.decode_attention(q, k, v, indices=i, counts=c, page_size=1))
         for page in quest_pages:
@@ -187,6 +207,32 @@ def decode_providers(q, k, v, splits, budgets, quest_pages=()) -> dict:
                 return sd.decode_attention(q, k, v, indices=i, counts=c, page_size=page)
 
             fns[f"quest-{budget}-page{page}-end2end"] = quest_coarse
+
+    return fns
+
+
+def hf_decode_providers(q, k, v, budgets) -> dict:
+    """The decode step ``generate()`` runs per layer through our attention interface
+    (``kernels.hf_attention._decode``, Quest pages of 64 as the reader's default), eager: one new key per call,
+    so the page bounds take it (``PageBounds.update``) before selecting, and the statistics are counted."""
+    from sparsa.kernels import hf_attention as hf
+
+    scale = q.shape[-1] ** -0.5
+    q4 = q[:, :, None]
+
+    def step(config: hf.SparseAttentionConfig):
+        state = hf._LayerState(config, layer_idx=config.dense_layers, shared={"stats": hf._new_stats()})
+
+        def run():
+            if state.bounds is not None:
+                state.bounds.length -= 1  # the newest key arrives: its (partial) page is recomputed
+            return hf._decode(state, q4, k, v, scale)
+
+        return run
+
+    fns = {"hf-full": step(hf.SparseAttentionConfig(decode="full"))}
+    for budget in budgets:
+        fns[f"hf-quest-{budget}"] = step(hf.SparseAttentionConfig(decode="sparse", budget_tokens=budget))
     return fns
 
 
@@ -196,7 +242,8 @@ def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
     k, v = (torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     kv_bytes = 2 * k.numel() * k.element_size()
     times = {}
-    for name, fn in decode_providers(q, k, v, args.decode_splits, args.budgets, args.quest_pages).items():
+    providers = decode_providers(q, k, v, args.decode_splits, args.budgets, args.quest_pages)
+    for name, fn in (providers | hf_decode_providers(q, k, v, args.budgets)).items():
         eager = _bench(fn)
         try:
             graphed = _bench(_graphed(fn))
@@ -253,8 +300,8 @@ def _per_layer_ms(steps: list, rounds: int = 30) -> float:
 def layer_copy_ms(traffic_bytes: int, n_layers: int) -> float:
     """Per-layer ms of a copy moving ``traffic_bytes`` (half read, half written) in each of ``n_layers``
     buffers, timed like the decode providers (``_per_layer_ms``): the same-size copy reference."""
-    copies = [(src, torch.empty_like(src)) for src in (torch.empty(traffic_bytes // 4, dtype=torch.int16, device="cuda")
-                                                        for _ in range(n_layers))]
+    sources = (torch.empty(traffic_bytes // 4, dtype=torch.int16, device="cuda") for _ in range(n_layers))
+    copies = [(src, torch.empty_like(src)) for src in sources]
     return _per_layer_ms([lambda src=src, dst=dst: dst.copy_(src) for src, dst in copies])
 
 
@@ -266,7 +313,8 @@ def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 33
     q = torch.randn(1, HQ, d, device="cuda", dtype=torch.bfloat16)
     kv_bytes = 2 * HKV * s * d * 2
     n_layers = max(2, stack_bytes // kv_bytes)
-    layers = [decode_providers(q, *(torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2)),
+    layers = [decode_providers(q, *(torch.randn(1, HKV, s, d, device="cuda", dtype=torch.bfloat16)
+                                    for _ in range(2)),
                                (), args.budgets, args.quest_pages) for _ in range(n_layers)]
     same_size_gbps = kv_bytes / layer_copy_ms(kv_bytes, n_layers) * 1e-6
     full_ms = None
@@ -276,7 +324,8 @@ def decode_layer_rows(s: int, args, copy_gbps: float, stack_bytes: int = 1 << 33
         full_ms = ms if name == "ours-full" else full_ms
         row = {"seqlen": s, "layers": n_layers, "provider": name, "per_layer_ms": ms}
         if name in ("ours-full", "sdpa"):
-            row |= {"kv_gb_per_s": kv_bytes / ms * 1e-6, "fraction_of_copy_bandwidth": kv_bytes / ms * 1e-6 / copy_gbps,
+            row |= {"kv_gb_per_s": kv_bytes / ms * 1e-6,
+                    "fraction_of_copy_bandwidth": kv_bytes / ms * 1e-6 / copy_gbps,
                     "same_size_copy_gb_per_s": same_size_gbps,
                     "fraction_of_same_size_copy": kv_bytes / ms * 1e-6 / same_size_gbps}
         rows.append(row)
@@ -298,12 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[128, 64])
     parser.add_argument("--sparse-seqlens", type=int, nargs="+", default=[32768])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9, 0.95])
+    parser.add_argument("--flex-configs", choices=("quick", "full"), default="full",
+                        help="quick: compiled default and max-autotune; full: also explicit kernel_options")
     parser.add_argument("--decode-seqlens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument("--decode-splits", type=int, nargs="*", default=[8, 33, 66])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--quest-pages", type=int, nargs="*", default=[32, 64],
                         help="extra Quest page sizes timed end to end")
-    parser.add_argument("--sections", nargs="+", default=["checks", "decode", "decode_layers", "dense", "sparse"])
+    parser.add_argument("--sections", nargs="+",
+                        default=["checks", "decode", "decode_layers", "dense", "sparse"])
     parser.add_argument("--commit", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernels_h200.json")
     args = parser.parse_args(argv)
@@ -315,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["hardware"]["gpu"] = torch.cuda.get_device_name()
     meta["versions"]["cuda"] = torch.version.cuda
     payload = {"meta": meta, "setup": {"batch": 1, "q_heads": HQ, "kv_heads": HKV, "dtype": "bfloat16",
-                                       "causal": True, "sparse_block": 128, "quest_page": 16}}
+                                       "causal": True, "sparse_block": 128, "quest_page": 16,
+                                       "sdpa_configs": SDPA_BACKENDS,
+                                       "flex_configs": flex_options(args.flex_configs)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write():

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Encoding throughput on the H200 after the tokenisation rework (issue 10): splade-tiny and minilm-l6
-# against sentence-transformers on SciFact, tokenisation timed alone (the encoder's path and the plain
-# Hugging Face call it replaced). One call, ~2-3 minutes.
+# Encoding throughput on an H100/H200 (issue 22: unseen texts, best baseline): splade-tiny and minilm-l6
+# against sentence-transformers on SciFact, timed as an indexing job runs (bench/bench_encoding.py says
+# exactly what): every timed pass is a fresh process's first pass over the corpus texts (no warm word or
+# tokenizer cache), after a warm-up on marked copies; ours in 3 processes (median), sentence-transformers
+# in every dtype (float32, bfloat16, float16) x batch size (32, 64, 128, 256), each in its own process,
+# the fastest one the baseline; tokenisation timed alone. ~32 processes, about 6-8 minutes.
 #
 # Here (needs network once, for two wheels): bash bench/gpu_encoding.sh stage
 #   fills the ignored folder .stage/enc (~60 MiB): this checkout as a wheel, ir_measures +
 #   pytrec-eval-terrier wheels (absent there), splade-tiny as is, minilm-l6 with its weights packed as
 #   float16 (bench/weights_fp16.py: 91 MB of float32 do not fit in one call's 64 MiB), and the SciFact
 #   files the bench reads.
-# There: run(command="bash bench/gpu_encoding.sh", carry=[".stage/enc"], timeout_s=300)
-#   writes $OUT/encoding_gpu_new.json and $OUT/encoding_gpu_new.log; locally, copy the JSON to
-#   bench/results/encoding_gpu_new.json (its meta names the commit of the wheel).
+# There: run(command="bash bench/gpu_encoding.sh", carry=[".stage/enc"], timeout_s=600)
+#   writes $OUT/$NAME.json and $OUT/$NAME.log (NAME=encoding_gpu_new); locally, copy the JSON to
+#   bench/results/ (its meta names the commit of the wheel). Rows are written as each model finishes.
+#   Short of time: one model a call, e.g.
+#   MODELS=splade-tiny NAME=encoding_gpu_splade bash bench/gpu_encoding.sh
 set -euo pipefail
 S=.stage/enc
 
@@ -38,9 +43,10 @@ fi
 
 # A dry run on CPU here (Python 3.11: the cp312 wheel does not install; the venv has ir_measures):
 #   OUT=/tmp/encout WORK=/tmp/encdry PY=.venv/bin/python DEVICE=cpu DRY_RUN=1 \
-#   BENCH_ARGS="--our-docs 64" bash bench/gpu_encoding.sh
+#   BENCH_ARGS="--our-docs 64 --repeats 1 --baseline-batch-sizes 16 32" bash bench/gpu_encoding.sh
 OUT=${OUT:?set OUT to the folder for results}
 PY=${PY:-python3} WORK=${WORK:-/tmp} DEVICE=${DEVICE:-cuda}
+MODELS=${MODELS:-splade-tiny minilm-l6} NAME=${NAME:-encoding_gpu_new}
 wheels=("$S"/whl/*.whl)
 [[ -n "${DRY_RUN:-}" ]] && wheels=("$S"/whl/sparsa-*.whl)
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "${wheels[@]}"
@@ -53,17 +59,26 @@ mkdir -p "$SPARSA_HOME/models" && cp -r "$S/models/splade-tiny" "$S/models/minil
 REPO=$PWD
 nproc; nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
 cd "$WORK"  # import sparsa from the wheel, not the checkout
-"$PY" -c "import sparsa, tokenizers, transformers; print(sparsa.__file__, tokenizers.__version__, transformers.__version__)"
-"$PY" "$REPO/bench/bench_encoding.py" --device "$DEVICE" --models splade-tiny minilm-l6 --repeats 3 \
-    ${BENCH_ARGS:-} --name "$OUT/encoding_gpu_new" 2>&1 | tee "$OUT/encoding_gpu_new.log"
-"$PY" - "$OUT/encoding_gpu_new.json" <<'PY'
+"$PY" -c "import sparsa, tokenizers, transformers
+print(sparsa.__file__, tokenizers.__version__, transformers.__version__)"
+"$PY" "$REPO/bench/bench_encoding.py" --device "$DEVICE" --models $MODELS --repeats 3 \
+    ${BENCH_ARGS:-} --name "$OUT/$NAME" 2>&1 | tee "$OUT/$NAME.log"
+"$PY" - "$OUT/$NAME.json" <<'PY'
 import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-print(f"{'model':12} {'tokenise':>10} {'plain HF':>10} {'ours docs/s':>12} {'ST docs/s':>10} {'speedup':>8} "
-      f"{'nDCG ours':>10} {'nDCG ST':>8}")
-for r in rows:
-    o, b = r.get("ours", {}), r.get("baseline", {})
-    print(f"{r['model']:12} {r['tokenize_only_docs_per_s']:10.0f} {r['tokenize_plain_hf_call_docs_per_s']:10.0f} "
-          f"{o.get('docs_per_s', 0):12.0f} {b.get('docs_per_s', 0):10.0f} {r.get('speedup', 0):8} "
-          f"{o.get('nDCG@10', '-'):>10} {b.get('nDCG@10', '-'):>8}")
+for r in json.load(open(sys.argv[1]))["rows"]:
+    tokens = r["mean_tokens_per_doc"]
+    print(f"{r['model']}:{r['variant']}: tokenise {r['tokenize_only_docs_per_s']:.0f} docs/s "
+          f"(plain HF call {r['tokenize_plain_hf_call_docs_per_s']:.0f}), "
+          f"{tokens['timed']} tokens/doc (warm-up {tokens['warmup']})")
+    if "ours" not in r:
+        continue
+    o = r["ours"]
+    print(f"  ours     {o['config']}: {o['docs_per_s']:8.0f} docs/s (runs {o['runs_docs_per_s']}), "
+          f"nDCG@10 {o.get('nDCG@10', '-')}, load {o['load_seconds']} s")
+    for b in r["baseline_sweep"]:
+        figures = b.get("error") or (f"{b['docs_per_s']:8.0f} docs/s, nDCG@10 {b.get('nDCG@10', '-')}, "
+                                     f"{b['peak_memory_mib']:.0f} MiB")
+        print(f"  baseline {b['config']}: {figures}")
+    print(f"  best baseline {r['baseline_config']}: "
+          f"speedup_vs_best_baseline {r['speedup_vs_best_baseline']}x")
 PY

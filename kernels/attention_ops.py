@@ -3,21 +3,29 @@
 Used by ``kernels/hf_attention.py``. Every function takes SDPA-layout tensors (``q [B, Hq, Sq, D]``,
 ``k, v [B, Hkv, Sk, D]``, causal masks aligned bottom-right) and returns ``[B, Hq, Sq, D]``.
 The Triton path is taken when the tensors are on CUDA, in fp16/bf16, with head dim 64 or 128; anything
-else uses PyTorch (SDPA for dense prefill, chunked masked SDPA for block-sparse prefill, fp32 einsum for
-decode) so accuracy can be measured on a CPU with the same selection logic.
+else uses PyTorch (chunked masked SDPA for block-sparse prefill, fp32 einsum for decode) so accuracy can be
+measured on a CPU with the same selection logic.
+
+Dense prefill is always SDPA with its own backend choice: on the GPU machine (torch 2.11) that default (cuDNN)
+beat our Triton dense mode at every measured shape (0.71-0.96x, issue 22), so a user never pays for ours there.
+Block-sparse prefill runs our kernel only while the kept share of the causally visible blocks is at most
+``SPARSE_MAX_KEPT``; above it, skipping blocks no longer pays for that gap and dense SDPA runs instead.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .block_gating import block_gate_scores, select_blocks
+from .block_gating import block_gate_scores, block_visibility, select_blocks
 from .block_sparse_attention import KeptBlocks, block_sparse_attention
 from .sparse_decode import decode_attention, decode_attention_ref
 
-__all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "use_triton"]
+__all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "kept_share", "use_triton"]
 
 _CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
+# Our kernel's time scales with the kept blocks; at 0.71-0.84x SDPA's speed when dense (8k-32k, issue 22), it wins
+# below roughly that share. 0.6 leaves a margin; bench_kernels_h200's sparse rows (50-95% sparsity) check it.
+SPARSE_MAX_KEPT = 0.6
 
 
 def use_triton(q: torch.Tensor) -> bool:
@@ -25,9 +33,7 @@ def use_triton(q: torch.Tensor) -> bool:
 
 
 def dense_prefill(q, k, v, scale: float) -> torch.Tensor:
-    if use_triton(q):
-        return block_sparse_attention(q, k, v, None, block_size=128 if q.shape[2] >= 128 else 64, causal=True,
-                                      sm_scale=scale)
+    """Causal attention over every key: SDPA, with the backend torch picks (see the module docstring)."""
     sq, sk = q.shape[2], k.shape[2]
     mask = None
     if sq != sk:  # bottom-right causal alignment (SDPA's is_causal aligns top-left)
@@ -44,9 +50,18 @@ def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | Non
                          topk=topk, threshold=threshold, coverage=coverage)
 
 
+def kept_share(mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int) -> float:
+    """The share of causally visible blocks that ``mask`` keeps, over all batch rows and heads."""
+    visible, _ = block_visibility(seqlen_q, seqlen_k, block_size, True, mask.device)
+    return float(mask.sum()) / (int(visible.sum()) * mask.shape[0] * mask.shape[1])
+
+
 def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float) -> torch.Tensor:
-    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``)."""
+    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``); dense SDPA where more than
+    ``SPARSE_MAX_KEPT`` of the visible blocks are kept."""
     if use_triton(q):
+        if kept_share(mask, q.shape[2], k.shape[2], block_size) > SPARSE_MAX_KEPT:
+            return dense_prefill(q, k, v, scale)
         return block_sparse_attention(q, k, v, KeptBlocks.from_mask(mask), block_size=block_size, causal=True,
                                       sm_scale=scale)
     sq, sk = q.shape[2], k.shape[2]

@@ -230,6 +230,19 @@ def test_cpu_block_sparse_prefill_matches_reference(monkeypatch):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_kept_share_counts_visible_blocks():
+    """The dispatch rule's input: kept blocks over causally visible ones (both alignments)."""
+    from sparsa.kernels import attention_ops
+    from sparsa.kernels.block_gating import block_visibility
+
+    for sq, sk in [(256, 256), (100, 230)]:
+        visible, forced = block_visibility(sq, sk, 32, True)
+        everything = visible.expand(2, 3, *visible.shape)
+        assert attention_ops.kept_share(everything, sq, sk, 32) == 1.0
+        share = attention_ops.kept_share(forced.expand(2, 3, *forced.shape), sq, sk, 32)
+        assert share == forced.sum().item() / visible.sum().item() < attention_ops.SPARSE_MAX_KEPT
+
+
 @pytest.mark.slow
 def test_smollm2_answers_the_same_with_sparse_settings():
     from transformers import AutoModelForCausalLM, AutoTokenizer

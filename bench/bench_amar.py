@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, run_metadata
 
-from sparsa.rag.amar import AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
 from sparsa.rag.answer_text import normalize_answer
-from sparsa.rag.kg import KGQuestion, KGRetrieval, PathItem
 
 GRID = [{"gate_mode": "filter", "gate_threshold": 0.5, "min_open_paths": 1},
         {"gate_mode": "filter", "gate_threshold": 0.9, "min_open_paths": 1},
@@ -56,7 +56,7 @@ MODES = {"lm": "question only (no knowledge)",
 
 # -- staging (CPU)
 def stage(args: argparse.Namespace) -> None:
-    from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa
+    from sparsa.kg.kg import KGRetriever, KnowledgeGraph, load_metaqa
 
     args.out.mkdir(parents=True, exist_ok=True)
     retriever = KGRetriever(KnowledgeGraph.load(args.data / "kb_reconstructed.txt.gz"))
@@ -99,8 +99,8 @@ def load_split(cache: Path, name: str, hop: int) -> tuple[list[KGQuestion], list
 def gates(args: argparse.Namespace) -> None:
     import torch
 
-    from sparsa.rag.amar import AmarConfig
-    from sparsa.rag.amar_train import AmarTrainConfig, train_amar
+    from sparsa.kg.amar import AmarConfig
+    from sparsa.kg.amar_train import AmarTrainConfig, train_amar
 
     torch.set_num_threads(args.threads)
     pairs = [load_split(args.cache, "train", hop) for hop in args.hops]
@@ -188,7 +188,7 @@ class Run:
         return max(self.candidates, key=lambda k: np.mean(list(self.candidates[k]["val"].values())))
 
     def stage2(self, name: str, head: Path, lora_rank: int, seconds: float, train_mode: str = "amar") -> Path | None:
-        from sparsa.rag.amar_train import AmarTrainConfig, train_amar
+        from sparsa.kg.amar_train import AmarTrainConfig, train_amar
 
         if self.left() < seconds + 40:
             self.log(f"skipping {name}: {self.left():.0f} s left")

@@ -5,7 +5,7 @@ Stages (cached under .stage/judge, so a rerun skips what exists):
           BM25 with five (k1, b) settings (two of them poor), SPLADE-tiny (exact dot product) and
           MiniLM dense (exact cosine) over the whole pool, RRF fusions, and TILDEv2 reranking of BM25
           where its stores exist (bench_rerank.py)
-  score   resumable judge jobs (``sparsa.rag.judge_job``), one checkpoint per scorer: --all-pairs
+  score   resumable judge jobs (``sparsa.judge.job``), one checkpoint per scorer: --all-pairs
           judges every NIST-judged pair (on the H200: bench/gpu_judge.sh), else the runs' top --depth;
           one model load for all scorers. --model (name or folder) with --tag: SmolLM2's checkpoints
           and timings live in the stage folder itself, any other model's in <stage>/<tag>/
@@ -76,7 +76,7 @@ NOTES = {
                    "unweighted 4-grade kappa on the fit queries' pairs (4,634 pairs), applied to the held-out "
                    "queries' 4,626. The score's weights come from least squares on the grades (entries named "
                    "after the setting) or from a proportional-odds (cumulative-logit) model's maximum likelihood "
-                   "(entries '<setting>/ordinal-logit'; rag/ordinal.py). On fit-query CV kappa the ordinal model "
+                   "(entries '<setting>/ordinal-logit'; judge/ordinal.py). On fit-query CV kappa the ordinal model "
                    "wins 5 of 8 settings for SmolLM2 and for Qwen, by 0.003-0.02; for the nearest setting to the "
                    "`sparsa judge` default features (umbrela+ql) it loses for SmolLM2 (0.2601 vs 0.2703), so "
                    "least-squares stays the library default. A fit-query-only probe (not kept): per-query rank percentiles instead of "
@@ -88,7 +88,7 @@ NOTES = {
                      "the expected grade being the least-squares prediction clipped to [0, 3] or the ordinal "
                      "model's sum_k P(grade >= k); nDCG@10 (ir_measures -> pytrec_eval, trec_eval's ndcg_cut) "
                      "uses the qrels value as a linear gain and normalises by the ideal ranking of the same "
-                     "qrels, so multiplying every gain by 100 leaves it unchanged (tests/rag/test_ordinal.py). "
+                     "qrels, so multiplying every gain by 100 leaves it unchanged (tests/judge/test_ordinal.py). "
                      "Binary measures are not comparable under these qrels: AP/RR count any gain >= rel (1, or "
                      "2 for DL) as relevant, so a grade of 0.01 becomes relevant; and sparsa.eval counts a "
                      "query when any gain is > 0, which nearly every pool now has (the report averages over "
@@ -220,7 +220,7 @@ def depth_ordered_pairs(runs: dict[str, Run], depth: int) -> list[tuple[str, str
     """The union of the runs' top ``depth``, rank 1 of every run and query first, then rank 2, ...
 
     A job stopped early has then judged every run's top d for every query, for some d."""
-    from sparsa.rag.judge_job import top_k_union
+    from sparsa.judge.job import top_k_union
 
     pairs: dict[tuple[str, str], None] = {}
     for rank in range(depth):
@@ -263,8 +263,8 @@ def stage_score(args: argparse.Namespace) -> None:
 
     import torch
 
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-    from sparsa.rag.judge_job import judge_with_checkpoint
+    from sparsa.judge.job import judge_with_checkpoint
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     torch.set_num_threads(args.threads)
     data = dataset()
@@ -316,7 +316,7 @@ def stage_report(args: argparse.Namespace) -> None:
     """SmolLM2's judgements under "settings" (as in the first report), every other model's under
     "models"/<tag>, the settings chosen on the fit queries with their held-out figures under
     "chosen_on_fit" (the headline) and "targets", and every setting's figures under "summary"."""
-    from sparsa.rag.judge_job import fit_split
+    from sparsa.judge.job import fit_split
 
     data = dataset()
     runs = load_runs()

@@ -2,7 +2,7 @@
 
 Stages (files under --stage-dir, default .stage/judge_ft):
   cv      3-fold cross-validation over the 21 fit queries (ids sorted, fold = position mod 3, as
-          bench/judge_report.py): for each --lrs value and fold, fine-tune (rag/judge_train.py) on the other
+          bench/judge_report.py): for each --lrs value and fold, fine-tune (judge/train.py) on the other
           two folds for max(--epochs) epochs and score the fold with the UMBRELA scorer after each epoch in
           --epochs (constant lr after warm-up, so epoch e of the run is the e-epoch model)
           -> cv/lr<lr>-fold<f>-ep<e>.jsonl, out-of-fold records of every fit pair
@@ -95,7 +95,7 @@ def dataset():
 
 
 def split(data) -> tuple[list[str], list[str]]:
-    from sparsa.rag.judge_job import fit_split
+    from sparsa.judge.job import fit_split
 
     return fit_split(list(data.qrels), FIT_QUERIES)
 
@@ -124,14 +124,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def train_config(args, **changes):
-    from sparsa.rag.judge_train import JudgeTrainConfig
+    from sparsa.judge.train import JudgeTrainConfig
 
     return replace(JudgeTrainConfig(batch_size=args.batch_size, max_passage_tokens=args.max_passage_tokens,
                                     max_steps=args.max_steps), **changes)
 
 
 def fit_pairs(data, args) -> list:
-    from sparsa.rag.judge_train import LabelledPair
+    from sparsa.judge.train import LabelledPair
 
     fit = set(split(data)[0])
     queries = {q.id: q for q in data.queries}
@@ -143,7 +143,7 @@ def stage_cv(args) -> None:
     """Out-of-fold UMBRELA records of every fit pair for each (lr, epochs); a finished (lr, fold) is skipped."""
     import torch
 
-    from sparsa.rag.judge_train import JudgeTrainer
+    from sparsa.judge.train import JudgeTrainer
 
     data = dataset()
     pairs, folds = fit_pairs(data, args), fold_of(split(data)[0])
@@ -185,8 +185,8 @@ def cv_entry(records: dict, features, data, qids, runs=None, depth: int = 0) -> 
     """``judge_report.fit_criteria`` over out-of-fold records (with all fit queries its folds are ours),
     plus the kappa of the most probable label and the within-query Spearman correlation of the expected
     grade with NIST (mean over queries: does the judge order a query's passages at all?)."""
-    from sparsa.rag.agreement import cohen_kappa, spearman_rho
-    from sparsa.rag.calibration import argmax_grades
+    from sparsa.eval.agreement import cohen_kappa, spearman_rho
+    from sparsa.judge.calibration import argmax_grades
 
     judged = sorted(records)
     rows = [records[p] for p in judged]
@@ -227,7 +227,7 @@ def choose(table: list[dict]) -> dict | None:
 
 
 def stage_train(args) -> None:
-    from sparsa.rag.judge_train import train_judge
+    from sparsa.judge.train import train_judge
 
     data = dataset()
     table = cv_table(args.stage_dir, data, args.lrs, args.epochs)
@@ -246,8 +246,8 @@ def stage_train(args) -> None:
 
 def stage_judge(args) -> None:
     """The saved model through RelevanceJudge, as `sparsa judge --model` loads it (float32 weights)."""
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-    from sparsa.rag.judge_job import judge_with_checkpoint
+    from sparsa.judge.job import judge_with_checkpoint
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     data = dataset()
     started = time.perf_counter()
@@ -273,8 +273,8 @@ def with_base_ql(records: dict, base_ql: dict) -> dict:
 def final_figures(stage: Path, data, chosen: dict, runs) -> dict:
     """The calibration features chosen on the fit queries (SELECTION_RULE (2)), a calibrator fitted on the
     chosen setting's out-of-fold records, and the final model's held-out agreement and system ranking."""
-    from sparsa.rag.agreement import label_agreement
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades
+    from sparsa.eval.agreement import label_agreement
+    from sparsa.judge.calibration import GradeCalibrator, argmax_grades
 
     fit_qids, test_qids = split(data)
     base_ql = read_all_checkpoints(BASE_STAGE, "ql")
@@ -321,8 +321,8 @@ def stage_report(args) -> None:
     previous = json.loads(args.results.read_text())
     timings = args.stage_dir / "cv" / "timings.json"
     entry = {"meta": run_metadata(("torch", "transformers", "ir_measures")),
-             "what": "SmolLM2-135M-Instruct fully fine-tuned (rag/judge_train.py) so that the unchanged UMBRELA "
-                     "scorer (rag/judge.py) reads NIST grades: cross-entropy over the label tokens 0-3 after "
+             "what": "SmolLM2-135M-Instruct fully fine-tuned (judge/train.py) so that the unchanged UMBRELA "
+                     "scorer (judge/judge.py) reads NIST grades: cross-entropy over the label tokens 0-3 after "
                      "'##final score: '",
              "commands": COMMANDS, "rule": SELECTION_RULE, "cv_table": table,
              "cv_timings": json.loads(timings.read_text()) if timings.is_file() else [],

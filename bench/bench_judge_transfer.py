@@ -3,7 +3,7 @@ TREC DL 2019 (bench/judge_transfer_data.py), then calibrated on DL 2019's 21 fit
 other 22.
 
 Stages (files under --stage-dir, default .stage/judge_tr):
-  train   (GPU) fine-tune on the --pairs file (rag/judge_train.py, what `sparsa train judge --pairs FILE --epochs
+  train   (GPU) fine-tune on the --pairs file (judge/train.py, what `sparsa train judge --pairs FILE --epochs
           E --lr LR --batch-size B` does) and, after each epoch in --epochs, judge every NIST-judged DL 2019 pair
           with the UMBRELA scorer and the current weights (what `sparsa judge --model <that model> --scorers
           umbrela` gives) -> ep<e>.jsonl, timings.json
@@ -90,7 +90,7 @@ def stage_train(args) -> None:
     """Fine-tune on the pairs file; after each epoch in ``--epochs``, UMBRELA records of every DL 2019 pair."""
     import torch
 
-    from sparsa.rag.judge_train import JudgeTrainConfig, JudgeTrainer, describe_pairs, read_labelled_pairs
+    from sparsa.judge.train import JudgeTrainConfig, JudgeTrainer, describe_pairs, read_labelled_pairs
 
     data = dataset()
     pairs = read_labelled_pairs(args.pairs)
@@ -147,7 +147,7 @@ def candidates(stage: Path, epochs: list[int]) -> dict[str, tuple[str, tuple[str
 def score_candidates(stage: Path, epochs: list[int], data, runs) -> dict[str, dict]:
     """Every candidate with each calibrator: held-out figures (evaluate_setting) and the fit-query
     cross-validated criteria (fit_criteria), as judge_report scores the zero-shot settings."""
-    from sparsa.rag.calibration import CALIBRATOR_MODELS
+    from sparsa.judge.calibration import CALIBRATOR_MODELS
 
     fit_qids, test_qids = split(data)
     settings = {}
@@ -189,13 +189,13 @@ def stage_report(args) -> None:
     """judge.json "transfer_finetune" (other keys kept): the transfer set, and once the GPU stage has run,
     every candidate's figures and the choices made on the fit queries; before that, ``status`` says so."""
     from bench.bench_judge import load_runs
-    from sparsa.rag.judge_train import describe_pairs, read_labelled_pairs
+    from sparsa.judge.train import describe_pairs, read_labelled_pairs
 
     data = dataset()
     fit_qids, test_qids = split(data)
     entry = {
         "meta": run_metadata(("torch", "transformers", "ir_measures")),
-        "what": "SmolLM2-135M-Instruct fully fine-tuned (rag/judge_train.py) on many-topic labelled pairs that are "
+        "what": "SmolLM2-135M-Instruct fully fine-tuned (judge/train.py) on many-topic labelled pairs that are "
                 "not TREC DL 2019 (bench/judge_transfer_data.py), so that the unchanged UMBRELA scorer reads "
                 "relevance; then calibrated on DL 2019's fit queries, alone or with the zero-shot SmolLM2's "
                 "query/passage-likelihood PMI features",

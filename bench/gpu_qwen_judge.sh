@@ -57,7 +57,7 @@ mkdir -p "$WORK/$TAG"
 cd /tmp  # import sparsa from the wheel, not the checkout
 REPO=$REPO python - <<'EOF'
 import os, sparsa, sparsa.rerank.query_likelihood as ql
-from sparsa.rag.judge import RelevanceJudge
+from sparsa.judge.judge import RelevanceJudge
 assert not sparsa.__file__.startswith(os.environ["REPO"]), f"sparsa from {sparsa.__file__}, not the wheel"
 assert hasattr(RelevanceJudge, "for_scorers") and hasattr(ql, "LOGPROB_CHUNK_ELEMENTS"), \
     "the installed sparsa wheel predates the Qwen judging changes: rebuild it from this checkout"

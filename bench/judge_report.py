@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from sparsa.eval import evaluate_run
-from sparsa.rag.calibration import CALIBRATOR_MODELS
+from sparsa.judge.calibration import CALIBRATOR_MODELS
 from sparsa.types import Qrels, Run
 
 log = logging.getLogger("bench_judge")
 
 
 def read_all_checkpoints(folder: Path, scorer: str) -> dict:
-    from sparsa.rag.judge_job import read_checkpoint
+    from sparsa.judge.job import read_checkpoint
 
     records = {}
     for path in sorted(folder.glob(f"checkpoint-{scorer}*.jsonl")):
@@ -52,7 +52,7 @@ def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: l
                    resamples: int = 0) -> dict:
     """The runs' mean nDCG@cutoff over ``qids`` under both qrels, Kendall's tau and Spearman's rho; with
     ``resamples``, a 95% interval of tau from resampling the queries with replacement."""
-    from sparsa.rag.agreement import kendall_tau, spearman_rho
+    from sparsa.eval.agreement import kendall_tau, spearman_rho
 
     names = sorted(runs)
     by_human, by_judge = ndcg_matrix(runs, human, qids, cutoff), ndcg_matrix(runs, generated, qids, cutoff)
@@ -73,7 +73,7 @@ def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: l
 
 def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resamples: int = 1000) -> list[float]:
     """95% interval of the 4-grade kappa, resampling held-out queries with replacement."""
-    from sparsa.rag.agreement import cohen_kappa
+    from sparsa.eval.agreement import cohen_kappa
 
     rng = np.random.default_rng(0)
     by_query = {q: np.flatnonzero(np.asarray(qids) == q) for q in dict.fromkeys(qids)}
@@ -131,8 +131,8 @@ def fit_criteria(features, judged, records, human, fit, fit_qids: list[str], run
     """Out-of-fold grades of the fit pairs (``CV_FOLDS``-fold over the fit queries): their 4-grade kappa
     and, where the runs' top ``depth`` is judged, the system ranking over the fit queries under discrete
     and (``expected_gain``) expected-gain qrels."""
-    from sparsa.rag.agreement import cohen_kappa
-    from sparsa.rag.calibration import GradeCalibrator, expected_gains
+    from sparsa.eval.agreement import cohen_kappa
+    from sparsa.judge.calibration import GradeCalibrator, expected_gains
 
     fold_of = {q: i % CV_FOLDS for i, q in enumerate(sorted(fit_qids))}
     folds = np.array([fold_of[judged[i][0]] for i in fit])
@@ -233,8 +233,8 @@ def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, t
                      model: str = "least-squares") -> dict:
     """Calibrate on the fit pairs, then agreement on the held-out pairs and the system ranking under
     discrete and expected-gain qrels (``*_expected_gain``)."""
-    from sparsa.rag.agreement import label_agreement
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades, expected_gains
+    from sparsa.eval.agreement import label_agreement
+    from sparsa.judge.calibration import GradeCalibrator, argmax_grades, expected_gains
 
     calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features, model=model)
     grades = calibrator.predict(records)

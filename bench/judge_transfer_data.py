@@ -1,6 +1,6 @@
 """Many-topic labelled pairs for transfer fine-tuning of the relevance judge (issue 8), none from TREC DL 2019.
 
-Writes the JSONL that ``sparsa train judge --pairs`` reads (``rag/judge_train.py``: query, passage, grade
+Writes the JSONL that ``sparsa train judge --pairs`` reads (``judge/train.py``: query, passage, grade
 0-3, ids, title, source) and prints its counts per source and grade. Deterministic: every choice is drawn
 from ``random.Random(--seed)`` over sorted inputs.
 
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 from sparsa.config import load_settings
 from sparsa.data import load_corpus, read_qrels, read_queries
-from sparsa.rag.judge_train import LabelledPair, describe_pairs, write_labelled_pairs
+from sparsa.judge.train import LabelledPair, describe_pairs, write_labelled_pairs
 from sparsa.types import Document, Query
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ def stage_hidden(args: argparse.Namespace) -> None:
     import torch
 
     from sparsa.batching import length_sorted_batches, pad_left
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     pairs, queries, corpus = judged_pairs(args.limit)
     judge = RelevanceJudge(JudgeConfig(scorers=("umbrela",), device=args.device, dtype=args.dtype,
@@ -102,7 +102,7 @@ def evaluate(x: np.ndarray, extra: list[np.ndarray], qid: np.ndarray, human: np.
     """Fit-CV (nested) and held-out kappa, and Kendall's tau with ``tau_inputs``, of the probe score plus
     ``extra`` columns (each with its per-query z-score), least-squares GradeCalibrator."""
     from bench.judge_report import CV_FOLDS
-    from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
+    from sparsa.judge.calibration import GradeCalibrator, cut, per_query_z
 
     fold_of = {q: i % CV_FOLDS for i, q in enumerate(sorted(fit_qids))}
     folds = np.array([fold_of.get(q, -1) for q in qid.tolist()])

@@ -1,5 +1,5 @@
 """Probe (issue 8): do token-level aggregates of the judge's likelihoods carry more relevance signal
-than their sums? The judge's features (``sparsa.rag.calibration``) use whole-sequence log-likelihoods:
+than their sums? The judge's features (``sparsa.judge.calibration``) use whole-sequence log-likelihoods:
 log P(q | p) - log P(q | no passage) summed over the query, and the same PMI from the passage's side.
 A passage that answers the query in one sentence and a passage that is loosely on topic throughout
 can have the same sums; here each token's PMI is kept, and per-pair aggregates (minimum / maximum over
@@ -59,7 +59,7 @@ def judged_pairs(limit: int | None) -> tuple[list[tuple[str, str]], dict, dict]:
 
 
 def stage_score(args: argparse.Namespace) -> None:
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
     from sparsa.types import Document
 
     pairs, queries, corpus = judged_pairs(args.limit)
@@ -101,7 +101,7 @@ def stage_answer(args: argparse.Namespace) -> None:
     import torch
 
     from sparsa.batching import length_sorted_batches, pad_left
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     pairs, queries, corpus = judged_pairs(args.limit)
     judge = RelevanceJudge(JudgeConfig(scorers=("ql",), device=args.device, dtype=args.dtype, max_passage_tokens=192))
@@ -205,7 +205,7 @@ def agreement(columns: list[np.ndarray], qid: np.ndarray, human: np.ndarray, fit
     out-of-fold grades over the fit queries (judge_report's folds) and on the held-out queries; with
     ``runs``, also Kendall's tau of the runs' nDCG@10 under NIST and under the generated 0-3 grades."""
     from bench.judge_report import CV_FOLDS
-    from sparsa.rag.calibration import GradeCalibrator, cut, per_query_z
+    from sparsa.judge.calibration import GradeCalibrator, cut, per_query_z
 
     x = np.column_stack([c for col in columns for c in (col, per_query_z(col, qid))])
     names = [str(i) for i in range(x.shape[1])]
@@ -226,7 +226,7 @@ def figures(qid: np.ndarray, human: np.ndarray, fit_qids: list[str], out_of_fold
             runs=None, pairs=None, qrels=None) -> dict:
     """4-grade kappa of the fit pairs' out-of-fold grades and of the held-out pairs' grades; with ``runs``,
     Kendall's tau of the runs' nDCG@10 under NIST and under those grades, on each query set."""
-    from sparsa.rag.agreement import cohen_kappa
+    from sparsa.eval.agreement import cohen_kappa
 
     fit = np.isin(qid, fit_qids)
     held = ~fit
@@ -291,7 +291,7 @@ def stage_report(args: argparse.Namespace) -> None:
         "runs": {"names": sorted(runs), "from": "bench/bench_judge.py --stages runs, rebuilt on this session's "
                  "AVX2 CPU (MiniLM in float32; the runs in judge.json came from a bf16-capable CPU, so the dense "
                  "and fused runs' human nDCG@10 differ by <= 0.002)"},
-        "calibration": "each feature and its per-query z-score, least-squares GradeCalibrator (rag/calibration.py), "
+        "calibration": "each feature and its per-query z-score, least-squares GradeCalibrator (judge/calibration.py), "
                        "3-fold CV over the fit queries as in bench/judge_report.py",
         "chosen_on_fit": {"rule": "the row with the highest fit-CV kappa", "row": chosen, **chosen_k},
         "chosen_on_fit_for_tau": ({"rule": "the row with the highest fit-CV Kendall tau, ties to the higher fit-CV kappa",

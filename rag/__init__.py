@@ -1,10 +1,12 @@
-"""Retrieval-augmented QA: reader, retrieve-or-recall routing, knowledge-graph retrieval, judging.
+"""Retrieval-augmented QA: reader, generation, retrieve-or-recall routing, the QA pipeline.
 
 - :class:`Reader` (``reader.py``): a causal LM answers from packed passages and cites them by id;
   greedy generation with streaming in ``generate.py``; answer extraction and EM/F1 in ``answer_text.py``.
 - :class:`Router` (``routing.py``): WiTQA-style retrieve-or-recall decisions from corpus popularity
   and the LM's confidence, with a threshold fitted on dev questions.
 - :class:`QAPipeline` / :func:`load_pipeline` (``pipeline.py``): route -> retrieve -> rerank -> read.
+
+Knowledge-graph QA (Amar) is :mod:`sparsa.kg`; LLM relevance judging is :mod:`sparsa.judge`.
 
 Names are imported lazily, so ``import sparsa.rag`` loads neither torch nor transformers.
 """

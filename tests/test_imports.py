@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUBPACKAGES = ["retrieval", "indexes", "rerank", "rag", "kernels", "api", "data", "eval", "cli"]
+SUBPACKAGES = ["retrieval", "indexes", "rerank", "rag", "judge", "kg", "kernels", "api", "data", "eval", "cli"]
 
 
 def loaded_modules(code: str) -> set[str]:
@@ -35,7 +35,7 @@ def test_subpackages_import_without_java():
 
 
 REPO = Path(__file__).resolve().parents[1]
-TOP_LEVEL_FOLDERS = ["api", "indexes", "kernels", "rag", "rerank", "retrieval"]
+TOP_LEVEL_FOLDERS = ["api", "indexes", "judge", "kernels", "kg", "rag", "rerank", "retrieval"]
 
 
 def test_sparsa_installs_no_generic_top_level_module():

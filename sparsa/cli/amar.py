@@ -27,9 +27,9 @@ def train_amar_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Gate + alignment training (cheap), then the answer loss through the frozen LM."""
-    from sparsa.rag.amar import AmarConfig, AmarModel
-    from sparsa.rag.amar_train import AmarTrainConfig, train_amar
-    from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
+    from sparsa.kg.amar import AmarConfig, AmarModel
+    from sparsa.kg.amar_train import AmarTrainConfig, train_amar
+    from sparsa.kg.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
     if split == "test":
         raise ConfigError("refusing to train on the test split")

@@ -4,7 +4,7 @@
     sparsa judge --pairs pairs.tsv --dataset DIR --model smollm2-135m-instruct --out judged.qrels --calibration cal.json
     sparsa judge --run bm25.trec --dataset trec-dl-2019-passage --out gains.qrels --fit-queries 21 --gains expected-gain
 
-Calls :func:`sparsa.rag.judge_job.run_judge_job`. Beside ``--out`` it writes ``OUT.jsonl`` (raw
+Calls :func:`sparsa.judge.job.run_judge_job`. Beside ``--out`` it writes ``OUT.jsonl`` (raw
 scores, prompt and grade per pair, for audit) and keeps ``OUT.checkpoint.jsonl``: rerunning the
 same command after an interruption continues where it stopped.
 """
@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 
 from sparsa.cli.common import console, dataset_path
-from sparsa.rag.calibration import CalibratorModel
-from sparsa.rag.judge_job import Gains
+from sparsa.judge.calibration import CalibratorModel
+from sparsa.judge.job import Gains
 
 
 def judge(
@@ -51,8 +51,8 @@ def judge(
 ) -> None:
     """Judge (query, passage) pairs on the 0-3 TREC DL scale; without a calibration the grade is the
     most probable label."""
-    from sparsa.rag.judge import JudgeConfig
-    from sparsa.rag.judge_job import run_judge_job
+    from sparsa.judge.job import run_judge_job
+    from sparsa.judge.judge import JudgeConfig
 
     config = JudgeConfig(model=model, scorers=tuple(s.strip() for s in scorers.split(",") if s.strip()),
                          max_passage_tokens=max_passage_tokens)

@@ -81,7 +81,7 @@ def judge(
 ) -> None:
     """Fine-tune the judge LM so that its UMBRELA prompt's label tokens 0-3 predict the human grades
     (of a dataset's first queries, or of a pairs file); use the result with 'sparsa judge --model OUT'."""
-    from sparsa.rag.judge_train import (
+    from sparsa.judge.train import (
         JudgeTrainConfig,
         describe_pairs,
         labelled_pairs,

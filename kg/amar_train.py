@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from sparsa.errors import ConfigError
+from sparsa.kg.amar import AmarModel, AspectItem, aspect_items
+from sparsa.kg.kg import KGQuestion, KGRetrieval
 from sparsa.progress import progress_bar
-from sparsa.rag.amar import AmarModel, AspectItem, aspect_items
 from sparsa.rag.answer_text import normalize_answer
-from sparsa.rag.kg import KGQuestion, KGRetrieval
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 matrix) and rank correlation between system orderings (Kendall's tau-b, Spearman's rho).
 
 Implemented here with numpy (each a few lines, checked against hand-computed values in
-``tests/rag/test_agreement.py``) so the definitions are explicit:
+``tests/eval/test_agreement.py``) so the definitions are explicit:
 
 - Cohen's kappa: ``(p_o - p_e) / (1 - p_e)`` with chance agreement from the two marginals;
   optional linear/quadratic weights. LLMJudge reports the unweighted 4-grade kappa.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sparsa.errors import ConfigError
-from sparsa.rag.agreement import (
+from sparsa.eval.agreement import (
     average_ranks,
     binarize,
     cohen_kappa,

@@ -1,6 +1,6 @@
 """Amar (Xu et al., AAAI 2025): multi-aspect KG knowledge as gated, self-aligned soft prompts.
 
-Each retrieval (:mod:`sparsa.rag.kg`) becomes a list of **aspect items**: the entity aspect
+Each retrieval (:mod:`sparsa.kg.kg`) becomes a list of **aspect items**: the entity aspect
 ("Entities: Tom Hanks"), the relation aspect ("Relations: acted in; directed; wrote") and one item
 per retrieved path of the subgraph aspect ("Tom Hanks acted in movies directed by: Ron Howard").
 :class:`AmarHead` turns them into soft prompts for a frozen causal LM:
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from sparsa.errors import ConfigError
-from sparsa.rag.kg import KGRetrieval
+from sparsa.kg.kg import KGRetrieval
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ import gzip
 import pytest
 
 from sparsa.errors import DataFormatError
-from sparsa.rag.kg import KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
+from sparsa.kg.kg import KGQuestion, KGRetriever, KnowledgeGraph, load_metaqa, retrieve_cached
 
 TRIPLES = [
     ("Big", "directed_by", "Penny Marshall"),
@@ -96,3 +96,17 @@ def test_load_metaqa_and_cache(tmp_path, retriever):
         f.write("a question without answers\n")
     with pytest.raises(DataFormatError, match=r"qa_test.txt.gz:1"):
         load_metaqa(tmp_path, 1, "test")
+
+
+def test_cache_written_before_the_move_to_sparsa_kg_still_loads(tmp_path, retriever):
+    """A ``--cache`` pickle from when this module was ``sparsa.rag.kg`` names classes by that path."""
+    import pickle
+
+    question = KGQuestion("q1", "who directed [Big]", ("Penny Marshall",), 1)
+    fresh = retrieve_cached(retriever, [question], None)
+    old = pickle.dumps({question.text: fresh[0]}, protocol=2)  # protocol 2 names classes as "module\nname"
+    assert b"sparsa.kg.kg\n" in old
+    cache = tmp_path / "old.pkl"
+    cache.write_bytes(old.replace(b"sparsa.kg.kg\n", b"sparsa.rag.kg\n"))
+    loaded = retrieve_cached(retriever, [question], cache)
+    assert [p.text for p in loaded[0].paths] == [p.text for p in fresh[0].paths]

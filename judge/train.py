@@ -1,6 +1,6 @@
 """Supervised fine-tuning of the relevance judge's UMBRELA scorer on labelled (query, passage, grade) pairs.
 
-The UMBRELA scorer (:mod:`sparsa.rag.judge`) reads the next-token distribution after the assistant
+The UMBRELA scorer (:mod:`sparsa.judge.judge`) reads the next-token distribution after the assistant
 prefix ``##final score: `` over the label tokens "0".."3". Fine-tuning trains exactly that read-out:
 the judge itself builds every prompt (shared prefix + per-pair suffix, ``umbrela_suffix_ids``) and the
 logits come from the same code path as scoring (``RelevanceJudge.label_logits``: the prefix's key/value
@@ -158,7 +158,7 @@ def labelled_pairs(dataset: str | Path, fit_queries: int, split: str = "test") -
     """The graded pairs of the first ``fit_queries`` query ids (sorted, as ``judge_job.fit_split``; the
     other queries stay held out for evaluation), and those query ids."""
     from sparsa.data import load_dataset
-    from sparsa.rag.judge_job import fit_split
+    from sparsa.judge.job import fit_split
 
     data = load_dataset(dataset, split)
     if data.qrels is None:
@@ -185,8 +185,8 @@ class JudgeTrainer:
         import torch
 
         from sparsa.config import resolve_device
+        from sparsa.judge.judge import JudgeConfig, RelevanceJudge
         from sparsa.models import resolve_model
-        from sparsa.rag.judge import JudgeConfig, RelevanceJudge
 
         self.config, self.device = config, resolve_device(device)
         self.source = resolve_model(config.model)
@@ -283,12 +283,12 @@ class JudgeTrainer:
         with atomic_dir(out) as work:
             self.judge.model.save_pretrained(work, safe_serialization=True)
             self.judge.tokenizer.save_pretrained(work)  # with the chat template the prompt is built from
-            write_manifest(work, "judge-model", asdict(self.config), trained_with="sparsa.rag.judge_train",
+            write_manifest(work, "judge-model", asdict(self.config), trained_with="sparsa.judge.train",
                            base_model=self.config.model, base_model_path=self.source,
                            data=data_description or {}, epochs=self.history, device=self.device,
                            wall_seconds=round(time.perf_counter() - self.started, 1),
                            loss="cross-entropy over the label tokens 0-3 after the UMBRELA prompt's "
-                                "'##final score: ' (rag/judge.py)")
+                                "'##final score: ' (judge/judge.py)")
         logger.info("fine-tuned judge saved in %s", out)
         return Path(out)
 

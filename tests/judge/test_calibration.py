@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.rag.calibration import GradeCalibrator, available_features, cut, feature_matrix, fit_thresholds
+from sparsa.judge.calibration import GradeCalibrator, available_features, cut, feature_matrix, fit_thresholds
 
 
 def _records(grades, noise=0.0, seed=0):

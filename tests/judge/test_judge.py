@@ -9,7 +9,7 @@ import pytest
 
 from sparsa.cli.main import main
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.rag.judge_job import judge_with_checkpoint, read_checkpoint, read_pairs
+from sparsa.judge.job import judge_with_checkpoint, read_checkpoint, read_pairs
 
 DL19 = "trec-dl-2019-passage"
 
@@ -35,7 +35,7 @@ def tiny_dl19(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def judge():
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     return RelevanceJudge(JudgeConfig(max_passage_tokens=96))
 
@@ -143,7 +143,7 @@ def test_for_scorers_shares_the_model_and_scores_alike(judge, tiny_dl19):
 
 
 def test_config_rejects_unknown_ql_prompts():
-    from sparsa.rag.judge import JudgeConfig
+    from sparsa.judge.judge import JudgeConfig
 
     with pytest.raises(ConfigError, match="ql_prompts"):
         JudgeConfig(ql_prompts=("question", "limerick"))
@@ -155,7 +155,7 @@ def test_config_rejects_unknown_ql_prompts():
 def test_priors_are_the_empty_side_and_prompts_give_one_score_each(judge, tiny_dl19):
     """The QL prior is log P(query | empty passage), the PL prior log P(passage | empty query), and several QL
     prompts give one score each, the first one equal to the single-prompt judge's."""
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
     from sparsa.types import Document, Query
 
     _, data, pairs = tiny_dl19

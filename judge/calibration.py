@@ -1,6 +1,6 @@
 """Map raw judge scores to 0-3 grades, fitted on a small labelled split.
 
-Features come from the judge's records (``sparsa.rag.judge``): the UMBRELA expected grade and
+Features come from the judge's records (``sparsa.judge.judge``): the UMBRELA expected grade and
 label probabilities; the query likelihood per query token (``ql_mean``); its pointwise mutual
 information with the passage, ``ql_pmi`` = log P(q | p) - log P(q | empty passage) (summed over the
 query's tokens; ``ql_pmi_ens`` averages it over the judge's QL prompts); and the same PMI estimated
@@ -15,7 +15,7 @@ The calibrator is ordinal: a linear score ``w . standardised(features)`` cut by 
 chosen by coordinate ascent to maximise Cohen's kappa on the labelled split, starting from the
 thresholds that reproduce the labelled grade proportions. ``model`` says how ``w`` is fitted:
 "least-squares" against the grades as numbers, or "ordinal-logit", the proportional-odds model's
-maximum likelihood (``sparsa.rag.ordinal``), which treats the grades as ordered labels. Either gives
+maximum likelihood (``sparsa.judge.ordinal``), which treats the grades as ordered labels. Either gives
 an expected grade in [0, 3] (``expected_grades``): the least-squares prediction clipped to the scale,
 or the ordinal model's ``sum_k P(grade >= k)``; both are monotone in the score.
 """
@@ -31,7 +31,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.rag.agreement import cohen_kappa
+from sparsa.eval.agreement import cohen_kappa
 
 # base feature -> the record field it needs (every base feature also has a per-query "_z" variant)
 NEEDS = {"expected_grade": "expected_grade", "p3": "label_probs", "ql_mean": "ql_logprob",
@@ -179,7 +179,7 @@ class GradeCalibrator:
         mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
         z = (x - mean) / std
         if model == "ordinal-logit":
-            from sparsa.rag.ordinal import fit_proportional_odds
+            from sparsa.judge.ordinal import fit_proportional_odds
 
             weights, intercepts = fit_proportional_odds(z, grades, ridge=ridge)
         else:
@@ -208,7 +208,7 @@ class GradeCalibrator:
             raise ConfigError("this calibration was saved without intercepts; refit it to get expected grades")
         scores = self.scores(records)
         if self.model == "ordinal-logit":
-            from sparsa.rag.ordinal import expected_grade
+            from sparsa.judge.ordinal import expected_grade
 
             return expected_grade(scores, np.array(self.intercepts))
         return np.clip(scores + self.intercepts[0], 0.0, len(self.thresholds))

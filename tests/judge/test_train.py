@@ -54,7 +54,7 @@ def test_cli_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_path):
 
 def test_config_rejects_bad_values():
     from sparsa.errors import ConfigError
-    from sparsa.rag.judge_train import JudgeTrainConfig, JudgeTrainer
+    from sparsa.judge.train import JudgeTrainConfig, JudgeTrainer
 
     with pytest.raises(ConfigError, match="lr must be > 0"):
         JudgeTrainConfig(lr=0)
@@ -66,9 +66,9 @@ def test_config_rejects_bad_values():
 def test_fine_tuned_judge_learns_and_loads_as_a_plain_model(dl19_slice, tmp_path):
     import math
 
-    from sparsa.rag.calibration import argmax_grades
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-    from sparsa.rag.judge_train import JudgeTrainConfig, labelled_pairs, train_judge
+    from sparsa.judge.calibration import argmax_grades
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.train import JudgeTrainConfig, labelled_pairs, train_judge
 
     pairs, fit = labelled_pairs(dl19_slice, 2)
     assert len(pairs) == 8 and sorted({p.grade for p in pairs}) != [0]
@@ -98,7 +98,7 @@ GOOD = json.dumps({"query": "how tall is mount fuji", "passage": "Mount Fuji is 
 
 
 def test_pairs_file_round_trip_and_default_ids(tmp_path):
-    from sparsa.rag.judge_train import describe_pairs, read_labelled_pairs, write_labelled_pairs
+    from sparsa.judge.train import describe_pairs, read_labelled_pairs, write_labelled_pairs
 
     path = pairs_file(tmp_path, [
         GOOD,
@@ -131,7 +131,7 @@ def test_pairs_file_round_trip_and_default_ids(tmp_path):
 ])
 def test_bad_pairs_lines_name_file_and_line(tmp_path, line, message):
     from sparsa.errors import DataFormatError
-    from sparsa.rag.judge_train import read_labelled_pairs
+    from sparsa.judge.train import read_labelled_pairs
 
     path = pairs_file(tmp_path, [GOOD, line])
     with pytest.raises(DataFormatError) as caught:
@@ -162,8 +162,8 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
     folder records where its data came from and judges through RelevanceJudge with a lower loss."""
     import math
 
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
-    from sparsa.rag.judge_train import read_labelled_pairs
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.train import read_labelled_pairs
 
     texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
                                         "Tokyo has many trains.", "Bread needs yeast."],

@@ -21,8 +21,8 @@ import numpy as np
 
 from sparsa.data.trec import numbered_lines
 from sparsa.errors import ConfigError, DataFormatError
+from sparsa.judge.calibration import CalibratorModel
 from sparsa.progress import progress_bar
-from sparsa.rag.calibration import CalibratorModel
 from sparsa.types import Corpus, Qrels, Query, Run
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def grade_records(records: dict[Pair, dict], calibration: str | Path | None = No
     ``round(100 * expected grade)`` (the calibration's, else UMBRELA's), for nDCG-style measures only:
     it keeps the information the thresholds drop, but binary measures would count any gain >= 1 (or 2)
     as relevant."""
-    from sparsa.rag.calibration import GradeCalibrator, argmax_grades, expected_gains
+    from sparsa.judge.calibration import GradeCalibrator, argmax_grades, expected_gains
 
     if gains not in GAINS:
         raise ConfigError(f"gains {gains!r}: expected one of {', '.join(GAINS)}")
@@ -242,7 +242,7 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
                   gains: Gains = "discrete") -> dict:
     """What ``sparsa judge`` does: read pairs, judge them (resumably), grade, write qrels + audit JSONL."""
     from sparsa.data import load_dataset
-    from sparsa.rag.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     if (pairs_file is None) == (run_file is None):
         raise ConfigError("give exactly one of --pairs FILE or --run RUN")

@@ -10,9 +10,9 @@ import pytest
 
 from sparsa.errors import ConfigError
 from sparsa.eval import evaluate_run
-from sparsa.rag.calibration import CALIBRATOR_MODELS, GradeCalibrator, expected_gains
-from sparsa.rag.judge_job import GAINS, grade_records
-from sparsa.rag.ordinal import expected_grade, fit_proportional_odds
+from sparsa.judge.calibration import CALIBRATOR_MODELS, GradeCalibrator, expected_gains
+from sparsa.judge.job import GAINS, grade_records
+from sparsa.judge.ordinal import expected_grade, fit_proportional_odds
 from sparsa.types import Hit, Qrels, Run
 
 from .test_calibration import _records

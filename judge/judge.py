@@ -10,7 +10,7 @@ Three scorers share one LM (default SmolLM2-135M-Instruct):
   (bench/results/judge.json, calibrated, held-out queries) these carry no signal with SmolLM2-135M
   (4-grade kappa -0.02) and little with Qwen2.5-Coder-1.5B (0.08; the most probable label alone 0.02);
   query and passage likelihood do better (held-out kappa 0.20 / 0.24 for the settings chosen on the
-  fit queries). Fine-tuning that read-out on the fit queries' grades (:mod:`sparsa.rag.judge_train`,
+  fit queries). Fine-tuning that read-out on the fit queries' grades (:mod:`sparsa.judge.train`,
   ``label_logits``) fitted them but did not carry over to unseen queries in cross-validation over the fit
   queries (judge.json "finetuned").
 - **Query likelihood** log P(query | passage) (UPR), reusing
@@ -27,8 +27,8 @@ the LM once, and their key/value cache is copied for each batch; only the per-pa
 passage, the step list, the assistant prefix) is computed per pair. Rows are right-padded and
 only each row's last hidden state goes through the LM head.
 
-Raw scores become grades in :mod:`sparsa.rag.calibration`; checkpointed batch jobs live in
-:mod:`sparsa.rag.judge_job`.
+Raw scores become grades in :mod:`sparsa.judge.calibration`; checkpointed batch jobs live in
+:mod:`sparsa.judge.job`.
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ class RelevanceJudge:
 
     def prefix_states(self) -> list:
         """The shared prefix's per-layer (key, value) tensors ``[1, kv_heads, P, head_dim]``, computed now;
-        with autograd on, gradients flow through them (fine-tuning, :mod:`sparsa.rag.judge_train`)."""
+        with autograd on, gradients flow through them (fine-tuning, :mod:`sparsa.judge.train`)."""
         import torch
 
         ids = torch.tensor([self._prefix_ids], device=self.ql.device)

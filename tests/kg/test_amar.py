@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sparsa.rag.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
-from sparsa.rag.kg import KGQuestion, KGRetrieval, PathItem
+from sparsa.kg.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
 
 torch = pytest.importorskip("torch")
 
@@ -90,7 +90,7 @@ def test_save_load_round_trip(model, tmp_path):
 
 
 def test_training_checkpoints_and_resumes(model, tmp_path):
-    from sparsa.rag.amar_train import AmarTrainConfig, item_labels, train_amar
+    from sparsa.kg.amar_train import AmarTrainConfig, item_labels, train_amar
 
     retrieval = _retrieval(PATHS)
     question = KGQuestion("q1", retrieval.question, ("Splash", "Big"), 1)
@@ -105,7 +105,7 @@ def test_training_checkpoints_and_resumes(model, tmp_path):
 
 def test_stage1_alignment_loss_leaves_the_prompt_alone(tmp_path):
     """Stage 1 trains the alignment at full strength; how much reaches the LM stays 0 until stage 2."""
-    from sparsa.rag.amar_train import AmarTrainConfig, train_amar
+    from sparsa.kg.amar_train import AmarTrainConfig, train_amar
 
     torch.manual_seed(0)
     fresh = AmarModel(AmarConfig())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import logging
+import pickle
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -318,16 +319,21 @@ class KGRetriever:
         return KGRetrieval(question, topic, tuple(entities), relations, tuple(paths), q)
 
 
+class _CacheUnpickler(pickle.Unpickler):
+    """Reads caches written before this module moved out of ``sparsa.rag`` (their classes name the old module)."""
+
+    def find_class(self, module: str, name: str):
+        return super().find_class(__name__ if module == "sparsa.rag.kg" else module, name)
+
+
 def retrieve_cached(retriever: KGRetriever, questions: Sequence[KGQuestion], cache: str | Path | None
                     ) -> list[KGRetrieval]:
     """Retrievals for ``questions``, read from / written to a pickle ``cache`` keyed by question text."""
-    import pickle
-
     stored: dict[str, KGRetrieval] = {}
     path = Path(cache) if cache is not None else None
     if path is not None and path.is_file():
         with path.open("rb") as f:
-            stored = pickle.load(f)
+            stored = _CacheUnpickler(f).load()
     missing = [q.text for q in questions if q.text not in stored]
     if missing:
         from sparsa.progress import progress_bar

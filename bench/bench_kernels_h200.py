@@ -1,6 +1,6 @@
 """All attention kernels on one GPU: dense/block-sparse prefill, full/sparse decode, bandwidth.
 
-    python3 bench/bench_kernels_h200.py --commit <sha> --out $OUT/kernels_h200.json
+    python3 bench/bench_kernels_h200.py --commit <sha> --out $OUT/kernels.json
 
 Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.testing.do_bench``):
   * ``checks``: decode kernel (full, Quest pages, TidalDecode tokens) against its fp32 reference;
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+",
                         default=["checks", "decode", "decode_layers", "dense", "sparse"])
     parser.add_argument("--commit", default="")
-    parser.add_argument("--out", type=Path, default=RESULTS / "kernels_h200.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)

@@ -83,7 +83,7 @@ for _variant, _names in (("block-sparse-prefill", ("bs-pooled-c0.90", "bs-pooled
     for _name in _names:
         CANDIDATES[_variant][_name + "-rh"] = CANDIDATES[_variant][_name] | {"full_retrieval_heads": True}
 # Coarser Quest pages: fewer bounds to score and pages to rank per step (the selection dominates Quest's step
-# at 128k, kernels_h200.json), looser bounds.
+# at 128k, in an earlier kernels record), looser bounds.
 for _budget in (1024, 2048):
     for _page in (32, 64):
         CANDIDATES["sparse-decode-quest"][f"quest-{_budget}-page{_page}-dense2-rh"] = (

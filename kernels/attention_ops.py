@@ -23,9 +23,10 @@ from .sparse_decode import decode_attention, decode_attention_ref
 __all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "kept_share", "use_triton"]
 
 _CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
-# Our kernel's time scales with the kept blocks; at 0.71-0.84x SDPA's speed when dense (8k-32k, issue 22), it wins
-# below roughly that share. 0.6 leaves a margin; bench_kernels_h200's sparse rows (50-95% sparsity) check it.
-SPARSE_MAX_KEPT = 0.6
+# Our kernel's time scales with the kept blocks (H100, 32k, head dim 128: 17.7 ms dense, 8.7 ms at 50% kept), and
+# dense it runs at 0.77-0.81x the fastest SDPA backend (bench/results/kernels.json), so it wins below a kept share
+# of ~0.76 (4k) to ~0.81 (32k); at head dim 64 (0.89-0.96x) later still. 0.7 keeps a margin below both.
+SPARSE_MAX_KEPT = 0.7
 
 
 def use_triton(q: torch.Tensor) -> bool:

@@ -78,9 +78,9 @@ class SparseAttentionConfig:
     selector: str = "quest"
     budget_tokens: int = 2048
     # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on the
-    # H200 at 128k / 4k tokens 5.3x full decode end to end against 3.1x, as there are 4x fewer bounds to score and
-    # rank (longcontext_accuracy.json quest_page_size_choice; kernels_h200.json decode_layers). That was a
-    # CUDA-graphed layer stack; eager, as generate() runs it, an independent run measured ~1.1x (issue 22).
+    # H200 at 128k / 4k tokens 5.3x full decode against 3.1x in a CUDA-graphed layer stack, as there are 4x fewer
+    # bounds to score and rank (longcontext_accuracy.json quest_page_size_choice; an earlier kernels record, in git
+    # history). Eager, as generate() runs it, the step is slower than full decode (bench/results/kernels.json).
     page_size: int = 64
     tidal_layers: tuple[int, ...] | None = None
     dense_layers: int = 2  # Quest decode: layers below this attend fully (as in the Quest paper)

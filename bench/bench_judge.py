@@ -36,11 +36,11 @@ from functools import partial
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
-from bench.common import RESULTS, write_results
-from bench.judge_report import headline, read_all_checkpoints, report_model, summary
+from bench.common import write_results
 from sparsa.config import load_settings
 from sparsa.data import load_dataset, read_run, write_run
 from sparsa.eval import evaluate_run
+from sparsa.judge.report import headline, read_all_checkpoints, report_model, summary
 from sparsa.types import Hit, Run, sort_hits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,9 +333,6 @@ def stage_report(args: argparse.Namespace) -> None:
     results.update(headline(models, DEFAULT_MODEL))  # "chosen_on_fit" and "targets"
     results["summary"] = {tag: summary(entry["settings"]) for tag, entry in models.items()}
     results["notes"] = NOTES | {"models": MODEL_NOTES}
-    earlier = RESULTS / "judge.json"
-    if earlier.is_file() and "finetuned" in (kept := json.loads(earlier.read_text())):
-        results["finetuned"] = kept["finetuned"]  # bench_judge_finetune.py's entry, made by its own command
     write_results("judge", results, packages=("torch", "transformers", "ir_measures"))
 
 

@@ -53,7 +53,7 @@ _LOG2E = 1.4426950408889634
 _HEAD_DIMS = (64, 128)
 
 
-# One fixed launch config, chosen on the H200 where it decodes (bench/probe_decode_configs.py): a CUDA graph over
+# One fixed launch config, chosen on the H200 where it decodes (a probe, docs/results.md): a CUDA graph over
 # a stack of layers, no L2 flush. Autotuning under do_bench had picked configs by a flushed-L2 timing that a
 # model's decode step never sees. At head dim 128 the pipeline (3 stages of a 128-token K and V tile, 192 KiB
 # of shared memory) allows one program per SM, so the split count fills exactly one wave (see _num_splits).
@@ -204,7 +204,7 @@ def _launch_for(device: torch.device, head_dim: int, itemsize: int) -> dict:
 
 def _num_splits(q: torch.Tensor, groups: int, n_work: int, launch: dict) -> int:
     """Splits per (batch, KV head): one wave of resident programs, each at least 256 tokens long. H200, 8 KV
-    heads, per layer of a CUDA-graphed layer stack (bench/probe_decode_configs.py, run c4e838c): head dim 128,
+    heads, per layer of a CUDA-graphed layer stack (a probe at c4e838c, docs/results.md): head dim 128,
     one program per SM, 16 splits: 36.0 us at 32k (88% of a 4 GiB copy's bandwidth) and 123 us at 128k (103%),
     against 53 / 145 us with two waves (33 splits), whose second wave starts late while SMs idle. Head dim 64,
     two per SM, 33 splits: 24.2 / 68.7 us (the sweep's best: 22.7 / 67.3 us)."""

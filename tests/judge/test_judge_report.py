@@ -1,8 +1,8 @@
-"""The report's choice on fit-query figures (bench/judge_report.py ``choose_on_fit``) on made-up entries."""
+"""The report's choice on fit-query figures (``sparsa.judge.report.choose_on_fit``) on made-up entries."""
 
 from __future__ import annotations
 
-from bench.judge_report import choose_on_fit
+from sparsa.judge.report import choose_on_fit
 
 
 def _entry(model, kappa, tau, tau_gain, held_tau, held_tau_gain):

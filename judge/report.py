@@ -1,6 +1,8 @@
-"""The report stage's figures for bench_judge.py: one model's judge checkpoints -> calibration fitted
-on the fit queries, label agreement on the held-out ones (Cohen's kappa with a query-bootstrap
-interval, Krippendorff's alpha, confusion matrix) and the system ranking under generated qrels.
+"""Agreement of a judge with human qrels (bench/bench_judge.py's report stage).
+
+One model's judge checkpoints -> calibration fitted on the fit queries, label agreement on the held-out
+ones (Cohen's kappa with a query-bootstrap interval, Krippendorff's alpha, confusion matrix) and the system
+ranking under generated qrels.
 
 Choosing a setting by its held-out figures would select on the test queries, so every setting is also
 scored on the fit queries alone (``fit_criteria``: 3-fold cross-validation over them), and
@@ -18,7 +20,7 @@ from sparsa.eval import evaluate_run
 from sparsa.judge.calibration import CALIBRATOR_MODELS
 from sparsa.types import Qrels, Run
 
-log = logging.getLogger("bench_judge")
+log = logging.getLogger(__name__)
 
 
 def read_all_checkpoints(folder: Path, scorer: str) -> dict:

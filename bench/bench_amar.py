@@ -26,15 +26,12 @@ import json
 import math
 import os
 import pickle
-import sys
 import time
 import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, run_metadata
 
 from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1

@@ -42,8 +42,6 @@ from pathlib import Path
 
 import torch
 import triton
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, run_metadata
 
 from sparsa.kernels import (

@@ -9,12 +9,9 @@ nDCG@10 = 0.679 (k1=0.9, b=0.4, title+text).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from common import write_results
 

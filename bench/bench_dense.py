@@ -19,11 +19,9 @@ import gzip
 import itertools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 
 from sparsa.data import load_dataset

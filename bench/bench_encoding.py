@@ -55,9 +55,6 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from common import write_results
 
 from sparsa.batching import POOL_MIN_TEXTS

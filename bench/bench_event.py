@@ -20,13 +20,11 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
+from common import write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_results
 from sparsa.config import load_settings
 from sparsa.eval import evaluate_run
 from sparsa.types import Corpus, Hit, Query, Run

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 
 from sparsa.indexes.vector_search import ExactSearch, FlatStructure, HNSWStructure, IVFPQStructure

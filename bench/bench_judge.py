@@ -31,12 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa (the GPU wheel)
-from bench.common import write_results
+from common import write_results
+
 from sparsa.config import load_settings
 from sparsa.data import load_dataset, read_run, write_run
 from sparsa.eval import evaluate_run

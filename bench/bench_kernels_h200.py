@@ -41,8 +41,6 @@ from pathlib import Path
 
 import torch
 import triton
-
-sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import (
     SDPA_BACKENDS,
     Baselines,

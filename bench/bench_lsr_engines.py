@@ -20,16 +20,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from common import RESULTS, run_metadata, write_results
 from synthetic_splade import SEED_FILE, fingerprint, load_seed, save_seed, synthesize
 

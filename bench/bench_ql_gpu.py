@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed sparsa
-from bench.common import RESULTS, run_metadata
+from common import RESULTS, run_metadata
+
 from sparsa.data import load_dataset
 from sparsa.types import Run
 

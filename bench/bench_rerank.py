@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, write_results
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
 from sparsa.eval import evaluate_run

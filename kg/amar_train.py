@@ -10,6 +10,8 @@ Two stages, both checkpointed (``checkpoint.pt`` beside the output; a rerun resu
    The target is the first gold answer that an open item names, else the first gold answer.
 
 On CPU the second stage is the expensive one (a forward and backward pass of the LM per example).
+AdamW (weight decay 0.01), no clipping, float32; stage 1 at a constant rate, stage 2 with a linear warm-up
+and a linear decay to 0 at ``lm_steps``, or sooner when ``time_limit_s`` cuts the run (:mod:`sparsa.training`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from sparsa.kg.amar import AmarModel, AspectItem, aspect_items
 from sparsa.kg.kg import KGQuestion, KGRetrieval
 from sparsa.progress import progress_bar
 from sparsa.rag.answer_text import normalize_answer
+from sparsa.training import (
+    Stepper,
+    load_checkpoint,
+    lr_factor,
+    make_optimizer,
+    save_checkpoint,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,27 +170,27 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     adapters = [p for n, p in model.head.named_parameters() if n.startswith("lora.")]
     head_params = [p for n, p in model.head.named_parameters() if not n.startswith("lora.")]
-    gate_opt = torch.optim.AdamW(head_params, lr=config.gate_lr)
-    lm_opt = torch.optim.AdamW([{"params": head_params, "lr": config.lm_lr},
-                                {"params": adapters, "lr": config.lora_lr}])
+    gate = Stepper(*make_optimizer(head_params, config.gate_lr), max_grad_norm=None)
+    # stage 2 sets its rates itself: the decay's end moves when a time limit cuts the run
+    lm_opt, _ = make_optimizer([{"params": head_params, "lr": config.lm_lr},
+                                {"params": adapters, "lr": config.lora_lr}], config.lm_lr)
+    lm = Stepper(lm_opt, max_grad_norm=None)
     state = {"gate_epoch": 0, "lm_step": 0, "history": []}
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=model.device, weights_only=False)
+    saved = load_checkpoint(checkpoint, model.device)
+    if saved is not None:
         model.head.load_state_dict(saved["head"])
-        gate_opt.load_state_dict(saved["gate_opt"])
+        gate.optimizer.load_state_dict(saved["gate_opt"])
         lm_opt.load_state_dict(saved["lm_opt"])
         state = saved["state"]
         logger.info("resuming Amar training from %s (%s)", checkpoint, {k: state[k] for k in ("gate_epoch", "lm_step")})
 
-    def save_checkpoint() -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"head": model.head.state_dict(), "gate_opt": gate_opt.state_dict(),
-                    "lm_opt": lm_opt.state_dict(), "state": state}, tmp)
-        tmp.replace(checkpoint)
+    def checkpoint_now() -> None:
+        save_checkpoint(checkpoint, head=model.head.state_dict(), gate_opt=gate.optimizer.state_dict(),
+                        lm_opt=lm_opt.state_dict(), state=state)
 
     started = time.perf_counter()
     model.head.train()
@@ -207,15 +217,13 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
                 align = alignment_loss(summaries, config.temperature)
                 if align is not None:
                     loss = loss + config.lambda_align * align
-                gate_opt.zero_grad()
-                loss.backward()
-                gate_opt.step()
+                gate.step(loss)
                 total += len(losses)
                 bar.update(len(order[start:start + config.gate_batch]))
         state["gate_epoch"] += 1
         state["history"].append({"stage": "gates", "epoch": state["gate_epoch"], "bce": bce_sum / max(total, 1)})
         logger.info("gate epoch %d: bce %.4f", state["gate_epoch"], bce_sum / max(total, 1))
-        save_checkpoint()
+        checkpoint_now()
     # Stage 2: answer generation through the frozen LM.
     planned, stage2_from, stage2_started = config.lm_steps, state["lm_step"], started
     with progress_bar(config.lm_steps, "amar answer loss", "step", show_progress) as bar:
@@ -232,18 +240,16 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
             if time_limit_s is not None and step == stage2_from + 8:  # fit the decay into the time left
                 per_step = (time.perf_counter() - stage2_started) / 5
                 planned = min(planned, step + int((time_limit_s - (time.perf_counter() - started)) / per_step))
-            factor = min(1.0, (step + 1) / max(config.warmup_steps, 1)) * max(0.0, 1.0 - step / planned)
+            factor = lr_factor(step, config.warmup_steps, planned)
             for group, base in zip(lm_opt.param_groups, (config.lm_lr, config.lora_lr)):
                 group["lr"] = base * factor
-            lm_opt.zero_grad()
-            loss.backward()
-            lm_opt.step()
+            lm.step(loss)
             state["lm_step"] += 1
             state["history"].append({"stage": "answer", "step": state["lm_step"], "lm": lm_part, "gate": gate_part})
             bar.update(1)
             if state["lm_step"] % config.checkpoint_every == 0:
-                save_checkpoint()
-    save_checkpoint()
+                checkpoint_now()
+    checkpoint_now()
     model.head.eval()
     record = {"config": asdict(config), "questions": len(questions), "gate_epochs": state["gate_epoch"],
               "lm_steps": state["lm_step"], "seconds_this_run": round(time.perf_counter() - started, 1),

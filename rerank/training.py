@@ -1,4 +1,5 @@
-"""The training loop TILDE and TILDEv2 share: shuffled epochs, AdamW, warmup + linear decay.
+"""The training loop TILDE and TILDEv2 share: shuffled epochs, AdamW, warmup + linear decay, clipping at 1
+(the pieces of :mod:`sparsa.training`; float32 on every device).
 
 Examples are anything with ``query``, ``positive`` and (for TILDEv2) ``negatives`` attributes, such
 as :class:`sparsa.retrieval.splade_train.TrainingExample` built by
@@ -8,8 +9,6 @@ as :class:`sparsa.retrieval.splade_train.TrainingExample` built by
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 
 from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
+from sparsa.training import Stepper, epoch_order, make_optimizer, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +50,18 @@ def train_loop(model: torch.nn.Module, items: Sequence[T], loss_fn: Callable[[li
     """Run ``config.steps`` optimiser steps over shuffled epochs of ``items``; returns a summary."""
     if len(items) < config.batch_size:
         raise ConfigError(f"{len(items)} training examples, fewer than one batch of {config.batch_size}")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    epochs = math.ceil(config.steps * config.batch_size / len(items)) + 1
-    order = [i for _ in range(epochs) for i in rng.sample(range(len(items)), len(items))]
+    seed_everything(config.seed)
+    order = epoch_order(len(items), config.steps, config.batch_size, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / config.steps))
+    stepper = Stepper(*make_optimizer(params, config.lr, weight_decay=config.weight_decay,
+                                      warmup_steps=config.warmup_steps, total_steps=config.steps))
     model.train()
     started, recent = time.perf_counter(), []
     with progress_bar(total=config.steps, desc=desc, unit="step", show=show_progress) as bar:
         for step in range(config.steps):
             batch = [items[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             loss = loss_fn(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            stepper.step(loss)
             recent = (recent + [float(loss.detach())])[-50:]
             bar.update(1)
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")

@@ -16,8 +16,6 @@ nothing (the folder is published atomically) and is rerun.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from sparsa.artifacts import atomic_dir, write_manifest
 from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
 from sparsa.retrieval.dense_pretrain import Pair
+from sparsa.training import Stepper, autocast, epoch_order, make_optimizer, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -98,32 +97,22 @@ def contrastive_loss(queries, passages, doc_ids: Sequence[str], scale: float):
 
 
 def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig, show_progress: bool | None) -> dict:
-    import torch
-
     if len(stage.pairs) < config.batch_size:
         raise ConfigError(f"stage {stage.name}: {len(stage.pairs)} pairs, fewer than one batch of {config.batch_size}")
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    warmup = max(1, int(config.warmup_fraction * stage.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / stage.steps))
-    rng = random.Random(config.seed)
-    epochs = math.ceil(stage.steps * config.batch_size / len(stage.pairs)) + 1
-    order = [i for _ in range(epochs) for i in rng.sample(range(len(stage.pairs)), len(stage.pairs))]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=trainer.device.type == "cuda")
+    # linear warm-up over the first warmup_fraction of the stage, then linear decay to 0 at its end
+    stepper = Stepper(*make_optimizer(params, config.lr, weight_decay=0.01, total_steps=stage.steps,
+                                      warmup_steps=int(config.warmup_fraction * stage.steps)))
+    order = epoch_order(len(stage.pairs), stage.steps, config.batch_size, config.seed)
     losses, started = [], time.perf_counter()
     with progress_bar(total=stage.steps, desc=f"training dense ({stage.name})", unit="step", show=show_progress) as bar:
         for step in range(stage.steps):
             batch = [stage.pairs[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
-            with autocast:
+            with autocast(trainer.device):
                 q = trainer.embed([p.query for p in batch], config.max_query_length)
                 d = trainer.embed([p.passage for p in batch], config.max_passage_length)
             loss = contrastive_loss(q, d, [p.doc_id for p in batch], config.scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            stepper.step(loss)
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -137,14 +126,12 @@ def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig, show
 def train_dense(stages: Sequence[Stage], out: str | Path, config: DenseTrainConfig | None = None,
                 device: str = "auto", show_progress: bool | None = None) -> Path:
     """Run ``stages`` in order on ``config.model`` and publish a sentence-transformers folder at ``out``."""
-    import torch
-
     from sparsa.config import resolve_device
 
     config = config or DenseTrainConfig()
     if not stages:
         raise ConfigError("nothing to train: no stages")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     started = time.perf_counter()
     trainer = _Trainable(config, resolve_device(device))
     records = [_run_stage(trainer, stage, config, show_progress) for stage in stages]

@@ -5,7 +5,8 @@ window: the articles of the days before the question that the plain encoder rank
 not gold (the stories of the same week competing for the query). The loss is contrastive (softmax over
 the batch's positives and all hard negatives, temperature ``temperature``); with ``plain_loss_weight``
 the same head is also trained without events (multi-task, so the query path alone stays a good
-retriever when a window holds nothing useful). Only the head learns; the backbone is frozen.
+retriever when a window holds nothing useful). Only the head learns; the backbone is frozen. AdamW at a
+constant rate, no clipping, float32 (:mod:`sparsa.training`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sparsa.errors import ConfigError
 from sparsa.progress import progress_bar
 from sparsa.retrieval.event_data import EmbeddedRealtimeQA
 from sparsa.retrieval.event_encoder import EventEncoderConfig, EventQueryEncoder
+from sparsa.training import Stepper, make_optimizer, seed_everything
 from sparsa.types import Hit, Qrels, Run
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def train_event_encoder(data: EmbeddedRealtimeQA, train_positions: Sequence[int]
     """Train a head on the questions at ``train_positions``; returns the encoder and a training record."""
     import torch
 
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     examples = build_examples(data, train_positions, config.hard_negatives, config.negative_window_days)
     if len(examples) < 2:
@@ -113,7 +115,8 @@ def train_event_encoder(data: EmbeddedRealtimeQA, train_positions: Sequence[int]
     windows = encoder.window_tensors(base, [e.when for e in examples], data.events) \
         if config.encoder.use_events else None
     doc_matrix = torch.from_numpy(data.documents)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    stepper = Stepper(*make_optimizer(head.parameters(), config.lr, weight_decay=config.weight_decay),
+                      max_grad_norm=None)
     steps_per_epoch = int(np.ceil(len(examples) / config.batch_size))
     history, started = [], time.perf_counter()
     head.train()
@@ -133,9 +136,7 @@ def train_event_encoder(data: EmbeddedRealtimeQA, train_positions: Sequence[int]
                     events, ages, mask = (t[index] for t in windows)
                     out = head(queries[index], events, ages, mask)
                     loss = loss + _contrastive_loss(out, doc_matrix, picked, config.temperature)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                stepper.step(loss)
                 total += loss.item()
             history.append(round(total / steps_per_epoch, 4))
             bar.update(1)

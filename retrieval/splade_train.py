@@ -5,9 +5,11 @@
   separate query and document weights, ramped up quadratically over the first third of training.
 - Optional distillation: examples that carry teacher scores add a KL term between the teacher's
   and the student's distributions over (positive, negatives).
-- Decoder backbones (Mistral-SPLADE) train LoRA adapters on the attention projections, merged into
-  the weights at the end, so the saved folder is a plain Hugging Face model.
+- Decoder backbones (Mistral-SPLADE) train LoRA adapters (peft, :func:`sparsa.training.add_lora`) on the
+  attention projections, merged into the weights at the end, so the saved folder is a plain Hugging Face model.
 - Checkpoints every ``checkpoint_every`` steps (atomic) and resumes from the last one.
+- AdamW (weight decay 0.01), linear warm-up over ``warmup_steps`` then linear decay to 0 at ``steps``,
+  gradient norm clipped at 1, bf16 autocast on CUDA: the shared pieces of :mod:`sparsa.training`.
 
 The saved folder loads with ``SpladeEncoder(SpladeConfig(model=folder))``; its ``sparsa.json``
 records the training data, steps and wall time.
@@ -17,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,8 +31,19 @@ from sparsa.batching import pad_right
 from sparsa.errors import ConfigError
 from sparsa.kernels.splade_pool import splade_pool_ref
 from sparsa.progress import progress_bar
-from sparsa.retrieval.lora import add_lora, merge_lora
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+from sparsa.training import (
+    Stepper,
+    add_lora,
+    autocast,
+    epoch_order,
+    load_checkpoint,
+    make_optimizer,
+    merge_lora,
+    save_checkpoint,
+    seed_everything,
+    trainable_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +188,10 @@ def training_loss(model: TrainableSplade, batch: Sequence[TrainingExample], conf
     return loss + reg, parts
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                     schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict() if schedule else None}, tmp)
-    os.replace(tmp, path)
+def _peft_names(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoints written with the old hand-written LoRA named the adapters ``<layer>.down`` / ``.up``."""
+    names = {"down": "lora_A.default.weight", "up": "lora_B.default.weight"}
+    return {re.sub(r"\.(down|up)$", lambda m: "." + names[m.group(1)], n): p for n, p in params.items()}
 
 
 def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: SpladeTrainConfig,
@@ -198,55 +206,43 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
         raise ConfigError(f"every example needs {config.negatives_per_query} negatives")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
+    checkpoint = out / "checkpoint.pt"
+    seed_everything(config.seed)
     model = TrainableSplade(config.encoder, torch.device(resolve_device(device)))
     if model.layout.architecture == "causal-lm":
         add_lora(model.backbone, config.lora_rank)
-        if model.layout.bias is None and not (out / "checkpoint.pt").is_file():
+        if model.layout.bias is None and not checkpoint.is_file():
             docs = [e.positive for e in examples[:: max(1, len(examples) // 256)]][:256]
             centre_term_bias(model, docs, config.initial_doc_terms, config.max_doc_length)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
-                                                 * max(0.0, 1 - s / config.steps))
-    checkpoint, step = out / "checkpoint.pt", 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=model.device)
-        model.load_state_dict(state["params"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        if state.get("schedule"):
-            schedule.load_state_dict(state["schedule"])
-        logger.info("resuming training at step %d from %s", step, checkpoint)
+    stepper = Stepper(*make_optimizer(params, config.lr, weight_decay=0.01, warmup_steps=config.warmup_steps,
+                                      total_steps=config.steps))
+    state = load_checkpoint(checkpoint, model.device)
+    if state is not None:
+        model.load_state_dict(_peft_names(state["params"]), strict=False)
+        stepper.load_state_dict(state)
+        logger.info("resuming training at step %d from %s", stepper.steps, checkpoint)
 
-    rng = random.Random(config.seed)
-    order = [i for _ in range(math.ceil(config.steps * config.batch_size / len(examples)) + 1)
-             for i in rng.sample(range(len(examples)), len(examples))]
+    order = epoch_order(len(examples), config.steps, config.batch_size, config.seed)
     model.train()
     started, last = time.perf_counter(), {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.device.type == "cuda")
     with progress_bar(total=config.steps, desc="training SPLADE", unit="step", show=show_progress) as bar:
-        bar.update(step)
-        while step < config.steps:
+        bar.update(stepper.steps)
+        while (step := stepper.steps) < config.steps:
             batch = [examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
-            with autocast:
+            with autocast(model.device):
                 loss, last = training_loss(model, batch, config, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
+            stepper.step(loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", d_terms=f"{last['d_terms']:.0f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_checkpoint(checkpoint, model, optimizer, step, schedule)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", d_terms=f"{last['d_terms']:.0f}")
+            if stepper.steps % config.checkpoint_every == 0 or stepper.steps == config.steps:
+                save_checkpoint(checkpoint, params=trainable_state(model), **stepper.state_dict())
 
     if model.layout.architecture == "causal-lm":
         merge_lora(model.backbone)
     _restore_head_and_save(model, out)
     record = {"trained_with": "sparsa.retrieval.splade_train", "config": _jsonable(asdict(config)),
-              "examples": len(examples), "data": data_description or {}, "steps": step,
+              "examples": len(examples), "data": data_description or {}, "steps": stepper.steps,
               "wall_seconds_this_run": round(time.perf_counter() - started, 1), "final": last,
               "device": str(model.device)}
     (out / "sparsa.json").write_text(json.dumps(record, indent=2))

@@ -1,16 +1,15 @@
 """Agreement between judges: label agreement (Cohen's kappa, Krippendorff's alpha, confusion
 matrix) and rank correlation between system orderings (Kendall's tau-b, Spearman's rho).
 
-Implemented here with numpy (each a few lines, checked against hand-computed values in
-``tests/eval/test_agreement.py``) so the definitions are explicit:
+The statistics come from well-kept libraries (scikit-learn, ``krippendorff``, SciPy), imported on first
+use so ``import sparsa.eval`` stays light; ``tests/eval/test_agreement.py`` checks each against values
+computed by hand. What this module adds is the input checks, the TREC DL conventions (grades 0-3, binary
+relevance at grade >= 2) and one decision the libraries leave open:
 
-- Cohen's kappa: ``(p_o - p_e) / (1 - p_e)`` with chance agreement from the two marginals;
-  optional linear/quadratic weights. LLMJudge reports the unweighted 4-grade kappa.
-- Krippendorff's alpha: ``1 - (n - 1) * sum(o_ck d_ck) / sum(n_c n_k d_ck)`` over the coincidence
-  matrix, for any number of coders with missing values (NaN); ``level`` picks the difference
-  function: "nominal", "ordinal" (Krippendorff's rank-based metric, the right one for 0-3
-  grades) or "interval" (squared difference).
-- Kendall's tau-b (ties corrected) and Spearman's rho (Pearson on average ranks).
+- Cohen's kappa when both judges used one and the same label throughout: chance agreement is then
+  perfect and the formula divides by zero; we report 1.0 when they agree everywhere, else 0.0.
+- Krippendorff's alpha ``level``: "nominal", "ordinal" (Krippendorff's rank-based metric, the right
+  one for 0-3 grades) or "interval".
 """
 
 from __future__ import annotations
@@ -19,9 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sparsa.errors import ConfigError
+from sparsa.errors import ConfigError, require
 
 GRADES = (0, 1, 2, 3)
+KAPPA_WEIGHTS = (None, "linear", "quadratic")
+ALPHA_LEVELS = ("nominal", "ordinal", "interval")
 
 
 def _labels(a: Sequence[int], b: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -31,37 +32,29 @@ def _labels(a: Sequence[int], b: Sequence[int]) -> tuple[np.ndarray, np.ndarray]
     return a, b
 
 
+def _metrics():
+    return require("sklearn.metrics", "models")
+
+
 def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[int] = GRADES) -> np.ndarray:
     """``int64[L, L]``: row = ``truth`` label, column = ``predicted`` label, in ``labels`` order."""
     truth, predicted = _labels(truth, predicted)
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = set(truth.tolist()) | set(predicted.tolist()) - set(index)
-    if unknown - set(index):
-        raise ConfigError(f"labels {sorted(unknown - set(index))} are not in {list(labels)}")
-    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    np.add.at(matrix, ([index[x] for x in truth.tolist()], [index[x] for x in predicted.tolist()]), 1)
-    return matrix
+    unknown = (set(truth.tolist()) | set(predicted.tolist())) - set(labels)
+    if unknown:  # scikit-learn would drop them silently
+        raise ConfigError(f"labels {sorted(unknown)} are not in {list(labels)}")
+    return _metrics().confusion_matrix(truth, predicted, labels=list(labels)).astype(np.int64)
 
 
 def cohen_kappa(a: Sequence[int], b: Sequence[int], labels: Sequence[int] = GRADES,
                 weights: str | None = None) -> float:
     """Cohen's kappa of two label lists; ``weights`` None (unweighted), "linear" or "quadratic"."""
-    matrix = confusion_matrix(a, b, labels).astype(np.float64)
-    observed = matrix / matrix.sum()
-    expected = np.outer(observed.sum(1), observed.sum(0))
-    i, j = np.indices(matrix.shape)
-    if weights is None:
-        disagreement = (i != j).astype(np.float64)
-    elif weights == "linear":
-        disagreement = np.abs(i - j).astype(np.float64)
-    elif weights == "quadratic":
-        disagreement = ((i - j) ** 2).astype(np.float64)
-    else:
+    if weights not in KAPPA_WEIGHTS:
         raise ConfigError(f"weights {weights!r}: expected None, 'linear' or 'quadratic'")
-    chance = (disagreement * expected).sum()
-    if chance == 0:  # both judges used one and the same label: agreement is perfect but uninformative
-        return 1.0 if (disagreement * observed).sum() == 0 else 0.0
-    return float(1.0 - (disagreement * observed).sum() / chance)
+    matrix = confusion_matrix(a, b, labels)  # checks the labels
+    if np.count_nonzero(matrix.sum(0)) == 1 and np.count_nonzero(matrix.sum(1)) == 1:
+        return 1.0 if np.trace(matrix) == matrix.sum() else 0.0  # one label each: see the module docstring
+    a, b = _labels(a, b)
+    return float(_metrics().cohen_kappa_score(a, b, labels=list(labels), weights=weights))
 
 
 def binarize(grades: Sequence[int], threshold: int = 2) -> np.ndarray:
@@ -74,74 +67,41 @@ def krippendorff_alpha(data: np.ndarray | Sequence[Sequence[float]], level: str 
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 2 or data.shape[0] < 2:
         raise ConfigError(f"need data[coders >= 2, units], got shape {data.shape}")
-    values = np.unique(data[~np.isnan(data)])
-    index = {v: i for i, v in enumerate(values)}
-    coincidence = np.zeros((len(values), len(values)))
-    for unit in data.T:
-        present = [index[v] for v in unit[~np.isnan(unit)]]
-        if len(present) < 2:
-            continue  # a unit coded once is not pairable
-        for x in range(len(present)):
-            for y in range(len(present)):
-                if x != y:
-                    coincidence[present[x], present[y]] += 1.0 / (len(present) - 1)
-    totals = coincidence.sum(1)
-    n = totals.sum()
-    if n == 0 or len(values) < 2:
+    if level not in ALPHA_LEVELS:
+        raise ConfigError(f"level {level!r}: expected nominal, ordinal or interval")
+    pairable = (~np.isnan(data)).sum(0) >= 2
+    if len(np.unique(data[:, pairable][~np.isnan(data[:, pairable])])) < 2:
         raise ConfigError("Krippendorff's alpha needs pairable values with at least two distinct labels")
-    delta = _difference(values, totals, level)
-    observed = (coincidence * delta).sum()
-    expected = (np.outer(totals, totals) * delta).sum()
-    return float(1.0 - (n - 1) * observed / expected)
-
-
-def _difference(values: np.ndarray, totals: np.ndarray, level: str) -> np.ndarray:
-    """Squared difference function delta^2(c, k) between the observed values."""
-    c, k = np.indices((len(values), len(values)))
-    if level == "nominal":
-        return (c != k).astype(np.float64)
-    if level == "interval":
-        return (values[c] - values[k]) ** 2
-    if level == "ordinal":  # (sum of n_g for g from c to k, minus half of n_c and n_k) squared
-        cumulative = np.concatenate([[0.0], np.cumsum(totals)])
-        low, high = np.minimum(c, k), np.maximum(c, k)
-        between = cumulative[high + 1] - cumulative[low]
-        return (between - (totals[c] + totals[k]) / 2) ** 2 * (c != k)
-    raise ConfigError(f"level {level!r}: expected nominal, ordinal or interval")
+    krippendorff = require("krippendorff", "models")
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
 
 
 def average_ranks(x: Sequence[float]) -> np.ndarray:
     """1-based ranks, ties sharing the mean of the ranks they span."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    start = 0
-    for end in range(1, len(x) + 1):
-        if end == len(x) or sorted_x[end] != sorted_x[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2  # mean of ranks start+1 .. end
-            start = end
-    return ranks
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(x, dtype=np.float64), method="average")
+
+
+def _pair(x: Sequence[float], y: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ConfigError(f"{what} needs two equally long lists of at least 2 values")
+    return x, y
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (Pearson correlation of average ranks)."""
-    rx, ry = average_ranks(x), average_ranks(y)
-    if len(rx) != len(ry) or len(rx) < 2:
-        raise ConfigError("Spearman's rho needs two equally long lists of at least 2 values")
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx @ ry) / np.sqrt((rx @ rx) * (ry @ ry)))
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(*_pair(x, y, "Spearman's rho")).statistic)
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b: (concordant - discordant) / sqrt((pairs - ties in x) (pairs - ties in y))."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
-        raise ConfigError("Kendall's tau needs two equally long lists of at least 2 values")
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    pairs = len(i)
-    return float((sx * sy).sum() / np.sqrt((pairs - (sx == 0).sum()) * (pairs - (sy == 0).sum())))
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(*_pair(x, y, "Kendall's tau"), variant="b").statistic)
 
 
 def label_agreement(human: Sequence[int], judge: Sequence[int]) -> dict:

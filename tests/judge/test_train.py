@@ -185,3 +185,37 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
     records = judge.score_pairs([(p.query, p.passage) for p in pairs])
     after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
     assert after < manifest["epochs"][0]["loss"] - 0.05
+
+
+@pytest.mark.slow
+def test_cli_lora_judge_saves_a_plain_model(tmp_path):
+    """``--lora-rank``: peft adapters on the attention projections, merged before saving, so the folder is a
+    plain causal LM (no adapter weights) that judges through RelevanceJudge with a lower loss."""
+    import math
+
+    from safetensors import safe_open
+
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
+    from sparsa.judge.train import read_labelled_pairs
+
+    texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
+                                        "Tokyo has many trains.", "Bread needs yeast."],
+             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.", "Paris is in France.",
+                                                 "The Louvre is a museum.", "Cats sleep a lot."]}
+    path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g})
+                                 for q, passages in texts.items() for p, g in zip(passages, (3, 1, 0, 0), strict=True)])
+    out = tmp_path / "judge"
+    # one step after the warm-up of 10 (rate lr / 11), on the adapters only
+    argv = ["train", "judge", "--pairs", str(path), "--out", str(out), "--batch-size", "8", "--lr", "1e-3",
+            "--lora-rank", "4", "--max-passage-tokens", "16", "--device", "cpu"]
+    assert main(argv) == 0
+    manifest = json.loads((out / "sparsa.json").read_text())
+    assert manifest["config"]["lora_rank"] == 4
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        names = weights.keys()
+    assert names and not [k for k in names if "lora" in k or "base_layer" in k]
+    pairs = read_labelled_pairs(path)
+    judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
+    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
+    after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    assert after < manifest["epochs"][0]["loss"] - 0.05

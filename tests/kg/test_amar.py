@@ -145,6 +145,24 @@ def test_lora_adapters_start_as_identity_and_round_trip(model, tmp_path):
         torch.testing.assert_close(grown.lm(inputs_embeds=embeds[None]).logits, frozen)
 
 
+def test_lora_heads_keep_their_saved_layout(tmp_path):
+    """Adapters live in the LM (peft) and on the head under the names heads were always saved with, so a
+    head saved by the earlier hand-written adapters (``lora.<layer path>.a`` / ``.b``) loads unchanged."""
+    torch.manual_seed(0)
+    adapted = AmarModel(AmarConfig(lora_rank=4))
+    hidden = adapted.lm.config.hidden_size
+    state = adapted.head.state_dict()
+    assert state["lora.model__layers__0__self_attn__q_proj.a"].shape == (4, hidden)
+    assert state["lora.model__layers__0__self_attn__q_proj.b"].shape[1] == 4
+    old = {k: torch.randn_like(v) * 0.01 if k.startswith("lora.") else v for k, v in state.items()}
+    adapted.save(tmp_path / "head")
+    torch.save(old, tmp_path / "head" / "amar_head.pt")
+    loaded = AmarModel.load(tmp_path / "head")
+    layer = loaded.lm.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(layer.lora_A["default"].weight, old["lora.model__layers__0__self_attn__q_proj.a"])
+    torch.testing.assert_close(layer.lora_B["default"].weight, old["lora.model__layers__0__self_attn__q_proj.b"])
+
+
 def test_generation_returns_one_answer_per_question(model):
     retrieval = _retrieval(PATHS)
     out = model.generate([retrieval, retrieval], "amar", batch_size=2)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from sparsa.retrieval.lora import add_lora, merge_lora
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 from sparsa.retrieval.splade_train import SpladeTrainConfig, TrainingExample, flops, train_splade
 from sparsa.retrieval.training_data import (
@@ -16,6 +15,7 @@ from sparsa.retrieval.training_data import (
     title_body_examples,
     write_examples,
 )
+from sparsa.training import add_lora, merge_lora, save_checkpoint, trainable_state
 from sparsa.types import Hit, Qrels, Run
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 
     model = splade_train.TrainableSplade(config.encoder, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    splade_train._save_checkpoint(out / "checkpoint.pt", model, optimizer, 3)
+    save_checkpoint(out / "checkpoint.pt", step=3, params=trainable_state(model), optimizer=optimizer.state_dict())
     train_splade(EXAMPLES, out, config, device="cpu", show_progress=False)
     assert json.loads((out / "sparsa.json").read_text())["wall_seconds_this_run"] < 30
 
@@ -69,9 +69,10 @@ def test_lora_merge_keeps_the_function():
     model.add_module("q_proj", torch.nn.Linear(8, 8))
     x = torch.randn(3, 8)
     assert add_lora(model, rank=2) == 1
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["q_proj.down", "q_proj.up"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["q_proj.lora_A.default.weight",
+                                                                           "q_proj.lora_B.default.weight"]
     with torch.no_grad():
-        model.q_proj.up.normal_()
+        model.q_proj.lora_B["default"].weight.normal_()
     adapted = model(x)
     merge_lora(model)
     assert isinstance(model.q_proj, torch.nn.Linear)

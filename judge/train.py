@@ -89,7 +89,7 @@ def read_labelled_pairs(path: str | Path) -> list[LabelledPair]:
     ``source`` (kept in the passage's ``meta``). A missing ``query_id`` is shared by the lines with the
     same query text (``line<N>``, N the first such line); a missing ``doc_id`` is ``line<N>``. Any bad
     line raises :class:`DataFormatError` naming the file and line."""
-    from sparsa.data.trec import numbered_lines
+    from sparsa.data.trec import json_error_text, numbered_lines
 
     pairs: list[LabelledPair] = []
     query_ids: dict[str, str] = {}
@@ -97,7 +97,7 @@ def read_labelled_pairs(path: str | Path) -> list[LabelledPair]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON ({exc.msg})", number) from None
+            raise DataFormatError(path, f"invalid JSON: {json_error_text(exc)}", number) from None
         pairs.append(_labelled_pair(record, query_ids, path, number))
     if not pairs:
         raise DataFormatError(path, "no labelled pairs in file")

@@ -57,11 +57,15 @@ def kept_share(mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int
     return float(mask.sum()) / (int(visible.sum()) * mask.shape[0] * mask.shape[1])
 
 
-def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float) -> torch.Tensor:
+def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float,
+                         share: float | None = None) -> torch.Tensor:
     """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``); dense SDPA where more than
-    ``SPARSE_MAX_KEPT`` of the visible blocks are kept."""
+    ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that :func:`kept_share`, where the caller
+    has counted it already."""
     if use_triton(q):
-        if kept_share(mask, q.shape[2], k.shape[2], block_size) > SPARSE_MAX_KEPT:
+        if share is None:
+            share = kept_share(mask, q.shape[2], k.shape[2], block_size)
+        if share > SPARSE_MAX_KEPT:
             return dense_prefill(q, k, v, scale)
         return block_sparse_attention(q, k, v, KeptBlocks.from_mask(mask), block_size=block_size, causal=True,
                                       sm_scale=scale)

@@ -165,10 +165,12 @@ def _prefill(state: _LayerState, q, k, v, scale):
     if full is not None:
         full_q = full.repeat_interleave(q.shape[1] // full.shape[0])
         mask = torch.where(full_q[None, :, None, None], visible, mask)
+    kept, visible_blocks = int(mask.sum()), int(visible.sum()) * mask.shape[0] * mask.shape[1]
     stats = state.shared["stats"]
-    stats["prefill_blocks_kept"] += int(mask.sum())
-    stats["prefill_blocks_visible"] += int(visible.sum()) * mask.shape[0] * mask.shape[1]
-    return ops.block_sparse_prefill(q, k, v, mask, block_size=cfg.block_size, scale=scale)
+    stats["prefill_blocks_kept"] += kept
+    stats["prefill_blocks_visible"] += visible_blocks
+    return ops.block_sparse_prefill(q, k, v, mask, block_size=cfg.block_size, scale=scale,
+                                    share=kept / visible_blocks)
 
 
 def _decode(state: _LayerState, q, k, v, scale):

@@ -32,7 +32,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, run_metadata
+from common import RESULTS, paired_bootstrap, run_metadata
 
 from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1
 from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
@@ -126,17 +126,13 @@ def _gold_open(out: dict, retrieval, question) -> bool:
     return any(gold & {normalize_answer(t) for t in items[i].tails} for i in out["open"])
 
 
-def paired(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0) -> dict:
+def paired(a: list[float], b: list[float]) -> dict:
     """Mean difference a - b with a paired bootstrap 95% interval and the exact McNemar p-value."""
     a, b = np.asarray(a), np.asarray(b)
-    diff = a - b
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
     wins, losses = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     n, k = wins + losses, min(wins, losses)
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"diff": round(float(diff.mean()), 4), "ci95": [round(float(np.quantile(means, q)), 4) for q in (0.025, 0.975)],
-            "wins": wins, "losses": losses, "mcnemar_p": float(f"{p:.3g}")}
+    return {**paired_bootstrap(a, b), "wins": wins, "losses": losses, "mcnemar_p": float(f"{p:.3g}")}
 
 
 def bootstrap_ci(hits: list[float], resamples: int = 10_000, seed: int = 0) -> list[float]:

@@ -7,7 +7,7 @@ Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.
   * ``copy_bandwidth``: ``dst.copy_(src)`` of 2 GiB, (read + write bytes) / time; each decode length also
     times a copy moving its KV bytes (``fraction_of_same_size_copy``);
   * ``dense``: ours (block_sparse_attention, dense mode) vs dense SDPA at 4k/16k/32k/64k, head dim 128/64.
-    SDPA runs in every configuration a user could pick (``bench_attention.sdpa_configs``): ``default`` (no
+    SDPA runs in every configuration a user could pick (``common.attention.sdpa_configs``): ``default`` (no
     ``sdpa_kernel`` context: torch's choice) and ``cudnn``, ``flash``, ``efficient`` each forced alone,
     each with ``enable_gqa=True`` or, where a backend refuses it, K/V expanded to the query heads outside
     the timed call. Each row: ``sdpa_ms`` per configuration, ``sdpa_configs`` (backend, GQA mode),
@@ -16,7 +16,7 @@ Sections (batch 1, 32 query heads, 8 KV heads, bf16, causal; median of ``triton.
   * ``sparse``: 50/75/90/95% block sparsity at 32k (block 128, random kept blocks + sink + diagonal) vs
     dense SDPA (as above) and FlexAttention, compiled with fullgraph, on the same BlockMask (full blocks
     below the diagonal, diagonal blocks with a plain causal mask_mod), in each configuration of
-    ``--flex-configs`` (``bench_attention.flex_options``): ``quick`` = the compiled default and
+    ``--flex-configs`` (``common.attention.flex_options``): ``quick`` = the compiled default and
     ``mode="max-autotune-no-cudagraphs"``; ``full`` (default) also explicit ``kernel_options`` (BLOCK_M x
     BLOCK_N 128x64/64x64/128x128 x num_warps 4/8 x num_stages 2/3, USE_TMA, BACKEND="FLASH"). A rejected
     configuration, or one whose output is off ours, lands in ``flex_unavailable``; the others in
@@ -41,19 +41,19 @@ from pathlib import Path
 
 import torch
 import triton
-from bench_attention import (
+from common import RESULTS, run_metadata
+from common.attention import (
     SDPA_BACKENDS,
     Baselines,
     Flex,
-    _bench,
-    _rel_err,
     causal_block_mask,
     flex_block_mask,
     flex_options,
+    median_ms,
+    rel_err,
     sdpa_configs,
     useful_flops,
 )
-from common import RESULTS, run_metadata
 
 from sparsa.kernels import (
     block_sparse_attention as bsa,  # installed (a wheel of this checkout on the GPU host)
@@ -87,7 +87,7 @@ def checks() -> list[dict]:
                  "quest": dict(zip(("indices", "counts"), sd.quest_select(q, bounds, 512)), page_size=16),
                  "tidal": dict(zip(("indices", "counts"), sd.tidal_select(q, k, 700)))}
         for name, kw in cases.items():
-            err = _rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
+            err = rel_err(sd.decode_attention(q, k, v, **kw), sd.decode_attention_ref(q, k, v, **kw))
             rows.append({"check": f"decode/{name}/d={d}/S={s}", "dtype": str(dtype), "rel_err": err,
                              "passed": err < (1e-2 if dtype == torch.bfloat16 else 5e-3)})
     scores = torch.randn(8, 8192, device="cuda")
@@ -104,9 +104,9 @@ def copy_bandwidth(traffic_bytes: int = 1 << 32, graphed: bool = False) -> dict:
     eager and CUDA-graph replay, as the decode rows report."""
     src = torch.empty(traffic_bytes // 4, dtype=torch.int16, device="cuda")
     dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src))
+    ms = median_ms(lambda: dst.copy_(src))
     if graphed:
-        ms = min(ms, _bench(_graphed(lambda: dst.copy_(src))))
+        ms = min(ms, median_ms(_graphed(lambda: dst.copy_(src))))
     return {"bytes": 2 * src.numel() * 2, "ms": ms, "gb_per_s": 2 * src.numel() * 2 / ms * 1e-6}
 
 
@@ -126,7 +126,7 @@ def dense_row(d: int, s: int) -> dict:
     def ours():
         return bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True)
 
-    t_ours = _bench(ours)
+    t_ours = median_ms(ours)
     sdpa_ms = sdpa.ms.get(sdpa.best)
     return {"head_dim": d, "seqlen": s, "ours_ms": t_ours, **sdpa.fields(t_ours),
             "sdpa_tflops": flops / sdpa_ms * 1e-9 if sdpa_ms else None, "ours_tflops": flops / t_ours * 1e-9,
@@ -154,7 +154,7 @@ def sparse_rows(flex: Flex, gen, s: int, sparsities) -> list[dict]:
         def ours(kept=kept):
             return bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True)
 
-        t_ours = _bench(ours)
+        t_ours = median_ms(ours)
         config = _best_config()
         timed = Baselines.measure("flex", flex.configs(q, k, v, flex_block_mask(mask, block, s), ours()))
         actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
@@ -242,9 +242,9 @@ def decode_rows(s: int, args, copy_gbps: float) -> list[dict]:
     times = {}
     providers = decode_providers(q, k, v, args.decode_splits, args.budgets, args.quest_pages)
     for name, fn in (providers | hf_decode_providers(q, k, v, args.budgets)).items():
-        eager = _bench(fn)
+        eager = median_ms(fn)
         try:
-            graphed = _bench(_graphed(fn))
+            graphed = median_ms(_graphed(fn))
         except Exception as exc:  # noqa: BLE001 - report, keep measuring
             print(f"graph capture failed for {name}: {type(exc).__name__}: {exc}")
             graphed = None

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, run_metadata, write_results
-from synthetic_splade import SEED_FILE, fingerprint, load_seed, save_seed, synthesize
+from common.sparse_collection import SEED_FILE, fingerprint, load_seed, save_seed, synthesize
 
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.types import Hit, SparseVector
 
 K = 10
-GENERATOR = ("real-derived (bench/synthetic_splade.py since this commit): each document blends a real SciFact "
-             "splade-tiny document with a topical neighbour, with term dropout, weight noise and a few terms "
-             "resampled from the marginal")
+GENERATOR = ("real-derived (bench/common/sparse_collection.py since this commit): each document blends a "
+             "real SciFact splade-tiny document with a topical neighbour, with term dropout, weight noise and "
+             "a few terms resampled from the marginal")
 
 
 def scifact_vectors(data_dir: Path, seed_file: Path = SEED_FILE) -> tuple[SparseMatrix, list[SparseVector]]:

@@ -5,11 +5,9 @@
     python bench/bench_rag.py latency --set-only --work .stage/rag --questions 8   # the set for a GPU run
     python bench/bench_rag.py latency --from-file SET.json --device cuda --key reader_gpu   # no Java
 
-Routing: one BM25 index over the union of the corpus-needing sources' passages (``rag/qa_sets.py``);
-every question is answered closed-book and from its top-k passages (generations cached in
-``--cache``, default ``WORK/generations.jsonl``, so reruns are cheap); routers are fitted on the dev
-half and scored on the test half. ``--step`` splits it (``bench/rag_routing.py``) so the generation
-can run on a GPU machine without Java (``bench/gpu_qwen_routing.sh``):
+Routing: every question of a mixed set is answered closed-book and from its BM25 top-k passages; routers
+are fitted on the dev half and scored on the test half. ``--step`` splits it so the generation can run on
+a GPU machine without Java (``bench/gpu_qwen_routing.sh``):
 
     python bench/bench_rag.py routing --step set --per-source 100 --set-out SET.json      # CPU, Java
     python bench/bench_rag.py routing --step generate --from-file SET.json --model M --model-key NAME \
@@ -17,26 +15,44 @@ can run on a GPU machine without Java (``bench/gpu_qwen_routing.sh``):
     python bench/bench_rag.py routing --step report --from-file SET.json --model-key NAME \
         --device cuda --dtype bfloat16 --cache OUT/generations.jsonl --key routing_NAME   # CPU
 
-The report needs the model key, device, dtype and token budgets the answers were generated with
-(they are part of the cache key; the default model key, the resolved model folder, depends on
-SPARSA_HOME). Results merge into ``bench/results/rag.json`` (other keys, such as ``"amar"``, are kept).
+- ``set`` (CPU, Java): the mixed question set (``rag/qa_sets.py``), each question's BM25 top-k passages
+  over the union of the corpus-needing sources' passages, and its corpus features -> one self-contained
+  JSON file (questions, splits, gold answers, features, the passages' texts);
+- ``generate`` (any device): every question answered both ways into the generation cache (JSONL,
+  ``--cache``, default ``WORK/generations.jsonl``, appended batch by batch: a killed run keeps its work);
+- ``report`` (CPU): from the set file and the cache alone (``lm_logprob``, the reader's confidence, is the
+  cached closed-book answer's).
+
+A cache entry's key hashes the model key (default: the resolved model folder, as the first SmolLM2 cache
+was keyed), the reader settings that change a generation, the route's prompt, the question and the
+passage ids, so readers and settings never mix; the report needs the settings the answers were generated
+with. Results merge into ``bench/results/rag.json`` (other keys, such as ``"amar"``, are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from common import RESULTS, run_metadata, write_results
+import numpy as np
+from common import RESULTS, paired_bootstrap, run_metadata, write_results
 
-from sparsa.types import Document
+from sparsa.search import Retriever
+from sparsa.types import Corpus, Document, Query
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 NOTE = ("CPU timings on a 2-core machine shared with other jobs (load average 4-6): absolute seconds are "
         "inflated and noisy; compare stages, not machines.")
+SET_FORMAT = "sparsa-routing-set/1"
+ROUTERS = {"popularity": ("subject_logdf", "relation_logdf"), "confidence": ("lm_logprob",),
+           "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
+           "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus")}
 
 
 def merge_results(key: str, payload: dict) -> Path:
@@ -48,15 +64,251 @@ def merge_results(key: str, payload: dict) -> Path:
     return write_results("rag", current, packages=("torch", "transformers"))
 
 
-def routing(args: argparse.Namespace) -> dict:
-    """One step of the routing experiment (``bench/rag_routing.py``), or all three in one process."""
-    from rag_routing import GenerationCache, answer_rows, build_set, generation_items, read_set, report
+# -- routing, step 1: the question set (CPU, Java)
+def mixed_set(args: argparse.Namespace) -> tuple[list, Corpus, Retriever]:
+    """The mixed question set, its passages and their BM25 index (``WORK/mixed-bm25``, rebuilt when the
+    passages change)."""
+    from sparsa.indexes import build_index
+    from sparsa.rag.qa_sets import mixed_question_set
+    from sparsa.search import open_retriever
 
+    examples, docs = mixed_question_set(args.data, args.per_source, args.seed)
+    index, stamp = args.work / "mixed-bm25", args.work / "mixed" / "fingerprint"
+    fingerprint = hashlib.sha1("\n".join(d.id for d in docs).encode()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != fingerprint:
+        shutil.rmtree(index, ignore_errors=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+    if not (index / "sparsa.json").exists():
+        build_index("bm25", Corpus(docs), index, threads=1)
+    return examples, Corpus(docs), open_retriever(index)
+
+
+def build_set(args: argparse.Namespace) -> dict:
+    """Questions with their top-k BM25 passages and corpus features, as one JSON-ready dict."""
+    from sparsa.rag.qa_sets import NEEDS_CORPUS
+    from sparsa.rag.routing import TermStats, question_features
+
+    examples, corpus, index = mixed_set(args)
+    stats = TermStats.from_corpus(corpus)
+    hits = index.search([Query(e.id, e.question) for e in examples], k=args.k)
+    questions, passages = [], {}
+    for e in _interleaved(examples):
+        ids = [h.doc_id for h in hits[e.id]]
+        features = question_features(e.question, stats)
+        features.pop("lm_logprob")  # the reader's, added by the report from the cache
+        questions.append({"id": e.id, "source": e.source, "split": e.split, "question": e.question,
+                          "answers": list(e.answers), "passages": ids, "features": features})
+        passages.update({i: {"title": corpus[i].title, "text": corpus[i].text} for i in ids})
+    setup = {"per_source": args.per_source, "seed": args.seed, "k": args.k, "corpus_passages": len(corpus),
+             "index": "Lucene BM25 (k1 0.9, b 0.4) over the union of the corpus-needing sources "
+                      f"{list(NEEDS_CORPUS)}"}
+    return {"format": SET_FORMAT, "setup": setup, "questions": questions, "passages": passages}
+
+
+def read_set(path: Path) -> dict:
+    qset = json.loads(Path(path).read_text())
+    if qset.get("format") != SET_FORMAT:
+        raise SystemExit(f"{path}: not a routing set ({SET_FORMAT}); write one with 'routing --step set'")
+    return qset
+
+
+def set_passages(qset: dict, question: dict) -> list[Document]:
+    found = qset["passages"]
+    return [Document(i, found[i]["text"], found[i]["title"]) for i in question["passages"]]
+
+
+def _interleaved(examples: list) -> list:
+    """Round-robin over sources, so a partial run covers every source evenly."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for e in examples:
+        rank[e.source] = rank.get(e.source, 0) + 1
+        keyed.append((rank[e.source], e.source, e))
+    return [e for *_, e in sorted(keyed, key=lambda t: t[:2])]
+
+
+# -- routing, step 2: generation (any device)
+class GenerationCache:
+    """Reader outputs on disk, one JSON line each, keyed by model key, settings, prompt, question and
+    passages."""
+
+    def __init__(self, path: Path, model_key: str, config):
+        from sparsa.rag import reader as prompts  # the prompt of each route is part of its key
+
+        self.path, self.model_key, self.config = Path(path), model_key, config
+        c = config  # the fields that change a generation
+        self.settings = [model_key, c.max_context_tokens, c.max_passage_tokens, c.max_new_tokens, c.attention,
+                         c.device, c.dtype, sorted(c.sparse_settings.items())]
+        self.tags = {"recall": json.dumps([self.settings, prompts.RECALL_SYSTEM, prompts.RECALL_EXAMPLE]),
+                     "retrieve": json.dumps([self.settings, prompts.READ_SYSTEM, prompts.READ_EXAMPLE])}
+        self.entries = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+
+    def key(self, question: str, passage_ids: Sequence[str]) -> str:
+        tag = self.tags["retrieve" if passage_ids else "recall"]
+        return hashlib.sha1(json.dumps([tag, question, list(passage_ids)]).encode()).hexdigest()
+
+    def get(self, question: str, passage_ids: Sequence[str]) -> dict | None:
+        return self.entries.get(self.key(question, passage_ids))
+
+    def fill(self, reader, items: Sequence[tuple[str, Sequence[Document]]], batch_size: int = 1,
+             log=print) -> int:
+        """Generate the missing ``(question, passages)`` answers ``batch_size`` at a time; returns how
+        many."""
+        missing = list({self.key(q, [d.id for d in p]): (q, p) for q, p in items
+                        if self.get(q, [d.id for d in p]) is None}.items())
+        started, chunk = time.perf_counter(), max(batch_size, 1) * 8  # appended to disk chunk by chunk
+        for begin in range(0, len(missing), chunk):
+            part = missing[begin: begin + chunk]
+            outputs = reader.answer_batch([item for _, item in part], batch_size=batch_size)
+            with self.path.open("a") as f:
+                for (key, (question, passages)), out in zip(part, outputs, strict=True):
+                    entry = {"key": key, "settings": self.settings, "question": question, "text": out.text,
+                             "raw": out.raw, "citations": out.citations, "passages": out.passages,
+                             "retrieved": [d.id for d in passages], "mean_logprob": out.mean_logprob,
+                             "timings": out.timings, "prompt_tokens": out.prompt_tokens,
+                             "new_tokens": out.new_tokens}
+                    f.write(json.dumps(entry) + "\n")
+                    self.entries[key] = entry
+            log(f"generated {begin + len(part)}/{len(missing)} in {time.perf_counter() - started:.1f} s")
+        return len(missing)
+
+    def settings_present(self) -> list[str]:
+        """The settings of the cached entries (older entries carry none), for error messages."""
+        return sorted({json.dumps(e.get("settings", "?")) for e in self.entries.values()})
+
+
+def generation_items(qset: dict) -> list[tuple[str, list[Document]]]:
+    """Each question closed-book and with its passages."""
+    return [item for q in qset["questions"]
+            for item in ((q["question"], []), (q["question"], set_passages(qset, q)))]
+
+
+# -- routing, step 3: the report (CPU)
+def score(rows: list[dict], routes: Sequence[bool]) -> dict:
+    if not rows:
+        return {"em": None, "f1": None, "retrievals": 0, "questions": 0}
+    em = [r["em_retrieve"] if go else r["em_recall"] for r, go in zip(rows, routes, strict=True)]
+    f1 = [r["f1_retrieve"] if go else r["f1_recall"] for r, go in zip(rows, routes, strict=True)]
+    return {"em": round(float(np.mean(em)), 4), "f1": round(float(np.mean(f1)), 4),
+            "retrievals": int(sum(routes)), "questions": len(rows)}
+
+
+def routed_values(rows: list[dict], routes: Sequence[bool], metric: str) -> np.ndarray:
+    return np.array([r[f"{metric}_retrieve"] if go else r[f"{metric}_recall"]
+                     for r, go in zip(rows, routes, strict=True)])
+
+
+def by_source(rows: list[dict], routes: Sequence[bool], source: str) -> tuple[list[dict], list[bool]]:
+    """The rows of one source and their routes."""
+    pairs = [(r, go) for r, go in zip(rows, routes, strict=True) if r["source"] == source]
+    return [r for r, _ in pairs], [go for _, go in pairs]
+
+
+def answer_rows(qset: dict, cache: GenerationCache) -> list[dict]:
+    """One row per question: both answers, their EM/F1 and the routing features."""
+    from sparsa.rag.answer_text import exact_match, short_answer, token_f1
+
+    rows, missing = [], 0
+    for q in qset["questions"]:
+        closed, opened = cache.get(q["question"], []), cache.get(q["question"], q["passages"])
+        if closed is None or opened is None:
+            missing += 1
+            continue
+        recall, retrieve = short_answer(closed["raw"]), short_answer(opened["raw"])  # the current rules
+        passages, answers = set_passages(qset, q), q["answers"]
+        rows.append({"id": q["id"], "source": q["source"], "split": q["split"],
+                     "features": {**q["features"], "lm_logprob": closed["mean_logprob"]},
+                     "recall": recall, "retrieve": retrieve,
+                     "em_recall": exact_match(recall, answers), "f1_recall": token_f1(recall, answers),
+                     "em_retrieve": exact_match(retrieve, answers),
+                     "f1_retrieve": token_f1(retrieve, answers),
+                     "citations_in_retrieved": set(opened["citations"]) <= set(q["passages"]),
+                     "answer_in_passages": any(_contains(passages, a) for a in answers[:5])})
+    if missing:
+        raise SystemExit(f"{cache.path}: {missing} of {len(qset['questions'])} questions have no cached "
+                         f"answer for settings {json.dumps(cache.settings)}; the cache holds entries of "
+                         f"{cache.settings_present()} (model key first; run the generate step, or pass the "
+                         "--model-key, --device, --dtype and token budgets it ran with)")
+    return rows
+
+
+def _contains(passages: list[Document], answer: str) -> bool:
+    from sparsa.rag.answer_text import normalize_answer
+
+    needle = f" {normalize_answer(answer)} "
+    return needle.strip() != "" and any(needle in f" {normalize_answer(d.full_text)} " for d in passages)
+
+
+def report(qset: dict, rows: list[dict], router_file: Path | None) -> dict:
+    """Fixed policies, each router fitted on dev, the oracle; on test, overall and by source."""
+    from sparsa.rag.qa_sets import SOURCES
+    from sparsa.rag.routing import Router, fit_router
+
+    dev = [r for r in rows if r["split"] == "dev"]
+    test = [r for r in rows if r["split"] == "test"]
+    fixed = {"always-retrieve": [True] * len(test), "never-retrieve": [False] * len(test)}
+    table = {name: score(test, routes) for name, routes in fixed.items()}
+    best_fixed = max(fixed, key=lambda name: (table[name]["f1"], -table[name]["retrievals"]))
+    routers, choice, fitted = {}, {}, {}
+    policies = dict(fixed)
+    for name, features in ROUTERS.items():
+        model = fit_router([r["features"] for r in dev], [r["f1_retrieve"] for r in dev],
+                           [r["f1_recall"] for r in dev], names=features, info={"dev_questions": len(dev)})
+        routes = [model.route(r["features"]) == "retrieve" for r in test]
+        policies[f"routed ({name})"] = routes
+        table[f"routed ({name})"] = score(test, routes)
+        dev_score = score(dev, [model.route(r["features"]) == "retrieve" for r in dev])
+        choice[name] = (dev_score["f1"], -dev_score["retrievals"])
+        rates = {s: round(float(np.mean(by_source(test, routes, s)[1] or [0])), 3) for s in SOURCES}
+        routers[name] = {"weights": dict(zip(features, model.weights, strict=True)), "bias": model.bias,
+                         "threshold": model.threshold, "dev": dev_score, "retrieve_rate_by_source": rates}
+        fitted[name] = model
+    dev_choice = max(choice, key=choice.get)
+    if router_file is not None:
+        Router(fitted[dev_choice], stats=None).save(router_file)  # sparsa ask --router FILE (the model only)
+    policies["oracle"] = [r["f1_retrieve"] > r["f1_recall"] for r in test]
+    table["oracle"] = score(test, policies["oracle"])
+    versus = {name: {metric: paired_bootstrap(routed_values(test, routes, metric),
+                                              routed_values(test, policies[best_fixed], metric))
+                     for metric in ("f1", "em")}
+              for name, routes in policies.items() if name not in fixed}
+    per_source = {s: {name: score(*by_source(test, routes, s))
+                      for name, routes in policies.items() if name in fixed or name == "oracle"}
+                  for s in SOURCES}
+    print_table(table)
+    return {
+        "setup": {**qset["setup"], "dev_questions": len(dev), "test_questions": len(test),
+                  "metric": "SQuAD EM/F1, best over gold aliases"},
+        "test": table, "by_source_test": per_source, "routers": routers,
+        "dev_choice": dev_choice,
+        "versus_best_fixed": {"best_fixed": best_fixed, "paired_bootstrap_test": versus},
+        "citations_within_retrieved": float(np.mean([r["citations_in_retrieved"] for r in rows])),
+        "gold_answer_in_top_k": {
+            s: round(float(np.mean([r["answer_in_passages"] for r in rows if r["source"] == s] or [0])), 3)
+            for s in SOURCES},
+    }
+
+
+def print_table(table: dict) -> None:
+    print(f"{'policy':32} {'EM':>7} {'F1':>7} {'retrievals':>11}")
+    for name, row in table.items():
+        print(f"{name:32} {row['em']:7.3f} {row['f1']:7.3f} {row['retrievals']:>5}/{row['questions']}")
+
+
+# -- routing: the steps together
+def routing(args: argparse.Namespace) -> dict:
+    """One step of the routing experiment (see the module docstring), or all three in one process."""
     from sparsa.models import resolve_model
     from sparsa.rag.reader import ReaderConfig
 
-    qset = read_set(Path(args.from_file[0])) if args.from_file else build_set(
-        args.data, args.work, args.per_source, args.seed, args.k)
+    qset = read_set(Path(args.from_file[0])) if args.from_file else build_set(args)
     if args.step == "set":
         out = args.set_out or args.work / "routing_set.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +316,9 @@ def routing(args: argparse.Namespace) -> dict:
         print(f"wrote {out}: {len(qset['questions'])} questions, {len(qset['passages'])} passages, "
               f"{out.stat().st_size / 2**20:.1f} MiB")
         return {}
-    config = ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens, max_context_tokens=args.context_tokens,
-                          max_passage_tokens=args.passage_tokens, device=args.device, dtype=args.dtype)
+    config = ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens,
+                          max_context_tokens=args.context_tokens, max_passage_tokens=args.passage_tokens,
+                          device=args.device, dtype=args.dtype)
     # The first SmolLM2 cache was keyed by the resolved model folder: the default key keeps it valid.
     model_key = args.model_key or resolve_model(args.model, pull_missing=args.step != "report")
     cache = GenerationCache(args.cache or args.work / "generations.jsonl", model_key, config)
@@ -79,11 +332,13 @@ def routing(args: argparse.Namespace) -> dict:
             return {}
     rows = answer_rows(qset, cache)
     key = args.key or "routing"
-    router_file = RESULTS / ("rag_router.json" if key == "routing" else f"rag_router_{key.removeprefix('routing_')}.json")
+    suffix = "" if key == "routing" else "_" + key.removeprefix("routing_")
+    router_file = RESULTS / f"rag_router{suffix}.json"
     result = report(qset, rows, None if args.no_merge else router_file)
-    result["setup"].update({"reader": f"{Path(model_key).name}, greedy", "device": args.device, "dtype": args.dtype,
-                            "max_new_tokens": args.max_new_tokens, "context_tokens": args.context_tokens,
-                            "passage_tokens": args.passage_tokens, "router_file": f"bench/results/{router_file.name}"})
+    result["setup"].update({"reader": f"{Path(model_key).name}, greedy", "device": args.device,
+                            "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+                            "context_tokens": args.context_tokens, "passage_tokens": args.passage_tokens,
+                            "router_file": f"bench/results/{router_file.name}"})
     if summary_file.exists():
         result["setup"]["generation"] = json.loads(summary_file.read_text())
     if args.device == "cpu":
@@ -95,8 +350,6 @@ def routing(args: argparse.Namespace) -> dict:
 
 def _generate(args: argparse.Namespace, config, cache, items: list, missing: int, summary_file: Path) -> None:
     """Load the reader and fill the cache's missing answers; a summary of the run beside the cache."""
-    import torch
-
     from sparsa.rag.reader import Reader
 
     started = time.perf_counter()
@@ -106,14 +359,15 @@ def _generate(args: argparse.Namespace, config, cache, items: list, missing: int
           f"{missing} of {len(items)} generations to do, batches of {args.batch_size}", flush=True)
     done = cache.fill(reader, items, args.batch_size, log=lambda m: print(m, flush=True))
     seconds = time.perf_counter() - started - loaded
-    hardware = torch.cuda.get_device_name() if str(reader.device).startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
-    summary = {"model_key": cache.model_key, "hardware": hardware, "dtype": config.dtype, "batch_size": args.batch_size,
-               "generations": done, "of": len(items), "load_seconds": round(loaded, 1),
-               "generate_seconds": round(seconds, 1), "new_tokens": sum(e["new_tokens"] for e in cache.entries.values())}
+    summary = {"model_key": cache.model_key, "hardware": hardware_name(str(reader.device)),
+               "dtype": config.dtype, "batch_size": args.batch_size, "generations": done, "of": len(items),
+               "load_seconds": round(loaded, 1), "generate_seconds": round(seconds, 1),
+               "new_tokens": sum(e["new_tokens"] for e in cache.entries.values())}
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     print("generation:", json.dumps(summary), flush=True)
 
 
+# -- reader latency
 def latency(args: argparse.Namespace) -> dict:
     """Per-stage seconds of the reader (prefill, decode) and, with an index, of retrieval."""
     import torch
@@ -125,8 +379,9 @@ def latency(args: argparse.Namespace) -> dict:
         print(f"wrote {args.work / 'latency_set.json'}: {len(items)} questions")
         return {}
     reader = Reader(ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens,
-                                 max_context_tokens=args.context_tokens, max_passage_tokens=args.passage_tokens,
-                                 device=args.device, dtype=args.dtype, attention=args.attention))
+                                 max_context_tokens=args.context_tokens,
+                                 max_passage_tokens=args.passage_tokens, device=args.device, dtype=args.dtype,
+                                 attention=args.attention))
     rows = {"recall": [], "retrieve": []}
     for item in items[:2]:  # warm-up
         reader.answer(item["question"], [Document(**d) for d in item["passages"]])
@@ -135,8 +390,9 @@ def latency(args: argparse.Namespace) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             out = reader.answer(item["question"], passages)
-            rows[route].append({"prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens, **out.timings,
-                                "retrieve": item.get("retrieve_seconds", 0.0) if route == "retrieve" else 0.0})
+            retrieve = item.get("retrieve_seconds", 0.0) if route == "retrieve" else 0.0
+            rows[route].append({"prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens,
+                                **out.timings, "retrieve": retrieve})
     summary = {}
     for route, measured in rows.items():
         summary[route] = {key: round(statistics.median(m[key] for m in measured), 4)
@@ -144,57 +400,64 @@ def latency(args: argparse.Namespace) -> dict:
         summary[route]["decode_per_token"] = round(statistics.median(
             m["decode"] / max(m["new_tokens"], 1) for m in measured), 4)
         print(route, summary[route])
-    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
-    return {"device": hardware, "dtype": args.dtype, "attention": args.attention, "questions": len(items),
+    return {"device": hardware_name(args.device), "dtype": args.dtype, "attention": args.attention,
+            "questions": len(items),
             "context_tokens": args.context_tokens, "max_new_tokens": args.max_new_tokens,
             "median_seconds": summary, "note": NOTE if args.device == "cpu" else "H200, one process"}
 
 
+def hardware_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
 def _latency_set(args: argparse.Namespace) -> list[dict]:
     """Questions of the mixed set with their BM25 top-k passages (also saved for the GPU run)."""
-    from rag_routing import prepare_index
-
-    from sparsa.rag.qa_sets import mixed_question_set
-    from sparsa.search import open_retriever
-    from sparsa.types import Corpus, Query
-
-    examples, docs = mixed_question_set(args.data, args.per_source, args.seed)
-    _, index_path = prepare_index(args.work, docs)
-    corpus, index = Corpus(docs), open_retriever(index_path)
+    examples, corpus, index = mixed_set(args)
     chosen = examples[:: max(len(examples) // args.questions, 1)][: args.questions]
     items = []
-    for e in chosen:
+    for e in chosen:  # one query at a time, timed
         started = time.perf_counter()
         hits = index.search([Query(e.id, e.question)], k=args.k)[e.id]
         items.append({"question": e.question, "retrieve_seconds": time.perf_counter() - started,
-                      "passages": [{"id": h.doc_id, "text": corpus[h.doc_id].text, "title": corpus[h.doc_id].title}
-                                   for h in hits]})
+                      "passages": [{"id": h.doc_id, "text": corpus[h.doc_id].text,
+                                    "title": corpus[h.doc_id].title} for h in hits]})
     (args.work / "latency_set.json").write_text(json.dumps(items))
     return items
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("routing", "latency", "merge"))
-    parser.add_argument("--data", type=Path, default=None, help="shared data folder (default: SPARSA_DATA_DIR)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/rag/bench"), help="index, corpus and cache folder")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="shared data folder (default: SPARSA_DATA_DIR)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rag/bench"),
+                        help="index, corpus and cache folder")
     parser.add_argument("--per-source", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--context-tokens", type=int, default=400)
     parser.add_argument("--passage-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the loaded 2-core box)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on the loaded 2-core box)")
     parser.add_argument("--questions", type=int, default=20, help="latency: questions measured")
     parser.add_argument("--from-file", default=None, nargs="+",
-                        help="latency: questions + passages JSON (no index needed); merge: the part(s) to merge; "
-                             "routing: the set file of '--step set'")
+                        help="latency: questions + passages JSON (no index needed); merge: the part(s) to "
+                             "merge; routing: the set file of '--step set'")
     parser.add_argument("--step", choices=("all", "set", "generate", "report"), default="all",
                         help="routing: one step (see above); all = the three in one process")
-    parser.add_argument("--set-out", type=Path, default=None, help="routing --step set: the set file (WORK/routing_set.json)")
-    parser.add_argument("--cache", type=Path, default=None, help="routing: generation cache (WORK/generations.jsonl)")
+    parser.add_argument("--set-out", type=Path, default=None,
+                        help="routing --step set: the set file (WORK/routing_set.json)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="routing: generation cache (WORK/generations.jsonl)")
     parser.add_argument("--model-key", default=None,
-                        help="routing: the reader's name in the cache key (default: the resolved --model folder)")
+                        help="routing: the reader's name in the cache key (default: the resolved --model "
+                             "folder)")
     parser.add_argument("--batch-size", type=int, default=1, help="routing: prompts generated together")
     parser.add_argument("--set-only", action="store_true",
                         help="latency: only write WORK/latency_set.json (questions + passages for a GPU run)")
@@ -216,7 +479,8 @@ def main() -> None:
         # Several files (one per dtype from bench/gpu_rag.sh) merge as {dtype: part}. The file's own
         # "meta" describes the run of its other keys, so it stays; the part gets the merge's record.
         payload = parts[0] if len(parts) == 1 else {p["dtype"]: p for p in parts}
-        payload["merged"] = {key: value for key, value in run_metadata().items() if key in ("command", "git_commit", "date")}
+        payload["merged"] = {key: value for key, value in run_metadata().items()
+                             if key in ("command", "git_commit", "date")}
         path = RESULTS / "rag.json"
         current = json.loads(path.read_text()) if path.exists() else {}
         current[args.key] = payload
@@ -236,7 +500,8 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.no_merge and (not args.from_file or args.key or args.what == "routing"):
-        print("wrote", merge_results(args.key or ("routing" if args.what == "routing" else "reader"), payload))
+        key = args.key or ("routing" if args.what == "routing" else "reader")
+        print("wrote", merge_results(key, payload))
 
 
 if __name__ == "__main__":

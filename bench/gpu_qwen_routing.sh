@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrieve-or-recall routing with Qwen2.5-Coder-1.5B-Instruct as the reader: the generation step on the
-# H200 (bench/rag_routing.py; rag.json["routing_qwen1.5b"] once reported here), then the reader's
-# per-stage latency with Qwen. Run on the GPU machine from the repo root, with .stage/qr carried:
+# H200 (bench/bench_rag.py routing --step generate; rag.json["routing_qwen1.5b"] once reported here),
+# then the reader's per-stage latency with Qwen. Run on the GPU machine from the repo root, with .stage/qr
+# carried:
 #   .stage/qr/routing_set.json   1,000 questions (200 per source) with BM25 top-3 passages and corpus
 #                                features, written here (Java) by
 #       python bench/bench_rag.py routing --step set --per-source 200 --work /tmp/rag/bench2 \

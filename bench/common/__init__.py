@@ -1,4 +1,10 @@
-"""What every benchmark records beside its numbers: command, commit, hardware, versions."""
+"""What the bench scripts share; no script imports another (a script's own folder is on sys.path, so
+each says ``from common import ...``).
+
+This module: what every benchmark records beside its numbers (command, commit, hardware, versions), and the
+staged benches' main loop. Beside it: ``attention`` (the SDPA and FlexAttention baselines of the two
+attention benches) and ``sparse_collection`` (the real-derived synthetic SPLADE collection).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def run_metadata(packages: tuple[str, ...] = ()) -> dict:
@@ -60,3 +66,14 @@ def run_stages(args, stages: dict, log) -> None:
         started = time.perf_counter()
         stages[f"stage_{stage}"](args)
         log.info("stage %s: %.1f s", stage, time.perf_counter() - started)
+
+
+def paired_bootstrap(a, b, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of ``a - b`` over paired items (questions, queries) and its bootstrap 95% interval: the pairs
+    are resampled ``resamples`` times with replacement."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
+    return {"diff": round(float(diff.mean()), 4),
+            "ci95": [round(float(np.quantile(means, q)), 4) for q in (0.025, 0.975)]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sparsa.config import load_settings
 from sparsa.errors import ConfigError
@@ -29,6 +30,9 @@ class ServiceConfig:
     qa_model: str | None = None  # reader LM for /qa (None: QA off)
     qa_k: int = 5
     qa_router: Path | None = None  # a router file (sparsa.rag.routing); without it "auto" always retrieves
+    # A sparsa.rag.config.PipelineConfig: /qa runs exactly this chain (its indexes must be served). Without it,
+    # /qa runs qa_model over the served BM25 index (else the first served), with the server's reranker.
+    qa_pipeline: Any = None
     api_key: str | None = None  # management endpoints need it; without it they are off
     open_search: bool = True  # False: /search, /rerank and /qa need the key too
     max_body_bytes: int = 64 * 1024
@@ -36,6 +40,7 @@ class ServiceConfig:
     index_root: Path = field(default_factory=lambda: load_settings().index_dir)
     data_dir: Path = field(default_factory=lambda: load_settings().data_dir)
     verify: str = "sha256"  # how indexes are checked when loaded: "size" or "sha256" (full)
+    limits: ServiceLimits = field(default_factory=lambda: ServiceLimits())  # queues, connections, jobs, keys
 
     def __post_init__(self) -> None:
         unknown = set(self.indexes) - set(BASE_RETRIEVERS)
@@ -81,3 +86,35 @@ def config_from_env(env: dict[str, str] | None = None) -> ServiceConfig:
         open_search=_flag(env, "SPARSA_API_OPEN_SEARCH", True),
         timeout_s=timeout,
     )
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """How much the service takes on at once (the operator's limits; ``api/admission.py``, ``api/jobs.py``).
+
+    Each endpoint class runs on ``*_workers`` threads with ``*_queue`` more requests waiting; past that,
+    or when the waiting work would end after a request's deadline, requests get 503 + Retry-After.
+    """
+
+    search_workers: int = 4
+    search_queue: int = 256
+    rerank_workers: int = 1
+    rerank_queue: int = 4
+    qa_workers: int = 1
+    qa_queue: int = 3
+    body_timeout_s: float = 10.0  # a request body not fully received by then: 408 and the connection closes
+    max_connections: int = 512  # uvicorn limit_concurrency: connections + tasks beyond it get 503
+    keep_alive_s: float = 5.0  # idle keep-alive connections close after this
+    max_builds: int = 1  # index builds running at once (more: 429)
+    keep_job_logs: int = 20  # build logs kept (oldest deleted); the job table keeps 10x as many jobs
+    job_log_bytes: int = 1 << 20  # a build log rotates to <log>.1 past this size
+    key_failures: int = 10  # wrong API keys from one client within key_window_s before it gets 429
+    key_window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        counts = {name: getattr(self, name) for name in ("search_workers", "rerank_workers", "qa_workers",
+                                                          "max_connections", "max_builds", "key_failures")}
+        if min(counts.values()) < 1 or min(self.search_queue, self.rerank_queue, self.qa_queue) < 0:
+            raise ConfigError(f"service limits must be >= 1 (queues >= 0): {counts}")
+        if min(self.body_timeout_s, self.keep_alive_s, self.key_window_s) <= 0 or self.job_log_bytes < 1024:
+            raise ConfigError("service time limits must be > 0 and job_log_bytes >= 1024")

@@ -3,7 +3,9 @@
 Everything goes through the library's public functions: ``sparsa.search.open_retriever`` for
 search, ``RERANKERS`` for reranking, ``rag.pipeline.load_pipeline`` for QA. An index that fails its
 manifest check is refused with the library's message and never served; swapping an index opens
-and checks the new one first, so a bad swap leaves the old index serving.
+and checks the new one first, so a bad swap leaves the old index serving. An index built from another
+corpus than the served one is refused (``api/identity.py``). Long work checks the request's deadline
+(``sparsa.deadline``) between steps: reranking runs in chunks, the reader between decode steps.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsa.api.admission import Ewma
+from sparsa.api.identity import check_hits, check_index, served_corpus_identity
 from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
+from sparsa.artifacts import hold_serving, release_serving
+from sparsa.config import index_path
+from sparsa.deadline import check_deadline
 from sparsa.errors import ConfigError, SparsaError
 from sparsa.search import Retriever, open_retriever
 from sparsa.types import Document, Hit, Query, Run, sort_hits
@@ -43,10 +50,12 @@ class ServedIndex:
     path: Path
     manifest: dict[str, Any]
     searcher: Retriever
+    unchecked: bool = False  # its manifest records no corpus: hits are checked against the corpus instead
 
     def describe(self) -> dict[str, Any]:
         return {"retriever": self.retriever, "path": str(self.path), "kind": self.manifest.get("kind", "?"),
-                "num_documents": self.manifest.get("num_documents"), "built_at": self.manifest.get("built_at")}
+                "num_documents": self.manifest.get("num_documents"), "built_at": self.manifest.get("built_at"),
+                "corpus": self.manifest.get("corpus")}
 
 
 # pyjnius breaks when several Python threads call into the JVM at once (measured under 50 concurrent
@@ -90,6 +99,7 @@ def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
     searcher.search([Query("warm-up", "warm up")], k=1, show_progress=False)
     logger.info("serving %s from %s (%s documents) after %.1f s", retriever, path,
                 manifest.get("num_documents", "?"), time.perf_counter() - started)
+    hold_serving(path)  # builds refuse to replace it while it is served here
     return ServedIndex(retriever, path, manifest, searcher)
 
 
@@ -106,8 +116,10 @@ class ServiceState:
         self.corpus = None
         self.reranker: Any = None
         self.pipeline: Any = None
-        self.qa_retriever: str | None = None  # the served index the QA pipeline retrieves from
+        self.qa_retrievers: tuple[str, ...] = ()  # the served indexes the QA pipeline retrieves from
         self.problems: list[str] = []
+        self.corpus_identity: dict[str, Any] | None = None  # the served corpus (name, ids hash)
+        self.rerank_cost = Ewma()  # seconds per reranked passage (sets each request's work cap)
         self.loaded = threading.Event()
         self._swap_lock = threading.Lock()
 
@@ -119,8 +131,9 @@ class ServiceState:
         steps = [(f"index {name}", lambda n=name, p=path: self._load_index(n, p))
                  for name, path in self.config.indexes.items()]
         steps += [("corpus", self._load_corpus)] if self.config.dataset else []
+        steps += [("index identity", self._check_identities)] if self.config.dataset else []
         steps += [("reranker", self._load_reranker)] if self.config.reranker else []
-        steps += [("QA pipeline", self._load_pipeline)] if self.config.qa_model else []
+        steps += [("QA pipeline", self._load_pipeline)] if self.config.qa_model or self.config.qa_pipeline else []
         for what, step in steps:
             try:
                 step()
@@ -139,40 +152,94 @@ class ServiceState:
         from sparsa.data import load_corpus
 
         self.corpus = load_corpus(self.config.dataset)
+        self.corpus_identity = served_corpus_identity(self.corpus, self.config.dataset)
+
+    def _check_identities(self) -> None:
+        """Stop serving every index built from another corpus (and raise, naming them)."""
+        refused = []
+        for name, served in list(self.indexes.items()):
+            try:
+                self._check_identity(served)
+            except SparsaError as exc:
+                del self.indexes[name]
+                release_serving(served.path)
+                refused.append(str(exc))
+        if refused:
+            from sparsa.api.identity import IndexMismatchError
+
+            raise IndexMismatchError("; ".join(refused))
+
+    def _check_identity(self, served: ServedIndex) -> None:
+        warning = check_index(served.retriever, served.path, served.manifest, self.corpus_identity)
+        served.unchecked = warning is not None
 
     def _load_reranker(self) -> None:
         from sparsa.registry import RERANKERS
 
         self.reranker = RERANKERS.get(self.config.reranker).load(self.config.reranker_model)
+        # One small rerank before serving: lazy initialisation happens now, and the first request's work cap
+        # (rerank_cost: seconds per passage) has a measure.
+        started = time.perf_counter()
+        self.reranker.rerank(Query("warm-up", "warm up"), [Document("a", "warm up text"), Document("b", "more")])
+        self.rerank_cost.add(time.perf_counter() - started, 2)
 
     def _load_pipeline(self) -> None:
-        """The QA pipeline over the served retriever and corpus (no second index or corpus in memory)."""
+        """The QA chain (``qa_chain``) over the served retrievers, corpus and reranker (nothing loaded twice)."""
         if importlib.util.find_spec("sparsa.rag.pipeline") is None:
             raise NotConfiguredError("QA not configured: this install has no sparsa.rag.pipeline", status=503)
-        from sparsa.rag.pipeline import QAPipeline
-        from sparsa.rag.reader import Reader
+        from sparsa.rag.pipeline import load_pipeline
 
-        self.qa_retriever = "bm25" if "bm25" in self.indexes else next(iter(self.indexes), None)
-        index = self.indexes.get(self.qa_retriever) if self.qa_retriever else None
-        if index is None or self.corpus is None:
+        chain = self.qa_chain()
+        served = {Path(path).resolve(): name for name, path in self.config.indexes.items()}
+        self.qa_retrievers = tuple(served.get(index_path(index).resolve()) for index in chain.retrieval.indexes)
+        if None in self.qa_retrievers or self.corpus is None:
+            raise ConfigError(f"QA reads from indexes {list(chain.retrieval.indexes)}: each must be served "
+                              "(--bm25/--splade/--dense) with its dataset")
+        if chain.rerank.name is not None and chain.rerank.name != self.config.reranker:
+            raise ConfigError(f"QA reranks with {chain.rerank.name}; serve that reranker (--reranker)")
+        self.pipeline = load_pipeline(chain, retriever=self._qa_searcher(), corpus=self.corpus,
+                                      reranker=self.reranker if chain.rerank.name else None)
+
+    def qa_chain(self) -> Any:
+        """The configured pipeline, or the one the flags describe: ``qa_model`` over the served BM25 index
+        (else the first served) with the server's reranker and router."""
+        from sparsa.rag.config import PipelineConfig
+
+        if self.config.qa_pipeline is not None:
+            return self.config.qa_pipeline
+        first = "bm25" if "bm25" in self.config.indexes else next(iter(self.config.indexes), None)
+        if first is None or self.config.dataset is None:
             raise ConfigError("QA needs a served index and its dataset (the passages it reads)")
-        router = None
-        if self.config.qa_router is not None:
-            from sparsa.rag.routing import Router
+        return PipelineConfig.from_dict({
+            "retrieval": {"indexes": [str(self.config.indexes[first])], "dataset": str(self.config.dataset),
+                          "k": self.config.qa_k},
+            "rerank": {"name": self.config.reranker, "model": self.config.reranker_model},
+            "router": {"path": str(self.config.qa_router) if self.config.qa_router else None},
+            "reader": {"model": self.config.qa_model}}, "service flags")
 
-            router = Router.load(self.config.qa_router, corpus=self.corpus)
-        self.pipeline = QAPipeline(Reader.load(self.config.qa_model), retriever=index.searcher, corpus=self.corpus,
-                                   router=router, k=self.config.qa_k)
+    def _qa_searcher(self) -> Any:
+        """The served retriever(s) /qa reads from: one index, or the chain's fusion of several."""
+        searchers = [self.indexes[name].searcher for name in self.qa_retrievers]
+        if len(searchers) == 1:
+            return searchers[0]
+        from sparsa.retrieval.fusion import HybridRetriever
+
+        retrieval = self.qa_chain().retrieval
+        return HybridRetriever(searchers, method=retrieval.fusion, weights=retrieval.weights, depth=retrieval.depth)
 
     @property
     def ready(self) -> bool:
         return self.loaded.is_set() and not self.problems
 
-    def health(self) -> dict[str, Any]:
+    def health(self, paths: bool = False) -> dict[str, Any]:
+        """Readiness; with ``paths`` (a caller with the key) index paths, else folder names only."""
         problems = list(self.problems) if self.loaded.is_set() else ["loading"]
-        return {"ready": self.ready, "indexes": {n: str(s.path) for n, s in self.indexes.items()},
+        indexes = {n: str(s.path) if paths else s.path.name for n, s in self.indexes.items()}
+        return {"ready": self.ready, "indexes": indexes,
                 "reranker": self.config.reranker if self.reranker is not None else None,
-                "qa": self.pipeline is not None, "problems": problems}
+                "qa": self.pipeline is not None, "problems": problems,
+                "warnings": [f"index {s.path.name} ({n}) records no corpus (built before sparsa recorded one): "
+                             "served unchecked; rebuild it" for n, s in self.indexes.items() if s.unchecked]}
 
     def _require_loaded(self) -> None:
         if not self.loaded.is_set():
@@ -188,7 +255,10 @@ class ServiceState:
         if served is None:
             raise NotConfiguredError(f"retriever {retriever!r} is not configured on this server; "
                                      f"served: {', '.join(self.indexes) or 'none'}")
-        return served.searcher.search_text(text, k=k)
+        hits = served.searcher.search_text(text, k=k)
+        if served.unchecked and self.corpus is not None:
+            check_hits(retriever, (h.doc_id for h in hits), self.corpus)
+        return hits
 
     def _hybrid(self, text: str, k: int) -> list[Hit]:
         parts = [self.indexes[name] for name in BASE_RETRIEVERS if name in self.indexes]
@@ -200,7 +270,10 @@ class ServiceState:
 
         # RRF over each served retriever's top max(k, 100): deep enough for the fused top k.
         hybrid = HybridRetriever([served.searcher for served in parts], method="rrf", depth=max(k, 100))
-        return hybrid.search_text(text, k=k)
+        hits = hybrid.search_text(text, k=k)
+        if any(p.unchecked for p in parts) and self.corpus is not None:
+            check_hits("hybrid", (h.doc_id for h in hits), self.corpus)
+        return hits
 
     def documents(self, doc_ids: list[str]) -> list[Document]:
         if self.corpus is None:
@@ -211,10 +284,21 @@ class ServiceState:
         return [self.corpus[d] for d in doc_ids]
 
     def rerank(self, text: str, candidates: list[Document]) -> list[Hit]:
+        """Rerank in chunks of about a quarter second each, checking the request's deadline before each
+        chunk: a chunk that could not finish in time is not started (``DeadlineExceeded``: 504)."""
         self._require_loaded()
         if self.reranker is None:
             raise NotConfiguredError("reranking is not configured on this server (start it with --reranker)")
-        return sort_hits(self.reranker.rerank(Query("q", text), candidates))
+        per = self.rerank_cost.value
+        size = max(1, int(0.25 / per)) if per else 1
+        hits: list[Hit] = []
+        for start in range(0, len(candidates), size):
+            chunk = candidates[start : start + size]
+            check_deadline(len(chunk) * (self.rerank_cost.value or 0.0))
+            started = time.perf_counter()
+            hits += self.reranker.rerank(Query("q", text), chunk)
+            self.rerank_cost.add(time.perf_counter() - started, len(chunk))
+        return sort_hits(hits)
 
     def rerank_hits(self, text: str, hits: list[Hit], depth: int) -> list[Hit]:
         """Rerank the top ``depth`` hits; the rest keep their order below them."""
@@ -225,7 +309,14 @@ class ServiceState:
         self._require_loaded()
         if self.pipeline is None:
             raise NotConfiguredError("QA not configured on this server (start it with --qa-model)", status=503)
-        return self.pipeline.answer(question, mode=mode)
+        try:
+            return self.pipeline.answer(question, mode=mode)
+        except ConfigError as exc:  # hits of an index without a recorded corpus that this corpus lacks
+            if "the corpus lacks" not in str(exc):
+                raise
+            from sparsa.api.identity import IndexMismatchError
+
+            raise IndexMismatchError(f"/qa refused: {exc}") from None
 
     # -- index management ------------------------------------------------------------------------
 
@@ -233,7 +324,15 @@ class ServiceState:
         """Open and check ``path`` fully, then serve it for ``retriever``; a failure changes nothing."""
         with self._swap_lock:
             served = open_served_index(retriever, path, verify="sha256")
+            try:
+                self._check_identity(served)  # an index of another corpus: 409, the old one keeps serving
+            except SparsaError:
+                release_serving(served.path)
+                raise
+            old = self.indexes.get(retriever)
             self.indexes[retriever] = served  # one assignment: requests see the old or the new index
-            if self.pipeline is not None and retriever == self.qa_retriever:
-                self.pipeline.retriever = served.searcher  # /qa reads from the new index too
+            if old is not None:
+                release_serving(old.path)
+            if self.pipeline is not None and retriever in self.qa_retrievers:
+                self.pipeline.retriever = self._qa_searcher()  # /qa reads from the new index too
             return served

@@ -6,10 +6,15 @@ is ``"retrieve"`` (always read from passages), ``"recall"`` (closed-book) or ``"
 from ``rag/routing.py`` decides per question; without a router, auto retrieves whenever a
 retriever is present). When the router needs the LM's closed-book answer to decide (its confidence
 is a feature) and decides to recall, that answer is returned as is, so routing costs no second read.
+``as_of`` (a date) keeps only passages whose ``meta["date"]`` is on or before it (undated passages stay),
+for questions about a dated corpus such as news.
+
+:func:`load_pipeline` builds the whole chain from one :class:`sparsa.rag.config.PipelineConfig`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
@@ -18,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
+from sparsa.rag.config import MODES, PipelineConfig
 from sparsa.search import Retriever
 from sparsa.types import Corpus, Document, Hit, Query
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "retrieve", "recall")
 STAGES = ("route", "retrieve", "rerank", "read", "total")
 
 
@@ -46,7 +51,7 @@ class QAPipeline:
     any ``RERANKERS`` class's instance (it reranks ``rerank_depth`` hits, the reader gets the top ``k``)."""
 
     def __init__(self, reader: Any, retriever: Retriever | None = None, corpus: Corpus | None = None,
-                 router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20):
+                 router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20, depth: int = 100):
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if retriever is not None and corpus is None:
@@ -54,12 +59,13 @@ class QAPipeline:
         self.reader, self.retriever, self.corpus = reader, retriever, corpus
         self.router, self.reranker, self.k = router, reranker, k
         self.rerank_depth = max(rerank_depth, k)
+        self.depth = max(depth, k)  # hits fetched when passages are filtered by date
 
-    def answer(self, question: str, mode: str = "auto") -> Answer:
-        *_, answer = self.stream(question, mode)
+    def answer(self, question: str, mode: str = "auto", as_of: dt.date | None = None) -> Answer:
+        *_, answer = self.stream(question, mode, as_of)
         return answer
 
-    def stream(self, question: str, mode: str = "auto") -> Iterator[str | Answer]:
+    def stream(self, question: str, mode: str = "auto", as_of: dt.date | None = None) -> Iterator[str | Answer]:
         """Yield answer text pieces as the reader writes them, then the final :class:`Answer`."""
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -77,7 +83,7 @@ class QAPipeline:
         else:
             passages: list[Document] = []
             if route == "retrieve":
-                hits, passages = self._passages(question, timings)
+                hits, passages = self._passages(question, timings, as_of)
             read_started = time.perf_counter()
             output = None
             for piece in self.reader.stream(question, passages):
@@ -104,15 +110,18 @@ class QAPipeline:
         timings["route"] = time.perf_counter() - started
         return decision.route, decision.closed_book
 
-    def _passages(self, question: str, timings: dict[str, float]) -> tuple[list[Hit], list[Document]]:
+    def _passages(self, question: str, timings: dict[str, float],
+                  as_of: dt.date | None = None) -> tuple[list[Hit], list[Document]]:
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
-        hits = self.retriever.search_text(question, k=depth)
-        timings["retrieve"] = time.perf_counter() - started
+        hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)
         missing = [hit.doc_id for hit in hits if hit.doc_id not in self.corpus]
         if missing:
             raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. {missing[0]!r}): "
                               "is --dataset the corpus this index was built from?")
+        if as_of is not None:
+            hits = [hit for hit in hits if _dated_on_or_before(self.corpus[hit.doc_id], as_of)][:depth]
+        timings["retrieve"] = time.perf_counter() - started
         if self.reranker is not None and hits:
             started = time.perf_counter()
             hits = self.reranker.rerank(Query("q", question), [self.corpus[h.doc_id] for h in hits])
@@ -121,42 +130,70 @@ class QAPipeline:
         return hits, [self.corpus[h.doc_id] for h in hits]
 
 
-def load_pipeline(index: str | Path | None, *, model: str = "smollm2-135m-instruct", dataset: str | Path | None = None,
-                  reranker: str | None = None, k: int = 5, router: str | Path | None = None,
-                  rerank_model: str | Path | None = None, **reader_config: Any) -> QAPipeline:
-    """Open an index (any sparsa index folder or name, through ``sparsa.search.open_retriever``; None:
-    closed-book only), its corpus and the reader.
+def _dated_on_or_before(doc: Document, as_of: dt.date) -> bool:
+    date = (doc.meta or {}).get("date")
+    return not date or str(date)[:10] <= as_of.isoformat()
 
-    ``dataset``: the dataset folder or corpus file whose documents the index holds (needed to turn
-    hits into passages). ``reranker``: a ``RERANKERS`` name (``tildev2`` needs ``rerank_model``, its
-    passage store). ``router``: a router file saved by :meth:`sparsa.rag.routing.Router.save`, or
-    ``"default"``. ``reader_config``: :class:`sparsa.rag.reader.ReaderConfig` fields.
-    """
-    from sparsa.data import load_corpus
+
+def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever | None = None,
+                  corpus: Corpus | None = None, reranker: Any = None) -> QAPipeline:
+    """The chain ``config`` names: its indexes (through ``sparsa.search.open_retriever``, fused when
+    several), corpus, reranker, router and reader. A caller that has already opened the retriever,
+    corpus or reranker (the service, which serves them to /search too) passes them in instead."""
     from sparsa.rag.reader import Reader
 
-    retriever = corpus = None
-    if index is not None:
-        from sparsa.search import open_retriever
+    config = config or PipelineConfig()
+    retrieval = config.retrieval
+    if retriever is None and retrieval.indexes:
+        retriever = open_pipeline_retriever(config)
+    if corpus is None and retrieval.indexes:
+        from sparsa.data import load_corpus
 
-        if dataset is None:
-            raise ConfigError("an index needs its dataset (the corpus it was built from) to read passages")
-        retriever = open_retriever(index)
-        corpus = load_corpus(dataset)
-    elif reranker is not None:
-        raise ConfigError("a reranker needs an index")
-    ranker = None
-    if reranker is not None:
-        from sparsa.registry import RERANKERS
-
-        cls = RERANKERS.get(reranker)
-        if reranker == "tildev2" and rerank_model is None:
-            raise ConfigError("tildev2 needs rerank_model: a TILDEv2 passage store folder")
-        ranker = cls.load(rerank_model)
-    reader = Reader.load(model, **reader_config)
-    routing = None
-    if router is not None:
+        corpus = load_corpus(_dataset(retrieval.dataset))
+    if reranker is None and config.rerank.name is not None:
+        reranker = open_reranker(config.rerank.name, config.rerank.model)
+    reader = Reader(config.reader)
+    router = None
+    if config.router.path is not None:
         from sparsa.rag.routing import Router
 
-        routing = Router.load(router, corpus=corpus)
-    return QAPipeline(reader, retriever=retriever, corpus=corpus, router=routing, reranker=ranker, k=k)
+        router = Router.load(config.router.path, corpus=corpus)
+    return QAPipeline(reader, retriever=retriever, corpus=corpus, router=router, reranker=reranker,
+                      k=retrieval.k, rerank_depth=config.rerank.depth, depth=retrieval.depth)
+
+
+def open_pipeline_retriever(config: PipelineConfig) -> Retriever:
+    """The config's indexes as one retriever: the index itself, or their fusion."""
+    from sparsa.config import index_path
+    from sparsa.search import open_retriever
+
+    retrieval = config.retrieval
+    retrievers = []
+    for name in retrieval.indexes:
+        folder = index_path(name)
+        if not folder.exists():
+            raise ConfigError(f"index not found: {folder} (retrieval.indexes)")
+        retrievers.append(open_retriever(folder))
+    if len(retrievers) == 1:
+        return retrievers[0]
+    from sparsa.retrieval.fusion import HybridRetriever
+
+    return HybridRetriever(retrievers, method=retrieval.fusion, weights=retrieval.weights, depth=retrieval.depth)
+
+
+def open_reranker(name: str, model: str | Path | None) -> Any:
+    """A ``RERANKERS`` instance; ``model``: tildev2's passage store or the query-likelihood LM."""
+    from sparsa.registry import RERANKERS
+
+    cls = RERANKERS.get(name)
+    if name == "tildev2" and model is None:
+        raise ConfigError("tildev2 needs rerank.model: a TILDEv2 passage store folder")
+    return cls.load(model)
+
+
+def _dataset(name_or_path: str | None) -> Path:
+    from sparsa.config import dataset_path
+
+    if name_or_path is None:
+        raise ConfigError("retrieval.dataset is needed: the corpus that turns hits into passages")
+    return dataset_path(name_or_path)

@@ -7,9 +7,11 @@ context fits ``max_context_tokens`` (the first passage is cut to fit when it alo
 the prompt never exceeds the budget. With no passages the same LM answers closed-book ("recall").
 
 Generation is greedy (``rag/generate.py``); :meth:`Reader.answer_batch` answers many questions in
-length-sorted, left-padded batches (for bench runs on a GPU). ``attention="sparse"`` installs the block-sparse
-prefill from ``sparsa.kernels`` on the model for long contexts; ``"full"`` (the reference) uses the
-model's own attention.
+length-sorted, left-padded batches (for bench runs on a GPU). Any Hugging Face causal LM with a chat
+template reads (a local folder, or a registry name such as the GGUF Qwen2.5): its own template builds
+the prompt and its generation config names the stop tokens. The attention (``ReaderConfig.attention``,
+``rag/config.py``) is the model's own (``full``) or the kernels of ``sparsa.kernels`` (block-sparse
+prefill, sparse decode, KV compression); ``auto`` picks the kernels on a GPU.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, MissingDependencyError
 from sparsa.models import resolve_model
 from sparsa.rag.answer_text import parse_citations, passages_containing, short_answer
+from sparsa.rag.config import AttentionConfig, ReaderConfig
 from sparsa.rag.generate import GenerationStats, generate_greedy, generate_greedy_batch
 from sparsa.types import Document
 
@@ -43,34 +45,6 @@ READ_EXAMPLE = (("Passages:\n[1] Eiffel Tower: The tower in Paris was designed b
                  "[2] Big Ben: The clock tower in London was finished in 1859.\n\n"
                  "Question: Who designed the Eiffel Tower?"), "Gustave Eiffel [1]")
 RECALL_EXAMPLE = ("Who wrote the play Hamlet?", "William Shakespeare")
-ATTENTION = ("full", "sparse")
-# attention="sparse": block-sparse prefill (SeerAttention gate; prompts under ``min_sparse_tokens`` stay
-# dense) and Quest page-sparse decode, through ``sparsa.kernels.hf_attention``.
-# The settings that kept SmolLM2's long-context accuracy (bench/results/longcontext_accuracy.json, chosen on dev
-# needles): gate coverage 0.95, Quest over 1,024 tokens in pages of 64, retrieval heads (profiled once per model)
-# exempt.
-SPARSE_DEFAULTS = {"prefill": "block-sparse", "decode": "sparse", "gate_coverage": 0.95, "budget_tokens": 1024,
-                   "page_size": 64, "full_retrieval_heads": True}
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderConfig:
-    model: str = "smollm2-135m-instruct"
-    max_context_tokens: int = 1024  # all packed passages together
-    max_passage_tokens: int = 192
-    max_new_tokens: int = 24
-    attention: str = "full"
-    sparse_settings: dict[str, Any] = field(default_factory=dict)  # use_sparse_attention options
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION:
-            raise ConfigError(f"attention {self.attention!r}: expected one of {', '.join(ATTENTION)}")
-        if min(self.max_context_tokens, self.max_passage_tokens, self.max_new_tokens) < 1:
-            raise ConfigError("token limits must be >= 1")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype {self.dtype!r}: expected float32, bfloat16 or float16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,26 +64,30 @@ class ReaderOutput:
 class Reader:
     """Answers from passages (or closed-book) with a causal LM; generation is serialised by a lock."""
 
-    def __init__(self, config: ReaderConfig = ReaderConfig()):
+    def __init__(self, config: ReaderConfig | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
-        self.config = config
-        self.device = resolve_device(config.device)
+        self.config = config = (config or ReaderConfig()).resolved()
+        self.device = config.device
         self.path = resolve_model(config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.chat_template is None:
             raise ConfigError(f"{self.path}: the tokenizer has no chat template; the reader needs an instruct model")
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, config.dtype))
         self.model.to(self.device).eval()
-        if config.attention == "sparse":
-            install_sparse_attention(self.model, **config.sparse_settings)
-        self.stop_ids = sorted({i for i in (self.tokenizer.eos_token_id,
-                                            self.tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)})
+        self.max_prompt_tokens = context_limit(self.model, self.tokenizer) - config.max_new_tokens
+        if config.max_context_tokens > self.max_prompt_tokens:
+            raise ConfigError(f"max_context_tokens={config.max_context_tokens} plus max_new_tokens="
+                              f"{config.max_new_tokens} exceeds {self.path.name}'s context of "
+                              f"{self.max_prompt_tokens + config.max_new_tokens} tokens")
+        if not config.attention.is_full:
+            install_sparse_attention(self.model, config.attention)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()
-        logger.info("loaded reader %s on %s (%s attention) in %.1f s", self.path, self.device,
-                    config.attention, time.perf_counter() - started)
+        logger.info("loaded reader %s on %s (%s, %s attention) in %.1f s", self.path, self.device, config.dtype,
+                    config.attention.name, time.perf_counter() - started)
 
     @classmethod
     def load(cls, model: str | Path | None = None, **config: Any) -> Reader:
@@ -152,8 +130,18 @@ class Reader:
             system, example, user = RECALL_SYSTEM, RECALL_EXAMPLE, question
         demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}] if example else []
         messages = [{"role": "system", "content": system}, *demo, {"role": "user", "content": user}]
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self._ids(prompt), [doc for doc, _ in packed]
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - templates without a system role (Gemma's) raise their own errors
+            first = {"role": "user", "content": f"{system}\n\n{messages[1]['content']}"}
+            prompt = self.tokenizer.apply_chat_template([first, *messages[2:]], tokenize=False,
+                                                        add_generation_prompt=True)
+        ids = self._ids(prompt)
+        if len(ids) > self.max_prompt_tokens:
+            raise ConfigError(f"the prompt has {len(ids)} tokens; {self.path.name} reads at most "
+                              f"{self.max_prompt_tokens} before its {self.config.max_new_tokens} answer tokens "
+                              "(shorten the question or lower max_context_tokens)")
+        return ids, [doc for doc, _ in packed]
 
     def answer(self, question: str, passages: Sequence[Document] = ()) -> ReaderOutput:
         """Answer ``question`` from ``passages`` (closed-book when empty)."""
@@ -201,20 +189,37 @@ class Reader:
         ids = [doc.id for doc in used]
         text = short_answer(raw)
         citations = parse_citations(raw, ids)
-        if used and not citations:
-            # A small LM often omits the marker: attribute the answer to the passages that contain it.
-            citations = passages_containing(text, [(doc.id, doc.full_text) for doc in used])
+        containing = passages_containing(text, [(doc.id, doc.full_text) for doc in used]) if used else []
+        if containing:
+            # Small LMs omit the marker or copy the worked example's number: a cited passage that does not
+            # hold the answer gives way to the passages that do.
+            citations = [c for c in citations if c in containing] or containing
         return ReaderOutput(text=text, raw=raw, citations=citations, passages=ids, mean_logprob=stats.mean_logprob,
                             prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
                             timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds})
 
 
-def install_sparse_attention(model: Any, **settings: Any) -> Any:
-    """Switch ``model`` to the sparse kernels (``sparsa.kernels.hf_attention.use_sparse_attention``);
-    ``settings`` override :data:`SPARSE_DEFAULTS` and the kernels' own defaults."""
+def context_limit(model: Any, tokenizer: Any) -> int:
+    """The longest sequence the model was trained for: its config's positions, else the tokenizer's limit."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        limit = tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 2048
+    return int(limit)
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-turn ids: the generation config's (instruct models list their end-of-turn token there) and the
+    tokenizer's end-of-sequence token."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in (*ids, tokenizer.eos_token_id) if isinstance(i, int)})
+
+
+def install_sparse_attention(model: Any, attention: AttentionConfig) -> Any:
+    """Switch ``model`` to the sparse kernels (``sparsa.kernels.hf_attention.use_sparse_attention``)."""
     try:
         from sparsa.kernels.hf_attention import use_sparse_attention
     except ImportError as exc:
-        raise MissingDependencyError(f"attention='sparse' needs the kernels ({exc}): pip install 'sparsa[gpu]', "
+        raise MissingDependencyError(f"sparse attention needs the kernels ({exc}): pip install 'sparsa[gpu]', "
                                      "or use attention='full'") from exc
-    return use_sparse_attention(model, **{**SPARSE_DEFAULTS, **settings})
+    return use_sparse_attention(model, **attention.kernel_settings())

@@ -67,6 +67,19 @@ def index_path(name_or_path: str | Path) -> Path:
     return load_settings().index_dir / name_or_path
 
 
+def dataset_path(name_or_path: str | Path) -> Path:
+    """A dataset folder or file: a path, or a name under the data dir (``scifact`` -> shared/data/scifact)."""
+    from sparsa.errors import DataFormatError
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    under_data = load_settings().data_dir / name_or_path
+    if under_data.exists():
+        return under_data
+    raise DataFormatError(path, f"dataset not found (also looked in {load_settings().data_dir})")
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` means CUDA when torch sees a GPU, else CPU."""
     if device != "auto":

@@ -1,66 +1,95 @@
 """``sparsa ask``: answer one question end to end (route -> retrieve -> rerank -> read).
 
     sparsa ask "who directed Kismet?" --index mixed-bm25 --dataset /tmp/rag/mixed --mode auto --stream
+    sparsa ask "Which country's prime minister resigned?" --config examples/realtimeqa.toml --as-of 2022-01-07
+    sparsa ask --config examples/realtimeqa.toml --print-config
 
-Calls :func:`sparsa.rag.load_pipeline` and ``QAPipeline.answer`` (``stream`` with ``--stream``);
-prints the answer, citations, route and per-stage timings, or the ``Answer`` as JSON with ``--json``.
+The chain is one :class:`sparsa.rag.config.PipelineConfig`: ``--config FILE`` (TOML or YAML), then
+each flag given overrides its key. ``--print-config`` prints the resolved chain (device, dtype and
+attention made concrete for this machine) as TOML and exits.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sparsa.cli.common import console, dataset_path, out
-from sparsa.config import index_path
+from sparsa.cli.common import console, out
 from sparsa.errors import ConfigError
+
+# Flag -> config key; a flag left out (None) keeps the config file's value or the default.
+OVERRIDES = {
+    "index": "retrieval.indexes", "dataset": "retrieval.dataset", "k": "retrieval.k",
+    "rerank": "rerank.name", "rerank_model": "rerank.model", "rerank_depth": "rerank.depth",
+    "router": "router.path", "mode": "router.mode",
+    "model": "reader.model", "device": "reader.device", "dtype": "reader.dtype", "attention": "reader.attention",
+    "max_context_tokens": "reader.max_context_tokens", "max_passage_tokens": "reader.max_passage_tokens",
+    "max_new_tokens": "reader.max_new_tokens",
+}
+
+
+def pipeline_config(config: Path | None, flags: dict) -> object:
+    """The config file (or the defaults) with the given flags applied."""
+    from sparsa.rag.config import PipelineConfig
+
+    base = PipelineConfig.from_file(config) if config is not None else PipelineConfig()
+    values = {key: flags[name] for name, key in OVERRIDES.items() if flags.get(name) is not None}
+    if isinstance(values.get("retrieval.indexes"), str):
+        values["retrieval.indexes"] = values["retrieval.indexes"].split(",")
+    if "router.path" in values:
+        values["router.path"] = str(values["router.path"])
+    return base.override(values) if values else base
 
 
 def ask(
-    question: Annotated[str, typer.Argument(help="the question")],
-    index: Annotated[str | None, typer.Option(help="index folder or name (omit for closed-book answers)")] = None,
+    question: Annotated[str | None, typer.Argument(help="the question")] = None,
+    config: Annotated[Path | None, typer.Option(help="pipeline config file (TOML or YAML); flags override it")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="print the resolved chain and exit")] = False,
+    index: Annotated[str | None, typer.Option(help="index folder or name; several comma-separated are fused "
+                                              "(omit for closed-book answers)")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset folder or corpus file the index was built from")] = None,
-    mode: Annotated[str, typer.Option(help="auto (router decides), retrieve or recall")] = "auto",
-    model: Annotated[str, typer.Option(help="reader LM: registry name or local folder")] = "smollm2-135m-instruct",
-    k: Annotated[int, typer.Option(help="passages given to the reader", min=1, max=100)] = 5,
+    mode: Annotated[str | None, typer.Option(help="auto (router decides), retrieve or recall")] = None,
+    as_of: Annotated[str | None, typer.Option(help="only passages dated on or before this day (YYYY-MM-DD)")] = None,
+    model: Annotated[str | None, typer.Option(help="reader LM: registry name or local folder")] = None,
+    device: Annotated[str | None, typer.Option(help="reader device: auto (CUDA when present), cpu, cuda")] = None,
+    dtype: Annotated[str | None, typer.Option(help="reader dtype: auto (bf16 on GPU), float32, bfloat16")] = None,
+    k: Annotated[int | None, typer.Option(help="passages given to the reader", min=1, max=1000)] = None,
     rerank: Annotated[str | None, typer.Option(help="reranker: tildev2 or query-likelihood")] = None,
     rerank_model: Annotated[str | None, typer.Option(
         help="tildev2: passage store folder; query-likelihood: LM name or folder")] = None,
+    rerank_depth: Annotated[int | None, typer.Option(help="hits reranked", min=1)] = None,
     router: Annotated[Path | None, typer.Option(help="router file (Router.save) for --mode auto")] = None,
-    attention: Annotated[str, typer.Option(help="reader attention: full or sparse (long contexts)")] = "full",
-    max_context_tokens: Annotated[int, typer.Option(help="token budget of all passages", min=16)] = 1024,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer, in tokens", min=1, max=1024)] = 24,
+    attention: Annotated[str | None, typer.Option(
+        help="reader attention: auto (sparse on GPU), full, sparse or sparse-kv (with KV compression)")] = None,
+    max_context_tokens: Annotated[int | None, typer.Option(help="token budget of all passages", min=16)] = None,
+    max_passage_tokens: Annotated[int | None, typer.Option(help="tokens kept of each passage", min=8)] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="longest answer, in tokens", min=1, max=1024)] = None,
     stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
 ) -> None:
     """Answer a question, citing passages of the index; prints the route taken and per-stage timings."""
     from sparsa.rag import Answer, load_pipeline
-    from sparsa.rag.pipeline import MODES
 
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
-    if not question.strip():
+    flags = dict(locals())
+    chain = pipeline_config(config, flags)
+    if print_config:
+        reader = chain.reader.resolved()
+        out.print(type(chain)(chain.retrieval, chain.rerank, chain.router, reader).to_toml(), end="")
+        return
+    if question is None or not question.strip():
         raise ConfigError("the question is empty")
-    if index is not None and dataset is None:
-        raise ConfigError("--index needs --dataset: the corpus that turns its hits into passages")
-    if index is None and mode == "retrieve":
-        raise ConfigError("--mode retrieve needs --index and --dataset")
     if stream and as_json:
         raise ConfigError("choose one of --stream and --json")
     if router is not None and not router.is_file():
         raise ConfigError(f"router file not found: {router}")
-    folder = index_path(index) if index is not None else None
-    if folder is not None and not folder.exists():
-        raise ConfigError(f"index not found: {folder}")
-    pipeline = load_pipeline(folder, model=model, dataset=dataset_path(dataset) if dataset else None,
-                             reranker=rerank, rerank_model=rerank_model, k=k, router=router,
-                             attention=attention, max_context_tokens=max_context_tokens,
-                             max_new_tokens=max_new_tokens)
+    day = _date(as_of) if as_of else None
+    pipeline = load_pipeline(chain)
     answer: Answer | None = None
-    for piece in pipeline.stream(question, mode):
+    for piece in pipeline.stream(question, chain.router.mode, as_of=day):
         if isinstance(piece, str):
             if stream:
                 out.print(piece, end="")
@@ -78,3 +107,10 @@ def ask(
     for rank, hit in enumerate(answer.passages, 1):
         console.print(f"  [{rank}] {hit.doc_id} ({hit.score:.3f})")
     console.print("timings: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in answer.timings.items()))
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--as-of {value!r}: expected a date YYYY-MM-DD") from None

@@ -44,14 +44,51 @@ def _index_option(name: str | None, retriever: str) -> Path | None:
     return path
 
 
+def _pipeline_config(path: Path | None, qa_model: str | None, qa_router: Path | None):
+    """The --config chain with --qa-model / --qa-router applied; None without --config."""
+    if path is None:
+        return None
+    from sparsa.rag.config import PipelineConfig
+
+    chain = PipelineConfig.from_file(path)
+    if not chain.retrieval.indexes:
+        raise ConfigError(f"{path}: /qa needs retrieval.indexes (the indexes it reads from)")
+    overrides = {"reader.model": qa_model if qa_model not in (None, "none") else None,
+                 "router.path": str(qa_router) if qa_router else None}
+    return chain.override(overrides)
+
+
+def _served_indexes(chain) -> dict[str, Path]:
+    """The chain's indexes keyed by their kind (bm25, splade, dense): one index per kind is served."""
+    from sparsa.artifacts import read_manifest
+
+    served: dict[str, Path] = {}
+    for name in chain.retrieval.indexes:
+        path = index_path(name)
+        if not path.exists():
+            raise ConfigError(f"the config's index {path} does not exist; build it first (sparsa index)")
+        kind = read_manifest(path, verify="size")["kind"]
+        if kind in served:
+            raise ConfigError(f"the config names two {kind} indexes ({served[kind]}, {path}); serve one per kind")
+        served[kind] = path
+    return served
+
+
 def serve(
-    bm25: Annotated[str | None, typer.Option(help="BM25 index (name or folder; 'none' to skip)")] = DEFAULT_INDEXES["bm25"],
-    splade: Annotated[str | None, typer.Option(help="learned-sparse index ('none' to skip)")] = DEFAULT_INDEXES["splade"],
+    config: Annotated[Path | None, typer.Option(
+        help="QA pipeline config (TOML/YAML): /qa runs that chain; its indexes, dataset and reranker are served "
+             "(other index flags add to them)")] = None,
+    bm25: Annotated[str | None, typer.Option(help="BM25 index (name or folder; 'none' to skip) "
+                                             f"[default without --config: {DEFAULT_INDEXES['bm25']}]")] = None,
+    splade: Annotated[str | None, typer.Option(help="learned-sparse index ('none' to skip) "
+                                               f"[default without --config: {DEFAULT_INDEXES['splade']}]")] = None,
     dense: Annotated[str | None, typer.Option(help="dense index (name or folder)")] = None,
-    dataset: Annotated[str, typer.Option(help="dataset whose corpus gives passage texts")] = "scifact",
+    dataset: Annotated[str | None, typer.Option(help="dataset whose corpus gives passage texts "
+                                                "[default: the config's, else scifact]")] = None,
     reranker: Annotated[str | None, typer.Option(help="reranker for rerank requests (e.g. query-likelihood)")] = None,
     reranker_model: Annotated[str | None, typer.Option(help="the reranker's model or store folder")] = None,
-    qa_model: Annotated[str, typer.Option(help="QA reader model ('none' turns /qa off)")] = "smollm2-135m-instruct",
+    qa_model: Annotated[str | None, typer.Option(
+        help="QA reader model ('none' turns /qa off) [default: the config's, else smollm2-135m-instruct]")] = None,
     qa_router: Annotated[Path | None, typer.Option(help="router file for QA mode auto (retrieve or recall)")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSA_API_KEY",
                                                 help="key for index management (and keyed search)")] = None,
@@ -68,15 +105,24 @@ def serve(
     uvicorn = require("uvicorn", "serve")
     from sparsa.api import ServiceConfig, ServiceState, create_app
 
-    paths = {name: _index_option(value, name) for name, value in (("bm25", bm25), ("splade", splade), ("dense", dense))}
+    chain = _pipeline_config(config, qa_model, qa_router)
+    flags = {"bm25": bm25, "splade": splade, "dense": dense}
+    if chain is None:
+        flags = {name: DEFAULT_INDEXES.get(name) if value is None else value for name, value in flags.items()}
+    paths = {name: _index_option(value, name) for name, value in flags.items()}
+    indexes = {**(_served_indexes(chain) if chain else {}), **{n: p for n, p in paths.items() if p is not None}}
+    if chain is not None and chain.rerank.name:
+        reranker, reranker_model = reranker or chain.rerank.name, reranker_model or chain.rerank.model
+    qa_off = qa_model == "none"
     config = ServiceConfig(
-        indexes={name: path for name, path in paths.items() if path is not None},
-        dataset=dataset_path(dataset), reranker=reranker, reranker_model=reranker_model,
-        qa_model=None if qa_model == "none" else qa_model, qa_router=qa_router, api_key=api_key, open_search=not keyed_search,
-        timeout_s=timeout, verify=verify,
+        indexes=indexes, dataset=dataset_path(dataset or (chain and chain.retrieval.dataset) or "scifact"),
+        reranker=reranker, reranker_model=reranker_model,
+        qa_model=None if qa_off else (qa_model or "smollm2-135m-instruct"), qa_pipeline=None if qa_off else chain,
+        qa_router=qa_router, api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"
-                  f"{', reranker ' + reranker if reranker else ''}{', QA reader ' + qa_model if config.qa_model else ''}…")
+                  f"{', reranker ' + reranker if reranker else ''}"
+                  f"{', QA reader ' + config.qa_model if config.qa_model else ''}…")
     state = ServiceState(config).load(strict=True)  # a damaged index ends here with its message
     base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
     key_header = f"-H 'X-API-Key: {'$SPARSA_API_KEY'}' " if keyed_search else ""

@@ -101,7 +101,7 @@ def test_swap_also_moves_qa_to_the_new_index(spare_index, shared_data):
     state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"},
                                         qa_model="smollm2-135m-instruct")).load(strict=True)
     old = state.pipeline.retriever
-    assert state.qa_retriever == "bm25" and old is state.indexes["bm25"].searcher
+    assert state.qa_retrievers == ("bm25",) and old is state.indexes["bm25"].searcher
     state.swap("bm25", spare_index / "bm25-new")
     assert state.pipeline.retriever is state.indexes["bm25"].searcher and state.pipeline.retriever is not old
     answer = state.answer("what is the effect of heat transfer on the boundary layer?", mode="retrieve")

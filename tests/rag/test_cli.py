@@ -11,13 +11,14 @@ from sparsa.cli.main import main
 
 def test_ask_errors_are_clear(capsys, tmp_path):
     cases = [
-        (["ask", "q?", "--mode", "sometimes"], "--mode 'sometimes'"),
+        (["ask", "q?", "--mode", "sometimes"], "router.mode 'sometimes'"),
         (["ask", "   "], "the question is empty"),
-        (["ask", "q?", "--index", str(tmp_path / "none")], "--index needs --dataset"),
-        (["ask", "q?", "--mode", "retrieve"], "needs --index"),
+        (["ask", "q?", "--index", str(tmp_path / "none")], "retrieval.dataset is needed"),
+        (["ask", "q?", "--mode", "retrieve"], "needs retrieval.indexes"),
         (["ask", "q?", "--index", str(tmp_path / "none"), "--dataset", str(tmp_path)], "index not found"),
         (["ask", "q?", "--stream", "--json"], "one of --stream and --json"),
         (["ask", "q?", "--router", str(tmp_path / "r.json")], "router file not found"),
+        (["ask", "q?", "--as-of", "last week"], "--as-of 'last week'"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -71,7 +71,7 @@ def test_sparse_attention_reader_matches_full_attention_on_short_prompts(reader,
     question = "How tall is Mount Fuji?"
     assert sparse.answer(question, passages.documents).raw == reader.answer(question, passages.documents).raw
     with pytest.raises(ConfigError):
-        Reader(ReaderConfig(attention="sparse", sparse_settings={"prefill": "magic"}))
+        Reader(ReaderConfig(attention={"prefill": "magic"}))
 
 
 def test_batched_answers_match_one_at_a_time(reader, passages):
@@ -100,3 +100,64 @@ def test_batch_generation_stops_each_row_on_its_own(reader):
             assert all(lp <= 0 for lp in stats.logprobs)
     with pytest.raises(ValueError):
         generate_greedy_batch(reader.model, [], 4, reader.stop_ids, pad_id=0)
+
+
+PLANTED = Document("planted", "The 2031 Zorblax Prize in chemistry was awarded to Maria Kowalczyk for her work on "
+                   "solid-state batteries.", "Zorblax Prize")
+PLANTED_QUESTION = "Who won the 2031 Zorblax Prize in chemistry?"
+
+
+def scifact_passages(shared_data, n: int) -> list[Document]:
+    from sparsa.data import load_corpus
+
+    return load_corpus(shared_data / "scifact").documents[:n]
+
+
+def test_a_planted_passage_is_answered_from_and_cited(shared_data):
+    """A fact the LM cannot know, among real distractors: the answer comes from it and cites it.
+
+    SmolLM2-135M, the default CPU reader, answers "The 2031 Zorblax Prize in" (the passage's opening) when
+    the passage is first or second; from the third place on it answers the name. It always writes "[2]", the
+    citation is checked against the passages (``Reader._output``)."""
+    from sparsa.rag.reader import Reader
+
+    reader = Reader(ReaderConfig(max_new_tokens=12, max_context_tokens=1000, max_passage_tokens=64, device="cpu"))
+    for position in (2, 4):
+        docs = scifact_passages(shared_data, 4)
+        docs.insert(position, PLANTED)
+        output = reader.answer(PLANTED_QUESTION, docs)
+        assert output.passages[position] == "planted"
+        assert "Kowalczyk" in output.text, output.raw
+        assert output.citations == ["planted"], output.raw
+
+
+@pytest.mark.slow
+def test_the_sparse_reader_answers_as_the_full_one_where_sparsity_engages(shared_data):
+    """A ~1,900-token prompt: block-sparse prefill skips blocks and decode reads a subset of the keys,
+    and the answer is the full-attention reader's."""
+    pytest.importorskip("triton")
+    from sparsa.rag.reader import Reader
+
+    docs = scifact_passages(shared_data, 12)
+    docs.insert(5, PLANTED)  # mid-prompt, in blocks the gate may skip
+    settings = {"max_new_tokens": 12, "max_context_tokens": 1800, "device": "cpu"}
+    full = Reader(ReaderConfig(attention="full", **settings)).answer(PLANTED_QUESTION, docs)
+    sparse_reader = Reader(ReaderConfig(attention={"prefill": "block-sparse", "decode": "sparse",
+                                                   "budget_tokens": 512}, **settings))
+    sparse = sparse_reader.answer(PLANTED_QUESTION, docs)
+    stats = sparse_reader.model.sparse_attention_stats
+    assert sparse.prompt_tokens >= 1500 and full.prompt_tokens == sparse.prompt_tokens
+    assert 0 < stats["prefill_blocks_kept"] < stats["prefill_blocks_visible"]
+    assert 0 < stats["decode_keys_read"] < stats["decode_keys_total"]
+    assert sparse.raw == full.raw and sparse.citations == full.citations
+    # (SmolLM2-135M answers "The 2031 Zorblax Prize in" here with either attention: at ~1,800 tokens it
+    # copies the passage's opening; the RealTime QA bench measures accuracy with the larger reader.)
+
+
+def test_prompts_beyond_the_model_context_are_refused(reader):
+    from sparsa.rag.reader import Reader
+
+    with pytest.raises(ConfigError, match="exceeds .*context of 8192 tokens"):
+        Reader(ReaderConfig(max_context_tokens=8190, device="cpu"))
+    with pytest.raises(ConfigError, match="the prompt has .* tokens"):
+        reader.build_prompt("why? " * 9000, [])

@@ -7,15 +7,15 @@
 
 What is timed is what an indexing job does: every document encoded once, texts in, vectors out on the
 host (tokenisation included; model load excluded and reported as ``load_seconds``). The texts are
-unseen: each timed pass runs in a fresh Python process, and it is that process's first and only pass
-over the SciFact corpus texts (title + abstract, the real texts, so token statistics are the corpus's
-own). Nothing an earlier pass tokenised can be cached: sparsa's WordPiece word cache
-(``sparsa/wordpiece.py``), its tokenizer processes (``sparsa/batching.py``) and any cache of the
-baseline start empty. Before the timed pass each process warms up (``warmup_seconds``: CUDA context,
+unseen: each timed pass runs in a fresh Python process (``bench/encoding_worker.py``), and it is that
+process's first and only pass over the SciFact corpus texts (title + abstract, the real texts, so token
+statistics are the corpus's own). Nothing an earlier pass tokenised can be cached: sparsa's WordPiece
+word cache (``sparsa/wordpiece.py``), its tokenizer processes (``sparsa/batching.py``) and any cache of
+the baseline start empty. Before the timed pass each process warms up (``warmup_seconds``: CUDA context,
 kernels, allocator; on a GPU, ``--warmup-docs`` defaults to enough texts to start sparsa's tokenizer
-processes, as a long job has them running) on marked copies of corpus texts: every word gets the
-suffix ``zq``, so the warm-up shares no word with the corpus and primes no word cache for it. Each
-process times at least the full corpus once (or the first ``--our-docs``/``--baseline-docs`` texts).
+processes, as a long job has them running) on marked copies of corpus texts: every word gets the suffix
+``zq``, so the warm-up shares no word with the corpus and primes no word cache for it. Each process
+times at least the full corpus once (or the first ``--our-docs``/``--baseline-docs`` texts).
 
 Per model: ours is timed in ``--repeats`` processes (the median is reported); sentence-transformers
 runs every configuration a user could pick, each in its own process: dtype (float32, bfloat16, float16
@@ -37,22 +37,14 @@ Prints a table and writes bench/results/<name>.json (rows written as each model 
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
 import itertools
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 from common import write_results
@@ -60,97 +52,33 @@ from common import write_results
 from sparsa.batching import POOL_MIN_TEXTS
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
-from sparsa.models import resolve_model
-from sparsa.types import Hit, Run, SparseVector
+from sparsa.eval import evaluate_run
+from sparsa.indexes.exact_sparse import ExactSparseSearcher
+from sparsa.indexes.sparse_matrix import SparseMatrix
+from sparsa.indexes.vector_search import ExactSearch
+from sparsa.types import Hit, Run
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers", "scipy")
 MODELS = ("splade-tiny", "minilm-l6", "smollm2")
 SMOLLM2_BASELINE = {"dtype": "auto", "batch_size": 8}  # full-logits reference pooling needs small batches
 WARMUP_MARK = "zq"  # appended to every word of the warm-up texts: no SciFact word ends up shared
-_WORD = re.compile(r"[^\W_]+")  # letters and digits: a run the BERT pre-tokenizer keeps as one word
 
 
-class PeakMemory:
-    """Peak memory while the block runs: CUDA allocations on GPU, else RSS sampled every 10 ms (MiB)."""
-
-    def __init__(self, device: str):
-        self.device, self.peak_mib, self._stop = device, 0.0, threading.Event()
-
-    @staticmethod
-    def _rss_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak_mib = max(self.peak_mib, self._rss_mib())
-
-    def __enter__(self) -> Self:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.peak_mib = self._rss_mib()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
-def timed(device: str, fn: Callable[[], object]) -> tuple[object, float, float]:
-    """``(result, seconds, peak MiB)`` of one call."""
-    import torch
-
-    gc.collect()
-    with PeakMemory(device) as mem:
-        started = time.perf_counter()
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-    return result, seconds, mem.peak_mib
-
-
-def sparse_matrix(vectors: Sequence[SparseVector], vocab: int):
-    from scipy.sparse import csr_matrix
-
-    indptr = np.cumsum([0] + [v.nnz for v in vectors])
-    indices = np.concatenate([v.indices for v in vectors]) if vectors else np.zeros(0, np.int32)
-    values = np.concatenate([v.values for v in vectors]) if vectors else np.zeros(0, np.float32)
-    return csr_matrix((values, indices, indptr), shape=(len(vectors), vocab))
-
-
-def exact_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, k: int = 100) -> Run:
-    """Top-``k`` hits per query from a dense ``[queries, docs]`` score matrix."""
-    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    hits = {qid: [Hit(doc_ids[j], float(scores[i, j])) for j in top[i]] for i, qid in enumerate(query_ids)}
-    return Run(hits)
-
-
-def evaluate(run: Run, qrels) -> dict[str, float]:
-    import ir_measures
-    from ir_measures import R, nDCG
-
-    agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], qrels.to_ir_measures(), run.to_ir_measures())
-    return {"nDCG@10": round(agg[nDCG @ 10], 4), "R@100": round(agg[R @ 100], 4)}
-
-
-def score(kind: str, docs, queries) -> np.ndarray:
+def effectiveness(kind: str, docs, queries, data) -> dict[str, float]:
+    """nDCG@10 and R@100 of exact search with ``queries`` over ``docs`` (the encodings of ``data``'s test
+    queries and corpus): the library's exact sparse search (scipy) or exact inner product (numpy)."""
+    doc_ids = [d.id for d in data.corpus.documents]
     if kind == "sparse":
         vocab = 1 + max((int(v.indices.max()) for v in (*docs, *queries) if v.nnz), default=0)
-        return (sparse_matrix(queries, vocab) @ sparse_matrix(docs, vocab).T).toarray()
-    return np.asarray(queries) @ np.asarray(docs).T
+        hits = ExactSparseSearcher(SparseMatrix.from_vectors(doc_ids, docs, vocab), "cpu").search_vectors(
+            queries, 100)
+    else:
+        scores, rows = ExactSearch(np.asarray(docs)).search_vectors(np.asarray(queries), 100)
+        hits = [[Hit(doc_ids[r], float(v)) for v, r in zip(top_scores, top_rows, strict=True)]
+                for top_scores, top_rows in zip(scores, rows, strict=True)]
+    run = Run({q.id: found for q, found in zip(data.queries, hits, strict=True)})
+    measured = evaluate_run(run, data.qrels, ("nDCG@10", "R@100")).aggregate
+    return {name: round(value, 4) for name, value in measured.items()}
 
 
 def agreement(kind: str, ours, theirs) -> dict[str, float]:
@@ -166,173 +94,8 @@ def agreement(kind: str, ours, theirs) -> dict[str, float]:
             "max_abs_diff_same_terms": float(max(diffs, default=0.0))}
 
 
-def sparse_rows(encoded) -> list[SparseVector]:
-    """The rows of sentence-transformers' ``[n, vocab]`` sparse (or dense) tensor as SparseVectors."""
-    coo = (encoded if encoded.is_sparse else encoded.to_sparse()).coalesce()  # sorted by (row, column)
-    rows, cols = coo.indices().cpu().numpy()
-    values = coo.values().float().cpu().numpy()
-    keep = values != 0
-    rows, cols, values = rows[keep], cols[keep].astype(np.int32), values[keep]
-    bounds = np.searchsorted(rows, np.arange(encoded.shape[0] + 1)).tolist()
-    return [SparseVector(cols[a:b], values[a:b]) for a, b in itertools.pairwise(bounds)]
-
-
-def warmup_texts(corpus: list[str], n: int) -> list[str]:
-    """``n`` corpus texts (cycled) with ``WARMUP_MARK`` appended to every word: same layout and
-    punctuation, but not one word in common with the corpus (so no word cache is primed for it)."""
-    mark = lambda match: match.group() + WARMUP_MARK
-    return [_WORD.sub(mark, text) for text in itertools.islice(itertools.cycle(corpus), n)]
-
-
-# ---- building the encoders (in the worker process) -----------------------------------------------------
-
-
-@dataclass
-class Encoder:
-    """One implementation in one configuration, as the timed pass calls it."""
-
-    kind: str  # "sparse" or "dense"
-    config: dict  # what a user picks: dtype, batch size (or token budget), pooling
-    encode: Callable[[list[str]], object]  # texts -> vectors on the host: the timed call
-    finish: Callable[[object], object] = lambda vectors: vectors  # untimed: as the scorer takes them
-
-
-def build_ours(model: str, device: str, variant: str, decoder_top_k: int | None) -> tuple[Encoder, object]:
-    """sparsa's encoder for ``model`` (``variant`` picks dtype or pooling), and the encoder object itself."""
-    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
-    from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
-
-    dtype = variant if variant in ("float32", "bfloat16") else "auto"
-    pooling = variant if variant in ("chunked", "screened", "triton") else "auto"
-    if model == "minilm-l6":
-        dense = DenseEncoder(DenseConfig(device=device, dtype=dtype))
-        return Encoder("dense", our_config(dense), dense.encode), dense
-    if model == "splade-tiny":
-        splade = SpladeEncoder(SpladeConfig(device=device, dtype=dtype, pooling=pooling))
-        return Encoder("sparse", our_config(splade), splade.encode), splade
-    decoder = SpladeEncoder(SpladeConfig.mistral_splade(device=device, dtype=dtype, pooling=pooling,
-                                                        doc_top_k=decoder_top_k))
-    return Encoder("sparse", our_config(decoder), decoder.encode_documents), decoder
-
-
-def our_config(encoder) -> dict:
-    """The dtype and batching an encoder runs with: by default batches are cut to a token budget
-    (batch x padded length), the module's private per-device default unless the config sets one."""
-    budgets = importlib.import_module(type(encoder).__module__)._TOKENS_PER_BATCH
-    config = {"dtype": str(encoder.dtype).removeprefix("torch."), "batch_size": encoder.config.batch_size,
-              "max_tokens": encoder.config.max_tokens or budgets.get(encoder.device.type, 16384)}
-    if hasattr(encoder, "pooling"):
-        config["pooling"] = encoder.pooling
-    return config
-
-
-def build_baseline(model: str, device: str, dtype: str, batch_size: int,
-                   decoder_top_k: int | None) -> Encoder:
-    """sentence-transformers for ``model`` in ``dtype`` (weights cast as a user would: ``.to(dtype)``)
-    with ``batch_size``; for smollm2, sparsa's encoder with full-logits reference pooling."""
-    import torch
-
-    config = {"dtype": dtype, "batch_size": batch_size}
-    if model == "smollm2":
-        from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
-
-        ref = SpladeEncoder(SpladeConfig.mistral_splade(device=device, dtype=dtype, pooling="reference",
-                                                        doc_top_k=decoder_top_k))
-        config = {**config, "dtype": str(ref.dtype).removeprefix("torch."), "pooling": "reference"}
-        return Encoder("sparse", config, lambda texts: ref.encode_documents(texts, batch_size=batch_size))
-    from sentence_transformers import SentenceTransformer, SparseEncoder
-
-    sparse = model == "splade-tiny"
-    st = (SparseEncoder if sparse else SentenceTransformer)(resolve_model(model), device=device)
-    st = st.to(getattr(torch, dtype))
-    # One tensor for the whole job, then one copy to the host: faster than per-row numpy conversion.
-    encode = lambda texts: st.encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                                     show_progress_bar=False).cpu()
-    if sparse:
-        return Encoder("sparse", config, encode, finish=sparse_rows)
-    return Encoder("dense", config, lambda texts: encode(texts).float().numpy())
-
-
-def tokenizers_of(encoder) -> tuple[Callable, Callable]:
-    """The encoder's own tokenisation path (its blocks, tokenised ahead, drained), and the plain
-    Hugging Face call with the same ids that the encoders used before (the 'before' figure)."""
-    ids = encoder._token_ids
-
-    def ours(texts: list[str]) -> int:
-        return sum(len(block) for _, block in ids.blocks(texts, encoder.device.type))
-
-    def plain(texts: list[str]) -> list[list[int]]:
-        return encoder.tokenizer(texts, truncation=True, max_length=ids.max_length,
-                                 add_special_tokens=ids.add_special_tokens, return_attention_mask=False,
-                                 return_token_type_ids=False)["input_ids"]
-
-    return ours, plain
-
-
-# ---- one timed job in a fresh process ------------------------------------------------------------------
-
-
-def run_worker(spec: dict) -> None:
-    """Load, warm up on marked texts, time one first pass over the corpus texts; pickle the result."""
-    import torch
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    device, model = spec["device"], spec["model"]
-    data = load_dataset(spec["dataset"])
-    corpus = [d.full_text for d in data.corpus.documents]
-    texts, warmup = corpus[: spec["docs"]], warmup_texts(corpus, spec["warmup_docs"])
-    started = time.perf_counter()
-    if spec["job"] == "baseline":
-        encoder = build_baseline(model, device, spec["dtype"], spec["batch_size"], spec["decoder_top_k"])
-    else:
-        encoder, ours = build_ours(model, device, spec["variant"], spec["decoder_top_k"])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    load_seconds = time.perf_counter() - started
-    if spec["job"] == "tokenize":
-        result = tokenize_job(ours, texts, warmup, device)
-    else:
-        result = encode_job(encoder, texts, warmup, device)
-        result["entry"]["load_seconds"] = round(load_seconds, 2)
-        if spec["queries"]:
-            result["queries"] = encoder.finish(encoder.encode([q.text for q in data.queries]))
-    result["hardware"] = {"device": device, "torch_threads": torch.get_num_threads(),
-                          "gpu": torch.cuda.get_device_name() if device == "cuda" else None}
-    with open(spec["out"], "wb") as f:
-        pickle.dump(result, f)
-
-
-def encode_job(encoder: Encoder, texts: list[str], warmup: list[str], device: str) -> dict:
-    """Warm up, then the timed pass: ``{"entry": figures, "docs": vectors, "kind": sparse or dense}``."""
-    warmup_seconds = timed(device, lambda: encoder.encode(warmup))[1] if warmup else 0.0
-    vectors, seconds, peak = timed(device, lambda: encoder.encode(texts))
-    entry = {"docs": len(texts), "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 1),
-             "peak_memory_mib": round(peak, 1), "warmup_docs": len(warmup),
-             "warmup_seconds": round(warmup_seconds, 3), "config": encoder.config,
-             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
-    return {"entry": entry, "docs": encoder.finish(vectors), "kind": encoder.kind}
-
-
-def tokenize_job(encoder, texts: list[str], warmup: list[str], device: str) -> dict:
-    """Tokenisation alone: the encoder's path on its first pass over the texts, then the plain call."""
-    ours, plain = tokenizers_of(encoder)
-    if warmup:
-        ours(warmup)  # on a GPU host, starts the tokenizer processes as the encoder's warm-up does
-    ours_seconds = timed(device, lambda: ours(texts))[1]
-    ids, plain_seconds, _ = timed(device, lambda: plain(texts))
-    mean_tokens = lambda batch: round(float(np.mean([len(x) for x in batch])), 1) if batch else None
-    return {"tokenize_only_docs_per_s": round(len(texts) / ours_seconds, 1),
-            "tokenize_plain_hf_call_docs_per_s": round(len(texts) / plain_seconds, 1),
-            "tokenize_docs": len(texts),
-            "mean_tokens_per_doc": {"timed": mean_tokens(ids), "warmup": mean_tokens(plain(warmup))}}
-
-
-# ---- the parent: one fresh process per timed pass ------------------------------------------------------
-
-
 class Jobs:
-    """Runs each job in a fresh Python process (this script with ``--worker``) and scores its result."""
+    """Runs each job in a fresh Python process (``encoding_worker.py``) and scores its result."""
 
     def __init__(self, args, data, folder: Path):
         self.args, self.data, self.folder = args, data, folder
@@ -344,10 +107,10 @@ class Jobs:
         out = self.folder / f"job{self.count}.pkl"
         args = self.args
         spec = {"job": job, "model": model, "docs": docs, "device": args.device, "threads": args.threads,
-                "dataset": args.dataset, "warmup_docs": args.warmup_docs, "decoder_top_k": args.decoder_top_k,
-                "out": str(out),
+                "dataset": args.dataset, "warmup_docs": args.warmup_docs, "warmup_mark": WARMUP_MARK,
+                "decoder_top_k": args.decoder_top_k, "out": str(out),
                 "queries": job != "tokenize" and model != "smollm2" and docs == len(self.data.corpus), **spec}
-        worker = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        worker = [sys.executable, str(Path(__file__).with_name("encoding_worker.py")), json.dumps(spec)]
         code = subprocess.run(worker, check=False).returncode
         if code:
             return {"error": f"worker exited with code {code}"}
@@ -359,19 +122,14 @@ class Jobs:
         if "entry" in result:
             result["entry"]["texts"] = self.texts(docs)
             if "queries" in result:
-                result["entry"].update(self.evaluate(result))
+                result["entry"].update(effectiveness(result["kind"], result["docs"], result.pop("queries"),
+                                                     self.data))
         return result
 
     def texts(self, docs: int) -> str:
         return (f"unseen: the first {docs} {self.data.name} corpus documents (title + abstract), encoded "
                 f"once, on their first pass in a fresh process; warm-up on {self.args.warmup_docs} marked "
                 f"copies (every word + '{WARMUP_MARK}': no word shared with the corpus)")
-
-    def evaluate(self, result: dict) -> dict[str, float]:
-        data = self.data
-        scores = score(result["kind"], result["docs"], result.pop("queries"))
-        run = exact_run([q.id for q in data.queries], [d.id for d in data.corpus.documents], scores)
-        return evaluate(run, data.qrels)
 
 
 def baseline_sweep(jobs: Jobs, model: str, docs: int) -> list[dict]:
@@ -477,11 +235,7 @@ def main() -> None:
     parser.add_argument("--name", default="encoding")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tokenize-only", action="store_true", help="time tokenisation only, no encoding")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a job spec (JSON): run it in this process
     args = parser.parse_args()
-    if args.worker:
-        run_worker(json.loads(args.worker))
-        return
     args.warmup_docs = args.warmup_docs if args.warmup_docs is not None else (
         POOL_MIN_TEXTS if args.device == "cuda" else 32)
     args.baseline_dtypes = args.baseline_dtypes or default_baseline_dtypes(args.device)

@@ -22,8 +22,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 def run_metadata(packages: tuple[str, ...] = ()) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False, cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
     versions = {}
@@ -52,7 +52,8 @@ def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path
 def run_stages(args, stages: dict, log) -> None:
     """The staged benches' main loop: log at INFO, TF32 matmuls on CUDA (float32 weights score the same in
     every stage, so a calibrator fitted on one applies to the next), then ``stages["stage_<name>"](args)``
-    for each of ``args.stages`` in order, each one's seconds logged. ``stages``: the script's ``globals()``."""
+    for each of ``args.stages`` in order, each one's seconds logged. ``stages``: the script's
+    ``globals()``."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

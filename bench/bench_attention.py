@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 import triton
-from common import RESULTS, run_metadata
+from common import RESULTS
 from common.attention import (
     SDPA_BACKENDS,
     TOLERANCE,
@@ -47,6 +47,7 @@ from common.attention import (
     error_text,
     flex_block_mask,
     flex_options,
+    gpu_run_metadata,
     median_ms,
     rel_err,
     sdpa_configs,
@@ -198,13 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="", help="git commit, where the machine has no .git")
     parser.add_argument("--out", type=Path, default=RESULTS / "attention.json")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    meta = gpu_run_metadata(args.commit)
+    if meta is None:
         print("needs a CUDA device", file=sys.stderr)
         return 2
-    meta = run_metadata(("torch", "triton"))
-    meta["git_commit"] = meta["git_commit"] or args.commit
-    meta["hardware"]["gpu"] = torch.cuda.get_device_name()
-    meta["versions"]["cuda"] = torch.version.cuda
     payload: dict = {"meta": meta, "flop_formula": "4 * head_dim * visible (query, key) pairs in kept blocks",
                      "setup": {"batch": 1, "q_heads": args.q_heads, "kv_heads": args.kv_heads,
                                "block": args.block, "dtype": "bfloat16", "causal": True,

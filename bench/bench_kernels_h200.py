@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 import triton
-from common import RESULTS, run_metadata
+from common import RESULTS
 from common.attention import (
     SDPA_BACKENDS,
     Baselines,
@@ -49,6 +49,7 @@ from common.attention import (
     causal_block_mask,
     flex_block_mask,
     flex_options,
+    gpu_run_metadata,
     median_ms,
     rel_err,
     sdpa_configs,
@@ -357,13 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    meta = gpu_run_metadata(args.commit)
+    if meta is None:
         print("needs a CUDA device", file=sys.stderr)
         return 2
-    meta = run_metadata(("torch", "triton"))
-    meta["git_commit"] = args.commit or meta["git_commit"]  # the machine's tree may carry a stale .git
-    meta["hardware"]["gpu"] = torch.cuda.get_device_name()
-    meta["versions"]["cuda"] = torch.version.cuda
     payload = {"meta": meta, "setup": {"batch": 1, "q_heads": HQ, "kv_heads": HKV, "dtype": "bfloat16",
                                        "causal": True, "sparse_block": 128, "quest_page": 16,
                                        "sdpa_configs": SDPA_BACKENDS,

@@ -27,7 +27,6 @@ cross-validation needs one run per (fold, learning rate) (docs/results.md has wh
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -89,27 +88,21 @@ def read_labelled_pairs(path: str | Path) -> list[LabelledPair]:
     ``source`` (kept in the passage's ``meta``). A missing ``query_id`` is shared by the lines with the
     same query text (``line<N>``, N the first such line); a missing ``doc_id`` is ``line<N>``. Any bad
     line raises :class:`DataFormatError` naming the file and line."""
-    from sparsa.data.trec import json_error_text, numbered_lines
+    from sparsa.data.beir import json_records
 
     pairs: list[LabelledPair] = []
     query_ids: dict[str, str] = {}
-    for number, line in numbered_lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, f"invalid JSON: {json_error_text(exc)}", number) from None
+    for number, record in json_records(path):
         pairs.append(_labelled_pair(record, query_ids, path, number))
     if not pairs:
         raise DataFormatError(path, "no labelled pairs in file")
     return pairs
 
 
-def _labelled_pair(record: object, query_ids: dict[str, str], path: str | Path, number: int) -> LabelledPair:
+def _labelled_pair(record: dict, query_ids: dict[str, str], path: str | Path, number: int) -> LabelledPair:
     def fail(message: str) -> DataFormatError:
         return DataFormatError(path, message, number)
 
-    if not isinstance(record, dict):
-        raise fail(f"expected a JSON object with {', '.join(PAIR_FIELDS)}, got {type(record).__name__}")
     unknown = sorted(set(record) - set(PAIR_FIELDS))
     if unknown:
         raise fail(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(PAIR_FIELDS)}")

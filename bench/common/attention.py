@@ -22,7 +22,22 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
+from common import run_metadata
+
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 5e-3}  # relative Frobenius error
+
+
+def gpu_run_metadata(commit: str = "") -> dict | None:
+    """``run_metadata`` of an attention bench with the card and the CUDA version; None without a CUDA device.
+    ``commit`` (the script's ``--commit``) wins over the checkout's: the GPU machine's copy of the tree may
+    carry no .git or a stale one."""
+    if not torch.cuda.is_available():
+        return None
+    meta = run_metadata(("torch", "triton"))
+    meta["git_commit"] = commit or meta["git_commit"]
+    meta["hardware"]["gpu"] = torch.cuda.get_device_name()
+    meta["versions"]["cuda"] = torch.version.cuda
+    return meta
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -34,14 +34,16 @@ class Dataset:
     split: str
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+def json_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each line of a JSONL file (``.gz`` by suffix); a line that is not a
+    JSON object raises :class:`DataFormatError` naming the file and line. Every dataset reader uses it."""
     for number, line in numbered_lines(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataFormatError(path, f"invalid JSON: {json_error_text(exc)}", number) from None
         if not isinstance(record, dict):
-            raise DataFormatError(path, "expected a JSON object", number)
+            raise DataFormatError(path, f"expected a JSON object, got {type(record).__name__}", number)
         yield number, record
 
 
@@ -58,7 +60,7 @@ def _field(record: dict, names: tuple[str, ...], path: Path, number: int, what: 
 def read_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     docs: dict[str, Document] = {}
-    for number, record in _json_records(path):
+    for number, record in json_records(path):
         doc_id = _field(record, _ID_FIELDS, path, number, "id")
         if doc_id in docs:
             raise DataFormatError(path, f"duplicate document id {doc_id!r}", number)
@@ -90,7 +92,7 @@ def read_queries(path: str | Path) -> list[Query]:
                 raise DataFormatError(path, "expected 'qid<TAB>text'", number)
             queries.append(_query(qid.strip(), text, path, number))
     else:
-        for number, record in _json_records(path):
+        for number, record in json_records(path):
             queries.append(_query(_field(record, _ID_FIELDS, path, number, "id"),
                                   _field(record, _TEXT_FIELDS, path, number, "text"), path, number))
     if not queries:

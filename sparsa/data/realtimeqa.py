@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sparsa.data.beir import _json_records  # one JSONL reader for every dataset
+from sparsa.data.beir import json_records
 from sparsa.errors import DataFormatError
 from sparsa.types import Document
 
@@ -107,7 +107,7 @@ def read_questions(path: str | Path) -> list[RealtimeQuestion]:
     path = Path(path)
     by_id: dict[str, RealtimeQuestion] = {}
     skipped = 0
-    for number, record in _json_records(path):
+    for number, record in json_records(path):
         qid = _string(record, "question_id", path, number)
         if record.get("question_sentence") == "":
             skipped += 1  # blank placeholder rows occur in the source (e.g. 20201009_10)
@@ -142,7 +142,7 @@ def read_questions(path: str | Path) -> list[RealtimeQuestion]:
 def read_article_hits(path: str | Path) -> Iterator[tuple[str, Article]]:
     """``(question_id, article)`` for every hit of a gold or search-results file (undated hits kept)."""
     path = Path(path)
-    for number, record in _json_records(path):
+    for number, record in json_records(path):
         qid = _string(record, "question_id", path, number)
         hits = record.get("search_result")
         if not isinstance(hits, list):

@@ -22,13 +22,20 @@ class ServiceMetrics:
                            registry=self.registry)
         self.documents = Gauge("sparsa_index_documents", "documents in each served index", ["retriever"],
                                registry=self.registry)
+        self.pending = Gauge("sparsa_gate_pending", "requests running or waiting per endpoint class",
+                             ["gate"], registry=self.registry)
+        self.rejected = Gauge("sparsa_gate_rejected", "requests refused at admission (503) since start",
+                              ["gate"], registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, started: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(time.perf_counter() - started)
 
-    def render(self, state) -> bytes:
+    def render(self, state, gates=None) -> bytes:
         self.ready.set(1 if state.ready else 0)
         for name, served in list(state.indexes.items()):
             self.documents.labels(name).set(served.manifest.get("num_documents") or 0)
+        for gate in gates.all() if gates is not None else ():
+            self.pending.labels(gate.name).set(gate.pending)
+            self.rejected.labels(gate.name).set(gate.rejected)
         return generate_latest(self.registry)

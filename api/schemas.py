@@ -1,11 +1,13 @@
 """The service's contract: pydantic request and response models, with every limit a client must know.
 
-Core types (``Hit``, ``Document``) never appear here; handlers convert them with the helpers at the end.
+Every error is ``ErrorBody`` (``{"detail": "<one line>"}``), 422 included; ``error_responses`` documents
+them per route. Core types (``Hit``, ``Document``) never appear here; handlers convert them with the
+helpers at the end.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -50,23 +52,48 @@ class SearchResponse(BaseModel):
 
 
 class Passage(Strict):
-    id: str = Field("", max_length=200)
+    id: str = Field("", max_length=200, description="returned as the hit's doc_id; without one the hit's "
+                    "doc_id is '#<position>' (0-based). Ids must be unique within a request")
     text: str = Field(min_length=1, max_length=MAX_PASSAGE_CHARS)
     title: str = Field("", max_length=1000)
+
+
+DocId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not null: see the one-of rule
+
+
+def passage_ids(passages: list[Passage]) -> list[str]:
+    """The doc_id each passage is returned under: its own id, else ``#<position>``."""
+    return [p.id or f"#{i}" for i, p in enumerate(passages)]
 
 
 class RerankRequest(Strict):
     """Candidates as passages (any text) or as document ids of the served corpus: exactly one of the two."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["passages"]}, {"required": ["doc_ids"]}]})
     query: QueryText
-    passages: list[Passage] | None = Field(None, min_length=1, max_length=MAX_CANDIDATES)
-    doc_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
-        None, min_length=1, max_length=MAX_CANDIDATES)
+    # Not nullable: the one-of rule above is exactly what the server checks.
+    passages: list[Passage] = Field(None, min_length=1, max_length=MAX_CANDIDATES,  # type: ignore[assignment]
+                                    description="candidate passages (unique ids); or give doc_ids",
+                                    json_schema_extra=_no_default)
+    doc_ids: list[DocId] = Field(None, min_length=1, max_length=MAX_CANDIDATES,  # type: ignore[assignment]
+                                 description="ids of the served corpus; or give passages",
+                                 json_schema_extra=_no_default)
 
     @model_validator(mode="after")
     def _one_source(self) -> RerankRequest:
         if (self.passages is None) == (self.doc_ids is None):
             raise ValueError("give exactly one of 'passages' or 'doc_ids'")
+        if self.passages is not None:
+            ids = passage_ids(self.passages)
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            if repeated:
+                shown = ", ".join(map(repr, repeated[:5]))
+                raise ValueError(f"passage ids must be unique; repeated: {shown}")
         return self
 
 
@@ -92,18 +119,30 @@ class QAResponse(BaseModel):
     timings: dict[str, float]
 
 
+class CorpusIdentity(BaseModel):
+    """The corpus an index was built from, as its manifest records it (none for indexes built before)."""
+
+    name: str | None = None
+    documents: int | None = None
+    doc_ids_sha256: str | None = None
+
+
 class LoadedIndex(BaseModel):
     retriever: str
     path: str
     kind: str
     num_documents: int | None = None
     built_at: str | None = None
+    corpus: CorpusIdentity | None = None
 
 
 class StoredIndex(BaseModel):
     name: str
     kind: str | None
     valid: bool
+    checked: Literal["size", "sha256"] = Field("size", description="how the files were checked: sizes (the "
+                                               "default listing) or full checksums (?verify=sha256)")
+    corpus: CorpusIdentity | None = None
     detail: str = ""
 
 
@@ -117,6 +156,8 @@ class BuildRequest(Strict):
     kind: Literal["bm25", "splade", "dense"] = Field(
         "bm25", description="bm25 (Lucene), splade (splade-tiny, exact backend) or dense (minilm-l6, flat)")
     dataset: IndexName = Field(description="dataset name under the server's data folder, e.g. scifact")
+    replace: bool = Field(False, description="replace a stored index of that name once the new one is built "
+                          "(an index being served is never replaced: build under a new name and swap)")
 
 
 class BuildJob(BaseModel):
@@ -124,9 +165,13 @@ class BuildJob(BaseModel):
     name: str
     kind: str
     dataset: str
+    replace: bool = False
     state: Literal["running", "succeeded", "failed"]
     pid: int | None
     returncode: int | None = None
+    detail: str = Field("", description="why a build failed")
+    started_at: str | None = None
+    finished_at: str | None = None
     log_tail: str = ""
 
 
@@ -137,14 +182,42 @@ class SwapRequest(Strict):
 
 class Health(BaseModel):
     ready: bool
-    indexes: dict[str, str]
+    indexes: dict[str, str] = Field(description="retriever -> index: its folder name, or its path on the "
+                                    "server for a caller with the API key")
     reranker: str | None
     qa: bool
     problems: list[str]
+    warnings: list[str] = []
 
 
 class ErrorBody(BaseModel):
-    detail: str
+    """Every error the service answers (422 included)."""
+
+    detail: str = Field(description="what went wrong, in one line")
+
+
+_ERRORS = {
+    400: "invalid request for this server (e.g. a retriever it does not serve, non-UTF-8 JSON, too much work "
+         "for the time limit)",
+    401: "missing API key",
+    403: "wrong API key, or index management disabled",
+    404: "not found",
+    408: "the request body did not arrive in time",
+    409: "conflict: an index of another corpus, a corrupt index, or a build that would overwrite one",
+    413: "request body too large",
+    422: "the body does not match the schema",
+    429: "too many wrong API keys from this address, or too many builds; see Retry-After",
+    503: "not ready, not configured, or busy: the endpoint's queue is full; see Retry-After",
+    504: "the request passed the server's time limit; its work was stopped",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                                 "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, all with ``ErrorBody``."""
+    return {code: {"model": ErrorBody, "description": _ERRORS[code],
+                   **({"headers": _RETRY_AFTER} if code in (429, 503) else {})} for code in codes}
 
 
 def to_hits(hits, corpus, include_text: bool = True) -> list[SearchHit]:

@@ -290,7 +290,7 @@ class ServiceState:
         if self.reranker is None:
             raise NotConfiguredError("reranking is not configured on this server (start it with --reranker)")
         per = self.rerank_cost.value
-        size = max(1, int(0.25 / per)) if per else 1
+        size = min(8, max(1, int(0.25 / per))) if per else 1  # at most 8: a stale estimate still checks often
         hits: list[Hit] = []
         for start in range(0, len(candidates), size):
             chunk = candidates[start : start + size]

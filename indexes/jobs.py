@@ -6,7 +6,10 @@ each kind's encoder (registry name + default model). ``open_index`` opens the in
 index is a ``Retriever``; learned-sparse and dense indexes answer ``search_vectors``): to search with
 query texts, open it with ``sparsa.search.open_retriever``.
 
-Publishing and manifests are shared with every other artifact (``sparsa/artifacts.py``).
+Publishing and manifests are shared with every other artifact (``sparsa/artifacts.py``). Every
+manifest written by a build here records the corpus it indexes (``corpus_identity``: its name when
+known, and a hash of its document ids). ``build_index_job`` refuses to replace a published index
+unless ``replace=True``; nothing replaces an index a live process serves (``atomic_dir``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparsa.artifacts import read_manifest
+from sparsa.artifacts import MANIFEST, corpus_identity, read_manifest, recording_corpus
+from sparsa.errors import ConfigError
 from sparsa.registry import DENSE_BACKENDS, INDEX_BACKENDS, SPARSE_BACKENDS, build_encoder
 from sparsa.types import Corpus
 
@@ -27,16 +31,19 @@ if TYPE_CHECKING:
 ENCODED_KINDS = {"splade": ("splade", "splade-tiny"), "dense": ("dense", "minilm-l6")}
 
 
-def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool | None = None, **config: Any) -> Path:
-    """Build an index of ``kind`` (see ``sparsa.registry.INDEX_BACKENDS``) over ``corpus`` at ``out``."""
+def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool | None = None,
+                corpus_name: str | None = None, **config: Any) -> Path:
+    """Build an index of ``kind`` (see ``sparsa.registry.INDEX_BACKENDS``) over ``corpus`` at ``out``;
+    its manifest records the corpus (``corpus_name``, e.g. the dataset folder's name, and its ids' hash)."""
     backend = INDEX_BACKENDS.get(kind)
-    return backend.build(corpus, out, show_progress=show_progress, **config)
+    with recording_corpus(corpus_identity(corpus, corpus_name)):
+        return backend.build(corpus, out, show_progress=show_progress, **config)
 
 
 def build_index_job(
     kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None, backends: Sequence[str] = ("exact",),
     structure: str = "flat", device: str = "auto", threads: int = 2, ray: RayOptions | None = None,
-    show_progress: bool | None = None,
+    show_progress: bool | None = None, corpus_name: str | None = None, replace: bool = False,
 ) -> Path:
     """Build a ``kind`` index (bm25, splade or dense) over ``corpus`` at ``out`` as one atomic job.
 
@@ -44,10 +51,16 @@ def build_index_job(
     checkpointed shards (a rerun resumes), on a Ray cluster with ``ray``; ``backends``: the splade
     search backends to build (the first is the default), ``structure``: the dense search structure.
     ``threads``: Lucene indexing, and the search threads of Seismic and Lucene-impact backends.
+    ``corpus_name``: recorded in the manifest with the hash of the corpus ids; ``replace``: an index
+    already published at ``out`` is replaced (atomically, when the build succeeds) instead of refused.
     """
     INDEX_BACKENDS.target(kind)  # an unknown kind fails first, listing the known ones
+    if not replace and (Path(out).expanduser() / MANIFEST).is_file():
+        raise ConfigError(f"an index already exists at {out}; pass replace=True (sparsa index --replace) "
+                          "to replace it once the new one is built")
     if kind not in ENCODED_KINDS:
-        return build_index(kind, corpus, out, show_progress=show_progress, threads=threads)
+        return build_index(kind, corpus, out, show_progress=show_progress, corpus_name=corpus_name,
+                           threads=threads)
     if kind == "dense":
         DENSE_BACKENDS.target(structure)  # unknown names fail before the model loads
         config: dict[str, Any] = {"structure": structure}
@@ -61,7 +74,8 @@ def build_index_job(
         from sparsa.indexes.ray_encoding import RayEncoder
 
         encoder = RayEncoder(encoder, [d.full_text for d in corpus.documents], ray)
-    return build_index(kind, corpus, out, show_progress=show_progress, encoder=encoder, **config)
+    return build_index(kind, corpus, out, show_progress=show_progress, corpus_name=corpus_name,
+                       encoder=encoder, **config)
 
 
 def open_index(path: str | Path, verify: str = "size") -> Retriever | VectorIndex:

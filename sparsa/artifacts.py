@@ -3,20 +3,29 @@
 An artifact is a folder with a ``sparsa.json`` manifest written last. It is built in a hidden sibling
 folder (``.<name>.building``, owned by one process) and renamed into place only when complete, so a
 failed or killed job leaves the previously published artifact untouched. The manifest lists every
-file's size and sha256, so a damaged artifact is refused rather than used.
+file's size and sha256, so a damaged artifact is refused rather than used, and only files inside the
+folder: a manifest naming any other path is refused before that path is looked at.
+
+Index manifests also record their corpus (``corpus_identity``: the dataset's name and a sha256 over its
+sorted document ids), so a service can refuse an index of another collection. A process serving an
+artifact holds a marker beside it (``hold_serving``); ``atomic_dir`` refuses to replace a folder that a
+live process serves.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from contextvars import ContextVar
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sparsa import __version__
@@ -39,6 +48,100 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# -- serving markers ------------------------------------------------------------------------------
+_SERVING_PREFIX = ".serving-"
+_serving: dict[Path, int] = {}  # folders this process serves -> how many holders
+_serving_lock = threading.Lock()
+
+
+def _marker(folder: Path, pid: int) -> Path:
+    return folder.with_name(f".{folder.name}{_SERVING_PREFIX}{pid}")
+
+
+def hold_serving(folder: str | Path) -> Path:
+    """Mark ``folder`` as served by this process (a ``.<name>.serving-<pid>`` file beside it) until
+    ``release_serving``; builds refuse to replace a served folder. Returns the resolved folder."""
+    folder = Path(folder).expanduser().resolve()
+    with _serving_lock:
+        _serving[folder] = _serving.get(folder, 0) + 1
+        try:
+            _marker(folder, os.getpid()).write_text(str(os.getpid()))
+        except OSError as exc:  # a read-only index root: serving still works, unprotected
+            logger.warning("could not mark %s as served: %s", folder, exc)
+    return folder
+
+
+def release_serving(folder: str | Path) -> None:
+    folder = Path(folder).expanduser().resolve()
+    with _serving_lock:
+        left = _serving.get(folder, 0) - 1
+        if left > 0:
+            _serving[folder] = left
+            return
+        _serving.pop(folder, None)
+        _marker(folder, os.getpid()).unlink(missing_ok=True)
+
+
+def serving_pids(folder: str | Path) -> list[int]:
+    """Live processes serving ``folder`` (markers of dead ones are removed)."""
+    folder = Path(folder).expanduser().resolve()
+    pids = []
+    for marker in folder.parent.glob(f".{folder.name}{_SERVING_PREFIX}*"):
+        suffix = marker.name.rsplit("-", 1)[-1]
+        if not suffix.isdigit():
+            continue
+        pid = int(suffix)
+        if pid == os.getpid() and folder not in _serving:
+            marker.unlink(missing_ok=True)  # left by an earlier holder in this process
+        elif pid == os.getpid() or _pid_alive(pid):
+            pids.append(pid)
+        else:
+            marker.unlink(missing_ok=True)
+    return sorted(pids)
+
+
+@atexit.register
+def _release_all() -> None:
+    for folder in list(_serving):
+        _marker(folder, os.getpid()).unlink(missing_ok=True)
+
+
+# -- corpus identity --------------------------------------------------------------------------------
+_corpus: ContextVar[dict[str, Any] | None] = ContextVar("sparsa_manifest_corpus", default=None)
+
+
+def corpus_identity(doc_ids: Iterable[str], name: str | None = None) -> dict[str, Any]:
+    """What an index was built from: the corpus name (its dataset folder; None if unknown), the number
+    of documents and a sha256 over the sorted, newline-joined document ids (file order does not matter)."""
+    ids = sorted(doc_ids)
+    digest = hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()
+    return {"name": name, "documents": len(ids), "doc_ids_sha256": digest}
+
+
+@contextmanager
+def recording_corpus(identity: dict[str, Any] | None) -> Iterator[None]:
+    """Manifests written inside this block (by any index backend) record ``identity`` as ``corpus``."""
+    token = _corpus.set(identity)
+    try:
+        yield
+    finally:
+        _corpus.reset(token)
+
+
+def corpus_mismatch(manifest: dict[str, Any], served: dict[str, Any]) -> str | None:
+    """Why an index (its manifest) is not of the ``served`` corpus, or None when it is. A manifest
+    without a corpus (built before identities were recorded) is not a mismatch: the caller warns."""
+    built = manifest.get("corpus")
+    if not isinstance(built, dict) or built.get("doc_ids_sha256") == served["doc_ids_sha256"]:
+        return None
+
+    def say(c: dict[str, Any]) -> str:
+        return (f"{c.get('name') or 'an unnamed corpus'!r} ({c.get('documents', '?')} documents, "
+                f"ids sha256 {str(c.get('doc_ids_sha256', '?'))[:12]})")
+
+    return f"the index was built from {say(built)}, but this server serves the corpus {say(served)}"
 
 
 def _claim_work_dir(work: Path, resume: bool) -> None:
@@ -70,6 +173,10 @@ def atomic_dir(final: str | Path, resume: bool = False) -> Iterator[Path]:
     if final.exists() and not (final / MANIFEST).is_file():
         raise IndexCorruptError(f"{final} exists but is not a sparsa index or artifact (no {MANIFEST}); "
                                "refusing to replace it")
+    served = serving_pids(final) if final.exists() else []
+    if served:
+        raise ConfigError(f"{final.name} is being served (pid {', '.join(map(str, served))}); it is never "
+                          "replaced in place: build under a new name and swap that in")
     work = final.with_name(f".{final.name}{_BUILDING}")
     _claim_work_dir(work, resume)
     try:
@@ -99,17 +206,30 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(folder: Path, kind: str, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """Write ``sparsa.json`` (last step of a build): kind, config, version, and every file's checksum."""
+    """Write ``sparsa.json`` (last step of a build): kind, config, version, the corpus (inside
+    ``recording_corpus``, or ``corpus=`` given here) and every file's checksum."""
+    corpus = extra.pop("corpus", None) or _corpus.get()
     manifest = {
         "kind": kind,
         "config": config or {},
         "sparsa_version": __version__,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"corpus": corpus} if corpus else {}),
         **extra,
         "files": _file_digests(folder),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
+
+
+def _confine(folder: Path, rel: Any, manifest_path: Path) -> None:
+    """A manifest may only name files inside its folder: relative, no '..', no link leading out."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) and rel else ()
+    outside = (not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel or "\0" in rel
+               or not (folder / rel).resolve().is_relative_to(folder.resolve()))
+    if outside:
+        raise IndexCorruptError(f"{manifest_path}: the manifest names a file outside its folder "
+                                f"({str(rel)[:80]!r}); refusing the index")
 
 
 def read_manifest(path: str | Path, verify: str = "size", kind: str | None = None) -> dict[str, Any]:
@@ -127,6 +247,10 @@ def read_manifest(path: str | Path, verify: str = "size", kind: str | None = Non
         raise IndexCorruptError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if kind is not None and manifest["kind"] != kind:
         raise IndexCorruptError(f"{folder} holds a {manifest['kind']!r}, expected a {kind!r}")
+    if not isinstance(files, dict):
+        raise IndexCorruptError(f"{manifest_path}: unreadable manifest (files is not a mapping)")
+    for rel in files:
+        _confine(folder, rel, manifest_path)
     if verify != "none":
         for rel, expected in files.items():
             file = folder / rel

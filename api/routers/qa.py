@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sparsa.api.deps import SearchKey, State, run_blocking
-from sparsa.api.schemas import ErrorBody, QARequest, QAResponse, to_hits
+from sparsa.api.deps import GatesDep, SearchKey, State, run_gated
+from sparsa.api.schemas import QARequest, QAResponse, error_responses, to_hits
 
 router = APIRouter(tags=["qa"], dependencies=[SearchKey],
-                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
-                              503: {"model": ErrorBody}, 504: {"model": ErrorBody}})
+                   responses=error_responses(400, 401, 403, 408, 409, 413, 422, 429, 503, 504))
 
 
 @router.post("/qa", response_model=QAResponse, summary="Answer a question (retrieve, recall, or let the router choose)")
-async def qa(body: QARequest, state: State) -> QAResponse:
-    answer = await run_blocking(state, state.answer, body.question, body.mode)
+async def qa(body: QARequest, state: State, gates: GatesDep) -> QAResponse:
+    answer = await run_gated(gates.qa, state.answer, body.question, body.mode)
     return QAResponse(question=answer.question, answer=answer.text, citations=list(answer.citations),
                       route=str(answer.route), passages=to_hits(answer.passages, state.corpus),
                       timings={k: float(v) for k, v in answer.timings.items()})

@@ -36,6 +36,7 @@ def index(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default $SPARSA_RAY_ADDRESS, "
                                                     "else a local Ray instance)")] = None,
     ray_actors: Annotated[int | None, typer.Option(help="encoder actors (default: one per GPU)")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="replace an existing index at --out")] = False,
 ) -> None:
     """Build an index over a corpus as one atomic job (a failed build leaves the old index intact).
 
@@ -52,7 +53,9 @@ def index(
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
     path = build_index_job(kind, docs, index_path(out_), model=model, backends=tuple(backend or ("exact",)),
                            structure=faiss, device=device, threads=threads,
-                           ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None)
+                           ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None,
+                           corpus_name=dataset_path(dataset).name if dataset is not None else None,
+                           replace=replace)
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
 
 

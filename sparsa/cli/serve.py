@@ -128,4 +128,7 @@ def serve(
     key_header = f"-H 'X-API-Key: {'$SPARSA_API_KEY'}' " if keyed_search else ""
     console.print(f"serving on {base} (Ctrl-C stops). Try:\n{curl_examples(base, key_header)}", soft_wrap=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(create_app(config, state), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    limits = config.limits  # connections past limit_concurrency get 503; idle keep-alives close
+    uvicorn.run(create_app(config, state), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=5, limit_concurrency=limits.max_connections,
+                timeout_keep_alive=limits.keep_alive_s, h11_max_incomplete_event_size=16 * 1024)

@@ -164,7 +164,7 @@ def test_metrics_count_requests_by_route_and_status(client):
     client.post("/search", json={"query": "flow", "k": 1})
     text = client.get("/metrics").text
     assert 'sparsa_requests_total{method="POST",route="/search",status="200"}' in text
-    assert "sparsa_ready 1.0" in text and 'sparsa_index_documents{retriever="bm25"} 1400.0' in text
+    assert "sparsa_ready 1.0" in text and 'sparsa_index_documents{retriever="bm25"} 120.0' in text
     assert "sparsa_search_seconds_bucket" in text
 
 
@@ -175,3 +175,95 @@ def test_openapi_documents_every_endpoint_and_limit(client):
     k = spec["components"]["schemas"]["SearchRequest"]["properties"]["k"]
     assert (k["minimum"], k["maximum"]) == (1, 1000)
     assert client.get("/").status_code == 200 and "search-form" in client.get("/").text
+
+
+def test_duplicate_passage_ids_are_refused(client):
+    both = client.post("/rerank", json={"query": "flow", "passages": [{"id": "1", "text": "a"},
+                                                                      {"id": "1", "text": "b"}]})
+    assert both.status_code == 422
+    assert both.json()["detail"] == "body: Value error, passage ids must be unique; repeated: '1'"
+    clash = client.post("/rerank", json={"query": "flow",
+                                         "passages": [{"id": "#1", "text": "a"}, {"text": "b"}]})
+    assert clash.status_code == 422 and "repeated: '#1'" in clash.json()["detail"]
+
+
+def _operations(spec):
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            yield path, method, op
+
+
+def test_openapi_tells_the_truth_about_errors_one_of_and_keys(client, index_root, shared_data):
+    from fastapi.testclient import TestClient
+
+    from sparsa.api import ServiceState, create_app
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and schemas["ErrorBody"]["required"] == ["detail"]
+    for path, method, op in _operations(spec):
+        for code, response in op["responses"].items():
+            if code.startswith(("4", "5")) and path != "/health":
+                ref = response["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorBody", (path, method, code)
+            if code in ("429", "503") and path != "/health":
+                assert "Retry-After" in response["headers"], (path, code)
+    rerank = schemas["RerankRequest"]
+    assert rerank["oneOf"] == [{"required": ["passages"]}, {"required": ["doc_ids"]}]
+    assert rerank["properties"]["passages"]["type"] == "array"
+    assert "anyOf" not in rerank["properties"]["doc_ids"]  # not nullable: absent is the only "not given"
+    security = {(path, method): op.get("security") for path, method, op in _operations(spec)}
+    for path in ("/search", "/rerank", "/qa"):  # this server searches without a key
+        assert security[(path, "post")] is None
+        assert not {"401", "403"} & set(spec["paths"][path]["post"]["responses"])
+    assert security[("/indexes", "get")] == [{"APIKeyHeader": []}]
+    assert security[("/indexes/swap", "post")] == [{"APIKeyHeader": []}]
+    assert security[("/health", "get")] == [{}, {"APIKeyHeader": []}]  # optional
+    keyed = ServiceState(service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"},
+                                        open_search=False)).load(strict=True)
+    with TestClient(create_app(keyed.config, keyed)) as keyed_client:
+        keyed_spec = keyed_client.get("/openapi.json").json()
+    assert keyed_spec["paths"]["/search"]["post"]["security"] == [{"APIKeyHeader": []}]
+    assert "401" in keyed_spec["paths"]["/search"]["post"]["responses"]
+
+
+def test_docs_page_is_served_locally(client):
+    from sparsa.api.app import STATIC
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and 'href="/openapi.json"' in page.text
+    assert client.get("/static/docs.js").status_code == 200
+    assert client.get("/redoc").status_code == 404
+    for name in ("docs.html", "docs.js"):
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "cdn" not in text.lower(), name
+
+
+def test_health_shows_host_paths_only_with_the_key(client, index_root):
+    anonymous = client.get("/health").json()
+    assert anonymous["indexes"] == {"bm25": "bm25", "splade": "splade", "dense": "dense"}
+    assert str(index_root) not in client.get("/health").text
+    wrong = client.get("/health", headers={"X-API-Key": "nope"}).json()
+    assert wrong["indexes"] == anonymous["indexes"]
+    keyed = client.get("/health", headers={"X-API-Key": API_KEY}).json()
+    assert keyed["indexes"] == {name: str(index_root / name) for name in ("bm25", "splade", "dense")}
+
+
+def test_wrong_keys_are_rate_limited_per_client(loaded_state):
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from sparsa.api import create_app
+
+    config = dataclasses.replace(loaded_state.config,
+                                 limits=dataclasses.replace(loaded_state.config.limits, key_failures=3))
+    with TestClient(create_app(config, loaded_state)) as client:
+        for _ in range(3):
+            assert client.get("/indexes", headers={"X-API-Key": "guess"}).status_code == 403
+        locked = client.get("/indexes", headers={"X-API-Key": "guess"})
+        assert locked.status_code == 429 and 55 <= int(locked.headers["Retry-After"]) <= 60
+        assert locked.json()["detail"].startswith("too many wrong API keys from this address; retry in")
+        assert client.get("/indexes", headers={"X-API-Key": API_KEY}).status_code == 429  # the right key too
+        assert client.post("/search", json={"query": "flow", "k": 1}).status_code == 200  # search is open
+        assert client.get("/health", headers={"X-API-Key": API_KEY}).json()["indexes"]["bm25"] == "bm25"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import API_KEY, service_config
+from tests.api.conftest import API_KEY, DOCS, service_config
 
 pytestmark = pytest.mark.java
 KEY = {"X-API-Key": API_KEY}
@@ -119,7 +119,8 @@ def _wait(predicate, seconds: float, step: float = 0.05) -> bool:
 
 @pytest.mark.slow
 def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index, shared_data):
-    """Build through the API, kill -9 the build process midway, keep serving, rebuild, swap in."""
+    """Build through the API, kill -9 the build process midway, keep serving, rebuild; the new index is of
+    another corpus (SciFact), so swapping it in is refused."""
     from fastapi.testclient import TestClient
 
     from sparsa.api import ServiceState, create_app
@@ -127,10 +128,10 @@ def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index,
     state = ServiceState(service_config(spare_index, shared_data, indexes={"bm25": spare_index / "bm25"}))
     published = (spare_index / "bm25" / "sparsa.json").read_text()
     with TestClient(create_app(state.config, state.load(strict=True))) as client:
-        request = {"name": "bm25", "kind": "bm25", "dataset": "scifact"}
+        request = {"name": "scifact-bm25", "kind": "bm25", "dataset": "scifact"}
         job = client.post("/indexes/build", headers=KEY, json=request)
         assert job.status_code == 202 and job.json()["state"] == "running"
-        building = spare_index / ".bm25.building"
+        building = spare_index / ".scifact-bm25.building"
         assert _wait(building.exists, 120), "the build never started writing"
         os.kill(job.json()["pid"], signal.SIGKILL)
         status = lambda j: client.get(f"/indexes/jobs/{j['id']}", headers=KEY).json()
@@ -141,8 +142,11 @@ def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index,
         rerun = client.post("/indexes/build", headers=KEY, json=request).json()
         assert _wait(lambda: status(rerun)["state"] != "running", 240), status(rerun)
         assert status(rerun)["state"] == "succeeded", status(rerun)["log_tail"]
-        swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "bm25"})
-        assert swapped.status_code == 200 and swapped.json()["num_documents"] == 5183
+        assert "the build process ended without a result" in status(job.json())["detail"]
+        swapped = client.post("/indexes/swap", headers=KEY,
+                              json={"retriever": "bm25", "name": "scifact-bm25"})
+        assert swapped.status_code == 409
+        assert "built from 'scifact' (5183 documents" in swapped.json()["detail"]
 
 
 @pytest.mark.slow
@@ -159,6 +163,6 @@ def test_dense_index_built_through_the_api_and_swapped_in(spare_index, shared_da
         assert _wait(lambda: status()["state"] != "running", 600), status()
         assert status()["state"] == "succeeded", status()["log_tail"]
         swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "dense", "name": "cran-dense"})
-        assert swapped.status_code == 200 and swapped.json()["num_documents"] == 1400
+        assert swapped.status_code == 200 and swapped.json()["num_documents"] == DOCS
         hits = client.post("/search", json={"query": "boundary layer heat transfer", "retriever": "dense", "k": 5})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 5

@@ -48,3 +48,17 @@ def test_search_with_rerank_reorders_the_top_hits(rerank_client):
     plain_ids = [h["doc_id"] for h in plain["hits"]]
     reranked_ids = [h["doc_id"] for h in reranked["hits"]]
     assert sorted(reranked_ids[:5]) == sorted(plain_ids[:5]) and reranked_ids[5:] == plain_ids[5:]
+
+
+def test_passages_with_and_without_ids_keep_their_own_text(rerank_client):
+    """An id-less passage comes back as '#<position>', never under another passage's id (issue 26, item 5)."""
+    client, _ = rerank_client
+    passages = [{"id": "1", "text": "The weather in spring is mild."},
+                {"text": "Heat transfer through a laminar boundary layer on a flat plate is computed."},
+                {"text": "Stock prices fell on Monday."}]
+    response = client.post("/rerank", json={"query": QUERY, "passages": passages})
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert hits[0]["doc_id"] == "#1" and hits[0]["text"] == passages[1]["text"]
+    by_id = {h["doc_id"]: h["text"] for h in hits}
+    assert by_id == {"1": passages[0]["text"], "#1": passages[1]["text"], "#2": passages[2]["text"]}

@@ -70,6 +70,8 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
     """Yield greedily decoded token ids until a stop id (not yielded) or ``max_new_tokens``."""
     import torch
 
+    from sparsa.deadline import check_deadline
+
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt_ids)
     device = next(model.parameters()).device
@@ -88,6 +90,7 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
             yield token_id
             if step + 1 == max_new_tokens:
                 break
+            check_deadline()  # a caller's deadline (the service's) stops the decoding between steps
             logits, cache = decode_step(model, torch.tensor([[token_id]], device=device), cache)
             token_id, logprob = _pick(logits)
         stats.decode_seconds = time.perf_counter() - started

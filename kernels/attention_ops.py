@@ -82,7 +82,9 @@ def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale:
     return out
 
 
-def decode(q, k, v, *, scale: float, indices=None, counts=None, page_size: int = 1) -> torch.Tensor:
-    """One query token per sequence (``q [B, Hq, 1, D]``) over the cache or the selected tokens/pages."""
+def decode(q, k, v, *, scale: float, indices=None, counts=None, page_size: int = 1,
+           length=None) -> torch.Tensor:
+    """One query token per sequence (``q [B, Hq, 1, D]``) over the cache or the selected tokens/pages;
+    ``length`` (device tensor): ``k, v`` are preallocated buffers holding that many valid keys."""
     fn = decode_attention if use_triton(q) else decode_attention_ref
-    return fn(q, k, v, indices=indices, counts=counts, page_size=page_size, sm_scale=scale)
+    return fn(q, k, v, indices=indices, counts=counts, page_size=page_size, sm_scale=scale, length=length)

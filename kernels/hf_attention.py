@@ -23,10 +23,12 @@ How it hooks in, without editing model code: an ``attn_implementation`` named ``
 registered with ``transformers.AttentionInterface`` (with SDPA's mask function, so padded batches get a
 mask and fall back to exact SDPA); per-layer settings ride on each attention module. Prefill (more than
 one query token) runs SeerAttention's training-free gate + block-sparse attention, decode (one token)
-runs full or Quest/TidalDecode sparse decode, and ``kv="duo"`` adds a forward pre-hook that gives every
-new generation a head-compressed cache (``kernels/kv_compression.py``), which works with ``generate()``
-and with ``rag/generate.py``'s manual loop. On CUDA with fp16/bf16 the Triton kernels run; otherwise
-the PyTorch references (``kernels/attention_ops.py``), so the same settings can be evaluated on a CPU.
+runs full or Quest/TidalDecode sparse decode (``kernels/hf_decode.py``: over a growing cache, or over a
+preallocated one whose steps can be captured in a CUDA graph), and ``kv="duo"`` adds a forward pre-hook that
+gives every new generation a head-compressed cache (``kernels/kv_compression.py``), which works with
+``generate()`` and with ``rag/generate.py``'s eager loop. On CUDA with fp16/bf16 the Triton kernels run;
+otherwise the PyTorch references (``kernels/attention_ops.py``), so the same settings can be evaluated on a
+CPU.
 ``model.sparse_attention_stats`` counts the attention actually computed (kept blocks, keys read).
 """
 
@@ -42,6 +44,7 @@ import torch
 
 from . import attention_ops as ops
 from .block_gating import GATE_KEYS
+from .hf_decode import LayerState, decode, new_stats
 from .kv_compression import (
     HeadProfile,
     HeadSplitKV,
@@ -49,7 +52,6 @@ from .kv_compression import (
     head_split_attention,
     profile_retrieval_heads,
 )
-from .sparse_decode import PageBounds, quest_select, tidal_select
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention", "use_sparse_attention"]
 
@@ -117,42 +119,13 @@ class SparseAttentionConfig:
         return self if rules else replace(self, gate_coverage=DEFAULT_GATE_COVERAGE)
 
 
-@dataclass
-class _LayerState:
-    config: SparseAttentionConfig
-    layer_idx: int
-    shared: dict  # one per model: TidalDecode's selected tokens, statistics
-    bounds: PageBounds | None = None
-    full_heads: torch.Tensor | None = None  # bool [Hkv] on the device: heads exempt from the sparse rule
-
-    def full_head_mask(self, device) -> torch.Tensor | None:
-        """This layer's exempt KV heads (when ``full_retrieval_heads`` is on and it has any), else None."""
-        cfg = self.config
-        if not cfg.full_retrieval_heads or not any(cfg.profile.retrieval[self.layer_idx]):
-            return None
-        if self.full_heads is None or self.full_heads.device != device:
-            self.full_heads = torch.tensor(cfg.profile.retrieval[self.layer_idx], device=device)
-        return self.full_heads
-
-    def exempts_all(self, n_heads: int) -> bool:
-        """kv="duo" hands decode only this layer's retrieval heads: with the exemption, all of them read all."""
-        cfg = self.config
-        return cfg.full_retrieval_heads and n_heads != len(cfg.profile.retrieval[self.layer_idx])
-
-
-def _new_stats() -> dict:
-    # decode_selection_reads: key-sized vectors a selector reads to choose (Quest: a min and a max per page)
-    return {"prefill_blocks_kept": 0, "prefill_blocks_visible": 0, "decode_keys_read": 0, "decode_keys_total": 0,
-            "decode_selection_reads": 0}
-
-
 def _tidal_layers(config: SparseAttentionConfig, n_layers: int) -> tuple[int, ...]:
     if config.tidal_layers is not None:
         return tuple(sorted(config.tidal_layers))
     return tuple(sorted({min(2, n_layers - 1), max(2, n_layers * 13 // 32)}))
 
 
-def _prefill(state: _LayerState, q, k, v, scale):
+def _prefill(state: LayerState, q, k, v, scale):
     cfg = state.config
     if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
         return ops.dense_prefill(q, k, v, scale)
@@ -173,62 +146,24 @@ def _prefill(state: _LayerState, q, k, v, scale):
                                     share=kept / visible_blocks)
 
 
-def _decode(state: _LayerState, q, k, v, scale):
-    cfg = state.config
-    stats = state.shared["stats"]
-    seqlen = k.shape[2]
-    stats["decode_keys_total"] += seqlen * k.shape[1]
-    if cfg.decode == "full" or seqlen <= cfg.budget_tokens or state.exempts_all(k.shape[1]):
-        stats["decode_keys_read"] += seqlen * k.shape[1]
-        return ops.decode(q, k, v, scale=scale)
-    if cfg.selector == "quest" and state.layer_idx < cfg.dense_layers:
-        stats["decode_keys_read"] += seqlen * k.shape[1]
-        return ops.decode(q, k, v, scale=scale)
-    if cfg.selector == "quest":
-        if state.bounds is None or state.bounds.length > seqlen or state.bounds.kmax.shape[1] != k.shape[1]:
-            state.bounds = PageBounds.from_keys(k, cfg.page_size)
-        else:
-            state.bounds.update(k)
-        indices, counts = quest_select(q, state.bounds, cfg.budget_tokens)
-        stats["decode_selection_reads"] += 2 * state.bounds.kmax.shape[2] * k.shape[1]
-        return _sparse_decode(state, q, k, v, scale, indices, counts, cfg.page_size)
-    selection_layers = state.shared["tidal_layers"]
-    if state.layer_idx < selection_layers[0] or state.layer_idx in selection_layers:
-        if state.layer_idx in selection_layers:
-            state.shared["tidal"] = tidal_select(q, k, cfg.budget_tokens, sm_scale=scale)
-        stats["decode_keys_read"] += seqlen * k.shape[1]
-        return ops.decode(q, k, v, scale=scale)
-    indices, counts = state.shared["tidal"]
-    return _sparse_decode(state, q, k, v, scale, indices, counts, 1)
-
-
-def _sparse_decode(state: _LayerState, q, k, v, scale, indices, counts, page_size: int):
-    """Decode over the selected pages; with ``full_retrieval_heads`` the layer's retrieval heads read all."""
-    b, hkv, seqlen = k.shape[:3]
-    full = state.full_head_mask(q.device)
-    if full is not None:
-        n_units = -(-seqlen // page_size)
-        everything = torch.arange(n_units, device=q.device, dtype=indices.dtype).expand(b, hkv, n_units)
-        picked = torch.nn.functional.pad(indices, (0, n_units - indices.shape[-1])).expand(b, hkv, n_units)
-        indices = torch.where(full[None, :, None], everything, picked)
-        counts = torch.where(full[None, :], n_units, counts.expand(b, hkv)).to(torch.int32)
-    keys_read = (counts.long() * page_size).clamp_max(seqlen).sum() * (hkv // counts.shape[1])
-    state.shared["stats"]["decode_keys_read"] += int(keys_read) // b
-    return ops.decode(q, k, v, scale=scale, indices=indices, counts=counts, page_size=page_size)
-
-
 def sparsa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, **kwargs):
     """``AttentionInterface`` function: ``query [B, Hq, Sq, D]`` etc. -> (``[B, Sq, Hq, D]``, None)."""
-    state: _LayerState | None = getattr(module, "_sparsa_state", None)
+    state: LayerState | None = getattr(module, "_sparsa_state", None)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if state is not None and query.shape[2] > 1:
+        state.bounds = None  # a new prompt: the next decode step rebuilds Quest's page bounds from every page
+    if state is not None and query.shape[2] == 1 and state.shared.get("static") is not None and not dropout:
+        # A preallocated cache's step (kernels/hf_decode.StaticDecode): its mask hides only the buffer past
+        # the length, which decode takes from the device.
+        return decode(state, query, key, value, scale).transpose(1, 2).contiguous(), None
     if isinstance(key, HeadSplitKV):
         if attention_mask is not None and attention_mask.dtype == torch.bool and not bool(attention_mask.all()):
             raise ValueError("kv='duo' supports unpadded inputs only (batch of one or equal lengths)")
         full = None
         if query.shape[2] == 1 and state is not None:
             def full(q, k, v):
-                return _decode(state, q, k, v, scale)
+                return decode(state, q, k, v, scale)
         out = head_split_attention(query, key, value, scale=scale, full_attention=full)
         return out.transpose(1, 2).contiguous(), None
     if state is None or attention_mask is not None or dropout:
@@ -237,7 +172,7 @@ def sparsa_attention_forward(module, query, key, value, attention_mask, dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     if query.shape[2] == 1:
-        out = _decode(state, query, key, value, scale)
+        out = decode(state, query, key, value, scale)
     else:
         out = _prefill(state, query, key, value, scale)
     return out.transpose(1, 2).contiguous(), None
@@ -309,10 +244,12 @@ def use_sparse_attention(model, prefill: str = "block-sparse", decode: str = "fu
         config = replace(config, profile=profile)
     remove_sparse_attention(model)
     _register()
-    shared = {"stats": _new_stats(), "tidal_layers": _tidal_layers(config, model.config.num_hidden_layers)}
+    shared = {"config": config, "stats": new_stats(),
+              "tidal_layers": _tidal_layers(config, model.config.num_hidden_layers)}
     for module in modules:
-        module._sparsa_state = _LayerState(config, module.layer_idx, shared)
+        module._sparsa_state = LayerState(config, module.layer_idx, shared)
     model.sparse_attention_stats = shared["stats"]
+    model._sparsa_shared = shared
     model._sparsa_previous_attn = model.config._attn_implementation
     model.set_attn_implementation(ATTN_NAME)
     if kv == "duo":
@@ -352,6 +289,8 @@ def remove_sparse_attention(model) -> None:
     for module in _attention_modules(model):
         if hasattr(module, "_sparsa_state"):
             del module._sparsa_state
+    if hasattr(model, "_sparsa_shared"):
+        del model._sparsa_shared
     previous = getattr(model, "_sparsa_previous_attn", None)
     if previous is not None:
         model.set_attn_implementation(previous)

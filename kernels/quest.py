@@ -9,6 +9,11 @@ per row (bisection over the values, then over the float bit pattern for ties, st
 prefix sum compacts the winners),
 replacing ``torch.topk``'s several launches; :func:`quest_select` chains the two. The first (sink) page
 and the newest page are always kept. The pages feed ``sparse_decode.decode_attention(page_size=P)``.
+
+:class:`PageBoundsBuffer` keeps the bounds of a preallocated (static) KV cache in fixed buffers: the number of
+valid keys is a device tensor ``length``, each step rewrites only the page holding the newest key
+(:func:`page_bounds`, reference :func:`page_bounds_ref`), and scoring masks the pages past ``length``, so
+a decode step has fixed shapes and no host syncs and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["PageBounds", "quest_page_scores", "quest_page_scores_ref", "quest_select", "select_topk",
-           "select_topk_ref"]
+__all__ = ["PageBounds", "PageBoundsBuffer", "page_bounds", "page_bounds_ref", "quest_page_scores",
+           "quest_page_scores_ref", "quest_select", "select_topk", "select_topk_ref"]
 
 _HEAD_DIMS = (64, 128)
 _MAX_SELECT_ROW = 16384  # pages per row handled in registers by select_topk; longer rows use torch.topk
@@ -69,17 +74,126 @@ class PageBounds:
         return self
 
 
+@dataclass
+class PageBoundsBuffer:
+    """Quest page bounds of a preallocated KV cache of capacity ``S``, kept in place (CUDA-graph safe).
+
+    ``kmin, kmax``: ``[B, Hkv, ceil(S / page_size), D]`` in the keys' dtype; pages holding no key below
+    ``length`` (an int64 device tensor of one entry, or one per batch row) are zeros, and scoring masks them.
+    :meth:`update` rewrites only the page holding the newest key (position ``length - 1``) and :meth:`rebuild`
+    every page, both into the same buffers, so a graph captured once replays against them.
+    """
+
+    kmin: torch.Tensor
+    kmax: torch.Tensor
+    page_size: int
+
+    @staticmethod
+    def from_keys(k: torch.Tensor, length: torch.Tensor, page_size: int) -> PageBoundsBuffer:
+        b, h, s, d = k.shape
+        shape = (b, h, triton.cdiv(s, page_size), d)
+        bounds = PageBoundsBuffer(k.new_zeros(shape), k.new_zeros(shape), page_size)
+        bounds.rebuild(k, length)
+        return bounds
+
+    def rebuild(self, k: torch.Tensor, length: torch.Tensor) -> None:
+        page_bounds(k, length, self.kmin, self.kmax, self.page_size, newest_only=False)
+
+    def update(self, k: torch.Tensor, length: torch.Tensor) -> None:
+        page_bounds(k, length, self.kmin, self.kmax, self.page_size, newest_only=True)
+
+
 @triton.jit
-def _quest_score_kernel(Q, KMAX, KMIN, S, stride_qb, stride_qh, stride_bb, stride_bh, stride_bp, n_pages, HKV,
-                        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Quest upper bounds of one (batch, KV head) for BLOCK_P pages, summed over the group's query heads."""
+def _page_bounds_kernel(K, KMIN, KMAX, LEN, stride_kb, stride_kh, stride_ks, stride_bb, stride_bh, stride_bp,
+                        stride_len, HKV, PAGE: tl.constexpr, PAGE_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        NEWEST: tl.constexpr):
+    """Min and max key of one page of one (batch, KV head): the newest key's page, or page ``program_id(0)``."""
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)
     kvh = bh % HKV
+    length = tl.load(LEN + b * stride_len).to(tl.int64)
+    if NEWEST:
+        page = (length - 1) // PAGE
+    else:
+        page = tl.program_id(0).to(tl.int64)
+    offs_t = tl.arange(0, PAGE_P2)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tok = page * PAGE + offs_t
+    ok = (offs_t < PAGE) & (tok < length)
+    keys = tl.load(K + b * stride_kb + kvh * stride_kh + tok[:, None] * stride_ks + offs_d[None, :],
+                   mask=ok[:, None], other=0.0).to(tl.float32)
+    kmax = tl.max(tl.where(ok[:, None], keys, float("-inf")), 0)
+    kmin = tl.min(tl.where(ok[:, None], keys, float("inf")), 0)
+    filled = tl.sum(ok.to(tl.int32), 0) > 0
+    out = b * stride_bb + kvh * stride_bh + page * stride_bp + offs_d
+    tl.store(KMAX + out, tl.where(filled, kmax, 0.0).to(KMAX.dtype.element_ty))
+    tl.store(KMIN + out, tl.where(filled, kmin, 0.0).to(KMIN.dtype.element_ty))
+
+
+def page_bounds(k: torch.Tensor, length: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, page_size: int,
+                newest_only: bool) -> None:
+    """Write the min/max key of the pages of ``k [B, Hkv, S, D]`` below ``length`` into ``kmin, kmax`` (pages
+    without a valid key: zeros): every page, or with ``newest_only`` the page of position ``length - 1``."""
+    b, h, _, d = k.shape
+    if not (_on_triton(k) and d in _HEAD_DIMS and k.stride(-1) == 1 and kmax.is_contiguous()
+            and kmin.is_contiguous()):
+        page_bounds_ref(k, length, kmin, kmax, page_size, newest_only)
+        return
+    grid = (1 if newest_only else kmax.shape[2], b * h)
+    _page_bounds_kernel[grid](k, kmin, kmax, length, *k.stride()[:3], *kmax.stride()[:3],
+                              0 if length.numel() == 1 else 1, h, PAGE=page_size,
+                              PAGE_P2=max(16, triton.next_power_of_2(page_size)), HEAD_DIM=d,
+                              NEWEST=newest_only)
+
+
+def page_bounds_ref(k: torch.Tensor, length: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
+                    page_size: int, newest_only: bool) -> None:
+    """PyTorch version of :func:`page_bounds` (no host syncs either)."""
+    b, h, s, d = k.shape
+    n_pages = kmax.shape[2]
+    valid_len = length.view(-1, 1, 1)
+    if newest_only:
+        pages = ((length - 1) // page_size).view(-1, 1)  # [B or 1, 1]
+        tok = pages[:, :, None] * page_size + torch.arange(page_size, device=k.device)  # [B or 1, 1, P]
+        ok = (tok < valid_len)[..., None]
+        where = tok.clamp_max(s - 1).expand(b, h, page_size)[..., None].expand(b, h, page_size, d)
+        tiles = k.gather(2, where)
+    else:
+        pages = torch.arange(n_pages, device=k.device).view(1, -1)
+        tok = torch.arange(n_pages * page_size, device=k.device).view(1, 1, -1)
+        ok = (tok < valid_len).view(-1, 1, n_pages, page_size, 1)
+        tiles = torch.nn.functional.pad(k, (0, 0, 0, n_pages * page_size - s))
+        tiles = tiles.view(b, h, n_pages, page_size, d)
+    axis = 2 if newest_only else 3
+    filled = ok.any(axis)
+    new_max = torch.where(filled, torch.where(ok, tiles, float("-inf")).amax(axis), 0.0).to(kmax.dtype)
+    new_min = torch.where(filled, torch.where(ok, tiles, float("inf")).amin(axis), 0.0).to(kmin.dtype)
+    if newest_only:
+        where = pages.expand(b, h).reshape(b, h, 1, 1).expand(b, h, 1, d)
+        kmax.scatter_(2, where, new_max[:, :, None].expand(b, h, 1, d))
+        kmin.scatter_(2, where, new_min[:, :, None].expand(b, h, 1, d))
+    else:
+        kmax.copy_(new_max.expand(b, h, n_pages, d))
+        kmin.copy_(new_min.expand(b, h, n_pages, d))
+
+
+@triton.jit
+def _quest_score_kernel(Q, KMAX, KMIN, S, LEN, stride_qb, stride_qh, stride_bb, stride_bh, stride_bp,
+                        stride_len, n_pages, HKV, page_size, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                        HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr, HAS_LEN: tl.constexpr):
+    """Quest upper bounds of one (batch, KV head) for BLOCK_P pages, summed over the group's query heads. With
+    ``HAS_LEN`` only the pages holding keys below ``LEN[b]`` count (the others score -inf)."""
+    bh = tl.program_id(1)
+    b = (bh // HKV).to(tl.int64)
+    kvh = bh % HKV
+    if HAS_LEN:
+        n_valid = (tl.load(LEN + b * stride_len).to(tl.int32) + page_size - 1) // page_size
+    else:
+        n_valid = n_pages
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = offs_p < n_pages
+    p_ok = offs_p < n_valid
     q = tl.load(Q + b * stride_qb + (kvh * GROUP + offs_g)[:, None] * stride_qh + offs_d[None, :],
                 mask=(offs_g < GROUP)[:, None], other=0.0)
     base = b * stride_bb + kvh * stride_bh + offs_p[:, None].to(tl.int64) * stride_bp + offs_d[None, :]
@@ -87,40 +201,52 @@ def _quest_score_kernel(Q, KMAX, KMIN, S, stride_qb, stride_qh, stride_bb, strid
     kmin = tl.load(KMIN + base, mask=p_ok[:, None], other=0.0)
     upper = tl.dot(kmax, tl.trans(tl.maximum(q, 0.0).to(kmax.dtype)))
     upper = tl.dot(kmin, tl.trans(tl.minimum(q, 0.0).to(kmin.dtype)), upper)
-    score = tl.sum(upper, 1)
-    score = tl.where((offs_p == 0) | (offs_p == n_pages - 1), float("inf"), score)  # sink + newest page
-    tl.store(S + bh.to(tl.int64) * n_pages + offs_p, score, mask=p_ok)
+    score = tl.where(p_ok, tl.sum(upper, 1), float("-inf"))
+    score = tl.where((offs_p == 0) | (offs_p == n_valid - 1), float("inf"), score)  # sink + newest page
+    tl.store(S + bh.to(tl.int64) * n_pages + offs_p, score, mask=offs_p < n_pages)
 
 
-def quest_page_scores(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
-    """fp32 ``[B, Hkv, n_pages]``: Quest bounds summed over each group's query heads (first/last page: inf)."""
+def quest_page_scores(q: torch.Tensor, bounds: PageBounds | PageBoundsBuffer,
+                      length: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 ``[B, Hkv, n_pages]``: Quest bounds summed over each group's query heads (first/last page: inf).
+    ``length`` (int64 device tensor, one entry or one per batch row; with a :class:`PageBoundsBuffer`): the
+    valid keys; pages past them score -inf and the page of the newest key is the last page."""
     if q.dim() == 4:
         q = q[:, :, 0]
     b, hq, d = q.shape
     hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
     if not (_on_triton(q) and d in _HEAD_DIMS and bounds.kmax.stride(-1) == 1 and q.stride(-1) == 1):
-        return quest_page_scores_ref(q, bounds)
+        return quest_page_scores_ref(q, bounds, length)
     scores = torch.empty(b, hkv, n_pages, dtype=torch.float32, device=q.device)
     group = hq // hkv
     block_p = 64
+    has_len = length is not None
     _quest_score_kernel[(triton.cdiv(n_pages, block_p), b * hkv)](
-        q, bounds.kmax, bounds.kmin, scores, q.stride(0), q.stride(1), *bounds.kmax.stride()[:3], n_pages, hkv,
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_P=block_p)
+        q, bounds.kmax, bounds.kmin, scores, length if has_len else scores, q.stride(0), q.stride(1),
+        *bounds.kmax.stride()[:3], 0 if not has_len or length.numel() == 1 else 1, n_pages, hkv,
+        bounds.page_size,
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_P=block_p,
+        HAS_LEN=has_len)
     return scores
 
 
-def quest_page_scores_ref(q: torch.Tensor, bounds: PageBounds) -> torch.Tensor:
+def quest_page_scores_ref(q: torch.Tensor, bounds: PageBounds | PageBoundsBuffer,
+                          length: torch.Tensor | None = None) -> torch.Tensor:
     """PyTorch reference of :func:`quest_page_scores` (two matmuls: ``relu(q) . max + min(q, 0) . min``)."""
     if q.dim() == 4:
         q = q[:, :, 0]
     b, hq, d = q.shape
-    hkv = bounds.kmax.shape[1]
+    hkv, n_pages = bounds.kmax.shape[1], bounds.kmax.shape[2]
     qg = q.to(bounds.kmax.dtype).view(b, hkv, hq // hkv, d).transpose(-1, -2)  # [B, Hkv, D, G]
     upper = bounds.kmax @ qg.clamp_min(0) + bounds.kmin @ qg.clamp_max(0)  # [B, Hkv, n_pages, G]
     score = upper.float().sum(-1)
-    score[:, :, 0] = float("inf")
-    score[:, :, -1] = float("inf")
-    return score
+    if length is None:
+        n_valid = torch.full((1, 1, 1), n_pages, device=q.device)
+    else:
+        n_valid = (length.view(-1, 1, 1) + bounds.page_size - 1) // bounds.page_size
+    pages = torch.arange(n_pages, device=q.device)
+    score = torch.where(pages < n_valid, score, float("-inf"))
+    return torch.where((pages == 0) | (pages == n_valid - 1), float("inf"), score)
 
 
 @triton.jit
@@ -136,7 +262,9 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
 
     Bisection for a threshold ``t`` with ``#(score >= t) >= k``, stopping as soon as exactly k scores reach
     it: first over the values between the row's finite min and max, then (ties, infinities) exactly over
-    order-preserving 32-bit keys of the floats. Each round is one block-wide count reduction. On an H200 (128k tokens, 8 rows
+    order-preserving 32-bit keys of the floats (phase 2 alone where fewer than k entries exceed -inf, as in
+    a static cache's first pages: the -inf entries of lowest position fill the rest). Each round is one
+    block-wide count reduction. On an H200 (128k tokens, 8 rows
     of 8,192 pages, k = 256) a fixed 32-round bisection took 59 us for a whole Quest step, against 83 us
     with ``torch.topk``, 106 us with a 4-pass ``tl.histogram`` radix select and 334 us with 4 bits per
     round (a [pages x 16] comparison tile that spills registers).
@@ -155,7 +283,7 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
     n_ge = tl.sum((s >= lo_v).to(tl.int32), 0)
     hi_strict = hi_v < lo_v  # becomes true once #(s >= hi_v) < k is known
     rounds = 0
-    while (lo_v < hi_v) & (n_ge != k) & (rounds < 32):
+    while (lo_v < hi_v) & (n_ge > k) & (rounds < 32):  # n_ge < k: -inf entries needed, phase 2 alone
         mid = lo_v + (hi_v - lo_v) * 0.5
         count = tl.sum((s >= mid).to(tl.int32), 0)
         enough = (count >= k) & (mid > lo_v)
@@ -165,7 +293,7 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
         hi_v = tl.where(enough, hi_v, mid)
         rounds += 1
     # Phase 2 (ties, adjacent floats, infinities): exact bisection over the keys from phase 1's bracket.
-    lo = tl.where(lo_v < float("inf"), _order_key(lo_v.to(tl.int32, bitcast=True)),
+    lo = tl.where((lo_v < float("inf")) & (n_ge >= k), _order_key(lo_v.to(tl.int32, bitcast=True)),
                   tl.full([], -2147483648, tl.int64))
     hi = tl.where(hi_strict & (lo_v < hi_v), _order_key(hi_v.to(tl.int32, bitcast=True)) - 1,
                   tl.full([], 2147483647, tl.int64))
@@ -212,15 +340,19 @@ def select_topk_ref(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k, dim=-1, sorted=False).indices.sort(-1).values
 
 
-def quest_select(q: torch.Tensor, bounds: PageBounds, budget_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quest_select(q: torch.Tensor, bounds: PageBounds | PageBoundsBuffer, budget_tokens: int,
+                 length: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top pages per KV head by Quest's upper bound of ``q . k``, within ``budget_tokens``.
 
     ``q [B, Hq, D]`` (or ``[B, Hq, 1, D]``). Returns int64 page ``indices [B, Hkv, n]`` (ascending) and
     int32 ``counts [B, Hkv]`` for ``decode_attention(page_size=bounds.page_size)``. The first page
-    (attention sink) and the newest page are always kept.
+    (attention sink) and the newest page are always kept. With a :class:`PageBoundsBuffer`, ``length`` (device
+    tensor) counts the valid keys: while fewer than ``n`` pages hold keys, all of them are selected and the
+    rest of the list names pages past ``length`` (ascending order puts them last; decode attention masks
+    their keys).
     """
     b, hkv, n_pages = bounds.kmax.shape[:3]
     n_keep = max(1, min(n_pages, budget_tokens // bounds.page_size))
     counts = torch.empty(b, hkv, dtype=torch.int32, device=q.device)
-    top = select_topk(quest_page_scores(q, bounds), n_keep, counts=counts)
+    top = select_topk(quest_page_scores(q, bounds, length), n_keep, counts=counts)
     return top, counts

@@ -63,12 +63,12 @@ LAUNCH = ({"BLOCK_N": 16, "num_warps": 4, "num_stages": 1} if os.environ.get("TR
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, IDX, CNT, M_OUT, L_OUT, ACC_OUT, ARRIVED, O, LSE,
+    Q, K, V, IDX, CNT, LEN, M_OUT, L_OUT, ACC_OUT, ARRIVED, O, LSE,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_ib, stride_ih, stride_cb, stride_ch,
+    stride_ib, stride_ih, stride_cb, stride_ch, stride_len,
     seqlen_k, n_work, split_len, n_splits, qk_scale, HKV, IDX_GROUP,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
-    PAGE: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr, SPARSE: tl.constexpr, HAS_LEN: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     split = tl.program_id(0)
     bh = tl.program_id(1)
@@ -81,10 +81,16 @@ def _decode_kernel(
     q = tl.load(q_ptrs, mask=g_ok[:, None], other=0.0)
     k_base = K + b * stride_kb + kvh * stride_kh
     v_base = V + b * stride_vb + kvh * stride_vh
+    if HAS_LEN:  # a preallocated cache: only the first LEN[b] keys are valid
+        seqlen = tl.load(LEN + b * stride_len).to(tl.int32)
+    else:
+        seqlen = seqlen_k
     if SPARSE:
         ih = kvh // IDX_GROUP
         idx_base = IDX + b * stride_ib + ih * stride_ih
         work = tl.load(CNT + b * stride_cb + ih * stride_ch) * PAGE
+    elif HAS_LEN:
+        work = tl.minimum(n_work, seqlen)
     else:
         work = n_work
     lo = split * split_len
@@ -99,7 +105,7 @@ def _decode_kernel(
         if SPARSE:
             page = tl.load(idx_base + slots // PAGE, mask=ok, other=0)
             tok = page * PAGE + slots % PAGE
-            ok = ok & (tok < seqlen_k)
+            ok = ok & (tok < seqlen)
         else:
             tok = slots
         tok = tok.to(tl.int64)
@@ -240,12 +246,15 @@ def _check(q, k, v, indices, counts, page_size):
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
                      counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
-                     num_splits: int | None = None, return_lse: bool = False):
+                     num_splits: int | None = None, return_lse: bool = False,
+                     length: torch.Tensor | None = None):
     """Attention of one query token per sequence over the whole cache, or over the selected tokens/pages.
 
     ``q [B, Hq, D]`` or ``[B, Hq, 1, D]``; ``k, v [B, Hkv, S, D]``; sparse mode: int ``indices [B, Hi, N]``
     (token or page numbers, entries past ``counts [B, Hi]`` ignored, duplicates not allowed) with
-    ``Hkv % Hi == 0``. Returns ``out`` shaped like ``q`` (and fp32 natural-log ``lse [B, Hq]``).
+    ``Hkv % Hi == 0``. ``length`` (int64 device tensor, one entry or one per batch row): ``k, v`` are
+    preallocated buffers of which only the first ``length`` keys are valid (the others are never read; the
+    splits are sized by ``S``). Returns ``out`` shaped like ``q`` (and fp32 natural-log ``lse [B, Hq]``).
     """
     q_in = q
     q = _check(q, k, v, indices, counts, page_size)
@@ -275,14 +284,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     acc_part = torch.empty(b * hq * num_splits, d, dtype=torch.float32, device=q.device)
     out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
+    has_len = length is not None
     _decode_kernel[(num_splits, b * hkv)](
-        q, k, v, idx, cnt, m_part, l_part, acc_part, _arrival_counters(q.device, b * hkv), out, lse,
-        q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
-        cnt.stride(0), cnt.stride(1),
+        q, k, v, idx, cnt, length if has_len else cnt, m_part, l_part, acc_part,
+        _arrival_counters(q.device, b * hkv), out, lse, q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
+        cnt.stride(0), cnt.stride(1), 0 if not has_len or length.numel() == 1 else 1,
         s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), GROUP_P2=triton.next_power_of_2(group),
-        HEAD_DIM=d, PAGE=page_size,
-        SPARSE=sparse, **launch,
+        HEAD_DIM=d, PAGE=page_size, SPARSE=sparse, HAS_LEN=has_len, **launch,
     )
     out = out.view(q_in.shape)
     return (out, lse) if return_lse else out
@@ -300,7 +309,7 @@ def selected_token_mask(indices: torch.Tensor, counts: torch.Tensor, page_size: 
 
 def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
                          counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
-                         return_lse: bool = False):
+                         return_lse: bool = False, length: torch.Tensor | None = None):
     """PyTorch reference of :func:`decode_attention` (fp32 math; any head dim)."""
     q_in = q
     q = _check(q, k, v, indices, counts, page_size)
@@ -313,24 +322,33 @@ def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, i
         keep = selected_token_mask(indices, counts, page_size, s)
         keep = keep.repeat_interleave(hkv // keep.shape[1], 1)
         scores = scores.masked_fill(~keep[:, :, None], float("-inf"))
+    if length is not None:
+        past = torch.arange(s, device=k.device) >= length.view(-1, 1, 1, 1)
+        scores = scores.masked_fill(past, float("-inf"))
     lse = torch.logsumexp(scores, -1)
     probs = torch.exp(scores - lse.clamp_min(-1e30)[..., None])
     out = torch.einsum("bhgs,bhsd->bhgd", probs, v.float()).reshape(q.shape).to(q.dtype).view(q_in.shape)
     return (out, lse.reshape(q.shape[:2])) if return_lse else out
 
 
-def tidal_select(q: torch.Tensor, k: torch.Tensor, budget_tokens: int,
-                 sm_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def tidal_select(q: torch.Tensor, k: torch.Tensor, budget_tokens: int, sm_scale: float | None = None,
+                 length: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """TidalDecode token selection: the ``budget_tokens`` positions with the largest attention probability
     summed over all query heads (one shared set per layer). Returns sorted int32 ``indices [B, 1, n]`` and
-    ``counts [B, 1]`` for :func:`decode_attention` with ``page_size=1``."""
+    ``counts [B, 1]`` for :func:`decode_attention` with ``page_size=1``. ``length`` (device tensor): only the
+    first ``length`` keys of ``k`` are valid; positions past it rank last (decode attention masks them)."""
     if q.dim() == 4:
         q = q[:, :, 0]
     b, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     scale = sm_scale or 1.0 / math.sqrt(d)
     scores = torch.einsum("bhgd,bhsd->bhgs", q.float().view(b, hkv, hq // hkv, d), k.float()) * scale
+    if length is not None:
+        past = torch.arange(s, device=k.device) >= length.view(-1, 1, 1, 1)
+        scores = scores.masked_fill(past, float("-inf"))
     mass = torch.softmax(scores, -1).sum((1, 2))  # [B, S]
+    if length is not None:
+        mass = mass.masked_fill(past.view(-1, s), -1.0)
     n_keep = max(1, min(s, budget_tokens))
     top = mass.topk(n_keep, dim=-1, sorted=False).indices.sort(-1).values.to(torch.int32)
     return top[:, None].contiguous(), torch.full((b, 1), n_keep, dtype=torch.int32, device=q.device)

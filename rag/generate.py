@@ -3,8 +3,14 @@
 A manual loop instead of ``model.generate`` because the reader needs three things at once: tokens as
 they are produced (streaming without a helper thread), each token's log-probability (the LM's
 confidence, a routing feature) and the prefill and decode times separately (reader latency per stage).
-The KV cache is whatever ``transformers`` returns (``DynamicCache``), so an attention backend
+The prompt's KV cache is whatever ``transformers`` returns (``DynamicCache``), so an attention backend
 installed on the model (``sparsa.kernels`` block-sparse prefill) is used unchanged.
+
+Decoding then either grows that cache token by token (eager: a Python forward per step), or, with
+``cuda_graph`` (by default on CUDA when the model runs ``sparsa.kernels``' attention), copies it into a
+preallocated ``StaticCache`` and replays each step as one CUDA graph (:class:`_StaticDecoder`): the step's
+inputs, position, mask and greedy pick live in fixed device buffers and the attention reads the length from
+the device (``kernels/hf_decode.py``), so a step costs one replay and one read of the picked token.
 
 :func:`generate_greedy_batch` runs several prompts at once (left-padded, with an attention mask and
 explicit positions, so each row sees exactly its own prompt): many short answers on a GPU cost about
@@ -13,6 +19,7 @@ as many decode steps as one. Rows that stop early keep running with their output
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -32,6 +39,8 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     logprobs: list[float] = field(default_factory=list)
+    decode_mode: str = "eager"  # "eager" (growing cache), "static" (preallocated, run eagerly) or "graph"
+    capture_seconds: float = 0.0  # CUDA graph capture (first use only), inside decode_seconds
 
     @property
     def mean_logprob(self) -> float:
@@ -66,8 +75,12 @@ def _cache_argument(model: Any) -> str:
 
 
 def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
-                    stats: GenerationStats | None = None) -> Iterator[int]:
-    """Yield greedily decoded token ids until a stop id (not yielded) or ``max_new_tokens``."""
+                    stats: GenerationStats | None = None, *, cuda_graph: bool | None = None) -> Iterator[int]:
+    """Yield greedily decoded token ids until a stop id (not yielded) or ``max_new_tokens``.
+
+    ``cuda_graph``: decode from a preallocated cache, each step replayed as one CUDA graph. None (default): on
+    CUDA when the model runs ``sparsa.kernels``' attention with ``kv="full"``; True: always (raises where the
+    model cannot; off CUDA the same static steps run eagerly); False: the growing-cache loop."""
     import torch
 
     from sparsa.deadline import check_deadline
@@ -77,23 +90,185 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
     device = next(model.parameters()).device
     stop = set(stop_ids)
     with torch.inference_mode():
+        decoder = _StaticDecoder.for_model(model, len(prompt_ids) + max_new_tokens, device, cuda_graph)
         started = time.perf_counter()
         logits, cache = prefill(model, torch.tensor([list(prompt_ids)], device=device))
         token_id, logprob = _pick(logits)
         stats.prefill_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        for step in range(max_new_tokens):
-            if token_id in stop:
-                break
-            stats.new_tokens += 1
-            stats.logprobs.append(logprob)
-            yield token_id
-            if step + 1 == max_new_tokens:
-                break
-            check_deadline()  # a caller's deadline (the service's) stops the decoding between steps
-            logits, cache = decode_step(model, torch.tensor([[token_id]], device=device), cache)
-            token_id, logprob = _pick(logits)
+        if decoder is not None:
+            decoder.start(cache, len(prompt_ids), token_id)
+            cache = None  # the static cache holds the prompt now
+            stats.decode_mode = "graph" if decoder.capture else "static"
+        try:
+            for step in range(max_new_tokens):
+                if token_id in stop:
+                    break
+                stats.new_tokens += 1
+                stats.logprobs.append(logprob)
+                yield token_id
+                if step + 1 == max_new_tokens:
+                    break
+                check_deadline()  # a caller's deadline (the service's) stops the decoding between steps
+                if decoder is not None:
+                    token_id, logprob = decoder.step(stats)
+                else:
+                    logits, cache = decode_step(model, torch.tensor([[token_id]], device=device), cache)
+                    token_id, logprob = _pick(logits)
+        finally:
+            if decoder is not None:
+                decoder.finish()
         stats.decode_seconds = time.perf_counter() - started
+
+
+class _StaticDecoder:
+    """Greedy decode steps of one model from a preallocated KV cache (transformers' ``StaticCache``).
+
+    Each step reads its token, position and mask from fixed device buffers and writes the next token, its
+    log-probability and the next position back into them, so on CUDA its work is captured once as a CUDA graph
+    and replayed; the host reads only the picked token. A generation's first step runs eagerly (the attention
+    rebuilds its page bounds from the new prompt); the first generation's second step is captured.
+    One decoder (and its buffers) stays on the model for the next generation that fits its capacity."""
+
+    def __init__(self, model: Any, capacity: int, device: Any, capture: bool):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.capacity, self.capture = model, capacity, capture
+        self.attn_implementation = model.config._attn_implementation
+        self.shared = getattr(model, "_sparsa_shared", None)  # the attention settings it was captured with
+        self.cache = StaticCache(config=model.config, max_cache_len=capacity)
+        zeros = functools.partial(torch.zeros, device=device)
+        self.token = zeros(1, 1, dtype=torch.long)
+        self.position = zeros(1, 1, dtype=torch.long)  # of the token being decoded
+        self.length = zeros(1, dtype=torch.long)  # keys in the cache once it is written: position + 1
+        self.mask = zeros(1, 1, 1, capacity, dtype=torch.bool)  # for attention backends without ``length``
+        self.picked = zeros(2, dtype=torch.float64)  # next token id, its log-probability
+        self.attention = None
+        if self.shared is not None:
+            from sparsa.kernels.hf_decode import StaticDecode
+
+            self.attention = StaticDecode(self.shared, self.length)
+        self.graph = None
+        self.fresh = True
+        self.prompt_tokens = self.steps = 0
+
+    @staticmethod
+    def for_model(model: Any, needed: int, device: Any, cuda_graph: bool | None) -> _StaticDecoder | None:
+        """The model's decoder for ``needed`` tokens (reused if it fits without much slack), or None where the
+        growing-cache loop runs instead (``cuda_graph`` False, or None and not on CUDA with our attention)."""
+        shared = getattr(model, "_sparsa_shared", None)
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda" and shared is not None
+        if not cuda_graph:
+            return None
+        why = _static_unsupported(model, shared)
+        if why:
+            raise ValueError(f"cuda_graph=True: {why}; pass cuda_graph=False")
+        capture = _capture_on(device)
+        cached = getattr(model, "_sparsa_static_decoder", None)
+        if (cached is not None and cached.shared is shared and cached.capture == capture
+                and cached.attn_implementation == model.config._attn_implementation
+                and needed <= cached.capacity <= needed + max(1024, needed // 8)):
+            return cached
+        model._sparsa_static_decoder = None  # frees the old buffers and graph before allocating new ones
+        decoder = _StaticDecoder(model, -(-needed // 256) * 256, device, capture)
+        model._sparsa_static_decoder = decoder
+        return decoder
+
+    def start(self, prompt_cache: Any, prompt_tokens: int, token_id: int) -> None:
+        """Take the prompt's keys and values and its first generated token."""
+        self.cache.reset()
+        for idx, layer in enumerate(prompt_cache.layers):
+            self.cache.update(layer.keys, layer.values, idx)
+        self.position.fill_(prompt_tokens)
+        self.mask.zero_()
+        self.mask[..., :prompt_tokens] = True
+        self.token.fill_(token_id)
+        if self.attention is not None:
+            self.attention.new_sequence()
+        self.fresh = True
+        self.prompt_tokens, self.steps = prompt_tokens, 0
+
+    def _step(self) -> None:
+        """One decode step on the device: no host reads, fixed shapes (what the CUDA graph holds)."""
+        import torch
+
+        position = self.position.view(1)
+        self.mask.index_fill_(3, position, True)
+        torch.add(position, 1, out=self.length)
+        out = self.model(input_ids=self.token, position_ids=self.position, attention_mask=self.mask,
+                         use_cache=True, **{_cache_argument(self.model): self.cache})
+        logprobs = out.logits[0, -1].float().log_softmax(-1)
+        token = logprobs.argmax().view(1)
+        self.token.copy_(token.view(1, 1))
+        self.picked.copy_(torch.cat([token.double(), logprobs.gather(0, token).double()]))
+        self.position.add_(1)
+
+    def step(self, stats: GenerationStats) -> tuple[int, float]:
+        """Decode the next token: (token id, log-probability)."""
+        bound = self.attention.bound() if self.attention is not None else contextlib.nullcontext()
+        with bound:
+            if self.fresh or not self.capture:
+                self._step()  # a generation's first step rebuilds the attention's page bounds: eager
+            elif self.graph is None:
+                self._warm_up_and_capture(stats)
+            else:
+                self.graph.replay()
+        self.fresh = False
+        self.steps += 1
+        token_id, logprob = self.picked.tolist()
+        return int(token_id), logprob
+
+    def _warm_up_and_capture(self, stats: GenerationStats) -> None:
+        """Run this step eagerly on a side stream (as torch.cuda.graph asks: every kernel of the steady-state
+        step compiled and loaded first), then record the same step, which leaves the state untouched."""
+        import torch
+
+        started = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        self.graph = graph
+        stats.capture_seconds = time.perf_counter() - started
+
+    def finish(self) -> None:
+        """Add the attention statistics of the steps that ran (one per length) to the model's."""
+        if self.attention is not None:
+            first = self.prompt_tokens + 1
+            self.attention.finish(range(first, first + self.steps))
+            self.steps = 0
+
+
+def _static_unsupported(model: Any, shared: dict | None) -> str | None:
+    """Why the model cannot decode from a preallocated cache, or None."""
+    if shared is not None:
+        from sparsa.kernels.hf_decode import StaticDecode
+
+        if not StaticDecode.supported(shared):
+            return "kv='duo' decodes from its own head-compressed cache"
+    elif model.config._attn_implementation != "sdpa":
+        return f"attention {model.config._attn_implementation!r} may not take a static cache's bool mask"
+    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
+    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True):
+        return "sliding-window attention"
+    if set(layer_types) != {"full_attention"}:
+        return f"layer types {sorted(set(layer_types))}"
+    return None
+
+
+def _capture_on(device: Any) -> bool:
+    return device.type == "cuda"
+
+
+def release_decode_graph(model: Any) -> None:
+    """Free the preallocated cache and CUDA graph that :func:`generate_greedy` keeps on ``model``."""
+    model._sparsa_static_decoder = None
 
 
 def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,

@@ -1,0 +1,193 @@
+"""``generate_greedy`` decoding from a preallocated cache (``cuda_graph=True``) against the growing cache.
+
+On the CPU the static steps run eagerly (no graph): they must pick the same tokens with the same
+log-probabilities and count the same attention statistics as the eager loop, with the sparse selection
+engaged (budgets below the prompt length). The ``gpu`` tests capture and replay the CUDA graph. One slow
+test runs SmolLM2 from the registry.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from sparsa.kernels.hf_attention import remove_sparse_attention, use_sparse_attention
+from sparsa.kernels.kv_compression import profile_retrieval_heads
+from sparsa.rag import generate
+from sparsa.rag.generate import GenerationStats, generate_greedy, release_decode_graph
+
+PROMPT = torch.randint(0, 2000, (160,), generator=torch.Generator().manual_seed(1)).tolist()
+# A longer second prompt: the decoder (and on CUDA its graph) captured for the first is reused.
+PROMPTS = [PROMPT, torch.randint(0, 2000, (190,), generator=torch.Generator().manual_seed(2)).tolist()]
+SETTINGS = {
+    "full": {"prefill": "dense"},
+    "quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 64,
+              "page_size": 16, "dense_layers": 1},
+    "tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 48,
+              "tidal_layers": (1,)},
+}
+
+
+def _tiny_llama(dtype=torch.float32, device="cpu"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=2000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    return LlamaForCausalLM(config).eval().to(device=device, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny_llama()
+
+
+def _generate(model, cuda_graph, prompt=PROMPT, n=12):
+    stats = GenerationStats()
+    before = dict(getattr(model, "sparse_attention_stats", {}))
+    tokens = list(generate_greedy(model, prompt, n, stop_ids=[], stats=stats, cuda_graph=cuda_graph))
+    after = getattr(model, "sparse_attention_stats", {})
+    return tokens, stats, {key: after[key] - before.get(key, 0) for key in after}
+
+
+def _same_generation(model, prompts=(PROMPT,)):
+    """The static path's tokens, log-probabilities and statistics equal the eager loop's. (Their float32
+    logits differ in the last bits, attention sums running over the buffer rather than the cache, so a
+    prompt whose Quest bounds nearly tie could select another page; these seeded prompts do not.)"""
+    for prompt in prompts:
+        eager, eager_stats, eager_counts = _generate(model, False, prompt)
+        static, static_stats, static_counts = _generate(model, True, prompt)
+        assert static == eager and len(static) == 12
+        torch.testing.assert_close(static_stats.logprobs, eager_stats.logprobs, atol=1e-4, rtol=1e-4)
+        assert eager_stats.decode_mode == "eager" and static_stats.decode_mode in ("static", "graph")
+        assert static_counts == eager_counts
+    return eager_counts
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_static_decode_picks_the_eager_tokens_and_counts_the_same(model, name):
+    use_sparse_attention(model, **SETTINGS[name])
+    try:
+        counts = _same_generation(model, PROMPTS)
+    finally:
+        remove_sparse_attention(model)
+    if name == "full":
+        assert counts["decode_keys_read"] == counts["decode_keys_total"] > 0
+    else:  # the selection engaged: fewer keys read than the cache holds
+        assert 0 < counts["decode_keys_read"] < counts["decode_keys_total"]
+    if name == "quest":
+        assert counts["decode_selection_reads"] > 0
+
+
+def test_static_decode_with_exempt_retrieval_heads(model):
+    profile = profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
+    use_sparse_attention(model, **SETTINGS["quest"], full_retrieval_heads=True, retrieval_fraction=0.5,
+                         profile=profile.with_fraction(0.5))
+    try:
+        counts = _same_generation(model)
+    finally:
+        remove_sparse_attention(model)
+    assert 0 < counts["decode_keys_read"] < counts["decode_keys_total"]
+
+
+def test_plain_sdpa_model_takes_the_static_cache_and_auto_stays_eager_off_cuda(model):
+    eager, _, _ = _generate(model, False)
+    static, static_stats, _ = _generate(model, True)
+    assert static == eager and static_stats.decode_mode == "static"
+    _, auto_stats, _ = _generate(model, None)
+    assert auto_stats.decode_mode == "eager"
+    release_decode_graph(model)
+    assert model._sparsa_static_decoder is None
+
+
+def test_duo_cache_cannot_decode_statically(model):
+    profile = profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
+    use_sparse_attention(model, kv="duo", profile=profile, retrieval_fraction=0.5)
+    try:
+        with pytest.raises(ValueError, match="duo"):
+            _generate(model, True)
+        tokens, _, _ = _generate(model, None)  # the default keeps the growing cache
+        assert len(tokens) == 12
+    finally:
+        remove_sparse_attention(model)
+
+
+def test_a_generation_abandoned_midway_unbinds_the_static_decode(model):
+    use_sparse_attention(model, **SETTINGS["quest"])
+    try:
+        stream = generate_greedy(model, PROMPT, 12, stop_ids=[], cuda_graph=True)
+        next(stream), next(stream)
+        assert "static" not in model._sparsa_shared  # bound only while a step runs
+        stream.close()
+        tokens, _, _ = _generate(model, False)
+        assert len(tokens) == 12
+    finally:
+        remove_sparse_attention(model)
+
+
+@pytest.mark.slow
+def test_smollm2_static_decode_matches_eager_with_quest_engaged():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparsa.models import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    filler = "The grass is green. The sky is blue. The sun is yellow. " * 20
+    text = filler + "The pass key is 48213. Remember it. " + filler + "What is the pass key? The pass key is"
+    ids = tok(text).input_ids
+    use_sparse_attention(lm, prefill="dense", decode="sparse", budget_tokens=128, page_size=16)
+    try:
+        eager, eager_stats, eager_counts = _generate(lm, False, ids, n=10)
+        static, static_stats, static_counts = _generate(lm, True, ids, n=10)
+    finally:
+        remove_sparse_attention(lm)
+    assert static == eager and "48213" in tok.decode(static)
+    torch.testing.assert_close(static_stats.logprobs, eager_stats.logprobs, atol=1e-4, rtol=1e-4)
+    assert static_counts == eager_counts
+    assert 0 < static_counts["decode_keys_read"] < static_counts["decode_keys_total"] / 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", SETTINGS)
+def test_cuda_graph_replays_the_static_steps(monkeypatch, name):
+    """bf16 on CUDA (the Triton kernels): the replayed graph picks exactly what the same static steps pick
+    when run eagerly, for two prompts (the second reuses the captured graph); in float32 it also matches the
+    growing cache's loop."""
+    for dtype in (torch.bfloat16, torch.float32):
+        lm = _tiny_llama(dtype, "cuda")
+        use_sparse_attention(lm, **SETTINGS[name])
+        prompts = PROMPTS
+        graphed = [_generate(lm, None, p) for p in prompts]
+        assert graphed[0][1].decode_mode == "graph" and graphed[0][1].capture_seconds > 0
+        assert graphed[1][1].capture_seconds == 0  # the second generation replays the same graph
+        with monkeypatch.context() as patch:
+            patch.setattr(generate, "_capture_on", lambda device: False)
+            stepped = [_generate(lm, True, p) for p in prompts]
+        for (tokens, stats, counts), (ref, ref_stats, ref_counts) in zip(graphed, stepped, strict=True):
+            assert ref_stats.decode_mode == "static"
+            assert tokens == ref and stats.logprobs == ref_stats.logprobs and counts == ref_counts
+        if dtype == torch.float32:
+            for prompt, (tokens, stats, counts) in zip(prompts, graphed, strict=True):
+                eager = _generate(lm, False, prompt)
+                assert tokens == eager[0] and counts == eager[2]
+
+
+def test_eager_quest_rebuilds_its_page_bounds_for_each_new_prompt(model):
+    """A longer prompt after a shorter one: the growing-cache loop must not keep the old prompt's page bounds
+    (it once updated only the pages past the old length)."""
+    use_sparse_attention(model, **SETTINGS["quest"])
+    try:
+        _generate(model, False, PROMPT)
+        after_short = _generate(model, False, PROMPTS[1])[1].logprobs
+    finally:
+        remove_sparse_attention(model)
+    use_sparse_attention(model, **SETTINGS["quest"])
+    try:
+        fresh = _generate(model, False, PROMPTS[1])[1].logprobs
+    finally:
+        remove_sparse_attention(model)
+    assert after_short == fresh

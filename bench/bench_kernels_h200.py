@@ -212,26 +212,36 @@ def decode_providers(q, k, v, splits, budgets, quest_pages=()) -> dict:
 
 def hf_decode_providers(q, k, v, budgets) -> dict:
     """The decode step ``generate()`` runs per layer through our attention interface
-    (``kernels.hf_attention._decode``, Quest pages of 64 as the reader's default), eager: one new key per call,
-    so the page bounds take it (``PageBounds.update``) before selecting, and the statistics are counted."""
-    from sparsa.kernels import hf_attention as hf
+    (``kernels.hf_decode.decode``, Quest pages of 64 as the reader's default). ``hf-*``: over a growing
+    cache, one new key per call, so the page bounds take it (``PageBounds.update``) before selecting;
+    ``hf-*-static``: over a preallocated cache (``StaticDecode``, as ``generate_greedy`` runs it graphed): the
+    length is a device tensor and only the newest page's bounds are rewritten in place."""
+    from sparsa.kernels import hf_decode as hf
+    from sparsa.kernels.hf_attention import SparseAttentionConfig
 
     scale = q.shape[-1] ** -0.5
     q4 = q[:, :, None]
 
-    def step(config: hf.SparseAttentionConfig):
-        state = hf._LayerState(config, layer_idx=config.dense_layers, shared={"stats": hf._new_stats()})
+    def step(config: SparseAttentionConfig, static: bool = False):
+        shared = {"config": config, "stats": hf.new_stats()}
+        state = hf.LayerState(config, layer_idx=config.dense_layers, shared=shared)
+        if static:
+            shared["static"] = hf.StaticDecode(shared, torch.full((1,), k.shape[2], device=k.device))
+            hf.decode(state, q4, k, v, scale)  # the prompt's bounds, built once; later calls update one page
 
         def run():
             if state.bounds is not None:
                 state.bounds.length -= 1  # the newest key arrives: its (partial) page is recomputed
-            return hf._decode(state, q4, k, v, scale)
+            return hf.decode(state, q4, k, v, scale)
 
         return run
 
-    fns = {"hf-full": step(hf.SparseAttentionConfig(decode="full"))}
+    fns = {"hf-full": step(SparseAttentionConfig(decode="full")),
+           "hf-full-static": step(SparseAttentionConfig(decode="full"), static=True)}
     for budget in budgets:
-        fns[f"hf-quest-{budget}"] = step(hf.SparseAttentionConfig(decode="sparse", budget_tokens=budget))
+        config = SparseAttentionConfig(decode="sparse", budget_tokens=budget)
+        fns[f"hf-quest-{budget}"] = step(config)
+        fns[f"hf-quest-{budget}-static"] = step(config, static=True)
     return fns
 
 

@@ -154,27 +154,26 @@ def test_smollm2_static_decode_matches_eager_with_quest_engaged():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", SETTINGS)
 def test_cuda_graph_replays_the_static_steps(monkeypatch, name):
-    """bf16 on CUDA (the Triton kernels): the replayed graph picks exactly what the same static steps pick
-    when run eagerly, for two prompts (the second reuses the captured graph); in float32 it also matches the
-    growing cache's loop."""
+    """On CUDA (bf16: the Triton kernels; float32: the PyTorch references) the replayed graph picks what the
+    same static steps pick when run eagerly, for two prompts (the second replays the graph captured for the
+    first), and counts the same statistics; with full decode it also picks the growing cache's tokens."""
     for dtype in (torch.bfloat16, torch.float32):
         lm = _tiny_llama(dtype, "cuda")
         use_sparse_attention(lm, **SETTINGS[name])
-        prompts = PROMPTS
-        graphed = [_generate(lm, None, p) for p in prompts]
+        graphed = [_generate(lm, None, p) for p in PROMPTS]
         assert graphed[0][1].decode_mode == "graph" and graphed[0][1].capture_seconds > 0
         assert graphed[1][1].capture_seconds == 0  # the second generation replays the same graph
         with monkeypatch.context() as patch:
             patch.setattr(generate, "_capture_on", lambda device: False)
-            stepped = [_generate(lm, True, p) for p in prompts]
+            stepped = [_generate(lm, True, p) for p in PROMPTS]
         for (tokens, stats, counts), (ref, ref_stats, ref_counts) in zip(graphed, stepped, strict=True):
             assert ref_stats.decode_mode == "static"
-            assert tokens == ref and stats.logprobs == ref_stats.logprobs and counts == ref_counts
-        if dtype == torch.float32:
-            for prompt, (tokens, stats, counts) in zip(prompts, graphed, strict=True):
+            assert tokens == ref and counts == ref_counts, dtype
+            torch.testing.assert_close(stats.logprobs, ref_stats.logprobs, atol=1e-2, rtol=1e-2)
+        if name == "full":
+            for prompt, (tokens, _, counts) in zip(PROMPTS, graphed, strict=True):
                 eager = _generate(lm, False, prompt)
-                assert tokens == eager[0] and counts == eager[2]
-
+                assert tokens == eager[0] and counts == eager[2], dtype
 
 def test_eager_quest_rebuilds_its_page_bounds_for_each_new_prompt(model):
     """A longer prompt after a shorter one: the growing-cache loop must not keep the old prompt's page bounds

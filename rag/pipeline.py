@@ -83,7 +83,7 @@ class QAPipeline:
         else:
             passages: list[Document] = []
             if route == "retrieve":
-                hits, passages = self._passages(question, timings, as_of)
+                hits, passages = self.retrieve_passages(question, timings, as_of)
             read_started = time.perf_counter()
             output = None
             for piece in self.reader.stream(question, passages):
@@ -110,8 +110,9 @@ class QAPipeline:
         timings["route"] = time.perf_counter() - started
         return decision.route, decision.closed_book
 
-    def _passages(self, question: str, timings: dict[str, float],
-                  as_of: dt.date | None = None) -> tuple[list[Hit], list[Document]]:
+    def retrieve_passages(self, question: str, timings: dict[str, float],
+                          as_of: dt.date | None = None) -> tuple[list[Hit], list[Document]]:
+        """The top ``k`` hits and their passages (retrieve, date filter, rerank); stage seconds into ``timings``."""
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
         hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)

@@ -59,6 +59,7 @@ class ReaderOutput:
     prompt_tokens: int
     new_tokens: int
     timings: dict[str, float] = field(default_factory=dict)  # "prefill", "decode", "read"
+    decode_mode: str = "eager"  # "graph" when decode steps replayed a CUDA graph (rag/generate.py)
 
 
 class Reader:
@@ -196,7 +197,8 @@ class Reader:
             citations = [c for c in citations if c in containing] or containing
         return ReaderOutput(text=text, raw=raw, citations=citations, passages=ids, mean_logprob=stats.mean_logprob,
                             prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-                            timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds})
+                            timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds},
+                            decode_mode=stats.decode_mode)
 
 
 def context_limit(model: Any, tokenizer: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,28 @@ def test_serve_prints_examples_answers_and_stops(index_root, shared_data, tmp_pa
         assert len(hits["hits"]) == 3
         assert httpx.get(base + "/indexes", headers={"X-API-Key": "k"}).status_code == 200
         assert httpx.post(base + "/qa", json={"question": "why?"}).status_code == 503  # started with --qa-model none
+        assert_connection_limits(port)
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(30) == 0
+
+
+def _read_all(sock: socket.socket) -> tuple[bytes, float]:
+    started, data = time.monotonic(), b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def assert_connection_limits(port: int) -> None:
+    """uvicorn as ``sparsa serve`` runs it: idle keep-alive connections close after 5 s, and a body that
+    stops arriving gets 408 after 10 s (issue 26, item 7: half-sent bodies were held for 90 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply, idle = _read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 200") and 4 <= idle < 8, (reply[:40], idle)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"query\": ")
+        reply, waited = _read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 408") and 9 <= waited < 14, (reply[:40], waited)

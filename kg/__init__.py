@@ -25,6 +25,8 @@ _EXPORTS = {
     "PathItem": "sparsa.kg.kg",
     "load_metaqa": "sparsa.kg.kg",
     "retrieve_cached": "sparsa.kg.kg",
+    "ChatPieces": "sparsa.kg.amar_prompt",
+    "chat_pieces": "sparsa.kg.amar_prompt",
     "AmarConfig": "sparsa.kg.amar",
     "AmarModel": "sparsa.kg.amar",
     "AspectItem": "sparsa.kg.amar",

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from sparsa.errors import ConfigError
+from sparsa.kg.amar_prompt import ChatPieces, chat_pieces  # noqa: F401 - ChatPieces: re-exported
 from sparsa.kg.kg import KGRetrieval
 
 if TYPE_CHECKING:
@@ -48,13 +49,6 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("entities", "relations", "path")
 Mode = Literal["lm", "text", "amar"]
-_PREFIX = "<|im_start|>user\nKnowledge:\n"
-_PREFIX_NO_KNOWLEDGE = "<|im_start|>user\n"
-# The assistant turn starts with "The answer is" (in every mode) so that a small chat LM names the
-# answer first instead of writing an essay around it.
-_SUFFIX = "Question: {question}\nAnswer with one name only.<|im_end|>\n<|im_start|>assistant\nThe answer is"
-
-
 @dataclass(frozen=True, slots=True)
 class AmarConfig:
     model: str = "smollm2-135m-instruct"
@@ -196,6 +190,7 @@ class AmarModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from sparsa.models import resolve_model
+        from sparsa.rag.reader import stop_token_ids
 
         self.config = config = config or AmarConfig()
         path = resolve_model(config.model)
@@ -209,6 +204,11 @@ class AmarModel:
         if config.lora_rank:  # registered on the head: trained, saved and loaded with it
             self.head.lora = _lora_adapters(self.lm, config)
         self._token_cache: dict[str, list[int]] = {}
+        # The prompt's turn markers and the answer's end come from the LM's own chat template and
+        # generation config (no ChatML written here).
+        self.stop_ids = stop_token_ids(self.lm, self.tokenizer)
+        self.chat = chat_pieces(self.tokenizer, self.stop_ids)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     # -- pieces
     def tokens(self, text: str) -> list[int]:
@@ -263,11 +263,12 @@ class AmarModel:
 
         if mode not in ("lm", "text", "amar"):
             raise ConfigError(f"mode {mode!r}: expected lm, text or amar")
-        suffix = self._embed(_SUFFIX.format(question=retrieval.question))
+        suffix = self._embed(self.chat.suffix(retrieval.question))
         if mode == "lm" or not items:
-            return torch.cat([self._embed(_PREFIX_NO_KNOWLEDGE), suffix]), {"gates": [], "open": []}
+            return torch.cat([self._embed(self.chat.prefix(False)), suffix]), {"gates": [], "open": []}
         if mode == "text":
-            return torch.cat([self._embed(_PREFIX), *self._embed_items(items), suffix]), {"gates": [], "open": []}
+            return torch.cat([self._embed(self.chat.prefix(True)), *self._embed_items(items), suffix]), \
+                {"gates": [], "open": []}
         logits, q_pool, token_embeds = self._gate_logits(retrieval, items)
         probs = torch.sigmoid(logits) if gates is None else gates.to(self.device)
         levels = probs.detach().cpu().tolist()
@@ -277,7 +278,7 @@ class AmarModel:
         # (a small LM copies the first fitting name it reads).
         open_ = [i for i in range(len(items)) if items[i].kind != "path" and levels[i] >= self.config.gate_threshold]
         open_ += [i for i in paths if i in must or levels[i] >= self.config.gate_threshold]
-        parts = [self._embed(_PREFIX)]
+        parts = [self._embed(self.chat.prefix(True))]
         if open_:
             kept = [token_embeds[i] for i in open_]
             pools = torch.stack([t.mean(0) for t in kept])
@@ -287,6 +288,14 @@ class AmarModel:
             parts += aligned
         return torch.cat([*parts, suffix]), {"gates": levels, "open": open_,
                                              "logits": logits}
+
+    def prompt_text(self, question: str, items: Sequence[AspectItem], shown: Sequence[int] | None = None,
+                    mode: Mode = "text") -> str:
+        """The prompt as text: the items ``shown`` (default all) as plain lines; in ``amar`` mode they
+        enter as gated, aligned embeddings of these same tokens. ``lm`` mode shows no items."""
+        shown = [] if mode == "lm" else range(len(items)) if shown is None else shown
+        lines = "".join(items[i].text + "\n" for i in shown)
+        return self.chat.prefix(mode != "lm" and bool(items)) + lines + self.chat.suffix(question)
 
     # -- generation
     def generate(self, retrievals: Sequence[KGRetrieval], mode: Mode, batch_size: int = 8) -> list[dict]:
@@ -307,8 +316,7 @@ class AmarModel:
                                     device=self.device)
                 out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
                                        max_new_tokens=self.config.max_new_tokens,
-                                       pad_token_id=self.tokenizer.pad_token_id,
-                                       eos_token_id=self.tokenizer.eos_token_id)
+                                       pad_token_id=self.pad_id, eos_token_id=self.stop_ids)
                 for row, (i, (_, info)) in enumerate(zip(batch, built)):
                     text = self.tokenizer.decode(out[row], skip_special_tokens=True).strip()
                     results[i] = {"answer": text, "gates": info["gates"], "open": info["open"]}

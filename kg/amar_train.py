@@ -143,8 +143,9 @@ def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lamb
         if mode == "amar" and items:
             gate_losses.append(gate_bce(info["logits"], items, question.answers))
         shown = info["open"] if mode == "amar" else range(len(items))
-        # The name follows "The answer is" after a space, as the LM itself would write it.
-        target = model.tokens(" " + answer_target(items, shown, question.answers) + "<|im_end|>")
+        # The name follows "The answer is" after a space, as the LM itself would write it, and ends the
+        # turn with the LM's own end-of-turn token.
+        target = [*model.tokens(" " + answer_target(items, shown, question.answers)), model.chat.end_of_turn]
         target_embeds = model._embed_ids(target)
         rows.append(torch.cat([embeds, target_embeds]))
         labels.append([-100] * embeds.shape[0] + target)

@@ -1,7 +1,7 @@
 """Knowledge-graph retrieval for KGQA (Amar's three aspects): entities, relations and subgraph paths.
 
-A :class:`KnowledgeGraph` holds ``head|relation|tail`` triples (MetaQA's WikiMovies KB) as an
-adjacency list over both directions. For a question, :class:`KGRetriever` returns
+A :class:`KnowledgeGraph` holds triples (a ``head<TAB>relation<TAB>tail`` file, or MetaQA's WikiMovies KB
+as ``head|relation|tail``) as an adjacency list over both directions. For a question, :class:`KGRetriever` returns
 
 - **entities**: the topic entity, read from MetaQA's ``[brackets]``, else the longest span of the
   question that names an entity, else the closest entity name (fuzzy, ``difflib``);
@@ -12,7 +12,8 @@ adjacency list over both directions. For a question, :class:`KGRetriever` return
   their phrase to the question, each with the entities it reaches (grouped per path, so one item
   reads ``Tom Hanks acted in movies directed by: Ron Howard; Penny Marshall``).
 
-Questions come from :func:`load_metaqa` (``question with [topic]\\tanswer1|answer2``).
+Questions come from :func:`read_kg_questions` / :func:`load_metaqa`
+(``question with [topic]\\tanswer1|answer2``).
 """
 
 from __future__ import annotations
@@ -104,19 +105,24 @@ class KnowledgeGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> KnowledgeGraph:
-        """Read ``head|relation|tail`` lines (``.gz`` or plain); a malformed line raises DataFormatError."""
+        """Read a triples file (``.gz`` or plain): ``head<TAB>relation<TAB>tail`` lines, or MetaQA's
+        ``head|relation|tail`` (a file whose first line has no tab); a malformed line raises
+        DataFormatError naming the file and line."""
         path = Path(path)
         if not path.is_file():
             raise DataFormatError(path, "no such knowledge-base file")
         triples = []
+        separator = None
         with _open_text(path) as lines:
             for number, line in enumerate(lines, 1):
-                line = line.rstrip("\n")
+                line = line.rstrip("\r\n")
                 if not line.strip():
                     continue
-                parts = line.split("|")
-                if len(parts) != 3 or not all(p.strip() for p in parts):
-                    raise DataFormatError(path, f"expected head|relation|tail, got {line[:80]!r}", number)
+                separator = separator or ("\t" if "\t" in line else "|")
+                parts = [p.strip() for p in line.split(separator)]
+                if len(parts) != 3 or not all(parts):
+                    shape = "head<TAB>relation<TAB>tail" if separator == "\t" else "head|relation|tail"
+                    raise DataFormatError(path, f"expected {shape}, got {line[:80]!r}", number)
                 triples.append((parts[0], parts[1], parts[2]))
         graph = cls(triples)
         logger.info("loaded %d triples, %d entities, %d relations from %s", len(triples),
@@ -137,7 +143,9 @@ class KnowledgeGraph:
         words = self.step_phrase(steps[0])
         for step in steps[1:]:
             # A reverse step ends on a movie (MetaQA heads are movies); a forward one on an attribute.
-            words += (" movies " if not steps[0][1] else ", which ") + self.step_phrase(step)
+            # (the " movies " reading holds for MetaQA's movie-centred relations only)
+            movie = not steps[0][1] and self.relations[steps[0][0]] in RELATION_PHRASES
+            words += (" movies " if movie else ", which ") + self.step_phrase(step)
         return words
 
     def path_question(self, steps: Sequence[Step]) -> str:
@@ -165,6 +173,25 @@ class KGQuestion:
         return _BRACKET.findall(self.text)
 
 
+def read_kg_questions(path: str | Path, id_prefix: str = "", hops: int = 0) -> list[KGQuestion]:
+    """Questions with gold answers, ``question<TAB>answer1|answer2`` a line (MetaQA's format; ``.gz`` or
+    plain); ids are ``{id_prefix}{line number}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "no such question file")
+    questions = []
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            text, sep, answers = line.rstrip("\r\n").partition("\t")
+            if not sep or not answers.strip():
+                raise DataFormatError(path, "expected 'question\\tanswer1|answer2'", number)
+            questions.append(KGQuestion(f"{id_prefix}{number}", text.strip(),
+                                        tuple(a for a in answers.split("|") if a), hops))
+    return questions
+
+
 def load_metaqa(folder: str | Path, hops: int, split: str, limit: int | None = None,
                 seed: int | None = None) -> list[KGQuestion]:
     """MetaQA ``{hops}-hop/vanilla/qa_{split}.txt[.gz]``; ``seed`` draws a fixed random ``limit`` subset."""
@@ -172,22 +199,16 @@ def load_metaqa(folder: str | Path, hops: int, split: str, limit: int | None = N
     path = next((p for p in (base / f"qa_{split}.txt.gz", base / f"qa_{split}.txt") if p.is_file()), None)
     if path is None:
         raise DataFormatError(base / f"qa_{split}.txt.gz", "no such MetaQA question file")
-    questions = []
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            text, sep, answers = line.rstrip("\n").partition("\t")
-            if not sep or not answers.strip():
-                raise DataFormatError(path, "expected 'question\\tanswer1|answer2'", number)
-            questions.append(KGQuestion(f"{hops}hop-{split}-{number}", text.strip(),
-                                        tuple(a for a in answers.split("|") if a), hops))
+    return sample_questions(read_kg_questions(path, f"{hops}hop-{split}-", hops), limit, seed)
+
+
+def sample_questions(questions: list[KGQuestion], limit: int | None, seed: int | None) -> list[KGQuestion]:
+    """The first ``limit`` questions, or with ``seed`` a fixed random subset of ``limit`` (in file order)."""
     if limit is not None and limit < len(questions):
         if seed is None:
-            questions = questions[:limit]
-        else:
-            picked = np.random.default_rng(seed).choice(len(questions), size=limit, replace=False)
-            questions = [questions[i] for i in sorted(picked)]
+            return questions[:limit]
+        picked = np.random.default_rng(seed).choice(len(questions), size=limit, replace=False)
+        return [questions[i] for i in sorted(picked)]
     return questions
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, dense, event, judge, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, dense, event, judge, kg, models, rerank, retrieval, serve, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -24,6 +24,7 @@ app.add_typer(models.app, name="models")
 train.app.command("event")(event.train_event)
 train.app.command("dense")(dense.train_dense)
 app.add_typer(train.app, name="train")
+app.add_typer(kg.app, name="kg")
 app.command("index")(retrieval.index)
 app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)

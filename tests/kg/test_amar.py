@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from sparsa.errors import ConfigError
 from sparsa.kg.amar import AmarConfig, AmarModel, aspect_items, first_answer, hits_at_1
 from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
 
@@ -167,6 +168,73 @@ def test_generation_returns_one_answer_per_question(model):
     retrieval = _retrieval(PATHS)
     out = model.generate([retrieval, retrieval], "amar", batch_size=2)
     assert len(out) == 2 and all(isinstance(o["answer"], str) for o in out)
+
+
+# The prompt Amar hard-coded before it read the LM's chat template (heads were trained on these tokens).
+CHATML_PREFIX = "<|im_start|>user\nKnowledge:\n"
+CHATML_PREFIX_NO_KNOWLEDGE = "<|im_start|>user\n"
+CHATML_SUFFIX = "Question: {question}\nAnswer with one name only.<|im_end|>\n<|im_start|>assistant\nThe answer is"
+
+
+def test_smollm2_prompt_tokens_are_the_chatml_ones_amar_always_used(model):
+    tokenizer = model.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    retrieval = _retrieval(PATHS)
+    items, question = aspect_items(retrieval), retrieval.question
+    assert model.tokens(model.chat.prefix(True)) == ids(CHATML_PREFIX) == [1, 4093, 198, 35761, 42, 198]
+    assert model.tokens(model.chat.prefix(False)) == ids(CHATML_PREFIX_NO_KNOWLEDGE)
+    assert model.tokens(model.chat.suffix(question)) == ids(CHATML_SUFFIX.format(question=question))
+    assert model.stop_ids == [2] and model.chat.end_of_turn == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # the answer-loss target: the name, then the end of the turn, as " Big<|im_end|>" tokenised
+    assert [*model.tokens(" Big"), model.chat.end_of_turn] == ids(" Big<|im_end|>")
+    old_text = ids(CHATML_PREFIX) + [t for i in items for t in ids(i.text + "\n")] + \
+        ids(CHATML_SUFFIX.format(question=question))
+    old_lm = ids(CHATML_PREFIX_NO_KNOWLEDGE) + ids(CHATML_SUFFIX.format(question=question))
+    with torch.no_grad():
+        text, _ = model.prompt_embeds(retrieval, items, "text")
+        lm_only, _ = model.prompt_embeds(retrieval, items, "lm")
+        torch.testing.assert_close(text, model._embed_ids(old_text), rtol=0, atol=0)
+        torch.testing.assert_close(lm_only, model._embed_ids(old_lm), rtol=0, atol=0)
+    assert ids(model.prompt_text(question, items)) == old_text
+
+
+LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+          "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+GEMMA = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+         "{{ raise_exception('System role not supported') }}{% endif %}{% if message['role'] == 'assistant' %}"
+         "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + "
+         "role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+         "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+
+
+@pytest.mark.parametrize(("template", "bos", "specials", "expected"), [
+    (LLAMA3, "<|begin_of_text|>", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+     ("<|begin_of_text|>", "<|start_header_id|>user<|end_header_id|>\n\n",
+      "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>")),
+    (GEMMA, "<bos>", ["<start_of_turn>", "<end_of_turn>"],
+     ("<bos>", "<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>")),
+])
+def test_chat_pieces_follow_other_templates(model, template, bos, specials, expected):
+    """Llama 3's and Gemma's layouts (their templates on a tokenizer given their special tokens): the turn
+    markers, the BOS that opens the conversation and the end-of-turn token all come from the template."""
+    import copy
+
+    from sparsa.kg.amar_prompt import chat_pieces
+
+    tokenizer = copy.deepcopy(model.tokenizer)
+    tokenizer.add_special_tokens({"bos_token": bos, "additional_special_tokens": specials})
+    tokenizer.chat_template = template
+    end = tokenizer.convert_tokens_to_ids(expected[3])
+    pieces = chat_pieces(tokenizer, stop_ids=[tokenizer.eos_token_id, end])
+    assert (pieces.start, pieces.user_open, pieces.user_close, pieces.end_of_turn) == (*expected[:3], end)
+    assert "<|im_start|>" not in pieces.prefix(True) + pieces.suffix("who directed [Big]")
+    tokenizer.chat_template = None
+    with pytest.raises(ConfigError, match="no chat template"):
+        chat_pieces(tokenizer)
 
 
 @pytest.mark.parametrize(("generated", "first", "hit"), [

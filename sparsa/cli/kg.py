@@ -1,0 +1,87 @@
+"""``sparsa kg ask``: answer a question from a knowledge graph (KG retrieval, then Amar or KG-as-text).
+
+    sparsa kg ask "who directed [Big]" --kg triples.tsv                       # KG as text, SmolLM2
+    sparsa kg ask "who directed Big" --kg kb.tsv --head models/amar-head     # Amar's gated soft prompts
+    sparsa kg ask "what movies did [Tom Hanks] act in" --kg ../shared/data/metaqa/kb_reconstructed.txt.gz
+
+``--kg`` is a triples file, ``head<TAB>relation<TAB>tail`` a line (``.gz`` or plain; MetaQA's
+``head|relation|tail`` also reads). :class:`sparsa.kg.KGRetriever` finds the topic entity (``[brackets]``,
+else the longest span naming an entity, else the closest name), ranks relations and 1-2 hop paths
+with minilm-l6, and the reader answers from them: ``text`` writes every retrieved item into the prompt,
+``amar`` (with ``--head``, from ``sparsa train amar``) gates and aligns them as soft prompts, ``lm``
+asks the LM alone. Any chat LM reads: its own chat template builds the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsa.cli.common import console, out
+from sparsa.errors import ConfigError
+
+app = typer.Typer(help="Knowledge-graph QA over a triples file.", no_args_is_help=True)
+
+
+@app.command("ask")
+def ask(
+    question: Annotated[str, typer.Argument(help="the question; [brackets] may mark the topic entity")],
+    kg: Annotated[Path, typer.Option(help="triples file: head<TAB>relation<TAB>tail lines (.gz or plain; "
+                                          "MetaQA's head|relation|tail also reads)")],
+    head: Annotated[Path | None, typer.Option(help="trained Amar head folder (sparsa train amar); "
+                                                   "its LM is the reader")] = None,
+    mode: Annotated[str | None, typer.Option(help="amar (needs --head), text (retrieved knowledge as text) "
+                                                  "or lm (no knowledge); default amar with --head, "
+                                                  "else text")] = None,
+    model: Annotated[str | None, typer.Option(help="reader LM without --head: registry name or folder "
+                                                   "with a chat template")] = None,
+    max_paths: Annotated[int, typer.Option(min=1, help="relation paths retrieved")] = 6,
+    max_hops: Annotated[int, typer.Option(min=1, max=2, help="longest path")] = 2,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, max=256, help="longest answer in tokens")]
+    = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
+) -> None:
+    """Answer a question from a knowledge graph; prints the answer, the topic entity and the knowledge."""
+    from sparsa.kg.amar import AmarConfig, AmarModel, aspect_items, first_answer
+    from sparsa.kg.kg import KGRetriever, KnowledgeGraph
+
+    if not question.strip():
+        raise ConfigError("the question is empty")
+    mode = mode or ("amar" if head is not None else "text")
+    if mode not in ("amar", "text", "lm"):
+        raise ConfigError(f"--mode {mode!r}: expected amar, text or lm")
+    if mode == "amar" and head is None:
+        raise ConfigError("--mode amar needs --head (a head trained with 'sparsa train amar')")
+    if head is not None and model is not None:
+        raise ConfigError("--model and --head: a head reads with the LM it was trained with; give one")
+    settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    graph = KnowledgeGraph.load(kg)
+    retrieval = KGRetriever(graph, max_paths=max_paths, max_hops=max_hops).retrieve(question.strip())
+    if head is not None:
+        reader = AmarModel.load(head, device, **settings)
+    else:
+        reader = AmarModel(AmarConfig(**({"model": model} if model else {}), **settings), device)
+    generated = reader.generate([retrieval], mode, batch_size=1)[0]
+    items = aspect_items(retrieval, reader.config.key_dim)
+    shown = generated["open"] if mode == "amar" else None
+    answer = {"question": question.strip(), "answer": first_answer(generated["answer"]),
+              "generated": generated["answer"], "mode": mode, "topic": retrieval.topic,
+              "knowledge": [{"kind": item.kind, "text": item.text, "score": round(item.score, 4),
+                             **({"gate": round(generated["gates"][i], 4)} if generated["gates"] else {})}
+                            for i, item in enumerate(items)],
+              "shown": list(range(len(items))) if shown is None and mode == "text" else list(shown or []),
+              "prompt": reader.prompt_text(retrieval.question, items, shown, mode),
+              "reader": reader.config.model}
+    if as_json:
+        out.print(json.dumps(answer))
+        return
+    out.print(answer["answer"])
+    console.print(f"mode: {mode}; topic entity: {retrieval.topic or 'none found'}; reader: {reader.config.model}")
+    for i, item in enumerate(answer["knowledge"]):
+        mark = "*" if i in answer["shown"] else " "
+        gate = f" gate {item['gate']:.2f}" if "gate" in item else ""
+        console.print(f" {mark} [{item['kind']}] {item['text']}{gate}")

@@ -139,6 +139,7 @@ def pipeline_config(args, variant: str):
 
     example = PipelineConfig.from_file(Path(__file__).parent.parent / "examples" / f"{args.dataset}.toml")
     return example.override({"retrieval.k": max(args.ks), "reader.attention": variant, "reader.model": args.model,
+                             "reader.max_context_tokens": args.max_context_tokens, "rerank.depth": args.rerank_depth,
                              "rerank.model": args.model, "retrieval.dataset": str(corpus_file(args))})
 
 
@@ -243,8 +244,11 @@ def stage_run(args) -> None:
         from sparsa.rag.reader import install_sparse_attention
 
         install_sparse_attention(readers["full-kernels"].model, AttentionConfig())
+    test = [q for q in questions if q["split"] == "test"]
+    _, share_passages = first.retrieve_passages(test[0]["text"], {}, None)  # before the loop: every write has it
+    share = attention_share(readers, question_text(test[0]), share_passages, args.ks)
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     rows, stages = [], []
-
     for n, q in enumerate(questions):
         as_of = dt.date.fromisoformat(q["date"]) if q.get("date") else None
         timings = {}
@@ -258,23 +262,19 @@ def stage_run(args) -> None:
                              "prefill_s": out.timings["prefill"], "decode_s": out.timings["decode"],
                              "read_s": out.timings["read"], "decode_mode": out.decode_mode, "answer": out.text,
                              **score(q, out.text)})
-        if n % 10 == 0:
+        if n % 5 == 0:
             log.info("%d/%d questions; last: %s", n + 1, len(questions), rows[-1])
-    test = [q for q in questions if q["split"] == "test"]
-    share_question = test[0]
-    _, share_passages = first.retrieve_passages(share_question["text"], {}, None)
-    share = attention_share(readers, question_text(share_question), share_passages, args.ks)
-    stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1) for s in ("retrieve", "rerank")}
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    write_results(args.dataset, {
-        "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks, "variants": args.variants,
-        "baseline": "full: the model's own attention (transformers sdpa, PyTorch's default backend choice, eager "
-                    "decode); full-kernels: SDPA prefill + our flash-decoding, CUDA-graphed decode; same prompts, "
-                    "same greedy decoding",
-        "config": pipeline_config(args, "sparse").to_dict(),
-        "decode_modes": {v: r.last_decode_mode for v, r in readers.items()} if False else None, "route": "retrieve (mode; no router in this run)",
-        "stage_ms_median": stage_ms, "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
-        "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"), path=args.out)
+        # Written after every question, so a run cut short still leaves its record.
+        stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1) for s in ("retrieve", "rerank")}
+        write_results(args.dataset, {
+            "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks, "variants": args.variants,
+            "questions_done": n + 1, "questions_planned": len(questions),
+            "baseline": "full: the model's own attention (transformers sdpa, PyTorch's default backend choice, eager "
+                        "decode); full-kernels: SDPA prefill + our flash-decoding, CUDA-graphed decode; same prompts, "
+                        "same greedy decoding",
+            "config": pipeline_config(args, "sparse").to_dict(), "route": "retrieve (mode; no router in this run)",
+            "stage_ms_median": stage_ms, "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
+            "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"), path=args.out)
 
 
 def main() -> None:

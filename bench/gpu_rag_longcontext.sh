@@ -14,6 +14,11 @@ step=${1:?usage: gpu_rag_longcontext.sh stage|index|run DATASET|serve}
 if [[ $step == stage ]]; then
     rm -rf .stage/lc /tmp/lc-head && mkdir -p .stage/lc/models
     cp -r "${SPARSA_HOME:-$HOME/.cache/sparsa}/models/splade-tiny" .stage/lc/models/
+    # the service's packages, which the GPU image lacks, at the locked versions
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d .stage/lc/serve $(grep -i -E \
+        "^(fastapi|starlette|pydantic|pydantic_core|uvicorn|annotated-types|typing-inspection|python-multipart)==" \
+        constraints.txt)
     git worktree add -f --detach /tmp/lc-head HEAD >/dev/null
     (cd /tmp/lc-head && "$OLDPWD/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$OLDPWD/.stage/lc/whl" .)
     git worktree remove --force /tmp/lc-head
@@ -21,7 +26,7 @@ if [[ $step == stage ]]; then
 fi
 REPO=$PWD
 export PYTHONPATH=$STAGE/lcsite SPARSA_HOME=$STAGE/home PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-rm -rf "$STAGE/lcsite" && pip install -q --no-index --no-deps --target "$STAGE/lcsite" .stage/lc/whl/*.whl
+rm -rf "$STAGE/lcsite" && pip install -q --no-index --no-deps --target "$STAGE/lcsite" .stage/lc/whl/*.whl .stage/lc/serve/*.whl
 mkdir -p "$STAGE/lc" "$SPARSA_HOME/models" && cd /tmp  # sparsa from the wheel, not the checkout
 case $step in
     index)

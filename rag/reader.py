@@ -72,7 +72,7 @@ class Reader:
         started = time.perf_counter()
         self.config = config = (config or ReaderConfig()).resolved()
         self.device = config.device
-        self.path = resolve_model(config.model)
+        self.path = Path(resolve_model(config.model))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.chat_template is None:
             raise ConfigError(f"{self.path}: the tokenizer has no chat template; the reader needs an instruct model")

@@ -21,9 +21,6 @@ from typing import Any
 
 from sparsa.deadline import DeadlineExceeded, deadline_scope
 
-# How long past the deadline the handler waits for a worker to notice it, before answering 504 alone.
-GRACE_S = 1.0
-
 
 class Overloaded(Exception):
     """Refused at admission: 503 with ``Retry-After`` (seconds)."""
@@ -101,18 +98,25 @@ class Gate:
         expected = self.admit(deadline, cost)
 
         def work() -> Any:
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded("the deadline passed while the request waited")
             began = time.monotonic()
-            with deadline_scope(deadline):
-                result = fn(*args)
+            if began >= deadline:
+                raise DeadlineExceeded("the deadline passed while the request waited")
+            if began - started > 0.1 and expected and began + expected > deadline:
+                # It waited, and what is left would not do: spend no CPU on an answer nobody gets.
+                raise DeadlineExceeded("the request could not finish in the time left after waiting")
+            try:
+                with deadline_scope(deadline):
+                    result = fn(*args)
+            except DeadlineExceeded:  # cut off: it costs at least this much here (what admission must know)
+                self.cost.add(time.monotonic() - began)
+                raise
             self.cost.add(time.monotonic() - began)
             return result
 
         future: Future = self._pool.submit(work)
         future.add_done_callback(lambda _: self._release(expected))
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=deadline - started + GRACE_S)
+        try:  # the answer leaves at the deadline at the latest; a running worker stops at its next check
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=deadline - started)
         except (TimeoutError, DeadlineExceeded):
             future.cancel()  # not started yet: it never runs (a running one stops at its next check)
             raise RequestTimeout(timeout_s) from None

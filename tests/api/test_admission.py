@@ -72,7 +72,7 @@ def test_a_qa_burst_past_capacity_gets_fast_503s_and_admitted_work_ends_by_its_d
     admitted = [r for r in results if r[0] != 503]
     assert len(admitted) <= 2 and len(refused) >= 6, [r[:2] for r in results]
     assert all(r[1] < 1.0 and int(r[2]["retry-after"]) >= 1 for r in refused), [r[:2] for r in refused]
-    assert all(r[0] in (200, 504) and r[1] <= timeout + 1.5 for r in admitted), [r[:2] for r in admitted]
+    assert all(r[0] in (200, 504) and r[1] <= timeout + 0.5 for r in admitted), [r[:2] for r in admitted]
     assert max(probes) < 1.0, sorted(probes)[-3:]
     assert freed_after < 1.5
 
@@ -135,7 +135,7 @@ def test_reranking_is_capped_by_the_time_limit_and_stops_at_the_deadline(rerank_
         started = time.monotonic()
         response = client.post("/rerank", json={"query": "heat transfer in boundary layers", "doc_ids": ids})
         answered = time.monotonic()
-        assert response.status_code == 504 and answered - started < limit + 1.5, (answered - started, limit)
+        assert response.status_code == 504 and answered - started < limit + 0.5, (answered - started, limit)
         assert _wait(lambda: gate.pending == 0, 3.0), gate.describe()
 
 

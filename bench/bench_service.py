@@ -10,11 +10,18 @@ are copies of the published ones, and measures:
 - fuzz: schemathesis over the OpenAPI spec (all operations, with the API key), and the server's own
   count of responses by status class (from /metrics): zero 5xx is the target;
 - faults: a corrupt index file makes ``sparsa serve`` refuse to start and a swap answer 409; a
-  splade build started through the API is killed with SIGKILL midway: the served index keeps
-  answering identically, and a rerun resumes from the checkpointed shard and publishes.
+  splade build of a new version (the served index is never rebuilt in place) started through the API
+  is killed with SIGKILL midway: the served index keeps answering identically, and a rerun resumes
+  from the checkpointed shard and publishes; the new version is swapped in;
+- overload (issue 26): a server with BM25 + the QA reader and the default limits answers one question
+  (so its QA gate knows what an answer costs), then gets a burst of 4x its QA capacity at once:
+  how many get a fast 503 (with Retry-After), whether every admitted request ends by its deadline,
+  how fast /health and /metrics answer meanwhile, and when the server's CPU falls idle (sampled every
+  100 ms from /proc through psutil) relative to the last deadline. Needs only scifact-bm25.
 
     python bench/bench_service.py                      # everything (~20 min on a quiet 2-core machine)
     python bench/bench_service.py --only load --seconds 10
+    python bench/bench_service.py --only overload      # merged into service.json as its own run record
 """
 
 from __future__ import annotations
@@ -34,18 +41,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import write_results
+from common import RESULTS, run_metadata, write_results
 
 KEY = "bench-key"
 RESULTS_LOG = Path(tempfile.gettempdir()) / "bench_service_server.log"  # kept for a look after the run
-SECTIONS = ("bad_inputs", "load", "fuzz", "faults")
+SECTIONS = ("bad_inputs", "load", "fuzz", "faults", "overload")
+PACKAGES = ("fastapi", "uvicorn", "httpx", "schemathesis")
 
 
-def scratch_home(real_home: Path, folder: Path) -> Path:
+def scratch_home(real_home: Path, folder: Path, names=("scifact-bm25", "scifact-splade")) -> Path:
     """A SPARSA_HOME with the real models (linked) and copies of the published SciFact indexes."""
     (folder / "indexes").mkdir(parents=True)
     os.symlink(real_home / "models", folder / "models")
-    for name in ("scifact-bm25", "scifact-splade"):
+    for name in names:
         if not (real_home / "indexes" / name / "sparsa.json").is_file():
             sys.exit(f"error: {real_home / 'indexes' / name} is missing; run 'make demo' first")
         shutil.copytree(real_home / "indexes" / name, folder / "indexes" / name)
@@ -200,14 +208,15 @@ def corrupt_index_fault(home: Path, base: str, port: int, log_dir: Path) -> dict
 
 
 def kill_build_fault(home: Path, base: str) -> dict:
-    """Rebuild the served splade index through the API, SIGKILL it after its first shard, rerun it."""
+    """Build a new version of the served splade index through the API, SIGKILL it after its first shard,
+    rerun it, swap it in."""
     headers = {"X-API-Key": KEY}
     probe = {"query": "vitamin D deficiency and bone fractures", "retriever": "splade", "k": 10, "include_text": False}
     before = httpx.post(base + "/search", json=probe, timeout=60).json()["hits"]
     manifest = (home / "indexes" / "scifact-splade" / "sparsa.json").read_text()
-    request = {"name": "scifact-splade", "kind": "splade", "dataset": "scifact"}
+    request = {"name": "scifact-splade-2", "kind": "splade", "dataset": "scifact"}
     job = httpx.post(base + "/indexes/build", headers=headers, json=request, timeout=60).json()
-    shard = home / "indexes" / ".scifact-splade.building" / "shards" / "000000"
+    shard = home / "indexes" / ".scifact-splade-2.building" / "shards" / "000000"
     started = time.monotonic()
     while not shard.exists():
         if time.monotonic() - started > 1800:
@@ -225,8 +234,8 @@ def kill_build_fault(home: Path, base: str) -> dict:
             == "running":
         time.sleep(2)
     rerun_s = time.monotonic() - started
-    swap = httpx.post(base + "/indexes/swap", headers=headers, json={"retriever": "splade", "name": "scifact-splade"},
-                      timeout=300)
+    swap = httpx.post(base + "/indexes/swap", headers=headers,
+                      json={"retriever": "splade", "name": "scifact-splade-2"}, timeout=300)
     after = httpx.post(base + "/search", json=probe, timeout=60).json()["hits"]
     return {
         "killed_after_s": round(first_shard_s, 1), "killed_job_state": status["state"],
@@ -236,10 +245,130 @@ def kill_build_fault(home: Path, base: str) -> dict:
         "published_manifest_unchanged": unchanged,
         "rerun_state": state["state"], "rerun_seconds": round(rerun_s, 1),
         "rerun_resumed": "resuming the interrupted build" in state["log_tail"] or "resuming" in
-        Path(home / "indexes" / f".scifact-splade.build-{rerun['id']}.log").read_text(),
+        Path(home / "indexes" / ".jobs" / f"{rerun['id']}.log").read_text(),
         "swap_status": swap.status_code,
         "search_after_swap_identical": [h["doc_id"] for h in after] == [h["doc_id"] for h in before],
     }
+
+
+class CpuSampler:
+    """The server process's CPU seconds (user + system, all its threads) every ``step`` seconds."""
+
+    def __init__(self, pid: int, step: float = 0.1):
+        import psutil
+
+        self.process, self.step, self.samples, self.stop = psutil.Process(pid), step, [], asyncio.Event()
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            times = self.process.cpu_times()
+            self.samples.append((time.monotonic(), times.user + times.system))
+            await asyncio.sleep(self.step)
+
+    def share(self, since: float, until: float) -> float:
+        """Cores used on average between two instants."""
+        inside = [(t, c) for t, c in self.samples if since <= t <= until]
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if len(inside) > 1 else 0.0
+
+    def busy_until(self, threshold: float = 0.2) -> float | None:
+        """The end of the last 0.5 s window in which the server used more than ``threshold`` of a core
+        (an idle server here uses about 0.04: the JVM, uvicorn; CPU time comes in 10 ms ticks)."""
+        pairs = zip(self.samples, self.samples[5:], strict=False)
+        return max((t1 for (t0, c0), (t1, c1) in pairs if (c1 - c0) / (t1 - t0) > threshold), default=None)
+
+
+def _ms(seconds: list[float]) -> dict:
+    return {"p50": round(1000 * float(np.median(seconds)), 1), "max": round(1000 * max(seconds or [0]), 1)}
+
+
+async def _burst(base: str, questions: list[str], mode: str, timeout: float, cpu: CpuSampler) -> dict:
+    rows: list[dict] = []
+    probes: dict[str, list[float]] = {"/health": [], "/metrics": []}
+    done = asyncio.Event()
+
+    async def ask(client: httpx.AsyncClient, question: str) -> None:
+        sent = time.monotonic()
+        response = await client.post("/qa", json={"question": question, "mode": mode})
+        rows.append({"status": response.status_code, "sent": sent, "done": time.monotonic(),
+                     "retry_after": response.headers.get("retry-after"), "detail": response.json()["detail"]
+                     if response.status_code != 200 else None})
+
+    async def probe(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            for path, seconds in probes.items():
+                started = time.monotonic()
+                assert (await client.get(path)).status_code == 200
+                seconds.append(time.monotonic() - started)
+            await asyncio.sleep(0.25)
+
+    limits = httpx.Limits(max_connections=len(questions) + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout + 60, limits=limits) as client:
+        sampler, prober = asyncio.create_task(cpu.run()), asyncio.create_task(probe(client))
+        await asyncio.sleep(2)  # an idle stretch before the burst
+        started = time.monotonic()
+        await asyncio.gather(*(ask(client, q) for q in questions))
+        done.set()
+        await prober
+        accepted = [r for r in rows if r["status"] != 503]
+        last_deadline = max((r["sent"] + timeout for r in accepted), default=started)
+        last_response = max(r["done"] for r in rows)
+        await asyncio.sleep(max(0.0, last_deadline + 3 - time.monotonic()))
+        cpu.stop.set()
+        await sampler
+    refused = [r for r in rows if r["status"] == 503]
+    busy = cpu.busy_until()
+    return {
+        "burst": len(questions), "accepted": len(accepted), "refused_503": len(refused),
+        "accepted_statuses": sorted(r["status"] for r in accepted),
+        "refused_ms": _ms([r["done"] - r["sent"] for r in refused]),
+        "refused_retry_after_s": sorted({int(r["retry_after"]) for r in refused if r["retry_after"]}),
+        "refused_detail_example": refused[0]["detail"] if refused else None,
+        "accepted_s": [round(r["done"] - r["sent"], 2) for r in sorted(accepted, key=lambda r: r["sent"])],
+        "all_accepted_within_deadline": all(r["done"] <= r["sent"] + timeout for r in accepted),
+        "last_response_after_burst_s": round(last_response - started, 2),
+        "last_deadline_after_burst_s": round(last_deadline - started, 2),
+        "cpu_cores_idle_before": round(cpu.share(started - 2, started), 3),
+        "cpu_cores_after_last_deadline": round(cpu.share(last_deadline, last_deadline + 3), 3),
+        "cpu_idle_vs_last_deadline_s": round(busy - last_deadline, 2) if busy else None,
+        "cpu_idle_vs_last_response_s": round(busy - last_response, 2) if busy else None,
+        "probe_ms": {path: _ms(seconds) for path, seconds in probes.items()},
+    }
+
+
+def overload(home: Path, port: int, work: Path, questions: list[str], args: argparse.Namespace) -> dict:
+    """A burst of ``factor`` x the QA capacity against a server with the default limits."""
+    from sparsa.api.settings import ServiceLimits
+
+    limits = ServiceLimits()
+    capacity = limits.qa_workers + limits.qa_queue
+    factor, timeout, mode = args.burst_factor, args.qa_timeout, args.qa_mode
+    server = Server(home, port, ["--splade", "none", "--timeout", str(timeout)], work / "overload.log")
+    try:
+        startup = server.wait_ready()
+        started = time.monotonic()
+        warm = httpx.post(server.base + "/qa", json={"question": questions[0], "mode": mode},
+                          timeout=timeout + 60)
+        warm_s = time.monotonic() - started
+        load_before = os.getloadavg()
+        result = asyncio.run(_burst(server.base, questions[1 : 1 + factor * capacity], mode, timeout,
+                                    CpuSampler(server.process.pid)))
+        counts = status_counts(server.base)
+    finally:
+        server.stop()
+    return {**run_metadata((*PACKAGES, "psutil")), "startup_s": round(startup, 1), "timeout_s": timeout,
+            "mode": mode,
+            "qa_capacity": {"workers": limits.qa_workers, "queue": limits.qa_queue},
+            "warm_up": {"status": warm.status_code, "seconds": round(warm_s, 2)}, **result,
+            "server_counted": counts, "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def merge(sections: dict) -> Path:
+    """``sections`` (each with its own run record) into service.json; the other sections and the top-level
+    meta (the run that measured them) stay."""
+    path = RESULTS / "service.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **sections}, indent=2) + "\n")
+    return path
 
 
 def main() -> None:
@@ -250,6 +379,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--examples", type=int, default=15, help="schemathesis examples per operation")
     parser.add_argument("--port", type=int, default=8731)
+    parser.add_argument("--burst-factor", type=int, default=4, help="overload: the burst in QA capacities")
+    parser.add_argument("--qa-timeout", type=float, default=30.0, help="overload: the server's time limit")
+    parser.add_argument("--qa-mode", default="retrieve", help="overload: the questions' QA mode")
+    parser.add_argument("--key", default="overload", help="overload: its key in service.json")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)
@@ -258,6 +391,14 @@ def main() -> None:
 
     queries = [q.text for q in load_dataset(Path(__file__).parents[1].parent / "shared" / "data" / "scifact").queries]
     work = Path(tempfile.mkdtemp(prefix="bench_service_"))
+    if sections == ["overload"]:
+        home = scratch_home(args.home, work / "home", names=("scifact-bm25",))
+        results = {args.key: overload(home, args.port, work, queries, args)}
+        print(json.dumps(results[args.key], indent=1))
+        if not args.no_save:
+            print("wrote", merge(results))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     home = scratch_home(args.home, work / "home")
     server = Server(home, args.port, ["--reranker", "query-likelihood", "--timeout", "600"], work / "server.log")
     results: dict = {"sections": sections}
@@ -286,10 +427,12 @@ def main() -> None:
             print("kill -9 build:", json.dumps(results["faults"]["kill_build"]))
     finally:
         server.stop()
+    if "overload" in sections:
+        results[args.key] = overload(home, args.port + 2, work, queries, args)
     results["notes"] = ("2-core machine shared with ~6 other jobs during the run: latency and throughput are "
                         "distorted by that load; client and server share the same two cores.")
     if not args.no_save:
-        print("wrote", write_results("service", results, ("fastapi", "uvicorn", "httpx", "schemathesis")))
+        print("wrote", write_results("service", results, PACKAGES))
     shutil.copy(work / "server.log", RESULTS_LOG)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -325,6 +325,8 @@ async def _burst(base: str, questions: list[str], mode: str, timeout: float, cpu
         "refused_detail_example": refused[0]["detail"] if refused else None,
         "accepted_s": [round(r["done"] - r["sent"], 2) for r in sorted(accepted, key=lambda r: r["sent"])],
         "all_accepted_within_deadline": all(r["done"] <= r["sent"] + timeout for r in accepted),
+        "accepted_max_past_deadline_s": round(max(r["done"] - r["sent"] - timeout for r in accepted), 2)
+        if accepted else None,
         "last_response_after_burst_s": round(last_response - started, 2),
         "last_deadline_after_burst_s": round(last_deadline - started, 2),
         "cpu_cores_idle_before": round(cpu.share(started - 2, started), 3),

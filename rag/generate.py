@@ -158,11 +158,11 @@ class _StaticDecoder:
         """The model's decoder for ``needed`` tokens (reused if it fits without much slack), or None where the
         growing-cache loop runs instead (``cuda_graph`` False, or None and not on CUDA with our attention)."""
         shared = getattr(model, "_sparsa_shared", None)
+        why = _static_unsupported(model, shared) if cuda_graph is not False else None
         if cuda_graph is None:
-            cuda_graph = device.type == "cuda" and shared is not None
+            cuda_graph = device.type == "cuda" and shared is not None and not why
         if not cuda_graph:
             return None
-        why = _static_unsupported(model, shared)
         if why:
             raise ValueError(f"cuda_graph=True: {why}; pass cuda_graph=False")
         capture = _capture_on(device)

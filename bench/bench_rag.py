@@ -15,18 +15,15 @@ a GPU machine without Java (``bench/gpu_qwen_routing.sh``):
     python bench/bench_rag.py routing --step report --from-file SET.json --model-key NAME \
         --device cuda --dtype bfloat16 --cache OUT/generations.jsonl --key routing_NAME   # CPU
 
-- ``set`` (CPU, Java): the mixed question set (``rag/qa_sets.py``), each question's BM25 top-k passages
-  over the union of the corpus-needing sources' passages, and its corpus features -> one self-contained
-  JSON file (questions, splits, gold answers, features, the passages' texts);
-- ``generate`` (any device): every question answered both ways into the generation cache (JSONL,
-  ``--cache``, default ``WORK/generations.jsonl``, appended batch by batch: a killed run keeps its work);
-- ``report`` (CPU): from the set file and the cache alone (``lm_logprob``, the reader's confidence, is the
-  cached closed-book answer's).
+``set`` (CPU, Java) writes the mixed question set (``rag/qa_sets.py``), each question's BM25 top-k
+passages and its corpus and retriever features as one JSON file; ``generate`` (any device) answers every
+question both ways into the cache (``--cache``, default ``WORK/generations.jsonl``; a killed run keeps its
+work); ``report`` (CPU) needs only the set and the cache (``lm_logprob`` is the cached closed-book answer's).
 
-A cache entry's key hashes the model key (default: the resolved model folder, as the first SmolLM2 cache
-was keyed), the reader settings that change a generation, the route's prompt, the question and the
-passage ids, so readers and settings never mix; the report needs the settings the answers were generated
-with. Results merge into ``bench/results/rag.json`` (other keys, such as ``"amar"``, are kept).
+The cache is the library's (``sparsa.rag.qa_sets.AnswerCache``: keyed by the model key, default the
+resolved model folder, the reader settings, the route's prompt, the question and the passages), and so
+are the features, router fits and scores (``sparsa.rag.routing``; ``sparsa train router`` is the same on
+a user's own questions). Results merge into ``bench/results/rag.json`` (other keys are kept).
 """
 
 from __future__ import annotations
@@ -50,9 +47,6 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 NOTE = ("CPU timings on a 2-core machine shared with other jobs (load average 4-6): absolute seconds are "
         "inflated and noisy; compare stages, not machines.")
 SET_FORMAT = "sparsa-routing-set/1"
-ROUTERS = {"popularity": ("subject_logdf", "relation_logdf"), "confidence": ("lm_logprob",),
-           "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
-           "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus")}
 
 
 def merge_results(key: str, payload: dict) -> Path:
@@ -86,16 +80,16 @@ def mixed_set(args: argparse.Namespace) -> tuple[list, Corpus, Retriever]:
 
 def build_set(args: argparse.Namespace) -> dict:
     """Questions with their top-k BM25 passages and corpus features, as one JSON-ready dict."""
-    from sparsa.rag.qa_sets import NEEDS_CORPUS
-    from sparsa.rag.routing import TermStats, question_features
+    from sparsa.rag.qa_sets import NEEDS_CORPUS, interleave_sources
+    from sparsa.rag.routing import CONFIDENCE_DEPTH, TermStats, question_features
 
     examples, corpus, index = mixed_set(args)
     stats = TermStats.from_corpus(corpus)
-    hits = index.search([Query(e.id, e.question) for e in examples], k=args.k)
+    hits = index.search([Query(e.id, e.question) for e in examples], k=max(args.k, CONFIDENCE_DEPTH))
     questions, passages = [], {}
-    for e in _interleaved(examples):
-        ids = [h.doc_id for h in hits[e.id]]
-        features = question_features(e.question, stats)
+    for e in interleave_sources(examples):
+        ids = [h.doc_id for h in hits[e.id][: args.k]]
+        features = question_features(e.question, stats, scores=[h.score for h in hits[e.id]])
         features.pop("lm_logprob")  # the reader's, added by the report from the cache
         questions.append({"id": e.id, "source": e.source, "split": e.split, "question": e.question,
                           "answers": list(e.answers), "passages": ids, "features": features})
@@ -118,72 +112,7 @@ def set_passages(qset: dict, question: dict) -> list[Document]:
     return [Document(i, found[i]["text"], found[i]["title"]) for i in question["passages"]]
 
 
-def _interleaved(examples: list) -> list:
-    """Round-robin over sources, so a partial run covers every source evenly."""
-    rank: dict[str, int] = {}
-    keyed = []
-    for e in examples:
-        rank[e.source] = rank.get(e.source, 0) + 1
-        keyed.append((rank[e.source], e.source, e))
-    return [e for *_, e in sorted(keyed, key=lambda t: t[:2])]
-
-
-# -- routing, step 2: generation (any device)
-class GenerationCache:
-    """Reader outputs on disk, one JSON line each, keyed by model key, settings, prompt, question and
-    passages."""
-
-    def __init__(self, path: Path, model_key: str, config):
-        from sparsa.rag import reader as prompts  # the prompt of each route is part of its key
-
-        self.path, self.model_key, self.config = Path(path), model_key, config
-        c = config  # the fields that change a generation
-        self.settings = [model_key, c.max_context_tokens, c.max_passage_tokens, c.max_new_tokens, c.attention,
-                         c.device, c.dtype, sorted(c.sparse_settings.items())]
-        self.tags = {"recall": json.dumps([self.settings, prompts.RECALL_SYSTEM, prompts.RECALL_EXAMPLE]),
-                     "retrieve": json.dumps([self.settings, prompts.READ_SYSTEM, prompts.READ_EXAMPLE])}
-        self.entries = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-
-    def key(self, question: str, passage_ids: Sequence[str]) -> str:
-        tag = self.tags["retrieve" if passage_ids else "recall"]
-        return hashlib.sha1(json.dumps([tag, question, list(passage_ids)]).encode()).hexdigest()
-
-    def get(self, question: str, passage_ids: Sequence[str]) -> dict | None:
-        return self.entries.get(self.key(question, passage_ids))
-
-    def fill(self, reader, items: Sequence[tuple[str, Sequence[Document]]], batch_size: int = 1,
-             log=print) -> int:
-        """Generate the missing ``(question, passages)`` answers ``batch_size`` at a time; returns how
-        many."""
-        missing = list({self.key(q, [d.id for d in p]): (q, p) for q, p in items
-                        if self.get(q, [d.id for d in p]) is None}.items())
-        started, chunk = time.perf_counter(), max(batch_size, 1) * 8  # appended to disk chunk by chunk
-        for begin in range(0, len(missing), chunk):
-            part = missing[begin: begin + chunk]
-            outputs = reader.answer_batch([item for _, item in part], batch_size=batch_size)
-            with self.path.open("a") as f:
-                for (key, (question, passages)), out in zip(part, outputs, strict=True):
-                    entry = {"key": key, "settings": self.settings, "question": question, "text": out.text,
-                             "raw": out.raw, "citations": out.citations, "passages": out.passages,
-                             "retrieved": [d.id for d in passages], "mean_logprob": out.mean_logprob,
-                             "timings": out.timings, "prompt_tokens": out.prompt_tokens,
-                             "new_tokens": out.new_tokens}
-                    f.write(json.dumps(entry) + "\n")
-                    self.entries[key] = entry
-            log(f"generated {begin + len(part)}/{len(missing)} in {time.perf_counter() - started:.1f} s")
-        return len(missing)
-
-    def settings_present(self) -> list[str]:
-        """The settings of the cached entries (older entries carry none), for error messages."""
-        return sorted({json.dumps(e.get("settings", "?")) for e in self.entries.values()})
-
-
+# -- routing, step 2: generation (any device), into a sparsa.rag.qa_sets.AnswerCache
 def generation_items(qset: dict) -> list[tuple[str, list[Document]]]:
     """Each question closed-book and with its passages."""
     return [item for q in qset["questions"]
@@ -191,29 +120,16 @@ def generation_items(qset: dict) -> list[tuple[str, list[Document]]]:
 
 
 # -- routing, step 3: the report (CPU)
-def score(rows: list[dict], routes: Sequence[bool]) -> dict:
-    if not rows:
-        return {"em": None, "f1": None, "retrievals": 0, "questions": 0}
-    em = [r["em_retrieve"] if go else r["em_recall"] for r, go in zip(rows, routes, strict=True)]
-    f1 = [r["f1_retrieve"] if go else r["f1_recall"] for r, go in zip(rows, routes, strict=True)]
-    return {"em": round(float(np.mean(em)), 4), "f1": round(float(np.mean(f1)), 4),
-            "retrievals": int(sum(routes)), "questions": len(rows)}
-
-
-def routed_values(rows: list[dict], routes: Sequence[bool], metric: str) -> np.ndarray:
-    return np.array([r[f"{metric}_retrieve"] if go else r[f"{metric}_recall"]
-                     for r, go in zip(rows, routes, strict=True)])
-
-
 def by_source(rows: list[dict], routes: Sequence[bool], source: str) -> tuple[list[dict], list[bool]]:
     """The rows of one source and their routes."""
     pairs = [(r, go) for r, go in zip(rows, routes, strict=True) if r["source"] == source]
     return [r for r, _ in pairs], [go for _, go in pairs]
 
 
-def answer_rows(qset: dict, cache: GenerationCache) -> list[dict]:
+def answer_rows(qset: dict, cache) -> list[dict]:
     """One row per question: both answers, their EM/F1 and the routing features."""
-    from sparsa.rag.answer_text import exact_match, short_answer, token_f1
+    from sparsa.rag.answer_text import passages_containing, short_answer
+    from sparsa.rag.routing import answer_scores
 
     rows, missing = [], 0
     for q in qset["questions"]:
@@ -225,12 +141,10 @@ def answer_rows(qset: dict, cache: GenerationCache) -> list[dict]:
         passages, answers = set_passages(qset, q), q["answers"]
         rows.append({"id": q["id"], "source": q["source"], "split": q["split"],
                      "features": {**q["features"], "lm_logprob": closed["mean_logprob"]},
-                     "recall": recall, "retrieve": retrieve,
-                     "em_recall": exact_match(recall, answers), "f1_recall": token_f1(recall, answers),
-                     "em_retrieve": exact_match(retrieve, answers),
-                     "f1_retrieve": token_f1(retrieve, answers),
+                     "recall": recall, "retrieve": retrieve, **answer_scores(recall, retrieve, answers),
                      "citations_in_retrieved": set(opened["citations"]) <= set(q["passages"]),
-                     "answer_in_passages": any(_contains(passages, a) for a in answers[:5])})
+                     "answer_in_passages": any(passages_containing(a, [(d.id, d.full_text) for d in passages])
+                                               for a in answers[:5])})
     if missing:
         raise SystemExit(f"{cache.path}: {missing} of {len(qset['questions'])} questions have no cached "
                          f"answer for settings {json.dumps(cache.settings)}; the cache holds entries of "
@@ -239,47 +153,38 @@ def answer_rows(qset: dict, cache: GenerationCache) -> list[dict]:
     return rows
 
 
-def _contains(passages: list[Document], answer: str) -> bool:
-    from sparsa.rag.answer_text import normalize_answer
-
-    needle = f" {normalize_answer(answer)} "
-    return needle.strip() != "" and any(needle in f" {normalize_answer(d.full_text)} " for d in passages)
-
-
 def report(qset: dict, rows: list[dict], router_file: Path | None) -> dict:
-    """Fixed policies, each router fitted on dev, the oracle; on test, overall and by source."""
+    """Fixed policies, a router per feature set the rows have fitted on dev (the library's), the oracle;
+    on test, overall and by source."""
+    from sparsa.rag import routing
     from sparsa.rag.qa_sets import SOURCES
-    from sparsa.rag.routing import Router, fit_router
 
     dev = [r for r in rows if r["split"] == "dev"]
     test = [r for r in rows if r["split"] == "test"]
-    fixed = {"always-retrieve": [True] * len(test), "never-retrieve": [False] * len(test)}
-    table = {name: score(test, routes) for name, routes in fixed.items()}
-    best_fixed = max(fixed, key=lambda name: (table[name]["f1"], -table[name]["retrievals"]))
-    routers, choice, fitted = {}, {}, {}
-    policies = dict(fixed)
-    for name, features in ROUTERS.items():
-        model = fit_router([r["features"] for r in dev], [r["f1_retrieve"] for r in dev],
-                           [r["f1_recall"] for r in dev], names=features, info={"dev_questions": len(dev)})
-        routes = [model.route(r["features"]) == "retrieve" for r in test]
-        policies[f"routed ({name})"] = routes
-        table[f"routed ({name})"] = score(test, routes)
-        dev_score = score(dev, [model.route(r["features"]) == "retrieve" for r in dev])
-        choice[name] = (dev_score["f1"], -dev_score["retrievals"])
-        rates = {s: round(float(np.mean(by_source(test, routes, s)[1] or [0])), 3) for s in SOURCES}
-        routers[name] = {"weights": dict(zip(features, model.weights, strict=True)), "bias": model.bias,
-                         "threshold": model.threshold, "dev": dev_score, "retrieve_rate_by_source": rates}
-        fitted[name] = model
-    dev_choice = max(choice, key=choice.get)
-    if router_file is not None:
-        Router(fitted[dev_choice], stats=None).save(router_file)  # sparsa ask --router FILE (the model only)
+    fitted = routing.fit_feature_sets(dev, info={"dev_questions": len(dev)})
+    policies = {"always-retrieve": [True] * len(test), "never-retrieve": [False] * len(test)}
+    fixed = list(policies)
+    policies.update({f"routed ({name})": routing.routes_of(model, test) for name, model in fitted.items()})
     policies["oracle"] = [r["f1_retrieve"] > r["f1_recall"] for r in test]
-    table["oracle"] = score(test, policies["oracle"])
-    versus = {name: {metric: paired_bootstrap(routed_values(test, routes, metric),
-                                              routed_values(test, policies[best_fixed], metric))
+    table = {name: routing.score_routes(test, routes) for name, routes in policies.items()}
+    best_fixed = max(fixed, key=lambda name: (table[name]["f1"], -table[name]["retrievals"]))
+    dev_scores = {name: routing.score_routes(dev, routing.routes_of(model, dev))
+                  for name, model in fitted.items()}
+    dev_choice = routing.choose_router(dev_scores)
+    routers = {}
+    for name, model in fitted.items():
+        routes = policies[f"routed ({name})"]
+        rates = {s: round(float(np.mean(by_source(test, routes, s)[1] or [0])), 3) for s in SOURCES}
+        routers[name] = {"weights": dict(zip(model.features, model.weights, strict=True)), "bias": model.bias,
+                         "threshold": model.threshold, "dev": dev_scores[name],
+                         "retrieve_rate_by_source": rates}
+    if router_file is not None:
+        routing.Router(fitted[dev_choice], stats=None).save(router_file)  # for sparsa ask --router FILE
+    versus = {name: {metric: paired_bootstrap(routing.routed_values(test, routes, metric),
+                                              routing.routed_values(test, policies[best_fixed], metric))
                      for metric in ("f1", "em")}
               for name, routes in policies.items() if name not in fixed}
-    per_source = {s: {name: score(*by_source(test, routes, s))
+    per_source = {s: {name: routing.score_routes(*by_source(test, routes, s))
                       for name, routes in policies.items() if name in fixed or name == "oracle"}
                   for s in SOURCES}
     print_table(table)
@@ -306,6 +211,7 @@ def print_table(table: dict) -> None:
 def routing(args: argparse.Namespace) -> dict:
     """One step of the routing experiment (see the module docstring), or all three in one process."""
     from sparsa.models import resolve_model
+    from sparsa.rag.qa_sets import AnswerCache
     from sparsa.rag.reader import ReaderConfig
 
     qset = read_set(Path(args.from_file[0])) if args.from_file else build_set(args)
@@ -318,10 +224,10 @@ def routing(args: argparse.Namespace) -> dict:
         return {}
     config = ReaderConfig(model=args.model, max_new_tokens=args.max_new_tokens,
                           max_context_tokens=args.context_tokens, max_passage_tokens=args.passage_tokens,
-                          device=args.device, dtype=args.dtype)
+                          device=args.device, dtype=args.dtype, attention="full")  # as the records ran
     # The first SmolLM2 cache was keyed by the resolved model folder: the default key keeps it valid.
     model_key = args.model_key or resolve_model(args.model, pull_missing=args.step != "report")
-    cache = GenerationCache(args.cache or args.work / "generations.jsonl", model_key, config)
+    cache = AnswerCache(args.cache or args.work / "generations.jsonl", model_key, config)
     summary_file = cache.path.with_name(cache.path.stem + ".summary.json")
     if args.step in ("all", "generate"):
         items = generation_items(qset)
@@ -433,31 +339,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("routing", "latency", "merge"))
-    parser.add_argument("--data", type=Path, default=None,
-                        help="shared data folder (default: SPARSA_DATA_DIR)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/rag/bench"),
-                        help="index, corpus and cache folder")
-    parser.add_argument("--per-source", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--context-tokens", type=int, default=400)
-    parser.add_argument("--passage-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest on the loaded 2-core box)")
+    parser.add_argument("--data", type=Path, help="shared data folder (default: SPARSA_DATA_DIR)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rag/bench"), help="index and cache folder")
+    for flag, default in (("--per-source", 80), ("--seed", 0), ("--k", 3), ("--max-new-tokens", 16),
+                          ("--context-tokens", 400), ("--passage-tokens", 128)):
+        parser.add_argument(flag, type=int, default=default)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on 2 loaded cores)")
     parser.add_argument("--questions", type=int, default=20, help="latency: questions measured")
     parser.add_argument("--from-file", default=None, nargs="+",
                         help="latency: questions + passages JSON (no index needed); merge: the part(s) to "
                              "merge; routing: the set file of '--step set'")
     parser.add_argument("--step", choices=("all", "set", "generate", "report"), default="all",
                         help="routing: one step (see above); all = the three in one process")
-    parser.add_argument("--set-out", type=Path, default=None,
-                        help="routing --step set: the set file (WORK/routing_set.json)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="routing: generation cache (WORK/generations.jsonl)")
-    parser.add_argument("--model-key", default=None,
-                        help="routing: the reader's name in the cache key (default: the resolved --model "
-                             "folder)")
+    parser.add_argument("--set-out", type=Path, help="routing --step set: the set (WORK/routing_set.json)")
+    parser.add_argument("--cache", type=Path, help="routing: generation cache (WORK/generations.jsonl)")
+    parser.add_argument("--model-key", help="routing: the reader's name in the cache key (default: the "
+                                            "resolved --model folder)")
     parser.add_argument("--batch-size", type=int, default=1, help="routing: prompts generated together")
     parser.add_argument("--set-only", action="store_true",
                         help="latency: only write WORK/latency_set.json (questions + passages for a GPU run)")

@@ -11,11 +11,18 @@ for popular ones the LM already knows. Here popularity is estimated from what sp
 - ``subject_in_corpus``: 1 if every word of the subject occurs in the corpus, else 0. WiTQA's rule
   (rare subject -> retrieve) assumes the corpus covers the question; when the subject is absent from
   it, retrieval has nothing to offer and the LM's own memory is the only chance;
-- ``lm_logprob``: the LM's own confidence, the mean token log-probability of its closed-book answer.
+- ``lm_logprob``: the LM's own confidence, the mean token log-probability of its closed-book answer;
+- the retriever's confidence, from the scores of its top 10 hits for the question
+  (:func:`retrieval_features`): ``retrieval_top1`` (the best score), ``retrieval_gap`` (best minus
+  second) and ``retrieval_entropy`` (the entropy of the scores' softmax over its maximum, log n: 1 when
+  no hit stands out, 0 for one clear hit).
 
 A logistic regression on standardised features predicts P(retrieval helps) and a threshold on it,
 both fitted on a dev split (:func:`fit_router`): gain = F1(retrieve) - F1(recall) per dev question,
 label = gain > 0, weight = |gain|; the threshold maximises dev F1 and, among ties, retrieves least.
+:func:`routing_rows` answers a labelled question set both ways (retrieved passages and closed-book)
+with a reader and computes every feature; :func:`train_router` fits one router per feature set of
+:data:`FEATURE_SETS` and keeps the best (``sparsa train router``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,20 @@ import numpy as np
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.types import Corpus
 
-FEATURES = ("subject_logdf", "relation_logdf", "subject_in_corpus", "lm_logprob")
+RETRIEVAL_FEATURES = ("retrieval_top1", "retrieval_gap", "retrieval_entropy")
+FEATURES = ("subject_logdf", "relation_logdf", "subject_in_corpus", "lm_logprob", *RETRIEVAL_FEATURES)
+CONFIDENCE_DEPTH = 10  # hits whose scores give the retriever's confidence
+# Candidate routers (feature sets); the first four are the ones bench/bench_rag.py reports.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "popularity": ("subject_logdf", "relation_logdf"),
+    "confidence": ("lm_logprob",),
+    "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
+    "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus"),
+    "retrieval": RETRIEVAL_FEATURES,
+    "popularity+retrieval": ("subject_logdf", "relation_logdf", *RETRIEVAL_FEATURES),
+    "confidence+retrieval": ("lm_logprob", *RETRIEVAL_FEATURES),
+    "all": FEATURES,
+}
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 _STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this", "these", "those", "it", "its", "as", "into", "about", "than", "then", "there", "their", "his", "her", "he", "she", "they", "them", "you", "your", "we", "our", "i", "me", "my", "has", "have", "had", "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "name", "one"])
@@ -93,15 +113,33 @@ def subject_and_relation(question: str, stats: TermStats) -> tuple[list[str], li
     return subject, relation
 
 
-def question_features(question: str, stats: TermStats, lm_logprob: float = 0.0) -> dict[str, float]:
+def question_features(question: str, stats: TermStats, lm_logprob: float = 0.0,
+                      scores: Sequence[float] | None = None) -> dict[str, float]:
+    """The question's features; the retriever's confidence too when its hit ``scores`` are given."""
     subject, relation = subject_and_relation(question, stats)
     relation_logdfs = [stats.logdf([w]) for w in relation]
-    return {
+    features = {
         "subject_logdf": stats.logdf(subject) if subject else 0.0,
         "relation_logdf": float(np.mean(relation_logdfs)) if relation_logdfs else 0.0,
         "subject_in_corpus": float(stats.min_df(subject) > 0),
         "lm_logprob": lm_logprob,
     }
+    return features if scores is None else {**features, **retrieval_features(scores)}
+
+
+def retrieval_features(scores: Sequence[float]) -> dict[str, float]:
+    """The retriever's confidence from its hit scores: best score, best minus second, and the normalised
+    entropy of ``softmax(scores)`` over the top :data:`CONFIDENCE_DEPTH` (no hits: 0, 0, 1)."""
+    top = np.sort(np.asarray(scores, dtype=np.float64))[::-1][:CONFIDENCE_DEPTH]
+    if top.size == 0:
+        return {"retrieval_top1": 0.0, "retrieval_gap": 0.0, "retrieval_entropy": 1.0}
+    entropy = 0.0
+    if top.size > 1:
+        p = np.exp(top - top[0])
+        p /= p.sum()
+        entropy = float(-(p * np.log(np.maximum(p, 1e-300))).sum() / math.log(top.size))
+    return {"retrieval_top1": float(top[0]), "retrieval_gap": float(top[0] - top[1]) if top.size > 1 else 0.0,
+            "retrieval_entropy": entropy}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +178,23 @@ class RouterModel:
 
 
 class Router:
-    """Decides retrieve vs recall per question from corpus statistics and the LM's confidence."""
+    """Decides retrieve vs recall per question from corpus statistics, the LM's confidence and (for a
+    model that uses them) the retriever's scores."""
 
-    def __init__(self, model: RouterModel, stats: TermStats):
-        self.model, self.stats = model, stats
+    def __init__(self, model: RouterModel, stats: TermStats, retriever: Any = None):
+        self.model, self.stats, self.retriever = model, stats, retriever
 
     @property
     def needs_lm(self) -> bool:
         return "lm_logprob" in self.model.features
 
-    def decide(self, question: str, reader: Any = None) -> RouteDecision:
-        """``reader`` answers closed-book first when the model uses the LM's confidence."""
+    @property
+    def needs_retriever(self) -> bool:
+        return bool(set(RETRIEVAL_FEATURES) & set(self.model.features))
+
+    def decide(self, question: str, reader: Any = None, retriever: Any = None) -> RouteDecision:
+        """``reader`` answers closed-book first when the model uses the LM's confidence; ``retriever``
+        (else the one given at load) searches first when it uses the retriever's."""
         closed_book = None
         logprob = 0.0
         if self.needs_lm:
@@ -158,19 +202,36 @@ class Router:
                 raise ConfigError("this router uses the LM's confidence: pass the reader")
             closed_book = reader.answer(question, ())
             logprob = closed_book.mean_logprob
-        features = question_features(question, self.stats, logprob)
+        scores = None
+        if self.needs_retriever:
+            retriever = retriever if retriever is not None else self._own_retriever()
+            scores = [hit.score for hit in retriever.search_text(question, k=CONFIDENCE_DEPTH)]
+        features = question_features(question, self.stats, logprob, scores)
         score = self.model.score(features)
         route = "retrieve" if score >= self.model.threshold else "recall"
         return RouteDecision(route, score, features, closed_book)
+
+    def _own_retriever(self) -> Any:
+        """The retriever given at load, else the index the router was fitted on (``info["index"]``, which
+        ``sparsa train router`` records: its scores are the ones the model knows), opened once."""
+        if self.retriever is None:
+            index = self.model.info.get("index")
+            if index is None:
+                raise ConfigError("this router uses the retriever's scores: load it with the retriever "
+                                  "(Router.load(path, corpus, retriever))")
+            from sparsa.search import open_retriever
+
+            self.retriever = open_retriever(index)
+        return self.retriever
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self.model), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, corpus: Corpus | None) -> Router:
+    def load(cls, path: str | Path, corpus: Corpus | None, retriever: Any = None) -> Router:
         if corpus is None:
             raise ConfigError("routing needs the indexed corpus (its term statistics): give an index and dataset")
-        return cls(read_router_model(path), TermStats.from_corpus(corpus))
+        return cls(read_router_model(path), TermStats.from_corpus(corpus), retriever)
 
 
 def read_router_model(path: str | Path) -> RouterModel:
@@ -226,3 +287,110 @@ def best_threshold(scores: np.ndarray, f1_retrieve: np.ndarray, f1_recall: np.nd
         if key > best_key:
             best, best_key = float(t), key
     return best
+
+
+# -- a labelled question set: features and both answers per question, then the routers
+def answer_scores(recall: str, retrieve: str, answers: Sequence[str]) -> dict[str, float]:
+    """SQuAD EM and F1 (best over the gold answers) of the closed-book and the retrieved answer."""
+    from sparsa.rag.answer_text import exact_match, token_f1
+
+    return {"em_recall": exact_match(recall, answers), "f1_recall": token_f1(recall, answers),
+            "em_retrieve": exact_match(retrieve, answers), "f1_retrieve": token_f1(retrieve, answers)}
+
+
+def routing_rows(questions: Sequence[Any], retriever: Any, corpus: Corpus, reader: Any, k: int = 3,
+                 batch_size: int = 8, stats: TermStats | None = None, cache: Any = None) -> list[dict]:
+    """One row per labelled question (objects with ``id``, ``source``, ``split``, ``question`` and
+    ``answers``, such as :class:`sparsa.rag.qa_sets.QAExample`): every feature (the reader's closed-book
+    confidence and the retriever's scores included), the closed-book answer and the answer from the top
+    ``k`` passages, and their EM/F1. ``cache`` (a :class:`sparsa.rag.qa_sets.AnswerCache`) keeps the
+    answers on disk: a rerun generates only what it lacks."""
+    from sparsa.rag.answer_text import short_answer
+    from sparsa.rag.qa_sets import output_entry
+
+    stats = stats or TermStats.from_corpus(corpus)
+    hits = [retriever.search_text(q.question, k=max(k, CONFIDENCE_DEPTH)) for q in questions]
+    missing = sorted({h.doc_id for found in hits for h in found[:k] if h.doc_id not in corpus})
+    if missing:
+        raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. {missing[0]!r}): "
+                          "is the dataset the corpus this index was built from?")
+    items = [(q.question, []) for q in questions]
+    items += [(q.question, [corpus[h.doc_id] for h in found[:k]])
+              for q, found in zip(questions, hits, strict=True)]
+    if cache is not None:
+        cache.fill(reader, items, batch_size)
+        entries = [cache.get(question, [d.id for d in passages]) for question, passages in items]
+    else:
+        entries = [output_entry(out) for out in reader.answer_batch(items, batch_size)]
+    rows = []
+    for q, found, closed, opened in zip(questions, hits, entries[:len(questions)], entries[len(questions):],
+                                        strict=True):
+        recall, retrieve = short_answer(closed["raw"]), short_answer(opened["raw"])
+        features = question_features(q.question, stats, closed["mean_logprob"], [h.score for h in found])
+        rows.append({"id": q.id, "source": q.source, "split": q.split, "question": q.question,
+                     "answers": list(q.answers), "features": features, "recall": recall, "retrieve": retrieve,
+                     **answer_scores(recall, retrieve, q.answers), "passages": [h.doc_id for h in found[:k]],
+                     "citations": list(opened["citations"])})
+    return rows
+
+
+def score_routes(rows: Sequence[dict], routes: Sequence[bool]) -> dict:
+    """Mean EM/F1 when each row takes its route (True: retrieve), and how many retrieve."""
+    if not rows:
+        return {"em": None, "f1": None, "retrievals": 0, "questions": 0}
+    return {"em": round(float(routed_values(rows, routes, "em").mean()), 4),
+            "f1": round(float(routed_values(rows, routes, "f1").mean()), 4),
+            "retrievals": int(sum(routes)), "questions": len(rows)}
+
+
+def routed_values(rows: Sequence[dict], routes: Sequence[bool], metric: str) -> np.ndarray:
+    return np.array([r[f"{metric}_retrieve"] if go else r[f"{metric}_recall"]
+                     for r, go in zip(rows, routes, strict=True)])
+
+
+def routes_of(model: RouterModel, rows: Sequence[dict]) -> list[bool]:
+    return [model.route(r["features"]) == "retrieve" for r in rows]
+
+
+def fit_feature_sets(rows: Sequence[dict], feature_sets: dict[str, Sequence[str]] | None = None,
+                     info: dict[str, Any] | None = None) -> dict[str, RouterModel]:
+    """One router per feature set (default :data:`FEATURE_SETS`, those the rows have), fitted on ``rows``."""
+    sets = FEATURE_SETS if feature_sets is None else feature_sets
+    have = set(rows[0]["features"]) if rows else set()
+    f1_retrieve, f1_recall = [r["f1_retrieve"] for r in rows], [r["f1_recall"] for r in rows]
+    return {name: fit_router([r["features"] for r in rows], f1_retrieve, f1_recall, tuple(names), info)
+            for name, names in sets.items() if set(names) <= have}
+
+
+def choose_router(scores: dict[str, dict]) -> str:
+    """The name with the best routed F1 (ties: fewer retrievals, then the earlier name)."""
+    return max(scores, key=lambda name: (scores[name]["f1"], -scores[name]["retrievals"]))
+
+
+def policy_table(rows: Sequence[dict], routers: dict[str, RouterModel]) -> dict[str, dict]:
+    """Always and never retrieving, each router, and the oracle (the better route per question)."""
+    table = {"always-retrieve": score_routes(rows, [True] * len(rows)),
+             "never-retrieve": score_routes(rows, [False] * len(rows))}
+    table.update({f"routed ({name})": score_routes(rows, routes_of(m, rows)) for name, m in routers.items()})
+    table["oracle"] = score_routes(rows, [r["f1_retrieve"] > r["f1_recall"] for r in rows])
+    return table
+
+
+def train_router(rows: Sequence[dict], feature_sets: dict[str, Sequence[str]] | None = None,
+                 test_rows: Sequence[dict] = (), info: dict[str, Any] | None = None
+                 ) -> tuple[RouterModel, dict]:
+    """Fit a router per feature set on ``rows`` and keep the best there (:func:`choose_router`); the
+    report holds every policy's scores on ``rows`` (``fit``) and on ``test_rows`` (``test``)."""
+    if not rows:
+        raise ConfigError("no labelled questions to fit a router on")
+    fitted = fit_feature_sets(rows, feature_sets, {**(info or {}), "questions": len(rows)})
+    if not fitted:
+        raise ConfigError(f"no feature set fits these rows (they have {sorted(rows[0]['features'])})")
+    chosen = choose_router({name: score_routes(rows, routes_of(m, rows)) for name, m in fitted.items()})
+    model = fitted[chosen]
+    model = RouterModel(model.features, model.mean, model.scale, model.weights, model.bias, model.threshold,
+                        {**model.info, "feature_set": chosen})
+    report = {"chosen": chosen, "features": list(model.features), "fit": policy_table(rows, fitted)}
+    if test_rows:
+        report["test"] = policy_table(test_rows, fitted)
+    return model, report

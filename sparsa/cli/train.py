@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
-from sparsa.cli import amar
+from sparsa.cli import amar, router
 from sparsa.cli.common import console, dataset_path
 from sparsa.errors import ConfigError
 
 app = typer.Typer(help="Train encoders.", no_args_is_help=True)
 app.command("amar")(amar.train_amar_command)
+app.command("router")(router.train_router_command)
 
 
 @app.command("splade")

@@ -16,6 +16,7 @@ from sparsa.rag.routing import (
     fit_router,
     question_features,
     read_router_model,
+    retrieval_features,
     subject_and_relation,
 )
 
@@ -109,3 +110,44 @@ def test_router_files_round_trip(tmp_path, stats):
         RouterModel(("popularity",), (0.0,), (1.0,), (1.0,), 0.0, 0.5)
     with pytest.raises(ConfigError, match="corpus"):
         Router.load(tmp_path / "router.json", None)
+
+
+def test_retrieval_features_from_the_score_distribution(stats):
+    p = np.exp([0.0, -2.0, -2.0])
+    p /= p.sum()
+    entropy = float(-(p * np.log(p)).sum() / math.log(3))
+    assert retrieval_features([1.0, 3.0, 1.0]) == pytest.approx(
+        {"retrieval_top1": 3.0, "retrieval_gap": 2.0, "retrieval_entropy": entropy})
+    assert retrieval_features([0.5] * 4)["retrieval_entropy"] == pytest.approx(1.0)  # nothing stands out
+    assert retrieval_features([2.0]) == {"retrieval_top1": 2.0, "retrieval_gap": 0.0, "retrieval_entropy": 0.0}
+    assert retrieval_features([]) == {"retrieval_top1": 0.0, "retrieval_gap": 0.0, "retrieval_entropy": 1.0}
+    many = [10.0, 9.0, *[0.0] * 20]  # only the top 10 count
+    assert retrieval_features(many)["retrieval_entropy"] == pytest.approx(retrieval_features(many[:10])[
+        "retrieval_entropy"])
+    with_scores = question_features("who directed [Kismet]", stats, -0.5, [3.0, 1.0, 1.0])
+    assert with_scores == {**question_features("who directed [Kismet]", stats, -0.5),
+                           **retrieval_features([3.0, 1.0, 1.0])}
+
+
+def test_router_on_retriever_scores_needs_the_retriever(stats):
+    model = RouterModel(("retrieval_gap",), (0.0,), (1.0,), (-3.0,), 3.0, 0.5)  # retrieve iff the gap < 1
+    with pytest.raises(ConfigError, match="retriever's scores"):
+        Router(model, stats).decide("q?")  # the CLI test decides with a real retriever
+
+
+def test_answer_cache_keys_stay_those_of_the_bench_cache(tmp_path):
+    """Entries written by bench/bench_rag.py's cache before it moved to the library keep their keys."""
+    import hashlib
+    import json
+
+    from sparsa.rag import reader as prompts
+    from sparsa.rag.config import ReaderConfig
+    from sparsa.rag.qa_sets import AnswerCache
+
+    config = ReaderConfig(max_new_tokens=16, max_context_tokens=400, max_passage_tokens=128,
+                          attention="full", device="cpu", dtype="float32")
+    cache = AnswerCache(tmp_path / "answers.jsonl", "/models/smollm2", config)
+    settings = ["/models/smollm2", 400, 128, 16, "full", "cpu", "float32", []]
+    assert cache.settings == settings
+    tag = json.dumps([settings, prompts.RECALL_SYSTEM, prompts.RECALL_EXAMPLE])
+    assert cache.key("q?", []) == hashlib.sha1(json.dumps([tag, "q?", []]).encode()).hexdigest()

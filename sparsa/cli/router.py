@@ -1,0 +1,107 @@
+"""``sparsa train router``: fit the retrieve-or-recall router on a labelled question set.
+
+    sparsa train router --questions qa.jsonl --index scifact-bm25 --dataset scifact --out router.json
+    sparsa ask "..." --index scifact-bm25 --dataset scifact --router router.json --mode auto
+
+``--questions`` is JSONL, one ``{"question": ..., "answers": [...]}`` a line (optional ``id``,
+``source``). Each question is answered closed-book and from the index's top ``--k`` passages by the
+reader ``ask`` uses; the router learns from the difference in F1 which questions retrieval helps
+(:mod:`sparsa.rag.routing`), over the question's corpus statistics, the reader's closed-book
+confidence and the retriever's score distribution. ``--cache`` keeps the answers: a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sparsa.cli.common import console, dataset_path
+from sparsa.errors import ConfigError
+
+
+def train_router_command(
+    questions: Annotated[Path, typer.Option(help="labelled questions: JSONL, {question, answers} a line")],
+    index: Annotated[str, typer.Option(help="index folder or name the router will route to")],
+    dataset: Annotated[str, typer.Option(help="dataset folder or corpus file the index was built from")],
+    out: Annotated[Path, typer.Option(help="the router file (for sparsa ask --router)")],
+    features: Annotated[str, typer.Option(
+        help="auto (fit every feature set, keep the best on these questions), a set name (popularity, "
+             "confidence, retrieval, popularity+retrieval, all, ...) or comma-separated features")] = "auto",
+    test_questions: Annotated[Path | None, typer.Option(help="held-out labelled questions to report on")]
+    = None,
+    k: Annotated[int, typer.Option(min=1, max=100, help="passages the reader gets when retrieving")] = 5,
+    model: Annotated[str | None, typer.Option(help="reader LM (default: ask's)")] = None,
+    device: Annotated[str | None, typer.Option(help="reader device: auto, cpu, cuda")] = None,
+    dtype: Annotated[str | None, typer.Option(help="reader dtype: auto, float32, bfloat16")] = None,
+    max_context_tokens: Annotated[int | None, typer.Option(min=16, help="token budget of all passages")]
+    = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, max=1024, help="longest answer in tokens")]
+    = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="prompts generated together")] = 8,
+    cache: Annotated[Path | None, typer.Option(help="answer cache (JSONL): a rerun generates what it lacks")]
+    = None,
+    rows: Annotated[Path | None, typer.Option(help="also write every question's features and answers (JSON)")]
+    = None,
+) -> None:
+    """Answer each question both ways, fit the router on the F1 difference, save it."""
+    from sparsa.config import index_path
+    from sparsa.data import load_corpus
+    from sparsa.models import resolve_model
+    from sparsa.rag.config import ReaderConfig
+    from sparsa.rag.qa_sets import AnswerCache, read_labelled_questions
+    from sparsa.rag.reader import Reader
+    from sparsa.rag.routing import FEATURE_SETS, FEATURES, Router, TermStats, routing_rows, train_router
+    from sparsa.search import open_retriever
+
+    feature_sets = _feature_sets(features, FEATURE_SETS, FEATURES)
+    asked = read_labelled_questions(questions)
+    held_out = read_labelled_questions(test_questions) if test_questions is not None else []
+    retriever = open_retriever(index)
+    corpus = load_corpus(dataset_path(dataset))
+    settings = {"model": model, "device": device, "dtype": dtype, "max_context_tokens": max_context_tokens,
+                "max_new_tokens": max_new_tokens}
+    config = ReaderConfig(**{key: value for key, value in settings.items() if value is not None})
+    reader = Reader(config)
+    answers = AnswerCache(cache, resolve_model(config.model), config) if cache is not None else None
+    stats = TermStats.from_corpus(corpus)
+    console.print(f"answering {len(asked) + len(held_out)} questions closed-book and from the top {k} "
+                  "passages")
+    fit_rows = routing_rows(asked, retriever, corpus, reader, k, batch_size, stats, answers)
+    test_rows = routing_rows(held_out, retriever, corpus, reader, k, batch_size, stats, answers) \
+        if held_out else []
+    info = {"questions_file": str(questions), "index": str(index_path(index)), "dataset": str(dataset),
+            "reader": config.model, "k": k}
+    router, report = train_router(fit_rows, feature_sets, test_rows, info)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Router(router, stats).save(out)
+    for part in ("fit", "test"):
+        if part in report:
+            _print_table(report[part], f"{part}: {report[part]['always-retrieve']['questions']} questions")
+    if rows is not None:
+        rows.write_text(json.dumps({"report": report, "fit": fit_rows, "test": test_rows}, indent=1) + "\n")
+    console.print(f"router '{report['chosen']}' ({', '.join(router.features)}; threshold "
+                  f"{router.threshold:.3f}) saved to {out}; use it with 'sparsa ask --router {out}'")
+
+
+def _feature_sets(spec: str, known_sets: dict, known: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
+    if spec == "auto":
+        return None
+    if spec in known_sets:
+        return {spec: tuple(known_sets[spec])}
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ConfigError(f"--features {spec!r}: expected auto, a set ({', '.join(known_sets)}) or features "
+                          f"({', '.join(known)})")
+    return {"custom": names}
+
+
+def _print_table(table: dict, title: str) -> None:
+    view = Table("policy", "EM", "F1", "retrieves", title=title)
+    for name, row in table.items():
+        view.add_row(name, f"{row['em']:.3f}", f"{row['f1']:.3f}", f"{row['retrievals']}/{row['questions']}")
+    console.print(view)

@@ -1,0 +1,123 @@
+"""``sparsa train router`` in-process on real data: MetaQA movies written as passages (KB as text) with
+MetaQA 1-hop dev questions about them, and NQ-open dev questions the passages do not cover; a real
+minilm-l6 dense index built by ``sparsa index``, and the real SmolLM2 reader."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import defaultdict
+
+import pytest
+
+from sparsa.cli.main import main
+from sparsa.rag.routing import FEATURES, RETRIEVAL_FEATURES, Router, read_router_model
+
+
+@pytest.fixture(scope="module")
+def routing_data(shared_data, tmp_path_factory):
+    """(questions file, held-out questions file, corpus file, dense index folder)."""
+    folder = tmp_path_factory.mktemp("router")
+    with gzip.open(shared_data / "metaqa" / "1-hop" / "vanilla" / "qa_dev.txt.gz", "rt") as f:
+        metaqa = [line.rstrip("\n").split("\t") for i, line in enumerate(f) if i % 997 == 0][:6]
+    heads = {re.search(r"\[(.+?)\]", q).group(1) for q, _ in metaqa}
+    triples: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    with gzip.open(shared_data / "metaqa" / "kb_reconstructed.txt.gz", "rt") as f:
+        for line in f:
+            head, relation, tail = line.rstrip("\n").split("|")
+            if head in heads or tail in heads:
+                triples[head][relation.replace("_", " ")].append(tail)
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"kb-{i}", "title": head, "text": " ".join(
+        f"{r}: {', '.join(tails)}." for r, tails in sorted(rels.items()))}) + "\n"
+        for i, (head, rels) in enumerate(sorted(triples.items()))))
+    with (shared_data / "nq-open" / "NQ-open.dev.jsonl").open() as f:
+        nq = [json.loads(next(f)) for _ in range(6)]
+    rows = [{"question": q, "answers": a.split("|"), "source": "metaqa"} for q, a in metaqa]
+    rows += [{"question": r["question"], "answers": r["answer"], "source": "nq"} for r in nq]
+    questions, held_out = folder / "qa.jsonl", folder / "held_out.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows[0:4] + rows[6:10]))
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows[4:6] + rows[10:12]))
+    index = folder / "index"
+    assert main(["-q", "index", "--kind", "dense", "--corpus", str(corpus), "--out", str(index)]) == 0
+    return questions, held_out, corpus, index
+
+
+def _train(*argv: str) -> int:
+    return main(["-q", "train", "router", "--k", "1", "--max-new-tokens", "8", *argv])
+
+
+def test_train_router_from_the_cli_and_route_with_it(routing_data, tmp_path, capsys):
+    from sparsa.data import load_corpus
+    from sparsa.search import open_retriever
+
+    questions, held_out, corpus_file, index = routing_data
+    out, cache, rows = tmp_path / "router.json", tmp_path / "answers.jsonl", tmp_path / "rows.json"
+    common = ["--questions", str(questions), "--index", str(index), "--dataset", str(corpus_file),
+              "--cache", str(cache)]
+    assert _train(*common, "--out", str(out), "--test-questions", str(held_out), "--rows", str(rows)) == 0
+    assert "fit: 8 questions" in capsys.readouterr().err
+    written = json.loads(rows.read_text())
+    assert len(written["fit"]) == 8 and len(written["test"]) == 4
+    assert set(written["report"]) >= {"fit", "test", "chosen"}
+    for row in written["fit"] + written["test"]:
+        assert set(row["features"]) == set(FEATURES) and 0.0 <= row["f1_retrieve"] <= 1.0
+        assert row["features"]["retrieval_gap"] >= 0.0 and 0.0 <= row["features"]["retrieval_entropy"] <= 1.0
+    corpus = load_corpus(corpus_file)
+    router = Router.load(out, corpus)  # as 'sparsa ask --router' loads it
+    assert router.model.info["feature_set"] == written["report"]["chosen"]
+    assert router.model.info["questions"] == 8
+    assert set(router.model.features) <= set(FEATURES)
+    # a rerun answers nothing again (every answer is in the cache) and fits the same router
+    generated = len(cache.read_text().splitlines())
+    assert generated == 2 * 12
+    assert _train(*common, "--out", str(tmp_path / "again.json"), "--test-questions", str(held_out)) == 0
+    assert len(cache.read_text().splitlines()) == generated
+    assert read_router_model(tmp_path / "again.json") == read_router_model(out)
+    # a router on the retriever's confidence: at ask time it sees the features it was trained on
+    assert _train(*common, "--out", str(tmp_path / "retrieval.json"), "--features", "retrieval") == 0
+    confident = Router.load(tmp_path / "retrieval.json", corpus, retriever=open_retriever(str(index)))
+    assert confident.model.features == RETRIEVAL_FEATURES and confident.needs_retriever
+    first = written["fit"][0]
+    decision = confident.decide(first["question"])
+    assert decision.route in ("retrieve", "recall")
+    for name in RETRIEVAL_FEATURES:
+        assert decision.features[name] == pytest.approx(first["features"][name], abs=1e-4)
+    # or given the retriever per question; without one, the index it was fitted on (as 'sparsa ask' loads it)
+    plain = Router.load(tmp_path / "retrieval.json", corpus)
+    assert plain.decide(first["question"], retriever=confident.retriever) == decision
+    assert plain.retriever is None and plain.decide(first["question"]) == decision
+    assert plain.retriever is not None
+    assert main(["-q", "ask", first["question"], "--index", str(index), "--dataset", str(corpus_file),
+                 "--router", str(tmp_path / "retrieval.json"), "--mode", "auto", "--max-new-tokens", "4",
+                 "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["route"] == decision.route
+
+
+def test_router_files_written_before_the_retrieval_features_still_load():
+    from pathlib import Path
+
+    from sparsa.types import Corpus, Document
+
+    corpus = Corpus([Document("a", "Kismet directed by William Dieterle")])
+    results = Path(__file__).parents[2] / "bench" / "results"
+    for saved in sorted(results.glob("rag_router*.json")):
+        router = Router.load(saved, corpus)
+        assert router.model.features and not router.needs_retriever, saved
+    coverage = Router.load(results / "rag_router_qwen1.5b.json", corpus)
+    assert coverage.decide("who directed [Kismet]").route in ("retrieve", "recall")
+
+
+def test_train_router_errors_are_clear(routing_data, tmp_path, capsys):
+    questions, _, corpus_file, index = routing_data
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "who?", "answers": ["x"]}\n{"question": "", "answers": ["y"]}\n')
+    base = ["--index", str(index), "--dataset", str(corpus_file), "--out", str(tmp_path / "r.json")]
+    cases = [(["--questions", str(bad), *base], f"{bad}:2: expected a non-empty string field 'question'"),
+             (["--questions", str(questions), *base, "--features", "popularity,bogus"], "--features"),
+             (["--questions", str(tmp_path / "none.jsonl"), *base], "none.jsonl: file not found")]
+    for argv, message in cases:
+        assert _train(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

@@ -10,12 +10,16 @@ expanded passage with a positive weight, as sorted token ids and their max weigh
 - ``offsets.npy``: ``int64[n_passages + 1]``, passage ``i`` owns ``[offsets[i], offsets[i+1])``
 - ``doc_ids.json``, ``tokenizer.json`` (the query side needs only this), ``sparsa.json``.
 
+The build is a job like an index build (:func:`build_tildev2_store_job`, ``sparsa rerank-store``):
+atomic, resumable from checkpointed shards, refusing to replace a published store unless asked.
+
 At query time :class:`TildeV2Reranker` tokenises the query and scores all candidates at once: a
 vectorised binary search of every (candidate, query token) pair in the candidates' sorted ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "tildev2-store"
 _ARRAYS = ("token_ids", "weights", "offsets")
+SHARD_SIZE = 4096  # passages per checkpointed shard of a store build
 
 
 def tildev2_score_ref(query_ids: Sequence[int], passage: Mapping[int, float]) -> float:
@@ -106,12 +111,18 @@ class TildeV2Store:
 
 
 def build_tildev2_store(documents: Sequence[Document], out: str | Path, encoder: object,
-                        expander: object | None = None, show_progress: bool | None = None) -> Path:
+                        expander: object | None = None, show_progress: bool | None = None,
+                        shard_size: int = SHARD_SIZE, corpus_name: str | None = None) -> Path:
     """Expand (with ``expander``: a TildeExpander), weigh (``encoder``: a TildeV2Encoder) and store passages.
 
-    Texts are ``Document.full_text``. The folder is written atomically with ``sparsa.json`` last.
+    Texts are ``Document.full_text``. Like an index build, the job runs in ``.<name>.building``: passages
+    are encoded in checkpointed shards of ``shard_size`` (``sparsa.indexes.shards``: a killed job
+    resumes from its finished shards) and the folder replaces ``out`` in one rename, ``sparsa.json``
+    (with the corpus's identity) written last.
     """
-    from sparsa.rerank.tilde_expansion import ExpandedPassage
+    from sparsa.artifacts import corpus_identity
+    from sparsa.indexes.shards import clear_job, run_in_shards
+    from sparsa.types import Corpus
 
     if not documents:
         raise ConfigError("no documents to store")
@@ -122,45 +133,104 @@ def build_tildev2_store(documents: Sequence[Document], out: str | Path, encoder:
     if tok.vocab_size > 2**31:
         raise ConfigError("vocabulary too large for int32 token ids")
     id_dtype = np.uint16 if tok.vocab_size <= 2**16 else np.int32
-    batch = encoder.config.batch_size * 8  # expansion and weighing run in blocks, length-sorted inside
-    ids_parts, weight_parts, lengths = [], [], []
-    with progress_bar(len(documents), "TILDEv2 indexing", unit="doc", show=show_progress) as bar:
-        for begin in range(0, len(documents), batch):
-            texts = [d.full_text for d in documents[begin : begin + batch]]
-            if expander is not None:
-                expanded = expander.expand(texts, show_progress=False)
-            else:
-                expanded = [ExpandedPassage(p, np.zeros(0, np.int32))
-                            for p in tok.ids(texts, encoder.config.max_passage_tokens)]
-            order = np.argsort([-len(p.passage) for p in expanded], kind="stable")
-            encoded: list = [None] * len(expanded)
-            for b in range(0, len(order), encoder.config.batch_size):
-                chosen = order[b : b + encoder.config.batch_size]
-                for i, table in zip(chosen, encoder.encode([expanded[i] for i in chosen]), strict=True):
-                    encoded[i] = table
-            for token_ids, weights in encoded:
-                ids_parts.append(token_ids.astype(id_dtype))
-                weight_parts.append(weights.astype(np.float16))
+    block = encoder.config.batch_size * 8  # expansion and weighing run in blocks, length-sorted inside
+    shard_size = max(block, shard_size // block * block)  # whole blocks: tables equal an unsharded run's
+    spec = {"encoder": {"path": str(encoder.path), "config": asdict(encoder.config)},
+            "expander": {"path": str(expander.path), "config": asdict(expander.config)} if expander else None}
+
+    def encode(docs: list[Document]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, weights, lengths = [], [], []
+        for begin in range(0, len(docs), block):
+            for token_ids, token_weights in _encode_block(docs[begin: begin + block], encoder, expander):
+                ids.append(token_ids.astype(id_dtype))
+                weights.append(token_weights.astype(np.float16))
                 lengths.append(len(token_ids))
-            bar.update(len(texts))
-    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    with atomic_dir(out) as work:
-        np.save(work / "token_ids.npy", np.concatenate(ids_parts))
-        np.save(work / "weights.npy", np.concatenate(weight_parts))
+        return (np.concatenate(ids) if ids else np.zeros(0, id_dtype),
+                np.concatenate(weights) if weights else np.zeros(0, np.float16),
+                np.asarray(lengths, np.int64))
+
+    corpus = Corpus(list(documents))
+    with atomic_dir(out, resume=True) as work:
+        parts = run_in_shards(corpus, work, spec, shard_size, encode, _save_shard, _load_shard,
+                              fmt=KIND, show_progress=show_progress)
+        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([lengths for *_, lengths in parts]), out=offsets[1:])
+        np.save(work / "token_ids.npy", np.concatenate([ids for ids, *_ in parts]).astype(id_dtype))
+        np.save(work / "weights.npy", np.concatenate([weights for _, weights, _ in parts]).astype(np.float16))
         np.save(work / "offsets.npy", offsets)
+        clear_job(work)
         (work / "doc_ids.json").write_text(json.dumps([d.id for d in documents]))
         (work / "tokenizer.json").write_bytes(tok.path.read_bytes())
         nbytes = sum((work / f"{name}.npy").stat().st_size for name in _ARRAYS)
         write_manifest(
             work, KIND, num_passages=len(documents), nnz=int(offsets[-1]),
             tokens_per_passage=round(float(offsets[-1]) / len(documents), 1),
-            bytes=nbytes, bytes_per_passage=round(nbytes / len(documents), 1),
-            encoder={"path": str(encoder.path), "config": asdict(encoder.config)},
-            expander={"path": str(expander.path), "config": asdict(expander.config)} if expander else None,
+            bytes=nbytes, bytes_per_passage=round(nbytes / len(documents), 1), **spec,
+            corpus=corpus_identity((d.id for d in documents), corpus_name),
             build_seconds=round(time.perf_counter() - started, 1))
     logger.info("TILDEv2 store of %d passages in %s (%.1f s)", len(documents), out, time.perf_counter() - started)
     return Path(out)
+
+
+def _encode_block(docs: Sequence[Document], encoder, expander) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (token ids, weights) table of each document, expanded and weighed length-sorted."""
+    from sparsa.rerank.tilde_expansion import ExpandedPassage
+
+    texts = [d.full_text for d in docs]
+    if expander is not None:
+        expanded = expander.expand(texts, show_progress=False)
+    else:
+        expanded = [ExpandedPassage(p, np.zeros(0, np.int32))
+                    for p in encoder.tokenizer.ids(texts, encoder.config.max_passage_tokens)]
+    order = np.argsort([-len(p.passage) for p in expanded], kind="stable")
+    encoded: list = [None] * len(expanded)
+    for b in range(0, len(order), encoder.config.batch_size):
+        chosen = order[b: b + encoder.config.batch_size]
+        for i, table in zip(chosen, encoder.encode([expanded[i] for i in chosen]), strict=True):
+            encoded[i] = table
+    return encoded
+
+
+def _save_shard(part: tuple[np.ndarray, np.ndarray, np.ndarray], folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name, array in zip(("token_ids", "weights", "lengths"), part, strict=True):
+        np.save(folder / f"{name}.npy", array)
+
+
+def _load_shard(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        return tuple(np.load(folder / f"{name}.npy") for name in ("token_ids", "weights", "lengths"))
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{folder}: unreadable store shard ({exc}); delete it to rebuild") from None
+
+
+def build_tildev2_store_job(corpus, out: str | Path, model: str | Path, expander: str | Path | None = "auto",
+                            device: str = "cpu", replace: bool = False, corpus_name: str | None = None,
+                            shard_size: int = SHARD_SIZE, show_progress: bool | None = None,
+                            batch_size: int | None = None) -> Path:
+    """The job behind ``sparsa rerank-store``: a store of ``corpus`` (a :class:`sparsa.types.Corpus`) with
+    the TILDEv2 model folder ``model``. ``expander``: a TILDE model folder, ``"auto"`` (the one the model
+    was trained with, as its manifest records) or None (no expansion). A published store at ``out`` is
+    replaced only with ``replace``; an interrupted job resumes. ``batch_size``: passages weighed together
+    (default the model's own setting)."""
+    from sparsa.artifacts import MANIFEST
+    from sparsa.rerank.tilde_expansion import TildeExpander
+    from sparsa.rerank.tilde_model import KIND as MODEL_KIND
+    from sparsa.rerank.tilde_model import TildeV2Encoder
+
+    if not replace and (Path(out).expanduser() / MANIFEST).is_file():
+        raise ConfigError(f"a store already exists at {out}; pass replace=True (--replace) to replace it "
+                          "once the new one is built")
+    if expander == "auto":
+        expander = read_manifest(model, kind=MODEL_KIND).get("training", {}).get("expander")
+        if expander is not None and not Path(expander).is_dir():
+            raise ConfigError(f"{model} was trained with the expander {expander}, which is gone; give "
+                              "--expander FOLDER or --no-expansion")
+    encoder = TildeV2Encoder.load(model, device)
+    if batch_size is not None:
+        encoder.config = dataclasses.replace(encoder.config, batch_size=batch_size)
+    tilde = TildeExpander.load(expander, device) if expander is not None else None
+    return build_tildev2_store(corpus.documents, out, encoder, tilde, show_progress, shard_size, corpus_name)
 
 
 class TildeV2Reranker:

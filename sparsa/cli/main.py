@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, dense, event, judge, kg, models, rerank, retrieval, serve, train
+from sparsa.cli import ask, demo, dense, event, judge, kg, models, rerank, retrieval, serve, tilde, train
 from sparsa.cli.common import console
 from sparsa.errors import SparsaError
 
@@ -30,6 +30,7 @@ app.command("search")(retrieval.search)
 app.command("eval")(retrieval.eval_)
 app.command("fuse")(dense.fuse)
 app.command("rerank")(rerank.rerank)
+app.command("rerank-store")(tilde.rerank_store)
 app.command("ask")(ask.ask)
 app.command("judge")(judge.judge)
 app.command("demo")(demo.demo)

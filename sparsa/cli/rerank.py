@@ -1,6 +1,9 @@
 """``sparsa rerank``: rerank a first-stage run with a registered reranker and write a TREC run.
 
-    sparsa rerank --run bm25.trec --dataset scifact --reranker tildev2 --model STORE --top-k 100 --out reranked.trec
+    sparsa rerank --run bm25.trec --dataset scifact --reranker tildev2 --rerank-model STORE --top-k 100 \
+        --out reranked.trec
+
+A TILDEv2 store comes from ``sparsa rerank-store`` (``sparsa/cli/tilde.py``).
 
 Calls :func:`sparsa.rerank.rerank_run` with ``RERANKERS.get(name).load(model)``.
 """
@@ -22,7 +25,9 @@ def rerank(
     out: Annotated[Path, typer.Option("--out", help="write the reranked run here (TREC format)")],
     reranker: Annotated[str, typer.Option(help="registered reranker: tildev2 or query-likelihood")] = "tildev2",
     model: Annotated[str | None, typer.Option(
-        help="tildev2: the passage store folder (required); query-likelihood: LM name or folder")] = None,
+        "--model", "--rerank-model",
+        help="tildev2: the passage store folder (sparsa rerank-store); query-likelihood: LM name or folder")]
+    = None,
     split: Annotated[str, typer.Option(help="qrels split whose queries the run answers")] = "test",
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=10_000,
                                        help="rerank each query's top k hits; the output keeps those k")] = 100,
@@ -35,7 +40,7 @@ def rerank(
 
     cls = RERANKERS.get(reranker)  # unknown names fail here, listing the known ones
     if reranker == "tildev2" and model is None:
-        raise ConfigError("tildev2 needs --model: a TILDEv2 passage store folder (build_tildev2_store)")
+        raise ConfigError("tildev2 needs --model: a TILDEv2 passage store folder (sparsa rerank-store)")
     first_stage = Run.read_trec(run_file)
     data = load_dataset(dataset_path(dataset), split)
     reranked = rerank_run(cls.load(model), first_stage, data.queries, data.corpus, depth=top_k, top_k=top_k)

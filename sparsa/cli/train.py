@@ -9,13 +9,15 @@ from typing import Annotated
 
 import typer
 
-from sparsa.cli import amar, router
+from sparsa.cli import amar, router, tilde
 from sparsa.cli.common import console, dataset_path
 from sparsa.errors import ConfigError
 
 app = typer.Typer(help="Train encoders.", no_args_is_help=True)
 app.command("amar")(amar.train_amar_command)
 app.command("router")(router.train_router_command)
+app.command("tilde")(tilde.train_tilde_command)
+app.command("tildev2")(tilde.train_tildev2_command)
 
 
 @app.command("splade")

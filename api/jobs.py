@@ -96,7 +96,10 @@ class BuildJobs:
 
     def _update(self, job: dict[str, Any]) -> None:
         """Settle a running job whose process has ended (in place)."""
-        if job["state"] != RUNNING:
+        if job["state"] != RUNNING:  # settled (perhaps by another server on this folder): reap our child
+            child = self._children.pop(job["id"], None)
+            if child is not None:
+                child.poll()
             return
         child = self._children.get(job["id"])
         if child is not None:

@@ -153,3 +153,16 @@ def test_build_logs_rotate_and_old_ones_are_pruned(spare_index, shared_data, tmp
     assert first["state"] == second["state"] == "failed"  # both ids stay valid
     assert first["log_tail"] == "" and "is not a sparsa index" in second["log_tail"]  # the newest log only
     assert sorted(p.name for p in (spare_index / ".jobs").glob("*.log*")) == [f"{ids[1]}.log"]
+
+
+def test_a_second_server_on_the_same_folder_adopts_a_running_build(spare_index, shared_data):
+    """A server that finds a build running (started by another server on this index folder, or by itself
+    just before a restart) follows it by pid and reads its result from the status file."""
+    with app_client(spare_index, shared_data) as first, app_client(spare_index, shared_data) as second:
+        job = first.post("/indexes/build", headers=KEY, json={"name": "cran-d", "kind": "dense",
+                                                                "dataset": "cranfield"}).json()
+        adopted = second.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
+        assert adopted["state"] == "running" and adopted["pid"] == job["pid"]
+        status = lambda: second.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
+        assert _wait(lambda: status()["state"] != "running", 300), status()
+        assert status()["state"] == "succeeded" and status()["returncode"] == 0, status()

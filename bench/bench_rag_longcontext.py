@@ -274,7 +274,8 @@ def stage_run(args) -> None:
                         "same greedy decoding",
             "config": pipeline_config(args, "sparse").to_dict(), "route": "retrieve (mode; no router in this run)",
             "stage_ms_median": stage_ms, "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
-            "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"), path=args.out)
+            "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"), path=args.out,
+            gpu=card if card != "cpu" else None)
 
 
 def main() -> None:

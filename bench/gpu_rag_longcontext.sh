@@ -14,10 +14,11 @@ step=${1:?usage: gpu_rag_longcontext.sh stage|index|run DATASET|serve}
 if [[ $step == stage ]]; then
     rm -rf .stage/lc /tmp/lc-head && mkdir -p .stage/lc/models
     cp -r "${SPARSA_HOME:-$HOME/.cache/sparsa}/models/splade-tiny" .stage/lc/models/
-    # the service's packages, which the GPU image lacks, at the locked versions
+    # the service's packages, which the GPU image lacks, at the locked versions (fastapi 0.165 imports
+    # opentelemetry-api: without it `sparsa serve` stopped there on 2026-12-06)
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 -d .stage/lc/serve $(grep -i -E \
-        "^(fastapi|starlette|pydantic|pydantic_core|uvicorn|annotated-types|typing-inspection|python-multipart)==" \
+        "^(fastapi|starlette|pydantic|pydantic_core|uvicorn|annotated-types|typing-inspection|python-multipart|opentelemetry-api)==" \
         constraints.txt)
     git worktree add -f --detach /tmp/lc-head HEAD >/dev/null
     (cd /tmp/lc-head && "$OLDPWD/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$OLDPWD/.stage/lc/whl" .)

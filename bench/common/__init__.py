@@ -42,10 +42,15 @@ def run_metadata(packages: tuple[str, ...] = ()) -> dict:
     }
 
 
-def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path: Path | None = None) -> Path:
+def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path: Path | None = None,
+                  gpu: str | None = None) -> Path:
+    """``bench/results/<name>.json`` (or ``path``): the run record, then ``payload``; ``gpu``: the card it ran on."""
     path = path or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": run_metadata(packages), **payload}, indent=2) + "\n")
+    meta = run_metadata(packages)
+    if gpu:
+        meta["hardware"]["gpu"] = gpu
+    path.write_text(json.dumps({"meta": meta, **payload}, indent=2) + "\n")
     return path
 
 

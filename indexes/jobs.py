@@ -44,6 +44,7 @@ def build_index_job(
     kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None, backends: Sequence[str] = ("exact",),
     structure: str = "flat", device: str = "auto", threads: int = 2, ray: RayOptions | None = None,
     show_progress: bool | None = None, corpus_name: str | None = None, replace: bool = False,
+    encoder_options: dict[str, Any] | None = None,
 ) -> Path:
     """Build a ``kind`` index (bm25, splade or dense) over ``corpus`` at ``out`` as one atomic job.
 
@@ -53,6 +54,8 @@ def build_index_job(
     ``threads``: Lucene indexing, and the search threads of Seismic and Lucene-impact backends.
     ``corpus_name``: recorded in the manifest with the hash of the corpus ids; ``replace``: an index
     already published at ``out`` is replaced (atomically, when the build succeeds) instead of refused.
+    ``encoder_options``: more settings of the encoder's config (dense: ``pooling``, ``normalize``,
+    ``query_prefix``, ``doc_prefix``), recorded in the manifest's encoder spec like the model.
     """
     INDEX_BACKENDS.target(kind)  # an unknown kind fails first, listing the known ones
     if not replace and (Path(out).expanduser() / MANIFEST).is_file():
@@ -69,7 +72,8 @@ def build_index_job(
             SPARSE_BACKENDS.target(name)
         config = {"backends": tuple(backends), **{b: {"threads": threads} for b in backends if b != "exact"}}
     encoder_name, default_model = ENCODED_KINDS[kind]
-    encoder = build_encoder({"name": encoder_name, "config": {"model": model or default_model, "device": device}})
+    settings = {"model": model or default_model, "device": device, **(encoder_options or {})}
+    encoder = build_encoder({"name": encoder_name, "config": settings})
     if ray is not None:
         from sparsa.indexes.ray_encoding import RayEncoder
 

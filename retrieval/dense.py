@@ -71,6 +71,18 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def declares_settings(folder: str | Path) -> bool:
+    """Whether a model folder is a sentence-transformers folder (``modules.json``): one that says its
+    pooling and normalisation. A hub id or a bare transformers folder does not."""
+    return (Path(folder) / "modules.json").is_file()
+
+
+def folder_prompts(folder: str | Path) -> dict[str, str]:
+    """The prompts a sentence-transformers folder declares (``config_sentence_transformers.json``)."""
+    prompts = _read_json(Path(folder) / "config_sentence_transformers.json").get("prompts") or {}
+    return {k: v for k, v in prompts.items() if isinstance(v, str)}
+
+
 def _folder_settings(folder: Path) -> tuple[int | None, str, bool]:
     """``(max_seq_length, pooling mode, normalize)`` as a sentence-transformers folder declares them."""
     modules = _read_json(folder / "modules.json") or []
@@ -105,6 +117,16 @@ class DenseEncoder:
         self.max_length = config.max_length or folder_length or self.tokenizer.model_max_length
         self.pooling = folder_pooling if config.pooling == "auto" else config.pooling
         self.normalize = folder_normalize if config.normalize is None else config.normalize
+        if not declares_settings(path) and (config.pooling == "auto" or config.normalize is None):
+            logger.warning("%s has no sentence-transformers files (modules.json): pooling %s and "
+                           "normalize=%s are guesses; set DenseConfig pooling and normalize (sparsa index "
+                           "--pooling, --normalize/--no-normalize)", config.model, self.pooling,
+                           self.normalize)
+        prompts = folder_prompts(path)
+        for role, given in (("query", config.query_prefix), ("document", config.doc_prefix)):
+            if prompts.get(role) and prompts[role] != given:
+                logger.warning("%s declares the %s prompt %r but the encoder's %s prefix is %r", config.model,
+                               role, prompts[role], "query" if role == "query" else "doc", given)
         self._token_ids = TokenIds(self.tokenizer, self.max_length)
         self.device = torch.device(resolve_device(config.device))
         if config.dtype == "auto":

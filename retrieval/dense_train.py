@@ -7,10 +7,11 @@ query are masked out, so a document is never its own negative. Stages run in ord
 (e.g. ICT pre-training, then SciFact train qrels).
 
 The output folder is a sentence-transformers folder: the start model's ``modules.json``, pooling
-and tokenizer files, the trained ``model.safetensors``, and ``sparsa.json`` recording data, steps,
-losses and wall time. ``DenseEncoder(DenseConfig(model=folder))`` and ``SentenceTransformer(folder)``
-both load it. Runs are minutes long, so there are no mid-run checkpoints: a killed run leaves
-nothing (the folder is published atomically) and is rerun.
+and tokenizer files (written for the settings used when the start model had none or they were
+overridden; query/document prefixes become its prompts), the trained ``model.safetensors``, and
+``sparsa.json`` recording data, steps, losses and wall time. ``DenseEncoder(DenseConfig(model=folder))``
+and ``SentenceTransformer(folder)`` both load it. Runs are minutes long, so there are no mid-run
+checkpoints: a killed run leaves nothing (the folder is published atomically) and is rerun.
 """
 
 from __future__ import annotations
@@ -43,10 +44,18 @@ class DenseTrainConfig:
     max_passage_length: int = 256
     scale: float = 20.0  # similarity scale (1 / temperature), sentence-transformers' default
     seed: int = 13
+    # "auto" / None: as the start model's sentence-transformers files say (a model without them must set
+    # both); the output folder declares what was used.
+    pooling: str = "auto"
+    normalize: bool | None = None
+    query_prefix: str = ""  # prepended to every query (and saved as the output's "query" prompt)
+    doc_prefix: str = ""  # prepended to every passage ("document" prompt)
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (in-batch negatives)")
+        if self.pooling not in ("auto", "mean", "cls", "max"):
+            raise ConfigError(f"pooling {self.pooling!r}: expected auto, mean, cls or max")
 
 
 @dataclass(slots=True)
@@ -65,10 +74,17 @@ class _Trainable:
         from transformers import AutoModel, AutoTokenizer
 
         from sparsa.models import resolve_model
-        from sparsa.retrieval.dense import _folder_settings
+        from sparsa.retrieval.dense import _folder_settings, declares_settings
 
         self.source = Path(resolve_model(config.model))
-        _, self.pooling, self.normalize = _folder_settings(self.source)
+        self.declared = declares_settings(self.source)
+        if not self.declared and (config.pooling == "auto" or config.normalize is None):
+            raise ConfigError(f"{config.model} has no sentence-transformers files (modules.json), so its "
+                              "pooling and normalisation are unknown: set both (--pooling mean|cls|max, "
+                              "--normalize/--no-normalize)")
+        _, pooling, normalize = _folder_settings(self.source)
+        self.pooling = pooling if config.pooling == "auto" else config.pooling
+        self.normalize = normalize if config.normalize is None else config.normalize
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.device = torch.device(device)
         self.model = AutoModel.from_pretrained(self.source).float().to(self.device).train()  # fp32 master weights
@@ -109,8 +125,8 @@ def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig, show
         for step in range(stage.steps):
             batch = [stage.pairs[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             with autocast(trainer.device):
-                q = trainer.embed([p.query for p in batch], config.max_query_length)
-                d = trainer.embed([p.passage for p in batch], config.max_passage_length)
+                q = trainer.embed([config.query_prefix + p.query for p in batch], config.max_query_length)
+                d = trainer.embed([config.doc_prefix + p.passage for p in batch], config.max_passage_length)
             loss = contrastive_loss(q, d, [p.doc_id for p in batch], config.scale)
             stepper.step(loss)
             losses.append(float(loss.detach()))
@@ -141,8 +157,42 @@ def train_dense(stages: Sequence[Stage], out: str | Path, config: DenseTrainConf
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, work / item.name)
         trainer.model.to("cpu").save_pretrained(work, safe_serialization=True)
+        _declare_settings(work, trainer, config)
         write_manifest(work, "dense-model", asdict(config), trained_with="sparsa.retrieval.dense_train",
                        start_model=str(trainer.source), stages=records, device=str(trainer.device),
                        wall_seconds=round(time.perf_counter() - started, 1))
     logger.info("trained dense model in %s (%s)", out, ", ".join(f"{r['stage']}: {r['steps']} steps" for r in records))
     return Path(out)
+
+
+def _declare_settings(folder: Path, trainer: _Trainable, config: DenseTrainConfig) -> None:
+    """Make ``folder`` say how it was trained: sentence-transformers modules (pooling, normalisation) when
+    the start model had none or they were overridden, and the prefixes as its "query"/"document" prompts."""
+    import json
+
+    from sparsa.retrieval.dense import _folder_settings
+
+    length, pooling, normalize = _folder_settings(folder) if trainer.declared else (None, None, None)
+    if (pooling, normalize) != (trainer.pooling, trainer.normalize):
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling"}]
+        if trainer.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": int(trainer.model.config.hidden_size),
+            **{f"pooling_mode_{m}": trainer.pooling == name
+               for m, name in (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"))},
+            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+        (folder / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": length or config.max_passage_length, "do_lower_case": False}, indent=2))
+    if config.query_prefix or config.doc_prefix:
+        settings_file = folder / "config_sentence_transformers.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        settings["prompts"] = {**(settings.get("prompts") or {}), "query": config.query_prefix,
+                               "document": config.doc_prefix}
+        settings_file.write_text(json.dumps(settings, indent=2))

@@ -25,6 +25,13 @@ def train_dense(
     fine_tune_lr: Annotated[float, typer.Option()] = 2e-5,
     max_passage_length: Annotated[int, typer.Option(min=8)] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    pooling: Annotated[str, typer.Option(help="mean, cls or max; auto: as the start model's "
+                                              "sentence-transformers files say")] = "auto",
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise "
+                                                   "(default: as the start model's files say)")] = None,
+    query_prefix: Annotated[str, typer.Option(help="text before every training query (e5: 'query: ')")] = "",
+    doc_prefix: Annotated[str, typer.Option(help="text before every training passage (e5: 'passage: ')")]
+    = "",
 ) -> None:
     """Adapt a dense encoder to a corpus with no labels (Chang et al. 2020), then optionally fine-tune.
 
@@ -60,10 +67,14 @@ def train_dense(
     base = model
     for stage in stages:  # one call per stage: each has its own learning rate and schedule
         config = DenseTrainConfig(model=base, batch_size=batch_size, max_passage_length=max_passage_length,
-                                  lr=stage.description.get("lr", lr))
+                                  lr=stage.description.get("lr", lr), pooling=pooling, normalize=normalize,
+                                  query_prefix=query_prefix, doc_prefix=doc_prefix)
         run_training([stage], out, config, device=device)
         base = str(out)
-    console.print(f"trained model in {out}; index with: sparsa index --kind dense --model {out} ...")
+    prefixes = "".join(f" --{flag} {value!r}" for flag, value in (("query-prefix", query_prefix),
+                                                                  ("doc-prefix", doc_prefix)) if value)
+    console.print(f"trained model in {out}; index with: sparsa index --kind dense --model {out}{prefixes} "
+                  "...")
 
 
 def fuse(

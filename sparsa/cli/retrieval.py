@@ -37,6 +37,14 @@ def index(
                                                     "else a local Ray instance)")] = None,
     ray_actors: Annotated[int | None, typer.Option(help="encoder actors (default: one per GPU)")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="replace an existing index at --out")] = False,
+    pooling: Annotated[str | None, typer.Option(help="dense: mean, cls or max (default: as the model's "
+                                                     "sentence-transformers files say)")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="dense: L2-normalise "
+                                                   "the vectors (default: as the model's files say)")] = None,
+    query_prefix: Annotated[str | None, typer.Option(help="dense: text before every query (e5: 'query: ')")]
+    = None,
+    doc_prefix: Annotated[str | None, typer.Option(help="dense: text before every document (e5: "
+                                                        "'passage: ')")] = None,
 ) -> None:
     """Build an index over a corpus as one atomic job (a failed build leaves the old index intact).
 
@@ -50,13 +58,37 @@ def index(
     if (dataset is None) == (corpus is None):
         raise ConfigError("give exactly one of --dataset or --corpus")
     INDEX_BACKENDS.target(kind)  # an unknown kind fails before the corpus loads
+    options = dense_options(kind, model, pooling, normalize, query_prefix, doc_prefix)
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
     path = build_index_job(kind, docs, index_path(out_), model=model, backends=tuple(backend or ("exact",)),
                            structure=faiss, device=device, threads=threads,
                            ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None,
                            corpus_name=dataset_path(dataset).name if dataset is not None else None,
-                           replace=replace)
+                           replace=replace, encoder_options=options)
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
+
+
+def dense_options(kind: str, model: str | None, pooling: str | None, normalize: bool | None,
+                  query_prefix: str | None, doc_prefix: str | None) -> dict:
+    """The dense encoder settings given as flags; a model without sentence-transformers files (a hub id
+    or a bare transformers folder) must be given its pooling and normalisation: nothing is guessed."""
+    options = {key: value for key, value in (("pooling", pooling), ("normalize", normalize),
+                                             ("query_prefix", query_prefix), ("doc_prefix", doc_prefix))
+               if value is not None}
+    if kind != "dense":
+        if options:
+            flag = next(iter(options)).replace("_", "-")
+            raise ConfigError(f"--{flag} is a dense index setting, not {kind}'s")
+        return options
+    from sparsa.models import resolve_model
+    from sparsa.retrieval.dense import declares_settings
+
+    name = model or "minilm-l6"
+    if not declares_settings(resolve_model(name)) and (pooling in (None, "auto") or normalize is None):
+        raise ConfigError(f"{name} has no sentence-transformers files (modules.json), so its pooling and "
+                          "normalisation are unknown: give --pooling mean|cls|max and --normalize or "
+                          "--no-normalize")
+    return options
 
 
 def search(

@@ -11,7 +11,7 @@ import typer
 
 from sparsa.cli import amar, router, tilde
 from sparsa.cli.common import console, dataset_path
-from sparsa.errors import ConfigError
+from sparsa.errors import ConfigError, SparsaError
 
 app = typer.Typer(help="Train encoders.", no_args_is_help=True)
 app.command("amar")(amar.train_amar_command)
@@ -20,23 +20,38 @@ app.command("tilde")(tilde.train_tilde_command)
 app.command("tildev2")(tilde.train_tildev2_command)
 
 
+# Mistral-SPLADE's published run (bench/gpu_mistral_splade.sh) and the encoder fine-tune's defaults.
+DECODER_DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 600, "batch_size": 32, "lr": 2e-4,
+                    "warmup_steps": 50}
+ENCODER_DEFAULTS = {"model": "splade-tiny", "steps": 1000, "batch_size": 16, "lr": 5e-5, "warmup_steps": 100}
+
+
 @app.command("splade")
 def splade(
     out: Annotated[Path, typer.Option(help="folder for the trained model (resumes if a checkpoint is there)")],
-    model: Annotated[str, typer.Option(help="starting model: registry name, folder or hub id")] = "splade-tiny",
+    model: Annotated[str | None, typer.Option(help="starting model: registry name, folder or hub id "
+                                                   "(default splade-tiny; --decoder: smollm2-135m-instruct)")]
+    = None,
     dataset: Annotated[str | None, typer.Option(help="dataset with labelled training queries")] = None,
     split: Annotated[str, typer.Option(help="qrels split to train on (never test)")] = "train",
     first_stage: Annotated[str | None, typer.Option(help="BM25 index to mine hard negatives from")] = None,
-    negatives: Annotated[int, typer.Option(help="mined negatives kept per example")] = 4,
+    negatives: Annotated[int, typer.Option(min=1, help="hard negatives per example, mined and all used in "
+                                                       "the loss (with --examples: at most this many)")] = 4,
     self_supervised: Annotated[int, typer.Option(help="title->body pairs from the corpus (0: none)")] = 2000,
     examples: Annotated[Path | None, typer.Option(help="train from a prepared examples file instead")] = None,
-    save_examples: Annotated[Path | None, typer.Option(help="write the examples (JSONL[.gz]) and stop")] = None,
-    steps: Annotated[int, typer.Option()] = 1000,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    lr: Annotated[float, typer.Option()] = 5e-5,
+    save_examples: Annotated[Path | None, typer.Option(help="write the examples (JSONL[.gz]) and stop")]
+    = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="default 1000; --decoder 600")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=2, help="default 16; --decoder 32")] = None,
+    lr: Annotated[float | None, typer.Option(help="default 5e-5; --decoder 2e-4")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(min=0, help="default 100; --decoder 50")] = None,
     lambda_query: Annotated[float, typer.Option()] = 1e-3,
     lambda_doc: Annotated[float, typer.Option()] = 1e-3,
-    decoder: Annotated[bool, typer.Option(help="decoder backbone (Mistral-SPLADE: echo input, LoRA)")] = False,
+    decoder: Annotated[bool, typer.Option(help="decoder backbone (Mistral-SPLADE: echo input, LoRA); its "
+                                               "defaults are the published run's")] = False,
+    lora_rank: Annotated[int, typer.Option(min=1, help="--decoder: rank of the LoRA adapters")] = 16,
+    initial_doc_terms: Annotated[int, typer.Option(min=1, help="--decoder: the term bias starts where a "
+                                                               "document keeps about this many terms")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Fine-tune SPLADE: contrastive loss with in-batch and hard negatives, FLOPS regularisation."""
@@ -46,20 +61,45 @@ def splade(
 
     if split == "test":
         raise ConfigError("refusing to train on the test split")
+    settings = DECODER_DEFAULTS if decoder else ENCODER_DEFAULTS
+    given = {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps}
+    chosen = {key: settings[key] if value is None else value for key, value in given.items()}
+    _check_backbone(chosen["model"], decoder)
     if examples is not None:
         prepared, described = read_examples(examples), {"examples_file": str(examples)}
     else:
         prepared, described = _mine_examples(dataset, split, first_stage, negatives, self_supervised)
-    console.print(f"{len(prepared)} training examples: {described}")
+    used = min([negatives, *(len(e.negatives) for e in prepared)])
+    if used < 1:
+        raise ConfigError("some examples have no negatives; mine them with --dataset and --first-stage")
+    console.print(f"{len(prepared)} training examples, {used} hard negatives each: {described}")
     if save_examples is not None:
         write_examples(prepared, save_examples)
         console.print(f"wrote {save_examples}")
         return
-    encoder = SpladeConfig.mistral_splade(model) if decoder else SpladeConfig(model=model)
-    config = SpladeTrainConfig(encoder=encoder, steps=steps, batch_size=batch_size, lr=lr,
-                               lambda_query=lambda_query, lambda_doc=lambda_doc)
+    encoder = SpladeConfig.mistral_splade(chosen["model"]) if decoder else SpladeConfig(model=chosen["model"])
+    config = SpladeTrainConfig(encoder=encoder, steps=chosen["steps"], batch_size=chosen["batch_size"],
+                               lr=chosen["lr"], warmup_steps=chosen["warmup_steps"], negatives_per_query=used,
+                               lambda_query=lambda_query, lambda_doc=lambda_doc, lora_rank=lora_rank,
+                               initial_doc_terms=initial_doc_terms)
     folder = train_splade(prepared, out, config, device=device, data_description=described)
     console.print(f"trained model in {folder}; use it with --model {folder}")
+
+
+def _check_backbone(model: str, decoder: bool) -> None:
+    """A masked LM with --decoder is refused before anything loads (it has no layers LoRA adapts)."""
+    import json
+
+    from sparsa.models import resolve_model
+
+    try:
+        config = Path(resolve_model(model)) / "config.json"
+    except SparsaError:
+        return  # a hub id: transformers reports what it finds
+    archs = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    if decoder and any(a.endswith("ForMaskedLM") for a in archs):
+        raise ConfigError(f"--decoder trains a causal LM backbone (Mistral-SPLADE), but {model} is a masked "
+                          f"LM ({archs[0]}); leave --model out (smollm2-135m-instruct) or give a causal LM")
 
 
 @app.command("judge")

@@ -7,6 +7,7 @@ helpers at the end.
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -108,6 +109,8 @@ class QARequest(Strict):
     question: QueryText
     mode: Literal["auto", "retrieve", "recall"] = Field(
         "auto", description="auto: the router decides; retrieve: read retrieved passages; recall: model memory only")
+    as_of: datetime.date | None = Field(
+        None, description="read only passages dated on or before this day (YYYY-MM-DD; undated ones stay)")
 
 
 class QAResponse(BaseModel):

@@ -305,12 +305,12 @@ class ServiceState:
         head = self.rerank(text, self.documents([h.doc_id for h in hits[:depth]]))
         return head + hits[depth:]
 
-    def answer(self, question: str, mode: str) -> Any:
+    def answer(self, question: str, mode: str, as_of: Any = None) -> Any:
         self._require_loaded()
         if self.pipeline is None:
             raise NotConfiguredError("QA not configured on this server (start it with --qa-model)", status=503)
         try:
-            return self.pipeline.answer(question, mode=mode)
+            return self.pipeline.answer(question, mode=mode, as_of=as_of)
         except ConfigError as exc:  # hits of an index without a recorded corpus that this corpus lacks
             if "the corpus lacks" not in str(exc):
                 raise

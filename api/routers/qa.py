@@ -13,7 +13,7 @@ router = APIRouter(tags=["qa"], dependencies=[SearchKey],
 
 @router.post("/qa", response_model=QAResponse, summary="Answer a question (retrieve, recall, or let the router choose)")
 async def qa(body: QARequest, state: State, gates: GatesDep) -> QAResponse:
-    answer = await run_gated(gates.qa, state.answer, body.question, body.mode)
+    answer = await run_gated(gates.qa, state.answer, body.question, body.mode, body.as_of)
     return QAResponse(question=answer.question, answer=answer.text, citations=list(answer.citations),
                       route=str(answer.route), passages=to_hits(answer.passages, state.corpus),
                       timings={k: float(v) for k, v in answer.timings.items()})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,13 @@ def qa_state(index_root, shared_data):
     config = service_config(index_root, shared_data, indexes={"bm25": index_root / "bm25"},
                             qa_model="smollm2-135m-instruct")
     return ServiceState(config).load(strict=True)
+
+
+def wait_until(predicate, seconds: float, step: float = 0.1) -> bool:
+    """Poll ``predicate`` every ``step`` seconds until it is true (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import API_KEY, DOCS, service_config
+from tests.api.conftest import API_KEY, DOCS, service_config, wait_until
 
 pytestmark = pytest.mark.java
 KEY = {"X-API-Key": API_KEY}
@@ -108,14 +107,6 @@ def test_swap_also_moves_qa_to_the_new_index(spare_index, shared_data):
     assert answer.route == "retrieve" and answer.passages
 
 
-def _wait(predicate, seconds: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
 
 @pytest.mark.slow
 def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index, shared_data):
@@ -132,15 +123,15 @@ def test_killed_build_leaves_the_served_index_and_a_rerun_publishes(spare_index,
         job = client.post("/indexes/build", headers=KEY, json=request)
         assert job.status_code == 202 and job.json()["state"] == "running"
         building = spare_index / ".scifact-bm25.building"
-        assert _wait(building.exists, 120), "the build never started writing"
+        assert wait_until(building.exists, 120), "the build never started writing"
         os.kill(job.json()["pid"], signal.SIGKILL)
         status = lambda j: client.get(f"/indexes/jobs/{j['id']}", headers=KEY).json()
-        assert _wait(lambda: status(job.json())["state"] == "failed", 30)
+        assert wait_until(lambda: status(job.json())["state"] == "failed", 30)
         assert (spare_index / "bm25" / "sparsa.json").read_text() == published  # the old index is untouched
         served = client.post("/search", json={"query": "flow", "k": 3})
         assert served.status_code == 200 and len(served.json()["hits"]) == 3
         rerun = client.post("/indexes/build", headers=KEY, json=request).json()
-        assert _wait(lambda: status(rerun)["state"] != "running", 240), status(rerun)
+        assert wait_until(lambda: status(rerun)["state"] != "running", 240), status(rerun)
         assert status(rerun)["state"] == "succeeded", status(rerun)["log_tail"]
         assert "the build process ended without a result" in status(job.json())["detail"]
         swapped = client.post("/indexes/swap", headers=KEY,
@@ -160,7 +151,7 @@ def test_dense_index_built_through_the_api_and_swapped_in(spare_index, shared_da
         job = client.post("/indexes/build", headers=KEY, json={"name": "cran-dense", "kind": "dense",
                                                                 "dataset": "cranfield"}).json()
         status = lambda: client.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
-        assert _wait(lambda: status()["state"] != "running", 600), status()
+        assert wait_until(lambda: status()["state"] != "running", 600), status()
         assert status()["state"] == "succeeded", status()["log_tail"]
         swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "dense", "name": "cran-dense"})
         assert swapped.status_code == 200 and swapped.json()["num_documents"] == DOCS

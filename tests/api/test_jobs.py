@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import API_KEY, service_config
+from tests.api.conftest import API_KEY, service_config, wait_until
 from tests.api.test_web import _free_port
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]
 KEY = {"X-API-Key": API_KEY}
 
-
-def _wait(predicate, seconds: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def _alive(pid: int) -> bool:
@@ -55,7 +47,7 @@ def test_the_job_table_survives_a_restart_and_builds_are_limited(spare_index, sh
         job = client.post("/indexes/build", headers=KEY,
                           json={"name": "cran-a", "dataset": "cranfield"}).json()
         status = lambda c: c.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
-        assert _wait(lambda: status(client)["state"] != "running", 240), status(client)
+        assert wait_until(lambda: status(client)["state"] != "running", 240), status(client)
         finished = status(client)
         assert finished["state"] == "succeeded" and finished["returncode"] == 0, finished
         assert "indexed 120 documents" in finished["log_tail"]
@@ -74,7 +66,7 @@ def test_the_job_table_survives_a_restart_and_builds_are_limited(spare_index, sh
         pid = slow.json()["pid"]
         assert _alive(pid)
     # The server stopped (lifespan shutdown): its build's process group went with it.
-    assert _wait(lambda: not _alive(pid), 10)
+    assert wait_until(lambda: not _alive(pid), 10)
     with app_client(spare_index, shared_data) as client:
         stopped = client.get(f"/indexes/jobs/{slow.json()['id']}", headers=KEY).json()
         assert stopped["state"] == "failed" and stopped["finished_at"]
@@ -106,7 +98,7 @@ def test_a_build_dies_with_a_killed_server_and_the_restarted_server_reports_it(s
             except httpx.HTTPError:
                 return False
 
-        assert _wait(ready, 180, 0.3)
+        assert wait_until(ready, 180, 0.3)
         return server, base
 
     server, base = start(tmp_path / "first.log")
@@ -117,7 +109,7 @@ def test_a_build_dies_with_a_killed_server_and_the_restarted_server_reports_it(s
         server.send_signal(signal.SIGKILL)
         server.wait()
         killed = time.monotonic()
-        assert _wait(lambda: not _alive(job["pid"]), 5), "the build outlived its server"
+        assert wait_until(lambda: not _alive(job["pid"]), 5), "the build outlived its server"
         assert time.monotonic() - killed < 5
     finally:
         if server.poll() is None:
@@ -147,7 +139,7 @@ def test_build_logs_rotate_and_old_ones_are_pruned(spare_index, shared_data, tmp
                               json={"name": "broken", "dataset": "cranfield", "replace": True}).json()
             ids.append(job["id"])
             status = lambda j=job["id"]: client.get(f"/indexes/jobs/{j}", headers=KEY).json()
-            assert _wait(lambda s=status: s()["state"] != "running", 120), status()
+            assert wait_until(lambda s=status: s()["state"] != "running", 120), status()
             assert status()["returncode"] == 2 and "is not a sparsa index" in status()["detail"]
         first, second = (client.get(f"/indexes/jobs/{i}", headers=KEY).json() for i in ids)
     assert first["state"] == second["state"] == "failed"  # both ids stay valid
@@ -164,5 +156,5 @@ def test_a_second_server_on_the_same_folder_adopts_a_running_build(spare_index, 
         adopted = second.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
         assert adopted["state"] == "running" and adopted["pid"] == job["pid"]
         status = lambda: second.get(f"/indexes/jobs/{job['id']}", headers=KEY).json()
-        assert _wait(lambda: status()["state"] != "running", 300), status()
+        assert wait_until(lambda: status()["state"] != "running", 300), status()
         assert status()["state"] == "succeeded" and status()["returncode"] == 0, status()

@@ -49,7 +49,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
         if err.get("type") == "json_invalid":
-            parts.append(f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+            parts.append("the request body is not valid JSON "
+                         f"({err.get('ctx', {}).get('error', 'parse error')})")
         else:
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

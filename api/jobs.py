@@ -146,7 +146,8 @@ class BuildJobs:
     def start(self, name: str, kind: str, dataset: str, replace: bool = False,
               served: Iterable[Path] = ()) -> dict[str, Any]:
         if not (self.data_dir / dataset).is_dir():
-            known = sorted(p.name for p in self.data_dir.iterdir() if p.is_dir()) if self.data_dir.is_dir() else []
+            known = (sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
+                     if self.data_dir.is_dir() else [])
             raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known) or '(none)'}")
         out = self.index_root / name
         if out.resolve() in {Path(p).resolve() for p in served} or serving_pids(out):

@@ -108,7 +108,8 @@ class RerankResponse(BaseModel):
 class QARequest(Strict):
     question: QueryText
     mode: Literal["auto", "retrieve", "recall"] = Field(
-        "auto", description="auto: the router decides; retrieve: read retrieved passages; recall: model memory only")
+        "auto", description="auto: the router decides; retrieve: read retrieved passages; recall: model "
+                            "memory only")
     as_of: datetime.date | None = Field(
         None, description="read only passages dated on or before this day (YYYY-MM-DD; undated ones stay)")
 

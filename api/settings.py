@@ -21,7 +21,8 @@ BASE_RETRIEVERS = ("bm25", "splade", "dense")  # each served from one index; hyb
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """``indexes`` maps a retriever (bm25, splade, dense) to an index folder; ``dataset`` gives passage texts."""
+    """``indexes`` maps a retriever (bm25, splade, dense) to an index folder; ``dataset`` gives passage
+    texts."""
 
     indexes: dict[str, Path] = field(default_factory=dict)
     dataset: Path | None = None
@@ -30,8 +31,8 @@ class ServiceConfig:
     qa_model: str | None = None  # reader LM for /qa (None: QA off)
     qa_k: int = 5
     qa_router: Path | None = None  # a router file (sparsa.rag.routing); without it "auto" always retrieves
-    # A sparsa.rag.config.PipelineConfig: /qa runs exactly this chain (its indexes must be served). Without it,
-    # /qa runs qa_model over the served BM25 index (else the first served), with the server's reranker.
+    # A sparsa.rag.config.PipelineConfig: /qa runs exactly this chain (its indexes must be served). Without
+    # it, /qa runs qa_model over the served BM25 index (else the first served), with the server's reranker.
     qa_pipeline: Any = None
     api_key: str | None = None  # management endpoints need it; without it they are off
     open_search: bool = True  # False: /search, /rerank and /qa need the key too

@@ -54,7 +54,8 @@ class ServedIndex:
 
     def describe(self) -> dict[str, Any]:
         return {"retriever": self.retriever, "path": str(self.path), "kind": self.manifest.get("kind", "?"),
-                "num_documents": self.manifest.get("num_documents"), "built_at": self.manifest.get("built_at"),
+                "num_documents": self.manifest.get("num_documents"),
+                "built_at": self.manifest.get("built_at"),
                 "corpus": self.manifest.get("corpus")}
 
 
@@ -84,7 +85,8 @@ def _uses_java(manifest: dict[str, Any]) -> bool:
 
 
 def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
-    """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open it."""
+    """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open
+    it."""
     from sparsa.artifacts import read_manifest
 
     started = time.perf_counter()
@@ -133,7 +135,8 @@ class ServiceState:
         steps += [("corpus", self._load_corpus)] if self.config.dataset else []
         steps += [("index identity", self._check_identities)] if self.config.dataset else []
         steps += [("reranker", self._load_reranker)] if self.config.reranker else []
-        steps += [("QA pipeline", self._load_pipeline)] if self.config.qa_model or self.config.qa_pipeline else []
+        steps += ([("QA pipeline", self._load_pipeline)]
+                  if self.config.qa_model or self.config.qa_pipeline else [])
         for what, step in steps:
             try:
                 step()
@@ -180,18 +183,21 @@ class ServiceState:
         # One small rerank before serving: lazy initialisation happens now, and the first request's work cap
         # (rerank_cost: seconds per passage) has a measure.
         started = time.perf_counter()
-        self.reranker.rerank(Query("warm-up", "warm up"), [Document("a", "warm up text"), Document("b", "more")])
+        self.reranker.rerank(Query("warm-up", "warm up"), [Document("a", "warm up text"),
+                                                           Document("b", "more")])
         self.rerank_cost.add(time.perf_counter() - started, 2)
 
     def _load_pipeline(self) -> None:
-        """The QA chain (``qa_chain``) over the served retrievers, corpus and reranker (nothing loaded twice)."""
+        """The QA chain (``qa_chain``) over the served retrievers, corpus and reranker (nothing loaded
+        twice)."""
         if importlib.util.find_spec("sparsa.rag.pipeline") is None:
             raise NotConfiguredError("QA not configured: this install has no sparsa.rag.pipeline", status=503)
         from sparsa.rag.pipeline import load_pipeline
 
         chain = self.qa_chain()
         served = {Path(path).resolve(): name for name, path in self.config.indexes.items()}
-        self.qa_retrievers = tuple(served.get(index_path(index).resolve()) for index in chain.retrieval.indexes)
+        self.qa_retrievers = tuple(served.get(index_path(index).resolve())
+                                   for index in chain.retrieval.indexes)
         if None in self.qa_retrievers or self.corpus is None:
             raise ConfigError(f"QA reads from indexes {list(chain.retrieval.indexes)}: each must be served "
                               "(--bm25/--splade/--dense) with its dataset")
@@ -225,7 +231,8 @@ class ServiceState:
         from sparsa.retrieval.fusion import HybridRetriever
 
         retrieval = self.qa_chain().retrieval
-        return HybridRetriever(searchers, method=retrieval.fusion, weights=retrieval.weights, depth=retrieval.depth)
+        return HybridRetriever(searchers, method=retrieval.fusion, weights=retrieval.weights,
+                               depth=retrieval.depth)
 
     @property
     def ready(self) -> bool:
@@ -238,8 +245,9 @@ class ServiceState:
         return {"ready": self.ready, "indexes": indexes,
                 "reranker": self.config.reranker if self.reranker is not None else None,
                 "qa": self.pipeline is not None, "problems": problems,
-                "warnings": [f"index {s.path.name} ({n}) records no corpus (built before sparsa recorded one): "
-                             "served unchecked; rebuild it" for n, s in self.indexes.items() if s.unchecked]}
+                "warnings": [f"index {s.path.name} ({n}) records no corpus (built before sparsa recorded "
+                             "one): served unchecked; rebuild it" for n, s in self.indexes.items()
+                             if s.unchecked]}
 
     def _require_loaded(self) -> None:
         if not self.loaded.is_set():
@@ -308,7 +316,8 @@ class ServiceState:
     def answer(self, question: str, mode: str, as_of: Any = None) -> Any:
         self._require_loaded()
         if self.pipeline is None:
-            raise NotConfiguredError("QA not configured on this server (start it with --qa-model)", status=503)
+            raise NotConfiguredError("QA not configured on this server (start it with --qa-model)",
+                                     status=503)
         try:
             return self.pipeline.answer(question, mode=mode, as_of=as_of)
         except ConfigError as exc:  # hits of an index without a recorded corpus that this corpus lacks

@@ -27,7 +27,8 @@ router = APIRouter(prefix="/indexes", tags=["indexes"], dependencies=[AdminKey],
 def _stored(state, verify: str) -> list[StoredIndex]:
     root = state.config.index_root
     found = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+    for folder in (sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+                   if root.is_dir() else []):
         try:
             manifest = read_manifest(folder, verify=verify)
             found.append(StoredIndex(name=folder.name, kind=manifest["kind"], valid=True, checked=verify,
@@ -67,7 +68,8 @@ async def job(job_id: str, jobs: Jobs) -> BuildJob:
     return BuildJob(**jobs.describe(found))
 
 
-@router.post("/swap", response_model=LoadedIndex, summary="Serve a stored index for a retriever (checked first)",
+@router.post("/swap", response_model=LoadedIndex,
+             summary="Serve a stored index for a retriever (checked first)",
              description="Opens the stored index, checks every file's checksum and that it was built from "
                          "the served corpus, then serves it; any refusal leaves the old index serving.",
              responses=error_responses(400, 404, 408, 409, 413, 422, 503))

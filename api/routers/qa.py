@@ -11,7 +11,8 @@ router = APIRouter(tags=["qa"], dependencies=[SearchKey],
                    responses=error_responses(400, 401, 403, 408, 409, 413, 422, 429, 503, 504))
 
 
-@router.post("/qa", response_model=QAResponse, summary="Answer a question (retrieve, recall, or let the router choose)")
+@router.post("/qa", response_model=QAResponse,
+             summary="Answer a question (retrieve, recall, or let the router choose)")
 async def qa(body: QARequest, state: State, gates: GatesDep) -> QAResponse:
     answer = await run_gated(gates.qa, state.answer, body.question, body.mode, body.as_of)
     return QAResponse(question=answer.question, answer=answer.text, citations=list(answer.citations),

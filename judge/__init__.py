@@ -8,7 +8,8 @@
   the proportional-odds model of ``ordinal.py``.
 - :class:`JudgeTrainer` / :func:`train_judge` (``train.py``): fine-tuning the judge LM on labelled pairs.
 
-Agreement with human labels (kappa, alpha, tau, rho) lives in :mod:`sparsa.eval.agreement`.
+Agreement with human labels (kappa, alpha, tau, rho) lives in :mod:`sparsa.eval.agreement`;
+``human_agreement.py`` applies it to a judging job's qrels (``sparsa judge --report``).
 Names are imported lazily, so ``import sparsa.judge`` loads neither torch nor transformers.
 """
 

@@ -239,9 +239,12 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
                   calibration: str | Path | None = None, fit_queries: int = 0, checkpoint: str | Path | None = None,
                   audit: str | Path | None = None, batch_pairs: int = 32, split: str = "test",
                   show_progress: bool | None = None, calibrator: CalibratorModel = "least-squares",
-                  gains: Gains = "discrete") -> dict:
-    """What ``sparsa judge`` does: read pairs, judge them (resumably), grade, write qrels + audit JSONL."""
-    from sparsa.data import load_dataset
+                  gains: Gains = "discrete", report: str | Path | None = None,
+                  human_qrels: str | Path | None = None, system_runs: Sequence[str | Path] = ()) -> dict:
+    """What ``sparsa judge`` does: read pairs, judge them (resumably), grade, write qrels + audit JSONL;
+    with ``report``, also the agreement with human qrels (``human_qrels``, default the dataset's) as JSON
+    (:mod:`sparsa.judge.human_agreement`), ranking ``system_runs`` under both qrels."""
+    from sparsa.data import load_dataset, read_run
     from sparsa.judge.judge import JudgeConfig, RelevanceJudge
 
     if (pairs_file is None) == (run_file is None):
@@ -249,6 +252,11 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
     if calibration is not None and fit_queries:
         raise ConfigError("give --calibration or --fit-queries, not both")
     data = load_dataset(dataset, split)
+    human = Qrels.read_trec(human_qrels) if human_qrels is not None else data.qrels
+    if report is not None and human is None:
+        raise ConfigError(f"--report needs human qrels: the dataset has none for split {split!r}; give "
+                          "--human-qrels FILE")
+    runs = {str(path): read_run(path) for path in system_runs}
     queries = {q.id: q for q in data.queries}
     pairs = read_pairs(pairs_file, queries, data.corpus) if pairs_file is not None else \
         run_pairs(run_file, queries, data.corpus, depth)
@@ -258,8 +266,16 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
     judge = RelevanceJudge(config or JudgeConfig())
     records = judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs, show_progress)
     saved = out.with_name(out.name + ".calibration.json") if fit_queries else None
-    grades = grade_records(records, calibration, fit_queries, data.qrels, saved, calibrator, gains)
+    grades = grade_records(records, calibration, fit_queries, human, saved, calibrator, gains)
     write_outputs(records, grades, out, audit, "gain" if gains == "expected-gain" else "grade")
     uncalibrated = "argmax of the label probabilities" if gains == "discrete" else "UMBRELA expected grade"
-    return {"pairs": len(pairs), "qrels": str(out), "audit": str(audit), "checkpoint": str(checkpoint),
-            "calibration": str(saved or calibration or uncalibrated), "gains": gains}
+    summary = {"pairs": len(pairs), "qrels": str(out), "audit": str(audit), "checkpoint": str(checkpoint),
+               "calibration": str(saved or calibration or uncalibrated), "gains": gains}
+    if report is not None:
+        from sparsa.judge.human_agreement import agreement_report, write_report
+
+        discrete = grades if gains == "discrete" else grade_records(records, saved or calibration)
+        held_out = fit_split([q for q, _ in pairs], fit_queries)[1] if fit_queries else None
+        summary["agreement"] = agreement_report(discrete, human, held_out, runs)
+        summary["report"] = str(write_report(summary["agreement"], report))
+    return summary

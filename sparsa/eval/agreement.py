@@ -105,15 +105,24 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def label_agreement(human: Sequence[int], judge: Sequence[int]) -> dict:
-    """The label-agreement summary the benchmark reports for one set of pairs."""
+    """The label-agreement summary the benchmark and ``sparsa judge --report`` give for one set of pairs
+    (Krippendorff's alpha None where every value is one label)."""
     human, judge = _labels(human, judge)
     return {
         "pairs": int(human.size),
         "cohen_kappa_4grade": round(cohen_kappa(human, judge), 4),
         "cohen_kappa_binary": round(cohen_kappa(binarize(human), binarize(judge), labels=(0, 1)), 4),
         "cohen_kappa_4grade_quadratic": round(cohen_kappa(human, judge, weights="quadratic"), 4),
-        "krippendorff_alpha_ordinal": round(krippendorff_alpha(np.stack([human, judge])), 4),
-        "krippendorff_alpha_interval": round(krippendorff_alpha(np.stack([human, judge]), "interval"), 4),
+        "krippendorff_alpha_ordinal": _alpha_or_none(np.stack([human, judge]), "ordinal"),
+        "krippendorff_alpha_interval": _alpha_or_none(np.stack([human, judge]), "interval"),
         "accuracy": round(float((human == judge).mean()), 4),
         "confusion_matrix_rows_human_cols_judge": confusion_matrix(human, judge).tolist(),
     }
+
+
+def _alpha_or_none(data: np.ndarray, level: str) -> float | None:
+    """Alpha rounded to 4 places; None where it is undefined (every value the same label)."""
+    try:
+        return round(krippendorff_alpha(data, level), 4)
+    except ConfigError:
+        return None

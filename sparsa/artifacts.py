@@ -205,7 +205,8 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def write_manifest(folder: Path, kind: str, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def write_manifest(folder: Path, kind: str, config: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
     """Write ``sparsa.json`` (last step of a build): kind, config, version, the corpus (inside
     ``recording_corpus``, or ``corpus=`` given here) and every file's checksum."""
     corpus = extra.pop("corpus", None) or _corpus.get()
@@ -233,7 +234,8 @@ def _confine(folder: Path, rel: Any, manifest_path: Path) -> None:
 
 
 def read_manifest(path: str | Path, verify: str = "size", kind: str | None = None) -> dict[str, Any]:
-    """Read and check a manifest. ``verify``: "none", "size" (cheap) or "sha256" (full); ``kind``: expected."""
+    """Read and check a manifest. ``verify``: "none", "size" (cheap) or "sha256" (full);
+    ``kind``: expected."""
     folder = Path(path).expanduser()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():

@@ -155,7 +155,8 @@ class TokenIds:
         if type(backend.normalizer).__name__ == "BertNormalizer":
             mapped = [backend.normalizer.normalize_str(chr(i)) for i in range(128)]
             if all(len(m) <= 1 and m.isascii() for m in mapped):  # else a table cannot say it
-                self._table = bytes([ord(m) if m else i for i, m in enumerate(mapped)] + list(range(128, 256)))
+                self._table = bytes([ord(m) if m else i for i, m in enumerate(mapped)]
+                                    + list(range(128, 256)))
                 self._delete = bytes(i for i, m in enumerate(mapped) if not m)
                 self._plain = _truncating_copy(backend, max_length, side)
                 self._plain.normalizer = None
@@ -168,8 +169,9 @@ class TokenIds:
         """Token ids of each text (a list of ints per text, truncated to ``max_length``)."""
         texts = list(texts)
         if self._backend is None:
-            return self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False,
-                                  return_token_type_ids=False, add_special_tokens=self.add_special_tokens)["input_ids"]
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                                  return_attention_mask=False, return_token_type_ids=False,
+                                  add_special_tokens=self.add_special_tokens)["input_ids"]
         if self._wordpiece is not None:
             return self._wordpiece_ids(texts)
         if self._plain is None:
@@ -193,7 +195,8 @@ class TokenIds:
         return ids
 
     def blocks(self, texts: Sequence[str], device_type: str) -> Iterator[tuple[int, Sequence[Sequence[int]]]]:
-        """``(offset, token ids)`` per block, sized for an encoder on ``device_type`` (next block tokenised ahead).
+        """``(offset, token ids)`` per block, sized for an encoder on ``device_type`` (next
+        block tokenised ahead).
 
         Feeding a GPU from a host with ``POOL_MIN_CORES`` or more, jobs of ``POOL_MIN_TEXTS`` texts or more
         are tokenised by a pool of processes (one Rust tokenizer thread each), and a block's ids come as
@@ -203,7 +206,8 @@ class TokenIds:
         tokenize: Callable[[list[str]], Sequence[Sequence[int]]] = self
         if device_type == "cuda" and len(texts) >= POOL_MIN_TEXTS and self._backend is not None:
             tokenize = self._pooled() or self
-        return tokenized_blocks(texts, tokenize, BLOCK_SIZE.get(device_type, 8192), FIRST_BLOCK.get(device_type))
+        return tokenized_blocks(texts, tokenize, BLOCK_SIZE.get(device_type, 8192),
+                                FIRST_BLOCK.get(device_type))
 
     def _pooled(self) -> Callable[[list[str]], list[np.ndarray]] | None:
         """``texts -> int32 id arrays`` through the process pool (started on first use), or None."""
@@ -218,7 +222,8 @@ class TokenIds:
         def tokenize(texts: list[str]) -> list[np.ndarray]:
             size = -(-len(texts) // workers)
             chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-            return [flat[r] for flat, lengths in pool.map(_tokenize_in_worker, chunks) for r in row_slices(lengths)]
+            return [flat[r] for flat, lengths in pool.map(_tokenize_in_worker, chunks)
+                    for r in row_slices(lengths)]
 
         return tokenize
 

@@ -46,11 +46,13 @@ class Settings:
 def settings_from_env(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("SPARSA_HOME") or Path.home() / ".cache" / "sparsa").expanduser()
-    data_dir = Path(env["SPARSA_DATA_DIR"]).expanduser() if env.get("SPARSA_DATA_DIR") else _default_data_dir()
+    data_dir = (Path(env["SPARSA_DATA_DIR"]).expanduser()
+                if env.get("SPARSA_DATA_DIR") else _default_data_dir())
     device = env.get("SPARSA_DEVICE", "auto")
     if device not in _DEVICES and not device.startswith("cuda:"):
         raise ConfigError(f"SPARSA_DEVICE={device!r}: expected one of {', '.join(_DEVICES)} or cuda:N")
-    return Settings(home=home, data_dir=data_dir, device=device, log_level=env.get("SPARSA_LOG_LEVEL", "INFO"))
+    return Settings(home=home, data_dir=data_dir, device=device,
+                    log_level=env.get("SPARSA_LOG_LEVEL", "INFO"))
 
 
 @lru_cache(maxsize=1)

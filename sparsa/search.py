@@ -71,7 +71,8 @@ class EncodedRetriever(Retriever):
         from sparsa.progress import progress_bar
 
         results: dict[str, list[Hit]] = {}
-        with progress_bar(total=len(queries), desc=f"searching ({self.name})", unit="query", show=show_progress) as bar:
+        with progress_bar(total=len(queries), desc=f"searching ({self.name})", unit="query",
+                          show=show_progress) as bar:
             for start in range(0, len(queries), _BATCH):
                 batch = queries[start : start + _BATCH]
                 vectors = self.encoder.encode_queries([q.text for q in batch], show_progress=False)
@@ -81,7 +82,8 @@ class EncodedRetriever(Retriever):
         return Run(results, name=self.name)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return sort_hits(self.index.search_vectors(self.encoder.encode_queries([text], show_progress=False), k)[0])
+        return sort_hits(self.index.search_vectors(
+            self.encoder.encode_queries([text], show_progress=False), k)[0])
 
     def __repr__(self) -> str:
         return f"EncodedRetriever({self.index!r}, query encoder {self.encoder.config.model})"
@@ -102,7 +104,8 @@ def open_retriever(name_or_path: str | Path, backend: str | None = None, verify:
     options = {}
     if backend is not None:
         if kind != "splade":
-            raise ConfigError(f"{path} is a {kind!r} index: only splade indexes have search backends to choose")
+            raise ConfigError(f"{path} is a {kind!r} index: only splade indexes have "
+                              "search backends to choose")
         options["backend"] = backend
     index = INDEX_BACKENDS.get(kind).open(path, **options)
     if "encoder" not in manifest:

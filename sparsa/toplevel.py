@@ -8,12 +8,13 @@ Hugging Face's ``kernels`` distribution, and got our Triton folder instead.
 
 A namespace layout cannot fix this here (setuptools' editable finder does not resolve a namespace
 subpackage mapped outside its parent), and ``PYTHONSAFEPATH`` only helps those who set it. So each folder's
-``__init__`` calls :func:`defer_to_installed` when it is imported under its bare name, and something else takes
-its place in ``sys.modules`` (the import system returns what ``sys.modules`` holds once the module has run):
-the installed distribution of that name, or, with none installed, an empty namespace package, which is what
-Python gives for a folder without ``__init__.py``. Never sparsa's code. The empty package (no ``__file__``, no
-``__version__``) is what dependency probes expect of a folder shadowing nothing: transformers'
-``_is_package_available`` imports a package it finds no metadata for and reads exactly that as "not installed".
+``__init__`` calls :func:`defer_to_installed` when it is imported under its bare name, and something else
+takes its place in ``sys.modules`` (the import system returns what ``sys.modules`` holds once the module has
+run): the installed distribution of that name, or, with none installed, an empty namespace package, which is
+what Python gives for a folder without ``__init__.py``. Never sparsa's code. The empty package (no
+``__file__``, no ``__version__``) is what dependency probes expect of a folder shadowing nothing:
+transformers' ``_is_package_available`` imports a package it finds no metadata for and reads exactly
+that as "not installed".
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class Stepper:
     optimiser's parameters to ``max_grad_norm`` (None: no clipping), step the optimiser and ``schedule``
     (None: the caller sets the rate). ``steps`` counts the steps taken, resumed ones included."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Any = None, max_grad_norm: float | None = 1.0):
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Any = None,
+                 max_grad_norm: float | None = 1.0):
         self.optimizer, self.schedule, self.max_grad_norm = optimizer, schedule, max_grad_norm
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.steps = 0

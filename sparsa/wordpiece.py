@@ -71,7 +71,8 @@ class WordPieceIds:
             bare = backend.encode("a b", add_special_tokens=False).ids
             full = backend.encode("a b", add_special_tokens=True).ids
             at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
-            if at is None or backend.encode("", add_special_tokens=True).ids != full[:at] + full[at + len(bare):]:
+            if (at is None
+                    or backend.encode("", add_special_tokens=True).ids != full[:at] + full[at + len(bare):]):
                 return None  # a post-processor that does more than wrap the sequence
             specials = (full[:at], full[at + len(bare):])
         return cls(vocab, vocab[model["unk_token"]], model["continuing_subword_prefix"],
@@ -143,7 +144,8 @@ class _WordCache(dict):
 
 
 class CharNormaliser(dict):
-    """A ``BertNormalizer`` as a ``str.translate`` table, each non-ASCII character asked of the normaliser once.
+    """A ``BertNormalizer`` as a ``str.translate`` table, each non-ASCII character asked of
+    the normaliser once.
 
     The normaliser acts character by character (clean text, CJK padding, lower case, NFD + dropping
     nonspacing marks) except for NFD's canonical reordering of combining marks, which changes nothing

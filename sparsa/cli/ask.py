@@ -26,7 +26,8 @@ OVERRIDES = {
     "index": "retrieval.indexes", "dataset": "retrieval.dataset", "k": "retrieval.k",
     "rerank": "rerank.name", "rerank_model": "rerank.model", "rerank_depth": "rerank.depth",
     "router": "router.path", "mode": "router.mode",
-    "model": "reader.model", "device": "reader.device", "dtype": "reader.dtype", "attention": "reader.attention",
+    "model": "reader.model", "device": "reader.device", "dtype": "reader.dtype",
+    "attention": "reader.attention",
     "max_context_tokens": "reader.max_context_tokens", "max_passage_tokens": "reader.max_passage_tokens",
     "max_new_tokens": "reader.max_new_tokens",
 }
@@ -47,16 +48,22 @@ def pipeline_config(config: Path | None, flags: dict) -> object:
 
 def ask(
     question: Annotated[str | None, typer.Argument(help="the question")] = None,
-    config: Annotated[Path | None, typer.Option(help="pipeline config file (TOML or YAML); flags override it")] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", help="print the resolved chain and exit")] = False,
+    config: Annotated[Path | None,
+                      typer.Option(help="pipeline config file (TOML or YAML); flags override it")] = None,
+    print_config: Annotated[bool,
+                            typer.Option("--print-config", help="print the resolved chain and exit")] = False,
     index: Annotated[str | None, typer.Option(help="index folder or name; several comma-separated are fused "
                                               "(omit for closed-book answers)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset folder or corpus file the index was built from")] = None,
+    dataset: Annotated[str | None,
+                       typer.Option(help="dataset folder or corpus file the index was built from")] = None,
     mode: Annotated[str | None, typer.Option(help="auto (router decides), retrieve or recall")] = None,
-    as_of: Annotated[str | None, typer.Option(help="only passages dated on or before this day (YYYY-MM-DD)")] = None,
+    as_of: Annotated[str | None,
+                     typer.Option(help="only passages dated on or before this day (YYYY-MM-DD)")] = None,
     model: Annotated[str | None, typer.Option(help="reader LM: registry name or local folder")] = None,
-    device: Annotated[str | None, typer.Option(help="reader device: auto (CUDA when present), cpu, cuda")] = None,
-    dtype: Annotated[str | None, typer.Option(help="reader dtype: auto (bf16 on GPU), float32, bfloat16")] = None,
+    device: Annotated[str | None,
+                      typer.Option(help="reader device: auto (CUDA when present), cpu, cuda")] = None,
+    dtype: Annotated[str | None,
+                     typer.Option(help="reader dtype: auto (bf16 on GPU), float32, bfloat16")] = None,
     k: Annotated[int | None, typer.Option(help="passages given to the reader", min=1, max=1000)] = None,
     rerank: Annotated[str | None, typer.Option(help="reranker: tildev2 or query-likelihood")] = None,
     rerank_model: Annotated[str | None, typer.Option(
@@ -64,10 +71,13 @@ def ask(
     rerank_depth: Annotated[int | None, typer.Option(help="hits reranked", min=1)] = None,
     router: Annotated[Path | None, typer.Option(help="router file (Router.save) for --mode auto")] = None,
     attention: Annotated[str | None, typer.Option(
-        help="reader attention: auto (sparse on GPU), full, sparse or sparse-kv (with KV compression)")] = None,
-    max_context_tokens: Annotated[int | None, typer.Option(help="token budget of all passages", min=16)] = None,
+        help="reader attention: auto (sparse on GPU), full, sparse or sparse-kv "
+             "(with KV compression)")] = None,
+    max_context_tokens: Annotated[int | None,
+                                  typer.Option(help="token budget of all passages", min=16)] = None,
     max_passage_tokens: Annotated[int | None, typer.Option(help="tokens kept of each passage", min=8)] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="longest answer, in tokens", min=1, max=1024)] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="longest answer, in tokens",
+                                                       min=1, max=1024)] = None,
     stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
 ) -> None:
@@ -106,7 +116,8 @@ def ask(
     console.print(f"citations: {', '.join(answer.citations) or '(none)'}")
     for rank, hit in enumerate(answer.passages, 1):
         console.print(f"  [{rank}] {hit.doc_id} ({hit.score:.3f})")
-    console.print("timings: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in answer.timings.items()))
+    console.print("timings: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms"
+                                          for stage, seconds in answer.timings.items()))
 
 
 def _date(value: str) -> dt.date:

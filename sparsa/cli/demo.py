@@ -44,7 +44,9 @@ def demo(
         table = Table("rank", "doc id", "score", "relevant", "title", title=f"query {query.id}: {query.text}")
         for rank, hit in enumerate(run[query.id][:3], start=1):
             relevant = "yes" if data.qrels and data.qrels[query.id].get(hit.doc_id, 0) > 0 else ""
-            table.add_row(str(rank), hit.doc_id, f"{hit.score:.2f}", relevant, data.corpus[hit.doc_id].title[:70])
+            table.add_row(str(rank), hit.doc_id, f"{hit.score:.2f}", relevant,
+                          data.corpus[hit.doc_id].title[:70])
         console.print(table)
     if data.qrels is not None:
-        print_eval(evaluate_run(run, data.qrels), title=f"{data.name} {data.split}: {len(data.queries)} queries")
+        print_eval(evaluate_run(run, data.qrels),
+                   title=f"{data.name} {data.split}: {len(data.queries)} queries")

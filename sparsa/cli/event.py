@@ -1,4 +1,5 @@
-"""``sparsa train event``: the event-aware query encoder on RealTime QA (earlier weeks train, later weeks test)."""
+"""``sparsa train event``: the event-aware query encoder on RealTime QA (earlier weeks train,
+later weeks test)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from sparsa.cli.common import console, dataset_path
 def train_event(
     out: Annotated[Path, typer.Option(help="folder for the trained encoder head (sparsa.json + head.pt)")],
     data: Annotated[str, typer.Option(help="RealTime QA folder or name under the data dir")] = "realtimeqa",
-    last_train_week: Annotated[str, typer.Option(help="last weekly file (YYYYMMDD) to train on")] = "20220930",
+    last_train_week: Annotated[str,
+                               typer.Option(help="last weekly file (YYYYMMDD) to train on")] = "20220930",
     events: Annotated[bool, typer.Option(help="attend to recent events (--no-events: the ablation)")] = True,
     window_days: Annotated[int, typer.Option(help="events from this many days before the question")] = 14,
     max_events: Annotated[int, typer.Option(help="events kept per question (most similar)")] = 16,
@@ -30,8 +32,10 @@ def train_event(
     from sparsa.retrieval.event_encoder import EventEncoderConfig
     from sparsa.retrieval.event_train import EventTrainConfig, train_realtimeqa
 
-    encoder = EventEncoderConfig(use_events=events, window_days=window_days, max_events=max_events, heads=heads)
-    config = EventTrainConfig(encoder=encoder, epochs=epochs, lr=lr, plain_loss_weight=plain_loss_weight, seed=seed)
+    encoder = EventEncoderConfig(use_events=events, window_days=window_days,
+                                 max_events=max_events, heads=heads)
+    config = EventTrainConfig(encoder=encoder, epochs=epochs, lr=lr,
+                              plain_loss_weight=plain_loss_weight, seed=seed)
     cache = cache or load_settings().home / "cache" / "event"
     folder, record = train_realtimeqa(dataset_path(data), out, config, last_train_week, cache, event_source)
     console.print(f"trained on {record['examples']} questions (weeks <= {last_train_week}); "

@@ -22,8 +22,8 @@ def list_models() -> None:
     table = Table("name", "kind", "package", "local folder", "description")
     for name, spec in models.BUILTIN_MODELS.items():
         folder = models.installed_path(name)
-        table.add_row(name, spec.kind, spec.packages, str(folder) if folder else Text("not pulled", style="dim"),
-                      spec.description)
+        table.add_row(name, spec.kind, spec.packages,
+                      str(folder) if folder else Text("not pulled", style="dim"), spec.description)
     console.print(table)
 
 

@@ -25,7 +25,8 @@ def curl_examples(base: str, key_header: str = "") -> str:
     return "\n".join([
         f"curl -s {base}/health",
         (f"curl -s {base}/search {key_header}-H 'Content-Type: application/json' "
-         "-d '{\"query\": \"vitamin D deficiency and bone fractures\", \"retriever\": \"splade\", \"k\": 5}'"),
+         "-d '{\"query\": \"vitamin D deficiency and bone fractures\", \"retriever\": "
+         "\"splade\", \"k\": 5}'"),
         (f"curl -s {base}/qa {key_header}-H 'Content-Type: application/json' "
          "-d '{\"question\": \"Does vitamin D deficiency increase fracture risk?\", \"mode\": \"auto\"}'"),
         f"curl -s {base}/metrics | head",
@@ -69,27 +70,33 @@ def _served_indexes(chain) -> dict[str, Path]:
             raise ConfigError(f"the config's index {path} does not exist; build it first (sparsa index)")
         kind = read_manifest(path, verify="size")["kind"]
         if kind in served:
-            raise ConfigError(f"the config names two {kind} indexes ({served[kind]}, {path}); serve one per kind")
+            raise ConfigError(f"the config names two {kind} indexes ({served[kind]}, "
+                              f"{path}); serve one per kind")
         served[kind] = path
     return served
 
 
 def serve(
     config: Annotated[Path | None, typer.Option(
-        help="QA pipeline config (TOML/YAML): /qa runs that chain; its indexes, dataset and reranker are served "
-             "(other index flags add to them)")] = None,
+        help="QA pipeline config (TOML/YAML): /qa runs that chain; its indexes, dataset and "
+             "reranker are served (other index flags add to them)")] = None,
     bm25: Annotated[str | None, typer.Option(help="BM25 index (name or folder; 'none' to skip) "
-                                             f"[default without --config: {DEFAULT_INDEXES['bm25']}]")] = None,
+                                             "[default without --config: "
+                                             f"{DEFAULT_INDEXES['bm25']}]")] = None,
     splade: Annotated[str | None, typer.Option(help="learned-sparse index ('none' to skip) "
-                                               f"[default without --config: {DEFAULT_INDEXES['splade']}]")] = None,
+                                               "[default without --config: "
+                                               f"{DEFAULT_INDEXES['splade']}]")] = None,
     dense: Annotated[str | None, typer.Option(help="dense index (name or folder)")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset whose corpus gives passage texts "
                                                 "[default: the config's, else scifact]")] = None,
-    reranker: Annotated[str | None, typer.Option(help="reranker for rerank requests (e.g. query-likelihood)")] = None,
+    reranker: Annotated[str | None,
+                        typer.Option(help="reranker for rerank requests (e.g. query-likelihood)")] = None,
     reranker_model: Annotated[str | None, typer.Option(help="the reranker's model or store folder")] = None,
     qa_model: Annotated[str | None, typer.Option(
-        help="QA reader model ('none' turns /qa off) [default: the config's, else smollm2-135m-instruct]")] = None,
-    qa_router: Annotated[Path | None, typer.Option(help="router file for QA mode auto (retrieve or recall)")] = None,
+        help="QA reader model ('none' turns /qa off) [default: the config's, else "
+             "smollm2-135m-instruct]")] = None,
+    qa_router: Annotated[Path | None,
+                         typer.Option(help="router file for QA mode auto (retrieve or recall)")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSA_API_KEY",
                                                 help="key for index management (and keyed search)")] = None,
     keyed_search: Annotated[bool, typer.Option(help="search, rerank and QA need the key too")] = False,
@@ -110,14 +117,16 @@ def serve(
     if chain is None:
         flags = {name: DEFAULT_INDEXES.get(name) if value is None else value for name, value in flags.items()}
     paths = {name: _index_option(value, name) for name, value in flags.items()}
-    indexes = {**(_served_indexes(chain) if chain else {}), **{n: p for n, p in paths.items() if p is not None}}
+    indexes = {**(_served_indexes(chain) if chain else {}),
+               **{n: p for n, p in paths.items() if p is not None}}
     if chain is not None and chain.rerank.name:
         reranker, reranker_model = reranker or chain.rerank.name, reranker_model or chain.rerank.model
     qa_off = qa_model == "none"
     config = ServiceConfig(
         indexes=indexes, dataset=dataset_path(dataset or (chain and chain.retrieval.dataset) or "scifact"),
         reranker=reranker, reranker_model=reranker_model,
-        qa_model=None if qa_off else (qa_model or "smollm2-135m-instruct"), qa_pipeline=None if qa_off else chain,
+        qa_model=None if qa_off else (qa_model or "smollm2-135m-instruct"),
+        qa_pipeline=None if qa_off else chain,
         qa_router=qa_router, api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"
@@ -126,7 +135,8 @@ def serve(
     state = ServiceState(config).load(strict=True)  # a damaged index ends here with its message
     base = f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
     key_header = f"-H 'X-API-Key: {'$SPARSA_API_KEY'}' " if keyed_search else ""
-    console.print(f"serving on {base} (Ctrl-C stops). Try:\n{curl_examples(base, key_header)}", soft_wrap=True)
+    console.print(f"serving on {base} (Ctrl-C stops). "
+                  f"Try:\n{curl_examples(base, key_header)}", soft_wrap=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     limits = config.limits  # connections past limit_concurrency get 503; idle keep-alives close
     uvicorn.run(create_app(config, state), host=host, port=port, log_level="warning",

@@ -58,7 +58,8 @@ class Article:
     date: dt.date | None
 
     def to_document(self) -> Document:
-        return Document(self.id, self.text, self.title, {"date": self.date.isoformat() if self.date else None})
+        return Document(self.id, self.text, self.title,
+                        {"date": self.date.isoformat() if self.date else None})
 
 
 @dataclass(slots=True)
@@ -119,7 +120,8 @@ def read_questions(path: str | Path) -> list[RealtimeQuestion]:
             raise DataFormatError(path, "field 'choices' must be a list of strings", number)
         answer = record.get("answer")
         indices = [answer] if isinstance(answer, str) else answer
-        if not isinstance(indices, list) or not all(str(i).isdigit() and int(i) < len(choices) for i in indices):
+        if (not isinstance(indices, list)
+                or not all(str(i).isdigit() and int(i) < len(choices) for i in indices)):
             raise DataFormatError(path, f"field 'answer' must index 'choices', got {answer!r}", number)
         evidence = record.get("evidence") or ""
         urls = tuple(dict.fromkeys(normalize_url(u) for u in _HREF.findall(str(evidence))))
@@ -176,10 +178,12 @@ def load_realtimeqa(folder: str | Path) -> RealtimeQA:
     questions = read_questions(folder / QUESTIONS_FILE)
     articles: dict[str, Article] = {}
     gold: dict[str, set[str]] = {}
-    for path in sorted(folder.glob("gold_evidence_*.jsonl*")) + sorted(folder.glob("gcs_search_results_*.jsonl*")):
+    for path in (sorted(folder.glob("gold_evidence_*.jsonl*"))
+                 + sorted(folder.glob("gcs_search_results_*.jsonl*"))):
         is_gold = path.name.startswith("gold_evidence_")
         for qid, article in read_article_hits(path):
-            articles[article.id] = _merge(articles[article.id], article) if article.id in articles else article
+            articles[article.id] = (_merge(articles[article.id], article)
+                                    if article.id in articles else article)
             if is_gold:
                 gold.setdefault(qid, set()).add(article.id)
     for question in questions:

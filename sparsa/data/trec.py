@@ -33,7 +33,8 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def json_error_text(exc: json.JSONDecodeError) -> str:
-    """``Expecting value at column 3``; messages such as "Unterminated string starting at" end in "at" already."""
+    """``Expecting value at column 3``; messages such as "Unterminated string starting at"
+    end in "at" already."""
     return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
@@ -47,7 +48,8 @@ def atomic_text(path: str | Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz" else open(tmp, "w", encoding="utf-8")) as f:
+        with (gzip.open(tmp, "wt", encoding="utf-8") if path.suffix == ".gz"
+              else open(tmp, "w", encoding="utf-8")) as f:
             yield f
         os.replace(tmp, path)
     finally:
@@ -67,7 +69,8 @@ def read_run(path: str | Path, name: str | None = None) -> Run:
     for number, line in numbered_lines(path):
         parts = line.split()
         if len(parts) != 6:
-            raise DataFormatError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}", number)
+            raise DataFormatError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}",
+                                  number)
         qid, _, doc_id, _, score, tag = parts
         try:
             results.setdefault(qid, []).append(Hit(doc_id, float(score)))
@@ -98,7 +101,8 @@ def read_qrels(path: str | Path) -> Qrels:
             qid, _, doc_id, grade = parts
         else:
             raise DataFormatError(
-                path, f"expected 'qid docid grade' or 'qid iter docid grade', got {len(parts)} columns", number
+                path, f"expected 'qid docid grade' or 'qid iter docid grade', got {len(parts)} columns",
+                number
             )
         try:
             judgements.setdefault(qid, {})[doc_id] = int(float(grade))

@@ -11,5 +11,5 @@ from sparsa.eval.agreement import (
 )
 from sparsa.eval.ranking import DEFAULT_MEASURES, RankingEval, evaluate_run
 
-__all__ = ["DEFAULT_MEASURES", "RankingEval", "cohen_kappa", "evaluate_run", "kendall_tau", "krippendorff_alpha",
-           "label_agreement", "spearman_rho"]
+__all__ = ["DEFAULT_MEASURES", "RankingEval", "cohen_kappa", "evaluate_run", "kendall_tau",
+           "krippendorff_alpha", "label_agreement", "spearman_rho"]

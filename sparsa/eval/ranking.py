@@ -42,7 +42,8 @@ def _parse(names: Sequence[str]) -> dict[str, object]:
         try:
             measures[name] = ir_measures.parse_measure(DEFAULT_MEASURES.get(name, name))
         except (ValueError, NameError, SyntaxError, TypeError) as exc:
-            raise ConfigError(f"unknown measure {name!r} ({exc}); e.g. nDCG@10, MRR@10, R@100, MAP, P@5") from None
+            raise ConfigError(f"unknown measure {name!r} ({exc}); e.g. nDCG@10, "
+                              "MRR@10, R@100, MAP, P@5") from None
     return measures
 
 

@@ -158,7 +158,7 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
     if config.router.path is not None:
         from sparsa.rag.routing import Router
 
-        router = Router.load(config.router.path, corpus=corpus)
+        router = Router.load(config.router.path, corpus=corpus, retriever=retriever)
     return QAPipeline(reader, retriever=retriever, corpus=corpus, router=router, reranker=reranker,
                       k=retrieval.k, rerank_depth=config.rerank.depth, depth=retrieval.depth)
 

@@ -183,9 +183,15 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
         ids, _ = readers["full"].build_prompt(question, passages[:k])
         row = {"k": k, "prompt_tokens": len(ids)}
         for variant, reader in readers.items():
+            stats = getattr(reader.model, "sparse_attention_stats", None)
+            before = dict(stats) if stats else {}
             seconds, cache = timed_prefill(reader.model, ids)
             row[f"prefill_s_{variant}"] = round(seconds, 4)
             row[f"kv_bytes_{variant}"] = kv_cache_bytes(cache)
+            visible = stats["prefill_blocks_visible"] - before["prefill_blocks_visible"] if stats else 0
+            if visible:  # why a sparse prefill costs what it does: the share of key blocks the gate kept
+                kept = stats["prefill_blocks_kept"] - before["prefill_blocks_kept"]
+                row[f"kept_block_share_{variant}"] = round(kept / visible, 3)
         previous = full_model.config._attn_implementation
         full_model.set_attn_implementation("sparsa_none")
         row["prefill_s_no_attention"] = round(timed_prefill(full_model, ids)[0], 4)

@@ -66,10 +66,11 @@ def _portable_spec(encoder: DenseDocumentEncoder) -> dict[str, Any]:
 def _encode_segments(corpus: Corpus, encoder: DenseDocumentEncoder, work: Path, shard_size: int,
                      show_progress: bool | None) -> list[tuple[list[str], np.ndarray]]:
     def encode(batch: list) -> tuple[list[str], np.ndarray]:
-        return [d.id for d in batch], encoder.encode_documents([d.full_text for d in batch], show_progress=False)
+        return ([d.id for d in batch],
+                encoder.encode_documents([d.full_text for d in batch], show_progress=False))
 
-    return run_in_shards(corpus, work, _portable_spec(encoder), shard_size, encode, save_segment, load_segment,
-                         fmt="dense", show_progress=show_progress)
+    return run_in_shards(corpus, work, _portable_spec(encoder), shard_size, encode,
+                         save_segment, load_segment, fmt="dense", show_progress=show_progress)
 
 
 class DenseIndex:
@@ -78,11 +79,13 @@ class DenseIndex:
     kind = "dense"
 
     def __init__(self, path: Path, manifest: dict, doc_ids: list[str], vectors: np.ndarray, searcher: Any):
-        self.path, self.manifest, self.doc_ids, self.vectors, self.searcher = path, manifest, doc_ids, vectors, searcher
+        self.path, self.manifest, self.doc_ids, self.vectors, self.searcher = (path, manifest, doc_ids,
+                                                                               vectors, searcher)
 
     @classmethod
     def build(
-        cls, corpus: Corpus, out: str | Path, encoder: DenseDocumentEncoder | None = None, structure: str = "flat",
+        cls, corpus: Corpus, out: str | Path, encoder: DenseDocumentEncoder | None = None,
+        structure: str = "flat",
         structure_config: dict | None = None, show_progress: bool | None = None, shard_size: int = SHARD_SIZE,
     ) -> Path:
         """Encode ``corpus`` (resumable shards) and build ``structure`` over it, as one atomic job."""
@@ -119,7 +122,8 @@ class DenseIndex:
         with atomic_dir(out) as work:
             for number, start in enumerate(range(0, len(doc_ids), shard_size)):
                 stop = start + shard_size
-                save_segment((list(doc_ids[start:stop]), vectors[start:stop]), work / _SEGMENTS / f"{number:06d}")
+                save_segment((list(doc_ids[start:stop]), vectors[start:stop]),
+                             work / _SEGMENTS / f"{number:06d}")
             built = structure_cls.build(np.asarray(vectors, dtype=np.float32), structure_config)
             built.save(work)
             _write(work, encoder_spec, built, len(vectors), vectors.shape[1],
@@ -134,9 +138,11 @@ class DenseIndex:
         manifest = read_manifest(path, kind=cls.kind)
         doc_ids, vectors = _read_segments(path)
         if len(doc_ids) != manifest["num_documents"]:
-            raise IndexCorruptError(f"{path}: {len(doc_ids)} stored vectors, manifest says {manifest['num_documents']}")
+            raise IndexCorruptError(f"{path}: {len(doc_ids)} stored vectors, manifest says "
+                                    f"{manifest['num_documents']}")
         config = manifest["config"]
-        searcher = open_searcher(DENSE_BACKENDS.get(config["structure"]), path, config["settings"], vectors, device)
+        searcher = open_searcher(DENSE_BACKENDS.get(config["structure"]), path,
+                                 config["settings"], vectors, device)
         return cls(path, manifest, doc_ids, vectors, searcher)
 
     def add(self, corpus: Corpus, encoder: DenseDocumentEncoder, show_progress: bool | None = None,

@@ -48,7 +48,8 @@ class ExactSparseSearcher:
             import scipy.sparse as sp
 
             shape = (len(matrix), matrix.dim)
-            self._postings = sp.csr_matrix((matrix.values, matrix.indices, matrix.indptr), shape=shape).tocsc()
+            self._postings = sp.csr_matrix((matrix.values, matrix.indices, matrix.indptr),
+                                           shape=shape).tocsc()
         else:
             import torch
 

@@ -41,7 +41,8 @@ def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool 
 
 
 def build_index_job(
-    kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None, backends: Sequence[str] = ("exact",),
+    kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None,
+    backends: Sequence[str] = ("exact",),
     structure: str = "flat", device: str = "auto", threads: int = 2, ray: RayOptions | None = None,
     show_progress: bool | None = None, corpus_name: str | None = None, replace: bool = False,
     encoder_options: dict[str, Any] | None = None,

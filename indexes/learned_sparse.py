@@ -32,7 +32,8 @@ class DocumentEncoder(Protocol):
 
     vocab_size: int
 
-    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> list[SparseVector]: ...
+    def encode_documents(self, texts: Sequence[str],
+                         show_progress: bool | None = None) -> list[SparseVector]: ...
 
     def spec(self) -> dict[str, Any]: ...
 
@@ -47,8 +48,8 @@ def encode_in_shards(
         vectors = encoder.encode_documents([d.full_text for d in batch], show_progress=False)
         return SparseMatrix.from_vectors([d.id for d in batch], vectors, encoder.vocab_size)
 
-    parts = run_in_shards(corpus, work, encoder.spec(), shard_size, encode, SparseMatrix.save, SparseMatrix.load,
-                          show_progress=show_progress)
+    parts = run_in_shards(corpus, work, encoder.spec(), shard_size, encode,
+                          SparseMatrix.save, SparseMatrix.load, show_progress=show_progress)
     return SparseMatrix.concat(parts)
 
 
@@ -86,7 +87,8 @@ class LearnedSparseIndex:
                 num_documents=len(matrix), nnz=matrix.nnz, vocab_size=matrix.dim,
                 encode_seconds=round(encoded_s, 2), build_seconds=round(time.perf_counter() - started, 2),
             )
-        logger.info("built %s over %d documents in %.1f s", list(backends), len(matrix), time.perf_counter() - started)
+        logger.info("built %s over %d documents in %.1f s", list(backends), len(matrix),
+                    time.perf_counter() - started)
         return Path(out)
 
     @classmethod
@@ -99,7 +101,8 @@ class LearnedSparseIndex:
             raise ConfigError(f"{path} has no {name!r} backend; built: {', '.join(built)}")
         matrix = SparseMatrix.load(path / "vectors")
         if len(matrix) != manifest["num_documents"]:
-            raise IndexCorruptError(f"{path}: {len(matrix)} stored vectors, manifest says {manifest['num_documents']}")
+            raise IndexCorruptError(f"{path}: {len(matrix)} stored vectors, manifest says "
+                                    f"{manifest['num_documents']}")
         searcher = SPARSE_BACKENDS.get(name).open(path, matrix, built[name])
         return cls(path, manifest, matrix, searcher)
 

@@ -39,9 +39,11 @@ def start_java() -> None:
 
     if jnius_config.vm_running:
         return
-    jars = sorted((Path(spec.submodule_search_locations[0]) / "resources" / "jars").glob("anserini-*-fatjar.jar"))
+    jars = sorted((Path(spec.submodule_search_locations[0]) / "resources" / "jars")
+                  .glob("anserini-*-fatjar.jar"))
     if not jars:
-        raise MissingDependencyError("pyserini is installed without its Anserini jar; reinstall 'sparsa[lucene]'")
+        raise MissingDependencyError("pyserini is installed without its Anserini jar; "
+                                     "reinstall 'sparsa[lucene]'")
     jnius_config.add_classpath(str(jars[-1]))
     here = Path(__file__).parent
     jnius_config.add_options(
@@ -72,7 +74,8 @@ class BM25Config:
 
 
 class LuceneBM25Index(Retriever):
-    """A Lucene index searched with BM25 (a ``Retriever``). Build with :meth:`build`, open with :meth:`open`."""
+    """A Lucene index searched with BM25 (a ``Retriever``). Build with :meth:`build`, open
+    with :meth:`open`."""
 
     kind = "bm25"
 
@@ -112,7 +115,8 @@ class LuceneBM25Index(Retriever):
                 work, cls.kind, asdict(settings), backend="lucene", num_documents=len(docs),
                 build_seconds=round(time.perf_counter() - started, 2),
             )
-        logger.info("built BM25 index of %d documents at %s in %.1f s", len(docs), out, time.perf_counter() - started)
+        logger.info("built BM25 index of %d documents at %s in %.1f s", len(docs), out,
+                    time.perf_counter() - started)
         return Path(out)
 
     @classmethod
@@ -136,7 +140,8 @@ class LuceneBM25Index(Retriever):
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         results: dict[str, list[Hit]] = {}
-        with progress_bar(total=len(queries), desc="searching (BM25)", unit="query", show=show_progress) as bar:
+        with progress_bar(total=len(queries), desc="searching (BM25)", unit="query",
+                          show=show_progress) as bar:
             for start in range(0, len(queries), _BATCH):
                 batch = queries[start : start + _BATCH]
                 found = self._searcher.batch_search(

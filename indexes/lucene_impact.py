@@ -41,7 +41,8 @@ class LuceneImpactSearcher:
         try:
             self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(folder / FOLDER))
         except JavaException as exc:
-            raise IndexCorruptError(f"{folder}: Lucene could not open the impact index ({exc}); rebuild it") from None
+            raise IndexCorruptError(f"{folder}: Lucene could not open the impact "
+                                    f"index ({exc}); rebuild it") from None
 
     @classmethod
     def build(cls, matrix: SparseMatrix, folder: Path, config: dict) -> LuceneImpactSearcher:
@@ -86,4 +87,5 @@ class LuceneImpactSearcher:
         found = self._searcher.batch_search(jqueries, qids, int(k), int(self.config.threads))
         by_qid = {entry.getKey(): entry.getValue() for entry in found.entrySet().toArray()}
         norm = self.config.scale**2
-        return [[Hit(h.docid, float(h.score) / norm) for h in by_qid.get(str(i), [])] for i in range(len(queries))]
+        return [[Hit(h.docid, float(h.score) / norm) for h in by_qid.get(str(i), [])]
+                for i in range(len(queries))]

@@ -34,8 +34,8 @@ def fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int, fmt: str = 
 
 def run_in_shards(
     corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int,
-    encode: Callable[[list[Document]], Part], save: Callable[[Part, Path], None], load: Callable[[Path], Part],
-    fmt: str = "", show_progress: bool | None = None,
+    encode: Callable[[list[Document]], Part], save: Callable[[Part, Path], None],
+    load: Callable[[Path], Part], fmt: str = "", show_progress: bool | None = None,
 ) -> list[Part]:
     """``encode`` each shard of ``corpus`` into ``work/shards`` (reusing finished ones); parts in order."""
     job = fingerprint(corpus, encoder_spec, shard_size, fmt)

@@ -45,10 +45,12 @@ class SparseMatrix:
         if not parts:
             raise ValueError("nothing to concatenate")
         offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
-        indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + off for p, off in zip(parts, offsets)])
+        indptr = np.concatenate([parts[0].indptr[:1]]
+                                + [p.indptr[1:] + off for p, off in zip(parts, offsets)])
         return cls(
             [d for p in parts for d in p.doc_ids], indptr,
-            np.concatenate([p.indices for p in parts]), np.concatenate([p.values for p in parts]), parts[0].dim,
+            np.concatenate([p.indices for p in parts]), np.concatenate([p.values for p in parts]),
+            parts[0].dim,
         )
 
     def __len__(self) -> int:
@@ -76,7 +78,9 @@ class SparseMatrix:
             matrix = cls(meta["doc_ids"], np.load(folder / "indptr.npy"), np.load(folder / "indices.npy"),
                          np.load(folder / "values.npy"), int(meta["dim"]))
         except (OSError, ValueError, KeyError) as exc:
-            raise IndexCorruptError(f"{folder}: cannot read the stored vectors ({exc}); rebuild the index") from None
-        if len(matrix.indptr) != len(matrix.doc_ids) + 1 or not matrix.nnz == len(matrix.indices) == len(matrix.values):
+            raise IndexCorruptError(f"{folder}: cannot read the stored vectors "
+                                    f"({exc}); rebuild the index") from None
+        if (len(matrix.indptr) != len(matrix.doc_ids) + 1
+                or not matrix.nnz == len(matrix.indices) == len(matrix.values)):
             raise IndexCorruptError(f"{folder}: stored vectors are inconsistent; rebuild the index")
         return matrix

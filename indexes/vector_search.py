@@ -1,7 +1,8 @@
 """Search structures over stored dense vectors: faiss Flat / HNSW / IVF-PQ and exact torch/numpy search.
 
-Every searcher answers ``search_vectors(queries float32[q, d], k) -> (scores float32[q, k], rows int64[q, k])``
-by inner product (row -1: fewer than k found). A structure is chosen by name (``DENSE_BACKENDS`` in
+Every searcher answers
+``search_vectors(queries float32[q, d], k) -> (scores float32[q, k], rows int64[q, k])`` by inner product
+(row -1: fewer than k found). A structure is chosen by name (``DENSE_BACKENDS`` in
 ``sparsa/registry.py``) and saved as ``<name>.faiss`` beside the vectors, so it can be rebuilt any
 time from them. Where it runs:
 
@@ -97,7 +98,8 @@ class FaissStructure:
     def settings_for(cls, n: int, dim: int, config: dict[str, Any]) -> dict[str, Any]:
         unknown = set(config) - set(cls.defaults)
         if unknown:
-            raise ConfigError(f"{cls.name}: unknown setting(s) {sorted(unknown)}; known: {sorted(cls.defaults)}")
+            raise ConfigError(f"{cls.name}: unknown setting(s) {sorted(unknown)}; known: "
+                              f"{sorted(cls.defaults)}")
         return {**cls.defaults, **config}
 
     @classmethod
@@ -191,7 +193,8 @@ class IVFPQStructure(FaissStructure):
     """Inverted lists over ``nlist`` k-means cells, vectors PQ-coded in ``m`` sub-quantizers of ``nbits``."""
 
     name = "ivfpq"
-    defaults: ClassVar[dict[str, Any]] = {"nlist": None, "m": None, "nbits": 8, "nprobe": 16, "train_size": 100_000}
+    defaults: ClassVar[dict[str, Any]] = {"nlist": None, "m": None, "nbits": 8, "nprobe": 16,
+                                          "train_size": 100_000}
 
     @classmethod
     def settings_for(cls, n: int, dim: int, config: dict[str, Any]) -> dict[str, Any]:

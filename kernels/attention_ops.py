@@ -7,9 +7,9 @@ else uses PyTorch (chunked masked SDPA for block-sparse prefill, fp32 einsum for
 measured on a CPU with the same selection logic.
 
 Dense prefill is always SDPA with its own backend choice: on the GPU machine (torch 2.11) that default (cuDNN)
-beat our Triton dense mode at every measured shape (0.71-0.96x, issue 22), so a user never pays for ours there.
-Block-sparse prefill runs our kernel only while the kept share of the causally visible blocks is at most
-``SPARSE_MAX_KEPT``; above it, skipping blocks no longer pays for that gap and dense SDPA runs instead.
+beat our Triton dense mode at every measured shape (0.71-0.96x, issue 22), so a user never pays for ours
+there. Block-sparse prefill runs our kernel only while the kept share of the causally visible blocks is at
+most ``SPARSE_MAX_KEPT``; above it, skipping blocks no longer pays for that gap and dense SDPA runs instead.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from .sparse_decode import decode_attention, decode_attention_ref
 __all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "kept_share", "use_triton"]
 
 _CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
-# Our kernel's time scales with the kept blocks (H100, 32k, head dim 128: 17.7 ms dense, 8.7 ms at 50% kept), and
-# dense it runs at 0.77-0.81x the fastest SDPA backend (bench/results/kernels.json), so it wins below a kept share
-# of ~0.76 (4k) to ~0.81 (32k); at head dim 64 (0.89-0.96x) later still. 0.7 keeps a margin below both.
+# Our kernel's time scales with the kept blocks (H100, 32k, head dim 128: 17.7 ms dense, 8.7 ms at 50% kept),
+# and dense it runs at 0.77-0.81x the fastest SDPA backend (bench/results/kernels.json), so it wins below a
+# kept share of ~0.76 (4k) to ~0.81 (32k); at head dim 64 (0.89-0.96x) later still. 0.7 keeps
+# a margin below both.
 SPARSE_MAX_KEPT = 0.7
 
 
@@ -38,14 +39,16 @@ def dense_prefill(q, k, v, scale: float) -> torch.Tensor:
     sq, sk = q.shape[2], k.shape[2]
     mask = None
     if sq != sk:  # bottom-right causal alignment (SDPA's is_causal aligns top-left)
-        mask = torch.arange(sk, device=q.device)[None, :] <= torch.arange(sk - sq, sk, device=q.device)[:, None]
+        mask = (torch.arange(sk, device=q.device)[None, :]
+                <= torch.arange(sk - sq, sk, device=q.device)[:, None])
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                             scale=scale, enable_gqa=True)
 
 
 def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | None, scale: float,
               coverage: float | None = None, keys: str = "pooled") -> torch.Tensor:
-    """SeerAttention training-free gate (``kernels/block_gating.py``): bool ``[B, Hq, nq, nk]`` kept blocks."""
+    """SeerAttention training-free gate (``kernels/block_gating.py``): bool ``[B, Hq, nq, nk]``
+    kept blocks."""
     scores = block_gate_scores(q, k, block_size=block_size, causal=True, sm_scale=scale, keys=keys)
     return select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size, causal=True,
                          topk=topk, threshold=threshold, coverage=coverage)
@@ -59,9 +62,9 @@ def kept_share(mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int
 
 def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float,
                          share: float | None = None) -> torch.Tensor:
-    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``); dense SDPA where more than
-    ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that :func:`kept_share`, where the caller
-    has counted it already."""
+    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``); dense SDPA where more
+    than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that :func:`kept_share`, where the
+    caller has counted it already."""
     if use_triton(q):
         if share is None:
             share = kept_share(mask, q.shape[2], k.shape[2], block_size)

@@ -143,7 +143,8 @@ def _token_block_logits(qp: torch.Tensor, k: torch.Tensor, block_size: int, scal
     kf = k.float()
     out = torch.empty(b, hkv, hq // hkv, n_q, n_k, dtype=torch.float32, device=qp.device)
     k_pos = torch.arange(sk, device=qp.device)
-    newest = torch.clamp((torch.arange(n_q, device=qp.device) + 1) * block_size - 1, max=seqlen_q - 1) + sk - seqlen_q
+    newest = (torch.clamp((torch.arange(n_q, device=qp.device) + 1) * block_size - 1, max=seqlen_q - 1)
+              + sk - seqlen_q)
     rows = max(1, _TOKEN_GATE_ELEMENTS // max(1, b * hq * (sk + pad)))
     for i0 in range(0, n_q, rows):
         i1 = min(n_q, i0 + rows)
@@ -190,8 +191,10 @@ def training_free_gate(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 64
                        topk: int | None = None, threshold: float | None = None, coverage: float | None = None,
                        pool: PoolMode = "mean", sm_scale: float | None = None,
                        keys: GateKeys = "pooled") -> KeptBlocks:
-    """Score blocks from pooled Q and K (or every key) and keep the top-k / above-threshold ones, per query head."""
-    scores = block_gate_scores(q, k, block_size=block_size, causal=causal, pool=pool, sm_scale=sm_scale, keys=keys)
+    """Score blocks from pooled Q and K (or every key) and keep the top-k / above-threshold
+    ones, per query head."""
+    scores = block_gate_scores(q, k, block_size=block_size, causal=causal, pool=pool,
+                               sm_scale=sm_scale, keys=keys)
     mask = select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=block_size,
                          causal=causal, topk=topk, threshold=threshold, coverage=coverage)
     return KeptBlocks.from_mask(mask)

@@ -10,8 +10,8 @@ Stable entry point (``rag/reader.py`` calls it)::
 ``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), one block rule:
 ``gate_coverage`` (default 0.95: per query block, the best KV blocks until they hold 95% of the gate's
 probability), ``gate_topk`` or ``gate_threshold``; ``gate_keys`` ("pooled": SeerAttention's pooled keys;
-"tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (1024: shorter prompts use dense
-prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (64),
+"tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (1024: shorter
+prompts use dense prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (64),
 ``dense_layers`` (2: Quest leaves the first layers dense, as the paper does),
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
 Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
@@ -53,7 +53,8 @@ from .kv_compression import (
     profile_retrieval_heads,
 )
 
-__all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention", "use_sparse_attention"]
+__all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention",
+           "use_sparse_attention"]
 
 logger = logging.getLogger(__name__)
 ATTN_NAME = "sparsa"
@@ -79,10 +80,11 @@ class SparseAttentionConfig:
     min_sparse_tokens: int = 1024
     selector: str = "quest"
     budget_tokens: int = 2048
-    # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on the
-    # H200 at 128k / 4k tokens 5.3x full decode against 3.1x in a CUDA-graphed layer stack, as there are 4x fewer
-    # bounds to score and rank (longcontext_accuracy.json quest_page_size_choice; an earlier kernels record, in git
-    # history). Eager, as generate() runs it, the step is slower than full decode (bench/results/kernels.json).
+    # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on
+    # the H200 at 128k / 4k tokens 5.3x full decode against 3.1x in a CUDA-graphed layer stack, as there are
+    # 4x fewer bounds to score and rank (longcontext_accuracy.json quest_page_size_choice; an earlier kernels
+    # record, in git history). Eager, as generate() runs it, the step is slower than full decode
+    # (bench/results/kernels.json).
     page_size: int = 64
     tidal_layers: tuple[int, ...] | None = None
     dense_layers: int = 2  # Quest decode: layers below this attend fully (as in the Quest paper)
@@ -98,7 +100,8 @@ class SparseAttentionConfig:
         """Check the settings; returns them with the default block rule filled in when none was given."""
         from sparsa.errors import ConfigError
 
-        for name, value, allowed in (("prefill", self.prefill, PREFILL_MODES), ("decode", self.decode, DECODE_MODES),
+        for name, value, allowed in (("prefill", self.prefill, PREFILL_MODES),
+                                     ("decode", self.decode, DECODE_MODES),
                                      ("kv", self.kv, KV_MODES), ("selector", self.selector, SELECTORS)):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
@@ -112,8 +115,9 @@ class SparseAttentionConfig:
         if self.budget_tokens < 1 or self.page_size < 1 or self.sink < 0 or self.window < 1:
             raise ConfigError("budget_tokens, page_size and window must be >= 1 and sink >= 0")
         if self.decode == "sparse" and self.selector == "quest" and self.budget_tokens < 3 * self.page_size:
-            raise ConfigError(f"budget_tokens={self.budget_tokens} holds fewer than 3 pages of {self.page_size}: the "
-                              "always-kept first and newest pages would fill it; lower page_size or raise the budget")
+            raise ConfigError(f"budget_tokens={self.budget_tokens} holds fewer than 3 pages of "
+                              f"{self.page_size}: the always-kept first and newest pages would fill it; "
+                              "lower page_size or raise the budget")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
             raise ConfigError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
         return self if rules else replace(self, gate_coverage=DEFAULT_GATE_COVERAGE)
@@ -158,7 +162,8 @@ def sparsa_attention_forward(module, query, key, value, attention_mask, dropout:
         # the length, which decode takes from the device.
         return decode(state, query, key, value, scale).transpose(1, 2).contiguous(), None
     if isinstance(key, HeadSplitKV):
-        if attention_mask is not None and attention_mask.dtype == torch.bool and not bool(attention_mask.all()):
+        if (attention_mask is not None and attention_mask.dtype == torch.bool
+                and not bool(attention_mask.all())):
             raise ValueError("kv='duo' supports unpadded inputs only (batch of one or equal lengths)")
         full = None
         if query.shape[2] == 1 and state is not None:
@@ -169,8 +174,8 @@ def sparsa_attention_forward(module, query, key, value, attention_mask, dropout:
     if state is None or attention_mask is not None or dropout:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
     if query.shape[2] == 1:
         out = decode(state, query, key, value, scale)
     else:
@@ -205,7 +210,8 @@ def _default_profile(model, config: SparseAttentionConfig) -> HeadProfile:
         profile = HeadProfile.load(path)
     else:
         logger.info("profiling retrieval heads of %s (saved to %s)", name, path)
-        profile = profile_retrieval_heads(model, retrieval_fraction=config.retrieval_fraction, model_name=name)
+        profile = profile_retrieval_heads(model, retrieval_fraction=config.retrieval_fraction,
+                                          model_name=name)
         profile.save(path)
     return profile
 
@@ -227,7 +233,8 @@ def use_sparse_attention(model, prefill: str = "block-sparse", decode: str = "fu
     known = set(SparseAttentionConfig.__dataclass_fields__)
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ConfigError(f"unknown sparse attention setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown sparse attention setting(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(known))}")
     if isinstance(cfg.get("profile"), (str, Path)):
         cfg["profile"] = HeadProfile.load(cfg["profile"])
     config = SparseAttentionConfig(prefill=prefill, decode=decode, kv=kv, **cfg).validate()

@@ -115,8 +115,8 @@ def repeated_sequence_scores(attentions: list[torch.Tensor], period: int, n_kv_h
     return torch.stack(per_layer).cpu()
 
 
-def profile_retrieval_heads(model, *, retrieval_fraction: float = 0.25, period: int = 256, n_sequences: int = 4,
-                            seed: int = 0, model_name: str = "") -> HeadProfile:
+def profile_retrieval_heads(model, *, retrieval_fraction: float = 0.25, period: int = 256,
+                            n_sequences: int = 4, seed: int = 0, model_name: str = "") -> HeadProfile:
     """RazorAttention-style profile of a Hugging Face decoder: random tokens repeated twice.
 
     Runs ``n_sequences`` sequences of ``2 * period`` tokens with eager attention (to get attention maps)
@@ -188,7 +188,8 @@ def _layer_class():
             if first:
                 self.device, self.is_initialized = dev, True
                 self.keys, self.values = key_states[:, fh], value_states[:, fh]
-                self.rec_keys, self.rec_values, self.positions = key_states[:, sh], value_states[:, sh], new_pos
+                self.rec_keys, self.rec_values, self.positions = (key_states[:, sh], value_states[:, sh],
+                                                                  new_pos)
             else:
                 self.keys = torch.cat([self.keys, key_states[:, fh]], 2)
                 self.values = torch.cat([self.values, value_states[:, fh]], 2)
@@ -205,7 +206,8 @@ def _layer_class():
             if first:
                 return key_states, value_states
             split = (fh, sh, self.positions, self.length)
-            return HeadSplitKV(self.keys, self.rec_keys, *split), HeadSplitKV(self.values, self.rec_values, *split)
+            return (HeadSplitKV(self.keys, self.rec_keys, *split),
+                    HeadSplitKV(self.values, self.rec_values, *split))
 
         def get_seq_length(self) -> int:
             return self.length
@@ -216,7 +218,8 @@ def _layer_class():
         def nbytes(self) -> int:
             if not self.is_initialized:
                 return 0
-            return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.rec_keys, self.rec_values))
+            return sum(t.numel() * t.element_size() for t in (self.keys, self.values,
+                                                              self.rec_keys, self.rec_values))
 
         def reorder_cache(self, beam_idx):
             raise NotImplementedError("a head-compressed KV cache cannot be reordered (no beam search)")
@@ -249,14 +252,16 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _masked_attention(q, k, v, q_pos, k_pos, scale):
-    """Dense attention of ``q [B, H, Sq, D]`` on ``k, v [B, Hkv, W, D]`` where key position <= query position."""
+    """Dense attention of ``q [B, H, Sq, D]`` on ``k, v [B, Hkv, W, D]`` where key position
+    <= query position."""
     group = q.shape[1] // max(k.shape[1], 1)
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     mask = k_pos[None, :] <= q_pos[:, None]
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def head_split_attention(q: torch.Tensor, keys: HeadSplitKV, values: HeadSplitKV, *, scale: float | None = None,
+def head_split_attention(q: torch.Tensor, keys: HeadSplitKV, values: HeadSplitKV, *,
+                         scale: float | None = None,
                          full_attention: AttentionFn | None = None) -> torch.Tensor:
     """Attention of ``q [B, Hq, Sq, D]`` (the newest ``Sq`` positions) on a head-split cache.
 

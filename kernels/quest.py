@@ -5,8 +5,8 @@ updated incrementally as the cache grows). ``sum_d max(q_d min_d, q_d max_d)`` b
 every key of the page; it equals ``relu(q) . max + min(q, 0) . min``, two small matmuls, fused with the
 sum over the query heads of a GQA group in :func:`quest_page_scores` (Triton; reference
 :func:`quest_page_scores_ref`). :func:`select_topk` picks the top pages of each row in one Triton program
-per row (bisection over the values, then over the float bit pattern for ties, stopping once exactly k pass; then a
-prefix sum compacts the winners),
+per row (bisection over the values, then over the float bit pattern for ties, stopping once exactly k pass;
+then a prefix sum compacts the winners),
 replacing ``torch.topk``'s several launches; :func:`quest_select` chains the two. The first (sink) page
 and the newest page are always kept. The pages feed ``sparse_decode.decode_attention(page_size=P)``.
 
@@ -41,8 +41,8 @@ class PageBounds:
     """Quest page summaries: element-wise min and max key of each page, per KV head.
 
     ``kmin, kmax``: ``[B, Hkv, n_pages, D]`` in the keys' dtype (min/max are exact in any dtype, and
-    half-width bounds halve the bytes the selection reads) over the first ``length`` tokens; :meth:`update` after
-    the cache grows recomputes only the pages from the last (partial) one on, so a decode step costs
+    half-width bounds halve the bytes the selection reads) over the first ``length`` tokens; :meth:`update`
+    after the cache grows recomputes only the pages from the last (partial) one on, so a decode step costs
     ``O(page_size)`` instead of ``O(S)``.
     """
 
@@ -107,7 +107,8 @@ class PageBoundsBuffer:
 def _page_bounds_kernel(K, KMIN, KMAX, LEN, stride_kb, stride_kh, stride_ks, stride_bb, stride_bh, stride_bp,
                         stride_len, HKV, PAGE: tl.constexpr, PAGE_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                         NEWEST: tl.constexpr):
-    """Min and max key of one page of one (batch, KV head): the newest key's page, or page ``program_id(0)``."""
+    """Min and max key of one page of one (batch, KV head): the newest key's page, or page
+    ``program_id(0)``."""
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)
     kvh = bh % HKV
@@ -317,9 +318,9 @@ def _select_topk_kernel(S, OUT, CNT, n, k, NP: tl.constexpr):
 
 
 def select_topk(scores: torch.Tensor, k: int, *, counts: torch.Tensor | None = None) -> torch.Tensor:
-    """int64 ``[..., k]``: positions of the ``k`` largest entries of each row of ``scores [..., n]`` (ascending
-    positions; ties go to the lower position). One Triton program per row; ``torch.topk`` elsewhere.
-    ``counts`` (int32, one entry per row), when given, is filled with ``k``."""
+    """int64 ``[..., k]``: positions of the ``k`` largest entries of each row of ``scores [..., n]``
+    (ascending positions; ties go to the lower position). One Triton program per row; ``torch.topk``
+    elsewhere. ``counts`` (int32, one entry per row), when given, is filled with ``k``."""
     n = scores.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= {n}, got {k}")
@@ -329,7 +330,8 @@ def select_topk(scores: torch.Tensor, k: int, *, counts: torch.Tensor | None = N
         return select_topk_ref(scores, k)
     rows = scores.reshape(-1, n).contiguous()
     out = torch.empty(rows.shape[0], k, dtype=torch.int64, device=scores.device)
-    cnt = counts if counts is not None else torch.empty(rows.shape[0], dtype=torch.int32, device=scores.device)
+    cnt = (counts if counts is not None
+           else torch.empty(rows.shape[0], dtype=torch.int32, device=scores.device))
     _select_topk_kernel[(rows.shape[0],)](rows, out, cnt, n, k, NP=max(16, triton.next_power_of_2(n)),
                                          num_warps=8 if n > 4096 else 4)
     return out.view(*scores.shape[:-1], k)

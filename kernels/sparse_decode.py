@@ -10,9 +10,10 @@ Sparse mode reads only the tokens an index list names: ``indices [B, Hi, N]`` (`
 heads, or ``Hkv``) with ``counts [B, Hi]``. With ``page_size = P > 1`` each index names a page of P
 consecutive tokens (Quest), with ``P = 1`` a single token (TidalDecode). Selection lives beside it:
 
-  * :class:`PageBounds` / :func:`quest_select` (``kernels/quest.py``, re-exported here; Quest, Tang et al., 2024, arXiv:2406.10774): per page
-    and KV head the element-wise min and max key; ``sum_d max(q_d min_d, q_d max_d)`` bounds ``q . k``
-    for every key of the page and is computed as ``relu(q) . max + min(q, 0) . min`` (two matmuls);
+  * :class:`PageBounds` / :func:`quest_select` (``kernels/quest.py``, re-exported here; Quest, Tang et al.,
+    2024, arXiv:2406.10774): per page and KV head the element-wise min and max key;
+    ``sum_d max(q_d min_d, q_d max_d)`` bounds ``q . k`` for every key of the page and is computed as
+    ``relu(q) . max + min(q, 0) . min`` (two matmuls);
     the bounds are summed over the query heads of a group, and the top pages within a token budget are
     kept per KV head (the first "sink" page and the newest page always).
   * :func:`tidal_select` (TidalDecode, Yang et al., 2024, arXiv:2410.05076): a token-selection layer
@@ -156,14 +157,14 @@ def _merge_splits(M_IN, L_IN, ACC_IN, O, LSE, row0, n_splits, GROUP: tl.constexp
         w = tl.exp2(tl.load(M_IN + part, mask=ok, other=-1.0e30, cache_modifier=".cg") - m_all[:, None])
         w = tl.where(ok, w, 0.0)
         l_tot += tl.sum(w * tl.load(L_IN + part, mask=ok, other=0.0, cache_modifier=".cg"), 1)
-        a = tl.load(ACC_IN + part[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0,
-                    cache_modifier=".cg")
+        a = tl.load(ACC_IN + part[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                    mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
         acc += tl.sum(a * w[:, :, None], 1)
     l_safe = tl.where(l_tot == 0.0, 1.0, l_tot)
     tl.store(O + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
              mask=r_ok[:, None])
-    tl.store(LSE + rows, tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634),
-             mask=r_ok)
+    tl.store(LSE + rows,
+             tl.where(l_tot == 0.0, float("-inf"), (m_all + tl.log2(l_safe)) / 1.4426950408889634), mask=r_ok)
 
 
 _ARRIVED: dict[torch.device, torch.Tensor] = {}
@@ -228,7 +229,8 @@ def _check(q, k, v, indices, counts, page_size):
         raise ValueError(f"need q [B, Hq, D], k = v [B, Hkv, S, D]: {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[1] % k.shape[1] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"batch, heads (Hq % Hkv == 0) or head dims disagree: q {tuple(q.shape)}, k {tuple(k.shape)}")
+        raise ValueError("batch, heads (Hq % Hkv == 0) or head dims disagree: q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}")
     if not (q.dtype == k.dtype == v.dtype) or q.device != k.device or v.device != k.device:
         raise ValueError(f"q, k, v must share dtype and device: {q.dtype}/{k.dtype}/{v.dtype}")
     if (indices is None) != (counts is None):
@@ -244,7 +246,8 @@ def _check(q, k, v, indices, counts, page_size):
     return q
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                     indices: torch.Tensor | None = None,
                      counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
                      num_splits: int | None = None, return_lse: bool = False,
                      length: torch.Tensor | None = None):
@@ -272,7 +275,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
         n_work = idx.shape[-1] * page_size
         idx_group = hkv // idx.shape[1]
     else:
-        idx = cnt = _arrival_counters(q.device, 1)  # never read (SPARSE is off); avoids a fill kernel per call
+        # never read (SPARSE is off); avoids a fill kernel per call
+        idx = cnt = _arrival_counters(q.device, 1)
         n_work, idx_group = s, 1
     launch = _launch_for(q.device, d, q.element_size()) if q.is_cuda else LAUNCH
     if num_splits is None:
@@ -287,7 +291,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     has_len = length is not None
     _decode_kernel[(num_splits, b * hkv)](
         q, k, v, idx, cnt, length if has_len else cnt, m_part, l_part, acc_part,
-        _arrival_counters(q.device, b * hkv), out, lse, q.stride(0), q.stride(1), *k.stride()[:3], *v.stride()[:3], idx.stride(0), idx.stride(1),
+        _arrival_counters(q.device, b * hkv), out, lse, q.stride(0), q.stride(1), *k.stride()[:3],
+        *v.stride()[:3], idx.stride(0), idx.stride(1),
         cnt.stride(0), cnt.stride(1), 0 if not has_len or length.numel() == 1 else 1,
         s, n_work, split_len, num_splits, (sm_scale or 1.0 / math.sqrt(d)) * _LOG2E, hkv, idx_group,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), GROUP_P2=triton.next_power_of_2(group),
@@ -297,7 +302,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indic
     return (out, lse) if return_lse else out
 
 
-def selected_token_mask(indices: torch.Tensor, counts: torch.Tensor, page_size: int, seqlen: int) -> torch.Tensor:
+def selected_token_mask(indices: torch.Tensor, counts: torch.Tensor, page_size: int,
+                        seqlen: int) -> torch.Tensor:
     """Bool ``[B, Hi, S]``: the tokens an index list selects."""
     b, hi, n = indices.shape
     valid = torch.arange(n, device=indices.device) < counts[..., None]
@@ -307,8 +313,9 @@ def selected_token_mask(indices: torch.Tensor, counts: torch.Tensor, page_size: 
     return mask.scatter_(-1, tok, True)[..., :seqlen]
 
 
-def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, indices: torch.Tensor | None = None,
-                         counts: torch.Tensor | None = None, page_size: int = 1, sm_scale: float | None = None,
+def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                         indices: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+                         page_size: int = 1, sm_scale: float | None = None,
                          return_lse: bool = False, length: torch.Tensor | None = None):
     """PyTorch reference of :func:`decode_attention` (fp32 math; any head dim)."""
     q_in = q

@@ -129,7 +129,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
     for number, line in numbered_lines(path):
         try:
             record = json.loads(line)
-            pairs.append(Pair(record["query"], record["passage"], str(record["doc_id"]), record.get("task", "")))
+            pairs.append(Pair(record["query"], record["passage"], str(record["doc_id"]),
+                              record.get("task", "")))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataFormatError(path, f"not a query/passage pair ({exc})", number) from None
     return pairs

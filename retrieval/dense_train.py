@@ -87,7 +87,8 @@ class _Trainable:
         self.normalize = normalize if config.normalize is None else config.normalize
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.device = torch.device(device)
-        self.model = AutoModel.from_pretrained(self.source).float().to(self.device).train()  # fp32 master weights
+        # fp32 master weights
+        self.model = AutoModel.from_pretrained(self.source).float().to(self.device).train()
 
     def embed(self, texts: list[str], max_length: int):
         import torch
@@ -96,7 +97,8 @@ class _Trainable:
 
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                                 return_tensors="pt").to(self.device)
-        hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        hidden = self.model(input_ids=tokens["input_ids"],
+                            attention_mask=tokens["attention_mask"]).last_hidden_state
         pooled = pool_hidden(hidden.float(), tokens["attention_mask"], self.pooling)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
@@ -112,16 +114,19 @@ def contrastive_loss(queries, passages, doc_ids: Sequence[str], scale: float):
     return torch.nn.functional.cross_entropy(scores, torch.arange(len(doc_ids), device=scores.device))
 
 
-def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig, show_progress: bool | None) -> dict:
+def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig,
+               show_progress: bool | None) -> dict:
     if len(stage.pairs) < config.batch_size:
-        raise ConfigError(f"stage {stage.name}: {len(stage.pairs)} pairs, fewer than one batch of {config.batch_size}")
+        raise ConfigError(f"stage {stage.name}: {len(stage.pairs)} pairs, fewer than one batch "
+                          f"of {config.batch_size}")
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     # linear warm-up over the first warmup_fraction of the stage, then linear decay to 0 at its end
     stepper = Stepper(*make_optimizer(params, config.lr, weight_decay=0.01, total_steps=stage.steps,
                                       warmup_steps=int(config.warmup_fraction * stage.steps)))
     order = epoch_order(len(stage.pairs), stage.steps, config.batch_size, config.seed)
     losses, started = [], time.perf_counter()
-    with progress_bar(total=stage.steps, desc=f"training dense ({stage.name})", unit="step", show=show_progress) as bar:
+    with progress_bar(total=stage.steps, desc=f"training dense ({stage.name})", unit="step",
+                      show=show_progress) as bar:
         for step in range(stage.steps):
             batch = [stage.pairs[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             with autocast(trainer.device):
@@ -135,7 +140,8 @@ def _run_stage(trainer: _Trainable, stage: Stage, config: DenseTrainConfig, show
     window = max(1, len(losses) // 10)
     return {"stage": stage.name, "pairs": len(stage.pairs), "steps": stage.steps, "data": stage.description,
             "tasks": sorted({p.task for p in stage.pairs}),
-            "loss_first": round(sum(losses[:window]) / window, 4), "loss_last": round(sum(losses[-window:]) / window, 4),
+            "loss_first": round(sum(losses[:window]) / window, 4),
+            "loss_last": round(sum(losses[-window:]) / window, 4),
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -161,7 +167,8 @@ def train_dense(stages: Sequence[Stage], out: str | Path, config: DenseTrainConf
         write_manifest(work, "dense-model", asdict(config), trained_with="sparsa.retrieval.dense_train",
                        start_model=str(trainer.source), stages=records, device=str(trainer.device),
                        wall_seconds=round(time.perf_counter() - started, 1))
-    logger.info("trained dense model in %s (%s)", out, ", ".join(f"{r['stage']}: {r['steps']} steps" for r in records))
+    logger.info("trained dense model in %s (%s)", out,
+                ", ".join(f"{r['stage']}: {r['steps']} steps" for r in records))
     return Path(out)
 
 

@@ -39,8 +39,8 @@ def event_text(article: Article) -> str:
 def _encoder_key(encoder, role: str) -> str:
     """What decides the vectors (not the device or batch size, so CLI and bench share one cache)."""
     config = encoder.config
-    return (f"{config.model}|{encoder.max_length}|{encoder.pooling}|{encoder.normalize}|{config.query_prefix}|"
-            f"{config.doc_prefix}|{role}")
+    return (f"{config.model}|{encoder.max_length}|{encoder.pooling}|{encoder.normalize}|"
+            f"{config.query_prefix}|{config.doc_prefix}|{role}")
 
 
 def cached_embeddings(encoder, texts: Sequence[str], cache_dir: str | Path | None, role: str) -> np.ndarray:

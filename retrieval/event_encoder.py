@@ -14,7 +14,8 @@ in the same space as the documents, which the plain backbone encodes unchanged::
 ``use_events=False`` keeps only the projection: the same encoder fine-tuned without events (the
 ablation). The attention starts as a similarity-weighted average of the events (identity projections,
 sharp temperature) with the gate mostly open, a pseudo-relevance-feedback step restricted to recent
-news; training then learns which events (and ages) to trust, and how much, per dimension. Saved as a folder: ``sparsa.json`` (config) and ``head.pt``.
+news; training then learns which events (and ages) to trust, and how much, per dimension. Saved as a folder:
+``sparsa.json`` (config) and ``head.pt``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _build_head(config: EventEncoderConfig):
     from torch import nn
 
     class EventAttentionHead(nn.Module):
-        """``(q float32[B, d], events float32[B, N, d], ages int64[B, N], mask bool[B, N]) -> float32[B, d]``."""
+        """``(q float32[B, d], events float32[B, N, d], ages int64[B, N], mask bool[B, N])
+        -> float32[B, d]``."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -138,14 +140,16 @@ class EventQueryEncoder:
         return self._backbone
 
     def window_tensors(self, base: np.ndarray, whens: Sequence[dt.date], store: EventStore):
-        """Torch ``(events, ages, mask)`` for plain query vectors ``base float32[B, d]`` asked on ``whens``."""
+        """Torch ``(events, ages, mask)`` for plain query vectors ``base float32[B, d]``
+        asked on ``whens``."""
         import torch
 
         events, ages, mask = store.batch(base, whens, self.config.window_days, self.config.max_events,
                                          self.config.selection)
         return torch.from_numpy(events), torch.from_numpy(ages), torch.from_numpy(mask)
 
-    def encode_vectors(self, base: np.ndarray, whens: Sequence[dt.date], store: EventStore | None) -> np.ndarray:
+    def encode_vectors(self, base: np.ndarray, whens: Sequence[dt.date],
+                       store: EventStore | None) -> np.ndarray:
         """Apply the head to plain query vectors ``float32[B, d]`` (already encoded by the backbone)."""
         import torch
 

@@ -160,7 +160,8 @@ def dense_run(data: EmbeddedRealtimeQA, positions: Sequence[int], vectors: np.nd
         question = data.questions[i]
         rows = data.candidates(question.date)
         if window_days is not None:
-            rows = rows[data.article_days[rows] >= np.datetime64(question.date, "D") - np.timedelta64(window_days, "D")]
+            rows = rows[data.article_days[rows]
+                        >= np.datetime64(question.date, "D") - np.timedelta64(window_days, "D")]
         scores = data.documents[rows] @ vectors[j]
         top = np.argsort(-scores, kind="stable")[:k]
         results[question.id] = [Hit(data.articles[rows[t]].id, float(scores[t])) for t in top]
@@ -192,7 +193,8 @@ def train_realtimeqa(folder: str | Path, out: str | Path, config: EventTrainConf
     if not test:
         raise ConfigError(f"no labelled questions after week {last_train_week} to test on")
     encoder, record = train_event_encoder(data, train, config)
-    vectors = encoder.encode_vectors(data.query_vectors[test], [data.questions[i].date for i in test], data.events)
+    vectors = encoder.encode_vectors(data.query_vectors[test],
+                                     [data.questions[i].date for i in test], data.events)
     scores = evaluate_run(dense_run(data, test, vectors), gold_qrels(data, test), ("R@5", "MRR@10"))
     record.update(data=str(folder), event_source=event_source, last_train_week=last_train_week,
                   test_questions=len(test), test=scores.aggregate)

@@ -24,7 +24,8 @@ _NO_DATE = np.datetime64("NaT")
 
 def to_days(dates: Sequence[dt.date | None]) -> np.ndarray:
     """Dates -> ``datetime64[D]`` array (None -> NaT, which no window ever contains)."""
-    return np.array([np.datetime64(d, "D") if d is not None else _NO_DATE for d in dates], dtype="datetime64[D]")
+    return np.array([np.datetime64(d, "D") if d is not None else _NO_DATE for d in dates],
+                    dtype="datetime64[D]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,12 @@ class EventWindow:
 class EventStore:
     """Dated event embeddings: ``float32[n, d]`` (L2-normalised) with one date per row."""
 
-    def __init__(self, ids: Sequence[str], dates: Sequence[dt.date | None] | np.ndarray, embeddings: np.ndarray):
+    def __init__(self, ids: Sequence[str], dates: Sequence[dt.date | None] | np.ndarray,
+                 embeddings: np.ndarray):
         days = dates if isinstance(dates, np.ndarray) else to_days(dates)
         if embeddings.ndim != 2 or len(ids) != len(days) or len(days) != embeddings.shape[0]:
-            raise ConfigError(f"event store: {len(ids)} ids, {len(days)} dates, embeddings {embeddings.shape}")
+            raise ConfigError(f"event store: {len(ids)} ids, {len(days)} dates, "
+                              f"embeddings {embeddings.shape}")
         self.ids = list(ids)
         self.days = days.astype("datetime64[D]")
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)

@@ -82,7 +82,8 @@ def normalise_scores(hits: Sequence[Hit], method: Normalisation = "minmax") -> d
 
 
 def interpolate(runs: Sequence[Run], weights: Sequence[float] | None = None, k: int = 1000,
-                normalisation: Normalisation = "minmax", depth: int | None = None, name: str = "interp") -> Run:
+                normalisation: Normalisation = "minmax", depth: int | None = None,
+                name: str = "interp") -> Run:
     """Weighted sum of per-query normalised scores; keeps the best ``k`` fused hits per query."""
     ws = _weights(runs, weights)
     fused: dict[str, list[Hit]] = {}
@@ -90,8 +91,9 @@ def interpolate(runs: Sequence[Run], weights: Sequence[float] | None = None, k: 
         normalised = [normalise_scores(run.get(qid, [])[:depth], normalisation) for run in runs]
         floors = [min(n.values()) if n else 0.0 for n in normalised]
         docs = {d for n in normalised for d in n}
-        fused[qid] = _top([Hit(d, sum(w * n.get(d, floor) for n, w, floor in zip(normalised, ws, floors, strict=True)))
-                           for d in docs], k)
+        fused[qid] = _top(
+            [Hit(d, sum(w * n.get(d, floor) for n, w, floor in zip(normalised, ws, floors, strict=True)))
+             for d in docs], k)
     return Run(fused, name=name)
 
 
@@ -101,21 +103,25 @@ def fuse(runs: Sequence[Run], method: str = "rrf", weights: Sequence[float] | No
     if method == "rrf":
         return reciprocal_rank_fusion(runs, weights, k=k, rrf_k=rrf_k, depth=depth)
     if method == "interp":
-        return interpolate(runs, weights, k=k, normalisation=normalisation, depth=depth, name=f"interp-{normalisation}")
+        return interpolate(runs, weights, k=k, normalisation=normalisation, depth=depth,
+                           name=f"interp-{normalisation}")
     raise ConfigError(f"unknown fusion method {method!r}; known: {', '.join(METHODS)}")
 
 
 class HybridRetriever(Retriever):
-    """Several retrievers behind one ``search(queries, k) -> Run``: each fetches ``depth`` hits, then fusion."""
+    """Several retrievers behind one ``search(queries, k) -> Run``: each fetches ``depth``
+    hits, then fusion."""
 
-    def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf", weights: Sequence[float] | None = None,
+    def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf",
+                 weights: Sequence[float] | None = None,
                  depth: int = 1000, normalisation: Normalisation = "minmax", rrf_k: float = 60.0):
         if method not in METHODS:
             raise ConfigError(f"unknown fusion method {method!r}; known: {', '.join(METHODS)}")
         self.retrievers = list(retrievers)
         self.weights = _weights([Run()] * len(self.retrievers), weights)
         self.method, self.depth, self.normalisation, self.rrf_k = method, depth, normalisation, rrf_k
-        self.name = f"{method}(" + ",".join(getattr(r, "name", type(r).__name__) for r in self.retrievers) + ")"
+        self.name = (f"{method}(" + ",".join(getattr(r, "name", type(r).__name__) for r in self.retrievers)
+                     + ")")
 
     def search(self, queries: Sequence[Query], k: int = 1000, show_progress: bool | None = None) -> Run:
         runs = [r.search(queries, k=max(k, self.depth), show_progress=show_progress) for r in self.retrievers]

@@ -128,7 +128,8 @@ def _term_bias(path: str, head: torch.nn.Linear) -> torch.Tensor | None:
 
         bias = load_file(str(file))["bias"]
         if bias.shape != (head.weight.shape[0],):
-            raise ConfigError(f"{file}: bias of shape {tuple(bias.shape)}, the vocabulary has {head.weight.shape[0]}")
+            raise ConfigError(f"{file}: bias of shape {tuple(bias.shape)}, the vocabulary has "
+                              f"{head.weight.shape[0]}")
         return bias
     return None if head.bias is None else head.bias.detach()
 

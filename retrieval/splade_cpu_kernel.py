@@ -1,4 +1,5 @@
-"""A fused CPU kernel for the screen of SPLADE pooling: ``max_t hidden[b, t] . weight[v]`` in one pass, in int8.
+"""A fused CPU kernel for the screen of SPLADE pooling: ``max_t hidden[b, t] . weight[v]``
+in one pass, in int8.
 
 The torch screen (``splade_pooling._chunked_max_logits``) writes a ``[tokens, chunk]`` logits block
 per vocabulary chunk and max-pools it in a second pass. This kernel multiplies int8 operands into a
@@ -40,14 +41,16 @@ _SOURCE = r"""
 // The int8 screen: hidden_u8 [B, L, D'] holds q + HIDDEN_OFFSET for int q (u8 operand); packed s8
 // [V'/16, D'/4, 16, 4] the int8 weights (blocks of 16 rows, 4 consecutive dims per int32 lane); corr int32
 // [V'] = HIDDEN_OFFSET * sum_d q_w[v, d]; row_scale float32 [V']; doc_scale float32 [B]. Returns float32
-// [B, V']: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v]) (0 for empty ranges). Integer sums are exact.
+// [B, V']: doc_scale[b] * row_scale[v] * max_t (q_h[t] . q_w[v]) (0 for empty ranges). Integer sums are
+// exact.
 #if defined(__AVX512VNNI__)
 constexpr int64_t HIDDEN_OFFSET = 128;  // q_h in [-127, 127]: vpdpbusd sums u8 * s8 straight into int32
 constexpr int64_t WEIGHT_LEVELS = 127;  // q_w in [-127, 127]
 constexpr int64_t TILE_ROWS = 64;       // 4 tokens x 64 rows: 16 zmm accumulators
 
 // max over tokens [t0, t1) of the 64 rows' integer sums (offset included) into maxima[64]
-static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads, int32_t* maxima) {
+static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads,
+                     int32_t* maxima) {
   const __m512i* wt = reinterpret_cast<const __m512i*>(tile);  // 4 blocks: quads x 16 rows each
   __m512i m0 = _mm512_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0, m2 = m0, m3 = m0;
   for (int64_t t = t0; t < t1; t += 4) {
@@ -93,7 +96,8 @@ constexpr int64_t HIDDEN_OFFSET = 64;
 constexpr int64_t WEIGHT_LEVELS = 63;
 constexpr int64_t TILE_ROWS = 32;  // 2 tokens x 32 rows: 8 ymm accumulators
 
-static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads, int32_t* maxima) {
+static void tile_max(const uint32_t* hb, int64_t t0, int64_t t1, const int8_t* tile, int64_t quads,
+                     int32_t* maxima) {
   const __m256i* wa = reinterpret_cast<const __m256i*>(tile);  // block 1: quads x (rows 0-7, rows 8-15)
   const __m256i* wb = wa + 2 * quads;                          // block 2
   const __m256i ones = _mm256_set1_epi16(1);
@@ -216,11 +220,14 @@ def _load() -> object | None:
                 raise RuntimeError("CPU without AVX2/FMA or AVX512-VNNI")
             from torch.utils.cpp_extension import load_inline
 
-            logger.info("loading the int8 SPLADE screen kernel for %s (built on first use, ~25 s, then cached)", isa)
+            logger.info("loading the int8 SPLADE screen kernel for %s "
+                        "(built on first use, ~25 s, then cached)", isa)
             name = f"sparsa_splade_max_logits_v7_{isa.replace('-', '_')}"
-            _module = load_inline(name, cpp_sources=_SOURCE, extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS[isa]],
+            _module = load_inline(name, cpp_sources=_SOURCE,
+                                  extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS[isa]],
                                   extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # noqa: BLE001 (no compiler, no ninja, unsupported CPU: the torch path stays)
+        except Exception as exc:  # noqa: BLE001
+            # no compiler, no ninja, unsupported CPU: the torch path stays
             logger.info("fused int8 max-logits kernel unavailable (%s); SPLADE pooling stays in torch", exc)
             _failed = True
     return _module
@@ -265,16 +272,19 @@ def pack_weight_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     row_scale = torch.zeros(padded_v, dtype=torch.float32)
     row_scale[:vocab] = scale.float()
     up = lambda x: torch.nextafter(x.float(), torch.tensor(float("inf")))
-    row_terms = torch.cat([weight.float().T, up(w64.abs().sum(dim=1))[None], up(error)[None], scale.float()[None]])
+    row_terms = torch.cat([weight.float().T, up(w64.abs().sum(dim=1))[None], up(error)[None],
+                           scale.float()[None]])
     return {"packed": qp.view(padded_v // 16, 16, padded_d // 4, 4).transpose(1, 2).contiguous(),
-            "corr": corr, "row_scale": row_scale, "row_terms": row_terms.contiguous(), "vocab": torch.tensor(vocab)}
+            "corr": corr, "row_scale": row_scale, "row_terms": row_terms.contiguous(),
+            "vocab": torch.tensor(vocab)}
 
 
 def int8_max_logits_upper(
     hidden: torch.Tensor, start: torch.Tensor, end: torch.Tensor, packed: dict[str, torch.Tensor],
     vocab_chunk: int = 1024,
 ) -> torch.Tensor:
-    """``float32[B, V]`` upper bounds on ``max_{t in [start_b, end_b)} hidden[b, t] . weight[v]`` (exact fp32 h, w).
+    """``float32[B, V]`` upper bounds on ``max_{t in [start_b, end_b)} hidden[b, t] . weight[v]``
+    (exact fp32 h, w).
 
     Hidden dimensions carry large offsets shared by all tokens (means up to ~9 against deviations of
     ~2 in splade-tiny), so each document is centred first: ``h = mu_b + c`` with ``mu_b`` the mean of its

@@ -94,9 +94,11 @@ def _chunked_max_logits(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: 
         fit = _CHUNK_BYTES // max(1, flat.shape[0] * flat.element_size())
         chunk_size = min(4096, max(64, fit // 64 * 64))
     out = torch.empty(batch, weight.shape[0], dtype=hidden.dtype, device=hidden.device)
-    # One logits buffer for all chunks: a fresh multi-MiB tensor per chunk comes back from the OS as new pages,
-    # and faulting them in cost ~20% of the pooling (AVX2 EPYC, 2 threads: 89 -> 113 GFLOP/s, same result).
-    buffer = torch.empty(flat.shape[0] * min(chunk_size, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
+    # One logits buffer for all chunks: a fresh multi-MiB tensor per chunk comes back from the OS as new
+    # pages, and faulting them in cost ~20% of the pooling (AVX2 EPYC, 2 threads: 89 -> 113
+    # GFLOP/s, same result).
+    buffer = torch.empty(flat.shape[0] * min(chunk_size, weight.shape[0]), dtype=hidden.dtype,
+                         device=hidden.device)
     for lo in range(0, weight.shape[0], chunk_size):
         rows = weight[lo : lo + chunk_size]
         block = buffer[: flat.shape[0] * rows.shape[0]].view(flat.shape[0], rows.shape[0])  # [B * L, chunk]

@@ -6,7 +6,8 @@
 - Optional distillation: examples that carry teacher scores add a KL term between the teacher's
   and the student's distributions over (positive, negatives).
 - Decoder backbones (Mistral-SPLADE) train LoRA adapters (peft, :func:`sparsa.training.add_lora`) on the
-  attention projections, merged into the weights at the end, so the saved folder is a plain Hugging Face model.
+  attention projections, merged into the weights at the end, so the saved folder is a plain Hugging Face
+  model.
 - Checkpoints every ``checkpoint_every`` steps (atomic) and resumes from the last one.
 - AdamW (weight decay 0.01), linear warm-up over ``warmup_steps`` then linear decay to 0 at ``steps``,
   gradient norm clipped at 1, bf16 autocast on CUDA: the shared pieces of :mod:`sparsa.training`.

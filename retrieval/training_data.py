@@ -74,8 +74,10 @@ def read_examples(path: str | Path) -> list[TrainingExample]:
     for number, line in numbered_lines(path):
         try:
             record = json.loads(line)
-            examples.append(TrainingExample(record["query"], record["positive"], tuple(record.get("negatives", ())),
-                                            tuple(record["teacher_scores"]) if record.get("teacher_scores") else None))
+            examples.append(TrainingExample(record["query"], record["positive"],
+                                            tuple(record.get("negatives", ())),
+                                            tuple(record["teacher_scores"]) if record.get("teacher_scores")
+                                            else None))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataFormatError(path, f"not a training example ({exc})", number) from None
     return examples

@@ -36,7 +36,8 @@ def _metrics():
     return require("sklearn.metrics", "models")
 
 
-def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[int] = GRADES) -> np.ndarray:
+def confusion_matrix(truth: Sequence[int], predicted: Sequence[int],
+                     labels: Sequence[int] = GRADES) -> np.ndarray:
     """``int64[L, L]``: row = ``truth`` label, column = ``predicted`` label, in ``labels`` order."""
     truth, predicted = _labels(truth, predicted)
     unknown = (set(truth.tolist()) | set(predicted.tolist())) - set(labels)
@@ -63,7 +64,8 @@ def binarize(grades: Sequence[int], threshold: int = 2) -> np.ndarray:
 
 
 def krippendorff_alpha(data: np.ndarray | Sequence[Sequence[float]], level: str = "ordinal") -> float:
-    """Krippendorff's alpha of ``data[coders, units]`` (NaN = missing); ``level``: nominal/ordinal/interval."""
+    """Krippendorff's alpha of ``data[coders, units]`` (NaN = missing); ``level``:
+    nominal/ordinal/interval."""
     data = np.asarray(data, dtype=np.float64)
     if data.ndim != 2 or data.shape[0] < 2:
         raise ConfigError(f"need data[coders >= 2, units], got shape {data.shape}")

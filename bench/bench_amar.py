@@ -4,7 +4,8 @@ Four steps; the first two run on the CPU, ``run`` on a GPU (bench/gpu_amar.sh st
 
     python bench/bench_amar.py stage --out .stage/amar/data          # KG retrievals (minilm-l6), pickled
     python bench/bench_amar.py gates --cache .stage/amar/data --out .stage/amar/head1   # stage 1 training
-    python bench/bench_amar.py run --cache DATA --head HEAD1 --out OUT --device cuda   # stage 2, selection, test
+    # stage 2, selection, test:
+    python bench/bench_amar.py run --cache DATA --head HEAD1 --out OUT --device cuda
     python bench/bench_amar.py merge --from-file OUT/amar.json         # -> bench/results/rag.json["amar"]
 
 ``stage`` draws, per hop, ``--train`` + ``--val`` MetaQA dev questions (disjoint, fixed seed) and
@@ -66,8 +67,10 @@ def stage(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             retrievals = list(retriever.retrieve_many([q.text for q in questions]))
             with (args.out / f"{name}_{hop}hop.pkl").open("wb") as f:
-                pickle.dump({"questions": [asdict(q) for q in questions], "retrievals": _plain(retrievals)}, f)
-            print(f"{hop}-hop {name}: {len(questions)} questions, {time.perf_counter() - started:.0f} s", flush=True)
+                pickle.dump({"questions": [asdict(q) for q in questions],
+                             "retrievals": _plain(retrievals)}, f)
+            print(f"{hop}-hop {name}: {len(questions)} questions, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _plain(retrievals: list[KGRetrieval]) -> dict:
@@ -76,9 +79,11 @@ def _plain(retrievals: list[KGRetrieval]) -> dict:
     vectors: dict[bytes, int] = {}
     rows = []
     for r in retrievals:
-        paths = [(p.steps, p.tails, p.score, p.text, vectors.setdefault(p.vector.astype(np.float32).tobytes(), len(vectors)))
+        paths = [(p.steps, p.tails, p.score, p.text,
+                  vectors.setdefault(p.vector.astype(np.float32).tobytes(), len(vectors)))
                  for p in r.paths]
-        rows.append((r.question, r.topic, r.entities, r.relations, paths, r.question_vector.astype(np.float32).tobytes()))
+        rows.append((r.question, r.topic, r.entities, r.relations, paths,
+                     r.question_vector.astype(np.float32).tobytes()))
     return {"vectors": list(vectors), "rows": rows}
 
 
@@ -87,7 +92,8 @@ def load_split(cache: Path, name: str, hop: int) -> tuple[list[KGQuestion], list
         data = pickle.load(f)
     table = [np.frombuffer(v, dtype=np.float32).copy() for v in data["retrievals"]["vectors"]]
     retrievals = [KGRetrieval(question, topic, entities, relations,
-                              tuple(PathItem(steps, tails, score, text, table[v]) for steps, tails, score, text, v in paths),
+                              tuple(PathItem(steps, tails, score, text, table[v])
+                                    for steps, tails, score, text, v in paths),
                               np.frombuffer(q, dtype=np.float32).copy())
                   for question, topic, entities, relations, paths, q in data["retrievals"]["rows"]]
     return [KGQuestion(**{**q, "answers": tuple(q["answers"])}) for q in data["questions"]], retrievals
@@ -162,7 +168,8 @@ class Run:
         print(f"[{time.perf_counter() - self.started:6.1f} s] {message}", flush=True)
 
     def model(self, head: Path | None, **settings) -> AmarModel:
-        model = AmarModel.load(head, self.args.device, **settings) if head else AmarModel(device=self.args.device)
+        model = (AmarModel.load(head, self.args.device, **settings)
+                 if head else AmarModel(device=self.args.device))
         model.lm.generation_config.max_length = None
         return model
 
@@ -180,7 +187,8 @@ class Run:
     def best(self) -> str:
         return max(self.candidates, key=lambda k: np.mean(list(self.candidates[k]["val"].values())))
 
-    def stage2(self, name: str, head: Path, lora_rank: int, seconds: float, train_mode: str = "amar") -> Path | None:
+    def stage2(self, name: str, head: Path, lora_rank: int, seconds: float,
+               train_mode: str = "amar") -> Path | None:
         from sparsa.kg.amar_train import AmarTrainConfig, train_amar
 
         if self.left() < seconds + 40:
@@ -191,7 +199,8 @@ class Run:
                                  lm_lr=self.args.lm_lr, lora_lr=self.args.lora_lr, checkpoint_every=10_000,
                                  train_mode=train_mode, seed=self.args.seed)
         out = self.args.work / name
-        record = train_amar(model, [r for _, rs in self.train for r in rs], [q for qs, _ in self.train for q in qs],
+        record = train_amar(model, [r for _, rs in self.train for r in rs],
+                            [q for qs, _ in self.train for q in qs],
                             out, config, time_limit_s=seconds, show_progress=False)
         self.training[name] = {k: v for k, v in record.items() if k != "history"}
         self.training[name]["last_losses"] = record["history"][-3:]
@@ -199,13 +208,15 @@ class Run:
         return out
 
     def score_test(self, mode: str, head: Path | None = None, settings: dict | None = None) -> None:
-        if mode == "amar" and "amar" in self.test_rows:  # a better dev-val candidate: keep the old row beside it
+        # a better dev-val candidate: keep the old row beside it
+        if mode == "amar" and "amar" in self.test_rows:
             old = self.test_rows.pop("amar")
             self.test_rows[f"amar[{old['candidate']}]"] = old
         model = self.model(head, **(settings or {}))
         self.test_rows[mode] = {h: evaluate(model, self.test[h], mode.split("-")[0], self.args.batch)
                                 for h in self.args.hops}
-        self.log(f"test {mode}: " + ", ".join(f"{h}-hop {np.mean(r['hits']):.3f}" for h, r in self.test_rows[mode].items()))
+        self.log(f"test {mode}: " + ", ".join(f"{h}-hop {np.mean(r['hits']):.3f}"
+                                              for h, r in self.test_rows[mode].items()))
         if mode == "amar":
             self.test_rows[mode]["candidate"] = self.best()
         self.write()
@@ -224,23 +235,29 @@ class Run:
                     row[mode]["items_open"] = round(float(np.mean(r["open"])), 2)
                     row[mode]["answer_in_open_items"] = round(float(np.mean(r["gold_open"])), 4)
                 for base in ("text", "text-lora"):  # paired differences on the same questions
-                    if mode != base and base in self.test_rows and (mode.startswith("amar") or base == "text"):
-                        row[mode][f"vs_{base.replace('-', '_')}"] = paired(r["hits"], self.test_rows[base][h]["hits"])
+                    if (mode != base and base in self.test_rows
+                            and (mode.startswith("amar") or base == "text")):
+                        row[mode][f"vs_{base.replace('-', '_')}"] = paired(r["hits"],
+                                                                           self.test_rows[base][h]["hits"])
                 row[mode]["examples"] = [{"q": q.text, "gold": list(q.answers[:3]), "generated": a,
-                                          "first_answer": first_answer(a)} for q, a in zip(questions[:3], r["answers"])]
+                                          "first_answer": first_answer(a)}
+                                         for q, a in zip(questions[:3], r["answers"])]
             row["items_retrieved"] = round(float(np.mean([len(aspect_items(r)) for r in retrievals])), 2)
             table[f"{h}-hop"] = row
-        payload = {"meta": {**run_metadata(("torch", "transformers")), "device": _device_name(self.args.device),
+        payload = {"meta": {**run_metadata(("torch", "transformers")),
+                            "device": _device_name(self.args.device),
                             "git_commit": os.environ.get("SPARSA_COMMIT", "")},
                    "metric": "Hits@1: the first answer of the greedy generation (or the whole short answer) "
                              "equals a gold answer after SQuAD normalisation",
                    "lm": "smollm2-135m-instruct (frozen unless a LoRA candidate is chosen)", "modes": MODES,
-                   "splits": {"train": {f"{h}-hop": len(qs) for h, (qs, _) in zip(self.args.hops, self.train)},
+                   "splits": {"train": {f"{h}-hop": len(qs)
+                                        for h, (qs, _) in zip(self.args.hops, self.train)},
                               "val": {f"{h}-hop": len(self.val[h][0]) for h in self.args.hops},
                               "test": {f"{h}-hop": len(self.test[h][0]) for h in self.args.hops},
-                              "how": "random subsets (numpy default_rng seeds 0/1) of MetaQA vanilla dev (train, val "
-                                     "disjoint) and test"},
-                   "selection": {"chosen": self.best() if self.candidates else None, "candidates": self.candidates},
+                              "how": "random subsets (numpy default_rng seeds 0/1) of MetaQA vanilla dev "
+                                     "(train, val disjoint) and test"},
+                   "selection": {"chosen": self.best() if self.candidates else None,
+                                 "candidates": self.candidates},
                    "training": self.training, "table": table,
                    "seconds": round(time.perf_counter() - self.started, 1)}
         (self.args.out / "amar.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -248,7 +265,8 @@ class Run:
             for mode, rows in self.test_rows.items():
                 for h in self.args.hops:
                     r = rows[h]
-                    f.write(json.dumps({"mode": mode, "hop": h, "hits": r["hits"], "answers": r["answers"]}) + "\n")
+                    f.write(json.dumps({"mode": mode, "hop": h, "hits": r["hits"], "answers": r["answers"]})
+                            + "\n")
 
 
 def coverage(retrievals, questions) -> dict:
@@ -258,7 +276,8 @@ def coverage(retrievals, questions) -> dict:
         hits = [bool(gold & {normalize_answer(t) for t in p.tails}) for p in r.paths]
         top += bool(hits and hits[0])
         any_ += any(hits)
-    return {"answer_in_top_path": round(top / len(questions), 4), "answer_in_any_path": round(any_ / len(questions), 4)}
+    return {"answer_in_top_path": round(top / len(questions), 4),
+            "answer_in_any_path": round(any_ / len(questions), 4)}
 
 
 def _device_name(device: str) -> str:
@@ -280,7 +299,8 @@ def run(args: argparse.Namespace) -> None:
     job.score_test("lm")
     # Optional, while the budget lasts: stage 2 with LoRA, the same adapters trained on the plain-text
     # prompt (the control: "text-lora"), stage 2 with the LM frozen.
-    steps = [("stage2-lora", args.lora_rank, "amar"), ("text-lora", args.lora_rank, "text"), ("stage2", 0, "amar")]
+    steps = [("stage2-lora", args.lora_rank, "amar"), ("text-lora", args.lora_rank, "text"),
+             ("stage2", 0, "amar")]
     for name, rank, train_mode in steps:
         if rank < 0:
             continue
@@ -316,7 +336,8 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("stage", help="KG retrievals of dev-train, dev-val and test questions (CPU)")
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/metaqa"))

@@ -53,9 +53,11 @@ def main() -> None:
           f"{'index s':>9}{'search s':>10}")
     for name, row in rows.items():
         print(f"{name:<12}{row['documents']:>7}{row['queries']:>9}{row['nDCG@10']:>9.4f}{row['MRR@10']:>8.4f}"
-              f"{row['R@100']:>8.4f}{row['MAP']:>8.4f}{row['index_seconds']:>9.2f}{row['search_seconds']:>10.2f}")
+              f"{row['R@100']:>8.4f}{row['MAP']:>8.4f}{row['index_seconds']:>9.2f}"
+              f"{row['search_seconds']:>10.2f}")
     settings = {"retriever": "Lucene BM25 flat (title + text)", "k1": 0.9, "b": 0.4, "k": args.k}
-    path = write_results("bm25", {"settings": settings, "results": rows}, packages=("pyserini", "ir_measures"))
+    path = write_results("bm25", {"settings": settings, "results": rows},
+                         packages=("pyserini", "ir_measures"))
     print(f"wrote {path}")
 
 

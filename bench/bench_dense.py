@@ -42,7 +42,8 @@ def _write_jsonl(path: Path, records) -> None:
 def prepare(work: Path, dev_fraction: float = 0.2) -> None:
     work.mkdir(parents=True, exist_ok=True)
     train, test = load_dataset(DATA, "train"), load_dataset(DATA, "test")
-    _write_jsonl(work / "corpus.jsonl.gz", ({"id": d.id, "title": d.title, "text": d.text} for d in train.corpus.documents))
+    _write_jsonl(work / "corpus.jsonl.gz",
+                 ({"id": d.id, "title": d.title, "text": d.text} for d in train.corpus.documents))
     for split, data in (("train", train), ("test", test)):
         _write_jsonl(work / f"{split}_queries.jsonl.gz", ({"id": q.id, "text": q.text} for q in data.queries))
     ids = sorted(q.id for q in train.queries)
@@ -51,7 +52,8 @@ def prepare(work: Path, dev_fraction: float = 0.2) -> None:
     labelled = labelled_pairs(fit, train.qrels, train.corpus)
     write_pairs(labelled, work / "labelled.jsonl.gz")
     (work / "dev_ids.json").write_text(json.dumps(sorted(dev)))
-    print(f"labelled: {len(labelled)} pairs from {len(fit)} train queries; dev: {len(dev)} held-out train queries")
+    print(f"labelled: {len(labelled)} pairs from {len(fit)} train queries; dev: {len(dev)} "
+          "held-out train queries")
 
 
 def read_tagged_runs(path: Path) -> dict[str, Run]:
@@ -109,11 +111,13 @@ def _index_record(folder: Path) -> dict:
     if not (folder / "sparsa.json").is_file():
         return {}
     manifest = json.loads((folder / "sparsa.json").read_text())
-    return {"path": str(folder), "encoder": manifest.get("encoder"), "build_seconds": manifest.get("build_seconds"),
+    return {"path": str(folder), "encoder": manifest.get("encoder"),
+            "build_seconds": manifest.get("build_seconds"),
             "built_with": "sparsa index --dataset scifact --kind splade --model <model> --backend exact"}
 
 
-def tune_fusion(runs: list[Run], qrels: Qrels, method: str, normalisation: str = "minmax") -> tuple[list[float], float]:
+def tune_fusion(runs: list[Run], qrels: Qrels, method: str,
+                normalisation: str = "minmax") -> tuple[list[float], float]:
     """Grid search of weights (first run fixed at 1) by nDCG@10 on the tuning queries."""
     grid = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     best = ([1.0] * len(runs), -1.0)
@@ -129,9 +133,11 @@ def tune_fusion(runs: list[Run], qrels: Qrels, method: str, normalisation: str =
 def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | None = None,
            skip_splade: bool = False) -> None:
     train, test = load_dataset(DATA, "train"), load_dataset(DATA, "test")
-    dev_ids = set(json.loads((work / "dev_ids.json").read_text())) if (work / "dev_ids.json").is_file() else set()
+    dev_ids = (set(json.loads((work / "dev_ids.json").read_text()))
+               if (work / "dev_ids.json").is_file() else set())
     dev_qrels = _subset(train.qrels, dev_ids)
-    dense_test, dense_train = read_tagged_runs(runs_dir / "test_runs.trec.gz"), read_tagged_runs(runs_dir / "train_runs.trec.gz")
+    dense_test, dense_train = (read_tagged_runs(runs_dir / "test_runs.trec.gz"),
+                               read_tagged_runs(runs_dir / "train_runs.trec.gz"))
     training = json.loads((runs_dir / "training.json").read_text())
 
     variants = {}
@@ -141,21 +147,23 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
             row["train"] = _scores(dense_train[name], train.qrels)
         row["training"] = training.get(name, {})
         variants[name] = row
-        print(f"{name:18s} test nDCG@10 {row['test']['nDCG@10']:.4f} R@100 {row['test']['R@100']:.4f}  "
-              f"train {row.get('train', {}).get('nDCG@10', float('nan')):.4f}  dev {row['dev']['nDCG@10']:.4f}")
+        print(f"{name:18s} test nDCG@10 {row['test']['nDCG@10']:.4f} R@100 {row['test']['R@100']:.4f}  train "
+              f"{row.get('train', {}).get('nDCG@10', float('nan')):.4f}  dev {row['dev']['nDCG@10']:.4f}")
     selected = {}
     for task in ("ict", "bfs", "wlp", "mix"):
         options = [n for n in variants if n.startswith(f"{task}-lr") and "ft" not in n]
         if options:
             best = max(options, key=lambda n: variants[n]["train"]["nDCG@10"])
-            selected[task] = {"variant": best, "chosen_by": "nDCG@10 on SciFact train queries", **variants[best]["test"]}
+            selected[task] = {"variant": best, "chosen_by": "nDCG@10 on SciFact train queries",
+                              **variants[best]["test"]}
     fine_tuned = [n for n in variants if "ft" in n]
     best_ft = max(fine_tuned, key=lambda n: variants[n]["dev"]["nDCG@10"]) if fine_tuned else "shipped"
 
     queries = {"test": test.queries, "dev": [q for q in train.queries if q.id in dev_ids]}
     names = ("bm25",) if skip_splade else ("bm25", "splade")
     first, timings = first_stage_runs(work, splade_model, queries, splade_index, names)
-    baselines = {name: {"test": _scores(first[(name, "test")], test.qrels), "dev": _scores(first[(name, "dev")], dev_qrels)}
+    baselines = {name: {"test": _scores(first[(name, "test")], test.qrels),
+                        "dev": _scores(first[(name, "dev")], dev_qrels)}
                  for name in names}
     systems = {name: (first[(name, "test")], first[(name, "dev")]) for name in names}
     systems["dense"] = (dense_test[best_ft], dense_train[best_ft])
@@ -181,7 +189,8 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
     tuned = [h for h in hybrids if h["weights_from"] != "equal weights"]
     best_by_dev = max(tuned, key=lambda h: h["dev_nDCG@10"])
     payload = {
-        "dataset": f"scifact (test: 300 queries; train: 809 queries, of which dev: {len(dev_ids)} held out of fine-tuning)",
+        "dataset": f"scifact (test: 300 queries; train: 809 queries, of which dev: {len(dev_ids)} "
+                   "held out of fine-tuning)",
         "measures": list(MEASURES),
         "dense_variants": variants,
         "pretraining_selected": selected,
@@ -192,15 +201,18 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
         "best_hybrid_chosen_on_dev": best_by_dev,
         "best_hybrid_on_test (for reference; not a selection)": max(hybrids, key=lambda h: h["nDCG@10"]),
         "notes": [
-            ("Dense variants were trained and searched on one H200 (bench/dense_variants.py; torch exact search, "
-            "since the machine has no faiss); runs came back as TREC files and were evaluated here with ir_measures."),
-            ("Pre-training: pairs from the SciFact corpus only (no labels), 3 draws per document per task; "
-            "WLP uses title -> abstract (SciFact has titles, no links). 120 steps, batch 128, in-batch negatives."),
-            "Fine-tuning: SciFact train qrels minus the dev queries, 100 steps, batch 128, in-batch negatives.",
-            ("Selection never used SciFact test: pre-training lr by train-query nDCG@10, fine-tuned model and "
-            "fusion weights by the held-out dev queries (a subset of SciFact train). The learned-sparse model "
-            "(ft-mixed-bf16) was itself fine-tuned on all SciFact train queries, dev included, so dev-tuned "
-            "weights may favour it slightly."),
+            ("Dense variants were trained and searched on one H200 (bench/dense_variants.py; torch "
+             "exact search, since the machine has no faiss); runs came back as TREC files and were "
+             "evaluated here with ir_measures."),
+            ("Pre-training: pairs from the SciFact corpus only (no labels), 3 draws per document "
+             "per task; WLP uses title -> abstract (SciFact has titles, no links). 120 steps, "
+             "batch 128, in-batch negatives."),
+            ("Fine-tuning: SciFact train qrels minus the dev queries, 100 steps, batch 128, "
+             "in-batch negatives."),
+            ("Selection never used SciFact test: pre-training lr by train-query nDCG@10, fine-tuned model "
+             "and fusion weights by the held-out dev queries (a subset of SciFact train). The learned-sparse "
+             "model (ft-mixed-bf16) was itself fine-tuned on all SciFact train queries, dev included, so "
+             "dev-tuned weights may favour it slightly."),
             "Fusion over the top 100 of each run.",
         ],
     }
@@ -209,15 +221,18 @@ def report(runs_dir: Path, splade_model: str, work: Path, splade_index: Path | N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--work", type=Path, required=True)
     r = sub.add_parser("report")
     r.add_argument("--runs", type=Path, required=True, help="the --out folder of dense_variants.py")
-    r.add_argument("--work", type=Path, required=True, help="the prepare folder; BM25/SPLADE indexes go here too")
+    r.add_argument("--work", type=Path, required=True,
+                   help="the prepare folder; BM25/SPLADE indexes go here too")
     r.add_argument("--splade-model", default=".stage/models/ft-mixed-bf16")
-    r.add_argument("--splade-index", type=Path, help="an index of --splade-model built before (sparsa index --kind splade)")
+    r.add_argument("--splade-index", type=Path,
+                   help="an index of --splade-model built before (sparsa index --kind splade)")
     r.add_argument("--skip-splade", action="store_true", help="hybrids of BM25 and dense only")
     args = parser.parse_args()
     if args.step == "prepare":

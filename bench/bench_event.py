@@ -57,11 +57,13 @@ def bm25_runs(data, positions, window_days: int) -> dict[str, Run]:
 
 
 def _paired_recall5(events: list[dict], plain: list[dict]) -> list[dict]:
-    """Per seed: questions whose recall@5 rises / falls with events (the test set is small: show the spread)."""
+    """Per seed: questions whose recall@5 rises / falls with events (the test set is small:
+    show the spread)."""
     paired = []
     for a, b in zip(events, plain, strict=True):
         diff = [a["per_query_R@5"][q] - b["per_query_R@5"][q] for q in a["per_query_R@5"]]
-        paired.append({"seed": a["seed"], "wins": sum(d > 0 for d in diff), "losses": sum(d < 0 for d in diff)})
+        paired.append({"seed": a["seed"], "wins": sum(d > 0 for d in diff),
+                       "losses": sum(d < 0 for d in diff)})
     return paired
 
 
@@ -99,7 +101,8 @@ def main() -> None:
     whens = [data.questions[i].date for i in test]
     window = args.window_days
     runs = {"minilm-l6": dense_run(data, test, data.query_vectors[test], name="minilm-l6"),
-            f"minilm-l6 + {window}-day filter": dense_run(data, test, data.query_vectors[test], window_days=window)}
+            f"minilm-l6 + {window}-day filter": dense_run(data, test, data.query_vectors[test],
+                                                          window_days=window)}
     if not args.no_bm25:
         runs.update(bm25_runs(data, test, window))
     scores = {name: evaluate_run(run, qrels, MEASURES) for name, run in runs.items()}
@@ -119,47 +122,53 @@ def main() -> None:
                                       plain_loss_weight=args.plain_loss_weight)
             encoder, record = train_event_encoder(source, train, config)
             if name in ("event-aware", "same head, no events"):
-                encoder.save(STAGE / "models" / f"{'event' if use_events else 'plain'}-seed{seed}", training=record)
+                encoder.save(STAGE / "models" / f"{'event' if use_events else 'plain'}-seed{seed}",
+                             training=record)
             vectors = encoder.encode_vectors(source.query_vectors[test], whens, source.events)
             run = dense_run(source, test, vectors, window_days=filter_days, name=name)
             result = evaluate_run(run, qrels, MEASURES)
             trained.setdefault(name, []).append({"seed": seed, "aggregate": result.aggregate,
-                                                 "per_query_R@5": {q: v["R@5"] for q, v in result.per_query.items()},
-                                                 "train_seconds": record["seconds"], "examples": record["examples"]})
+                                                 "per_query_R@5": {q: v["R@5"]
+                                                                   for q, v in result.per_query.items()},
+                                                 "train_seconds": record["seconds"],
+                                                 "examples": record["examples"]})
     paired = _paired_recall5(trained["event-aware"], trained["same head, no events"])
 
     table = {name: s.aggregate for name, s in scores.items()}
     for name, seeds in trained.items():
         table[name] = {m: float(np.mean([s["aggregate"][m] for s in seeds])) for m in MEASURES}
-        table[name + " (std over seeds)"] = {m: float(np.std([s["aggregate"][m] for s in seeds])) for m in MEASURES}
+        table[name + " (std over seeds)"] = {m: float(np.std([s["aggregate"][m] for s in seeds]))
+                                             for m in MEASURES}
     print(f"\nRealTime QA, train weeks <= {args.last_train_week} ({len(train)} questions), "
           f"test weeks after ({len(test)} questions, {min(whens)} .. {max(whens)})")
     print(f"{'system':44s}" + "".join(f"{m:>9s}" for m in MEASURES))
     for name, row in table.items():
         print(f"{name:44s}" + "".join(f"{row[m]:9.3f}" for m in MEASURES))
-    a, b = (np.mean([s["aggregate"]["R@5"] for s in trained[n]]) for n in ("event-aware", "same head, no events"))
-    print(f"\nevent-aware - no events, recall@5: {100 * (a - b):+.1f} points (target >= +5); per seed, questions "
-          f"where events win / lose recall@5: {paired}")
+    a, b = (np.mean([s["aggregate"]["R@5"] for s in trained[n]])
+            for n in ("event-aware", "same head, no events"))
+    print(f"\nevent-aware - no events, recall@5: {100 * (a - b):+.1f} points (target >= +5); per seed, "
+          f"questions where events win / lose recall@5: {paired}")
 
     test_weeks = sorted({data.questions[i].week for i in test})
     payload = {
         "setting": {
-            "data": "shared/data/realtimeqa: questions with a gold article (gold_evidence files + quiz evidence "
-                    "links that name a pool article)",
+            "data": "shared/data/realtimeqa: questions with a gold article (gold_evidence files + quiz "
+                    "evidence links that name a pool article)",
             "candidates": "every pool article (gold + search-result articles, 2018-2023) dated up to the "
                           "question's day; nothing published later",
             "train": {"weeks": f"<= {args.last_train_week}", "questions": len(train)},
             "test": {"weeks": test_weeks, "questions": len(test)},
             "pool_articles": len(data.articles),
-            "events": f"{args.event_source} embeddings of the articles dated within {window} days before the "
-                      f"question (day granularity, never later), the {args.max_events} most similar to the query",
+            "events": f"{args.event_source} embeddings of the articles dated within {window} days "
+                      f"before the question (day granularity, never later), the {args.max_events} most "
+                      "similar to the query",
             "encoder": dataclasses.asdict(EventEncoderConfig(window_days=window, max_events=args.max_events,
                                                              heads=args.heads)),
             "training": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("encoder", "seed")},
             "seeds": args.seeds,
-            "model_selection": "head settings (heads 1, 16 events, gate bias 2, lr 3e-4, 10 epochs) chosen on a "
-                               "dev split of the training weeks (train <= 20220819, dev 20220826..20220930, 55 "
-                               "questions), never on the test weeks",
+            "model_selection": "head settings (heads 1, 16 events, gate bias 2, lr 3e-4, 10 epochs) chosen "
+                               "on a dev split of the training weeks (train <= 20220819, dev "
+                               "20220826..20220930, 55 questions), never on the test weeks",
         },
         "table": table,
         "recall5_gain_points": round(100 * (a - b), 2),

@@ -50,7 +50,8 @@ def index_bytes(structure) -> int:
 def main() -> None:
     import faiss
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--hnsw", default='{"m": 16, "ef_construction": 64}')
@@ -64,8 +65,9 @@ def main() -> None:
     build_threads = faiss.omp_get_max_threads()
     payload = {"data": {**source, "file": str(args.data)}, "k": 10, "build_threads": build_threads,
                "search_threads": 1, "latency_queries": args.latency_queries,
-               "notes": [("Timings on a shared 2-core machine running several other jobs (load average ~12-16): "
-                         "absolute numbers are pessimistic and noisy; ratios between structures are the point."),
+               "notes": [("Timings on a shared 2-core machine running several other jobs (load average "
+                          "~12-16): absolute numbers are pessimistic and noisy; ratios between "
+                          "structures are the point."),
                          ("Memory = serialised faiss index bytes (what the index holds in RAM); the stored "
                          "float32 vectors a sparsa dense index keeps beside it are n * d * 4 bytes.")],
                "results": {}}
@@ -88,15 +90,17 @@ def main() -> None:
     del flat
     write_results("faiss", payload, packages=("faiss-cpu", "numpy"))
 
-    for structure_cls, config, knob, values in ((IVFPQStructure, json.loads(args.ivfpq), "nprobe", args.nprobe),
-                                                (HNSWStructure, json.loads(args.hnsw), "ef_search", args.ef_search)):
+    for structure_cls, config, knob, values in ((IVFPQStructure, json.loads(args.ivfpq),
+                                                 "nprobe", args.nprobe),
+                                                (HNSWStructure, json.loads(args.hnsw), "ef_search",
+                                                 args.ef_search)):
         faiss.omp_set_num_threads(build_threads)
         started = time.perf_counter()
         structure = structure_cls.build(vectors, config)
         built_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
-        row = {"settings": structure.config, "build_seconds": round(built_s, 1), "index_bytes": index_bytes(structure),
-               "sweep": []}
+        row = {"settings": structure.config, "build_seconds": round(built_s, 1),
+               "index_bytes": index_bytes(structure), "sweep": []}
         for value in values:
             structure.config = {**structure.config, knob: value}
             structure.apply_search_settings()

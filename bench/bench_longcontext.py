@@ -2,7 +2,7 @@
 
     SPARSA_HOME=/tmp/sparsa_home python bench/bench_longcontext.py            # CPU, PyTorch reference path
     python bench/bench_longcontext.py --lengths 2048 4096 --depths 0.5 --ruler 2 --work /tmp/lc
-    bash bench/gpu_kernels.sh longcontext      # the published run: H200, bf16, Triton kernels, --choose-on-dev
+    bash bench/gpu_kernels.sh longcontext  # the published run: H200, bf16, Triton kernels, --choose-on-dev
 
 Tasks (``$SPARSA_DATA_DIR/longcontext``): RULER 4K NIAH multikey-3 (UUID needle among UUID
 distractors; correct when the answer UUID is in the output) and needle-in-a-haystack over the Paul
@@ -43,12 +43,13 @@ from common import write_results
 
 VARIANTS = ("full", "block-sparse-prefill", "sparse-decode-quest", "sparse-decode-tidal", "duo-kv")
 SETTINGS = {  # what --choose-on-dev picked on the H200 (longcontext_accuracy.json["chosen_on_dev"])
-    "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.95, "gate_keys": "pooled", "block_size": 64,
-                             "min_sparse_tokens": 1024, "full_retrieval_heads": True},
-    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest", "budget_tokens": 1024, "page_size": 64,
-                            "dense_layers": 2, "full_retrieval_heads": True},  # pages: ["quest_page_size_choice"]
-    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 1024,
-                            "full_retrieval_heads": True},
+    "block-sparse-prefill": {"prefill": "block-sparse", "gate_coverage": 0.95, "gate_keys": "pooled",
+                             "block_size": 64, "min_sparse_tokens": 1024, "full_retrieval_heads": True},
+    "sparse-decode-quest": {"prefill": "dense", "decode": "sparse", "selector": "quest",
+                            "budget_tokens": 1024, "page_size": 64, "dense_layers": 2,
+                            "full_retrieval_heads": True},  # pages: ["quest_page_size_choice"]
+    "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal",
+                            "budget_tokens": 1024, "full_retrieval_heads": True},
     "duo-kv": {"prefill": "dense", "kv": "duo", "retrieval_fraction": 0.25, "sink": 64, "window": 256},
 }
 _RULES = {  # the rules without the retrieval-head exemption, as first published
@@ -56,8 +57,9 @@ _RULES = {  # the rules without the retrieval-head exemption, as first published
     "sparse-decode-tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal"},
 }
 _BS = {"prefill": "block-sparse", "block_size": 64, "min_sparse_tokens": 1024}
-# --choose-on-dev: per variant, candidates from the sparsest to the densest; the first whose accuracy on the dev
-# examples (other needles and depths than the test examples) is >= 95% of full attention's is used on the test set.
+# --choose-on-dev: per variant, candidates from the sparsest to the densest; the first whose accuracy on the
+# dev examples (other needles and depths than the test examples) is >= 95% of full attention's is
+# used on the test set.
 CANDIDATES = {
     "block-sparse-prefill": {
         "bs-pooled-top16": _BS | {"gate_keys": "pooled", "gate_topk": 16},
@@ -93,7 +95,8 @@ ANSWER_PREFIX = "The special magic number is:"
 
 
 def _chat_prompt(tok, user: str, answer_prefix: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                   add_generation_prompt=True)
     return tok(text + answer_prefix, add_special_tokens=False)["input_ids"]
 
 
@@ -112,7 +115,8 @@ def niah_examples(tok, data_dir: Path, lengths, depths, seed: int) -> list[dict]
             cut = int(room * depth)
             context = tok.decode(hay_ids[:cut]) + tok.decode(needle) + tok.decode(hay_ids[cut:room])
             ids = _chat_prompt(tok, context + "\n\n" + QUESTION, ANSWER_PREFIX)
-            examples.append({"id": f"niah-{length}-{depth}", "task": "niah-pg", "length": length, "depth": depth,
+            examples.append({"id": f"niah-{length}-{depth}", "task": "niah-pg", "length": length,
+                             "depth": depth,
                                  "answers": [value], "ids": ids, "max_new": 12})
     return examples
 
@@ -132,7 +136,8 @@ def ruler_examples(tok, data_dir: Path, n: int) -> list[dict]:
                 from sparsa.errors import DataFormatError
                 raise DataFormatError(path, "no question/answer prefix found", line=line_no)
             ids = _chat_prompt(tok, rec["input"][:cut] + ask + "?", prefix)
-            examples.append({"id": f"ruler-{rec['index']}", "task": "ruler-niah-multikey-3", "length": len(ids),
+            examples.append({"id": f"ruler-{rec['index']}", "task": "ruler-niah-multikey-3",
+                             "length": len(ids),
                                  "depth": None, "answers": rec["outputs"], "ids": ids, "max_new": 32})
     return examples
 
@@ -266,8 +271,9 @@ def _density(row: dict) -> float:
 
 
 def choose_on_dev(records: list[dict], variants=tuple(CANDIDATES)) -> tuple[dict, dict]:
-    """Per variant, the candidate with the lowest measured density on the dev records among those keeping >= 95%
-    of full accuracy there, else the most accurate one. Returns (variant -> settings, dev summary per candidate)."""
+    """Per variant, the candidate with the lowest measured density on the dev records among those keeping >=
+    95% of full accuracy there, else the most accurate one. Returns (variant -> settings, dev
+    summary per candidate)."""
     names = [n for v in variants for n in CANDIDATES[v]]
     dev = summarise(records, ["full", *names])
     chosen = {}
@@ -305,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/...)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--summarise-only", action="store_true", help="write the JSON from the examples done so far")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="write the JSON from the examples done so far")
     args = parser.parse_args(argv)
 
     import torch
@@ -320,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = load_settings().data_dir / "longcontext"
     path = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+    model = (AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
+             .to(args.device).eval())
     args.work.mkdir(parents=True, exist_ok=True)
     profile_path = args.work / "head_profile.json"
     if profile_path.exists():
@@ -333,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose_on_dev:
         dev_examples = niah_examples(tok, data_dir, args.lengths, args.dev_depths, args.seed + 1)
         candidates = {n: c for v in args.variants for n, c in CANDIDATES[v].items()}
-        dev_records = _run_all(model, tok, dev_examples, profile, candidates, args.work / "dev", args.summarise_only)
+        dev_records = _run_all(model, tok, dev_examples, profile, candidates, args.work / "dev",
+                               args.summarise_only)
         chosen, dev_summary = choose_on_dev(dev_records, args.variants)
         settings = {v: c["settings"] for v, c in chosen.items()}
         print(json.dumps({v: c["candidate"] for v, c in chosen.items()}), flush=True)
@@ -341,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     examples = _interleave(niah, ruler_examples(tok, data_dir, args.ruler), args.depths)
     records = _run_all(model, tok, examples, profile, settings, args.work / "test", args.summarise_only)
     summary = summarise(records)
-    by_task = {task: summarise([r for r in records if r["task"] == task]) for task in sorted({r["task"] for r in records})}
+    by_task = {task: summarise([r for r in records if r["task"] == task])
+               for task in sorted({r["task"] for r in records})}
     print(f"{'variant':<24}{'n':>4}{'acc':>7}{'vs full':>9}{'KV MB':>9}{'KV x':>7}")
     for name, s in summary.items():
         ratio = "" if s["accuracy_vs_full"] is None else f"{s['accuracy_vs_full']:.2f}"
@@ -349,12 +359,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['kv_reduction_vs_full']:>7.2f}")
     write_results("longcontext_accuracy", {
         "model": f"{args.model} ({args.dtype}, {args.device}; "
-                 + ("Triton kernels)" if args.device.startswith("cuda") else "PyTorch reference path of sparsa.kernels)"),
+                 + ("Triton kernels)" if args.device.startswith("cuda")
+                    else "PyTorch reference path of sparsa.kernels)"),
         "settings": settings, "chosen_on_dev": chosen, "dev_summary": dev_summary,
         "head_profile": {"retrieval_fraction": profile.retrieval_fraction, "retrieval": profile.retrieval},
         "examples_planned": len(examples), "examples_done": len(records),
-        "notes": "KV bytes are the cache tensors as stored (in the run's dtype). With --choose-on-dev each variant's "
-                 "settings were chosen on dev needles (seed + 1, dev depths) before the test examples ran.",
+        "notes": "KV bytes are the cache tensors as stored (in the run's dtype). With "
+                 "--choose-on-dev each variant's settings were chosen on dev needles (seed + 1, "
+                 "dev depths) before the test examples ran.",
         "summary": summary, "summary_by_task": by_task, "records": records},
         packages=("torch", "transformers"), path=args.out)
     return 0

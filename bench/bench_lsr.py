@@ -47,7 +47,8 @@ def encode(args: argparse.Namespace) -> None:
             queries = encoder.encode_queries([q.text for q in data.queries], show_progress=False)
             matrix = SparseMatrix.from_vectors(list(data.corpus), docs, encoder.vocab_size)
             hits = ExactSparseSearcher(matrix).search_vectors(queries, args.k)
-            Run({q.id: h for q, h in zip(data.queries, hits)}, name=name).write_trec(args.out / f"{name}.{dataset}.trec")
+            Run({q.id: h for q, h in zip(data.queries, hits)},
+                name=name).write_trec(args.out / f"{name}.{dataset}.trec")
             timings[f"{name}.{dataset}"] = {"docs": len(texts), "encode_seconds": round(docs_s, 2),
                                            "docs_per_s": round(len(texts) / docs_s, 1),
                                            "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
@@ -63,23 +64,28 @@ def evaluate(args: argparse.Namespace) -> None:
     from sparsa.types import Run
 
     data_dir = args.data_dir or load_settings().data_dir
-    timings = json.loads((args.runs / "timings.json").read_text()) if (args.runs / "timings.json").is_file() else {}
+    timings = (json.loads((args.runs / "timings.json").read_text())
+               if (args.runs / "timings.json").is_file() else {})
     bm25 = json.loads((RESULTS / "bm25.json").read_text())["results"]
-    rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")} for d in DATASETS}
+    rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")}
+                             for d in DATASETS}
     qrels = {d: load_dataset(data_dir / d).qrels for d in DATASETS}
     for path in sorted(args.runs.glob("*.trec")):
         name, dataset = path.stem.rsplit(".", 1)
         result = evaluate_run(Run.read_trec(path), qrels[dataset], ("nDCG@10", "R@100", "MRR@10"))
-        rows[f"{name}.{dataset}"] = {k: round(v, 4) for k, v in result.aggregate.items()} | timings.get(path.stem, {})
+        rows[f"{name}.{dataset}"] = ({k: round(v, 4) for k, v in result.aggregate.items()}
+                                     | timings.get(path.stem, {}))
     systems = sorted({key.rsplit(".", 1)[0] for key in rows}, key=lambda s: (s != "bm25", s))
     print(f"{'system':<22}" + "".join(f"{d + ' nDCG@10':>20}{'R@100':>8}" for d in DATASETS))
     for system in systems:
         cells = [rows.get(f"{system}.{d}") for d in DATASETS]
-        print(f"{system:<22}" + "".join(f"{c['nDCG@10']:>20.4f}{c['R@100']:>8.4f}" if c else f"{'-':>20}{'-':>8}"
+        print(f"{system:<22}" + "".join(f"{c['nDCG@10']:>20.4f}{c['R@100']:>8.4f}"
+                                        if c else f"{'-':>20}{'-':>8}"
                                         for c in cells))
     notes = {"bm25": "Lucene BM25 flat, k1=0.9 b=0.4 (bench/results/bm25.json)",
              "runs": "exact dot-product search, k=100; encoding timings from the machine that encoded"}
-    path = write_results("lsr", {"notes": notes, "results": rows, **({"extra": args.note} if args.note else {})})
+    path = write_results("lsr",
+                         {"notes": notes, "results": rows, **({"extra": args.note} if args.note else {})})
     print(f"wrote {path}")
 
 

@@ -7,9 +7,9 @@
 Engines: exact (sparsa's exact backend on CPU: scipy CSC postings), seismic, lucene-impact, and
 exact-gpu (the same backend on CUDA: torch sparse CSR x dense query block, topk, batches of 256;
 exact-torch runs that code on the CPU, to dry-run the GPU job).
-Seismic builds use every core (sparsa >= this commit); searches use one thread (the GPU engine: one GPU). Latency is per
-single query on one thread; throughput is one batch of all queries (one thread on CPU; the median of
-up to 5 repeats while they take under 1 s in all). Recall@10
+Seismic builds use every core (sparsa >= this commit); searches use one thread (the GPU engine: one GPU).
+Latency is per single query on one thread; throughput is one batch of all queries (one thread on CPU; the
+median of up to 5 repeats while they take under 1 s in all). Recall@10
 is against exact scoring. Encoded SciFact vectors are cached in .stage/lsr_seed/ (git-ignored; carry it to
 the GPU machine).
 """
@@ -34,8 +34,8 @@ from sparsa.types import Hit, SparseVector
 
 K = 10
 GENERATOR = ("real-derived (bench/common/sparse_collection.py since this commit): each document blends a "
-             "real SciFact splade-tiny document with a topical neighbour, with term dropout, weight noise and "
-             "a few terms resampled from the marginal")
+             "real SciFact splade-tiny document with a topical neighbour, with term dropout, weight noise "
+             "and a few terms resampled from the marginal")
 
 
 def scifact_vectors(data_dir: Path, seed_file: Path = SEED_FILE) -> tuple[SparseMatrix, list[SparseVector]]:
@@ -60,7 +60,8 @@ def open_engine(name: str, matrix: SparseMatrix, folder: Path, build: dict | Non
     if name == "exact":
         return ExactSparseSearcher(matrix, "cpu")
     if name in ("exact-gpu", "exact-torch"):  # exact-torch: the GPU engine's code on the CPU (dry runs)
-        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu", batch_size=256, backend="torch")
+        return ExactSparseSearcher(matrix, "cuda" if name == "exact-gpu" else "cpu", batch_size=256,
+                                   backend="torch")
     return SPARSE_BACKENDS.get(name).build(matrix, folder, {"threads": 1, **(build or {})})
 
 
@@ -89,7 +90,8 @@ def timed_search(engine, queries: list[SparseVector], truth: list[list[Hit]], la
 
 
 # Seismic's search-time knobs (no rebuild): how many query terms to use, how hard to prune blocks.
-SEISMIC_SWEEP = [(10, 0.9), (20, 0.9), (20, 0.8), (30, 0.7), (64, 0.5)]  # lower heap_factor: fewer blocks skipped
+# lower heap_factor: fewer blocks skipped
+SEISMIC_SWEEP = [(10, 0.9), (20, 0.9), (20, 0.8), (30, 0.7), (64, 0.5)]
 
 
 def measure(name: str, matrix: SparseMatrix, queries: list[SparseVector], truth: list[list[Hit]],
@@ -122,7 +124,8 @@ def save(args: argparse.Namespace, matrix: SparseMatrix, queries: list[SparseVec
     runs = previous.get("runs", {})
     packages = ("torch", "scipy", "numpy", "pyseismic-lsr", "pyserini")
     runs.setdefault(key, {})[args.tag] = {
-        "meta": run_metadata(packages), "documents": len(matrix), "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+        "meta": run_metadata(packages), "documents": len(matrix),
+        "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
         "queries": len(queries), "mean_query_terms": round(float(np.mean([q.nnz for q in queries])), 1),
         **args.generated, "engines": rows,
     }
@@ -151,11 +154,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--tag", default="cpu", help="results key, e.g. cpu or h200")
     parser.add_argument("--seed", type=int, default=0, help="synthetic collection seed")
-    parser.add_argument("--seed-file", type=Path, default=SEED_FILE, help="real vectors (.npz), written if missing")
+    parser.add_argument("--seed-file", type=Path, default=SEED_FILE,
+                        help="real vectors (.npz), written if missing")
     parser.add_argument("--results", type=Path, default=RESULTS / "lsr_engines.json",
                         help="JSON to update (the GPU run writes a copy under $OUT)")
     parser.add_argument("--seismic-build", type=json.loads, default={},
-                        help='Seismic build settings as JSON, e.g. \'{"n_postings": 3000}\' (SeismicConfig defaults)')
+                        help='Seismic build settings as JSON, e.g. \'{"n_postings": 3000}\' '
+                             '(SeismicConfig defaults)')
     parser.add_argument("--seismic-sweep", nargs="+", default=SEISMIC_SWEEP,
                         type=lambda s: (int(s.split(":")[0]), float(s.split(":")[1])),
                         help="query_cut:heap_factor pairs to search with")
@@ -178,8 +183,8 @@ def main() -> None:
     if args.collection == "synthetic":
         started = time.perf_counter()
         matrix = synthesize(matrix, args.docs, args.seed)
-        args.generated = {"generation_s": round(time.perf_counter() - started, 1), "fingerprint": fingerprint(matrix),
-                          "generator": GENERATOR, "seed": args.seed}
+        args.generated = {"generation_s": round(time.perf_counter() - started, 1),
+                          "fingerprint": fingerprint(matrix), "generator": GENERATOR, "seed": args.seed}
         print(f"synthesized {len(matrix)} documents in {args.generated['generation_s']} s, "
               f"fingerprint {args.generated['fingerprint']}", flush=True)
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
@@ -189,9 +194,9 @@ def main() -> None:
     for name in args.engines:
         for label, row in measure(name, matrix, queries, truth, args).items():
             rows[label] = row
-            print(f"{label:<24} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  "
-                  f"p50 {row['p50_ms']:>8.3f} ms  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} q/s  "
-                  f"recall@10 {row['recall@10']}", flush=True)
+            print(f"{label:<24} build {row['build_s']:>8.2f} s  size {row['index_mb']:>8.1f} MB  p50 "
+                  f"{row['p50_ms']:>8.3f} ms  p99 {row['p99_ms']:>8.3f} ms  batch {row['batch_qps']:>9.1f} "
+                  f"q/s  recall@10 {row['recall@10']}", flush=True)
         path = save(args, matrix, queries, rows)  # after each engine: a long run keeps what it measured
     print(f"wrote {path}")
 

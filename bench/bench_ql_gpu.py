@@ -35,7 +35,8 @@ def score(args: argparse.Namespace) -> None:
     data = load_dataset(args.dataset, "test")
     first_stage = Run.read_trec(args.run)
     started = time.perf_counter()
-    ql = QueryLikelihoodReranker(QueryLikelihoodConfig(model=args.model, max_passage_tokens=args.passage_tokens))
+    ql = QueryLikelihoodReranker(QueryLikelihoodConfig(model=args.model,
+                                                       max_passage_tokens=args.passage_tokens))
     timings = {"load_s": round(time.perf_counter() - started, 2), "device": ql.device,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                "max_passage_tokens": args.passage_tokens, "max_tokens_per_batch": ql.max_tokens_per_batch,
@@ -48,14 +49,16 @@ def score(args: argparse.Namespace) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         started = time.perf_counter()
-        reranked = rerank_run(ql, run, data.queries, data.corpus, depth=depth, top_k=depth, show_progress=False)
+        reranked = rerank_run(ql, run, data.queries, data.corpus, depth=depth, top_k=depth,
+                              show_progress=False)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         reranked.write_trec(args.out / f"ql-top{depth}.trec")
         timings[f"top{depth}"] = {"queries": len(qids), "pairs": pairs, "seconds": round(seconds, 2),
                                   "pairs_per_s": round(pairs / seconds, 1)}
-        print(f"top-{depth}: {len(qids)} queries, {pairs} pairs in {seconds:.1f} s = {pairs / seconds:.0f} pairs/s",
+        print(f"top-{depth}: {len(qids)} queries, {pairs} pairs in {seconds:.1f} s = "
+              f"{pairs / seconds:.0f} pairs/s",
               flush=True)
     (args.out / "ql_timings.json").write_text(json.dumps(timings, indent=2))
 
@@ -87,7 +90,8 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
     s = sub.add_parser("score", help="rerank on this machine's GPU")
     s.add_argument("--run", type=Path, required=True)

@@ -69,7 +69,8 @@ def prepare_realtimeqa(data: Path, out: Path, n_dev: int, n_test: int) -> None:
     questions = [{"id": q.id, "text": q.text, "date": q.date.isoformat(), "choices": list(q.choices),
                   "answers": list(q.answers)}
                  for q in rtqa.questions if 2022 <= q.date.year <= 2023 and len(q.choices) >= 2 and q.answers]
-    rows = ({"_id": f"rtqa-{i}-{j}", "title": a.title.strip(), "text": text, "metadata": {"date": a.date.isoformat()}}
+    rows = ({"_id": f"rtqa-{i}-{j}", "title": a.title.strip(), "text": text,
+             "metadata": {"date": a.date.isoformat()}}
             for i, a in enumerate(rtqa.articles.values()) if a.date and a.date.year <= 2023
             for j, text in enumerate(chunk(a.text.split())))
     log.info("realtimeqa: %d passages, %d questions", write_jsonl_gz(out / "rtqa_corpus.jsonl.gz", rows),
@@ -86,13 +87,16 @@ def prepare_timeqa(data: Path, out: Path, n_dev: int, n_test: int) -> None:
     for p, page in enumerate(pages):
         paras = ast.literal_eval(page["paras"]) if isinstance(page["paras"], str) else page["paras"]
         words = " ".join(paras[1:]).split()  # paragraph 0 is the title; ~42 words a paragraph, so merged
-        rows += [{"_id": f"tqa-{p}-{j}", "title": paras[0], "text": text} for j, text in enumerate(chunk(words))]
-        listed = ast.literal_eval(page["questions"]) if isinstance(page["questions"], str) else page["questions"]
+        rows += [{"_id": f"tqa-{p}-{j}", "title": paras[0], "text": text}
+                 for j, text in enumerate(chunk(words))]
+        listed = (ast.literal_eval(page["questions"])
+                  if isinstance(page["questions"], str) else page["questions"])
         for j, (question, spans) in enumerate(listed):
             answers = list(dict.fromkeys(s["answer"].strip() for s in spans if s.get("answer", "").strip()))
             if answers:
                 questions.append({"id": f"tqa-{p}-{j}", "text": question.strip(), "answers": answers})
-    log.info("timeqa: %d passages, %d questions", write_jsonl_gz(out / "tqa_corpus.jsonl.gz", rows), len(questions))
+    log.info("timeqa: %d passages, %d questions", write_jsonl_gz(out / "tqa_corpus.jsonl.gz", rows),
+             len(questions))
     (out / "tqa_questions.json").write_text(json.dumps(split(questions, n_dev, n_test), indent=1))
 
 
@@ -112,8 +116,8 @@ def stage_index(args) -> None:
 
     started = time.perf_counter()
     corpus = load_corpus(corpus_file(args))
-    build_index_job("splade", corpus, index_path(f"{args.dataset}-splade"), model="splade-tiny", device=args.device,
-                    replace=True)
+    build_index_job("splade", corpus, index_path(f"{args.dataset}-splade"), model="splade-tiny",
+                    device=args.device, replace=True)
     log.info("indexed %s: %d passages in %.1f s", args.dataset, len(corpus), time.perf_counter() - started)
 
 
@@ -138,13 +142,15 @@ def pipeline_config(args, variant: str):
     from sparsa.rag.config import PipelineConfig
 
     example = PipelineConfig.from_file(Path(__file__).parent.parent / "examples" / f"{args.dataset}.toml")
-    return example.override({"retrieval.k": max(args.ks), "reader.attention": variant, "reader.model": args.model,
-                             "reader.max_context_tokens": args.max_context_tokens, "rerank.depth": args.rerank_depth,
-                             "rerank.model": args.model, "retrieval.dataset": str(corpus_file(args))})
+    return example.override({"retrieval.k": max(args.ks), "reader.attention": variant,
+                             "reader.model": args.model, "reader.max_context_tokens": args.max_context_tokens,
+                             "rerank.depth": args.rerank_depth, "rerank.model": args.model,
+                             "retrieval.dataset": str(corpus_file(args))})
 
 
 def corpus_file(args) -> Path:
-    return args.stage_dir / ("rtqa_corpus.jsonl.gz" if args.dataset == "realtimeqa" else "tqa_corpus.jsonl.gz")
+    return args.stage_dir / ("rtqa_corpus.jsonl.gz" if args.dataset == "realtimeqa"
+                             else "tqa_corpus.jsonl.gz")
 
 
 def timed_prefill(model, ids, repeats: int = 3) -> tuple[float, object]:
@@ -202,8 +208,8 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
         row["attention_share_full"] = round(row["attention_s_full"] / row["prefill_s_full"], 3)
         for variant in readers:
             if variant != "full":
-                row[f"attention_speedup_{variant}"] = round(row["attention_s_full"] / max(row[f"attention_s_{variant}"],
-                                                                                        1e-6), 2)
+                row[f"attention_speedup_{variant}"] = round(
+                    row["attention_s_full"] / max(row[f"attention_s_{variant}"], 1e-6), 2)
                 row[f"ttft_speedup_{variant}"] = round(row["prefill_s_full"] / row[f"prefill_s_{variant}"], 2)
                 row[f"kv_reduction_{variant}"] = round(row["kv_bytes_full"] / row[f"kv_bytes_{variant}"], 2)
         log.info("attention share %s", row)
@@ -216,7 +222,8 @@ def summarise(rows: list[dict], ks, variants, multiple_choice: bool) -> list[dic
     for split_name in ("dev", "test"):
         for variant in variants:
             for k in ks:
-                cell = [r for r in rows if r["split"] == split_name and r["variant"] == variant and r["k"] == k]
+                cell = [r for r in rows if r["split"] == split_name and r["variant"] == variant
+                        and r["k"] == k]
                 if not cell:
                     continue
                 entry = {"split": split_name, "variant": variant, "k": k, "questions": len(cell),
@@ -239,7 +246,8 @@ def stage_run(args) -> None:
     name = "rtqa" if args.dataset == "realtimeqa" else "tqa"
     questions = json.loads((args.stage_dir / f"{name}_questions.json").read_text())
     if args.limit:  # a smoke run: the first few of each split
-        questions = [q for s in ("dev", "test") for q in [q for q in questions if q["split"] == s][:args.limit]]
+        questions = [q for s in ("dev", "test")
+                     for q in [q for q in questions if q["split"] == s][:args.limit]]
     first = load_pipeline(pipeline_config(args, ATTENTION[args.variants[0]]))
     readers = {args.variants[0]: first.reader}
     for variant in args.variants[1:]:  # one retriever, corpus and reranker; a reader per attention
@@ -251,7 +259,8 @@ def stage_run(args) -> None:
 
         install_sparse_attention(readers["full-kernels"].model, AttentionConfig())
     test = [q for q in questions if q["split"] == "test"]
-    _, share_passages = first.retrieve_passages(test[0]["text"], {}, None)  # before the loop: every write has it
+    # before the loop: every write has it
+    _, share_passages = first.retrieve_passages(test[0]["text"], {}, None)
     share = attention_share(readers, question_text(test[0]), share_passages, args.ks)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     rows, stages = [], []
@@ -266,28 +275,31 @@ def stage_run(args) -> None:
                 rows.append({"id": q["id"], "split": q["split"], "variant": variant, "k": k,
                              "prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens,
                              "prefill_s": out.timings["prefill"], "decode_s": out.timings["decode"],
-                             "read_s": out.timings["read"], "decode_mode": out.decode_mode, "answer": out.text,
-                             **score(q, out.text)})
+                             "read_s": out.timings["read"], "decode_mode": out.decode_mode,
+                             "answer": out.text, **score(q, out.text)})
         if n % 5 == 0:
             log.info("%d/%d questions; last: %s", n + 1, len(questions), rows[-1])
         # Written after every question, so a run cut short still leaves its record.
-        stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1) for s in ("retrieve", "rerank")}
+        stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1)
+                    for s in ("retrieve", "rerank")}
         write_results(args.dataset, {
-            "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks, "variants": args.variants,
-            "questions_done": n + 1, "questions_planned": len(questions),
-            "baseline": "full: the model's own attention (transformers sdpa, PyTorch's default backend choice, eager "
-                        "decode); full-kernels: SDPA prefill + our flash-decoding, CUDA-graphed decode; same prompts, "
-                        "same greedy decoding",
-            "config": pipeline_config(args, "sparse").to_dict(), "route": "retrieve (mode; no router in this run)",
-            "stage_ms_median": stage_ms, "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
-            "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"), path=args.out,
-            gpu=card if card != "cpu" else None)
+            "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks,
+            "variants": args.variants, "questions_done": n + 1, "questions_planned": len(questions),
+            "baseline": "full: the model's own attention (transformers sdpa, PyTorch's default backend "
+                        "choice, eager decode); full-kernels: SDPA prefill + our flash-decoding, "
+                        "CUDA-graphed decode; same prompts, same greedy decoding",
+            "config": pipeline_config(args, "sparse").to_dict(),
+            "route": "retrieve (mode; no router in this run)", "stage_ms_median": stage_ms,
+            "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
+            "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"),
+            path=args.out, gpu=card if card != "cpu" else None)
 
 
 def main() -> None:
     from common import run_stages
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", nargs="+", default=["run"], choices=["prepare", "index", "run"])
     parser.add_argument("--stage-dir", type=Path, default=Path("runs/longcontext"))
     parser.add_argument("--dataset", choices=["realtimeqa", "timeqa"], default="realtimeqa")

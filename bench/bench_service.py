@@ -65,7 +65,8 @@ class Server:
 
     def __init__(self, home: Path, port: int, extra: list[str], log: Path):
         self.base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "SPARSA_HOME": str(home), "SPARSA_API_KEY": KEY, "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "SPARSA_HOME": str(home), "SPARSA_API_KEY": KEY,
+               "TOKENIZERS_PARALLELISM": "false"}
         command = [sys.executable, "-m", "sparsa", "serve", "--port", str(port), *extra]
         self.log = log
         self.process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -74,7 +75,8 @@ class Server:
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited ({self.process.returncode}): {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"server exited ({self.process.returncode}): "
+                                   f"{self.log.read_text()[-2000:]}")
             try:
                 if httpx.get(self.base + "/health", timeout=5).status_code == 200:
                     return time.monotonic() - started
@@ -105,7 +107,8 @@ def bad_inputs(base: str) -> list[dict]:
         ("broken JSON", "/search", {"content": b'{"query": ', "headers": json_headers}),
         ("empty question", "/qa", {"json": {"question": " "}}),
         ("unknown QA mode", "/qa", {"json": {"question": "why?", "mode": "guess"}}),
-        ("rerank: both sources", "/rerank", {"json": {"query": "q", "doc_ids": ["1"], "passages": [{"text": "a"}]}}),
+        ("rerank: both sources", "/rerank",
+         {"json": {"query": "q", "doc_ids": ["1"], "passages": [{"text": "a"}]}}),
         ("missing API key", "/indexes", {"method": "GET"}),
         ("wrong API key", "/indexes", {"method": "GET", "headers": {"X-API-Key": "wrong"}}),
     ]
@@ -131,7 +134,8 @@ async def _load(base: str, retriever: str, queries: list[str], clients: int, sec
             turn += clients
             started = time.perf_counter()
             try:
-                response = await client.post("/search", json={"query": query, "retriever": retriever, "k": 10})
+                response = await client.post("/search",
+                                             json={"query": query, "retriever": retriever, "k": 10})
                 ok = response.status_code == 200 and len(response.json()["hits"]) > 0
                 key = None if ok else f"status {response.status_code}"
             except httpx.HTTPError as exc:
@@ -147,8 +151,8 @@ async def _load(base: str, retriever: str, queries: list[str], clients: int, sec
         await asyncio.gather(*(one_client(i, client) for i in range(clients)))
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"retriever": retriever, "clients": clients, "seconds": round(elapsed, 1), "requests": len(latencies),
-            "errors": sum(errors.values()), "error_kinds": errors,
+    return {"retriever": retriever, "clients": clients, "seconds": round(elapsed, 1),
+            "requests": len(latencies), "errors": sum(errors.values()), "error_kinds": errors,
             "throughput_rps": round(len(latencies) / elapsed, 1),
             "latency_ms": {p: round(float(np.percentile(ms, q)), 1) for p, q in
                            (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} if len(ms) else {}}
@@ -169,12 +173,13 @@ def fuzz(base: str, examples: int, report: Path) -> dict:
     before = status_counts(base)
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", base + "/openapi.json",
                "--checks", "not_a_server_error", "--max-examples", str(examples), "-H", f"X-API-Key: {KEY}",
-               "--request-timeout", "600", "--seed", "1", "--report", "junit", "--report-junit-path", str(report),
-               "--continue-on-failure"]
+               "--request-timeout", "600", "--seed", "1", "--report", "junit",
+               "--report-junit-path", str(report), "--continue-on-failure"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=report.parent)
     after = status_counts(base)
-    summary = [line for line in done.stdout.splitlines() if re.search(r"passed|failed|error|Operations|cases", line)]
+    summary = [line for line in done.stdout.splitlines()
+               if re.search(r"passed|failed|error|Operations|cases", line)]
     return {"command": " ".join(command[1:]), "exit_code": done.returncode,
             "seconds": round(time.perf_counter() - started, 1),
             "responses_by_class": {k: after.get(k, 0) - before.get(k, 0) for k in sorted(after)},
@@ -182,7 +187,8 @@ def fuzz(base: str, examples: int, report: Path) -> dict:
 
 
 def corrupt_one_file(index: Path) -> str:
-    victim = max((p for p in index.rglob("*") if p.is_file() and p.name != "sparsa.json"), key=lambda p: p.stat().st_size)
+    victim = max((p for p in index.rglob("*") if p.is_file() and p.name != "sparsa.json"),
+                 key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
     victim.write_bytes(bytes(data))
@@ -194,9 +200,9 @@ def corrupt_index_fault(home: Path, base: str, port: int, log_dir: Path) -> dict
     shutil.copytree(home / "indexes" / "scifact-bm25", broken)
     name = corrupt_one_file(broken)
     env = {**os.environ, "SPARSA_HOME": str(home)}
-    refused = subprocess.run([sys.executable, "-m", "sparsa", "serve", "--bm25", "scifact-bm25-broken", "--splade",
-                              "none", "--qa-model", "none", "--port", str(port + 1)], env=env, capture_output=True,
-                             text=True, timeout=300, check=False)
+    refused = subprocess.run([sys.executable, "-m", "sparsa", "serve", "--bm25", "scifact-bm25-broken",
+                              "--splade", "none", "--qa-model", "none", "--port", str(port + 1)],
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
     swap = httpx.post(base + "/indexes/swap", headers={"X-API-Key": KEY}, timeout=120,
                       json={"retriever": "bm25", "name": "scifact-bm25-broken"})
     still = httpx.post(base + "/search", json={"query": "vitamin D", "k": 3}, timeout=60)
@@ -211,7 +217,8 @@ def kill_build_fault(home: Path, base: str) -> dict:
     """Build a new version of the served splade index through the API, SIGKILL it after its first shard,
     rerun it, swap it in."""
     headers = {"X-API-Key": KEY}
-    probe = {"query": "vitamin D deficiency and bone fractures", "retriever": "splade", "k": 10, "include_text": False}
+    probe = {"query": "vitamin D deficiency and bone fractures", "retriever": "splade", "k": 10,
+             "include_text": False}
     before = httpx.post(base + "/search", json=probe, timeout=60).json()["hits"]
     manifest = (home / "indexes" / "scifact-splade" / "sparsa.json").read_text()
     request = {"name": "scifact-splade-2", "kind": "splade", "dataset": "scifact"}
@@ -230,8 +237,8 @@ def kill_build_fault(home: Path, base: str) -> dict:
     unchanged = (home / "indexes" / "scifact-splade" / "sparsa.json").read_text() == manifest
     rerun = httpx.post(base + "/indexes/build", headers=headers, json=request, timeout=60).json()
     started = time.monotonic()
-    while (state := httpx.get(f"{base}/indexes/jobs/{rerun['id']}", headers=headers, timeout=30).json())["state"] \
-            == "running":
+    while (state := httpx.get(f"{base}/indexes/jobs/{rerun['id']}", headers=headers,
+                              timeout=30).json())["state"] == "running":
         time.sleep(2)
     rerun_s = time.monotonic() - started
     swap = httpx.post(base + "/indexes/swap", headers=headers,
@@ -375,7 +382,8 @@ def merge(sections: dict) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("SPARSA_HOME", "~/.cache/sparsa")).expanduser())
+    parser.add_argument("--home", type=Path,
+                        default=Path(os.environ.get("SPARSA_HOME", "~/.cache/sparsa")).expanduser())
     parser.add_argument("--only", choices=SECTIONS, action="append")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
@@ -391,7 +399,8 @@ def main() -> None:
 
     from sparsa.data import load_dataset
 
-    queries = [q.text for q in load_dataset(Path(__file__).parents[1].parent / "shared" / "data" / "scifact").queries]
+    queries = [q.text for q in
+               load_dataset(Path(__file__).parents[1].parent / "shared" / "data" / "scifact").queries]
     work = Path(tempfile.mkdtemp(prefix="bench_service_"))
     if sections == ["overload"]:
         home = scratch_home(args.home, work / "home", names=("scifact-bm25",))
@@ -402,7 +411,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         return
     home = scratch_home(args.home, work / "home")
-    server = Server(home, args.port, ["--reranker", "query-likelihood", "--timeout", "600"], work / "server.log")
+    server = Server(home, args.port, ["--reranker", "query-likelihood", "--timeout", "600"],
+                    work / "server.log")
     results: dict = {"sections": sections}
     try:
         results["startup_s"] = round(server.wait_ready(), 1)
@@ -416,12 +426,13 @@ def main() -> None:
             for retriever in ("bm25", "splade"):
                 row = asyncio.run(_load(server.base, retriever, queries, args.clients, args.seconds))
                 results["load"].append(row)
-                print(f"load {retriever:<7} {row['clients']} clients {row['seconds']} s: {row['throughput_rps']} req/s "
-                      f"p50 {row['latency_ms'].get('p50')} ms p99 {row['latency_ms'].get('p99')} ms "
-                      f"errors {row['errors']} {row['error_kinds'] or ''}")
+                print(f"load {retriever:<7} {row['clients']} clients {row['seconds']} s: "
+                      f"{row['throughput_rps']} req/s p50 {row['latency_ms'].get('p50')} ms p99 "
+                      f"{row['latency_ms'].get('p99')} ms errors {row['errors']} {row['error_kinds'] or ''}")
         if "fuzz" in sections:
             results["fuzz"] = fuzz(server.base, args.examples, work / "schemathesis.xml")
-            print(f"fuzz: exit {results['fuzz']['exit_code']}, responses {results['fuzz']['responses_by_class']}")
+            print(f"fuzz: exit {results['fuzz']['exit_code']}, responses "
+                  f"{results['fuzz']['responses_by_class']}")
         if "faults" in sections:
             results["faults"] = {"corrupt_index": corrupt_index_fault(home, server.base, args.port, work)}
             print("corrupt index:", json.dumps(results["faults"]["corrupt_index"]))

@@ -47,7 +47,8 @@ def _jsonl(path: Path) -> list[dict]:
 def _append_run(path: Path, run, tag: str) -> None:
     with gzip.open(path, "at", encoding="utf-8") as f:
         for qid, hits in run.items():
-            f.writelines(f"{qid} Q0 {h.doc_id} {rank} {h.score:.6f} {tag}\n" for rank, h in enumerate(hits, 1))
+            f.writelines(f"{qid} Q0 {h.doc_id} {rank} {h.score:.6f} {tag}\n"
+                         for rank, h in enumerate(hits, 1))
 
 
 def _pairs(corpus: Corpus, source: str, work: Path) -> list:
@@ -58,17 +59,20 @@ def _pairs(corpus: Corpus, source: str, work: Path) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
-    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (smoke tests)")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every stage's steps (smoke tests)")
     parser.add_argument("--batch-size", type=int, default=BATCH)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    corpus = Corpus(Document(d["id"], d["text"], d.get("title", "")) for d in _jsonl(args.work / "corpus.jsonl.gz"))
+    corpus = Corpus(Document(d["id"], d["text"], d.get("title", ""))
+                    for d in _jsonl(args.work / "corpus.jsonl.gz"))
     queries = {split: [Query(q["id"], q["text"]) for q in _jsonl(args.work / f"{split}_queries.jsonl.gz")]
                for split in ("test", "train")}
     dev_ids = set(json.loads((args.work / "dev_ids.json").read_text()))
@@ -85,8 +89,8 @@ def main() -> None:
                      for source, steps, lr in stages]
             model = str(models / name)
             for stage, (_, _, lr) in zip(parts, stages, strict=True):  # one lr per stage: one call each
-                train_dense([stage], model, DenseTrainConfig(model=base, batch_size=args.batch_size, lr=lr), args.device,
-                            show_progress=False)
+                train_dense([stage], model, DenseTrainConfig(model=base, batch_size=args.batch_size, lr=lr),
+                            args.device, show_progress=False)
                 base = model
         trained_s = time.perf_counter() - started
         encoder = DenseEncoder(DenseConfig(model=model, device=args.device))
@@ -95,11 +99,13 @@ def main() -> None:
         for split, topics in queries.items():
             if split == "train" and "ft" in name:  # fine-tuned on the others: only held-out dev queries count
                 topics = [q for q in topics if q.id in dev_ids]
-            _append_run(args.out / f"{split}_runs.trec.gz", retriever.search(topics, k=args.depth, show_progress=False),
-                        name)
+            _append_run(args.out / f"{split}_runs.trec.gz",
+                        retriever.search(topics, k=args.depth, show_progress=False), name)
         manifest = json.loads((Path(model) / "sparsa.json").read_text()) if stages else {}
-        records[name] = {"start": start, "stages": manifest.get("stages", []), "train_seconds": round(trained_s, 1),
-                         "total_seconds": round(time.perf_counter() - started, 1), "device": str(encoder.device)}
+        records[name] = {"start": start, "stages": manifest.get("stages", []),
+                         "train_seconds": round(trained_s, 1),
+                         "total_seconds": round(time.perf_counter() - started, 1),
+                         "device": str(encoder.device)}
         print(json.dumps({name: records[name]}), flush=True)
         (args.out / "training.json").write_text(json.dumps(records, indent=2))
     shutil.rmtree(args.out / "index", ignore_errors=True)

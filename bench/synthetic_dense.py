@@ -45,9 +45,11 @@ def synthesize(seeds: np.ndarray, n: int, rng: np.random.Generator, chunk: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, help=".npy of real minilm-l6 embeddings")
-    parser.add_argument("--encode-scifact", type=int, default=0, help="encode the first N SciFact documents instead")
+    parser.add_argument("--encode-scifact", type=int, default=0,
+                        help="encode the first N SciFact documents instead")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -59,9 +61,12 @@ def main() -> None:
     np.save(args.out / "vectors.npy", synthesize(seeds, args.n, rng))
     np.save(args.out / "queries.npy", synthesize(seeds, args.queries, rng))
     (args.out / "source.json").write_text(json.dumps({
-        "seeds": str(args.source) if args.source else f"minilm-l6 over the first {args.encode_scifact} SciFact documents",
-        "num_seeds": len(seeds), "n": args.n, "queries": args.queries, "seed": args.seed, "dim": seeds.shape[1]}))
-    print(f"wrote {args.n} vectors and {args.queries} queries ({seeds.shape[1]}-d, {len(seeds)} seeds) to {args.out}")
+        "seeds": (str(args.source) if args.source
+                  else f"minilm-l6 over the first {args.encode_scifact} SciFact documents"),
+        "num_seeds": len(seeds), "n": args.n, "queries": args.queries, "seed": args.seed,
+        "dim": seeds.shape[1]}))
+    print(f"wrote {args.n} vectors and {args.queries} queries ({seeds.shape[1]}-d, {len(seeds)} "
+          f"seeds) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def run_metadata(packages: tuple[str, ...] = ()) -> dict:
 
 def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path: Path | None = None,
                   gpu: str | None = None) -> Path:
-    """``bench/results/<name>.json`` (or ``path``): the run record, then ``payload``; ``gpu``: the card it ran on."""
+    """``bench/results/<name>.json`` (or ``path``): the run record, then ``payload``; ``gpu``:
+    the card it ran on."""
     path = path or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = run_metadata(packages)

@@ -50,7 +50,8 @@ class AttentionConfig:
     Defaults kept SmolLM2's long-context accuracy on dev needles (``longcontext_accuracy.json``): gate
     coverage 0.95, Quest over 1,024 tokens in pages of 64, retrieval heads exempt from both."""
 
-    prefill: str = "dense"  # "block-sparse": SeerAttention gate + block-sparse kernel from min_sparse_tokens on
+    # "block-sparse": SeerAttention gate + block-sparse kernel from min_sparse_tokens on
+    prefill: str = "dense"
     decode: str = "full"  # "sparse": Quest pages within budget_tokens per step
     kv: str = "full"  # "duo": non-retrieval heads keep sink + window tokens
     gate_coverage: float = 0.95
@@ -65,13 +66,15 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("prefill", PREFILL_MODES), ("decode", DECODE_MODES), ("kv", KV_MODES)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"attention {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+                raise ConfigError(f"attention {name}={getattr(self, name)!r}: expected one of "
+                                  f"{', '.join(allowed)}")
         if not 0.0 < self.gate_coverage <= 1.0:
             raise ConfigError(f"gate_coverage must be in (0, 1], got {self.gate_coverage}")
 
     @classmethod
     def preset(cls, name: str) -> AttentionConfig:
-        """``full``; ``sparse`` (block-sparse prefill + sparse decode); ``sparse-kv`` (that + KV compression)."""
+        """``full``; ``sparse`` (block-sparse prefill + sparse decode); ``sparse-kv`` (that
+        + KV compression)."""
         if name not in ATTENTION_PRESETS:
             raise ConfigError(f"attention {name!r}: expected one of auto, {', '.join(ATTENTION_PRESETS)}")
         return ATTENTION_PRESETS[name]
@@ -115,7 +118,8 @@ class ReaderConfig:
         if isinstance(self.attention, str) and self.attention != "auto":
             object.__setattr__(self, "attention", AttentionConfig.preset(self.attention))
         elif isinstance(self.attention, dict):
-            object.__setattr__(self, "attention", _build(AttentionConfig, self.attention, "reader.attention."))
+            object.__setattr__(self, "attention",
+                               _build(AttentionConfig, self.attention, "reader.attention."))
         if min(self.max_context_tokens, self.max_passage_tokens, self.max_new_tokens) < 1:
             raise ConfigError("token limits must be >= 1")
         if self.dtype not in DTYPES:
@@ -152,11 +156,14 @@ class RetrievalConfig:
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         if not 1 <= self.k <= 1000 or self.depth < 1:
-            raise ConfigError(f"retrieval.k must be in 1..1000 and depth >= 1, got k={self.k}, depth={self.depth}")
+            raise ConfigError("retrieval.k must be in 1..1000 and depth >= 1, got "
+                              f"k={self.k}, depth={self.depth}")
         if self.indexes and self.dataset is None:
-            raise ConfigError("retrieval.dataset is needed with indexes: the corpus that turns hits into passages")
+            raise ConfigError("retrieval.dataset is needed with indexes: the corpus that "
+                              "turns hits into passages")
         if self.weights is not None and len(self.weights) != len(self.indexes):
-            raise ConfigError(f"retrieval.weights has {len(self.weights)} values for {len(self.indexes)} indexes")
+            raise ConfigError(f"retrieval.weights has {len(self.weights)} values for "
+                              f"{len(self.indexes)} indexes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +259,8 @@ class PipelineConfig:
         def table(name: str, values: dict[str, Any]) -> None:
             lines.append(f"[{name}]")
             nested = {k: v for k, v in values.items() if isinstance(v, dict)}
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None and k not in nested)
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items()
+                         if v is not None and k not in nested)
             lines.append("")
             for key, value in nested.items():
                 table(f"{name}.{key}", value)

@@ -288,7 +288,8 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
     stop = set(stop_ids)
     with torch.inference_mode():
         started = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
         picked, logprobs = _pick_rows(out.logits[:, -1])
         prefill_seconds = time.perf_counter() - started
         started = time.perf_counter()
@@ -305,8 +306,8 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
                 break
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             positions = positions + 1
-            out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
-                        **{_cache_argument(model): _returned_cache(out)})
+            out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions,
+                        use_cache=True, **{_cache_argument(model): _returned_cache(out)})
             picked, logprobs = _pick_rows(out.logits[:, -1])
         decode_seconds = time.perf_counter() - started
     for row_stats, row_tokens in zip(stats, tokens, strict=True):
@@ -321,7 +322,8 @@ def _pick_rows(logits: Any) -> tuple[Any, Any]:
 
     logprobs = logits.float().log_softmax(-1)
     best, token = logprobs.max(-1)
-    if not bool(torch.isfinite(best).all()):  # e.g. an attention backend that turns fully padded rows into NaN
+    # e.g. an attention backend that turns fully padded rows into NaN
+    if not bool(torch.isfinite(best).all()):
         raise FloatingPointError("non-finite logits in a padded batch: generate one prompt at a time instead")
     return token, best
 

@@ -51,7 +51,8 @@ class QAPipeline:
     any ``RERANKERS`` class's instance (it reranks ``rerank_depth`` hits, the reader gets the top ``k``)."""
 
     def __init__(self, reader: Any, retriever: Retriever | None = None, corpus: Corpus | None = None,
-                 router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20, depth: int = 100):
+                 router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20,
+                 depth: int = 100):
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if retriever is not None and corpus is None:
@@ -65,7 +66,8 @@ class QAPipeline:
         *_, answer = self.stream(question, mode, as_of)
         return answer
 
-    def stream(self, question: str, mode: str = "auto", as_of: dt.date | None = None) -> Iterator[str | Answer]:
+    def stream(self, question: str, mode: str = "auto",
+               as_of: dt.date | None = None) -> Iterator[str | Answer]:
         """Yield answer text pieces as the reader writes them, then the final :class:`Answer`."""
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -112,14 +114,15 @@ class QAPipeline:
 
     def retrieve_passages(self, question: str, timings: dict[str, float],
                           as_of: dt.date | None = None) -> tuple[list[Hit], list[Document]]:
-        """The top ``k`` hits and their passages (retrieve, date filter, rerank); stage seconds into ``timings``."""
+        """The top ``k`` hits and their passages (retrieve, date filter, rerank); stage seconds
+        into ``timings``."""
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
         hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)
         missing = [hit.doc_id for hit in hits if hit.doc_id not in self.corpus]
         if missing:
-            raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. {missing[0]!r}): "
-                              "is --dataset the corpus this index was built from?")
+            raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
+                              f"{missing[0]!r}): is --dataset the corpus this index was built from?")
         if as_of is not None:
             hits = [hit for hit in hits if _dated_on_or_before(self.corpus[hit.doc_id], as_of)][:depth]
         timings["retrieve"] = time.perf_counter() - started
@@ -179,7 +182,8 @@ def open_pipeline_retriever(config: PipelineConfig) -> Retriever:
         return retrievers[0]
     from sparsa.retrieval.fusion import HybridRetriever
 
-    return HybridRetriever(retrievers, method=retrieval.fusion, weights=retrieval.weights, depth=retrieval.depth)
+    return HybridRetriever(retrievers, method=retrieval.fusion, weights=retrieval.weights,
+                           depth=retrieval.depth)
 
 
 def open_reranker(name: str, model: str | Path | None) -> Any:

@@ -41,7 +41,8 @@ RECALL_SYSTEM = ("You answer questions from memory. Reply with the short answer 
 # One worked example per prompt: small LMs copy the demonstrated format (a bare short answer) more
 # reliably than they follow the instruction alone. A date answer in the example made SmolLM2-135M
 # answer most questions with a year; a name answer did not (10 dev questions: F1 0.10 vs 0.00).
-READ_EXAMPLE = (("Passages:\n[1] Eiffel Tower: The tower in Paris was designed by the engineer Gustave Eiffel.\n"
+READ_EXAMPLE = (("Passages:\n"
+                 "[1] Eiffel Tower: The tower in Paris was designed by the engineer Gustave Eiffel.\n"
                  "[2] Big Ben: The clock tower in London was finished in 1859.\n\n"
                  "Question: Who designed the Eiffel Tower?"), "Gustave Eiffel [1]")
 RECALL_EXAMPLE = ("Who wrote the play Hamlet?", "William Shakespeare")
@@ -75,7 +76,8 @@ class Reader:
         self.path = Path(resolve_model(config.model))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.chat_template is None:
-            raise ConfigError(f"{self.path}: the tokenizer has no chat template; the reader needs an instruct model")
+            raise ConfigError(f"{self.path}: the tokenizer has no chat template; the reader "
+                              "needs an instruct model")
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, config.dtype))
         self.model.to(self.device).eval()
         self.max_prompt_tokens = context_limit(self.model, self.tokenizer) - config.max_new_tokens
@@ -87,8 +89,8 @@ class Reader:
             install_sparse_attention(self.model, config.attention)
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self._lock = threading.Lock()
-        logger.info("loaded reader %s on %s (%s, %s attention) in %.1f s", self.path, self.device, config.dtype,
-                    config.attention.name, time.perf_counter() - started)
+        logger.info("loaded reader %s on %s (%s, %s attention) in %.1f s", self.path, self.device,
+                    config.dtype, config.attention.name, time.perf_counter() - started)
 
     @classmethod
     def load(cls, model: str | Path | None = None, **config: Any) -> Reader:
@@ -97,14 +99,16 @@ class Reader:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def pack_context(self, passages: Sequence[Document], max_tokens: int | None = None) -> list[tuple[Document, str]]:
+    def pack_context(self, passages: Sequence[Document],
+                     max_tokens: int | None = None) -> list[tuple[Document, str]]:
         """Passages (in rank order) with their prompt text ``[n] title: text``, together within
         ``max_tokens`` (default ``config.max_context_tokens``) counting one separator token each."""
         budget = self.config.max_context_tokens if max_tokens is None else max_tokens
         packed: list[tuple[Document, str]] = []
         for doc in passages:
             label = f"[{len(packed) + 1}] "
-            body = self._ids(f"{doc.title}: {doc.text}" if doc.title else doc.text)[: self.config.max_passage_tokens]
+            body = self._ids(f"{doc.title}: {doc.text}" if doc.title
+                             else doc.text)[: self.config.max_passage_tokens]
             # Decoding a cut token list and encoding it again can change its length: measure the text itself.
             while True:
                 text = label + self.tokenizer.decode(body).strip()
@@ -129,7 +133,8 @@ class Reader:
             system, example, user = READ_SYSTEM, READ_EXAMPLE, f"Passages:\n{context}\n\nQuestion: {question}"
         else:
             system, example, user = RECALL_SYSTEM, RECALL_EXAMPLE, question
-        demo = [{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}] if example else []
+        demo = ([{"role": "user", "content": example[0]}, {"role": "assistant", "content": example[1]}]
+                if example else [])
         messages = [{"role": "system", "content": system}, *demo, {"role": "user", "content": user}]
         try:
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -140,8 +145,8 @@ class Reader:
         ids = self._ids(prompt)
         if len(ids) > self.max_prompt_tokens:
             raise ConfigError(f"the prompt has {len(ids)} tokens; {self.path.name} reads at most "
-                              f"{self.max_prompt_tokens} before its {self.config.max_new_tokens} answer tokens "
-                              "(shorten the question or lower max_context_tokens)")
+                              f"{self.max_prompt_tokens} before its {self.config.max_new_tokens} answer "
+                              "tokens (shorten the question or lower max_context_tokens)")
         return ids, [doc for doc, _ in packed]
 
     def answer(self, question: str, passages: Sequence[Document] = ()) -> ReaderOutput:
@@ -149,7 +154,8 @@ class Reader:
         *_, output = self.stream(question, passages)
         return output
 
-    def answer_batch(self, items: Sequence[tuple[str, Sequence[Document]]], batch_size: int = 32) -> list[ReaderOutput]:
+    def answer_batch(self, items: Sequence[tuple[str, Sequence[Document]]],
+                     batch_size: int = 32) -> list[ReaderOutput]:
         """Answers to ``(question, passages)`` pairs, in order, generated ``batch_size`` prompts at a time
         (longest prompts first, so a batch pads little). Greedy like :meth:`answer`; padded batches may
         differ from it in the last bits of low-precision logits. Timings are each batch's."""
@@ -161,8 +167,8 @@ class Reader:
         with self._lock:
             for batch in length_sorted_batches([len(ids) for ids, _ in prompts], batch_size):
                 started = time.perf_counter()
-                results = generate_greedy_batch(self.model, [prompts[i][0] for i in batch], self.config.max_new_tokens,
-                                                self.stop_ids, pad_id)
+                results = generate_greedy_batch(self.model, [prompts[i][0] for i in batch],
+                                                self.config.max_new_tokens, self.stop_ids, pad_id)
                 seconds = time.perf_counter() - started
                 for i, (tokens, stats) in zip(batch.tolist(), results, strict=True):
                     raw = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -177,7 +183,8 @@ class Reader:
         tokens: list[int] = []
         shown = ""
         with self._lock:
-            for token in generate_greedy(self.model, prompt_ids, self.config.max_new_tokens, self.stop_ids, stats):
+            for token in generate_greedy(self.model, prompt_ids, self.config.max_new_tokens,
+                                         self.stop_ids, stats):
                 tokens.append(token)
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole characters
@@ -186,7 +193,8 @@ class Reader:
         raw = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         yield self._output(raw, used, stats, time.perf_counter() - started)
 
-    def _output(self, raw: str, used: Sequence[Document], stats: GenerationStats, seconds: float) -> ReaderOutput:
+    def _output(self, raw: str, used: Sequence[Document], stats: GenerationStats,
+                seconds: float) -> ReaderOutput:
         ids = [doc.id for doc in used]
         text = short_answer(raw)
         citations = parse_citations(raw, ids)
@@ -195,9 +203,11 @@ class Reader:
             # Small LMs omit the marker or copy the worked example's number: a cited passage that does not
             # hold the answer gives way to the passages that do.
             citations = [c for c in citations if c in containing] or containing
-        return ReaderOutput(text=text, raw=raw, citations=citations, passages=ids, mean_logprob=stats.mean_logprob,
+        return ReaderOutput(text=text, raw=raw, citations=citations, passages=ids,
+                            mean_logprob=stats.mean_logprob,
                             prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-                            timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds, "read": seconds},
+                            timings={"prefill": stats.prefill_seconds, "decode": stats.decode_seconds,
+                                     "read": seconds},
                             decode_mode=stats.decode_mode)
 
 
@@ -222,6 +232,6 @@ def install_sparse_attention(model: Any, attention: AttentionConfig) -> Any:
     try:
         from sparsa.kernels.hf_attention import use_sparse_attention
     except ImportError as exc:
-        raise MissingDependencyError(f"sparse attention needs the kernels ({exc}): pip install 'sparsa[gpu]', "
-                                     "or use attention='full'") from exc
+        raise MissingDependencyError(f"sparse attention needs the kernels ({exc}): "
+                                     "pip install 'sparsa[gpu]', or use attention='full'") from exc
     return use_sparse_attention(model, **attention.kernel_settings())

@@ -1,4 +1,5 @@
-"""The indexing path's tokenisation (``TokenIds``, blocks) against the plain tokenizer call, on real models."""
+"""The indexing path's tokenisation (``TokenIds``, blocks) against the plain tokenizer
+call, on real models."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from sparsa.models import resolve_model
 # tabs and newlines, added tokens in any case (also split by a removed control character), accents,
 # CJK, empty and over-long texts.
 TRICKY = [
-    "Hello\tWorld\nnew\rline", "a\x00b\x7fc\x0bd\x0ce", "the [MASK] token", "[cls] lower case", "[MA\x01SK] split",
-    "Café au lait", "中文 text", "  leading and trailing  ", "", "UPPER CASE ONLY", "x" * 5000, "word " * 1000,
-    "<|endoftext|> and <|im_start|>", "\ufffd replacement", "ÅNGSTRÖM naïve",
+    "Hello\tWorld\nnew\rline", "a\x00b\x7fc\x0bd\x0ce", "the [MASK] token", "[cls] lower case",
+    "[MA\x01SK] split", "Café au lait", "中文 text", "  leading and trailing  ", "", "UPPER CASE ONLY",
+    "x" * 5000, "word " * 1000, "<|endoftext|> and <|im_start|>", "\ufffd replacement", "ÅNGSTRÖM naïve",
 ]
 
 
-def _plain_ids(tokenizer, texts: list[str], max_length: int, add_special_tokens: bool = True) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)["input_ids"]
+def _plain_ids(tokenizer, texts: list[str], max_length: int,
+               add_special_tokens: bool = True) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_length,
+                     add_special_tokens=add_special_tokens)["input_ids"]
 
 
 # (model, max_length, add_special_tokens): the SPLADE MLM, the dense encoder's 256, the decoder
@@ -56,7 +59,8 @@ def test_ascii_shortcut_used_only_where_exact():
 def test_tokenized_blocks_cover_texts_in_order():
     texts = [f"t{i}" for i in range(23)]
     seen = []
-    for offset, block in tokenized_blocks(texts, lambda xs: [[len(x)] for x in xs], block_size=8, first_block=3):
+    for offset, block in tokenized_blocks(texts, lambda xs: [[len(x)] for x in xs], block_size=8,
+                                          first_block=3):
         seen.append((offset, len(block)))
     assert seen == [(0, 3), (3, 8), (11, 8), (19, 4)]
     assert [o for o, _ in tokenized_blocks(texts, lambda xs: xs, block_size=30, first_block=5)] == [0, 5]
@@ -159,7 +163,8 @@ def test_dense_vectors_equal_plain_tokenizer_path(scifact, small_blocks):
             input_ids = torch.tensor([plain[i]])
             mask = torch.ones_like(input_ids)
             hidden = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            expected.append(torch.nn.functional.normalize(pool_hidden(hidden, mask, "mean"), dim=-1)[0].numpy())
+            expected.append(torch.nn.functional.normalize(pool_hidden(hidden, mask, "mean"),
+                                                          dim=-1)[0].numpy())
     np.testing.assert_allclose(ours, np.stack(expected), atol=1e-5)
 
 

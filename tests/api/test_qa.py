@@ -18,8 +18,9 @@ def qa_client(qa_state):
 
 
 def test_retrieve_mode_answers_with_citations_from_the_passages(qa_client, cranfield):
-    response = qa_client.post("/qa", json={"question": "what is the effect of heat transfer on the boundary layer?",
-                                           "mode": "retrieve"})
+    response = qa_client.post("/qa",
+                              json={"question": "what is the effect of heat transfer on the boundary layer?",
+                                    "mode": "retrieve"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["route"] == "retrieve" and body["answer"].strip()

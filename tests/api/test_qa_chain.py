@@ -21,9 +21,11 @@ def chain_client(index_root, shared_data, tmp_path_factory):
     # A real router file: a logistic model on corpus statistics whose bias routes every question to retrieval.
     router = tmp_path_factory.mktemp("router") / "router.json"
 
-    Router(RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 4.0, 0.5), TermStats(Counter(), 1)).save(router)
+    Router(RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 4.0, 0.5),
+           TermStats(Counter(), 1)).save(router)
     chain = PipelineConfig.from_dict({
-        "retrieval": {"indexes": [str(index_root / "bm25")], "dataset": str(shared_data / "cranfield"), "k": 2},
+        "retrieval": {"indexes": [str(index_root / "bm25")], "dataset": str(shared_data / "cranfield"),
+                      "k": 2},
         "rerank": {"name": "query-likelihood", "depth": 4},
         "router": {"path": str(router)},
         "reader": {"max_new_tokens": 8, "device": "cpu"}})
@@ -37,7 +39,8 @@ def chain_client(index_root, shared_data, tmp_path_factory):
 def test_qa_runs_the_configured_reranker_and_router(chain_client):
     client, state = chain_client
     assert state.pipeline.reranker is state.reranker and state.pipeline.router is not None
-    response = client.post("/qa", json={"question": "what is the effect of heat transfer on the boundary layer?"})
+    response = client.post("/qa",
+                           json={"question": "what is the effect of heat transfer on the boundary layer?"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["route"] == "retrieve" and len(body["passages"]) == 2

@@ -31,7 +31,8 @@ def test_rerank_endpoint_matches_the_library_reranker(rerank_client, cranfield):
     response = client.post("/rerank", json={"query": QUERY, "doc_ids": ids})
     assert response.status_code == 200, response.text
     direct = state.reranker.rerank(Query("q", QUERY), [cranfield.corpus[i] for i in ids])
-    assert [h["doc_id"] for h in response.json()["hits"]] == [h.doc_id for h in sorted(direct, key=lambda h: -h.score)]
+    assert ([h["doc_id"] for h in response.json()["hits"]]
+            == [h.doc_id for h in sorted(direct, key=lambda h: -h.score)])
     passages = client.post("/rerank", json={"query": QUERY, "passages": [
         {"id": "a", "text": "The weather in spring is mild."},
         {"id": "b", "text": "Heat transfer through a laminar boundary layer on a flat plate is computed."}]})

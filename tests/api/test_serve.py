@@ -37,11 +37,14 @@ def test_serve_prints_examples_answers_and_stops(index_root, shared_data, tmp_pa
             except httpx.HTTPError:
                 time.sleep(0.3)
         printed = log.read_text()
-        assert f"serving on http://localhost:{port}" in printed and f"curl -s http://localhost:{port}/search" in printed
-        hits = httpx.post(base + "/search", json={"query": "boundary layer", "retriever": "hybrid", "k": 3}).json()
+        assert (f"serving on http://localhost:{port}" in printed
+                and f"curl -s http://localhost:{port}/search" in printed)
+        hits = httpx.post(base + "/search", json={"query": "boundary layer", "retriever": "hybrid",
+                                                  "k": 3}).json()
         assert len(hits["hits"]) == 3
         assert httpx.get(base + "/indexes", headers={"X-API-Key": "k"}).status_code == 200
-        assert httpx.post(base + "/qa", json={"question": "why?"}).status_code == 503  # started with --qa-model none
+        # started with --qa-model none
+        assert httpx.post(base + "/qa", json={"question": "why?"}).status_code == 503
         assert_connection_limits(port)
     finally:
         server.send_signal(signal.SIGINT)

@@ -63,9 +63,9 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1200,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1200,900"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -119,7 +119,8 @@ def test_page_shows_the_answer_citations_and_route(browser, qa_state):
 
     base, stop = serve_in_thread(create_app(qa_state.config, qa_state))
     try:
-        search_on_page(browser, base, "what is the effect of heat transfer on boundary layer flow", "bm25", "retrieve")
+        search_on_page(browser, base, "what is the effect of heat transfer on boundary layer flow",
+                       "bm25", "retrieve")
         WebDriverWait(browser, 180).until(lambda b: b.find_element(By.ID, "route").text)
         assert browser.find_element(By.ID, "route").text == "route: retrieve"
         assert browser.find_element(By.ID, "answer").text.strip()

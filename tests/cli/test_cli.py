@@ -41,7 +41,8 @@ def test_index_search_eval_roundtrip(tmp_path, shared_data, capsys):
                  "--k", "100", "--out", str(run)]) == 0
     assert len(run.read_text().splitlines()) == 225 * 100
     report = tmp_path / "eval.json"
-    assert main(["eval", "--run", str(run), "--dataset", str(shared_data / "cranfield"), "--out", str(report)]) == 0
+    assert main(["eval", "--run", str(run), "--dataset", str(shared_data / "cranfield"), "--out",
+                 str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["num_queries"] == 225 and result["aggregate"]["nDCG@10"] > 0.3
     assert len(result["per_query"]) == 225
@@ -59,7 +60,8 @@ def test_error_text_prints_literally(tmp_path, capsys):
 
 
 def test_each_message_prints_once(tmp_path, shared_data):
-    """pyserini's import calls logging.basicConfig; sparsa's lines must not print again through the root logger."""
+    """pyserini's import calls logging.basicConfig; sparsa's lines must not print again
+    through the root logger."""
     run = tmp_path / "run.trec"
     run.write_text("1 Q0 1 1 1.0 x\n")
     argv = ["eval", "--run", str(run), "--dataset", str(shared_data / "cranfield")]

@@ -66,14 +66,16 @@ def test_malformed_corpus_names_file_and_line(tmp_path, lines, message):
 
 
 def test_unknown_document_in_qrels_names_the_line(tmp_path):
-    folder = write_dataset(tmp_path / "bad", [GOOD], qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tnope\t1\n")
+    folder = write_dataset(tmp_path / "bad", [GOOD],
+                           qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tnope\t1\n")
     with pytest.raises(DataFormatError, match=r"test.tsv:3: document 'nope' is not in the corpus"):
         load_dataset(folder)
 
 
 def test_bad_qrels_grade_and_columns(tmp_path):
     with pytest.raises(DataFormatError, match=r"test.tsv:2: grade 'high' is not a number"):
-        load_dataset(write_dataset(tmp_path / "a", [GOOD], qrels="query-id\tcorpus-id\tscore\nq1\td1\thigh\n"))
+        load_dataset(write_dataset(tmp_path / "a", [GOOD],
+                                   qrels="query-id\tcorpus-id\tscore\nq1\td1\thigh\n"))
     with pytest.raises(DataFormatError, match=r"test.tsv:1: expected 'qid docid grade'"):
         load_dataset(write_dataset(tmp_path / "b", [GOOD], qrels="q1 d1\n"))
 
@@ -105,7 +107,8 @@ def test_tsv_queries(tmp_path):
     ("queries.tsv", "1\tfine\n2\t \n"),
 ])
 def test_an_empty_query_text_names_file_and_line(tmp_path, name, lines):
-    """JSONL and TSV follow one rule (the CLI's --query too): an empty text is an error, not a 0-score query."""
+    """JSONL and TSV follow one rule (the CLI's --query too): an empty text is an error,
+    not a 0-score query."""
     path = tmp_path / name
     path.write_text(lines)
     with pytest.raises(DataFormatError, match=rf"{name}:2: the query text is empty \(query '2'\)"):

@@ -32,7 +32,8 @@ def test_real_folder(realtimeqa):
     assert len(labelled) > 300  # 220 from gold files, the rest from links in the quiz evidence
     first = next(q for q in labelled if q.id == "20220617_0")
     (gold,) = realtimeqa.gold[first.id]
-    assert realtimeqa.articles[gold].date == dt.date(2022, 6, 12) and "Squid Game" in realtimeqa.articles[gold].text
+    assert (realtimeqa.articles[gold].date == dt.date(2022, 6, 12)
+            and "Squid Game" in realtimeqa.articles[gold].text)
     assert first.answers[0] in first.choices
 
 
@@ -63,8 +64,9 @@ def test_malformed_question_rows(tmp_path, broken, message):
 def test_bad_json_and_bad_hits(tmp_path):
     with pytest.raises(DataFormatError, match=r"q.jsonl.gz:2: invalid JSON"):
         read_questions(_write(tmp_path / "q.jsonl.gz", [QUESTION, "{not json"]))
-    hits = _write(tmp_path / "gcs.jsonl.gz", [{"question_id": "a", "search_result": [{"url": "u", "text": "t",
-                                                                                      "publish_date": "2022/13/01"}]}])
+    hits = _write(tmp_path / "gcs.jsonl.gz",
+                  [{"question_id": "a",
+                    "search_result": [{"url": "u", "text": "t", "publish_date": "2022/13/01"}]}])
     with pytest.raises(DataFormatError, match=r"gcs.jsonl.gz:1: bad date"):
         list(read_article_hits(hits))
     no_url = _write(tmp_path / "gold.jsonl.gz", [{"question_id": "a", "search_result": [{"text": "t"}]}])

@@ -17,11 +17,13 @@ from sparsa.types import Corpus, Document
 pytest.importorskip("faiss", reason="needs the 'faiss' extra")
 
 DIM = 32
-WORDS = ["protein", "cell", "cancer", "vitamin", "bone", "gene", "virus", "heart", "brain", "sleep", "diet", "drug", "mouse", "trial"]
+WORDS = ["protein", "cell", "cancer", "vitamin", "bone", "gene", "virus", "heart", "brain", "sleep", "diet",
+         "drug", "mouse", "trial"]
 
 
 class HashingDenseEncoder:
-    """Deterministic bag-of-hashed-words vectors, L2-normalised (a test fixture; DenseEncoder is tested apart)."""
+    """Deterministic bag-of-hashed-words vectors, L2-normalised (a test fixture; DenseEncoder
+    is tested apart)."""
 
     def __init__(self, fail_after: int | None = None, dim: int = DIM):
         self.calls, self.fail_after, self.dim = 0, fail_after, dim
@@ -79,7 +81,8 @@ def test_faiss_round_trip_and_incremental_add(tmp_path, structure):
     index = open_index(path)
     queries = encoder.encode_documents(["protein cell", "virus heart trial"])
     before = index.search_vectors(queries, 10)
-    again = open_index(path, verify="sha256").search_vectors(queries, 10)  # persisted: same answers after reload
+    # persisted: same answers after reload
+    again = open_index(path, verify="sha256").search_vectors(queries, 10)
     assert before == again
     assert (path / f"{structure}.faiss").is_file()
 
@@ -113,8 +116,8 @@ def test_build_from_vectors_and_errors(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((40, 8)).astype(np.float32)
     spec = {"name": "dense", "config": {"model": "elsewhere"}}
-    index = open_index(DenseIndex.build_from_vectors([f"v{i}" for i in range(40)], vectors, tmp_path / "v", spec,
-                                                     shard_size=16))
+    index = open_index(DenseIndex.build_from_vectors([f"v{i}" for i in range(40)], vectors,
+                                                     tmp_path / "v", spec, shard_size=16))
     best = int(np.argmax(vectors @ vectors[3]))
     assert index.search_vectors(vectors[3], 1)[0][0].doc_id == f"v{best}"
     assert index.encoder_spec == spec

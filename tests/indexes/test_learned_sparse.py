@@ -62,7 +62,8 @@ def test_backends_agree_with_exact_search(cranfield_sparse, cranfield):
     first = cranfield.corpus.documents[0]
     top = open_index(cranfield_sparse).search_vectors([encoder.encode(first.full_text)], k=1)[0][0]
     assert top.doc_id == first.id  # a document is its own best match
-    assert top.score == pytest.approx(encoder.encode(first.full_text).dot(encoder.encode(first.full_text)), rel=1e-5)
+    assert (top.score
+            == pytest.approx(encoder.encode(first.full_text).dot(encoder.encode(first.full_text)), rel=1e-5))
     for backend, floor in (("lucene-impact", 0.95), ("seismic", 0.9)):
         from sparsa.indexes.learned_sparse import LearnedSparseIndex
 
@@ -94,7 +95,8 @@ def test_interrupted_build_resumes_from_its_shards(tmp_path, cranfield):
 
 def test_unknown_backend_and_missing_encoder(tmp_path, cranfield):
     with pytest.raises(UnknownNameError, match="unknown sparse backend 'seismik'"):
-        build_index("splade", cranfield.corpus, tmp_path / "x", encoder=HashingEncoder(), backends=("seismik",))
+        build_index("splade", cranfield.corpus, tmp_path / "x", encoder=HashingEncoder(),
+                    backends=("seismik",))
     with pytest.raises(ConfigError, match="needs an encoder"):
         build_index("splade", cranfield.corpus, tmp_path / "x")
 
@@ -113,13 +115,15 @@ def test_exact_search_matches_brute_force_dot_products(backend):
     from sparsa.indexes.sparse_matrix import SparseMatrix
 
     rng = np.random.default_rng(0)
-    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 8)}) for _ in range(40)]
+    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 8)})
+            for _ in range(40)]
     matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(40)], docs, 50)
     queries = [SparseVector.from_dict({3: 1.0, 7: 0.5, 11: 2.0}), SparseVector.from_dict({0: 0.3, 49: 1.5}),
                SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 50, 12)})]
     found = ExactSparseSearcher(matrix, "cpu", batch_size=2, backend=backend).search_vectors(queries, k=5)
     for query, hits in zip(queries, found):
-        expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0), reverse=True)[:5]
+        expected = sorted(((query.dot(d), f"d{i}") for i, d in enumerate(docs) if query.dot(d) > 0),
+                          reverse=True)[:5]
         assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
         assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], rel=1e-6)
     assert matrix.row(3).to_dict() == pytest.approx(docs[3].to_dict())
@@ -134,9 +138,11 @@ def test_exact_search_on_cuda_matches_cpu():
     from sparsa.indexes.sparse_matrix import SparseMatrix
 
     rng = np.random.default_rng(1)
-    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 30)}) for _ in range(2000)]
+    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 30)})
+            for _ in range(2000)]
     matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(2000)], docs, 500)
-    queries = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 10)}) for _ in range(300)]
+    queries = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 500, 10)})
+               for _ in range(300)]
     cpu = ExactSparseSearcher(matrix, "cpu").search_vectors(queries, k=10)
     gpu = ExactSparseSearcher(matrix, "cuda", batch_size=256).search_vectors(queries, k=10)
     assert [{h.doc_id for h in q} for q in gpu] == [{h.doc_id for h in q} for q in cpu]

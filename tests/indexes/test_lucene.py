@@ -44,7 +44,8 @@ def test_search_parameters_come_from_the_manifest_and_can_be_overridden(cranfiel
     from sparsa.indexes.lucene import LuceneBM25Index
 
     manifest = json.loads((cranfield_index / "sparsa.json").read_text())
-    assert manifest["kind"] == "bm25" and manifest["config"]["k1"] == 0.9 and manifest["num_documents"] == 1400
+    assert (manifest["kind"] == "bm25" and manifest["config"]["k1"] == 0.9
+            and manifest["num_documents"] == 1400)
     tuned = LuceneBM25Index.open(cranfield_index, k1=1.2, b=0.75)
     assert tuned.config.k1 == 1.2
     with pytest.raises(ConfigError, match="0 <= b <= 1"):

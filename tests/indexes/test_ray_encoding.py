@@ -98,7 +98,7 @@ def test_lucene_keeps_working_in_a_process_after_ray_starts(shared_data, tmp_pat
     import sys
 
     needs_java()
-    done = subprocess.run([sys.executable, "-c", _LUCENE_THEN_RAY, str(shared_data / "cranfield"), str(tmp_path)],
-                          check=False, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", _LUCENE_THEN_RAY, str(shared_data / "cranfield"),
+                           str(tmp_path)], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["225", "225"]

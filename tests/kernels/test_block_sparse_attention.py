@@ -113,7 +113,8 @@ def test_varlen_matches_reference(causal, sparse):
     k = torch.randn(sum(lens_k), 2, 64, generator=gen).half()
     v = torch.randn(sum(lens_k), 2, 64, generator=gen).half()
     mask = _random_mask(3, 4, max(lens_q), max(lens_k), 16, seed=7) if sparse else None
-    kwargs = {"block_size": 16, "causal": causal, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "return_lse": True}
+    kwargs = {"block_size": 16, "causal": causal, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k,
+              "return_lse": True}
     out, lse = block_sparse_attention(q, k, v, mask, **kwargs)
     ref, ref_lse = block_sparse_attention_ref(q, k, v, mask, **kwargs)
     _assert_close(out, ref, torch.float16)

@@ -110,11 +110,14 @@ def test_quest_counts_the_page_bounds_it_reads(model):
 
 @pytest.mark.parametrize("settings", LOSSY, ids=["block-sparse", "quest", "tidal"])
 def test_exempt_retrieval_heads_read_everything(model, profile, settings):
-    """Half the KV heads exempt: those read every block / key, so the work lies between the rule's and full."""
+    """Half the KV heads exempt: those read every block / key, so the work lies between
+    the rule's and full."""
     half = profile.with_fraction(0.5)
     lossy = _stats(model, settings)
-    mixed = _stats(model, {**settings, "full_retrieval_heads": True, "retrieval_fraction": 0.5, "profile": half})
-    kept, total = (("prefill_blocks_kept", "prefill_blocks_visible") if settings.get("prefill") == "block-sparse"
+    mixed = _stats(model, {**settings, "full_retrieval_heads": True, "retrieval_fraction": 0.5,
+                           "profile": half})
+    kept, total = (("prefill_blocks_kept", "prefill_blocks_visible")
+                   if settings.get("prefill") == "block-sparse"
                    else ("decode_keys_read", "decode_keys_total"))
     exempt_share = sum(map(sum, half.retrieval)) / sum(map(len, half.retrieval))
     assert lossy[kept] < mixed[kept] < mixed[total] == lossy[total]
@@ -122,12 +125,13 @@ def test_exempt_retrieval_heads_read_everything(model, profile, settings):
 
 
 def test_exempt_heads_with_duo_cache_read_everything(model, profile):
-    """kv="duo" gives decode only the retrieval heads; exempt, they read their whole cache as duo alone does."""
+    """kv="duo" gives decode only the retrieval heads; exempt, they read their whole cache
+    as duo alone does."""
     half = profile.with_fraction(0.5)
     duo = {"kv": "duo", "profile": half, "retrieval_fraction": 0.5, "sink": 16, "window": 32}
     reference, _ = _logits(model, duo)
-    mixed, _ = _logits(model, {**duo, "decode": "sparse", "selector": "quest", "budget_tokens": 64, "page_size": 16,
-                               "dense_layers": 0, "full_retrieval_heads": True})
+    mixed, _ = _logits(model, {**duo, "decode": "sparse", "selector": "quest", "budget_tokens": 64,
+                               "page_size": 16, "dense_layers": 0, "full_retrieval_heads": True})
     torch.testing.assert_close(mixed, reference, atol=1e-4, rtol=1e-4)
 
 
@@ -162,7 +166,8 @@ def test_duo_cache_keeps_sink_and_window_for_streaming_heads(model, reference, p
     n_layers, n_kv, head_dim = 4, 2, 64
     per_token = 2 * head_dim * 4  # K and V, float32
     expected = sum(per_token * (length if keep else 16 + 32) for layer in half.retrieval for keep in layer)
-    assert kv_cache_bytes(cache) == expected < kv_cache_bytes(reference[1]) == per_token * length * n_layers * n_kv
+    assert (kv_cache_bytes(cache) == expected < kv_cache_bytes(reference[1])
+            == per_token * length * n_layers * n_kv)
     assert cache.get_seq_length() == length
 
 

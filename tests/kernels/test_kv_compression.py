@@ -23,7 +23,8 @@ def test_echo_and_induction_heads_score_highest():
     att[0, 2, rows, rows - period + 1] = 1.0  # induction head (query head 2 -> kv head 1)
     scores = repeated_sequence_scores([att, torch.full((1, 4, s, s), 1.0 / s)], period, n_kv_heads=2)
     assert scores.shape == (2, 2)
-    assert scores[0].tolist() == pytest.approx([1.0, 1.0]) and scores[1].tolist() == pytest.approx([2.0 / s] * 2)
+    assert (scores[0].tolist() == pytest.approx([1.0, 1.0])
+            and scores[1].tolist() == pytest.approx([2.0 / s] * 2))
     profile = HeadProfile.from_scores(scores, 0.5)
     assert profile.retrieval == [[True, True], [False, False]]
     with pytest.raises(ValueError):
@@ -38,11 +39,13 @@ def test_head_split_attention_matches_masked_reference():
     q = torch.randn(b, hkv * group, sq, d, generator=gen)
     full_heads, stream_heads = torch.tensor([1]), torch.tensor([0, 2])
     positions = torch.cat([torch.arange(4), torch.arange(length - 10, length)])  # sink 4 + window 10
-    keys = HeadSplitKV(k[:, full_heads], k[:, stream_heads][:, :, positions], full_heads, stream_heads, positions, length)
-    values = HeadSplitKV(v[:, full_heads], v[:, stream_heads][:, :, positions], full_heads, stream_heads, positions,
-                         length)
+    keys = HeadSplitKV(k[:, full_heads], k[:, stream_heads][:, :, positions], full_heads, stream_heads,
+                       positions, length)
+    values = HeadSplitKV(v[:, full_heads], v[:, stream_heads][:, :, positions], full_heads,
+                         stream_heads, positions, length)
     out = head_split_attention(q, keys, values)
-    # Reference: every head over the whole cache with a token mask (causal; streaming heads: sink + window only).
+    # Reference: every head over the whole cache with a token mask (causal; streaming heads:
+    # sink + window only).
     q_pos = torch.arange(length - sq, length)[:, None]
     k_pos = torch.arange(length)[None, :]
     kept = torch.zeros(length, dtype=torch.bool)

@@ -60,7 +60,8 @@ def test_quest_pages_and_tidal_tokens_match_reference(shape):
     q, k, v = _qkv(shape, torch.float32, seed=1)
     idx, cnt = quest_select(q, PageBounds.from_keys(k, 16), 48)
     assert idx.shape[-1] == min(3, -(-shape[3] // 16)) and int(cnt.min()) == idx.shape[-1]
-    assert bool((idx == 0).any(-1).all()) and bool((idx == (shape[3] - 1) // 16).any(-1).all())  # sink + newest
+    # sink + newest
+    assert bool((idx == 0).any(-1).all()) and bool((idx == (shape[3] - 1) // 16).any(-1).all())
     _close(decode_attention(q, k, v, indices=idx, counts=cnt, page_size=16),
            decode_attention_ref(q, k, v, indices=idx, counts=cnt, page_size=16), torch.float32)
     tok, tok_cnt = tidal_select(q, k, 20)

@@ -29,8 +29,8 @@ def test_ask_errors_are_clear(capsys, tmp_path):
 @pytest.mark.java
 def test_ask_answers_from_the_index(capsys, tiny_bm25):
     index, corpus_file = tiny_bm25
-    argv = ["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file), "--k", "1", "--max-new-tokens", "8",
-            "--mode", "retrieve", "--json"]
+    argv = ["ask", "How tall is Mount Fuji?", "--index", str(index), "--dataset", str(corpus_file), "--k",
+            "1", "--max-new-tokens", "8", "--mode", "retrieve", "--json"]
     assert main(argv) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["route"] == "retrieve" and answer["passages"][0]["doc_id"] == "fuji"

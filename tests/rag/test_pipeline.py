@@ -56,7 +56,8 @@ def test_auto_mode_follows_the_router(reader, passages, tiny_bm25):
     retriever = open_retriever(tiny_bm25[0])
     # Retrieve exactly when the subject occurs in the corpus: log((df + 1) / 4) > -1 iff df >= 1.
     covered = RouterModel(("subject_logdf",), (0.0,), (1.0,), (50.0,), 50.0 * 1.0, 0.5)
-    pipeline = QAPipeline(reader, retriever, passages, router=Router(covered, TermStats.from_corpus(passages)), k=2)
+    pipeline = QAPipeline(reader, retriever, passages,
+                          router=Router(covered, TermStats.from_corpus(passages)), k=2)
     assert pipeline.answer("How tall is Mount Fuji?").route == "retrieve"
     recalled = pipeline.answer("Who painted the Mona Lisa?")
     assert recalled.route == "recall" and recalled.passages == [] and recalled.citations == []

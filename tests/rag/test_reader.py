@@ -102,8 +102,8 @@ def test_batch_generation_stops_each_row_on_its_own(reader):
         generate_greedy_batch(reader.model, [], 4, reader.stop_ids, pad_id=0)
 
 
-PLANTED = Document("planted", "The 2031 Zorblax Prize in chemistry was awarded to Maria Kowalczyk for her work on "
-                   "solid-state batteries.", "Zorblax Prize")
+PLANTED = Document("planted", "The 2031 Zorblax Prize in chemistry was awarded to Maria Kowalczyk for her "
+                              "work on solid-state batteries.", "Zorblax Prize")
 PLANTED_QUESTION = "Who won the 2031 Zorblax Prize in chemistry?"
 
 
@@ -121,7 +121,8 @@ def test_a_planted_passage_is_answered_from_and_cited(shared_data):
     citation is checked against the passages (``Reader._output``)."""
     from sparsa.rag.reader import Reader
 
-    reader = Reader(ReaderConfig(max_new_tokens=12, max_context_tokens=1000, max_passage_tokens=64, device="cpu"))
+    reader = Reader(ReaderConfig(max_new_tokens=12, max_context_tokens=1000, max_passage_tokens=64,
+                                 device="cpu"))
     for position in (2, 4):
         docs = scifact_passages(shared_data, 4)
         docs.insert(position, PLANTED)

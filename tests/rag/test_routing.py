@@ -36,7 +36,8 @@ def test_term_stats_and_subjects(stats):
     assert subject_and_relation("who directed [Kismet]", stats) == (["Kismet"], ["directed"])
     subject, relation = subject_and_relation("What is the capital of Marlene Dietrich's France?", stats)
     assert subject == ["Marlene", "Dietrich's", "France"] and relation == ["capital"]
-    assert subject_and_relation("how tall is the tallest tower", stats)[0] in (["tall"], ["tallest"], ["tower"])
+    assert subject_and_relation("how tall is the tallest tower", stats)[0] in (["tall"],
+                                                                               ["tallest"], ["tower"])
     assert subject_and_relation("", stats) == ([], [])
 
 
@@ -57,7 +58,8 @@ def test_routing_decisions_on_fixed_popularity():
     assert model.score({"subject_logdf": -2.0, "lm_logprob": 0.0}) == pytest.approx(0.5)
     always = RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 0.0, 0.0)
     never = RouterModel(("subject_logdf",), (0.0,), (1.0,), (0.0,), 0.0, math.inf)
-    assert always.route({"subject_logdf": 0.0}) == "retrieve" and never.route({"subject_logdf": 0.0}) == "recall"
+    assert (always.route({"subject_logdf": 0.0}) == "retrieve"
+            and never.route({"subject_logdf": 0.0}) == "recall")
 
 
 def test_router_decides_from_corpus_statistics(stats):
@@ -119,7 +121,8 @@ def test_retrieval_features_from_the_score_distribution(stats):
     assert retrieval_features([1.0, 3.0, 1.0]) == pytest.approx(
         {"retrieval_top1": 3.0, "retrieval_gap": 2.0, "retrieval_entropy": entropy})
     assert retrieval_features([0.5] * 4)["retrieval_entropy"] == pytest.approx(1.0)  # nothing stands out
-    assert retrieval_features([2.0]) == {"retrieval_top1": 2.0, "retrieval_gap": 0.0, "retrieval_entropy": 0.0}
+    assert retrieval_features([2.0]) == {"retrieval_top1": 2.0, "retrieval_gap": 0.0,
+                                         "retrieval_entropy": 0.0}
     assert retrieval_features([]) == {"retrieval_top1": 0.0, "retrieval_gap": 0.0, "retrieval_entropy": 1.0}
     many = [10.0, 9.0, *[0.0] * 20]  # only the top 10 count
     assert retrieval_features(many)["retrieval_entropy"] == pytest.approx(retrieval_features(many[:10])[

@@ -1,4 +1,5 @@
-"""The dense CLI paths end to end on a tiny BEIR folder with the real minilm-l6: train, index, search, fuse."""
+"""The dense CLI paths end to end on a tiny BEIR folder with the real minilm-l6: train,
+index, search, fuse."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from sparsa.cli.main import main
 from sparsa.types import Run
 
 ABSTRACTS = [
-    ("Vitamin D and bone", "Vitamin D regulates calcium. Deficiency weakens bone. Trials showed gains in density."),
+    ("Vitamin D and bone",
+     "Vitamin D regulates calcium. Deficiency weakens bone. Trials showed gains in density."),
     ("Sleep and memory", "Sleep consolidates memory. Deprivation impairs recall. Naps help young adults."),
-    ("Statins and the heart", "Statins lower cholesterol. They reduce infarction risk. Muscle pain is common."),
+    ("Statins and the heart",
+     "Statins lower cholesterol. They reduce infarction risk. Muscle pain is common."),
     ("Gut microbes", "Microbes digest fibre. They make short chain fatty acids. Diet shapes them quickly."),
     ("Malaria vaccines", "A vaccine targets the parasite. Efficacy was modest. Boosters raised protection."),
     ("Exercise and mood", "Exercise lifts mood. Running releases endorphins. Effects last for hours."),
@@ -41,7 +44,8 @@ def test_dense_cli_errors_before_any_work(tmp_path, tiny_dataset, capsys):
     assert "annoy" in capsys.readouterr().err
     assert main(["train", "dense", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "m"),
                  "--fine-tune-split", "test"]) == 2
-    assert main(["train", "dense", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "m"), "--task", "cloze"]) == 2
+    assert main(["train", "dense", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "m"), "--task",
+                 "cloze"]) == 2
 
 
 @pytest.mark.slow
@@ -56,8 +60,8 @@ def test_train_index_search_fuse(tmp_path, tiny_dataset, capsys):
     assert (model / "modules.json").is_file() and (model / "1_Pooling" / "config.json").is_file()
 
     index = tmp_path / "index"
-    assert main(["-q", "index", "--kind", "dense", "--model", str(model), "--faiss", "hnsw", "--device", "cpu",
-                 "--dataset", str(tiny_dataset), "--out", str(index)]) == 0
+    assert main(["-q", "index", "--kind", "dense", "--model", str(model), "--faiss", "hnsw",
+                 "--device", "cpu", "--dataset", str(tiny_dataset), "--out", str(index)]) == 0
     assert json.loads((index / "sparsa.json").read_text())["config"]["structure"] == "hnsw"
     dense_run, bm_run, fused = tmp_path / "dense.trec", tmp_path / "other.trec", tmp_path / "fused.trec"
     assert main(["-q", "search", "--index", str(index), "--dataset", str(tiny_dataset), "--split", "train",

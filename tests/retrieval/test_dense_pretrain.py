@@ -56,13 +56,15 @@ def test_bfs_first_sentence_against_a_span_of_the_others():
 def test_wlp_uses_titles_and_skips_untitled_documents():
     pair = wlp_pair(DOC, random.Random(0))
     assert (pair.query, pair.passage, pair.task) == (DOC.title, DOC.text, "wlp")
-    assert wlp_pair(CORPUS["d3"], random.Random(0)) is None and wlp_pair(CORPUS["d4"], random.Random(0)) is None
+    assert (wlp_pair(CORPUS["d3"], random.Random(0)) is None
+            and wlp_pair(CORPUS["d4"], random.Random(0)) is None)
 
 
 def test_pretraining_pairs_mix_and_errors(tmp_path):
     mixed = pretraining_pairs(CORPUS, "mix", seed=1)
     assert {p.doc_id for p in mixed} <= set(CORPUS) and len({p.doc_id for p in mixed}) == len(mixed)
-    assert pretraining_pairs(CORPUS, "ict", seed=1) == pretraining_pairs(CORPUS, "ict", seed=1)  # deterministic
+    # deterministic
+    assert pretraining_pairs(CORPUS, "ict", seed=1) == pretraining_pairs(CORPUS, "ict", seed=1)
     assert len(pretraining_pairs(CORPUS, "wlp", limit=1)) == 1
     with pytest.raises(ConfigError, match="unknown pre-training task"):
         pretraining_pairs(CORPUS, "mlm")

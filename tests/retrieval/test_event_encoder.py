@@ -95,7 +95,8 @@ def test_forward_shapes_and_gate(store):
     opened = encoder.encode_vectors(queries, whens, store)
     events, _, mask = store.batch(queries, whens, 14, 8)
     for row in range(1, 4):
-        assert opened[row] @ events[row][mask[row]].mean(axis=0) > queries[row] @ events[row][mask[row]].mean(axis=0)
+        assert (opened[row] @ events[row][mask[row]].mean(axis=0)
+                > queries[row] @ events[row][mask[row]].mean(axis=0))
 
 
 def test_without_events_needs_no_store():

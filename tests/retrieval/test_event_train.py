@@ -14,13 +14,15 @@ from sparsa.retrieval.event_encoder import EventQueryEncoder
 
 @pytest.fixture(scope="module")
 def small_folder(shared_data, tmp_path_factory):
-    """Twelve labelled questions (six train, six test weeks, Sept-Oct 2022), their gold articles and 40 other articles."""
+    """Twelve labelled questions (six train, six test weeks, Sept-Oct 2022), their gold articles and
+    40 other articles."""
     data = load_realtimeqa(shared_data / "realtimeqa")
     weeks = ("20220916", "20220923", "20221007", "20221014")
     questions = [q for q in data.labelled() if q.week in weeks[:2]][:6] + \
         [q for q in data.labelled() if q.week in weeks[2:]][:6]
     gold_ids = sorted({g for q in questions for g in data.gold[q.id]})
-    others = [a.id for a in data.articles.values() if a.date and "2022-09" <= a.date.isoformat() <= "2022-10-14"]
+    others = [a.id for a in data.articles.values()
+              if a.date and "2022-09" <= a.date.isoformat() <= "2022-10-14"]
     folder = tmp_path_factory.mktemp("rtqa")
     with gzip.open(folder / "questions_all_weeks.jsonl.gz", "wt") as f:
         for q in questions:
@@ -30,7 +32,8 @@ def small_folder(shared_data, tmp_path_factory):
     with gzip.open(folder / "gold_evidence_2022.jsonl.gz", "wt") as f:
         for q in questions:
             hits = [{"url": "https://" + g, "text": data.articles[g].text, "title": data.articles[g].title,
-                     "publish_date": data.articles[g].date.strftime("%Y/%m/%d")} for g in sorted(data.gold[q.id])]
+                     "publish_date": data.articles[g].date.strftime("%Y/%m/%d")}
+                    for g in sorted(data.gold[q.id])]
             f.write(json.dumps({"question_id": q.id, "search_result": hits}) + "\n")
     with gzip.open(folder / "gcs_search_results_2022.jsonl.gz", "wt") as f:
         hits = [{"url": "https://" + a, "title": data.articles[a].title, "text": data.articles[a].text[:2000],

@@ -43,7 +43,8 @@ def test_cli_splade_index_search_and_backends(tmp_path, small_corpus, capsys):
         assert len(run.read_text().splitlines()) == 10
     assert main(["search", "--index", str(index), "--query", "x", "--backend", "lucene-impact"]) == 2
     assert "has no 'lucene-impact' backend" in capsys.readouterr().err
-    assert main(["index", "--corpus", str(small_corpus), "--kind", "colbert", "--out", str(tmp_path / "d")]) == 2
+    assert (main(["index", "--corpus", str(small_corpus), "--kind", "colbert", "--out", str(tmp_path / "d")])
+            == 2)
     assert "colbert" in capsys.readouterr().err
 
 

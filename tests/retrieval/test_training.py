@@ -30,7 +30,8 @@ EXAMPLES = [
     TrainingExample("aspirin prevents stroke", "Low-dose aspirin lowers the risk of ischemic stroke.",
                     ("Gut microbiota composition in infants.",)),
 ]
-TINY = {"batch_size": 2, "max_query_length": 16, "max_doc_length": 32, "warmup_steps": 1, "checkpoint_every": 1}
+TINY = {"batch_size": 2, "max_query_length": 16, "max_doc_length": 32, "warmup_steps": 1,
+        "checkpoint_every": 1}
 
 
 def test_flops_is_the_sum_of_squared_mean_weights():
@@ -58,7 +59,8 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 
     model = splade_train.TrainableSplade(config.encoder, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    save_checkpoint(out / "checkpoint.pt", step=3, params=trainable_state(model), optimizer=optimizer.state_dict())
+    save_checkpoint(out / "checkpoint.pt", step=3, params=trainable_state(model),
+                    optimizer=optimizer.state_dict())
     train_splade(EXAMPLES, out, config, device="cpu", show_progress=False)
     assert json.loads((out / "sparsa.json").read_text())["wall_seconds_this_run"] < 30
 

@@ -18,7 +18,8 @@ def train_dense(
     model: Annotated[str, typer.Option(help="starting model: registry name, folder or hub id")] = "minilm-l6",
     steps: Annotated[int, typer.Option(min=0, help="pre-training steps")] = 120,
     pairs_per_doc: Annotated[int, typer.Option(min=1, help="pre-training pairs drawn per document")] = 1,
-    fine_tune_split: Annotated[str | None, typer.Option(help="then fine-tune on this split's qrels (never test)")] = None,
+    fine_tune_split: Annotated[str | None,
+                               typer.Option(help="then fine-tune on this split's qrels (never test)")] = None,
     fine_tune_steps: Annotated[int, typer.Option(min=1)] = 100,
     batch_size: Annotated[int, typer.Option(min=2, help="pairs per batch (in-batch negatives)")] = 64,
     lr: Annotated[float, typer.Option()] = 2e-5,
@@ -59,7 +60,8 @@ def train_dense(
         data = load_dataset(folder, fine_tune_split)
         pairs = labelled_pairs(data.queries, data.qrels, data.corpus)
         stages.append(Stage("fine-tune", pairs, fine_tune_steps,
-                            {"dataset": folder.name, "split": fine_tune_split, "queries": len(data.queries), "lr": fine_tune_lr}))
+                            {"dataset": folder.name, "split": fine_tune_split, "queries": len(data.queries),
+                             "lr": fine_tune_lr}))
     if not stages:
         raise ConfigError("nothing to train: give --task (with --steps > 0) and/or --fine-tune-split")
     for stage in stages:
@@ -81,9 +83,11 @@ def fuse(
     run_files: Annotated[list[Path], typer.Option("--run", help="TREC run file (give two or more)")],
     out: Annotated[Path, typer.Option(help="fused run (TREC format)")],
     method: Annotated[str, typer.Option(help="rrf or interp")] = "rrf",
-    weights: Annotated[list[float] | None, typer.Option("--weight", help="one per --run, in order (default 1)")] = None,
+    weights: Annotated[list[float] | None,
+                       typer.Option("--weight", help="one per --run, in order (default 1)")] = None,
     normalisation: Annotated[str, typer.Option(help="interp: minmax or zscore")] = "minmax",
-    depth: Annotated[int | None, typer.Option(min=1, help="hits of each run that take part (default all)")] = None,
+    depth: Annotated[int | None,
+                     typer.Option(min=1, help="hits of each run that take part (default all)")] = None,
     k: Annotated[int, typer.Option(min=1, help="fused hits kept per query")] = 1000,
     rrf_k: Annotated[float, typer.Option(min=0, help="rrf: rank offset")] = 60.0,
 ) -> None:
@@ -96,6 +100,7 @@ def fuse(
     if normalisation not in ("minmax", "zscore"):
         raise ConfigError(f"unknown normalisation {normalisation!r}; known: minmax, zscore")
     runs = [Run.read_trec(path) for path in run_files]
-    fused = fuse_runs(runs, method, weights, k=k, depth=depth, normalisation=normalisation, rrf_k=rrf_k)  # type: ignore[arg-type]
+    fused = fuse_runs(runs, method, weights, k=k, depth=depth,
+                      normalisation=normalisation, rrf_k=rrf_k)  # type: ignore[arg-type]
     fused.write_trec(out)
     console.print(f"fused {len(runs)} runs ({method}) over {len(fused)} queries into {out}")

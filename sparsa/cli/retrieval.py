@@ -17,7 +17,8 @@ from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
 from sparsa.search import open_retriever
 from sparsa.types import Qrels, Query, Run
 
-DatasetOpt = Annotated[str | None, typer.Option(help="dataset folder or name under the data dir (e.g. scifact)")]
+DatasetOpt = Annotated[str | None,
+                       typer.Option(help="dataset folder or name under the data dir (e.g. scifact)")]
 SplitOpt = Annotated[str, typer.Option(help="qrels split of the dataset")]
 
 
@@ -25,7 +26,9 @@ def index(
     out_: Annotated[str, typer.Option("--out", help="index folder, or a name under $SPARSA_HOME/indexes")],
     dataset: DatasetOpt = None,
     corpus: Annotated[Path | None, typer.Option(help="corpus JSONL file (instead of --dataset)")] = None,
-    kind: Annotated[str, typer.Option(help="bm25 (Lucene), splade (learned sparse) or dense (bi-encoder)")] = "bm25",
+    kind: Annotated[str,
+                    typer.Option(help="bm25 (Lucene), splade (learned sparse) "
+                                      "or dense (bi-encoder)")] = "bm25",
     model: Annotated[str | None, typer.Option(help="splade/dense: encoder model (name, folder or hub id); "
                                               "default splade-tiny / minilm-l6")] = None,
     backend: Annotated[list[str] | None, typer.Option(help="splade: exact, seismic, lucene-impact")] = None,
@@ -98,7 +101,8 @@ def search(
     split: SplitOpt = "test",
     queries: Annotated[Path | None, typer.Option(help="queries file (JSONL or TSV)")] = None,
     k: Annotated[int, typer.Option(help="hits per query", min=1, max=10_000)] = 1000,
-    backend: Annotated[str | None, typer.Option(help="splade index: search backend (default: the index's first)")] = None,
+    backend: Annotated[str | None,
+                       typer.Option(help="splade index: search backend (default: the index's first)")] = None,
     run_out: Annotated[Path | None, typer.Option("--out", help="write the run here (TREC format)")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
@@ -140,8 +144,10 @@ def eval_(
     dataset: DatasetOpt = None,
     split: SplitOpt = "test",
     qrels: Annotated[Path | None, typer.Option(help="qrels file (instead of --dataset)")] = None,
-    measure: Annotated[list[str] | None, typer.Option(help="measure(s); default nDCG@10 MRR@10 R@100 MAP")] = None,
-    json_out: Annotated[Path | None, typer.Option("--out", help="write aggregate + per-query JSON here")] = None,
+    measure: Annotated[list[str] | None,
+                       typer.Option(help="measure(s); default nDCG@10 MRR@10 R@100 MAP")] = None,
+    json_out: Annotated[Path | None,
+                        typer.Option("--out", help="write aggregate + per-query JSON here")] = None,
 ) -> None:
     """Evaluate a run with ir_measures and print a table (and JSON with --out)."""
     if (dataset is None) == (qrels is None):

@@ -12,7 +12,8 @@ Stages (each cached under .stage/rerank, so a rerun skips what exists):
            scores well under 1 pair/s at SciFact lengths)
   speed    TILDEv2 latency reranking 1,000 candidates per query on one core, p50/p99 ms
 
-    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_rerank.py --stages train stores quality fusion ablation ql speed --ql-queries 20
+    SPARSA_HOME=/tmp/sparsa_home nice .venv/bin/python bench/bench_rerank.py \
+        --stages train stores quality fusion ablation ql speed --ql-queries 20
 
 Results merge into bench/results/rerank.json (a stage's keys are replaced when it reruns).
 """
@@ -79,7 +80,8 @@ def stage_train(results: dict) -> None:
     if not (TILDEV2 / "sparsa.json").is_file():
         train_tildev2(labelled, TILDEV2, TildeV2TrainConfig(), expander=TildeExpander.load(TILDE),
                       data_description={"dataset": "scifact", "split": "train", "queries": len(train.queries),
-                                        "examples": len(labelled), "negatives": "BM25 top-30 minus relevant, 7 kept",
+                                        "examples": len(labelled),
+                                        "negatives": "BM25 top-30 minus relevant, 7 kept",
                                         "started_from": "splade-tiny's BERT encoder + fresh scalar head"})
     results["training"] = {"tilde": json.loads((TILDE / "sparsa.json").read_text()),
                            "tildev2": json.loads((TILDEV2 / "sparsa.json").read_text())}
@@ -129,7 +131,8 @@ def stage_quality(results: dict) -> None:
     tilde = TildeV2Reranker.open(STORES["scifact"])
     scifact = {"queries": len(test.queries), "bm25": ndcg10(bm25, test.qrels)}
     for depth in (100, 1000):
-        scifact[f"tildev2_bm25_top{depth}"] = ndcg10(rerank_run(tilde, bm25, test.queries, test.corpus, depth),
+        scifact[f"tildev2_bm25_top{depth}"] = ndcg10(rerank_run(tilde, bm25, test.queries,
+                                                                test.corpus, depth),
                                                      test.qrels)
     data, pool = dl19_pool_run()
     tilde = TildeV2Reranker.open(STORES["dl19"])
@@ -241,9 +244,9 @@ def stage_ql(results: dict, queries: int, depth: int, dl19_depth: int) -> None:
                         "tildev2": ndcg10(dl_tilde, data.qrels),
                         "pairs_per_second_cpu": round(sum(len(h) for h in cut.values()) / dl_seconds, 2)},
         "why_subsets": f"SmolLM2-135M scored {pairs / seconds:.1f} pairs/s (SciFact, passages cut to "
-                       f"{config.max_passage_tokens} tokens) on this shared 2-core CPU, so BM25 top-100/top-1000 x "
-                       "300 queries (30k-300k pairs) is out of reach here; H200 throughput not measured (no GPU "
-                       "use for this task)."}
+                       f"{config.max_passage_tokens} tokens) on this shared 2-core CPU, so BM25 "
+                       "top-100/top-1000 x 300 queries (30k-300k pairs) is out of reach here; H200 "
+                       "throughput not measured (no GPU use for this task)."}
 
 
 def stage_speed(results: dict, queries: int) -> None:
@@ -271,14 +274,16 @@ def stage_speed(results: dict, queries: int) -> None:
     sizes = [len(candidates[q.id]) for q in topics]
     results["speed_tildev2"] = {
         "queries": len(topics), "candidates_per_query": int(np.median(sizes)), "threads": 1,
-        "p50_ms": round(float(np.percentile(total, 50)), 3), "p99_ms": round(float(np.percentile(total, 99)), 3),
+        "p50_ms": round(float(np.percentile(total, 50)), 3),
+        "p99_ms": round(float(np.percentile(total, 99)), 3),
         "query_tokenisation_p50_ms": round(float(np.percentile(tokenise, 50)), 4),
         "includes": "query tokenisation, store lookup of 1,000 doc ids, scoring, sorting into Hits",
         "published_ms": PUBLISHED["rerank_1000_ms_cpu"], "note": "shared 2-core CPU with other jobs running"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", nargs="+", default=["train", "stores", "quality", "fusion", "speed"],
                         choices=["train", "stores", "quality", "fusion", "ablation", "ql", "speed"])
     parser.add_argument("--ql-queries", type=int, default=30)

@@ -106,7 +106,8 @@ class QueryLikelihoodReranker:
             raise ConfigError("a query is empty after tokenisation")
         passages = self.tokenizer([d.full_text for _, d in pairs], add_special_tokens=False, truncation=True,
                                   max_length=self.config.max_passage_tokens)["input_ids"] if pairs else []
-        sequences = [(self._before + p + self._after, query_ids[qi]) for (qi, _), p in zip(pairs, passages, strict=True)]
+        sequences = [(self._before + p + self._after, query_ids[qi])
+                     for (qi, _), p in zip(pairs, passages, strict=True)]
         scores = self.score_ids(sequences, show_progress)
         ranked: list[list[Hit]] = [[] for _ in queries]
         for (qi, doc), score in zip(pairs, scores.tolist(), strict=True):
@@ -156,7 +157,8 @@ class QueryLikelihoodReranker:
         # [B, keep, V] in float32 (twice) would outgrow even a 141 GB GPU at a 65k-token batch
         rows = max(1, LOGPROB_CHUNK_ELEMENTS // (logits.shape[1] * logits.shape[2]))
         for start in range(0, len(items), rows):
-            logprobs = logits[start : start + rows, :-1].float().log_softmax(-1)  # position j predicts token j + 1
+            # position j predicts token j + 1
+            logprobs = logits[start : start + rows, :-1].float().log_softmax(-1)
             wanted = targets[start : start + rows].clamp(min=0)[..., None]
             picked[start : start + rows] = logprobs.gather(-1, wanted).squeeze(-1)
         return (picked * (targets != -100)).cpu().numpy()

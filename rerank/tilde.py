@@ -74,13 +74,15 @@ class TildeV2Store:
             return np.fromiter((self.row[d] for d in doc_ids), dtype=np.int64, count=len(doc_ids))
         except KeyError as exc:
             raise ConfigError(f"document {exc.args[0]!r} is not in the TILDEv2 store {self.folder} "
-                              f"({len(self)} passages); build the store over the candidates' corpus") from None
+                              f"({len(self)} passages); build the store over "
+                              "the candidates' corpus") from None
 
     def passage(self, doc_id: str) -> dict[int, float]:
         """A passage's token id -> weight table (for inspection and tests)."""
         i = self.row[doc_id]
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        return dict(zip(self.token_ids[lo:hi].tolist(), self.weights[lo:hi].astype(np.float32).tolist(), strict=True))
+        return dict(zip(self.token_ids[lo:hi].tolist(), self.weights[lo:hi].astype(np.float32).tolist(),
+                        strict=True))
 
     def score(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``float32[n]`` TILDEv2 scores of one query's token ids against the passages at ``rows``."""
@@ -168,7 +170,8 @@ def build_tildev2_store(documents: Sequence[Document], out: str | Path, encoder:
             bytes=nbytes, bytes_per_passage=round(nbytes / len(documents), 1), **spec,
             corpus=corpus_identity((d.id for d in documents), corpus_name),
             build_seconds=round(time.perf_counter() - started, 1))
-    logger.info("TILDEv2 store of %d passages in %s (%.1f s)", len(documents), out, time.perf_counter() - started)
+    logger.info("TILDEv2 store of %d passages in %s (%.1f s)", len(documents), out,
+                time.perf_counter() - started)
     return Path(out)
 
 

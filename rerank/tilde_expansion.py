@@ -53,7 +53,8 @@ class TildeConfig:
 @dataclass(frozen=True, slots=True)
 class TildeTrainConfig:
     tilde: TildeConfig = field(default_factory=TildeConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=32, lr=2e-4, warmup_steps=15))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=150, batch_size=32, lr=2e-4,
+                                                                   warmup_steps=15))
 
 
 class ExpandedPassage(NamedTuple):
@@ -78,7 +79,8 @@ class TildeExpander:
         logger.info("loaded TILDE model from %s in %.1f s", self.path, time.perf_counter() - started)
 
     def term_logits(self, passages: Sequence[np.ndarray]) -> torch.Tensor:
-        """``float32[B, V]`` query-term logits from each passage's ``[CLS]`` state (with gradients if enabled)."""
+        """``float32[B, V]`` query-term logits from each passage's ``[CLS]`` state (with
+        gradients if enabled)."""
         rows = [[self.tokenizer.cls_id, *p.tolist(), self.tokenizer.sep_id] for p in passages]
         ids, mask = pad_batch(rows, self.tokenizer.pad_id)
         device = self.config.device
@@ -91,7 +93,8 @@ class TildeExpander:
         return self.expand_ids(passages, show_progress)
 
     @torch.inference_mode()
-    def expand_ids(self, passages: Sequence[np.ndarray], show_progress: bool | None = None) -> list[ExpandedPassage]:
+    def expand_ids(self, passages: Sequence[np.ndarray],
+                   show_progress: bool | None = None) -> list[ExpandedPassage]:
         m = self.config.expansion_terms
         out: list[ExpandedPassage | None] = [None] * len(passages)
         order = np.argsort([-len(p) for p in passages], kind="stable")  # similar lengths per batch
@@ -106,7 +109,8 @@ class TildeExpander:
                 top = logits.topk(min(m, logits.shape[1]), dim=1)
                 for row, i in enumerate(chosen):
                     keep = torch.isfinite(top.values[row])
-                    out[i] = ExpandedPassage(passages[i], top.indices[row][keep].cpu().numpy().astype(np.int32))
+                    out[i] = ExpandedPassage(passages[i],
+                                             top.indices[row][keep].cpu().numpy().astype(np.int32))
                 bar.update(len(chosen))
         return out  # type: ignore[return-value]
 
@@ -116,7 +120,8 @@ class TildeExpander:
             self.model.save_pretrained(work)
             (work / "tokenizer.json").write_bytes(self.tokenizer.path.read_bytes())
             config = replace(self.config, model=str(Path(out).expanduser().resolve()))
-            write_manifest(work, KIND, config=asdict(config), started_from=str(self.path), training=training or {})
+            write_manifest(work, KIND, config=asdict(config), started_from=str(self.path),
+                           training=training or {})
         return Path(out)
 
     @classmethod
@@ -141,12 +146,13 @@ def tilde_loss(expander: TildeExpander, batch: Sequence[LabelledExample]) -> tor
     return per_token.sum(dim=1).mean()
 
 
-def train_tilde(examples: Sequence[LabelledExample], out: str | Path, config: TildeTrainConfig = TildeTrainConfig(),
+def train_tilde(examples: Sequence[LabelledExample], out: str | Path,
+                config: TildeTrainConfig = TildeTrainConfig(),
                 data_description: dict | None = None, show_progress: bool | None = None) -> Path:
     """Fine-tune a masked LM's ``[CLS]`` -> vocabulary projection as TILDE; saves a folder at ``out``."""
     expander = TildeExpander(config.tilde)
     summary = train_loop(expander.model, list(examples), lambda b: tilde_loss(expander, b), config.optim,
                          "training TILDE", show_progress)
-    record = {"optim": asdict(config.optim), "examples": len(examples), "data": data_description or {}, **summary,
-              "device": config.tilde.device}
+    record = {"optim": asdict(config.optim), "examples": len(examples),
+              "data": data_description or {}, **summary, "device": config.tilde.device}
     return expander.save(out, record)

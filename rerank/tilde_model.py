@@ -50,7 +50,8 @@ class TildeV2Config:
 @dataclass(frozen=True, slots=True)
 class TildeV2TrainConfig:
     encoder: TildeV2Config = field(default_factory=TildeV2Config)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=250, batch_size=8, lr=2e-4, warmup_steps=25))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=250, batch_size=8, lr=2e-4,
+                                                                   warmup_steps=25))
     group_size: int = 4  # the positive and group_size - 1 hard negatives per query
     max_query_tokens: int = 32
 
@@ -104,9 +105,11 @@ class TildeV2Encoder(torch.nn.Module):
 
     @torch.inference_mode()
     def encode(self, passages: Sequence[ExpandedPassage]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per passage: sorted unique ``int32`` token ids with a positive weight, and ``float32`` max weights."""
+        """Per passage: sorted unique ``int32`` token ids with a positive weight, and
+        ``float32`` max weights."""
         ids, weights = self.weigh(passages)
-        return [max_per_token(i.cpu().numpy(), w.float().cpu().numpy()) for i, w in zip(ids, weights, strict=True)]
+        return [max_per_token(i.cpu().numpy(), w.float().cpu().numpy())
+                for i, w in zip(ids, weights, strict=True)]
 
     def save(self, out: str | Path, training: dict | None = None) -> Path:
         with atomic_dir(out) as work:
@@ -114,7 +117,8 @@ class TildeV2Encoder(torch.nn.Module):
             torch.save(self.head.state_dict(), work / _HEAD)
             (work / "tokenizer.json").write_bytes(self.tokenizer.path.read_bytes())
             config = replace(self.config, model=str(Path(out).expanduser().resolve()))
-            write_manifest(work, KIND, config=asdict(config), started_from=str(self.path), training=training or {})
+            write_manifest(work, KIND, config=asdict(config), started_from=str(self.path),
+                           training=training or {})
         return Path(out)
 
     @classmethod
@@ -156,10 +160,12 @@ def tildev2_loss(encoder: TildeV2Encoder, batch: Sequence[tuple[str, list[Expand
     ids, weights = encoder.weigh([p for _, passages in batch for p in passages])
     scores = tildev2_scores(q_ids.to(ids.device), q_mask.to(ids.device),
                             ids.view(len(batch), group, -1), weights.view(len(batch), group, -1))
-    return torch.nn.functional.cross_entropy(scores, torch.zeros(len(batch), dtype=torch.long, device=ids.device))
+    return torch.nn.functional.cross_entropy(scores,
+                                             torch.zeros(len(batch), dtype=torch.long, device=ids.device))
 
 
-def train_tildev2(examples: Sequence[LabelledExample], out: str | Path, config: TildeV2TrainConfig = TildeV2TrainConfig(),
+def train_tildev2(examples: Sequence[LabelledExample], out: str | Path,
+                  config: TildeV2TrainConfig = TildeV2TrainConfig(),
                   expander: TildeExpander | None = None, data_description: dict | None = None,
                   show_progress: bool | None = None) -> Path:
     """Train TILDEv2 on (query, positive, hard negatives) examples, passages expanded by ``expander``."""

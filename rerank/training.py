@@ -67,7 +67,8 @@ def train_loop(model: torch.nn.Module, items: Sequence[T], loss_fn: Callable[[li
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
     model.eval()
     seconds = time.perf_counter() - started
-    logger.info("%s: %d steps in %.0f s, final loss %.4f", desc, config.steps, seconds, sum(recent) / len(recent))
+    logger.info("%s: %d steps in %.0f s, final loss %.4f", desc, config.steps, seconds,
+                sum(recent) / len(recent))
     return {"steps": config.steps, "wall_seconds": round(seconds, 1),
             "final_loss_mean_last_50": round(sum(recent) / len(recent), 5),
             "epochs": round(config.steps * config.batch_size / len(items), 2)}

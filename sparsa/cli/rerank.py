@@ -21,16 +21,19 @@ from sparsa.errors import ConfigError
 
 def rerank(
     run_file: Annotated[Path, typer.Option("--run", help="first-stage run (TREC format)")],
-    dataset: Annotated[str, typer.Option(help="dataset folder or name under the data dir: queries and passages")],
+    dataset: Annotated[str,
+                       typer.Option(help="dataset folder or name under the data dir: queries and passages")],
     out: Annotated[Path, typer.Option("--out", help="write the reranked run here (TREC format)")],
-    reranker: Annotated[str, typer.Option(help="registered reranker: tildev2 or query-likelihood")] = "tildev2",
+    reranker: Annotated[str,
+                        typer.Option(help="registered reranker: tildev2 or query-likelihood")] = "tildev2",
     model: Annotated[str | None, typer.Option(
         "--model", "--rerank-model",
         help="tildev2: the passage store folder (sparsa rerank-store); query-likelihood: LM name or folder")]
     = None,
     split: Annotated[str, typer.Option(help="qrels split whose queries the run answers")] = "test",
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=10_000,
-                                       help="rerank each query's top k hits; the output keeps those k")] = 100,
+                                       help="rerank each query's top k hits; the "
+                                            "output keeps those k")] = 100,
 ) -> None:
     """Rerank each query's top-k hits of a run; queries and passage texts come from the dataset."""
     from sparsa.data import load_dataset

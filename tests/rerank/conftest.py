@@ -37,5 +37,5 @@ def tilde_store(tmp_path_factory, scifact_slice, tildev2_encoder, tilde_expander
     from sparsa.rerank.tilde import build_tildev2_store
 
     _, docs = scifact_slice
-    return build_tildev2_store(docs, tmp_path_factory.mktemp("rerank") / "store", tildev2_encoder, tilde_expander,
-                               show_progress=False)
+    return build_tildev2_store(docs, tmp_path_factory.mktemp("rerank") / "store", tildev2_encoder,
+                               tilde_expander, show_progress=False)

@@ -27,7 +27,8 @@ def ql():
 def test_batched_scores_equal_the_full_logits_reference(ql):
     pairs = [(ql._ids("Passage: cats sit on mats.\nQuestion:"), ql._ids(" where do cats sit?")),
              (ql._ids("Passage: no\nQuestion:"), ql._ids(" why")),
-             (ql._ids("Passage: a longer passage about the weather in spring.\nQuestion:"), ql._ids(" is it warm"))]
+             (ql._ids("Passage: a longer passage about the weather in spring.\nQuestion:"),
+              ql._ids(" is it warm"))]
     got = ql.score_ids(pairs, show_progress=False)  # one left-padded batch of unequal lengths
     per_token = ql.token_logprobs(pairs, show_progress=False)
     for (context, target), score, tokens in zip(pairs, got, per_token, strict=True):
@@ -49,7 +50,8 @@ def test_log_softmax_in_row_chunks_gives_the_same_scores(ql, monkeypatch):
 
 
 def test_rerank_orders_by_likelihood_and_matches_batch(ql):
-    queries = [Query("1", "how are malaria parasites transmitted?"), Query("2", "do statins lower cholesterol?")]
+    queries = [Query("1", "how are malaria parasites transmitted?"),
+               Query("2", "do statins lower cholesterol?")]
     batched = ql.rerank_batch(queries, [DOCS, DOCS[:2]], show_progress=False)  # pairs of both queries mixed
     assert batched[0][0].doc_id == "malaria" and batched[1][0].doc_id == "heart"
     single = ql.rerank(queries[1], DOCS[:2])

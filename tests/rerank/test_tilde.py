@@ -30,7 +30,8 @@ class HandWeights:
     def __init__(self, tables: dict[str, dict[str, float]]):
         self.tokenizer = PassageTokenizer(resolve_model("splade-tiny"))
         self.config, self.path = _Config(), Path("hand-made")
-        self.by_ids = {tuple(self.tokenizer.ids([text])[0].tolist()): self._table(t) for text, t in tables.items()}
+        self.by_ids = {tuple(self.tokenizer.ids([text])[0].tolist()): self._table(t)
+                       for text, t in tables.items()}
 
     def _table(self, table: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         pairs = sorted((int(self.tokenizer.query_ids(word)[0]), w) for word, w in table.items())
@@ -120,7 +121,8 @@ def test_rerank_matches_batch_and_reference(tilde_store, scifact_slice):
         assert scores == sorted(scores, reverse=True) and {h.doc_id for h in hits} == {d.id for d in docs}
         ids = reranker.store.tokenizer.query_ids(q.text)
         for hit in hits[:5]:
-            assert hit.score == pytest.approx(tildev2_score_ref(ids, reranker.store.passage(hit.doc_id)), rel=1e-5)
+            assert (hit.score
+                    == pytest.approx(tildev2_score_ref(ids, reranker.store.passage(hit.doc_id)), rel=1e-5))
     assert reranker.rerank(queries[0], docs, top_k=3) == singles[0][:3]
     with pytest.raises(ConfigError, match="not in the TILDEv2 store"):
         reranker.rerank(queries[0], [Document("no-such-doc", "text")])

@@ -34,7 +34,8 @@ def test_train_both_models_save_reload_and_rerank(tmp_path):
                                                                                    expansion_terms=4), TINY),
                         data_description={"what": "four hand-written pairs"}, show_progress=False)
     record = json.loads((tilde / "sparsa.json").read_text())
-    assert record["training"]["steps"] == 3 and record["training"]["data"] == {"what": "four hand-written pairs"}
+    assert (record["training"]["steps"] == 3
+            and record["training"]["data"] == {"what": "four hand-written pairs"})
     expander = TildeExpander.load(tilde)
     assert expander.config.expansion_terms == 4 and expander.config.model == str(tilde.resolve())
 
@@ -50,7 +51,8 @@ def test_train_both_models_save_reload_and_rerank(tmp_path):
     query = Query("q", "statin therapy reduces cholesterol")
     ids = reranker.store.tokenizer.query_ids(query.text)
     for hit in reranker.rerank(query, docs):  # a few steps teach nothing; check the plumbing
-        assert hit.score == pytest.approx(tildev2_score_ref(ids, reranker.store.passage(hit.doc_id)), rel=1e-5)
+        assert (hit.score
+                == pytest.approx(tildev2_score_ref(ids, reranker.store.passage(hit.doc_id)), rel=1e-5))
 
 
 def test_training_refuses_too_few_negatives(tmp_path):

@@ -160,16 +160,19 @@ class GradeCalibrator:
             ridge: float = 1e-3, model: CalibratorModel = "least-squares") -> GradeCalibrator:
         """Fit on labelled records; ``features`` None: every feature the records can give."""
         if len(records) != len(grades) or len(records) < 8:
-            raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each, got {len(records)}")
+            raise ConfigError("calibration needs >= 8 labelled pairs with one grade "
+                              f"each, got {len(records)}")
         features = tuple(features) if features is not None else available_features(records)
         calibrator = cls.fit_matrix(feature_matrix(records, features), grades, features, ridge, model)
         queries = sorted({str(r["qid"]) for r in records})
-        return replace(calibrator, fitted_on={"pairs": len(grades), "queries": queries, **calibrator.fitted_on})
+        return replace(calibrator, fitted_on={"pairs": len(grades), "queries": queries,
+                                              **calibrator.fitted_on})
 
     @classmethod
     def fit_matrix(cls, x: np.ndarray, grades: Sequence[int], features: Sequence[str], ridge: float = 1e-3,
                    model: CalibratorModel = "least-squares") -> GradeCalibrator:
-        """``fit`` on a ready ``float[n, len(features)]`` matrix (features computed elsewhere, e.g. probes)."""
+        """``fit`` on a ready ``float[n, len(features)]`` matrix (features computed
+        elsewhere, e.g. probes)."""
         x, grades = np.asarray(x, dtype=np.float64), np.asarray(grades)
         if x.shape != (len(grades), len(features)) or len(grades) < 8:
             raise ConfigError(f"calibration needs >= 8 labelled pairs with one grade each and a column per "
@@ -183,7 +186,8 @@ class GradeCalibrator:
 
             weights, intercepts = fit_proportional_odds(z, grades, ridge=ridge)
         else:
-            weights = np.linalg.solve(z.T @ z + ridge * len(z) * np.eye(z.shape[1]), z.T @ (grades - grades.mean()))
+            weights = np.linalg.solve(z.T @ z + ridge * len(z) * np.eye(z.shape[1]),
+                                      z.T @ (grades - grades.mean()))
             intercepts = np.array([grades.mean()])
         scores = z @ weights
         thresholds = fit_thresholds(scores, grades)
@@ -195,7 +199,8 @@ class GradeCalibrator:
         return self.matrix_scores(feature_matrix(records, self.features))
 
     def matrix_scores(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float64) - np.array(self.mean)) / np.array(self.std)) @ np.array(self.weights)
+        return (((np.asarray(x, dtype=np.float64) - np.array(self.mean)) / np.array(self.std))
+                @ np.array(self.weights))
 
     def predict(self, records: Sequence[Mapping]) -> np.ndarray:
         """``int64[n]`` grades 0-3."""
@@ -205,7 +210,8 @@ class GradeCalibrator:
         """``float64[n]`` in [0, 3], increasing in ``scores``: a continuous grade without the thresholds'
         quantisation (for expected-gain qrels, ``expected_gain_qrels``)."""
         if not self.intercepts:
-            raise ConfigError("this calibration was saved without intercepts; refit it to get expected grades")
+            raise ConfigError("this calibration was saved without intercepts; refit it "
+                              "to get expected grades")
         scores = self.scores(records)
         if self.model == "ordinal-logit":
             from sparsa.judge.ordinal import expected_grade

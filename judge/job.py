@@ -48,7 +48,8 @@ def read_pairs(path: str | Path, queries: dict[str, Query], corpus: Corpus) -> l
         elif len(parts) in (4, 6):  # qrels or run lines: the doc id is the third column
             pair = (parts[0], parts[2])
         else:
-            raise DataFormatError(path, f"expected 'qid docid' (or a qrels/run line), got {len(parts)} columns", number)
+            raise DataFormatError(path, "expected 'qid docid' (or a qrels/run line), "
+                                        f"got {len(parts)} columns", number)
         _check_pair(pair, queries, corpus, path, number)
         if pair not in seen:
             seen.add(pair)
@@ -110,8 +111,8 @@ def read_checkpoint(path: str | Path, fingerprint: dict | None = None) -> dict[P
             if fingerprint is not None and record["header"] != fingerprint:
                 changed = sorted(k for k in set(fingerprint) | set(record["header"])
                                  if fingerprint.get(k) != record["header"].get(k))
-                raise ConfigError(f"{path} was written by a different judge (differs in {', '.join(changed)}); "
-                                  "use another --checkpoint or delete it")
+                raise ConfigError(f"{path} was written by a different judge (differs in "
+                                  f"{', '.join(changed)}); use another --checkpoint or delete it")
             continue
         try:
             records[(record["qid"], record["docid"])] = record
@@ -236,7 +237,8 @@ def grade_records(records: dict[Pair, dict], calibration: str | Path | None = No
 
 def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path | None = None,
                   run_file: str | Path | None = None, depth: int = 10, config=None,
-                  calibration: str | Path | None = None, fit_queries: int = 0, checkpoint: str | Path | None = None,
+                  calibration: str | Path | None = None, fit_queries: int = 0,
+                  checkpoint: str | Path | None = None,
                   audit: str | Path | None = None, batch_pairs: int = 32, split: str = "test",
                   show_progress: bool | None = None, calibrator: CalibratorModel = "least-squares",
                   gains: Gains = "discrete", report: str | Path | None = None,
@@ -264,7 +266,8 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
     checkpoint = Path(checkpoint) if checkpoint else out.with_name(out.name + ".checkpoint.jsonl")
     audit = Path(audit) if audit else out.with_name(out.name + ".jsonl")
     judge = RelevanceJudge(config or JudgeConfig())
-    records = judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs, show_progress)
+    records = judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs,
+                                    show_progress)
     saved = out.with_name(out.name + ".calibration.json") if fit_queries else None
     grades = grade_records(records, calibration, fit_queries, human, saved, calibrator, gains)
     write_outputs(records, grades, out, audit, "gain" if gains == "expected-gain" else "grade")

@@ -109,7 +109,8 @@ class JudgeConfig:
 
     def fingerprint(self) -> dict:
         """What decides the scores (not the batch size or device): a checkpoint records it."""
-        return {"model": self.model, "scorers": list(self.scorers), "max_passage_tokens": self.max_passage_tokens,
+        return {"model": self.model, "scorers": list(self.scorers),
+                "max_passage_tokens": self.max_passage_tokens,
                 "dtype": self.dtype, "instructions": UMBRELA_INSTRUCTIONS, "pair_template": UMBRELA_PAIR,
                 "answer_prefix": ANSWER_PREFIX, "pl_prompt": PL_PROMPT,
                 "ql_prompts": [QL_PROMPTS[p] for p in self.ql_prompts]}
@@ -131,9 +132,10 @@ class RelevanceJudge:
         self.label_ids = [self._single_token(label) for label in LABELS]
         self._prefix_ids, self._suffix_template = self._split_chat_prompt()
         self._prefix_cache = None
-        self._priors: dict[tuple[str, str], float] = {}  # ("ql<prompt>", qid) / ("pl", docid) -> log-likelihood
-        logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model, ",".join(config.scorers),
-                    time.perf_counter() - started)
+        # ("ql<prompt>", qid) / ("pl", docid) -> log-likelihood
+        self._priors: dict[tuple[str, str], float] = {}
+        logger.info("relevance judge ready (%s, scorers %s) in %.1f s", config.model,
+                    ",".join(config.scorers), time.perf_counter() - started)
 
     def for_scorers(self, scorers: Sequence[str]) -> RelevanceJudge:
         """The same loaded LM (and prior cache) judging with other ``scorers``: a checkpoint holds one
@@ -246,7 +248,8 @@ class RelevanceJudge:
             sequences = [self._pl_sequence(query, doc) for query, doc in pairs]
             scores = self.ql.score_ids(sequences, show_progress=False)
             docs = {d.id: d for _, d in pairs}
-            priors = self._prior_scores("pl", [d.id for _, d in pairs], lambda i: self._pl_sequence(None, docs[i]))
+            priors = self._prior_scores("pl", [d.id for _, d in pairs],
+                                        lambda i: self._pl_sequence(None, docs[i]))
             for record, score, prior, (_, target) in zip(records, scores, priors, sequences, strict=True):
                 record.update(pl_logprob=round(float(score), 5), pl_prior_logprob=round(prior, 5),
                               pl_tokens=len(target))
@@ -265,8 +268,8 @@ class RelevanceJudge:
             priors.append(self._prior_scores(f"ql{prompt}", [q.id for q, _ in pairs],
                                              lambda i, p=prompt: self._ql_sequence(queries[i], empty, p)))
         for row, record in enumerate(records):
-            record.update(ql_logprob=round(float(scores[0][row]), 5), ql_prior_logprob=round(priors[0][row], 5),
-                          ql_tokens=tokens[row])
+            record.update(ql_logprob=round(float(scores[0][row]), 5),
+                          ql_prior_logprob=round(priors[0][row], 5), ql_tokens=tokens[row])
             if len(scores) > 1:
                 record.update(ql_logprobs=[round(float(s[row]), 5) for s in scores],
                               ql_prior_logprobs=[round(p[row], 5) for p in priors])

@@ -62,7 +62,8 @@ def fit_proportional_odds(x: np.ndarray, grades: np.ndarray, levels: int = 4,
         d_c[rows, grades] -= density[rows, grades] / p
         d_c[rows, grades + 1] += density[rows, grades + 1] / p
         grad_c = -d_c[:, 1:levels].sum(0)
-        # c_j = theta_0 + sum_{i=1..j-1} exp(theta_i): dc_j/dtheta_0 = 1, dc_j/dtheta_i = exp(theta_i) for i < j
+        # c_j = theta_0 + sum_{i=1..j-1} exp(theta_i): dc_j/dtheta_0 = 1, dc_j/dtheta_i =
+        # exp(theta_i) for i < j
         grad_theta = np.concatenate([[grad_c.sum()], np.exp(theta[1:]) * np.cumsum(grad_c[::-1])[::-1][1:]])
         return float(loss), np.concatenate([grad_w, grad_theta])
 

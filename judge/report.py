@@ -35,7 +35,8 @@ def read_all_checkpoints(folder: Path, scorer: str) -> dict:
 def complete_depth(runs: dict[str, Run], judged: set, depth: int) -> int:
     """The largest d <= depth such that every run's top d of every query is judged."""
     for d in range(1, depth + 1):
-        if any((q, h.doc_id) not in judged for run in runs.values() for q, hits in run.items() for h in hits[d - 1 : d]):
+        if any((q, h.doc_id) not in judged for run in runs.values() for q, hits in run.items()
+               for h in hits[d - 1 : d]):
             return d - 1
     return depth
 
@@ -73,7 +74,8 @@ def system_ranking(runs: dict[str, Run], human: Qrels, generated: Qrels, qids: l
     return out
 
 
-def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray, resamples: int = 1000) -> list[float]:
+def kappa_interval(qids: list[str], human: np.ndarray, grades: np.ndarray,
+                   resamples: int = 1000) -> list[float]:
     """95% interval of the 4-grade kappa, resampling held-out queries with replacement."""
     from sparsa.eval.agreement import cohen_kappa
 
@@ -106,14 +108,14 @@ CV_FOLDS = 3
 # setting's plain name (the first reports' entries), the others are "<setting>/<model>".
 QRELS_KINDS = ("discrete", "expected-gain")  # generated qrels: the 0-3 grades, or round(100 * expected grade)
 SELECTION_RULE = (
-    f"decided on the fit queries only: their ids (sorted) are dealt into {CV_FOLDS} folds by position "
-    f"(i mod {CV_FOLDS}); each fold is graded by a calibrator fitted on the other two, giving out-of-fold "
-    "grades (and expected grades) for every fit pair. Candidates: every feature setting with every "
-    "calibrator model (least-squares, ordinal-logit). kappa: the candidate with the highest 4-grade kappa of "
-    "those grades against NIST; system ranking: the candidate and qrels kind (discrete 0-3 grades, or "
-    "expected-gain: round(100 * expected grade)) with the highest Kendall tau between the runs' nDCG@10 over "
-    "the fit queries under NIST qrels and under those qrels, ties to the higher fit kappa. Remaining ties: the "
-    "first in report order (SETTINGS order, least-squares first, discrete first). The held-out figures of the "
+    f"decided on the fit queries only: their ids (sorted) are dealt into {CV_FOLDS} folds by position (i mod "
+    f"{CV_FOLDS}); each fold is graded by a calibrator fitted on the other two, giving out-of-fold grades "
+    "(and expected grades) for every fit pair. Candidates: every feature setting with every calibrator model "
+    "(least-squares, ordinal-logit). kappa: the candidate with the highest 4-grade kappa of those grades "
+    "against NIST; system ranking: the candidate and qrels kind (discrete 0-3 grades, or expected-gain: "
+    "round(100 * expected grade)) with the highest Kendall tau between the runs' nDCG@10 over the fit "
+    "queries under NIST qrels and under those qrels, ties to the higher fit kappa. Remaining ties: the first "
+    "in report order (SETTINGS order, least-squares first, discrete first). The held-out figures of the "
     "chosen candidates are reported as they are, whatever the other candidates got.")
 
 
@@ -152,7 +154,8 @@ def fit_criteria(features, judged, records, human, fit, fit_qids: list[str], run
         fit_pairs = [judged[i] for i in fit]
         ranking = system_ranking(runs, qrels, generated_qrels(fit_pairs, grades), fit_qids, depth)
         entry |= {k: ranking[k] for k in ("queries", "measure", "kendall_tau", "spearman_rho")}
-        ranking = system_ranking(runs, qrels, generated_qrels(fit_pairs, expected_gains(expected)), fit_qids, depth)
+        ranking = system_ranking(runs, qrels, generated_qrels(fit_pairs, expected_gains(expected)),
+                                 fit_qids, depth)
         entry["expected_gain"] = {k: ranking[k] for k in ("kendall_tau", "spearman_rho")}
     return entry
 
@@ -161,7 +164,8 @@ def ranking_figures(entry: dict, kind: str) -> tuple[dict, dict]:
     """An entry's (fit-CV, held-out) system-ranking figures under qrels of ``kind`` (``QRELS_KINDS``)."""
     if kind == "discrete":
         return entry["fit_queries_cv"], entry.get("system_ranking_held_out", {})
-    return entry["fit_queries_cv"].get("expected_gain", {}), entry.get("system_ranking_held_out_expected_gain", {})
+    return (entry["fit_queries_cv"].get("expected_gain", {}),
+            entry.get("system_ranking_held_out_expected_gain", {}))
 
 
 def choose_on_fit(settings: dict, models: tuple[str, ...] | None = None,
@@ -198,7 +202,8 @@ def choose_on_fit(settings: dict, models: tuple[str, ...] | None = None,
                 "held_out_spearman_rho": held_ranking.get("spearman_rho")}
 
     return {"for_kappa": figures(max(scored, key=kappa_key)),
-            "for_system_ranking": figures(*max(((item, kind) for item in scored for kind in kinds), key=tau_key))}
+            "for_system_ranking": figures(*max(((item, kind) for item in scored for kind in kinds),
+                                               key=tau_key))}
 
 
 def targets(chosen: dict, default_model: str, kappa_target: float = 0.25, tau_target: float = 0.85) -> dict:
@@ -209,7 +214,8 @@ def targets(chosen: dict, default_model: str, kappa_target: float = 0.25, tau_ta
             continue
         kappa, tau = choice["for_kappa"], choice["for_system_ranking"]
         out[tag] = {"default_model": tag == default_model,
-                    "kappa_4grade_held_out": kappa["held_out_kappa_4grade"], "kappa_setting": kappa["setting"],
+                    "kappa_4grade_held_out": kappa["held_out_kappa_4grade"],
+                    "kappa_setting": kappa["setting"],
                     "kappa_target_met": kappa["held_out_kappa_4grade"] >= kappa_target,
                     "kendall_tau_held_out": tau["held_out_kendall_tau"], "tau_setting": tau["setting"],
                     "tau_qrels": tau["qrels"],
@@ -240,7 +246,9 @@ def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, t
 
     calibrator = GradeCalibrator.fit([records[i] for i in fit], human[fit], features, model=model)
     grades = calibrator.predict(records)
-    entry = {"calibrator": model, "calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(), strict=True)),
+    entry = {"calibrator": model,
+             "calibration": {"weights": dict(zip(features, np.round(calibrator.weights, 4).tolist(),
+                                                 strict=True)),
                              "thresholds": np.round(calibrator.thresholds, 4).tolist(),
                              "kappa_on_fit_pairs": calibrator.fitted_on["kappa_on_fit_pairs"]},
              "held_out": label_agreement(human[test], grades[test])}
@@ -252,10 +260,10 @@ def evaluate_setting(features, judged, records, human, fit, test, runs, qrels, t
         gains = expected_gains(calibrator.expected_grades(records))
         for suffix, generated in (("", generated_qrels(judged, grades)), ("_expected_gain",
                                                                           generated_qrels(judged, gains))):
-            entry[f"system_ranking_held_out{suffix}"] = system_ranking(runs, qrels, generated, test_qids, depth,
-                                                                       resamples=1000)
-            entry[f"system_ranking_all_queries{suffix}"] = system_ranking(runs, qrels, generated, sorted(qrels),
-                                                                          depth)
+            entry[f"system_ranking_held_out{suffix}"] = system_ranking(runs, qrels, generated,
+                                                                       test_qids, depth, resamples=1000)
+            entry[f"system_ranking_all_queries{suffix}"] = system_ranking(runs, qrels, generated,
+                                                                          sorted(qrels), depth)
     return entry
 
 
@@ -268,7 +276,8 @@ def report_model(folder: Path, data, runs: dict[str, Run], pairs: list, split: t
     for (setting, (needed, features)), model in ((s, m) for s in SETTINGS.items() for m in CALIBRATOR_MODELS):
         name = entry_name(setting, model)
         judged = [p for p in pairs if all(p in checkpoints[s] for s in needed)]
-        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompts"} for p in judged]
+        records = [{k: v for s in needed for k, v in checkpoints[s][p].items() if k != "prompts"}
+                   for p in judged]
         human = np.array([data.qrels[q][d] for q, d in judged])
         fit = [i for i, (q, _) in enumerate(judged) if q in fit_qids]
         test = [i for i, (q, _) in enumerate(judged) if q in set(test_qids)]
@@ -277,10 +286,10 @@ def report_model(folder: Path, data, runs: dict[str, Run], pairs: list, split: t
         if len(fit) < 8 or not test:
             settings[name] = {**entry, "note": "too few judged pairs yet"}
             continue
-        entry.update(evaluate_setting(features, judged, records, human, fit, test, runs, data.qrels, test_qids,
-                                      complete, model))
-        entry["fit_queries_cv"] = fit_criteria(features, judged, records, human, fit, split[0], runs, data.qrels,
-                                               complete, model)
+        entry.update(evaluate_setting(features, judged, records, human, fit, test, runs,
+                                      data.qrels, test_qids, complete, model))
+        entry["fit_queries_cv"] = fit_criteria(features, judged, records, human, fit, split[0],
+                                               runs, data.qrels, complete, model)
         settings[name] = entry
         log.info("%s %s: %s", folder.name, name,
                  json.dumps({k: v for k, v in entry.items() if k != "calibration"})[:600])
@@ -297,21 +306,24 @@ def summary(settings: dict) -> dict:
         held = entry["held_out"]
         rows[name] = {"pairs": entry["pairs_judged"], "kappa_4grade": held["cohen_kappa_4grade"],
                       "kappa_4grade_95ci": held["cohen_kappa_4grade_95ci_query_bootstrap"],
-                      "kappa_binary": held["cohen_kappa_binary"], "alpha_ordinal": held["krippendorff_alpha_ordinal"],
+                      "kappa_binary": held["cohen_kappa_binary"],
+                      "alpha_ordinal": held["krippendorff_alpha_ordinal"],
                       "tau_held_out": entry.get("system_ranking_held_out", {}).get("kendall_tau"),
                       "tau_all_queries": entry.get("system_ranking_all_queries", {}).get("kendall_tau"),
-                      "tau_held_out_expected_gain": entry.get("system_ranking_held_out_expected_gain", {}).get(
-                          "kendall_tau")}
+                      "tau_held_out_expected_gain": (entry.get("system_ranking_held_out_expected_gain", {})
+                                                     .get("kendall_tau"))}
         if "fit_queries_cv" in entry:  # the selection criteria (fit queries only)
             rows[name] |= {"fit_cv_kappa_4grade": entry["fit_queries_cv"]["cohen_kappa_4grade"],
                            "fit_cv_tau": entry["fit_queries_cv"].get("kendall_tau"),
                            "fit_cv_tau_expected_gain": entry["fit_queries_cv"].get("expected_gain", {}).get(
                                "kendall_tau")}
         if "held_out_uncalibrated_argmax" in entry:
-            rows[name]["kappa_4grade_uncalibrated_argmax"] = entry["held_out_uncalibrated_argmax"]["cohen_kappa_4grade"]
+            rows[name]["kappa_4grade_uncalibrated_argmax"] = (
+                entry["held_out_uncalibrated_argmax"]["cohen_kappa_4grade"])
     return rows
 
 
 def judging_timings(folder: Path) -> dict:
     """What the score stage recorded per scorer (``timings-*.json``)."""
-    return {p.stem.removeprefix("timings-"): json.loads(p.read_text()) for p in sorted(folder.glob("timings-*.json"))}
+    return {p.stem.removeprefix("timings-"): json.loads(p.read_text())
+            for p in sorted(folder.glob("timings-*.json"))}

@@ -122,7 +122,8 @@ def _labelled_pair(record: dict, query_ids: dict[str, str], path: str | Path, nu
     else:
         query_id = query_ids.setdefault(record["query"], f"line{number}")
     meta = {"source": record["source"]} if "source" in record else None
-    passage = Document(str(record.get("doc_id", f"line{number}")), record["passage"], record.get("title", ""), meta)
+    passage = Document(str(record.get("doc_id", f"line{number}")), record["passage"],
+                       record.get("title", ""), meta)
     return LabelledPair(Query(query_id, record["query"]), passage, grade)
 
 
@@ -132,8 +133,9 @@ def write_labelled_pairs(pairs: Sequence[LabelledPair], path: str | Path) -> Non
 
     def row(p: LabelledPair) -> dict:
         source = (p.passage.meta or {}).get("source")
-        return {"query_id": p.query.id, "query": p.query.text, "doc_id": p.passage.id, "title": p.passage.title,
-                "passage": p.passage.text, "grade": p.grade} | ({"source": source} if source is not None else {})
+        return ({"query_id": p.query.id, "query": p.query.text, "doc_id": p.passage.id,
+                 "title": p.passage.title, "passage": p.passage.text, "grade": p.grade}
+                | ({"source": source} if source is not None else {}))
 
     write_jsonl(map(row, pairs), path)
 
@@ -149,7 +151,8 @@ def describe_pairs(pairs: Sequence[LabelledPair]) -> dict:
                         for s, c in sorted(by_source.items())}}
 
 
-def labelled_pairs(dataset: str | Path, fit_queries: int, split: str = "test") -> tuple[list[LabelledPair], list[str]]:
+def labelled_pairs(dataset: str | Path, fit_queries: int,
+                   split: str = "test") -> tuple[list[LabelledPair], list[str]]:
     """The graded pairs of the first ``fit_queries`` query ids (sorted, as ``judge_job.fit_split``; the
     other queries stay held out for evaluation), and those query ids."""
     from sparsa.data import load_dataset
@@ -160,13 +163,14 @@ def labelled_pairs(dataset: str | Path, fit_queries: int, split: str = "test") -
         raise DataFormatError(Path(dataset), f"no qrels for split {split!r}: fine-tuning needs graded pairs")
     fit = fit_split(list(data.qrels), fit_queries)[0]
     queries = {q.id: q for q in data.queries}
-    pairs = [LabelledPair(queries[q], data.corpus[d], int(g)) for q in fit for d, g in sorted(data.qrels[q].items())]
+    pairs = [LabelledPair(queries[q], data.corpus[d], int(g)) for q in fit
+             for d, g in sorted(data.qrels[q].items())]
     outside = sorted({p.grade for p in pairs} - {0, 1, 2, 3})
     if outside:
         raise DataFormatError(Path(dataset), f"grades {outside} are outside the judge's 0-3 scale")
     if len(pairs) < MIN_PAIRS:
-        raise ConfigError(f"{len(pairs)} labelled pairs in the first {fit_queries} queries; fine-tuning needs "
-                          f"at least {MIN_PAIRS}")
+        raise ConfigError(f"{len(pairs)} labelled pairs in the first {fit_queries} queries; fine-tuning "
+                          f"needs at least {MIN_PAIRS}")
     return pairs, fit
 
 

@@ -1,8 +1,10 @@
 """``sparsa judge``: graded 0-3 relevance judgements from a local LM, written as TREC qrels.
 
     sparsa judge --run bm25.trec --depth 10 --dataset trec-dl-2019-passage --out judged.qrels --fit-queries 21
-    sparsa judge --pairs pairs.tsv --dataset DIR --model smollm2-135m-instruct --out judged.qrels --calibration cal.json
-    sparsa judge --run bm25.trec --dataset trec-dl-2019-passage --out gains.qrels --fit-queries 21 --gains expected-gain
+    sparsa judge --pairs pairs.tsv --dataset DIR --model smollm2-135m-instruct --out judged.qrels \
+        --calibration cal.json
+    sparsa judge --run bm25.trec --dataset trec-dl-2019-passage --out gains.qrels --fit-queries 21 \
+        --gains expected-gain
     sparsa judge --run bm25.trec --dataset trec-dl-2019-passage --out judged.qrels --fit-queries 21 \
         --scorers ql --ql-prompts question,query,plain,chat --report agreement.json \
         --system-run bm25.trec --system-run splade.trec --system-run dense.trec
@@ -28,28 +30,35 @@ from sparsa.judge.judge import QL_PROMPTS
 
 
 def judge(
-    dataset: Annotated[str, typer.Option(help="dataset folder or name under the data dir: queries and passages")],
+    dataset: Annotated[str,
+                       typer.Option(help="dataset folder or name under the data dir: queries and passages")],
     out: Annotated[Path, typer.Option("--out", help="write the generated qrels here (TREC format)")],
-    pairs: Annotated[Path | None, typer.Option(help="pairs to judge: 'qid docid' lines (or TREC qrels/run lines)")]
+    pairs: Annotated[Path | None,
+                     typer.Option(help="pairs to judge: 'qid docid' lines (or TREC qrels/run lines)")]
     = None,
     run: Annotated[Path | None, typer.Option(help="judge the top --depth hits of this TREC run")] = None,
     depth: Annotated[int, typer.Option(min=1, max=10_000, help="with --run: hits per query to judge")] = 10,
-    model: Annotated[str, typer.Option(help="causal LM: registry name or local folder")] = "smollm2-135m-instruct",
+    model: Annotated[str,
+                     typer.Option(help="causal LM: registry name or local folder")] = "smollm2-135m-instruct",
     scorers: Annotated[str, typer.Option(help="comma-separated: umbrela (label probabilities), ql (query "
                                               "likelihood)")] = "umbrela,ql",
-    calibration: Annotated[Path | None, typer.Option(help="grade calibration JSON from an earlier --fit-queries")]
+    calibration: Annotated[Path | None,
+                           typer.Option(help="grade calibration JSON from an earlier --fit-queries")]
     = None,
-    fit_queries: Annotated[int, typer.Option(min=0, help="fit the calibration on the first N query ids (sorted) "
-                                                         "with the dataset's qrels; saved as OUT.calibration.json")]
+    fit_queries: Annotated[int, typer.Option(min=0, help="fit the calibration on the first N query ids "
+                                                         "(sorted) with the dataset's qrels; saved as "
+                                                         "OUT.calibration.json")]
     = 0,
-    checkpoint: Annotated[Path | None, typer.Option(help="resumable checkpoint (default OUT.checkpoint.jsonl)")]
+    checkpoint: Annotated[Path | None,
+                          typer.Option(help="resumable checkpoint (default OUT.checkpoint.jsonl)")]
     = None,
     batch_pairs: Annotated[int, typer.Option(min=1, help="pairs per checkpointed batch")] = 32,
     max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages to this many tokens")] = 256,
     split: Annotated[str, typer.Option(help="qrels split (for --fit-queries)")] = "test",
     calibrator: Annotated[CalibratorModel, typer.Option(
-        help="with --fit-queries: how the score is fitted, least squares on the grades or a proportional-odds "
-             "(ordinal logistic) model; either is cut by kappa-maximising thresholds")] = "least-squares",
+        help="with --fit-queries: how the score is fitted, least squares on the grades "
+             "or a proportional-odds (ordinal logistic) model; either is cut by "
+             "kappa-maximising thresholds")] = "least-squares",
     gains: Annotated[Gains, typer.Option(
         help="qrels values: grades 0-3, or round(100 * expected grade) for nDCG-style measures (nDCG's "
              "linear gain ignores the scale; binary measures such as AP or RR would call every gain > 0 "

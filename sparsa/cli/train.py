@@ -28,7 +28,8 @@ ENCODER_DEFAULTS = {"model": "splade-tiny", "steps": 1000, "batch_size": 16, "lr
 
 @app.command("splade")
 def splade(
-    out: Annotated[Path, typer.Option(help="folder for the trained model (resumes if a checkpoint is there)")],
+    out: Annotated[Path,
+                   typer.Option(help="folder for the trained model (resumes if a checkpoint is there)")],
     model: Annotated[str | None, typer.Option(help="starting model: registry name, folder or hub id "
                                                    "(default splade-tiny; --decoder: smollm2-135m-instruct)")]
     = None,
@@ -105,19 +106,22 @@ def _check_backbone(model: str, decoder: bool) -> None:
 @app.command("judge")
 def judge(
     out: Annotated[Path, typer.Option(help="folder for the fine-tuned judge (a plain HF causal LM)")],
-    dataset: Annotated[str | None, typer.Option(help="dataset folder or name under the data dir, with graded "
-                                                     "qrels: train on its first --fit-queries queries")] = None,
-    pairs: Annotated[Path | None, typer.Option(help="or train on labelled pairs: JSONL[.gz], one object a line "
-                                                    "with query, passage, grade (0-3) and optional query_id, "
-                                                    "doc_id, title, source")] = None,
-    fit_queries: Annotated[int, typer.Option(min=1, help="with --dataset: train on the first N query ids (sorted); "
-                                                         "the others stay held out, as in 'sparsa judge "
-                                                         "--fit-queries'")] = 21,
-    model: Annotated[str, typer.Option(help="starting LM: registry name or local folder")] = "smollm2-135m-instruct",
+    dataset: Annotated[str | None, typer.Option(
+        help="dataset folder or name under the data dir, with graded qrels: train on its first "
+             "--fit-queries queries")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="or train on labelled pairs: JSONL[.gz], one object a "
+                                                    "line with query, passage, grade (0-3) and optional "
+                                                    "query_id, doc_id, title, source")] = None,
+    fit_queries: Annotated[int, typer.Option(min=1, help="with --dataset: train on the first N query ids "
+                                                         "(sorted); the others stay held out, as in 'sparsa "
+                                                         "judge --fit-queries'")] = 21,
+    model: Annotated[str, typer.Option(
+        help="starting LM: registry name or local folder")] = "smollm2-135m-instruct",
     epochs: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option()] = 2e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lora_rank: Annotated[int, typer.Option(min=0, help="0: full fine-tune; else LoRA of this rank, merged")] = 0,
+    lora_rank: Annotated[int,
+                         typer.Option(min=0, help="0: full fine-tune; else LoRA of this rank, merged")] = 0,
     max_passage_tokens: Annotated[int, typer.Option(min=1, help="cut passages as 'sparsa judge' will")] = 192,
     split: Annotated[str, typer.Option(help="with --dataset: the qrels split holding the grades")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -133,7 +137,8 @@ def judge(
     )
 
     if (dataset is None) == (pairs is None):
-        raise ConfigError("give --dataset (graded qrels, first --fit-queries queries) or --pairs FILE, not both")
+        raise ConfigError("give --dataset (graded qrels, first --fit-queries queries) or "
+                          "--pairs FILE, not both")
     config = JudgeTrainConfig(model=model, epochs=epochs, lr=lr, batch_size=batch_size, lora_rank=lora_rank,
                               max_passage_tokens=max_passage_tokens)
     if pairs is not None:
@@ -162,8 +167,8 @@ def _mine_examples(dataset: str | None, split: str, first_stage: str | None, neg
     bm25 = open_retriever(first_stage)
     labelled = labelled_examples(data.queries, data.qrels, data.corpus,
                                  bm25.search(data.queries, k=negatives + 20), negatives)
-    described = {"dataset": data.name, "split": split, "queries": len(data.queries), "labelled": len(labelled),
-                 "negatives": f"BM25 top-{negatives + 20} minus relevant"}
+    described = {"dataset": data.name, "split": split, "queries": len(data.queries),
+                 "labelled": len(labelled), "negatives": f"BM25 top-{negatives + 20} minus relevant"}
     pseudo = []
     if self_supervised:
         titled = [Query(d.id, d.title) for d in data.corpus.documents if d.title.strip()]

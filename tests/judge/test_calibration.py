@@ -52,11 +52,13 @@ def test_fit_matrix_is_fit_on_the_records_feature_matrix():
     from_matrix = GradeCalibrator.fit_matrix(feature_matrix(records, features), grades, features)
     assert from_matrix.weights == from_records.weights and from_matrix.thresholds == from_records.thresholds
     assert from_records.fitted_on["pairs"] == 24 and "pairs" not in from_matrix.fitted_on
-    assert from_matrix.matrix_scores(feature_matrix(records, features)).tolist() == from_records.scores(records).tolist()
+    assert (from_matrix.matrix_scores(feature_matrix(records, features)).tolist()
+            == from_records.scores(records).tolist())
 
 
 def test_per_query_z_features_and_missing_scorer():
-    records = [{"qid": q, "ql_logprob": v, "ql_tokens": 1} for q, v in (("a", 1), ("a", 3), ("b", 10), ("b", 30))]
+    records = [{"qid": q, "ql_logprob": v, "ql_tokens": 1}
+               for q, v in (("a", 1), ("a", 3), ("b", 10), ("b", 30))]
     z = feature_matrix(records, ["ql_mean_z"])[:, 0]
     assert z.tolist() == pytest.approx([-1, 1, -1, 1])
     with pytest.raises(ConfigError, match="expected_grade"):
@@ -67,7 +69,8 @@ def test_per_query_z_features_and_missing_scorer():
 
 def test_default_features_follow_the_scorers_that_ran():
     grades = [0, 1, 2, 3] * 3
-    ql_only = [{k: v for k, v in r.items() if k.startswith("ql") or k in ("qid", "docid")} for r in _records(grades)]
+    ql_only = [{k: v for k, v in r.items() if k.startswith("ql") or k in ("qid", "docid")}
+               for r in _records(grades)]
     assert GradeCalibrator.fit(ql_only, grades).features == ("ql_mean", "ql_mean_z")
     assert len(GradeCalibrator.fit(_records(grades), grades).features) == 5
 

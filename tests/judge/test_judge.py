@@ -27,7 +27,8 @@ def tiny_dl19(tmp_path_factory):
     (folder / "qrels").mkdir()
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{q}\t{d}\t{data.qrels[q][d]}\n" for q, d in pairs))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q.id, "text": q.text}) + "\n" for q in queries))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q.id, "text": q.text}) + "\n"
+                                                  for q in queries))
     (folder / "corpus.jsonl").write_text("".join(
         json.dumps({"_id": d, "text": data.corpus[d].text}) + "\n" for d in sorted({d for _, d in pairs})))
     return folder, load_dataset(folder), pairs
@@ -59,8 +60,8 @@ def test_cli_rejects_bad_inputs(capsys, tiny_dl19, tmp_path):
     assert "run.trec:1: score 'oops' is not a number" in capsys.readouterr().err
     assert main(["judge", "--dataset", str(folder), "--out", str(tmp_path / "q.txt")]) == 2
     assert "exactly one of --pairs FILE or --run RUN" in capsys.readouterr().err
-    assert main(["judge", "--pairs", str(tmp_path / "columns.tsv"), "--dataset", str(folder), "--scorers", "vibes",
-                 "--out", str(tmp_path / "q.txt")]) == 2
+    assert main(["judge", "--pairs", str(tmp_path / "columns.tsv"), "--dataset", str(folder),
+                 "--scorers", "vibes", "--out", str(tmp_path / "q.txt")]) == 2
     assert "choose from umbrela, ql" in capsys.readouterr().err
     assert not (tmp_path / "q.txt").exists()
 
@@ -102,8 +103,8 @@ def test_interrupted_job_resumes_where_it_stopped(judge, tiny_dl19, tmp_path):
         raise KeyboardInterrupt  # killed after the first batch was written
 
     with pytest.raises(KeyboardInterrupt):
-        judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs=2, on_batch=interrupt,
-                              show_progress=False)
+        judge_with_checkpoint(judge, pairs, queries, data.corpus, checkpoint, batch_pairs=2,
+                              on_batch=interrupt, show_progress=False)
     assert list(read_checkpoint(checkpoint)) == pairs[:2]
     with checkpoint.open("a") as f:
         f.write('{"qid": "torn')  # a kill while writing leaves half a line
@@ -117,10 +118,12 @@ def test_interrupted_job_resumes_where_it_stopped(judge, tiny_dl19, tmp_path):
     for pair in pairs:
         a, b = resumed[pair], fresh[pair]
         assert a["prompts"] == b["prompts"] and a["ql_tokens"] == b["ql_tokens"]
-        assert set(a["prompts"]) == {"umbrela", "ql", "pl"} and a["prompts"]["ql"].endswith(queries[pair[0]].text)
+        assert (set(a["prompts"]) == {"umbrela", "ql", "pl"}
+                and a["prompts"]["ql"].endswith(queries[pair[0]].text))
         assert a["prompts"]["pl"].startswith(f"Question: {queries[pair[0]].text}\nPassage:")
         assert a["ql_prior_logprob"] == pytest.approx(b["ql_prior_logprob"], abs=1e-2)
-        assert a["pl_logprob"] == pytest.approx(b["pl_logprob"], abs=5e-2) and a["pl_tokens"] == b["pl_tokens"]
+        assert (a["pl_logprob"] == pytest.approx(b["pl_logprob"], abs=5e-2)
+                and a["pl_tokens"] == b["pl_tokens"])
         assert a["ql_logprob"] == pytest.approx(b["ql_logprob"], abs=1e-2)
         assert a["label_probs"] == pytest.approx(b["label_probs"], abs=1e-3)
         assert sum(a["label_probs"]) == pytest.approx(1.0, abs=1e-4)
@@ -136,7 +139,8 @@ def test_for_scorers_shares_the_model_and_scores_alike(judge, tiny_dl19):
     assert ql_only.model is judge.model and judge.config.scorers == ("umbrela", "ql", "pl")
     assert ql_only.config.fingerprint() == {**judge.config.fingerprint(), "scorers": ["ql"]}
     got, full = ql_only.score_pairs(items), judge.score_pairs(items)
-    assert set(got[0]) == {"ql_logprob", "ql_prior_logprob", "ql_tokens"} and set(ql_only.prompts(*items[0])) == {"ql"}
+    assert (set(got[0]) == {"ql_logprob", "ql_prior_logprob", "ql_tokens"}
+            and set(ql_only.prompts(*items[0])) == {"ql"})
     assert [r["ql_logprob"] for r in got] == pytest.approx([r["ql_logprob"] for r in full], abs=1e-3)
     with pytest.raises(ConfigError, match="scorers"):
         judge.for_scorers(("vibes",))
@@ -169,7 +173,8 @@ def test_priors_are_the_empty_side_and_prompts_give_one_score_each(judge, tiny_d
     assert records[0]["ql_prior_logprob"] == records[1]["ql_prior_logprob"]  # one query, one prior
     pl_prior = judge.ql.score_ids([judge._pl_sequence(empty_query, doc)])[0]
     assert records[0]["pl_prior_logprob"] == pytest.approx(float(pl_prior), abs=1e-3)
-    several = RelevanceJudge(JudgeConfig(scorers=("ql",), max_passage_tokens=96, ql_prompts=("question", "chat")))
+    several = RelevanceJudge(JudgeConfig(scorers=("ql",), max_passage_tokens=96,
+                                         ql_prompts=("question", "chat")))
     got = several.score_pairs(items)
     assert [len(r["ql_logprobs"]) for r in got] == [2, 2]
     assert got[0]["ql_logprobs"][0] == pytest.approx(records[0]["ql_logprob"], abs=1e-3)

@@ -67,8 +67,8 @@ def test_least_squares_expected_grade_is_the_clipped_prediction(tmp_path):
     far = [{"qid": "q", "ql_logprob": v, "ql_tokens": 1} for v in (-9.0, 12.0)]
     assert calibrator.expected_grades(far).tolist() == [0.0, 3.0]
     # a file saved before intercepts existed loads with none, and cannot give expected grades
-    legacy = GradeCalibrator(*(getattr(calibrator, f) for f in ("features", "mean", "std", "weights", "thresholds",
-                                                                "fitted_on")))
+    legacy = GradeCalibrator(*(getattr(calibrator, f) for f in ("features", "mean", "std", "weights",
+                                                                "thresholds", "fitted_on")))
     with pytest.raises(ConfigError, match="refit"):
         legacy.expected_grades(records)
 

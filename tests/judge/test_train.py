@@ -18,7 +18,8 @@ def write_beir(folder, data, qids: list[str], per_query: int) -> None:
     pairs = []
     for qid in qids:
         by_grade = sorted(data.qrels[qid].items(), key=lambda item: (-item[1], item[0]))
-        pairs += [(qid, d, g) for d, g in by_grade[: per_query // 2] + by_grade[-(per_query - per_query // 2):]]
+        pairs += [(qid, d, g) for d, g in by_grade[: per_query // 2]
+                  + by_grade[-(per_query - per_query // 2):]]
     (folder / "qrels").mkdir(parents=True)
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{q}\t{d}\t{g}\n" for q, d, g in pairs))
@@ -31,7 +32,8 @@ def write_beir(folder, data, qids: list[str], per_query: int) -> None:
 
 @pytest.fixture(scope="module")
 def dl19_slice(tmp_path_factory):
-    """Three real DL 2019 queries with four judged passages each (two of the highest grades, two of the lowest)."""
+    """Three real DL 2019 queries with four judged passages each (two of the highest grades,
+    two of the lowest)."""
     from sparsa.config import load_settings
     from sparsa.data import load_dataset
 
@@ -45,9 +47,11 @@ def test_cli_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_path):
     out = tmp_path / "judge"
     assert main(["train", "judge", "--dataset", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "dataset not found" in capsys.readouterr().err
-    assert main(["train", "judge", "--dataset", str(dl19_slice), "--fit-queries", "1", "--out", str(out)]) == 2
+    assert (main(["train", "judge", "--dataset", str(dl19_slice), "--fit-queries", "1", "--out", str(out)])
+            == 2)
     assert "4 labelled pairs in the first 1 queries; fine-tuning needs at least 8" in capsys.readouterr().err
-    assert main(["train", "judge", "--dataset", str(dl19_slice), "--fit-queries", "3", "--out", str(out)]) == 2
+    assert (main(["train", "judge", "--dataset", str(dl19_slice), "--fit-queries", "3", "--out", str(out)])
+            == 2)
     assert "--fit-queries must be between 1 and 2" in capsys.readouterr().err
     assert not out.exists()
 
@@ -81,7 +85,8 @@ def test_fine_tuned_judge_learns_and_loads_as_a_plain_model(dl19_slice, tmp_path
     assert manifest["config"]["lr"] == 1e-5 and manifest["data"]["fit_queries"] == fit
     judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=8))
     records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    after = sum(-math.log(r["label_probs"][p.grade])
+                for r, p in zip(records, pairs, strict=True)) / len(pairs)
     assert after < manifest["epochs"][0]["loss"] - 0.05
     assert set(argmax_grades(records).tolist()) <= {0, 1, 2, 3}
     assert all(sum(r["label_probs"]) == pytest.approx(1.0, abs=1e-4) for r in records)
@@ -94,7 +99,8 @@ def pairs_file(tmp_path, lines: list[str], name: str = "pairs.jsonl"):
     return path
 
 
-GOOD = json.dumps({"query": "how tall is mount fuji", "passage": "Mount Fuji is 3,776 metres tall.", "grade": 3})
+GOOD = json.dumps({"query": "how tall is mount fuji", "passage": "Mount Fuji is 3,776 metres tall.",
+                   "grade": 3})
 
 
 def test_pairs_file_round_trip_and_default_ids(tmp_path):
@@ -102,15 +108,17 @@ def test_pairs_file_round_trip_and_default_ids(tmp_path):
 
     path = pairs_file(tmp_path, [
         GOOD,
-        json.dumps({"query": "how tall is mount fuji", "passage": "Fuji is in Japan.", "grade": 1, "doc_id": 7}),
+        json.dumps({"query": "how tall is mount fuji", "passage": "Fuji is in Japan.",
+                    "grade": 1, "doc_id": 7}),
         "",  # blank lines are skipped, not errors
-        json.dumps({"query": "eiffel tower year", "passage": "Completed in 1889.", "grade": 2, "query_id": "q9",
-                    "title": "Eiffel Tower", "source": "hand"}),
+        json.dumps({"query": "eiffel tower year", "passage": "Completed in 1889.", "grade": 2,
+                    "query_id": "q9", "title": "Eiffel Tower", "source": "hand"}),
     ])
     pairs = read_labelled_pairs(path)
     assert [(p.query.id, p.passage.id, p.grade) for p in pairs] == [("line1", "line1", 3), ("line1", "7", 1),
                                                                    ("q9", "line4", 2)]
-    assert pairs[2].passage.full_text == "Eiffel Tower Completed in 1889." and pairs[2].passage.meta == {"source": "hand"}
+    assert (pairs[2].passage.full_text == "Eiffel Tower Completed in 1889."
+            and pairs[2].passage.meta == {"source": "hand"})
     write_labelled_pairs(pairs, tmp_path / "copy.jsonl.gz")
     assert read_labelled_pairs(tmp_path / "copy.jsonl.gz") == pairs
     assert describe_pairs(pairs) == {"pairs": 3, "queries": 2, "grades": {1: 1, 2: 1, 3: 1},
@@ -122,7 +130,8 @@ def test_pairs_file_round_trip_and_default_ids(tmp_path):
     ('{"query": "q", "passage": "p", "grade": 1', "invalid JSON"),
     ('["q", "p", 1]', "expected a JSON object"),
     ('{"query": "q", "passage": "p"}', "'grade' must be an integer 0-3"),
-    ('{"query": "q", "passage": "p", "grade": 4}', "'grade' must be an integer 0-3 (the judge's scale), got 4"),
+    ('{"query": "q", "passage": "p", "grade": 4}',
+     "'grade' must be an integer 0-3 (the judge's scale), got 4"),
     ('{"query": "q", "passage": "p", "grade": "2"}', "got '2'"),
     ('{"query": "q", "passage": "p", "grade": true}', "got True"),
     ('{"query": "q", "passage": " ", "grade": 1}', "'passage' must be a non-empty string"),
@@ -146,7 +155,8 @@ def test_cli_pairs_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_pa
         (["--pairs", str(bad)], f"{bad}:3: 'grade' must be an integer 0-3"),
         (["--pairs", str(tmp_path / "none.jsonl")], "none.jsonl: file not found"),
         (["--pairs", str(pairs_file(tmp_path, [""], "empty.jsonl"))], "no labelled pairs in file"),
-        (["--pairs", str(pairs_file(tmp_path, [GOOD] * 3, "few.jsonl"))], "3 labelled pairs; fine-tuning needs"),
+        (["--pairs", str(pairs_file(tmp_path, [GOOD] * 3, "few.jsonl"))],
+         "3 labelled pairs; fine-tuning needs"),
         (["--pairs", str(bad), "--dataset", str(dl19_slice)], "--dataset (graded qrels"),
         ([], "or --pairs FILE, not both"),
     ]
@@ -167,11 +177,13 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
 
     texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
                                         "Tokyo has many trains.", "Bread needs yeast."],
-             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.", "Paris is in France.",
+             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.",
+                                                 "Paris is in France.",
                                                  "The Louvre is a museum.", "Cats sleep a lot."]}
     grades = (3, 1, 0, 0)  # skewed, as real pools: one step can learn the prior (uniform grades would not)
     path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g, "source": "hand"})
-                                 for q, passages in texts.items() for p, g in zip(passages, grades, strict=True)])
+                                 for q, passages in texts.items()
+                                 for p, g in zip(passages, grades, strict=True)])
     out = tmp_path / "judge"
     # one step after warm-up of 10: the rate is lr / 11
     argv = ["train", "judge", "--pairs", str(path), "--out", str(out), "--batch-size", "8", "--lr", "1e-4",
@@ -183,7 +195,8 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
     pairs = read_labelled_pairs(path)
     judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
     records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    after = sum(-math.log(r["label_probs"][p.grade])
+                for r, p in zip(records, pairs, strict=True)) / len(pairs)
     assert after < manifest["epochs"][0]["loss"] - 0.05
 
 
@@ -200,10 +213,12 @@ def test_cli_lora_judge_saves_a_plain_model(tmp_path):
 
     texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
                                         "Tokyo has many trains.", "Bread needs yeast."],
-             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.", "Paris is in France.",
+             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.",
+                                                 "Paris is in France.",
                                                  "The Louvre is a museum.", "Cats sleep a lot."]}
     path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g})
-                                 for q, passages in texts.items() for p, g in zip(passages, (3, 1, 0, 0), strict=True)])
+                                 for q, passages in texts.items()
+                                 for p, g in zip(passages, (3, 1, 0, 0), strict=True)])
     out = tmp_path / "judge"
     # one step after the warm-up of 10 (rate lr / 11), on the adapters only
     argv = ["train", "judge", "--pairs", str(path), "--out", str(out), "--batch-size", "8", "--lr", "1e-3",
@@ -217,5 +232,6 @@ def test_cli_lora_judge_saves_a_plain_model(tmp_path):
     pairs = read_labelled_pairs(path)
     judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
     records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    after = sum(-math.log(r["label_probs"][p.grade])
+                for r, p in zip(records, pairs, strict=True)) / len(pairs)
     assert after < manifest["epochs"][0]["loss"] - 0.05

@@ -11,8 +11,9 @@ per retrieved path of the subgraph aspect ("Tom Hanks acted in movies directed b
    LM embeddings, the retrieval score and the item's kind and length. A gate below
    ``gate_threshold`` closes: the item is left out of the prompt (except the ``min_open_paths``
    best-gated paths, so the subgraph aspect never vanishes); an open gate scales the item's
-   embeddings by ``g`` (``gate_mode="scale"``) or lets them through unchanged (``"filter"``). Gates come before alignment, so a closed item influences nothing
-   downstream: the prompt is exactly the one built without that item (a test checks this).
+   embeddings by ``g`` (``gate_mode="scale"``) or lets them through unchanged (``"filter"``). Gates
+   come before alignment, so a closed item influences nothing downstream: the prompt is exactly the
+   one built without that item (a test checks this).
 3. **Self-alignment**: each open item's token embeddings attend (multi-head cross-attention) to the
    pooled embeddings of all open items and the question; the result is added back through a learned
    scale that starts at 0, so an untrained head reproduces the plain-text prompt. The alignment loss
@@ -64,7 +65,8 @@ class AmarConfig:
     # Low-rank adapters on the LM's linear layers (0: the LM stays frozen); trained with the head.
     lora_rank: int = 0
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                     "up_proj", "down_proj")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_threshold <= 1.0:
@@ -172,7 +174,8 @@ def _lora_adapters(lm, config: AmarConfig):
     try:
         add_lora(lm, config.lora_rank, config.lora_alpha, config.lora_targets)
     except ConfigError:
-        raise ConfigError(f"no linear layer of {config.model} is named one of {config.lora_targets}") from None
+        raise ConfigError(f"no linear layer of {config.model} is named one of "
+                          f"{config.lora_targets}") from None
     adapters = nn.ModuleDict()
     for name, layer in lora_layers(lm).items():
         adapter = adapters[name.replace(".", "__")] = nn.Module()
@@ -208,7 +211,8 @@ class AmarModel:
         # generation config (no ChatML written here).
         self.stop_ids = stop_token_ids(self.lm, self.tokenizer)
         self.chat = chat_pieces(self.tokenizer, self.stop_ids)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.pad_id = (self.tokenizer.pad_token_id
+                       if self.tokenizer.pad_token_id is not None else self.stop_ids[0])
 
     # -- pieces
     def tokens(self, text: str) -> list[int]:
@@ -276,7 +280,8 @@ class AmarModel:
         must = set(paths[: self.config.min_open_paths])
         # Open items in prompt order: entity and relation aspects, then paths from the highest gate down
         # (a small LM copies the first fitting name it reads).
-        open_ = [i for i in range(len(items)) if items[i].kind != "path" and levels[i] >= self.config.gate_threshold]
+        open_ = [i for i in range(len(items))
+                 if items[i].kind != "path" and levels[i] >= self.config.gate_threshold]
         open_ += [i for i in paths if i in must or levels[i] >= self.config.gate_threshold]
         parts = [self._embed(self.chat.prefix(True))]
         if open_:
@@ -346,7 +351,8 @@ class AmarModel:
             torch.load(folder / "amar_head.pt", map_location=device), strict=False)
         # A head saved without adapters may get fresh ones (lora_rank override): they start as identity.
         if unexpected or any(not name.startswith("lora.") for name in missing):
-            raise ConfigError(f"{folder}: head does not fit the config (missing {missing}, unexpected {unexpected})")
+            raise ConfigError(f"{folder}: head does not fit the config (missing {missing}, "
+                              f"unexpected {unexpected})")
         return model
 
 

@@ -11,7 +11,8 @@ Two stages, both checkpointed (``checkpoint.pt`` beside the output; a rerun resu
 
 On CPU the second stage is the expensive one (a forward and backward pass of the LM per example).
 AdamW (weight decay 0.01), no clipping, float32; stage 1 at a constant rate, stage 2 with a linear warm-up
-and a linear decay to 0 at ``lm_steps``, or sooner when ``time_limit_s`` cuts the run (:mod:`sparsa.training`).
+and a linear decay to 0 at ``lm_steps``, or sooner when ``time_limit_s`` cuts the run
+(:mod:`sparsa.training`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _aspect_summaries(model: AmarModel, items, logits, q_pool, token_embeds):
     paths = [i for i, k in enumerate(kinds) if k == "path"]
     weights = torch.softmax(logits[paths], 0)
     subgraph = (weights[:, None] * torch.stack([aligned[i] for i in paths])).sum(0)
-    return [torch.nn.functional.normalize(model.head.align_proj(v), dim=-1) for v in (entity, relation, subgraph)]
+    return [torch.nn.functional.normalize(model.head.align_proj(v), dim=-1)
+            for v in (entity, relation, subgraph)]
 
 
 def alignment_loss(summaries: list, temperature: float):
@@ -122,7 +124,8 @@ def alignment_loss(summaries: list, temperature: float):
     entity, relation, subgraph = (torch.stack(x) for x in zip(*kept))
     target = torch.arange(len(kept), device=entity.device)
     ce = torch.nn.functional.cross_entropy
-    return (ce(entity @ subgraph.T / temperature, target) + ce(relation @ subgraph.T / temperature, target)) / 2
+    return (ce(entity @ subgraph.T / temperature, target)
+            + ce(relation @ subgraph.T / temperature, target)) / 2
 
 
 def answer_target(items: Sequence[AspectItem], open_: Sequence[int], answers: Sequence[str]) -> str:
@@ -187,7 +190,8 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
         gate.optimizer.load_state_dict(saved["gate_opt"])
         lm_opt.load_state_dict(saved["lm_opt"])
         state = saved["state"]
-        logger.info("resuming Amar training from %s (%s)", checkpoint, {k: state[k] for k in ("gate_epoch", "lm_step")})
+        logger.info("resuming Amar training from %s (%s)", checkpoint,
+                    {k: state[k] for k in ("gate_epoch", "lm_step")})
 
     def checkpoint_now() -> None:
         save_checkpoint(checkpoint, head=model.head.state_dict(), gate_opt=gate.optimizer.state_dict(),
@@ -200,7 +204,8 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
     while state["gate_epoch"] < config.gate_epochs:
         order = rng.permutation(len(pairs))
         total = bce_sum = 0.0
-        with progress_bar(len(order), f"amar gates epoch {state['gate_epoch'] + 1}", "q", show_progress) as bar:
+        with progress_bar(len(order), f"amar gates epoch {state['gate_epoch'] + 1}", "q",
+                          show_progress) as bar:
             for start in range(0, len(order), config.gate_batch):
                 losses, summaries = [], []
                 for i in order[start:start + config.gate_batch]:
@@ -222,7 +227,8 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
                 total += len(losses)
                 bar.update(len(order[start:start + config.gate_batch]))
         state["gate_epoch"] += 1
-        state["history"].append({"stage": "gates", "epoch": state["gate_epoch"], "bce": bce_sum / max(total, 1)})
+        state["history"].append({"stage": "gates", "epoch": state["gate_epoch"],
+                                 "bce": bce_sum / max(total, 1)})
         logger.info("gate epoch %d: bce %.4f", state["gate_epoch"], bce_sum / max(total, 1))
         checkpoint_now()
     # Stage 2: answer generation through the frozen LM.
@@ -230,23 +236,27 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
     with progress_bar(config.lm_steps, "amar answer loss", "step", show_progress) as bar:
         bar.update(state["lm_step"])
         while state["lm_step"] < config.lm_steps:
-            if state["lm_step"] >= planned or (time_limit_s is not None and time.perf_counter() - started > time_limit_s):
+            if (state["lm_step"] >= planned
+                    or (time_limit_s is not None and time.perf_counter() - started > time_limit_s)):
                 logger.info("time limit reached at step %d", state["lm_step"])
                 break
-            batch = [pairs[i] for i in rng.choice(len(pairs), size=min(config.lm_batch, len(pairs)), replace=False)]
+            batch = [pairs[i] for i in rng.choice(len(pairs), size=min(config.lm_batch, len(pairs)),
+                                                  replace=False)]
             loss, lm_part, gate_part = _lm_loss(model, batch, config.lambda_gate, config.train_mode)
             step = state["lm_step"]
             if step == stage2_from + 3:
                 stage2_started = time.perf_counter()
             if time_limit_s is not None and step == stage2_from + 8:  # fit the decay into the time left
                 per_step = (time.perf_counter() - stage2_started) / 5
-                planned = min(planned, step + int((time_limit_s - (time.perf_counter() - started)) / per_step))
+                planned = min(planned,
+                              step + int((time_limit_s - (time.perf_counter() - started)) / per_step))
             factor = lr_factor(step, config.warmup_steps, planned)
             for group, base in zip(lm_opt.param_groups, (config.lm_lr, config.lora_lr)):
                 group["lr"] = base * factor
             lm.step(loss)
             state["lm_step"] += 1
-            state["history"].append({"stage": "answer", "step": state["lm_step"], "lm": lm_part, "gate": gate_part})
+            state["history"].append({"stage": "answer", "step": state["lm_step"], "lm": lm_part,
+                                     "gate": gate_part})
             bar.update(1)
             if state["lm_step"] % config.checkpoint_every == 0:
                 checkpoint_now()

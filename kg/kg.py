@@ -1,7 +1,8 @@
 """Knowledge-graph retrieval for KGQA (Amar's three aspects): entities, relations and subgraph paths.
 
 A :class:`KnowledgeGraph` holds triples (a ``head<TAB>relation<TAB>tail`` file, or MetaQA's WikiMovies KB
-as ``head|relation|tail``) as an adjacency list over both directions. For a question, :class:`KGRetriever` returns
+as ``head|relation|tail``) as an adjacency list over both directions. For a question,
+:class:`KGRetriever` returns
 
 - **entities**: the topic entity, read from MetaQA's ``[brackets]``, else the longest span of the
   question that names an entity, else the closest entity name (fuzzy, ``difflib``);
@@ -55,7 +56,8 @@ RELATION_QUESTIONS: dict[str, tuple[str, str]] = {
     "written_by": ("who wrote this movie, its screenwriter", "which movies did this writer write"),
     "starred_actors": ("who acted in this movie, its actors and cast",
                        "which movies did this actor star in or appear in"),
-    "release_year": ("when was this movie released, its release year", "which movies were released that year"),
+    "release_year": ("when was this movie released, its release year",
+                     "which movies were released that year"),
     "in_language": ("what language is this movie in", "which movies are in this language"),
     "has_genre": ("what genre or type of film is this movie", "which movies are of this genre"),
     "has_tags": ("what is this movie about, its topics and tags", "which movies are about this topic"),
@@ -268,7 +270,8 @@ class KGRetriever:
     def link_entities(self, question: str) -> list[str]:
         """Topic entity names: bracketed spans that name an entity, else the longest n-gram, else fuzzy."""
         graph = self.graph
-        found = [graph.entities[i] for s in _BRACKET.findall(question) if (i := graph.entity_id(s)) is not None]
+        found = [graph.entities[i] for s in _BRACKET.findall(question)
+                 if (i := graph.entity_id(s)) is not None]
         if found:
             return list(dict.fromkeys(found))
         words = _BRACKET.sub(lambda m: m.group(1), question).split()
@@ -327,11 +330,13 @@ class KGRetriever:
         paths: list[PathItem] = []
         if topic is not None:
             reachable = self._reachable(self.graph.entity_id(topic))
-            scored = sorted(((float(self._pattern_vectors[self._pattern_index[p]] @ q), p) for p in reachable),
+            scored = sorted(((float(self._pattern_vectors[self._pattern_index[p]] @ q), p)
+                             for p in reachable),
                             key=lambda x: -x[0])
             # Longer paths add words that match any question, so each path length gets its share of slots.
             share = -(-self.max_paths // self.max_hops)
-            kept = [x for hops in range(1, self.max_hops + 1) for x in [y for y in scored if len(y[1]) == hops][:share]]
+            kept = [x for hops in range(1, self.max_hops + 1)
+                    for x in [y for y in scored if len(y[1]) == hops][:share]]
             for score, pattern in sorted(kept, key=lambda x: -x[0])[: self.max_paths]:
                 ends = [self.graph.entities[e] for e, _ in reachable[pattern].most_common(self.max_tails)]
                 text = f"{topic} {self.graph.path_phrase(pattern)}: {'; '.join(ends)}"
@@ -341,7 +346,8 @@ class KGRetriever:
 
 
 class _CacheUnpickler(pickle.Unpickler):
-    """Reads caches written before this module moved out of ``sparsa.rag`` (their classes name the old module)."""
+    """Reads caches written before this module moved out of ``sparsa.rag`` (their classes
+    name the old module)."""
 
     def find_class(self, module: str, name: str):
         return super().find_class(__name__ if module == "sparsa.rag.kg" else module, name)

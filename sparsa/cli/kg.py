@@ -80,7 +80,8 @@ def ask(
         out.print(json.dumps(answer))
         return
     out.print(answer["answer"])
-    console.print(f"mode: {mode}; topic entity: {retrieval.topic or 'none found'}; reader: {reader.config.model}")
+    console.print(f"mode: {mode}; topic entity: {retrieval.topic or 'none found'}; reader: "
+                  f"{reader.config.model}")
     for i, item in enumerate(answer["knowledge"]):
         mark = "*" if i in answer["shown"] else " "
         gate = f" gate {item['gate']:.2f}" if "gate" in item else ""

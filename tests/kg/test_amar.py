@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 def _retrieval(paths: list[tuple[str, tuple[str, ...], int]]) -> KGRetrieval:
     rng = np.random.default_rng(0)
-    items = tuple(PathItem(((0, False),) * hops, tails, 0.5 - 0.1 * i, text, rng.normal(size=384).astype(np.float32))
+    items = tuple(PathItem(((0, False),) * hops, tails, 0.5 - 0.1 * i, text,
+                           rng.normal(size=384).astype(np.float32))
                   for i, (text, tails, hops) in enumerate(paths))
     return KGRetrieval("what movies did [Tom Hanks] act in", "Tom Hanks", ("Tom Hanks",),
                        (("acted in", 0.6), ("directed", 0.3)), items, rng.normal(size=384).astype(np.float32))
@@ -113,7 +114,8 @@ def test_stage1_alignment_loss_leaves_the_prompt_alone(tmp_path):
     retrievals = [_retrieval(PATHS), _retrieval(PATHS[::-1])]
     questions = [KGQuestion(f"q{i}", r.question, ("Big",), 1) for i, r in enumerate(retrievals)]
     before = fresh.head.align.out_proj.weight.detach().clone()
-    train_amar(fresh, retrievals, questions, tmp_path / "gates", AmarTrainConfig(gate_epochs=2, gate_batch=2, lm_steps=0))
+    train_amar(fresh, retrievals, questions, tmp_path / "gates",
+               AmarTrainConfig(gate_epochs=2, gate_batch=2, lm_steps=0))
     assert float(fresh.head.align_scale.detach()) == 0.0
     assert not torch.equal(before, fresh.head.align.out_proj.weight)  # the alignment itself did learn
     retrieval = retrievals[0]
@@ -160,8 +162,10 @@ def test_lora_heads_keep_their_saved_layout(tmp_path):
     torch.save(old, tmp_path / "head" / "amar_head.pt")
     loaded = AmarModel.load(tmp_path / "head")
     layer = loaded.lm.model.layers[0].self_attn.q_proj
-    torch.testing.assert_close(layer.lora_A["default"].weight, old["lora.model__layers__0__self_attn__q_proj.a"])
-    torch.testing.assert_close(layer.lora_B["default"].weight, old["lora.model__layers__0__self_attn__q_proj.b"])
+    torch.testing.assert_close(layer.lora_A["default"].weight,
+                               old["lora.model__layers__0__self_attn__q_proj.a"])
+    torch.testing.assert_close(layer.lora_B["default"].weight,
+                               old["lora.model__layers__0__self_attn__q_proj.b"])
 
 
 def test_generation_returns_one_answer_per_question(model):
@@ -173,7 +177,8 @@ def test_generation_returns_one_answer_per_question(model):
 # The prompt Amar hard-coded before it read the LM's chat template (heads were trained on these tokens).
 CHATML_PREFIX = "<|im_start|>user\nKnowledge:\n"
 CHATML_PREFIX_NO_KNOWLEDGE = "<|im_start|>user\n"
-CHATML_SUFFIX = "Question: {question}\nAnswer with one name only.<|im_end|>\n<|im_start|>assistant\nThe answer is"
+CHATML_SUFFIX = ("Question: {question}\nAnswer with one name only.<|im_end|>\n"
+                 "<|im_start|>assistant\nThe answer is")
 
 
 def test_smollm2_prompt_tokens_are_the_chatml_ones_amar_always_used(model):
@@ -203,11 +208,13 @@ def test_smollm2_prompt_tokens_are_the_chatml_ones_amar_always_used(model):
 
 LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
           "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+          "{% if add_generation_prompt %}"
+          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 GEMMA = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
-         "{{ raise_exception('System role not supported') }}{% endif %}{% if message['role'] == 'assistant' %}"
-         "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + "
-         "role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+         "{{ raise_exception('System role not supported') }}{% endif %}"
+         "{% if message['role'] == 'assistant' %}"
+         "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+         "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
          "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
 
 

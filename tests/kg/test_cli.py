@@ -42,7 +42,8 @@ def test_kg_ask_answers_from_a_triples_tsv(capsys, metaqa_slice, shared_data, tm
     assert "Big directed by: Penny Marshall" in [k["text"] for k in answer["knowledge"]]
     # SmolLM2's own template: the ChatML user turn, and no default system turn
     assert answer["prompt"].startswith("<|im_start|>user\nKnowledge:\nEntities: Big\n")
-    assert answer["prompt"].endswith("Answer with one name only.<|im_end|>\n<|im_start|>assistant\nThe answer is")
+    assert answer["prompt"].endswith("Answer with one name only.<|im_end|>\n"
+                                     "<|im_start|>assistant\nThe answer is")
     # MetaQA's own pipe-separated file reads as the same graph
     piped = tmp_path / "kb.txt.gz"
     with gzip.open(piped, "wt") as f:
@@ -77,11 +78,13 @@ def test_kg_ask_reads_with_any_chat_template(capsys, metaqa_slice, tmp_path):
 def test_train_amar_on_a_triples_file_then_ask_with_the_head(capsys, metaqa_slice, tmp_path):
     kb, qa = metaqa_slice
     head = tmp_path / "head"
-    assert main(["-q", "train", "amar", "--kg", str(kb), "--qa", str(qa), "--out", str(head), "--gate-epochs", "1",
-                 "--gate-batch", "2", "--lm-steps", "1", "--lm-batch", "1"]) == 0
-    assert (head / "amar_head.pt").is_file() and json.loads((head / "training.json").read_text())["lm_steps"] == 1
+    assert main(["-q", "train", "amar", "--kg", str(kb), "--qa", str(qa), "--out", str(head),
+                 "--gate-epochs", "1", "--gate-batch", "2", "--lm-steps", "1", "--lm-batch", "1"]) == 0
+    assert ((head / "amar_head.pt").is_file()
+            and json.loads((head / "training.json").read_text())["lm_steps"] == 1)
     capsys.readouterr()
-    answer = _ask(capsys, "who directed [Splash]", "--kg", str(kb), "--head", str(head), "--max-new-tokens", "6")
+    answer = _ask(capsys, "who directed [Splash]", "--kg", str(kb), "--head", str(head),
+                  "--max-new-tokens", "6")
     assert answer["mode"] == "amar" and answer["topic"] == "Splash"
     assert all(0.0 <= k["gate"] <= 1.0 for k in answer["knowledge"])
     shown = [answer["knowledge"][i]["text"] for i in answer["shown"]]
@@ -96,7 +99,8 @@ def test_kg_errors_are_clear(capsys, metaqa_slice, tmp_path):
     bad_qa = tmp_path / "qa.txt"
     bad_qa.write_text("who directed [Big]\n")
     cases = [
-        (["kg", "ask", "who directed [Big]", "--kg", str(bad)], f"{bad}:2: expected head<TAB>relation<TAB>tail"),
+        (["kg", "ask", "who directed [Big]", "--kg", str(bad)],
+         f"{bad}:2: expected head<TAB>relation<TAB>tail"),
         (["kg", "ask", "who directed [Big]", "--kg", str(kb), "--mode", "amar"], "--mode amar needs --head"),
         (["kg", "ask", "q", "--kg", str(kb), "--mode", "graph"], "--mode 'graph'"),
         (["kg", "ask", "  ", "--kg", str(kb)], "the question is empty"),

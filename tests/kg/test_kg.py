@@ -69,7 +69,8 @@ def test_one_hop_paths_reach_the_answers(retriever):
 def test_two_hop_paths_are_grouped_by_relation_path(retriever):
     result = retriever.retrieve("who directed the movies starred by [Tom Hanks]")
     by_text = {p.text.split(":")[0]: set(p.tails) for p in result.paths}
-    assert by_text["Tom Hanks acted in movies directed by"] == {"Penny Marshall", "Ron Howard", "Robert Zemeckis"}
+    assert by_text["Tom Hanks acted in movies directed by"] == {"Penny Marshall", "Ron Howard",
+                                                                "Robert Zemeckis"}
     best_two_hop = next(p for p in result.paths if len(p.steps) == 2)
     assert set(best_two_hop.tails) == {"Penny Marshall", "Ron Howard", "Robert Zemeckis"}
     # The topic itself is never an answer of a 2-hop path (co-actors of Tom Hanks exclude him).
@@ -85,9 +86,11 @@ def test_load_metaqa_and_cache(tmp_path, retriever):
     folder = tmp_path / "1-hop" / "vanilla"
     folder.mkdir(parents=True)
     with gzip.open(folder / "qa_dev.txt.gz", "wt") as f:
-        f.write("what movies did [Tom Hanks] act in\tBig|Splash|Cast Away\nwho directed [Big]\tPenny Marshall\n")
+        f.write("what movies did [Tom Hanks] act in\tBig|Splash|Cast Away\n"
+                "who directed [Big]\tPenny Marshall\n")
     questions = load_metaqa(tmp_path, 1, "dev")
-    assert [q.answers for q in questions][1] == ("Penny Marshall",) and questions[0].bracketed == ["Tom Hanks"]
+    assert ([q.answers for q in questions][1] == ("Penny Marshall",)
+            and questions[0].bracketed == ["Tom Hanks"])
     cache = tmp_path / "cache.pkl"
     first = retrieve_cached(retriever, questions, cache)
     again = retrieve_cached(retriever, questions, cache)

@@ -106,7 +106,8 @@ def realtimeqa(data: Path, n: int, seed: int = 0) -> tuple[list[QAExample], list
     gold = sorted({a for q in labelled for a in rtqa.gold[q.id]})
     others = _sample(sorted(set(rtqa.articles) - set(gold)), RTQA_DISTRACTORS, seed)
     docs = [d for i, article_id in enumerate(gold + others)
-            for d in _chunks(f"rtqa-{i}", rtqa.articles[article_id].title.strip(), rtqa.articles[article_id].text)]
+            for d in _chunks(f"rtqa-{i}", rtqa.articles[article_id].title.strip(),
+                             rtqa.articles[article_id].text)]
     return chosen, docs
 
 
@@ -133,7 +134,8 @@ def metaqa(data: Path, n: int, seed: int = 0) -> tuple[list[QAExample], list[Doc
         for number, line in enumerate(f, 1):
             question, sep, answers = line.rstrip("\n").partition("\t")
             if not sep:
-                raise DataFormatError(folder / "1-hop/vanilla/qa_test.txt.gz", "expected 'question<TAB>answers'", number)
+                raise DataFormatError(folder / "1-hop/vanilla/qa_test.txt.gz",
+                                      "expected 'question<TAB>answers'", number)
             examples.append(QAExample(f"mqa-{number}", "metaqa", question, tuple(answers.split("|"))))
     by_head: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     with gzip.open(folder / "kb_reconstructed.txt.gz", "rt", encoding="utf-8") as f:
@@ -147,8 +149,10 @@ def metaqa(data: Path, n: int, seed: int = 0) -> tuple[list[QAExample], list[Doc
 
 
 def popqa(data: Path, n: int, seed: int = 0) -> tuple[list[QAExample], list[Document]]:
-    rows = sorted(_jsonl(data / "popqa-longtail" / "popqa_longtail.jsonl"), key=lambda r: (-r["s_pop"], r["id"]))
-    return [QAExample(f"popqa-{r['id']}", "popqa", r["question"], tuple(r["possible_answers"])) for r in rows[:n]], []
+    rows = sorted(_jsonl(data / "popqa-longtail" / "popqa_longtail.jsonl"),
+                  key=lambda r: (-r["s_pop"], r["id"]))
+    return [QAExample(f"popqa-{r['id']}", "popqa", r["question"], tuple(r["possible_answers"]))
+            for r in rows[:n]], []
 
 
 def nq_open(data: Path, n: int, seed: int = 0) -> tuple[list[QAExample], list[Document]]:
@@ -170,7 +174,8 @@ def interleave_sources(examples: list[QAExample]) -> list[QAExample]:
     return [e for *_, e in sorted(keyed, key=lambda t: t[:2])]
 
 
-def mixed_question_set(data: str | Path, per_source: int = 80, seed: int = 0) -> tuple[list[QAExample], list[Document]]:
+def mixed_question_set(data: str | Path, per_source: int = 80,
+                       seed: int = 0) -> tuple[list[QAExample], list[Document]]:
     """All sources' sampled questions and the union of their passages (one corpus, one index)."""
     examples, docs = [], []
     for source in SOURCES:

@@ -57,7 +57,13 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 }
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
-_STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this", "these", "those", "it", "its", "as", "into", "about", "than", "then", "there", "their", "his", "her", "he", "she", "they", "them", "you", "your", "we", "our", "i", "me", "my", "has", "have", "had", "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "name", "one"])
+_STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and",
+                        "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what",
+                        "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this",
+                        "these", "those", "it", "its", "as", "into", "about", "than", "then", "there",
+                        "their", "his", "her", "he", "she", "they", "them", "you", "your", "we", "our", "i",
+                        "me", "my", "has", "have", "had", "not", "no", "can", "could", "would", "should",
+                        "will", "shall", "may", "might", "must", "name", "one"])
 
 
 class TermStats:
@@ -230,7 +236,8 @@ class Router:
     @classmethod
     def load(cls, path: str | Path, corpus: Corpus | None, retriever: Any = None) -> Router:
         if corpus is None:
-            raise ConfigError("routing needs the indexed corpus (its term statistics): give an index and dataset")
+            raise ConfigError("routing needs the indexed corpus (its term statistics): give "
+                              "an index and dataset")
         return cls(read_router_model(path), TermStats.from_corpus(corpus), retriever)
 
 

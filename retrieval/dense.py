@@ -137,7 +137,8 @@ class DenseEncoder:
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         # CPU bf16: the model's forward with autocast's casts done once (same outputs, fewer copies).
-        use_fast = self.device.type == "cpu" and self.dtype == torch.bfloat16 and Bf16BertForward.supports(self.model)
+        use_fast = (self.device.type == "cpu" and self.dtype == torch.bfloat16
+                    and Bf16BertForward.supports(self.model))
         self._bf16_bert = Bf16BertForward(self.model) if use_fast else None
         logger.info("loaded dense %s from %s on %s (%s, %s pooling, normalize=%s) in %.1f s", config.model,
                     path, self.device, self.dtype, self.pooling, self.normalize,
@@ -196,7 +197,8 @@ class DenseEncoder:
             if self._bf16_bert is not None:
                 hidden = self._bf16_bert(input_ids, attention_mask).float()
             else:
-                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+                hidden = self.model(input_ids=input_ids,
+                                    attention_mask=attention_mask).last_hidden_state.float()
             embeddings = pool_hidden(hidden, attention_mask, self.pooling)
             return torch.nn.functional.normalize(embeddings, dim=-1) if self.normalize else embeddings
 

@@ -128,16 +128,8 @@ def test_a_generation_abandoned_midway_unbinds_the_static_decode(model):
 
 
 @pytest.mark.slow
-def test_smollm2_static_decode_matches_eager_with_quest_engaged():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparsa.models import resolve_model
-
-    path = resolve_model("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    filler = "The grass is green. The sky is blue. The sun is yellow. " * 20
-    text = filler + "The pass key is 48213. Remember it. " + filler + "What is the pass key? The pass key is"
+def test_smollm2_static_decode_matches_eager_with_quest_engaged(smollm2_pass_key):
+    tok, lm, text = smollm2_pass_key
     ids = tok(text).input_ids
     use_sparse_attention(lm, prefill="dense", decode="sparse", budget_tokens=128, page_size=16)
     try:

@@ -249,16 +249,8 @@ def test_kept_share_counts_visible_blocks():
 
 
 @pytest.mark.slow
-def test_smollm2_answers_the_same_with_sparse_settings():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparsa.models import resolve_model
-
-    path = resolve_model("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    filler = "The grass is green. The sky is blue. The sun is yellow. " * 20
-    text = filler + "The pass key is 48213. Remember it. " + filler + "What is the pass key? The pass key is"
+def test_smollm2_answers_the_same_with_sparse_settings(smollm2_pass_key):
+    tok, lm, text = smollm2_pass_key
     ids = tok(text, return_tensors="pt").input_ids
 
     def answer():

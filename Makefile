@@ -35,7 +35,7 @@ index_ok = $(BIN)/python -c "import sys; from sparsa.artifacts import read_manif
 demo: install
 	@if $(call index_ok,scifact-bm25); then $(BIN)/sparsa demo; else $(BIN)/sparsa demo --rebuild; fi
 	@if $(call index_ok,scifact-splade); then echo "index scifact-splade: built and valid, not rebuilt"; \
-	else $(BIN)/sparsa index --dataset scifact --kind splade --out scifact-splade; fi
+	else $(BIN)/sparsa index --dataset scifact --kind splade --out scifact-splade --replace; fi
 	@mkdir -p $(RUNS)
 	$(BIN)/sparsa -q search --index scifact-splade --dataset scifact --k 100 --out $(RUNS)/scifact-splade.trec
 	$(BIN)/sparsa eval --run $(RUNS)/scifact-splade.trec --dataset scifact

@@ -253,6 +253,10 @@ def stage_run(args) -> None:
     for variant in args.variants[1:]:  # one retriever, corpus and reranker; a reader per attention
         readers[variant] = load_pipeline(pipeline_config(args, ATTENTION[variant]), retriever=first.retriever,
                                          corpus=first.corpus, reranker=first.reranker).reader
+    if "full" in readers and hasattr(readers["full"].model, "sparse_attention_stats"):
+        from sparsa.kernels.hf_attention import remove_sparse_attention
+
+        remove_sparse_attention(readers["full"].model)  # the baseline is the model's own attention
     if "full-kernels" in readers:
         from sparsa.rag.config import AttentionConfig
         from sparsa.rag.reader import install_sparse_attention

@@ -59,7 +59,7 @@ def test_auto_resolves_to_this_machine():
 
     resolved = ReaderConfig().resolved()
     if torch.cuda.is_available():
-        assert (resolved.device, resolved.dtype, resolved.attention.name) == ("cuda", "bfloat16", "sparse")
+        assert (resolved.device, resolved.dtype, resolved.attention.name) == ("cuda", "bfloat16", "full")
     else:
         assert (resolved.device, resolved.dtype, resolved.attention.name) == ("cpu", "float32", "full")
     assert ReaderConfig(device="cpu", attention="sparse-kv").resolved().attention.kv == "duo"

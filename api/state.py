@@ -24,7 +24,7 @@ from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
 from sparsa.artifacts import hold_serving, release_serving
 from sparsa.config import index_path
 from sparsa.deadline import check_deadline
-from sparsa.errors import ConfigError, SparsaError
+from sparsa.errors import ConfigError, CorpusMismatchError, SparsaError
 from sparsa.search import Retriever, open_retriever
 from sparsa.types import Document, Hit, Query, Run, sort_hits
 
@@ -119,6 +119,7 @@ class ServiceState:
         self.reranker: Any = None
         self.pipeline: Any = None
         self.qa_retrievers: tuple[str, ...] = ()  # the served indexes the QA pipeline retrieves from
+        self.qa_config: Any = None  # the PipelineConfig /qa runs (qa_chain), once loaded
         self.problems: list[str] = []
         self.corpus_identity: dict[str, Any] | None = None  # the served corpus (name, ids hash)
         self.rerank_cost = Ewma()  # seconds per reranked passage (sets each request's work cap)
@@ -194,7 +195,7 @@ class ServiceState:
             raise NotConfiguredError("QA not configured: this install has no sparsa.rag.pipeline", status=503)
         from sparsa.rag.pipeline import load_pipeline
 
-        chain = self.qa_chain()
+        self.qa_config = chain = self.qa_chain()
         served = {Path(path).resolve(): name for name, path in self.config.indexes.items()}
         self.qa_retrievers = tuple(served.get(index_path(index).resolve())
                                    for index in chain.retrieval.indexes)
@@ -230,7 +231,7 @@ class ServiceState:
             return searchers[0]
         from sparsa.retrieval.fusion import HybridRetriever
 
-        retrieval = self.qa_chain().retrieval
+        retrieval = self.qa_config.retrieval
         return HybridRetriever(searchers, method=retrieval.fusion, weights=retrieval.weights,
                                depth=retrieval.depth)
 
@@ -320,9 +321,7 @@ class ServiceState:
                                      status=503)
         try:
             return self.pipeline.answer(question, mode=mode, as_of=as_of)
-        except ConfigError as exc:  # hits of an index without a recorded corpus that this corpus lacks
-            if "the corpus lacks" not in str(exc):
-                raise
+        except CorpusMismatchError as exc:  # an index without a recorded corpus returned ids it lacks
             from sparsa.api.identity import IndexMismatchError
 
             raise IndexMismatchError(f"/qa refused: {exc}") from None

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsa.errors import ConfigError
+from sparsa.errors import ConfigError, CorpusMismatchError
 from sparsa.rag.config import MODES, PipelineConfig
 from sparsa.search import Retriever
 from sparsa.types import Corpus, Document, Hit, Query
@@ -121,7 +121,7 @@ class QAPipeline:
         hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)
         missing = [hit.doc_id for hit in hits if hit.doc_id not in self.corpus]
         if missing:
-            raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
+            raise CorpusMismatchError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
                               f"{missing[0]!r}): is --dataset the corpus this index was built from?")
         if as_of is not None:
             hits = [hit for hit in hits if _dated_on_or_before(self.corpus[hit.doc_id], as_of)][:depth]
@@ -151,9 +151,10 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
     if retriever is None and retrieval.indexes:
         retriever = open_pipeline_retriever(config)
     if corpus is None and retrieval.indexes:
+        from sparsa.config import dataset_path
         from sparsa.data import load_corpus
 
-        corpus = load_corpus(_dataset(retrieval.dataset))
+        corpus = load_corpus(dataset_path(retrieval.dataset))  # RetrievalConfig requires it with indexes
     if reranker is None and config.rerank.name is not None:
         reranker = open_reranker(config.rerank.name, config.rerank.model)
     reader = Reader(config.reader)
@@ -194,11 +195,3 @@ def open_reranker(name: str, model: str | Path | None) -> Any:
     if name == "tildev2" and model is None:
         raise ConfigError("tildev2 needs rerank.model: a TILDEv2 passage store folder")
     return cls.load(model)
-
-
-def _dataset(name_or_path: str | None) -> Path:
-    from sparsa.config import dataset_path
-
-    if name_or_path is None:
-        raise ConfigError("retrieval.dataset is needed: the corpus that turns hits into passages")
-    return dataset_path(name_or_path)

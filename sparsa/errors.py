@@ -15,6 +15,10 @@ class ConfigError(SparsaError):
     """A setting or argument has a value sparsa cannot use."""
 
 
+class CorpusMismatchError(ConfigError):
+    """An index returned document ids the corpus lacks: the two come from different collections."""
+
+
 class DataFormatError(SparsaError):
     """An input file is malformed; the message names the file and, where known, the line."""
 

@@ -11,6 +11,7 @@ attention made concrete for this machine) as TOML and exits.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -87,8 +88,7 @@ def ask(
     flags = dict(locals())
     chain = pipeline_config(config, flags)
     if print_config:
-        reader = chain.reader.resolved()
-        out.print(type(chain)(chain.retrieval, chain.rerank, chain.router, reader).to_toml(), end="")
+        out.print(dataclasses.replace(chain, reader=chain.reader.resolved()).to_toml(), end="")
         return
     if question is None or not question.strip():
         raise ConfigError("the question is empty")

@@ -9,15 +9,15 @@ Algorithm (SeerAttention, Gao et al., 2024, arXiv:2410.13276):
     Lai et al., 2025) blocks. The first ("sink") block and the
     diagonal block (the one holding the newest visible key) are always kept; with ``causal=True``
     blocks wholly in the future are never kept. Cheap: ``O((S / block)^2 * D)`` in plain PyTorch.
-  * **Block-level ground truth** for training a gate (:func:`attention_block_max`): the attention map
+  * **Block-level ground truth** (:func:`attention_block_max`), what a learned gate would be trained on
+    and what the bench checks the gate against: the attention map
     max-pooled over ``block_size x block_size`` blocks, ``gt[i, j] = max_{r in i, c in j} softmax(QK^T)
     [r, c]``, computed by a FlashAttention-2-style Triton kernel (Dao, 2023) that never materialises the
     map: a first pass over the keys finds each row's log-sum-exp, a second recomputes ``QK^T`` tile by
     tile and writes one max per block. Costs two ``QK^T`` products, no ``PV``.
     :func:`attention_block_max_ref` is the PyTorch reference.
-  * **Learnable gate** (:class:`LearnableBlockGate`): SeerAttention's AttnGate, a linear map of
-    mean-pooled queries against a linear map of [max, min, mean]-pooled keys per head, trained with
-    :func:`gate_distillation_loss` (KL divergence to the row-normalised ground truth).
+  * SeerAttention's learnable AttnGate is not here: the reader uses the training-free gate, and a learned
+    gate that nothing trained or used was removed (issue 25).
 
 Shapes: batched ``q [B, Hq, Sq, D]``, ``k [B, Hkv, Sk, D]`` (SDPA layout), GQA/MQA with ``Hq % Hkv == 0``;
 head dim 64 or 128 for the Triton kernel (any for the PyTorch gates); fp16, bf16, fp32; any lengths
@@ -42,13 +42,11 @@ from torch import nn
 from .block_sparse_attention import KeptBlocks, _check_interpretable
 
 __all__ = [
-    "LearnableBlockGate",
     "attention_block_max",
     "attention_block_max_configs",
     "attention_block_max_ref",
     "block_gate_scores",
     "block_visibility",
-    "gate_distillation_loss",
     "pool_blocks",
     "select_blocks",
     "training_free_gate",
@@ -312,54 +310,3 @@ def attention_block_max_ref(q: torch.Tensor, k: torch.Tensor, *, block_size: int
     n_q, n_k = triton.cdiv(sq, block_size), triton.cdiv(sk, block_size)
     probs = nn.functional.pad(probs, (0, n_k * block_size - sk, 0, n_q * block_size - sq))
     return probs.view(b, hq, n_q, block_size, n_k, block_size).amax((3, 5))
-
-
-class LearnableBlockGate(nn.Module):
-    """SeerAttention's AttnGate for one attention layer: per-head linear maps of pooled Q and K.
-
-    ``forward(q [B, Hq, Sq, D], k [B, Hkv, Sk, D]) -> log-probabilities [B, Hq, n_q_blocks, n_k_blocks]``
-    (``-inf`` on invisible blocks). Keys are pooled by max, min and mean and concatenated, as in the paper.
-    """
-
-    def __init__(self, num_q_heads: int, num_kv_heads: int, head_dim: int, *, gate_dim: int = 128,
-                 block_size: int = 64, causal: bool = True):
-        super().__init__()
-        if num_q_heads % num_kv_heads:
-            raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
-        self.block_size, self.causal, self.group = block_size, causal, num_q_heads // num_kv_heads
-        self.q_proj = nn.Parameter(torch.randn(num_q_heads, head_dim, gate_dim) / math.sqrt(head_dim))
-        k_in = 3 * head_dim  # max, min and mean pooled keys, concatenated
-        self.k_proj = nn.Parameter(torch.randn(num_kv_heads, k_in, gate_dim) / math.sqrt(k_in))
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        qp = pool_blocks(q, self.block_size, "mean")  # [B, Hq, nq, D]
-        kp = torch.cat([pool_blocks(k, self.block_size, m) for m in ("max", "min", "mean")], -1)
-        qg = torch.einsum("bhnd,hde->bhne", qp, self.q_proj)  # [B, Hq, nq, E]
-        kg = torch.einsum("bhnd,hde->bhne", kp, self.k_proj).repeat_interleave(self.group, 1)
-        logits = (qg @ kg.transpose(-1, -2)) / math.sqrt(qg.shape[-1])  # [B, Hq, nq, nk]
-        visible, _ = block_visibility(q.shape[2], k.shape[2], self.block_size, self.causal, q.device)
-        return torch.log_softmax(logits.masked_fill(~visible, float("-inf")), -1)
-
-    @torch.no_grad()
-    def select(self, q: torch.Tensor, k: torch.Tensor, *, topk: int | None = None,
-               threshold: float | None = None) -> KeptBlocks:
-        """Blocks to keep by the learned scores (same rules as :func:`select_blocks`)."""
-        scores = self.forward(q, k).exp()
-        mask = select_blocks(scores, seqlen_q=q.shape[2], seqlen_k=k.shape[2], block_size=self.block_size,
-                             causal=self.causal, topk=topk, threshold=threshold)
-        return KeptBlocks.from_mask(mask)
-
-
-def gate_distillation_loss(gate_log_probs: torch.Tensor, ground_truth: torch.Tensor) -> torch.Tensor:
-    """KL(target || gate), target = ground truth (from :func:`attention_block_max`) normalised per row.
-
-    Both ``[B, H, n_q_blocks, n_k_blocks]``; query blocks that see no key are ignored.
-    """
-    mass = ground_truth.sum(-1, keepdim=True)
-    target = ground_truth / mass.clamp_min(1e-30)
-    valid = target > 0
-    log_gate = gate_log_probs.masked_fill(~valid, 0.0)
-    kl = torch.where(valid, target * (torch.log(target.clamp_min(1e-30)) - log_gate), 0.0).sum(-1)
-    rows = (mass[..., 0] > 0).sum().clamp_min(1)
-    return kl.sum() / rows

@@ -1,4 +1,4 @@
-"""Block gating (training-free and learnable) and the block-max ground-truth kernel, on CPU under
+"""Block gating (training-free) and the block-max ground-truth kernel, on CPU under
 TRITON_INTERPRET=1; bf16 runs on the GPU in bench/bench_attention.py."""
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import torch
 pytest.importorskip("triton")
 
 from sparsa.kernels.block_gating import (
-    LearnableBlockGate,
     attention_block_max,
     attention_block_max_ref,
     block_gate_scores,
     block_visibility,
-    gate_distillation_loss,
     pool_blocks,
     select_blocks,
     training_free_gate,
@@ -167,21 +165,3 @@ def test_gate_drives_sparse_attention():
     out = block_sparse_attention(q, k, v, kept, block_size=16, causal=True)
     ref = block_sparse_attention_ref(q, k, v, kept, block_size=16, causal=True)
     torch.testing.assert_close(out.float(), ref.float(), atol=4e-3, rtol=4e-3)
-
-
-def test_learnable_gate_learns_from_ground_truth():
-    torch.manual_seed(0)
-    q, k = _qk((1, 2, 1, 96, 96, 64, 16), torch.float32, seed=8)
-    target = attention_block_max(q, k, block_size=16, causal=True)
-    gate = LearnableBlockGate(2, 1, 64, gate_dim=32, block_size=16, causal=True)
-    optimizer = torch.optim.Adam(gate.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = gate_distillation_loss(gate(q, k), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-    kept = gate.select(q, k, topk=2)
-    assert kept.counts.shape == (1, 2, 6) and int(kept.counts.min()) >= 1

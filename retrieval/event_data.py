@@ -120,3 +120,48 @@ def split_by_week(questions: Sequence[RealtimeQuestion], last_train_week: str,
     test = [i for i, q in enumerate(questions)
             if q.week > last_train_week and (last_test_date is None or q.date <= last_test_date)]
     return train, test
+
+
+def embed_dated_dataset(folder: str | Path, encoder, cache_dir: str | Path | None,
+                        splits: Sequence[str], event_source: EventSource = "documents",
+                        ) -> tuple[EmbeddedRealtimeQA, list[list[int]]]:
+    """A dated dataset (BEIR layout: a dated corpus, ``queries.jsonl`` with a ``date`` per query,
+    ``qrels/<split>.tsv``) as the same embedded pool RealTime QA trains on; also the positions of each
+    split's questions. Undated documents are left out (they are no event and no query's candidate);
+    a judged query without a date is an error naming the file."""
+    from sparsa.data import load_corpus, read_qrels, read_queries
+    from sparsa.errors import DataFormatError
+    from sparsa.retrieval.dated import doc_day, read_query_days
+
+    folder = Path(folder)
+    queries_file = folder / "queries.jsonl"
+    if not queries_file.is_file():
+        raise DataFormatError(queries_file, "a dated dataset needs queries.jsonl with a date per query")
+    corpus, texts, days = load_corpus(folder), {q.id: q.text for q in read_queries(queries_file)}, \
+        read_query_days(queries_file)
+    documents = [corpus[doc_id] for doc_id in corpus]
+    articles = [Article(d.id, d.id, d.title, d.text, dt.date.fromisoformat(doc_day(d)))
+                for d in documents if doc_day(d)]
+    if not articles:
+        raise DataFormatError(folder, "no document has a metadata.date: not a dated corpus")
+    if len(articles) < len(documents):
+        logger.warning("%d undated documents left out of event training", len(documents) - len(articles))
+    questions: list[RealtimeQuestion] = []
+    gold: dict[str, set[str]] = {}
+    positions: list[list[int]] = []
+    for split in splits:
+        qrels_file = folder / "qrels" / f"{split}.tsv"
+        if not qrels_file.is_file():
+            raise DataFormatError(qrels_file, f"no qrels for split {split!r}")
+        rows = []
+        for qid, docs in read_qrels(qrels_file).items():
+            if qid not in texts or qid not in days:
+                raise DataFormatError(queries_file, f"judged query {qid!r} ({qrels_file.name}) is missing or "
+                                                    "has no date")
+            rows.append(len(questions))
+            day = days[qid]
+            questions.append(RealtimeQuestion(qid, texts[qid], day, day.strftime("%Y%m%d"), (), ()))
+            gold[qid] = {doc for doc, grade in docs.items() if grade > 0}
+        positions.append(rows)
+    data = RealtimeQA(questions, {a.id: a for a in articles}, gold)
+    return embed_realtimeqa(data, encoder, cache_dir, questions, event_source), positions

@@ -183,7 +183,6 @@ def train_realtimeqa(folder: str | Path, out: str | Path, config: EventTrainConf
     on the test weeks (candidates: every article dated up to each question's day).
     """
     from sparsa.data.realtimeqa import load_realtimeqa
-    from sparsa.eval import evaluate_run
     from sparsa.retrieval.dense import DenseConfig, DenseEncoder
     from sparsa.retrieval.event_data import embed_realtimeqa, split_by_week
 
@@ -192,10 +191,38 @@ def train_realtimeqa(folder: str | Path, out: str | Path, config: EventTrainConf
     train, test = split_by_week(data.questions, last_train_week, last_test_date)
     if not test:
         raise ConfigError(f"no labelled questions after week {last_train_week} to test on")
-    encoder, record = train_event_encoder(data, train, config)
-    vectors = encoder.encode_vectors(data.query_vectors[test],
-                                     [data.questions[i].date for i in test], data.events)
-    scores = evaluate_run(dense_run(data, test, vectors), gold_qrels(data, test), ("R@5", "MRR@10"))
-    record.update(data=str(folder), event_source=event_source, last_train_week=last_train_week,
-                  test_questions=len(test), test=scores.aggregate)
+    return _train_and_score(data, train, test, config, out, data=str(folder), event_source=event_source,
+                            last_train_week=last_train_week)
+
+
+def train_dated(folder: str | Path, out: str | Path, config: EventTrainConfig, train_split: str = "train",
+                test_split: str | None = "test", cache_dir: str | Path | None = None,
+                event_source: str = "documents") -> tuple[Path, dict]:
+    """Train on a dated dataset's ``train_split`` questions (``sparsa.retrieval.event_data``:
+    ``embed_dated_dataset``), save to ``out``, score ``test_split`` (None: no test) as RealTime QA is."""
+    from sparsa.retrieval.dense import DenseConfig, DenseEncoder
+    from sparsa.retrieval.event_data import embed_dated_dataset
+
+    backbone = DenseEncoder(DenseConfig(model=config.encoder.backbone))
+    splits = [train_split] + ([test_split] if test_split else [])
+    data, positions = embed_dated_dataset(folder, backbone, cache_dir, splits, event_source)
+    return _train_and_score(data, positions[0], positions[1] if test_split else [], config, out,
+                            data=str(folder), event_source=event_source, train_split=train_split,
+                            test_split=test_split)
+
+
+def _train_and_score(embedded: EmbeddedRealtimeQA, train: Sequence[int], test: Sequence[int],
+                     config: EventTrainConfig, out: str | Path, **facts) -> tuple[Path, dict]:
+    """Train on ``train``, score recall@5 / MRR@10 on ``test`` (candidates: every document dated up to
+    each question's day), save with the record."""
+    from sparsa.eval import evaluate_run
+
+    encoder, record = train_event_encoder(embedded, train, config)
+    record.update(facts, test_questions=len(test))
+    if test:
+        vectors = encoder.encode_vectors(embedded.query_vectors[test],
+                                         [embedded.questions[i].date for i in test], embedded.events)
+        scores = evaluate_run(dense_run(embedded, test, vectors), gold_qrels(embedded, test),
+                              ("R@5", "MRR@10"))
+        record["test"] = scores.aggregate
     return encoder.save(out, training=record), record

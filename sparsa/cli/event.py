@@ -1,5 +1,7 @@
-"""``sparsa train event``: the event-aware query encoder on RealTime QA (earlier weeks train,
-later weeks test)."""
+"""``sparsa train event``: the event-aware query encoder, on RealTime QA (earlier weeks train, later
+weeks test) or on any dated dataset (``--dataset``: a BEIR folder whose corpus records carry
+``metadata.date`` and whose ``queries.jsonl`` records carry ``date``; ``qrels/<split>.tsv`` name the
+gold documents; see ``sparsa.retrieval.dated``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ from sparsa.cli.common import console, dataset_path
 def train_event(
     out: Annotated[Path, typer.Option(help="folder for the trained encoder head (sparsa.json + head.pt)")],
     data: Annotated[str, typer.Option(help="RealTime QA folder or name under the data dir")] = "realtimeqa",
+    dataset: Annotated[str | None, typer.Option(
+        help="a dated dataset (BEIR folder: dated corpus, queries with a date, qrels) instead of "
+             "RealTime QA")] = None,
+    train_split: Annotated[str, typer.Option(help="--dataset: qrels split to train on")] = "train",
+    test_split: Annotated[str | None, typer.Option(help="--dataset: qrels split to score ('none': "
+                                                        "no test)")] = "test",
     last_train_week: Annotated[str,
                                typer.Option(help="last weekly file (YYYYMMDD) to train on")] = "20220930",
     events: Annotated[bool, typer.Option(help="attend to recent events (--no-events: the ablation)")] = True,
@@ -37,8 +45,18 @@ def train_event(
     config = EventTrainConfig(encoder=encoder, epochs=epochs, lr=lr,
                               plain_loss_weight=plain_loss_weight, seed=seed)
     cache = cache or load_settings().home / "cache" / "event"
-    folder, record = train_realtimeqa(dataset_path(data), out, config, last_train_week, cache, event_source)
-    console.print(f"trained on {record['examples']} questions (weeks <= {last_train_week}); "
-                  f"{record['test_questions']} later questions: recall@5 {record['test']['R@5']:.3f}, "
-                  f"MRR@10 {record['test']['MRR@10']:.3f}")
+    if dataset is not None:
+        from sparsa.retrieval.event_train import train_dated
+
+        test = None if test_split in (None, "none") else test_split
+        folder, record = train_dated(dataset_path(dataset), out, config, train_split, test, cache,
+                                     event_source)
+        trained = f"{train_split} split"
+    else:
+        folder, record = train_realtimeqa(dataset_path(data), out, config, last_train_week, cache,
+                                          event_source)
+        trained = f"weeks <= {last_train_week}"
+    console.print(f"trained on {record['examples']} questions ({trained})" + (
+        f"; {record['test_questions']} test questions: recall@5 {record['test']['R@5']:.3f}, "
+        f"MRR@10 {record['test']['MRR@10']:.3f}" if "test" in record else ""))
     console.print(f"saved {folder}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from sparsa.data import load_corpus, load_dataset, read_queries
 from sparsa.data.beir import EMPTY_QUERY
 from sparsa.errors import ConfigError
 from sparsa.eval import DEFAULT_MEASURES, RankingEval, evaluate_run
+from sparsa.retrieval.dated import read_query_days
 from sparsa.search import open_retriever
 from sparsa.types import Qrels, Query, Run
 
@@ -34,7 +36,9 @@ def index(
     backend: Annotated[list[str] | None, typer.Option(help="splade: exact, seismic, lucene-impact")] = None,
     faiss: Annotated[str, typer.Option(help="dense: search structure flat, hnsw or ivfpq")] = "flat",
     device: Annotated[str, typer.Option(help="splade/dense: encoding device (auto, cpu, cuda)")] = "auto",
-    threads: Annotated[int, typer.Option(help="indexing threads")] = 2,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads of the build (splade: torch threads on a CPU, tokenizer processes feeding a GPU; "
+             "default all cores; bm25 and search backends: default 2)")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="splade/dense: encode on a Ray cluster")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default $SPARSA_RAY_ADDRESS, "
                                                     "else a local Ray instance)")] = None,
@@ -104,22 +108,53 @@ def search(
     backend: Annotated[str | None,
                        typer.Option(help="splade index: search backend (default: the index's first)")] = None,
     run_out: Annotated[Path | None, typer.Option("--out", help="write the run here (TREC format)")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        help="only documents dated on or before this day (YYYY-MM-DD, the corpus's metadata.date); "
+             "queries with their own date in the queries file are searched as of that day")] = None,
+    event_encoder: Annotated[Path | None, typer.Option(
+        help="dense index: encode queries with this event-aware head (sparsa train event) as of their "
+             "day")] = None,
+    corpus: Annotated[str | None, typer.Option(
+        help="the dated corpus (JSONL or dataset) for --as-of and --event-encoder "
+             "[default: the --dataset's]")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
     if sum(x is not None for x in (query, dataset, queries)) != 1:
         raise ConfigError("give exactly one of --query, --dataset or --queries")
     if query is not None and not query.strip():
         raise ConfigError(f"--query: {EMPTY_QUERY}")
-    retriever = open_retriever(index_, backend)
+    day = parse_day(as_of, "--as-of") if as_of else None
+    source = dataset_path(dataset) if dataset else queries
+    dated = day is not None or event_encoder is not None
+    days = read_query_days(source) if source is not None and dated else {}
+    docs = None
+    if dated:
+        if corpus is None and dataset is None:
+            raise ConfigError("--as-of and --event-encoder read document dates: give --corpus "
+                              "(a dated corpus)")
+        docs = load_corpus(dataset_path(corpus or dataset))
+    if event_encoder is not None:
+        from sparsa.retrieval.dated import EventAwareRetriever
+
+        retriever = EventAwareRetriever.open(index_, event_encoder, docs)
+    else:
+        retriever = open_retriever(index_, backend)
     if query is not None:
-        run = retriever.search([Query("q", query)], k=k, show_progress=False)
+        topics = [Query("q", query)]
+    else:
+        topics = load_dataset(dataset_path(dataset), split).queries if dataset else read_queries(queries)
+    if dated:  # each query as of its own day, else --as-of, else today
+        from sparsa.retrieval.dated import search_run_as_of
+
+        when = {q.id: days.get(q.id, day or dt.date.today()) for q in topics}
+        run = search_run_as_of(retriever, topics, k, when, docs, show_progress=False if query else None)
+    else:
+        run = retriever.search(topics, k=k, show_progress=False if query else None)
+    if query is not None:
         table = Table("rank", "doc id", "score")
         for rank, hit in enumerate(run["q"], start=1):
             table.add_row(str(rank), hit.doc_id, f"{hit.score:.4f}")
         console.print(table)
-    else:
-        topics = load_dataset(dataset_path(dataset), split).queries if dataset else read_queries(queries)
-        run = retriever.search(topics, k=k)
     if run_out is not None:
         run.write_trec(run_out)
         console.print(f"wrote {sum(len(h) for h in run.values())} hits for {len(run)} queries to {run_out}")
@@ -127,6 +162,13 @@ def search(
         for qid, hits in run.items():
             for rank, hit in enumerate(hits, start=1):
                 out.print(f"{qid} Q0 {hit.doc_id} {rank} {hit.score:.6f} {run.name}")
+
+
+def parse_day(value: str, flag: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: expected a date YYYY-MM-DD") from None
 
 
 def print_eval(result: RankingEval, title: str = "") -> None:

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsa.docstore import DocumentSource
 from sparsa.errors import ConfigError, CorpusMismatchError
 from sparsa.rag.config import MODES, PipelineConfig
 from sparsa.search import Retriever
-from sparsa.types import Corpus, Document, Hit, Query
+from sparsa.types import Document, Hit, Query
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class Answer:
 
 class QAPipeline:
     """``reader``: a :class:`sparsa.rag.reader.Reader`; ``retriever``: any ``sparsa.search.Retriever``;
-    ``corpus`` turns hits into passages; ``router``: a :class:`sparsa.rag.routing.Router`; ``reranker``:
+    ``corpus`` (a ``sparsa.docstore.DocumentSource``: a ``Corpus`` in memory or a ``DocStore`` on disk) turns
+    hits into passages; ``router``: a :class:`sparsa.rag.routing.Router`; ``reranker``:
     any ``RERANKERS`` class's instance (it reranks ``rerank_depth`` hits, the reader gets the top ``k``)."""
 
-    def __init__(self, reader: Any, retriever: Retriever | None = None, corpus: Corpus | None = None,
+    def __init__(self, reader: Any, retriever: Retriever | None = None, corpus: DocumentSource | None = None,
                  router: Any = None, reranker: Any = None, k: int = 5, rerank_depth: int = 20,
                  depth: int = 100):
         if k < 1:
@@ -119,19 +121,21 @@ class QAPipeline:
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
         hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)
-        missing = [hit.doc_id for hit in hits if hit.doc_id not in self.corpus]
+        docs = self.corpus.fetch([hit.doc_id for hit in hits])  # one look-up for all hits
+        missing = [hit.doc_id for hit, doc in zip(hits, docs, strict=True) if doc is None]
         if missing:
             raise CorpusMismatchError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
                               f"{missing[0]!r}): is --dataset the corpus this index was built from?")
+        passage = {doc.id: doc for doc in docs}
         if as_of is not None:
-            hits = [hit for hit in hits if _dated_on_or_before(self.corpus[hit.doc_id], as_of)][:depth]
+            hits = [hit for hit in hits if _dated_on_or_before(passage[hit.doc_id], as_of)][:depth]
         timings["retrieve"] = time.perf_counter() - started
         if self.reranker is not None and hits:
             started = time.perf_counter()
-            hits = self.reranker.rerank(Query("q", question), [self.corpus[h.doc_id] for h in hits])
+            hits = self.reranker.rerank(Query("q", question), [passage[h.doc_id] for h in hits])
             timings["rerank"] = time.perf_counter() - started
         hits = hits[: self.k]
-        return hits, [self.corpus[h.doc_id] for h in hits]
+        return hits, [passage[h.doc_id] for h in hits]
 
 
 def _dated_on_or_before(doc: Document, as_of: dt.date) -> bool:
@@ -140,10 +144,12 @@ def _dated_on_or_before(doc: Document, as_of: dt.date) -> bool:
 
 
 def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever | None = None,
-                  corpus: Corpus | None = None, reranker: Any = None) -> QAPipeline:
+                  corpus: DocumentSource | None = None, reranker: Any = None) -> QAPipeline:
     """The chain ``config`` names: its indexes (through ``sparsa.search.open_retriever``, fused when
-    several), corpus, reranker, router and reader. A caller that has already opened the retriever,
-    corpus or reranker (the service, which serves them to /search too) passes them in instead."""
+    several), documents (``sparsa.docstore.open_documents``: the dataset's on-disk store, or a small corpus
+    in memory; refused when an index records another corpus), reranker, router and reader. A caller that has
+    already opened the retriever, documents or reranker (the service, which serves them to /search too and
+    checks them itself) passes them in instead."""
     from sparsa.rag.reader import Reader
 
     config = config or PipelineConfig()
@@ -151,10 +157,10 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
     if retriever is None and retrieval.indexes:
         retriever = open_pipeline_retriever(config)
     if corpus is None and retrieval.indexes:
-        from sparsa.config import dataset_path
-        from sparsa.data import load_corpus
+        from sparsa.docstore import open_documents
 
-        corpus = load_corpus(dataset_path(retrieval.dataset))  # RetrievalConfig requires it with indexes
+        corpus = open_documents(retrieval.dataset)  # RetrievalConfig requires it with indexes
+        check_pipeline_corpus(config, corpus)
     if reranker is None and config.rerank.name is not None:
         reranker = open_reranker(config.rerank.name, config.rerank.model)
     reader = Reader(config.reader)
@@ -165,6 +171,16 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
         router = Router.load(config.router.path, corpus=corpus, retriever=retriever)
     return QAPipeline(reader, retriever=retriever, corpus=corpus, router=router, reranker=reranker,
                       k=retrieval.k, rerank_depth=config.rerank.depth, depth=retrieval.depth)
+
+
+def check_pipeline_corpus(config: PipelineConfig, documents: DocumentSource) -> None:
+    """Refuse (``CorpusMismatchError``) documents of another corpus than an index's manifest records."""
+    from sparsa.artifacts import read_manifest
+    from sparsa.config import index_path
+    from sparsa.docstore import check_source
+
+    for name in config.retrieval.indexes:
+        check_source(documents, read_manifest(index_path(name), verify="none"), index_path(name))
 
 
 def open_pipeline_retriever(config: PipelineConfig) -> Retriever:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from sparsa.docstore import WORD as _WORD
+from sparsa.docstore import DocumentSource, count_document_frequencies
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.types import Corpus
 
 RETRIEVAL_FEATURES = ("retrieval_top1", "retrieval_gap", "retrieval_entropy")
 FEATURES = ("subject_logdf", "relation_logdf", "subject_in_corpus", "lm_logprob", *RETRIEVAL_FEATURES)
@@ -55,7 +55,6 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "confidence+retrieval": ("lm_logprob", *RETRIEVAL_FEATURES),
     "all": FEATURES,
 }
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 _STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and",
                         "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what",
@@ -67,20 +66,20 @@ _STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "
 
 
 class TermStats:
-    """Document frequencies of lower-cased word tokens over a corpus (title and text)."""
+    """Document frequencies of lower-cased word tokens over a corpus (title and text). ``df``: anything
+    with ``get(word, 0)``: a ``Counter``, or a document store's table (read per word, never loaded)."""
 
-    def __init__(self, df: Counter[str], num_documents: int):
+    def __init__(self, df: Any, num_documents: int):
         self.df, self.num_documents = df, num_documents
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus | Iterable[str]) -> TermStats:
-        texts = (doc.full_text for doc in corpus.documents) if isinstance(corpus, Corpus) else corpus
-        df: Counter[str] = Counter()
-        n = 0
-        for text in texts:
-            df.update({w.lower() for w in _WORD.findall(text)})
-            n += 1
-        return cls(df, n)
+    def from_corpus(cls, corpus: DocumentSource | Iterable[str]) -> TermStats:
+        """From a corpus or store (``sparsa.docstore.DocumentSource``: a store counted them when it was
+        built), or counted over texts."""
+        if isinstance(corpus, DocumentSource):
+            return cls(corpus.document_frequencies(), len(corpus))
+        texts = list(corpus)
+        return cls(count_document_frequencies(texts), len(texts))
 
     def min_df(self, words: Sequence[str]) -> int:
         """Document frequency of the rarest word (an upper bound on the phrase's df; 0 without words)."""
@@ -234,7 +233,7 @@ class Router:
         Path(path).write_text(json.dumps(asdict(self.model), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, corpus: Corpus | None, retriever: Any = None) -> Router:
+    def load(cls, path: str | Path, corpus: DocumentSource | None, retriever: Any = None) -> Router:
         if corpus is None:
             raise ConfigError("routing needs the indexed corpus (its term statistics): give "
                               "an index and dataset")
@@ -305,7 +304,7 @@ def answer_scores(recall: str, retrieve: str, answers: Sequence[str]) -> dict[st
             "em_retrieve": exact_match(retrieve, answers), "f1_retrieve": token_f1(retrieve, answers)}
 
 
-def routing_rows(questions: Sequence[Any], retriever: Any, corpus: Corpus, reader: Any, k: int = 3,
+def routing_rows(questions: Sequence[Any], retriever: Any, corpus: DocumentSource, reader: Any, k: int = 3,
                  batch_size: int = 8, stats: TermStats | None = None, cache: Any = None) -> list[dict]:
     """One row per labelled question (objects with ``id``, ``source``, ``split``, ``question`` and
     ``answers``, such as :class:`sparsa.rag.qa_sets.QAExample`): every feature (the reader's closed-book
@@ -317,13 +316,14 @@ def routing_rows(questions: Sequence[Any], retriever: Any, corpus: Corpus, reade
 
     stats = stats or TermStats.from_corpus(corpus)
     hits = [retriever.search_text(q.question, k=max(k, CONFIDENCE_DEPTH)) for q in questions]
-    missing = sorted({h.doc_id for found in hits for h in found[:k] if h.doc_id not in corpus})
+    fetched = [corpus.fetch([h.doc_id for h in found[:k]]) for found in hits]
+    missing = sorted({h.doc_id for found, docs in zip(hits, fetched, strict=True)
+                      for h, doc in zip(found, docs, strict=False) if doc is None})
     if missing:
         raise ConfigError(f"the index returned {len(missing)} ids the corpus lacks (e.g. {missing[0]!r}): "
                           "is the dataset the corpus this index was built from?")
     items = [(q.question, []) for q in questions]
-    items += [(q.question, [corpus[h.doc_id] for h in found[:k]])
-              for q, found in zip(questions, hits, strict=True)]
+    items += [(q.question, docs) for q, docs in zip(questions, fetched, strict=True)]
     if cache is not None:
         cache.fill(reader, items, batch_size)
         entries = [cache.get(question, [d.id for d in passages]) for question, passages in items]

@@ -197,11 +197,16 @@ def atomic_dir(final: str | Path, resume: bool = False) -> Iterator[Path]:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """Streamed: a multi-gigabyte document store or index segment is never read into memory whole."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, _OWNER)):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest}
+        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     return files
 
 
@@ -260,6 +265,6 @@ def read_manifest(path: str | Path, verify: str = "size", kind: str | None = Non
                 raise IndexCorruptError(f"{folder}: file {rel} is missing; rebuild it")
             if file.stat().st_size != expected["bytes"]:
                 raise IndexCorruptError(f"{folder}: file {rel} has the wrong size; rebuild it")
-            if verify == "sha256" and hashlib.sha256(file.read_bytes()).hexdigest() != expected["sha256"]:
+            if verify == "sha256" and file_sha256(file) != expected["sha256"]:
                 raise IndexCorruptError(f"{folder}: file {rel} fails its checksum; rebuild it")
     return manifest

@@ -88,12 +88,40 @@ class SparseVector:
 
 
 class Corpus(Mapping[str, Document]):
-    """Documents by id, in file order. Turns hits back into text."""
+    """Documents by id, in file order, in memory. Turns hits back into text.
 
-    def __init__(self, documents: Iterable[Document]):
+    It is a ``sparsa.docstore.DocumentSource``, like the on-disk ``DocStore`` that serves large corpora:
+    ``fetch``, ``identity`` and ``document_frequencies`` are that protocol. ``name``: the dataset's name,
+    as its index manifests record it."""
+
+    def __init__(self, documents: Iterable[Document], name: str | None = None):
         self._docs: dict[str, Document] = {}
         for doc in documents:
             self._docs[doc.id] = doc
+        self.name = name
+        self._identity: dict[str, Any] | None = None
+        self._frequencies: Any = None
+
+    def fetch(self, ids: Iterable[str]) -> list[Document | None]:
+        """The documents of ``ids`` in that order; None for an id the corpus lacks."""
+        return [self._docs.get(doc_id) for doc_id in ids]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """``sparsa.artifacts.corpus_identity`` of this corpus (what index manifests record)."""
+        if self._identity is None:
+            from sparsa.artifacts import corpus_identity
+
+            self._identity = corpus_identity(self._docs, self.name)
+        return self._identity
+
+    def document_frequencies(self) -> Any:
+        """Word -> number of documents holding it (``sparsa.docstore.document_words``), counted once."""
+        if self._frequencies is None:
+            from sparsa.docstore import count_document_frequencies
+
+            self._frequencies = count_document_frequencies(d.full_text for d in self._docs.values())
+        return self._frequencies
 
     def __getitem__(self, doc_id: str) -> Document:
         return self._docs[doc_id]

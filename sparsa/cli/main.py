@@ -11,6 +11,7 @@ from rich.text import Text
 from sparsa import __version__
 from sparsa.cli import ask, demo, dense, event, judge, kg, models, rerank, retrieval, serve, tilde, train
 from sparsa.cli.common import console
+from sparsa.cli.docstore import doc_store
 from sparsa.errors import SparsaError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.command("eval")(retrieval.eval_)
 app.command("fuse")(dense.fuse)
 app.command("rerank")(rerank.rerank)
 app.command("rerank-store")(tilde.rerank_store)
+app.command("doc-store")(doc_store)
 app.command("ask")(ask.ask)
 app.command("judge")(judge.judge)
 app.command("demo")(demo.demo)

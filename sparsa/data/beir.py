@@ -57,19 +57,27 @@ def _field(record: dict, names: tuple[str, ...], path: Path, number: int, what: 
     raise DataFormatError(path, f"missing {what} field (one of {', '.join(names)})", number)
 
 
-def read_corpus(path: str | Path) -> Corpus:
+def iter_corpus(path: str | Path) -> Iterator[tuple[int, Document]]:
+    """``(line number, document)`` for each line of a corpus JSONL file, read as it streams (the document
+    store builds from it without holding the corpus); duplicates are the caller's to find."""
     path = Path(path)
-    docs: dict[str, Document] = {}
     for number, record in json_records(path):
         doc_id = _field(record, _ID_FIELDS, path, number, "id")
-        if doc_id in docs:
-            raise DataFormatError(path, f"duplicate document id {doc_id!r}", number)
         text = _field(record, _TEXT_FIELDS, path, number, "text")
         title = record.get("title") or ""
-        docs[doc_id] = Document(doc_id, text, str(title), record.get("metadata") or None)
+        yield number, Document(doc_id, text, str(title), record.get("metadata") or None)
+
+
+def read_corpus(path: str | Path, name: str | None = None) -> Corpus:
+    path = Path(path)
+    docs: dict[str, Document] = {}
+    for number, doc in iter_corpus(path):
+        if doc.id in docs:
+            raise DataFormatError(path, f"duplicate document id {doc.id!r}", number)
+        docs[doc.id] = doc
     if not docs:
         raise DataFormatError(path, "the corpus is empty")
-    return Corpus(docs.values())
+    return Corpus(docs.values(), name=name)
 
 
 EMPTY_QUERY = "the query text is empty"  # one message for a queries file, --query and a question
@@ -122,10 +130,16 @@ def check_qrels_against_corpus(qrels: Qrels, corpus: Corpus, qrels_path: Path) -
 _CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "*_document.jsonl.gz", "*.jsonl.gz")
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """A corpus from a JSONL file or from the corpus file of a dataset folder."""
+def corpus_file(path: str | Path) -> Path:
+    """The corpus JSONL file of a dataset folder, or the file itself."""
     path = Path(path).expanduser()
-    return read_corpus(_find(path, _CORPUS_FILES, "corpus") if path.is_dir() else path)
+    return _find(path, _CORPUS_FILES, "corpus") if path.is_dir() else path
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """A corpus from a JSONL file or from the corpus file of a dataset folder; its name (for its identity,
+    ``Corpus.identity``) is the folder's or file's name, as index builds record it."""
+    return read_corpus(corpus_file(path), name=Path(path).name)
 
 
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:

@@ -9,7 +9,21 @@ import typer
 from rich.text import Text
 
 from sparsa import __version__
-from sparsa.cli import ask, demo, dense, event, judge, kg, models, rerank, retrieval, serve, tilde, train
+from sparsa.cli import (
+    ask,
+    demo,
+    dense,
+    event,
+    judge,
+    kg,
+    models,
+    rerank,
+    retrieval,
+    serve,
+    synthetic,
+    tilde,
+    train,
+)
 from sparsa.cli.common import console
 from sparsa.cli.docstore import doc_store
 from sparsa.errors import SparsaError
@@ -35,6 +49,7 @@ app.command("rerank-store")(tilde.rerank_store)
 app.command("doc-store")(doc_store)
 app.command("ask")(ask.ask)
 app.command("judge")(judge.judge)
+app.command("generate-queries")(synthetic.generate_queries)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 

@@ -1,7 +1,8 @@
 """Is a served index of the served corpus? (409 when not.)
 
 Index manifests record their corpus (``sparsa.artifacts.corpus_identity``: name, document count and a
-hash of the sorted document ids). The service computes the same for the corpus it serves and refuses,
+hash of the sorted document ids). The service reads the same from the documents it serves (a document
+store records it: ``sparsa.docstore``) and refuses,
 at start-up, on swap and on ``/qa``, an index built from another collection. An index whose manifest
 predates identities is served with a warning; if its hits then name documents the corpus lacks,
 the request is refused with 409 too.
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sparsa.artifacts import corpus_identity, corpus_mismatch
+from sparsa.artifacts import corpus_mismatch
 from sparsa.errors import SparsaError
 
 logger = logging.getLogger(__name__)
@@ -22,10 +23,6 @@ logger = logging.getLogger(__name__)
 
 class IndexMismatchError(SparsaError):
     """An index does not belong to the served corpus (answered with 409)."""
-
-
-def served_corpus_identity(corpus: Any, dataset: Path | None) -> dict[str, Any]:
-    return corpus_identity(corpus, Path(dataset).name if dataset is not None else None)
 
 
 def check_index(retriever: str, path: Path, manifest: dict[str, Any],

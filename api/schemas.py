@@ -225,10 +225,12 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def to_hits(hits, corpus, include_text: bool = True) -> list[SearchHit]:
-    """Core ``Hit``s (ranked) -> response hits, with title and text from ``corpus`` when asked."""
+    """Core ``Hit``s (ranked) -> response hits, with title and text from ``corpus`` (a
+    ``sparsa.docstore.DocumentSource``: one look-up for all hits) when asked."""
+    found = corpus.fetch([hit.doc_id for hit in hits]) if (include_text and corpus is not None) else None
     out = []
     for rank, hit in enumerate(hits, start=1):
-        doc = corpus.get(hit.doc_id) if (include_text and corpus is not None) else None
+        doc = found[rank - 1] if found else None
         out.append(SearchHit(rank=rank, doc_id=hit.doc_id, score=float(hit.score),
                              title=doc.title if doc else None, text=doc.text if doc else None))
     return out

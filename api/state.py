@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.api.admission import Ewma
-from sparsa.api.identity import check_hits, check_index, served_corpus_identity
+from sparsa.api.identity import check_hits, check_index
 from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
 from sparsa.artifacts import hold_serving, release_serving
 from sparsa.config import index_path
@@ -153,10 +153,12 @@ class ServiceState:
         self.indexes[retriever] = open_served_index(retriever, Path(path), self.config.verify)
 
     def _load_corpus(self) -> None:
-        from sparsa.data import load_corpus
+        """The dataset's documents: its on-disk store (built once; ``sparsa.docstore``), or a small corpus
+        in memory."""
+        from sparsa.docstore import open_documents
 
-        self.corpus = load_corpus(self.config.dataset)
-        self.corpus_identity = served_corpus_identity(self.corpus, self.config.dataset)
+        self.corpus = open_documents(self.config.dataset)
+        self.corpus_identity = self.corpus.identity
 
     def _check_identities(self) -> None:
         """Stop serving every index built from another corpus (and raise, naming them)."""
@@ -287,10 +289,11 @@ class ServiceState:
     def documents(self, doc_ids: list[str]) -> list[Document]:
         if self.corpus is None:
             raise NotConfiguredError("this server has no corpus to look document ids up in; send passages")
-        missing = [d for d in doc_ids if d not in self.corpus]
+        docs = self.corpus.fetch(doc_ids)
+        missing = [d for d, doc in zip(doc_ids, docs, strict=True) if doc is None]
         if missing:
             raise ConfigError(f"unknown document id(s): {', '.join(missing[:5])}")
-        return [self.corpus[d] for d in doc_ids]
+        return docs
 
     def rerank(self, text: str, candidates: list[Document]) -> list[Hit]:
         """Rerank in chunks of about a quarter second each, checking the request's deadline before each

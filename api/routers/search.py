@@ -17,7 +17,7 @@ from sparsa.api.schemas import (
     to_hits,
 )
 from sparsa.errors import ConfigError
-from sparsa.types import Document
+from sparsa.types import Corpus, Document
 
 router = APIRouter(tags=["search"], dependencies=[SearchKey],
                    responses=error_responses(400, 401, 403, 408, 409, 413, 422, 429, 503, 504))
@@ -70,7 +70,7 @@ async def rerank(body: RerankRequest, state: State, gates: GatesDep) -> RerankRe
                                                                     strict=True)]
         else:
             docs = state.documents(body.doc_ids)
-        return state.rerank(body.query, docs), {d.id: d for d in docs}
+        return state.rerank(body.query, docs), Corpus(docs)
 
     count = len(body.passages if body.passages is not None else body.doc_ids)
     hits, lookup = await run_gated(gates.rerank, work, cost=rerank_cost(state, gates, count))

@@ -56,7 +56,8 @@ def ask(
     index: Annotated[str | None, typer.Option(help="index folder or name; several comma-separated are fused "
                                               "(omit for closed-book answers)")] = None,
     dataset: Annotated[str | None,
-                       typer.Option(help="dataset folder or corpus file the index was built from")] = None,
+                       typer.Option(help="dataset folder or corpus file the index was built from, or its "
+                                    "document store (sparsa doc-store)")] = None,
     mode: Annotated[str | None, typer.Option(help="auto (router decides), retrieve or recall")] = None,
     as_of: Annotated[str | None,
                      typer.Option(help="only passages dated on or before this day (YYYY-MM-DD)")] = None,

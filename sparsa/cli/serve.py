@@ -87,8 +87,9 @@ def serve(
                                                "[default without --config: "
                                                f"{DEFAULT_INDEXES['splade']}]")] = None,
     dense: Annotated[str | None, typer.Option(help="dense index (name or folder)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset whose corpus gives passage texts "
-                                                "[default: the config's, else scifact]")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset whose corpus gives passage texts, or its "
+                                                "document store (sparsa doc-store; built once for a large "
+                                                "corpus) [default: the config's, else scifact]")] = None,
     reranker: Annotated[str | None,
                         typer.Option(help="reranker for rerank requests (e.g. query-likelihood)")] = None,
     reranker_model: Annotated[str | None, typer.Option(help="the reranker's model or store folder")] = None,

@@ -20,6 +20,12 @@ this chain) and :func:`sparsa.rag.pipeline.load_pipeline`. A file holds one tabl
     decode = "sparse"
     kv = "duo"
 
+or, instead of indexes, a knowledge graph to answer from (``kg/answer.py``)::
+
+    [kg]
+    path = "triples.tsv"            # head<TAB>relation<TAB>tail lines
+    head = "models/amar-head"       # optional: Amar's soft prompts (its own LM reads)
+
 Every key has a default, so a file names only what differs; an unknown key is an error naming the
 file and the key. ``"auto"`` device, dtype and attention resolve when the reader loads: CUDA and bf16
 when torch sees a GPU, else CPU and float32; full attention (on a GPU through our Triton decode kernel,
@@ -197,13 +203,41 @@ class RouterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KGConfig:
+    """Answer from a knowledge graph instead of passages (``kg/answer.py``). ``path``: a triples file
+    (``head<TAB>relation<TAB>tail`` lines, ``.gz`` or plain; MetaQA's ``head|relation|tail`` too);
+    ``head``: an Amar head (``sparsa train amar``), whose own LM then reads instead of ``reader.model``;
+    ``mode``: amar (needs a head) or text (default: amar with a head, else text); ``max_paths`` /
+    ``max_hops``: the relation paths retrieved."""
+
+    path: str | None = None
+    head: str | None = None
+    mode: str | None = None
+    max_paths: int = 6
+    max_hops: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "amar", "text"):
+            raise ConfigError(f"kg.mode {self.mode!r}: expected amar or text")
+        if self.path is None and (self.head is not None or self.mode is not None):
+            raise ConfigError("kg.head and kg.mode need kg.path (the triples file)")
+        if self.max_paths < 1 or self.max_hops not in (1, 2):
+            raise ConfigError(f"kg.max_paths must be >= 1 and kg.max_hops 1 or 2, got {self.max_paths}, "
+                              f"{self.max_hops}")
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
+    kg: KGConfig = field(default_factory=KGConfig)
 
     def __post_init__(self) -> None:
+        if self.kg.path is not None and (self.retrieval.indexes or self.router.path is not None):
+            raise ConfigError("a [kg] chain answers from the graph: give no retrieval.indexes, reranker "
+                              "or router")
         if self.rerank.name is not None and not self.retrieval.indexes:
             raise ConfigError("a reranker needs retrieval.indexes")
         if self.router.mode == "retrieve" and not self.retrieval.indexes:
@@ -236,7 +270,7 @@ class PipelineConfig:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not TOML ({exc})") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected tables retrieval, rerank, router, reader")
+            raise ConfigError(f"{path}: expected tables retrieval, rerank, router, reader, kg")
         return cls.from_dict(data, str(path))
 
     def override(self, values: dict[str, Any]) -> PipelineConfig:
@@ -283,6 +317,7 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
 
 NESTED = {(PipelineConfig, "retrieval"): RetrievalConfig, (PipelineConfig, "rerank"): RerankConfig,
           (PipelineConfig, "router"): RouterConfig, (PipelineConfig, "reader"): ReaderConfig,
+          (PipelineConfig, "kg"): KGConfig,
           (ReaderConfig, "attention"): AttentionConfig}
 
 

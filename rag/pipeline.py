@@ -9,7 +9,8 @@ is a feature) and decides to recall, that answer is returned as is, so routing c
 ``as_of`` (a date) keeps only passages whose ``meta["date"]`` is on or before it (undated passages stay),
 for questions about a dated corpus such as news.
 
-:func:`load_pipeline` builds the whole chain from one :class:`sparsa.rag.config.PipelineConfig`.
+:func:`load_pipeline` builds the whole chain from one :class:`sparsa.rag.config.PipelineConfig`; a config
+with a ``[kg]`` table gets ``kg/answer.py``'s ``KGPipeline`` (same ``answer`` / ``stream``, route ``kg``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ class Answer:
     question: str
     text: str  # the answer
     citations: list[str]  # doc ids, always a subset of the retrieved passages' ids
-    route: str  # "retrieve" | "recall"
+    route: str  # "retrieve" | "recall" | "kg" (answered from a knowledge graph: kg/answer.py)
     passages: list[Hit]  # retrieved hits used as context (empty when recalled)
     timings: dict[str, float]  # seconds per stage: "route", "retrieve", "rerank", "read", "total"
+    knowledge: list[dict] = field(default_factory=list)  # route kg: the graph items, each marked "shown"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,8 +141,9 @@ class QAPipeline:
 
 
 def _dated_on_or_before(doc: Document, as_of: dt.date) -> bool:
-    date = (doc.meta or {}).get("date")
-    return not date or str(date)[:10] <= as_of.isoformat()
+    from sparsa.retrieval.dated import on_or_before
+
+    return on_or_before(doc, as_of)
 
 
 def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever | None = None,
@@ -150,9 +153,13 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
     in memory; refused when an index records another corpus), reranker, router and reader. A caller that has
     already opened the retriever, documents or reranker (the service, which serves them to /search too and
     checks them itself) passes them in instead."""
+    config = config or PipelineConfig()
+    if config.kg.path is not None:  # a [kg] chain answers from the graph: kg/answer.py
+        from sparsa.kg.answer import KGPipeline, KGReader
+
+        return KGPipeline(KGReader.from_config(config))
     from sparsa.rag.reader import Reader
 
-    config = config or PipelineConfig()
     retrieval = config.retrieval
     if retriever is None and retrieval.indexes:
         retriever = open_pipeline_retriever(config)

@@ -25,7 +25,7 @@ from typing import Any
 
 from sparsa.errors import ConfigError, CorpusMismatchError
 from sparsa.search import Retriever
-from sparsa.types import Corpus, Document, Hit, Query, Run, sort_hits
+from sparsa.types import Document, Hit, Query, Run, sort_hits
 
 DEPTH = 1000  # hits fetched per query before the date filter
 
@@ -42,16 +42,18 @@ def on_or_before(doc: Document, as_of: dt.date) -> bool:
     return day is None or day <= as_of.isoformat()
 
 
-def filter_as_of(hits: Sequence[Hit], corpus: Corpus, as_of: dt.date) -> list[Hit]:
-    """The hits whose document is dated on or before ``as_of`` (ids the corpus lacks are an error)."""
-    missing = [h.doc_id for h in hits if h.doc_id not in corpus]
+def filter_as_of(hits: Sequence[Hit], corpus: Any, as_of: dt.date) -> list[Hit]:
+    """The hits whose document is dated on or before ``as_of``; ``corpus``: a ``Corpus`` or a
+    ``DocStore`` (``sparsa.docstore.DocumentSource``). Ids the corpus lacks are an error."""
+    docs = corpus.fetch([h.doc_id for h in hits])
+    missing = [h.doc_id for h, doc in zip(hits, docs) if doc is None]
     if missing:
         raise CorpusMismatchError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
                                   f"{missing[0]!r}): is the corpus the one this index was built from?")
-    return [h for h in hits if on_or_before(corpus[h.doc_id], as_of)]
+    return [h for h, doc in zip(hits, docs) if on_or_before(doc, as_of)]
 
 
-def search_as_of(retriever: Retriever, text: str, k: int, as_of: dt.date | None, corpus: Corpus | None,
+def search_as_of(retriever: Retriever, text: str, k: int, as_of: dt.date | None, corpus: Any,
                  depth: int = DEPTH) -> list[Hit]:
     """``retriever.search_text`` as of a day: deeper, then the date filter (an event-aware retriever
     also encodes the query as of that day). Without ``as_of``, a plain search."""
@@ -67,7 +69,7 @@ def search_as_of(retriever: Retriever, text: str, k: int, as_of: dt.date | None,
 
 
 def search_run_as_of(retriever: Retriever, queries: Sequence[Query], k: int, days: Mapping[str, dt.date],
-                     corpus: Corpus, depth: int = DEPTH, show_progress: bool | None = None) -> Run:
+                     corpus: Any, depth: int = DEPTH, show_progress: bool | None = None) -> Run:
     """A run where query ``q`` is searched as of ``days[q.id]`` (queries without a day: plain search)."""
     from sparsa.progress import progress_bar
 
@@ -83,10 +85,11 @@ class EventAwareRetriever(Retriever):
     """A dense index of a dated corpus, its queries encoded by an event-aware head as of a day.
 
     ``retriever`` is the index opened by ``open_retriever`` (its query encoder becomes the head's
-    backbone, so the backbone loads once); ``corpus`` gives each indexed document's day.
+    backbone, so the backbone loads once); ``corpus`` (``Corpus`` or ``DocStore``) gives each indexed
+    document's day.
     """
 
-    def __init__(self, retriever: Any, encoder: Any, corpus: Corpus):
+    def __init__(self, retriever: Any, encoder: Any, corpus: Any):
         index = getattr(retriever, "index", None)
         if getattr(index, "kind", None) != "dense":
             raise ConfigError("an event-aware query encoder searches a dense index "
@@ -97,19 +100,20 @@ class EventAwareRetriever(Retriever):
                               f"{model}: build the dense index with --model {backbone}")
         from sparsa.retrieval.event_window import EventStore, to_days
 
-        missing = [i for i in index.doc_ids if i not in corpus]
+        docs = corpus.fetch(index.doc_ids)
+        missing = [i for i, doc in zip(index.doc_ids, docs) if doc is None]
         if missing:
             raise CorpusMismatchError(f"the index holds {len(missing)} ids the corpus lacks (e.g. "
                                       f"{missing[0]!r}): give the dated corpus the index was built from")
-        days = [doc_day(corpus[i]) for i in index.doc_ids]
+        days = [doc_day(doc) for doc in docs]
         self.store = EventStore(index.doc_ids, to_days([dt.date.fromisoformat(d) if d else None
                                                         for d in days]), index.vectors)
         encoder._backbone = retriever.encoder  # the same minilm-l6 query route the index's queries take
-        self.index, self.encoder, self.corpus = index, encoder, corpus
+        self.index, self.encoder = index, encoder
         self.name = f"event({retriever.name})"
 
     @classmethod
-    def open(cls, index: str | Path, head: str | Path, corpus: Corpus, device: str | None = None
+    def open(cls, index: str | Path, head: str | Path, corpus: Any, device: str | None = None
              ) -> EventAwareRetriever:
         """Open a dense index and a head saved by ``sparsa train event`` over ``corpus``."""
         from sparsa.retrieval.event_encoder import EventQueryEncoder

@@ -3,6 +3,7 @@
     sparsa ask "who directed Kismet?" --index mixed-bm25 --dataset /tmp/rag/mixed --mode auto --stream
     sparsa ask "Which country's prime minister resigned?" --config examples/realtimeqa.toml --as-of 2022-01-07
     sparsa ask --config examples/realtimeqa.toml --print-config
+    sparsa ask "who directed [Big]" --kg triples.tsv              # from a knowledge graph (kg/answer.py)
 
 The chain is one :class:`sparsa.rag.config.PipelineConfig`: ``--config FILE`` (TOML or YAML), then
 each flag given overrides its key. ``--print-config`` prints the resolved chain (device, dtype and
@@ -30,7 +31,7 @@ OVERRIDES = {
     "model": "reader.model", "device": "reader.device", "dtype": "reader.dtype",
     "attention": "reader.attention",
     "max_context_tokens": "reader.max_context_tokens", "max_passage_tokens": "reader.max_passage_tokens",
-    "max_new_tokens": "reader.max_new_tokens",
+    "max_new_tokens": "reader.max_new_tokens", "kg": "kg.path", "kg_head": "kg.head",
 }
 
 
@@ -42,8 +43,9 @@ def pipeline_config(config: Path | None, flags: dict) -> object:
     values = {key: flags[name] for name, key in OVERRIDES.items() if flags.get(name) is not None}
     if isinstance(values.get("retrieval.indexes"), str):
         values["retrieval.indexes"] = values["retrieval.indexes"].split(",")
-    if "router.path" in values:
-        values["router.path"] = str(values["router.path"])
+    for key in ("router.path", "kg.path", "kg.head"):
+        if key in values:
+            values[key] = str(values[key])
     return base.override(values) if values else base
 
 
@@ -80,6 +82,11 @@ def ask(
     max_passage_tokens: Annotated[int | None, typer.Option(help="tokens kept of each passage", min=8)] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="longest answer, in tokens",
                                                        min=1, max=1024)] = None,
+    kg: Annotated[Path | None, typer.Option(
+        help="answer from this knowledge graph instead of passages: head<TAB>relation<TAB>tail lines "
+             "(.gz or plain; MetaQA's head|relation|tail too)")] = None,
+    kg_head: Annotated[Path | None, typer.Option(
+        help="with --kg: an Amar head (sparsa train amar); its own LM reads")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="print the answer as it is generated")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
 ) -> None:
@@ -117,6 +124,9 @@ def ask(
     console.print(f"citations: {', '.join(answer.citations) or '(none)'}")
     for rank, hit in enumerate(answer.passages, 1):
         console.print(f"  [{rank}] {hit.doc_id} ({hit.score:.3f})")
+    for item in answer.knowledge:  # route kg: * marks what the reader's prompt held
+        gate = f" gate {item['gate']:.2f}" if "gate" in item else ""
+        console.print(f" {'*' if item['shown'] else ' '} [{item['kind']}] {item['text']}{gate}")
     console.print("timings: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms"
                                           for stage, seconds in answer.timings.items()))
 

@@ -9,7 +9,8 @@
 else the longest span naming an entity, else the closest name), ranks relations and 1-2 hop paths
 with minilm-l6, and the reader answers from them: ``text`` writes every retrieved item into the prompt,
 ``amar`` (with ``--head``, from ``sparsa train amar``) gates and aligns them as soft prompts, ``lm``
-asks the LM alone. Any chat LM reads: its own chat template builds the prompt.
+asks the LM alone. Any chat LM reads: its own chat template builds the prompt. The work is
+``sparsa.kg.answer.KGReader``'s, which ``sparsa ask --kg`` and ``/qa`` with a ``[kg]`` chain share.
 """
 
 from __future__ import annotations
@@ -46,43 +47,20 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as one JSON object")] = False,
 ) -> None:
     """Answer a question from a knowledge graph; prints the answer, the topic entity and the knowledge."""
-    from sparsa.kg.amar import AmarConfig, AmarModel, aspect_items, first_answer
-    from sparsa.kg.kg import KGRetriever, KnowledgeGraph
+    from sparsa.kg.answer import KGReader
 
     if not question.strip():
         raise ConfigError("the question is empty")
-    mode = mode or ("amar" if head is not None else "text")
-    if mode not in ("amar", "text", "lm"):
-        raise ConfigError(f"--mode {mode!r}: expected amar, text or lm")
-    if mode == "amar" and head is None:
-        raise ConfigError("--mode amar needs --head (a head trained with 'sparsa train amar')")
-    if head is not None and model is not None:
-        raise ConfigError("--model and --head: a head reads with the LM it was trained with; give one")
-    settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    graph = KnowledgeGraph.load(kg)
-    retrieval = KGRetriever(graph, max_paths=max_paths, max_hops=max_hops).retrieve(question.strip())
-    if head is not None:
-        reader = AmarModel.load(head, device, **settings)
-    else:
-        reader = AmarModel(AmarConfig(**({"model": model} if model else {}), **settings), device)
-    generated = reader.generate([retrieval], mode, batch_size=1)[0]
-    items = aspect_items(retrieval, reader.config.key_dim)
-    shown = generated["open"] if mode == "amar" else None
-    answer = {"question": question.strip(), "answer": first_answer(generated["answer"]),
-              "generated": generated["answer"], "mode": mode, "topic": retrieval.topic,
-              "knowledge": [{"kind": item.kind, "text": item.text, "score": round(item.score, 4),
-                             **({"gate": round(generated["gates"][i], 4)} if generated["gates"] else {})}
-                            for i, item in enumerate(items)],
-              "shown": list(range(len(items))) if shown is None and mode == "text" else list(shown or []),
-              "prompt": reader.prompt_text(retrieval.question, items, shown, mode),
-              "reader": reader.config.model}
+    reader = KGReader(kg, head=head, model=model, mode=mode, max_paths=max_paths, max_hops=max_hops,
+                      max_new_tokens=max_new_tokens, device=device)
+    answer = reader.answer(question)
     if as_json:
-        out.print(json.dumps(answer))
+        out.print(json.dumps({key: value for key, value in answer.to_dict().items() if key != "timings"}))
         return
-    out.print(answer["answer"])
-    console.print(f"mode: {mode}; topic entity: {retrieval.topic or 'none found'}; reader: "
-                  f"{reader.config.model}")
-    for i, item in enumerate(answer["knowledge"]):
-        mark = "*" if i in answer["shown"] else " "
+    out.print(answer.answer)
+    console.print(f"mode: {answer.mode}; topic entity: {answer.topic or 'none found'}; "
+                  f"reader: {answer.reader}")
+    for i, item in enumerate(answer.knowledge):
+        mark = "*" if i in answer.shown else " "
         gate = f" gate {item['gate']:.2f}" if "gate" in item else ""
         console.print(f" {mark} [{item['kind']}] {item['text']}{gate}")

@@ -113,3 +113,27 @@ def test_kg_errors_are_clear(capsys, metaqa_slice, tmp_path):
         assert main(["-q", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_ask_with_kg_answers_from_the_graph(capsys, metaqa_slice, tmp_path):
+    """``sparsa ask --kg`` runs the same KG reader as ``kg ask`` through the QA pipeline: route kg, the
+    knowledge in the answer; ``--mode recall`` reads without the graph; a [kg] config table does the same."""
+    kb, _ = metaqa_slice
+    settings = tmp_path / "paths.toml"  # as kg ask --max-paths 2
+    settings.write_text('[kg]\nmax_paths = 2\n[reader]\ndevice = "cpu"\n')
+    assert main(["-q", "ask", "who directed [Big]", "--kg", str(kb), "--config", str(settings),
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["text"] == "Penny Marshall" and answer["route"] == "kg" and answer["passages"] == []
+    shown = [k["text"] for k in answer["knowledge"] if k["shown"]]
+    assert "Big directed by: Penny Marshall" in shown and answer["timings"]["retrieve"] > 0
+    config = tmp_path / "kg.toml"
+    config.write_text(f'[kg]\npath = "{kb}"\n[reader]\ndevice = "cpu"\n')
+    assert main(["-q", "ask", "who directed [Big]", "--config", str(config), "--mode", "recall",
+                 "--json"]) == 0
+    closed = json.loads(capsys.readouterr().out)
+    assert closed["route"] == "recall" and not any(k["shown"] for k in closed["knowledge"])
+    assert main(["-q", "ask", "who directed [Big]", "--kg", str(kb), "--index", "x", "--dataset", "x"]) == 2
+    assert "a [kg] chain answers from the graph" in capsys.readouterr().err
+    assert main(["-q", "ask", "who directed [Big]", "--kg", str(kb), "--as-of", "2022-01-01"]) == 2
+    assert "a knowledge graph has no dates" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool 
 def build_index_job(
     kind: str, corpus: Corpus, out: str | Path, *, model: str | None = None,
     backends: Sequence[str] = ("exact",),
-    structure: str = "flat", device: str = "auto", threads: int = 2, ray: RayOptions | None = None,
+    structure: str = "flat", device: str = "auto", threads: int | None = None, ray: RayOptions | None = None,
     show_progress: bool | None = None, corpus_name: str | None = None, replace: bool = False,
     encoder_options: dict[str, Any] | None = None,
 ) -> Path:
@@ -52,7 +52,9 @@ def build_index_job(
     splade and dense indexes encode with ``model`` (default splade-tiny / minilm-l6) on ``device``, in
     checkpointed shards (a rerun resumes), on a Ray cluster with ``ray``; ``backends``: the splade
     search backends to build (the first is the default), ``structure``: the dense search structure.
-    ``threads``: Lucene indexing, and the search threads of Seismic and Lucene-impact backends.
+    ``threads``: CPU threads of the build: SPLADE encoding (torch threads on a CPU, tokenizer processes
+    feeding a GPU; None: all cores), Lucene indexing and the search threads of Seismic and Lucene-impact
+    backends (None: 2).
     ``corpus_name``: recorded in the manifest with the hash of the corpus ids; ``replace``: an index
     already published at ``out`` is replaced (atomically, when the build succeeds) instead of refused.
     ``encoder_options``: more settings of the encoder's config (dense: ``pooling``, ``normalize``,
@@ -64,14 +66,15 @@ def build_index_job(
                           "to replace it once the new one is built")
     if kind not in ENCODED_KINDS:
         return build_index(kind, corpus, out, show_progress=show_progress, corpus_name=corpus_name,
-                           threads=threads)
+                           threads=threads or 2)
     if kind == "dense":
         DENSE_BACKENDS.target(structure)  # unknown names fail before the model loads
         config: dict[str, Any] = {"structure": structure}
     else:
         for name in backends:
             SPARSE_BACKENDS.target(name)
-        config = {"backends": tuple(backends), **{b: {"threads": threads} for b in backends if b != "exact"}}
+        config = {"backends": tuple(backends), "threads": threads,
+                  **{b: {"threads": threads or 2} for b in backends if b != "exact"}}
     encoder_name, default_model = ENCODED_KINDS[kind]
     settings = {"model": model or default_model, "device": device, **(encoder_options or {})}
     encoder = build_encoder({"name": encoder_name, "config": settings})

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
 from sparsa.errors import ConfigError, IndexCorruptError
-from sparsa.indexes.shards import clear_job, run_in_shards
+from sparsa.indexes.shards import clear_job, run_in_shards, run_stream_in_shards
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.registry import SPARSE_BACKENDS
 from sparsa.types import Corpus, Hit, SparseVector
@@ -40,9 +40,20 @@ class DocumentEncoder(Protocol):
 
 def encode_in_shards(
     corpus: Corpus, encoder: DocumentEncoder, work: Path, shard_size: int = SHARD_SIZE,
-    show_progress: bool | None = None,
+    show_progress: bool | None = None, threads: int | None = None,
 ) -> SparseMatrix:
-    """Encode ``corpus`` shard by shard into ``work/shards`` (see ``indexes/shards.py``); resumable."""
+    """Encode ``corpus`` shard by shard into ``work/shards`` (see ``indexes/shards.py``); resumable.
+
+    An encoder with ``stream_documents(texts, threads=...)`` (``SpladeEncoder``: CSR blocks in order)
+    encodes every missing shard in one stream; ``threads``: the CPU threads it may use (None: all cores).
+    """
+    stream = getattr(encoder, "stream_documents", None)
+    if stream is not None:
+        return SparseMatrix.concat(run_stream_in_shards(
+            corpus, work, encoder.spec(), shard_size,
+            lambda texts: stream(texts, threads=threads, show_progress=False),
+            lambda docs, rows: SparseMatrix.from_rows([d.id for d in docs], rows, encoder.vocab_size),
+            SparseMatrix.save, SparseMatrix.load, show_progress=show_progress))
 
     def encode(batch: list) -> SparseMatrix:
         vectors = encoder.encode_documents([d.full_text for d in batch], show_progress=False)
@@ -65,16 +76,17 @@ class LearnedSparseIndex:
     def build(
         cls, corpus: Corpus, out: str | Path, encoder: DocumentEncoder | None = None,
         backends: Sequence[str] = ("exact",), show_progress: bool | None = None,
-        shard_size: int = SHARD_SIZE, **backend_config: dict,
+        shard_size: int = SHARD_SIZE, threads: int | None = None, **backend_config: dict,
     ) -> Path:
-        """Encode and index ``corpus`` as one atomic, resumable job. ``backend_config``: per backend."""
+        """Encode and index ``corpus`` as one atomic, resumable job. ``backend_config``: per backend;
+        ``threads``: CPU threads the encoding may use (None: all cores)."""
         if encoder is None:
             raise ConfigError("a learned-sparse index needs an encoder (e.g. sparsa.retrieval.SpladeEncoder)")
         for name in backends:
             SPARSE_BACKENDS.target(name)  # unknown names fail before any encoding
         started = time.perf_counter()
         with atomic_dir(out, resume=True) as work:
-            matrix = encode_in_shards(corpus, encoder, work, shard_size, show_progress)
+            matrix = encode_in_shards(corpus, encoder, work, shard_size, show_progress, threads)
             encoded_s = time.perf_counter() - started
             matrix.save(work / "vectors")
             settings = {}

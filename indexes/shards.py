@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from sparsa.types import Corpus, Document
 logger = logging.getLogger(__name__)
 
 Part = TypeVar("Part")
+Rows = Any  # sparsa.sparse_rows.SparseRows
 
 
 def fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int, fmt: str = "") -> str:
@@ -38,14 +40,7 @@ def run_in_shards(
     load: Callable[[Path], Part], fmt: str = "", show_progress: bool | None = None,
 ) -> list[Part]:
     """``encode`` each shard of ``corpus`` into ``work/shards`` (reusing finished ones); parts in order."""
-    job = fingerprint(corpus, encoder_spec, shard_size, fmt)
-    job_file, shards = work / "job.json", work / "shards"
-    if job_file.is_file() and json.loads(job_file.read_text()).get("fingerprint") != job:
-        logger.info("the interrupted build was for other documents or another encoder: starting over")
-        shutil.rmtree(shards, ignore_errors=True)
-    shards.mkdir(exist_ok=True)
-    job_file.write_text(json.dumps({"fingerprint": job, "encoder": encoder_spec}))
-
+    shards = _start_job(corpus, work, encoder_spec, shard_size, fmt)
     docs = corpus.documents
     parts: list[Part] = []
     with progress_bar(total=len(docs), desc="encoding documents", unit="doc", show=show_progress) as bar:
@@ -63,6 +58,76 @@ def run_in_shards(
                 parts.append(part)
             bar.update(len(batch))
     return parts
+
+
+def _start_job(corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int, fmt: str) -> Path:
+    """The shards folder of this job (emptied when the checkpoints there belong to another job)."""
+    job = fingerprint(corpus, encoder_spec, shard_size, fmt)
+    job_file, shards = work / "job.json", work / "shards"
+    if job_file.is_file() and json.loads(job_file.read_text()).get("fingerprint") != job:
+        logger.info("the interrupted build was for other documents or another encoder: starting over")
+        shutil.rmtree(shards, ignore_errors=True)
+    shards.mkdir(exist_ok=True)
+    job_file.write_text(json.dumps({"fingerprint": job, "encoder": encoder_spec}))
+    return shards
+
+
+def run_stream_in_shards(
+    corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int,
+    encode_stream: Callable[[list[str]], Iterator[tuple[int, Rows]]],
+    make_part: Callable[[list[Document], Rows], Part], save: Callable[[Part, Path], None],
+    load: Callable[[Path], Part], fmt: str = "", show_progress: bool | None = None,
+) -> list[Part]:
+    """As :func:`run_in_shards`, but the texts of every missing shard go through ``encode_stream`` as one
+    stream (``texts -> (offset, rows)`` blocks in order, ``rows`` a ``SparseRows``), so the encoder's
+    pipeline (tokenizer processes, GPU queue) never drains at a shard boundary; finished shards are
+    written by a background thread while encoding goes on."""
+    from sparsa.sparse_rows import SparseRows
+
+    shards = _start_job(corpus, work, encoder_spec, shard_size, fmt)
+    docs = corpus.documents
+    starts = list(range(0, len(docs), shard_size))
+    parts: list[Part | None] = [None] * len(starts)
+    missing = []
+    for number, start in enumerate(starts):
+        folder = shards / f"{number:06d}"
+        if folder.is_dir():
+            parts[number] = load(folder)
+        else:
+            missing.append(number)
+
+    def write(part: Part, number: int) -> None:
+        tmp = shards / f".{number:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(part, tmp)
+        tmp.rename(shards / f"{number:06d}")
+
+    texts = [d.full_text for number in missing for d in docs[starts[number] : starts[number] + shard_size]]
+    with progress_bar(total=len(docs), desc="encoding documents", unit="doc", show=show_progress) as bar, \
+            ThreadPoolExecutor(max_workers=1) as writer:
+        bar.update(len(docs) - len(texts))
+        written, waiting, held = [], list(missing), []
+        blocks = encode_stream(texts)
+        try:
+            for _, rows in blocks:
+                held.append(rows)
+                have = sum(len(r) for r in held)
+                while waiting and have >= len(docs[starts[waiting[0]] : starts[waiting[0]] + shard_size]):
+                    number = waiting.pop(0)
+                    batch = docs[starts[number] : starts[number] + shard_size]
+                    joined = SparseRows.concat(held)
+                    parts[number] = part = make_part(batch, joined.slice(0, len(batch)))
+                    held = [joined.slice(len(batch), len(joined))]
+                    have -= len(batch)
+                    written.append(writer.submit(write, part, number))
+                    bar.update(len(batch))
+        finally:
+            getattr(blocks, "close", lambda: None)()
+        for future in written:
+            future.result()
+    if waiting:
+        raise RuntimeError(f"the encoder returned too few rows: {len(waiting)} shards missing")
+    return parts  # type: ignore[return-value]
 
 
 def clear_job(work: Path) -> None:

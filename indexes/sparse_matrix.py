@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsa.errors import IndexCorruptError
+from sparsa.sparse_rows import SparseRows
 from sparsa.types import SparseVector
 
 
@@ -39,6 +40,16 @@ class SparseMatrix:
         if indices.size and int(indices.max()) >= dim:
             raise ValueError(f"term id {int(indices.max())} is outside the vocabulary of size {dim}")
         return cls(list(doc_ids), indptr, indices.astype(np.int32), values.astype(np.float32), dim)
+
+    @classmethod
+    def from_rows(cls, doc_ids: Sequence[str], rows: SparseRows, dim: int) -> SparseMatrix:
+        """From an encoder's CSR block (``sparsa.sparse_rows.SparseRows``): no per-document work."""
+        if len(doc_ids) != len(rows):
+            raise ValueError(f"{len(doc_ids)} ids for {len(rows)} rows")
+        if rows.nnz and int(rows.indices.max()) >= dim:
+            raise ValueError(f"term id {int(rows.indices.max())} is outside the vocabulary of size {dim}")
+        return cls(list(doc_ids), rows.indptr.astype(np.int64, copy=False),
+                   rows.indices.astype(np.int32, copy=False), rows.values.astype(np.float32, copy=False), dim)
 
     @classmethod
     def concat(cls, parts: Sequence[SparseMatrix]) -> SparseMatrix:

@@ -1,0 +1,263 @@
+"""SPLADE indexing end to end on unseen texts (texts in, index written) against sentence-transformers.
+
+    python bench/bench_indexing.py --corpus FILE [FILE ...] [--device cuda] [--st-docs 4096]
+        [--st-dtypes float32 bfloat16 float16] [--st-batch-sizes 64 128 256] [--legacy-site DIR]
+        [--cli] [--name encoding_gpu]
+    python bench/bench_indexing.py prepare --out FILE [--passages 100000]   # the RealTime QA passages
+
+What is timed (issue 22): an indexing job as ``sparsa index`` runs it, from the corpus in memory to the
+published index folder: tokenisation, encoding, CSR shards (checkpoints), the vectors, the manifest with
+every file's sha256, the rename into place. Model load and reading the corpus file are reported apart
+(``load_seconds``, ``corpus_read_seconds``); with ``--cli`` the whole ``sparsa index`` command is also timed
+from the shell (interpreter start, model load and corpus read included). Each corpus is indexed by a fresh
+process, its first and only pass over those texts; before it the process warms up (CUDA, kernels, the
+tokenizer processes) by indexing 2,048 marked copies (every word + ``zq``: no word shared with the corpus,
+so no word cache is primed). A second fresh process times the parts on the two halves of the corpus:
+tokenising and batching alone (first half) and encoding to host CSR rows without writing (second half).
+
+Baseline: sentence-transformers' ``SparseEncoder`` over the same model, every dtype x batch size
+configuration in one fresh process (warm-up on marked copies, then the first ``--st-docs`` texts), timed
+to vectors on the host only (no index written: generous to it); the fastest is ``baseline``.
+``--legacy-site``: a folder with the wheel of an earlier sparsa installed (``pip install --target``):
+its index build is timed the same way (``before``). Writes bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers")
+WARMUP_DOCS = 2048
+_WORD = re.compile(r"[^\W_]+")
+
+
+def marked(texts: list[str], n: int) -> list[str]:
+    """``n`` texts (cycled) with ``zq`` after every word: no word in common with the corpus."""
+    return [_WORD.sub(lambda m: m.group() + "zq", t) for t in itertools.islice(itertools.cycle(texts), n)]
+
+
+def prepare(out: Path, passages: int) -> None:
+    """RealTime QA's news articles as 100-word passages (DPR-style), articles in id order; BEIR JSONL."""
+    import gzip
+
+    from sparsa.config import load_settings
+    from sparsa.data.realtimeqa import load_realtimeqa
+
+    data = load_realtimeqa(load_settings().data_dir / "realtimeqa")
+    written = 0
+    with gzip.open(out, "wt") if out.suffix == ".gz" else open(out, "w") as f:
+        for article_id in sorted(data.articles):
+            article = data.articles[article_id]
+            words = article.text.split()
+            for k in range(0, len(words), 100):
+                if written == passages:
+                    return
+                f.write(json.dumps({"_id": f"{article_id}#{k // 100}", "title": article.title,
+                                    "text": " ".join(words[k : k + 100])}) + "\n")
+                written += 1
+
+
+def job_ours(spec: dict) -> dict:
+    """Index the corpus once (after a marked warm-up); figures of the build."""
+    import torch
+
+    from sparsa.data import load_corpus
+    from sparsa.indexes import build_index
+    from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
+    from sparsa.types import Corpus, Document
+
+    started = time.perf_counter()
+    corpus = load_corpus(spec["corpus"])
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    encoder = SpladeEncoder(SpladeConfig(device=spec["device"]))
+    load_s = time.perf_counter() - started
+    texts = [d.full_text for d in corpus.documents]
+    warm = Corpus(Document(f"w{i}", t) for i, t in enumerate(marked(texts, WARMUP_DOCS)))
+    threads = {} if spec.get("threads") is None else {"threads": spec["threads"]}
+    with tempfile.TemporaryDirectory(dir=spec["work"]) as folder:
+        started = time.perf_counter()
+        build_index("splade", warm, Path(folder) / "warm", encoder=encoder, **threads)
+        warm_s = time.perf_counter() - started
+        started = time.perf_counter()
+        out = build_index("splade", corpus, Path(folder) / "index", encoder=encoder, **threads)
+        seconds = time.perf_counter() - started
+        manifest = json.loads((out / "sparsa.json").read_text())
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"docs": len(corpus), "seconds": round(seconds, 3), "docs_per_s": round(len(corpus) / seconds, 1),
+            "encode_seconds_in_manifest": manifest["encode_seconds"], "nnz_per_doc": round(
+                manifest["nnz"] / len(corpus), 1), "index_mib": round(size / 2**20, 1),
+            "load_seconds": round(load_s, 2), "corpus_read_seconds": round(read_s, 2),
+            "warmup_docs": WARMUP_DOCS, "warmup_seconds": round(warm_s, 2),
+            "torch_threads": torch.get_num_threads(),
+            "config": {"dtype": str(encoder.dtype).removeprefix("torch."), "pooling": encoder.pooling,
+                       "max_tokens": encoder.config.max_tokens, "threads": spec.get("threads")}}
+
+
+def job_parts(spec: dict) -> dict:
+    """Tokenising + batching alone on the first half, encoding to host rows (no writing) on the second."""
+    import numpy as np
+
+    from sparsa.data import load_corpus
+    from sparsa.retrieval.splade import _TOKENS_PER_BATCH, SpladeConfig, SpladeEncoder
+    from sparsa.retrieval.splade_stream import layout_of
+    from sparsa.token_batches import pool_workers, token_batches
+
+    texts = [d.full_text for d in load_corpus(spec["corpus"]).documents]
+    encoder = SpladeEncoder(SpladeConfig(device=spec["device"]))
+    for _ in encoder.stream(marked(texts, WARMUP_DOCS)):
+        pass
+    half = len(texts) // 2
+    budget = _TOKENS_PER_BATCH[encoder.device.type]
+    tokens, padded, batches = 0, 0, 0
+    started = time.perf_counter()
+    for _, _, chunk in token_batches(encoder._token_ids, texts[:half], layout_of(encoder), None, budget,
+                                     encoder.device.type):
+        for batch in chunk:
+            tokens += int(batch.ranges[0].sum())
+            padded += batch.ids.size
+            batches += 1
+    tokenize_s = time.perf_counter() - started
+    started = time.perf_counter()
+    nnz = sum(rows.nnz for _, rows in encoder.stream(texts[half:]))
+    encode_s = time.perf_counter() - started
+    return {"tokenize_batch_docs_per_s": round(half / tokenize_s, 1), "tokenize_docs": half,
+            "tokenizer_processes": pool_workers(None), "mean_tokens_per_doc": round(tokens / half, 1),
+            "padding_fraction": round(1 - tokens / padded, 3), "mean_batch_docs": round(half / batches, 1),
+            "encode_to_host_docs_per_s": round((len(texts) - half) / encode_s, 1),
+            "encode_docs": len(texts) - half,
+            "nnz_per_doc": round(float(np.float64(nnz) / (len(texts) - half)), 1)}
+
+
+def job_st(spec: dict) -> dict:
+    """sentence-transformers' SparseEncoder in every configuration, vectors to the host."""
+    import torch
+    from sentence_transformers import SparseEncoder
+
+    from sparsa.data import load_corpus
+    from sparsa.models import resolve_model
+
+    texts = [d.full_text for d in load_corpus(spec["corpus"]).documents][: spec["docs"]]
+    warm = marked(texts, 512)
+    sweep = []
+    for dtype in spec["dtypes"]:
+        model = SparseEncoder(resolve_model("splade-tiny"), device=spec["device"]).to(getattr(torch, dtype))
+        for size in spec["batch_sizes"]:
+            encode = lambda batch, size=size, model=model: model.encode(
+                batch, batch_size=size, convert_to_tensor=True, show_progress_bar=False).cpu()
+            encode(warm)
+            if spec["device"] == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            encode(texts)
+            seconds = time.perf_counter() - started
+            sweep.append({"config": {"dtype": dtype, "batch_size": size}, "docs": len(texts),
+                          "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 1)})
+            print(f"  sentence-transformers {dtype}/{size}: {sweep[-1]['docs_per_s']:,.0f} docs/s",
+                  flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return {"sweep": sweep}
+
+
+def run_job(kind: str, spec: dict, site: str | None = None) -> dict:
+    """The job in a fresh Python process (``site``: import sparsa from there instead)."""
+    env = dict(os.environ)
+    if site:
+        env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        command = [sys.executable, __file__, "job", kind, json.dumps({**spec, "out": out.name})]
+        code = subprocess.run(command, env=env, check=False).returncode
+        if code:
+            return {"error": f"{kind} job exited with code {code}"}
+        return json.loads(Path(out.name).read_text())
+
+
+def time_cli(corpus: str, device: str, work: str) -> dict:
+    """``sparsa index`` from the shell, start to exit."""
+    out = Path(work) / "cli-index"
+    command = [sys.executable, "-m", "sparsa", "index", "--corpus", corpus, "--kind", "splade", "--device",
+               device, "--out", str(out), "--replace"]
+    started = time.perf_counter()
+    code = subprocess.run(command, check=False).returncode
+    return {"command": "sparsa index --corpus FILE --kind splade --device " + device, "exit_code": code,
+            "wall_seconds": round(time.perf_counter() - started, 2)}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "job":
+        kind, spec = sys.argv[2], json.loads(sys.argv[3])
+        result = {"ours": job_ours, "parts": job_parts, "st": job_st}[kind](spec)
+        Path(spec["out"]).write_text(json.dumps(result))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "prepare":
+        parser = argparse.ArgumentParser()
+        parser.add_argument("prepare")
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument("--passages", type=int, default=100_000)
+        args = parser.parse_args()
+        prepare(args.out, args.passages)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", nargs="+", required=True, help="BEIR corpus JSONL files (name=path)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--st-docs", type=int, default=4096)
+    parser.add_argument("--st-dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
+    parser.add_argument("--st-batch-sizes", nargs="+", type=int, default=[64, 128, 256])
+    parser.add_argument("--legacy-site", default=None)
+    parser.add_argument("--legacy-note", default="")
+    parser.add_argument("--cli", action="store_true")
+    parser.add_argument("--name", default="indexing")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import write_results
+
+    rows, gpu = [], None
+    with tempfile.TemporaryDirectory(prefix="bench_indexing_") as work:
+        for entry in args.corpus:
+            name, _, path = entry.rpartition("=")
+            spec = {"corpus": path, "device": args.device, "work": work}
+            row = {"model": "splade-tiny", "corpus": name or Path(path).name}
+            row["ours"] = run_job("ours", spec)
+            print(f"{row['corpus']}: ours {row['ours']}", flush=True)
+            row["parts"] = run_job("parts", spec)
+            print(f"{row['corpus']}: parts {row['parts']}", flush=True)
+            if args.legacy_site:
+                row["before"] = {**run_job("ours", spec, args.legacy_site), "what": args.legacy_note}
+                print(f"{row['corpus']}: before {row['before']}", flush=True)
+            if args.cli:
+                row["cli"] = time_cli(path, args.device, work)
+                print(f"{row['corpus']}: cli {row['cli']}", flush=True)
+            st = run_job("st", {**spec, "docs": args.st_docs, "dtypes": args.st_dtypes,
+                                "batch_sizes": args.st_batch_sizes})
+            sweep = st.get("sweep", [])
+            row["baseline_sweep"] = sweep or st
+            if sweep and "docs_per_s" in row["ours"]:
+                best = max(sweep, key=lambda r: r["docs_per_s"])
+                row["baseline_config"] = best["config"]
+                row["baseline"] = {**best, "implementation": "sentence-transformers SparseEncoder",
+                                   "timed": f"first {args.st_docs} texts to vectors on the host, no index"}
+                row["speedup_vs_best_baseline"] = round(row["ours"]["docs_per_s"] / best["docs_per_s"], 2)
+            rows.append(row)
+            if gpu is None and args.device == "cuda":
+                import torch
+
+                gpu = torch.cuda.get_device_name()
+            timed = __doc__.split("What is timed (issue 22): ")[1].split("\n\n")[0].replace("\n", " ")
+            payload = {"timed": timed, "rows": rows}
+            path = write_results(args.name, payload, PACKAGES, gpu=gpu,
+                                 path=Path(args.name + ".json") if "/" in args.name else None)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,41 @@ _LOG_TAIL = 2000
 RUNNING = "running"
 
 
+def build_model(kind: str, model: str | None) -> str | None:
+    """The encoder a build may use: a built-in model name, or a model folder under ``$SPARSA_HOME/models``
+    (e.g. a fine-tuned encoder copied there); never a client's path or a hub id (the server fetches
+    nothing). A dense model must declare its pooling (sentence-transformers files), as ``sparsa index``
+    requires without --pooling."""
+    if model is None:
+        return None
+    if kind == "bm25":
+        raise ConfigError("a bm25 index takes no model (model is for splade and dense)")
+    from sparsa.config import load_settings
+    from sparsa.models import BUILTIN_MODELS, resolve_model
+
+    if model in BUILTIN_MODELS:
+        from sparsa.errors import ModelNotFoundError
+
+        try:
+            path = resolve_model(model, pull_missing=False)  # a request never waits for a download
+        except ModelNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        folder = load_settings().models_dir / model
+        if not (folder / "config.json").is_file():
+            known = sorted(BUILTIN_MODELS)
+            raise ConfigError(f"unknown model {model!r}: give a built-in model ({', '.join(known)}) or "
+                              "a model folder under the server's models folder")
+        path = str(folder)
+    if kind == "dense":
+        from sparsa.retrieval.dense import declares_settings
+
+        if not declares_settings(path):
+            raise ConfigError(f"model {model!r} has no sentence-transformers files, so its pooling is "
+                              "unknown; build that index with 'sparsa index --pooling ... --normalize'")
+    return model if model in BUILTIN_MODELS else path
+
+
 class JobConflict(SparsaError):
     """The build would overwrite something it must not (answered with 409)."""
 
@@ -144,11 +179,12 @@ class BuildJobs:
     # -- starting ----------------------------------------------------------------------------------
 
     def start(self, name: str, kind: str, dataset: str, replace: bool = False,
-              served: Iterable[Path] = ()) -> dict[str, Any]:
+              served: Iterable[Path] = (), model: str | None = None) -> dict[str, Any]:
         if not (self.data_dir / dataset).is_dir():
             known = (sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
                      if self.data_dir.is_dir() else [])
             raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known) or '(none)'}")
+        model_path = build_model(kind, model)
         out = self.index_root / name
         if out.resolve() in {Path(p).resolve() for p in served} or serving_pids(out):
             raise JobConflict(f"index {name!r} is being served; it is never rebuilt in place: build under a "
@@ -171,12 +207,14 @@ class BuildJobs:
                        "--dataset", str(self.data_dir / dataset), "--kind", kind, "--out", str(out),
                        "--log", str(log), "--log-bytes", str(self.limits.job_log_bytes),
                        "--status", str(self.folder / f"{job_id}.status.json"), "--parent", str(os.getpid()),
-                       *(["--replace"] if replace else [])]
+                       *(["--replace"] if replace else []),
+                       *(["--model", model_path] if model_path else [])]
             with log.open("ab") as sink:  # what the worker prints before it takes over its output
                 child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
             self._children[job_id] = child
             jobs[job_id] = {"id": job_id, "name": name, "kind": kind, "dataset": dataset, "replace": replace,
+                            "model": model,
                             "state": RUNNING, "pid": child.pid, "returncode": None, "detail": "",
                             "started_at": _now(), "finished_at": None}
             self._prune(jobs)

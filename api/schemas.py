@@ -34,6 +34,26 @@ class SearchRequest(Strict):
     rerank: bool = Field(False, description="rerank the top `rerank_depth` hits with the server's reranker")
     rerank_depth: int = Field(20, ge=1, le=MAX_RERANK_DEPTH)
     include_text: bool = Field(True, description="return each hit's title and text")
+    fusion: Literal["rrf", "interp"] = Field(
+        "rrf", description="hybrid only: reciprocal rank fusion, or interpolation of normalised scores")
+    weights: dict[Literal["bm25", "splade", "dense"], Annotated[float, Field(ge=0, le=1000)]] | None = Field(
+        None, description="hybrid only: a weight per served retriever (default 1 each; 0 leaves one out)")
+    normalisation: Literal["minmax", "zscore"] = Field("minmax", description="hybrid interp only: per-query "
+                                                       "score normalisation")
+    rrf_k: float = Field(60.0, ge=0, le=10_000,
+                         description="hybrid rrf only: the constant of 1 / (rrf_k + rank)")
+    as_of: datetime.date | None = Field(
+        None, description="only documents dated on or before this day (the corpus's metadata.date, "
+                          "YYYY-MM-DD; undated ones stay); a server with an event-aware query encoder "
+                          "(sparsa serve --event-encoder) also encodes dense queries as of this day")
+
+    @model_validator(mode="after")
+    def _fusion_for_hybrid(self) -> SearchRequest:
+        defaults = (("fusion", "rrf"), ("weights", None), ("normalisation", "minmax"), ("rrf_k", 60.0))
+        changed = [name for name, default in defaults if getattr(self, name) != default]
+        if changed and self.retriever != "hybrid":
+            raise ValueError(f"{', '.join(changed)}: fusion settings apply to retriever 'hybrid' only")
+        return self
 
 
 class SearchHit(BaseModel):
@@ -114,13 +134,22 @@ class QARequest(Strict):
         None, description="read only passages dated on or before this day (YYYY-MM-DD; undated ones stay)")
 
 
+class Knowledge(BaseModel):
+    kind: str = Field(description="entities, relations or path")
+    text: str
+    score: float
+    gate: float | None = Field(None, description="Amar's relevance gate (with a trained head)")
+    shown: bool = Field(description="whether the reader's prompt holds it")
+
+
 class QAResponse(BaseModel):
     question: str
     answer: str
     citations: list[str]
-    route: str
+    route: str = Field(description="retrieve, recall, or kg (answered from the knowledge graph)")
     passages: list[SearchHit]
     timings: dict[str, float]
+    knowledge: list[Knowledge] = Field([], description="route kg: the graph knowledge retrieved")
 
 
 class CorpusIdentity(BaseModel):
@@ -158,8 +187,12 @@ class IndexList(BaseModel):
 class BuildRequest(Strict):
     name: IndexName = Field(description="index name under the server's index folder")
     kind: Literal["bm25", "splade", "dense"] = Field(
-        "bm25", description="bm25 (Lucene), splade (splade-tiny, exact backend) or dense (minilm-l6, flat)")
+        "bm25", description="bm25 (Lucene), splade (exact backend) or dense (flat)")
     dataset: IndexName = Field(description="dataset name under the server's data folder, e.g. scifact")
+    model: IndexName | None = Field(
+        None, description="splade/dense encoder: a built-in model (sparsa models list; pulled on the server "
+                          "beforehand) or a model folder under the server's $SPARSA_HOME/models; default "
+                          "splade-tiny / minilm-l6. A dense model needs sentence-transformers files")
     replace: bool = Field(False, description="replace a stored index of that name once the new one is built "
                           "(an index being served is never replaced: build under a new name and swap)")
 
@@ -170,6 +203,7 @@ class BuildJob(BaseModel):
     kind: str
     dataset: str
     replace: bool = False
+    model: str | None = None
     state: Literal["running", "succeeded", "failed"]
     pid: int | None
     returncode: int | None = None

@@ -34,6 +34,8 @@ class ServiceConfig:
     # A sparsa.rag.config.PipelineConfig: /qa runs exactly this chain (its indexes must be served). Without
     # it, /qa runs qa_model over the served BM25 index (else the first served), with the server's reranker.
     qa_pipeline: Any = None
+    # A sparsa train event head: /search on the dense index with as_of encodes the query as of that day.
+    event_encoder: Path | None = None
     api_key: str | None = None  # management endpoints need it; without it they are off
     open_search: bool = True  # False: /search, /rerank and /qa need the key too
     max_body_bytes: int = 64 * 1024

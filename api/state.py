@@ -120,6 +120,7 @@ class ServiceState:
         self.pipeline: Any = None
         self.qa_retrievers: tuple[str, ...] = ()  # the served indexes the QA pipeline retrieves from
         self.qa_config: Any = None  # the PipelineConfig /qa runs (qa_chain), once loaded
+        self.event_retriever: Any = None  # dense + event-aware query encoder (as_of searches)
         self.problems: list[str] = []
         self.corpus_identity: dict[str, Any] | None = None  # the served corpus (name, ids hash)
         self.rerank_cost = Ewma()  # seconds per reranked passage (sets each request's work cap)
@@ -135,6 +136,7 @@ class ServiceState:
                  for name, path in self.config.indexes.items()]
         steps += [("corpus", self._load_corpus)] if self.config.dataset else []
         steps += [("index identity", self._check_identities)] if self.config.dataset else []
+        steps += [("event encoder", self._load_event_encoder)] if self.config.event_encoder else []
         steps += [("reranker", self._load_reranker)] if self.config.reranker else []
         steps += ([("QA pipeline", self._load_pipeline)]
                   if self.config.qa_model or self.config.qa_pipeline else [])
@@ -179,6 +181,17 @@ class ServiceState:
         warning = check_index(served.retriever, served.path, served.manifest, self.corpus_identity)
         served.unchecked = warning is not None
 
+    def _load_event_encoder(self) -> None:
+        """The served dense index searched with an event-aware head (``sparsa train event``) over the dated
+        corpus: /search with ``as_of`` on ``dense`` encodes the query as of that day."""
+        if "dense" not in self.indexes or self.corpus is None:
+            raise ConfigError("the event-aware query encoder needs a served dense index and its dated corpus")
+        from sparsa.retrieval.dated import EventAwareRetriever
+        from sparsa.retrieval.event_encoder import EventQueryEncoder
+
+        head = EventQueryEncoder.load(self.config.event_encoder)
+        self.event_retriever = EventAwareRetriever(self.indexes["dense"].searcher, head, self.corpus)
+
     def _load_reranker(self) -> None:
         from sparsa.registry import RERANKERS
 
@@ -198,6 +211,9 @@ class ServiceState:
         from sparsa.rag.pipeline import load_pipeline
 
         self.qa_config = chain = self.qa_chain()
+        if chain.kg.path is not None:  # /qa answers from a knowledge graph (kg/answer.py): no index is read
+            self.pipeline = load_pipeline(chain)
+            return
         served = {Path(path).resolve(): name for name, path in self.config.indexes.items()}
         self.qa_retrievers = tuple(served.get(index_path(index).resolve())
                                    for index in chain.retrieval.indexes)
@@ -258,30 +274,47 @@ class ServiceState:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def search(self, text: str, retriever: str, k: int) -> list[Hit]:
+    def search(self, text: str, retriever: str, k: int, fusion: dict[str, Any] | None = None,
+               as_of: Any = None) -> list[Hit]:
+        """``fusion``: hybrid's ``HybridRetriever`` settings (method, weights by retriever, normalisation,
+        rrf_k); ``as_of``: only documents dated on or before that day (``retrieval/dated.py``), dense
+        queries then encoded as of it when the server has an event-aware encoder."""
+        from sparsa.retrieval.dated import search_as_of
+
         self._require_loaded()
         if retriever == "hybrid":
-            return self._hybrid(text, k)
+            return self._hybrid(text, k, fusion or {}, as_of)
         served = self.indexes.get(retriever)
         if served is None:
             raise NotConfiguredError(f"retriever {retriever!r} is not configured on this server; "
                                      f"served: {', '.join(self.indexes) or 'none'}")
-        hits = served.searcher.search_text(text, k=k)
+        searcher = self.event_retriever if retriever == "dense" and as_of and self.event_retriever else \
+            served.searcher
+        hits = search_as_of(searcher, text, k, as_of, self.corpus)
         if served.unchecked and self.corpus is not None:
             check_hits(retriever, (h.doc_id for h in hits), self.corpus)
         return hits
 
-    def _hybrid(self, text: str, k: int) -> list[Hit]:
+    def _hybrid(self, text: str, k: int, fusion: dict[str, Any], as_of: Any = None) -> list[Hit]:
         parts = [self.indexes[name] for name in BASE_RETRIEVERS if name in self.indexes]
         if len(parts) < 2 or not fusion_available():
             raise NotConfiguredError("retriever 'hybrid' is not configured on this server: it fuses two or "
                                      "more served indexes with sparsa.retrieval.fusion; served: "
                                      f"{', '.join(self.indexes) or 'none'}")
+        from sparsa.retrieval.dated import search_as_of
         from sparsa.retrieval.fusion import HybridRetriever
 
-        # RRF over each served retriever's top max(k, 100): deep enough for the fused top k.
-        hybrid = HybridRetriever([served.searcher for served in parts], method="rrf", depth=max(k, 100))
-        hits = hybrid.search_text(text, k=k)
+        weights = fusion.get("weights") or {}
+        unserved = sorted(set(weights) - {p.retriever for p in parts})
+        if unserved:
+            raise NotConfiguredError(f"weights name {', '.join(unserved)}, not served here; hybrid fuses "
+                                     f"{', '.join(p.retriever for p in parts)}")
+        # Each served retriever's top max(k, 100) (deeper as of a date): enough for the fused top k.
+        hybrid = HybridRetriever([served.searcher for served in parts], method=fusion.get("method", "rrf"),
+                                 weights=[weights.get(p.retriever, 1.0) for p in parts], depth=max(k, 100),
+                                 normalisation=fusion.get("normalisation", "minmax"),
+                                 rrf_k=fusion.get("rrf_k", 60.0))
+        hits = search_as_of(hybrid, text, k, as_of, self.corpus)
         if any(p.unchecked for p in parts) and self.corpus is not None:
             check_hits("hybrid", (h.doc_id for h in hits), self.corpus)
         return hits
@@ -335,13 +368,16 @@ class ServiceState:
         """Open and check ``path`` fully, then serve it for ``retriever``; a failure changes nothing."""
         with self._swap_lock:
             served = open_served_index(retriever, path, verify="sha256")
+            event = self.event_retriever
             try:
                 self._check_identity(served)  # an index of another corpus: 409, the old one keeps serving
+                if event is not None and retriever == "dense":  # as_of searches read the new index too
+                    event = type(event)(served.searcher, event.encoder, self.corpus)
             except SparsaError:
                 release_serving(served.path)
                 raise
             old = self.indexes.get(retriever)
-            self.indexes[retriever] = served  # one assignment: requests see the old or the new index
+            self.indexes[retriever], self.event_retriever = served, event  # requests see old or new
             if old is not None:
                 release_serving(old.path)
             if self.pipeline is not None and retriever in self.qa_retrievers:

@@ -55,7 +55,7 @@ async def list_indexes(state: State, verify: Literal["size", "sha256"] = Query(
 async def build(body: BuildRequest, state: State, jobs: Jobs) -> BuildJob:
     served = [s.path for s in list(state.indexes.values())]
     job = await anyio.to_thread.run_sync(
-        lambda: jobs.start(body.name, body.kind, body.dataset, body.replace, served))
+        lambda: jobs.start(body.name, body.kind, body.dataset, body.replace, served, body.model))
     return BuildJob(**jobs.describe(job))
 
 

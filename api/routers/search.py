@@ -43,7 +43,9 @@ async def search(body: SearchRequest, state: State, metrics: Metrics, gates: Gat
 
     def work():
         depth = max(body.k, body.rerank_depth) if body.rerank else body.k
-        hits = state.search(body.query, body.retriever, depth)
+        fusion = {"method": body.fusion, "weights": body.weights, "normalisation": body.normalisation,
+                  "rrf_k": body.rrf_k}
+        hits = state.search(body.query, body.retriever, depth, fusion, body.as_of)
         if body.rerank:
             hits = state.rerank_hits(body.query, hits, body.rerank_depth)
         return hits[: body.k]

@@ -52,8 +52,8 @@ def _pipeline_config(path: Path | None, qa_model: str | None, qa_router: Path | 
     from sparsa.rag.config import PipelineConfig
 
     chain = PipelineConfig.from_file(path)
-    if not chain.retrieval.indexes:
-        raise ConfigError(f"{path}: /qa needs retrieval.indexes (the indexes it reads from)")
+    if not chain.retrieval.indexes and chain.kg.path is None:
+        raise ConfigError(f"{path}: /qa needs retrieval.indexes (the indexes it reads from) or a [kg] table")
     overrides = {"reader.model": qa_model if qa_model not in (None, "none") else None,
                  "router.path": str(qa_router) if qa_router else None}
     return chain.override(overrides)
@@ -98,6 +98,9 @@ def serve(
              "smollm2-135m-instruct]")] = None,
     qa_router: Annotated[Path | None,
                          typer.Option(help="router file for QA mode auto (retrieve or recall)")] = None,
+    event_encoder: Annotated[Path | None, typer.Option(
+        help="event-aware query encoder (sparsa train event): /search on the dense index with as_of "
+             "encodes the query as of that day (the dataset must be the dated corpus)")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSA_API_KEY",
                                                 help="key for index management (and keyed search)")] = None,
     keyed_search: Annotated[bool, typer.Option(help="search, rerank and QA need the key too")] = False,
@@ -128,7 +131,8 @@ def serve(
         reranker=reranker, reranker_model=reranker_model,
         qa_model=None if qa_off else (qa_model or "smollm2-135m-instruct"),
         qa_pipeline=None if qa_off else chain,
-        qa_router=qa_router, api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
+        qa_router=qa_router, event_encoder=event_encoder,
+        api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"
                   f"{', reranker ' + reranker if reranker else ''}"

@@ -15,12 +15,15 @@ most ``SPARSE_MAX_KEPT``; above it, skipping blocks no longer pays for that gap 
 from __future__ import annotations
 
 import torch
+import triton
 
 from .block_gating import block_gate_scores, block_visibility, select_blocks
 from .block_sparse_attention import KeptBlocks, block_sparse_attention
+from .gate_select import kept_blocks, pooled_logits
 from .sparse_decode import decode_attention, decode_attention_ref
 
-__all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_mask", "kept_share", "use_triton"]
+__all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_blocks", "gate_mask", "kept_share",
+           "use_triton"]
 
 _CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
 # Our kernel's time scales with the kept blocks (H100, 32k, head dim 128: 17.7 ms dense, 8.7 ms at 50% kept),
@@ -54,25 +57,45 @@ def gate_mask(q, k, *, block_size: int, topk: int | None, threshold: float | Non
                          topk=topk, threshold=threshold, coverage=coverage)
 
 
+def gate_blocks(q, k, *, block_size: int, rule: str, value: float, scale: float, keys: str = "pooled",
+                full_heads: torch.Tensor | None = None) -> KeptBlocks:
+    """The gate's kept blocks (``rule``: "coverage", "topk" or "threshold" with its ``value``); query heads
+    of the KV heads flagged in ``full_heads`` (bool ``[Hkv]``) keep every visible block. On the Triton path
+    with pooled keys: one GEMM and one kernel, nothing read on the host (``kernels/gate_select.py``);
+    otherwise :func:`gate_mask`."""
+    if use_triton(q) and keys == "pooled":
+        return kept_blocks(pooled_logits(q, k, block_size, scale), seqlen_q=q.shape[2], seqlen_k=k.shape[2],
+                           block_size=block_size, rule=rule, value=value, full_heads=full_heads)
+    rules = {"topk": None, "threshold": None, "coverage": None, rule: int(value) if rule == "topk" else value}
+    mask = gate_mask(q, k, block_size=block_size, scale=scale, keys=keys, **rules)
+    if full_heads is not None:
+        visible, _ = block_visibility(q.shape[2], k.shape[2], block_size, True, q.device)
+        full_q = full_heads.repeat_interleave(q.shape[1] // full_heads.shape[0])
+        mask = torch.where(full_q[None, :, None, None], visible, mask)
+    return KeptBlocks.from_mask(mask)
+
+
 def kept_share(mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int) -> float:
     """The share of causally visible blocks that ``mask`` keeps, over all batch rows and heads."""
     visible, _ = block_visibility(seqlen_q, seqlen_k, block_size, True, mask.device)
     return float(mask.sum()) / (int(visible.sum()) * mask.shape[0] * mask.shape[1])
 
 
-def block_sparse_prefill(q, k, v, mask: torch.Tensor, *, block_size: int, scale: float,
+def block_sparse_prefill(q, k, v, mask: torch.Tensor | KeptBlocks, *, block_size: int, scale: float,
                          share: float | None = None) -> torch.Tensor:
-    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]``); dense SDPA where more
-    than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that :func:`kept_share`, where the
-    caller has counted it already."""
+    """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]`` or :class:`KeptBlocks`);
+    dense SDPA where more than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that
+    :func:`kept_share`, where the caller has counted it already."""
+    sq, sk = q.shape[2], k.shape[2]
     if use_triton(q):
         if share is None:
-            share = kept_share(mask, q.shape[2], k.shape[2], block_size)
+            dense_mask = mask.to_mask(triton.cdiv(sk, block_size)) if isinstance(mask, KeptBlocks) else mask
+            share = kept_share(dense_mask, sq, sk, block_size)
         if share > SPARSE_MAX_KEPT:
             return dense_prefill(q, k, v, scale)
-        return block_sparse_attention(q, k, v, KeptBlocks.from_mask(mask), block_size=block_size, causal=True,
-                                      sm_scale=scale)
-    sq, sk = q.shape[2], k.shape[2]
+        return block_sparse_attention(q, k, v, mask, block_size=block_size, causal=True, sm_scale=scale)
+    if isinstance(mask, KeptBlocks):
+        mask = mask.to_mask(triton.cdiv(sk, block_size))
     out = torch.empty_like(q)
     k_pos = torch.arange(sk, device=q.device)
     for r0 in range(0, sq, _CPU_CHUNK_ROWS):

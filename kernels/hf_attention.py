@@ -44,6 +44,7 @@ import torch
 
 from . import attention_ops as ops
 from .block_gating import GATE_KEYS
+from .gate_select import visible_block_count
 from .hf_decode import LayerState, decode, new_stats
 from .kv_compression import (
     HeadProfile,
@@ -122,6 +123,14 @@ class SparseAttentionConfig:
             raise ConfigError(f"retrieval_fraction must be in [0, 1], got {self.retrieval_fraction}")
         return self if rules else replace(self, gate_coverage=DEFAULT_GATE_COVERAGE)
 
+    def block_rule(self) -> tuple[str, float]:
+        """The gate's rule and its value, e.g. ("coverage", 0.95) (validated settings have exactly one)."""
+        for rule, value in (("coverage", self.gate_coverage), ("topk", self.gate_topk),
+                            ("threshold", self.gate_threshold)):
+            if value is not None:
+                return rule, value
+        return "coverage", DEFAULT_GATE_COVERAGE
+
 
 def _tidal_layers(config: SparseAttentionConfig, n_layers: int) -> tuple[int, ...]:
     if config.tidal_layers is not None:
@@ -133,21 +142,17 @@ def _prefill(state: LayerState, q, k, v, scale):
     cfg = state.config
     if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
         return ops.dense_prefill(q, k, v, scale)
-    mask = ops.gate_mask(q, k, block_size=cfg.block_size, topk=cfg.gate_topk, threshold=cfg.gate_threshold,
-                         coverage=cfg.gate_coverage, scale=scale, keys=cfg.gate_keys)
-    from .block_gating import block_visibility
-
-    visible, _ = block_visibility(q.shape[2], k.shape[2], cfg.block_size, True, q.device)
-    full = state.full_head_mask(q.device)
-    if full is not None:
-        full_q = full.repeat_interleave(q.shape[1] // full.shape[0])
-        mask = torch.where(full_q[None, :, None, None], visible, mask)
-    kept, visible_blocks = int(mask.sum()), int(visible.sum()) * mask.shape[0] * mask.shape[1]
+    rule, value = cfg.block_rule()
+    kept = ops.gate_blocks(q, k, block_size=cfg.block_size, rule=rule, value=value, scale=scale,
+                           keys=cfg.gate_keys, full_heads=state.full_head_mask(q.device))
+    # The one host read of a sparse prefill layer: the kept count decides sparse vs dense and feeds the stats.
+    n_kept = int(kept.counts.sum())
+    n_visible = visible_block_count(q.shape[2], k.shape[2], cfg.block_size) * q.shape[0] * q.shape[1]
     stats = state.shared["stats"]
-    stats["prefill_blocks_kept"] += kept
-    stats["prefill_blocks_visible"] += visible_blocks
-    return ops.block_sparse_prefill(q, k, v, mask, block_size=cfg.block_size, scale=scale,
-                                    share=kept / visible_blocks)
+    stats["prefill_blocks_kept"] += n_kept
+    stats["prefill_blocks_visible"] += n_visible
+    return ops.block_sparse_prefill(q, k, v, kept, block_size=cfg.block_size, scale=scale,
+                                    share=n_kept / n_visible)
 
 
 def sparsa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

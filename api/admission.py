@@ -133,6 +133,7 @@ class Gates:
     """The service's gates, by endpoint class."""
 
     def __init__(self, limits: Any, timeout_s: float):
+        self.limits = limits  # ServiceLimits: the per-request work limits are checked beside the gates
         self.search = Gate("search", limits.search_workers, limits.search_queue, timeout_s)
         self.rerank = Gate("rerank", limits.rerank_workers, limits.rerank_queue, timeout_s)
         self.qa = Gate("qa", limits.qa_workers, limits.qa_queue, timeout_s)

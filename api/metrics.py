@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ConnectionStats:
+    """What happened to the server's connections (``api/server.py`` counts them on the event loop), for
+    the drops no request metric can see: a connection closed or reset between requests never reaches
+    the app. Process-wide: one ``sparsa serve`` runs one server."""
+
+    EVENTS: ClassVar[dict[str, str]] = {
+        "opened": "connections accepted",
+        "closed_idle": "idle keep-alive connections the server closed (timeout_keep_alive)",
+        "idle_close_spared": "keep-alive time-outs that found a request already waiting and kept the "
+                             "connection (the close would have reset it: the client's ReadError)",
+        "reset": "connections lost with an error (reset by the peer)",
+        "client_left_mid_request": "connections the client closed before its response was complete",
+        "refused_busy": "requests refused with 503 past the connection limit (max_connections)",
+        "bad_http": "requests that were not valid HTTP (400; headers over 16 KiB included)",
+    }
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.EVENTS, 0)
+        self.open = 0
+
+    def add(self, event: str) -> None:
+        self.counts[event] += 1  # only the event loop's thread counts
+
+
+CONNECTIONS = ConnectionStats()
 
 
 class ServiceMetrics:
@@ -26,6 +54,10 @@ class ServiceMetrics:
                              ["gate"], registry=self.registry)
         self.rejected = Gauge("sparsa_gate_rejected", "requests refused at admission (503) since start",
                               ["gate"], registry=self.registry)
+        self.connection_events = Gauge("sparsa_connection_events", "connection events since start, by "
+                                       "event (ConnectionStats.EVENTS)", ["event"], registry=self.registry)
+        self.connections_open = Gauge("sparsa_connections_open", "open HTTP connections",
+                                      registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, started: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -38,4 +70,7 @@ class ServiceMetrics:
         for gate in gates.all() if gates is not None else ():
             self.pending.labels(gate.name).set(gate.pending)
             self.rejected.labels(gate.name).set(gate.rejected)
+        for event, count in CONNECTIONS.counts.items():
+            self.connection_events.labels(event).set(count)
+        self.connections_open.set(CONNECTIONS.open)
         return generate_latest(self.registry)

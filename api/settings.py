@@ -107,7 +107,16 @@ class ServiceLimits:
     qa_queue: int = 3
     body_timeout_s: float = 10.0  # a request body not fully received by then: 408 and the connection closes
     max_connections: int = 512  # uvicorn limit_concurrency: connections + tasks beyond it get 503
-    keep_alive_s: float = 5.0  # idle keep-alive connections close after this
+    # Idle keep-alive connections close after this. Longer than common clients' own idle expiry (httpx:
+    # 5 s), so the client closes an idle connection first: a server close can meet a request the client
+    # is sending on it, which then fails with a reset (bench_service.py's SPLADE run; api/server.py).
+    keep_alive_s: float = 20.0
+    backlog: int = 2048  # connections the kernel queues before the server accepts them (uvicorn's default)
+    # Per-request work (a request past them: 400 naming the limit). The API's own maxima (api/schemas.py:
+    # k 1,000, rerank depth and candidates 100) are the defaults; an operator may only lower them.
+    max_k: int = 1000
+    max_rerank_depth: int = 100  # /search rerank_depth and /rerank candidates
+    max_new_tokens: int = 256  # the QA reader generates at most this many tokens (its config's, if fewer)
     max_builds: int = 1  # index builds running at once (more: 429)
     keep_job_logs: int = 20  # build logs kept (oldest deleted); the job table keeps 10x as many jobs
     job_log_bytes: int = 1 << 20  # a build log rotates to <log>.1 past this size
@@ -115,9 +124,21 @@ class ServiceLimits:
     key_window_s: float = 60.0
 
     def __post_init__(self) -> None:
-        counts = {name: getattr(self, name) for name in ("search_workers", "rerank_workers", "qa_workers",
-                                                          "max_connections", "max_builds", "key_failures")}
-        if min(counts.values()) < 1 or min(self.search_queue, self.rerank_queue, self.qa_queue) < 0:
-            raise ConfigError(f"service limits must be >= 1 (queues >= 0): {counts}")
-        if min(self.body_timeout_s, self.keep_alive_s, self.key_window_s) <= 0 or self.job_log_bytes < 1024:
-            raise ConfigError("service time limits must be > 0 and job_log_bytes >= 1024")
+        from sparsa.api.schemas import MAX_CANDIDATES, MAX_K, MAX_RERANK_DEPTH
+
+        counts = ("search_workers", "rerank_workers", "qa_workers", "max_connections", "backlog",
+                  "max_k", "max_rerank_depth", "max_new_tokens", "max_builds", "key_failures")
+        low = [f"{name}={getattr(self, name)}" for name in counts if getattr(self, name) < 1]
+        low += [f"{name}={getattr(self, name)}" for name in ("search_queue", "rerank_queue", "qa_queue")
+                if getattr(self, name) < 0]
+        if low:
+            raise ConfigError(f"service limits must be >= 1 (queues >= 0): {', '.join(low)}")
+        times = ("body_timeout_s", "keep_alive_s", "key_window_s")
+        if min(getattr(self, name) for name in times) <= 0 or self.job_log_bytes < 1024:
+            raise ConfigError("service time limits (body timeout, keep-alive, key window) must be > 0 "
+                              "and job_log_bytes >= 1024")
+        api_max = {"max_k": MAX_K, "max_rerank_depth": min(MAX_RERANK_DEPTH, MAX_CANDIDATES)}
+        over = [f"{name}={getattr(self, name)} (the API allows {most})" for name, most in api_max.items()
+                if getattr(self, name) > most]
+        if over:
+            raise ConfigError(f"service limits above the API's own: {', '.join(over)}")

@@ -109,6 +109,13 @@ def fusion_available() -> bool:
     return importlib.util.find_spec("sparsa.retrieval.fusion") is not None
 
 
+def _capped(chain: Any, max_new_tokens: int) -> Any:
+    """The chain with its reader generating at most ``max_new_tokens`` (the server's limit)."""
+    if chain.reader.max_new_tokens <= max_new_tokens:
+        return chain
+    return chain.override({"reader.max_new_tokens": max_new_tokens})
+
+
 class ServiceState:
     """The loaded resources of one service; all methods are blocking (handlers run them in threads)."""
 
@@ -231,16 +238,16 @@ class ServiceState:
         from sparsa.rag.config import PipelineConfig
 
         if self.config.qa_pipeline is not None:
-            return self.config.qa_pipeline
+            return _capped(self.config.qa_pipeline, self.config.limits.max_new_tokens)
         first = "bm25" if "bm25" in self.config.indexes else next(iter(self.config.indexes), None)
         if first is None or self.config.dataset is None:
             raise ConfigError("QA needs a served index and its dataset (the passages it reads)")
-        return PipelineConfig.from_dict({
+        return _capped(PipelineConfig.from_dict({
             "retrieval": {"indexes": [str(self.config.indexes[first])], "dataset": str(self.config.dataset),
                           "k": self.config.qa_k},
             "rerank": {"name": self.config.reranker, "model": self.config.reranker_model},
             "router": {"path": str(self.config.qa_router) if self.config.qa_router else None},
-            "reader": {"model": self.config.qa_model}}, "service flags")
+            "reader": {"model": self.config.qa_model}}, "service flags"), self.config.limits.max_new_tokens)
 
     def _qa_searcher(self) -> Any:
         """The served retriever(s) /qa reads from: one index, or the chain's fusion of several."""

@@ -92,6 +92,7 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
     with torch.inference_mode():
         decoder = _StaticDecoder.for_model(model, len(prompt_ids) + max_new_tokens, device, cuda_graph)
         started = time.perf_counter()
+        check_deadline()  # a request already past its deadline (e.g. after routing) never starts its prefill
         logits, cache = prefill(model, torch.tensor([list(prompt_ids)], device=device))
         token_id, logprob = _pick(logits)
         stats.prefill_seconds = time.perf_counter() - started

@@ -125,12 +125,15 @@ class QueryLikelihoodReranker:
         target ids before it)."""
         import torch
 
+        from sparsa.deadline import check_deadline
+
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
         lengths = [len(c) + len(t) for c, t in sequences]
         batches = length_sorted_batches(lengths, max_tokens=self.max_tokens_per_batch)
         with torch.inference_mode(), progress_bar(len(sequences), "query likelihood", unit="pair",
                                                    show=show_progress) as bar:
             for batch in batches:
+                check_deadline()  # a caller's deadline (the service's) stops the scoring between batches
                 items = [sequences[i] for i in batch]
                 picked = self._score_batch(items)
                 for row, (i, (_, target)) in enumerate(zip(batch, items, strict=True)):

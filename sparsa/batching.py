@@ -366,20 +366,28 @@ def map_batches(fn: Callable[[object], object], items: Sequence[object], workers
     The workers run with one torch thread each (torch's thread count, a process-wide setting, is 1
     while any such call runs and restored after the last; torch ops release the GIL); at most
     ``2 * workers`` results wait unconsumed. ``fn`` must set up its own thread-local torch state
-    (``inference_mode``, autocast).
+    (``inference_mode``, autocast). Each batch starts only before the caller's deadline
+    (``sparsa.deadline``): past it, ``DeadlineExceeded`` and the batches not yet started never run.
     """
+    from sparsa.deadline import check_deadline
+
     if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
+        for item in items:
+            check_deadline()  # a caller's deadline (the service's) stops the work between batches
+            yield fn(item)
         return
     _enter_single_thread()
+    pending: collections.deque = collections.deque()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: collections.deque = collections.deque()
             for item in items:
+                check_deadline()  # checked before each batch is started, in the caller's context
                 pending.append(pool.submit(fn, item))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
     finally:
+        for future in pending:  # stopped early (deadline, consumer gone): queued batches never start
+            future.cancel()
         _leave_single_thread()

@@ -1,10 +1,13 @@
 """Cooperative deadlines for long library calls (the service's requests).
 
 A caller runs work inside ``deadline_scope(at)`` (``at``: a ``time.monotonic()`` instant); loops that
-work in steps (reranking chunks, the reader's decode loop) call ``check_deadline()`` between steps,
-which raises ``DeadlineExceeded`` once the instant has passed, so the work stops instead of running
-on after its caller gave up. Outside a scope ``check_deadline`` costs one context-variable read and
-does nothing. The deadline lives in a ``ContextVar``: set it in the thread that does the work.
+work in steps call ``check_deadline()`` between steps, which raises ``DeadlineExceeded`` once the
+instant has passed, so the work stops instead of running on after its caller gave up. The steps that
+check: every encoder batch (``sparsa.batching.map_batches``: SPLADE and dense queries and documents),
+every query-likelihood scoring batch, the service's reranking chunks, the reader's prefill (before it
+starts) and each decode step. One step (a forward pass, a Lucene search) is never interrupted.
+Outside a scope ``check_deadline`` costs one context-variable read and does nothing. The deadline
+lives in a ``ContextVar``: set it in the thread that does the work.
 """
 
 from __future__ import annotations

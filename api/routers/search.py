@@ -23,6 +23,16 @@ router = APIRouter(tags=["search"], dependencies=[SearchKey],
                    responses=error_responses(400, 401, 403, 408, 409, 413, 422, 429, 503, 504))
 
 
+def check_work(gates, k: int | None = None, passages: int | None = None) -> None:
+    """The operator's per-request limits (``sparsa serve --max-k / --max-rerank-depth``): 400 past them."""
+    limits = gates.limits
+    if k is not None and k > limits.max_k:
+        raise ConfigError(f"k={k} is over this server's limit of {limits.max_k} hits")
+    if passages is not None and passages > limits.max_rerank_depth:
+        raise ConfigError(f"reranking {passages} passages is over this server's limit of "
+                          f"{limits.max_rerank_depth} (rerank_depth, or fewer candidates)")
+
+
 def rerank_cost(state, gates, passages: int) -> float | None:
     """Expected seconds to rerank ``passages``; refuses (400) work that cannot finish in the time limit."""
     per = state.rerank_cost.value
@@ -40,6 +50,7 @@ def rerank_cost(state, gates, passages: int) -> float | None:
 @router.post("/search", response_model=SearchResponse, summary="Search a served index")
 async def search(body: SearchRequest, state: State, metrics: Metrics, gates: GatesDep) -> SearchResponse:
     started = time.perf_counter()
+    check_work(gates, body.k, body.rerank_depth if body.rerank else None)
 
     def work():
         depth = max(body.k, body.rerank_depth) if body.rerank else body.k
@@ -75,6 +86,7 @@ async def rerank(body: RerankRequest, state: State, gates: GatesDep) -> RerankRe
         return state.rerank(body.query, docs), Corpus(docs)
 
     count = len(body.passages if body.passages is not None else body.doc_ids)
+    check_work(gates, passages=count)
     hits, lookup = await run_gated(gates.rerank, work, cost=rerank_cost(state, gates, count))
     return RerankResponse(query=body.query, reranker=state.config.reranker or "", hits=to_hits(hits, lookup),
                           took_ms=round(1000 * (time.perf_counter() - started), 2))

@@ -18,6 +18,7 @@ from sparsa.config import index_path
 from sparsa.errors import ConfigError
 
 DEFAULT_INDEXES = {"bm25": "scifact-bm25", "splade": "scifact-splade"}
+LIMITS = "Service limits"  # the help panel of the operator's limits (api/settings.py: ServiceLimits)
 
 
 def curl_examples(base: str, key_header: str = "") -> str:
@@ -106,8 +107,33 @@ def serve(
     keyed_search: Annotated[bool, typer.Option(help="search, rerank and QA need the key too")] = False,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8000,
-    timeout: Annotated[float, typer.Option(help="per-request time limit in seconds")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="per-request time limit in seconds (work past it stops: "
+                                                "504)")] = 30.0,
     verify: Annotated[str, typer.Option(help="index check at load: sha256 (full) or size")] = "sha256",
+    search_workers: Annotated[int, typer.Option(help="threads running /search", rich_help_panel=LIMITS)] = 4,
+    search_queue: Annotated[int, typer.Option(help="/search requests waiting beyond those (more: 503)",
+                                              rich_help_panel=LIMITS)] = 256,
+    rerank_workers: Annotated[int, typer.Option(help="threads reranking (/rerank, /search with rerank)",
+                                                rich_help_panel=LIMITS)] = 1,
+    rerank_queue: Annotated[int, typer.Option(help="rerank requests waiting (more: 503)",
+                                              rich_help_panel=LIMITS)] = 4,
+    qa_workers: Annotated[int, typer.Option(help="threads answering /qa", rich_help_panel=LIMITS)] = 1,
+    qa_queue: Annotated[int, typer.Option(help="/qa requests waiting (more: 503)",
+                                          rich_help_panel=LIMITS)] = 3,
+    max_k: Annotated[int, typer.Option(help="most hits a search may ask for (k; at most 1000)",
+                                       rich_help_panel=LIMITS)] = 1000,
+    max_rerank_depth: Annotated[int, typer.Option(help="most passages one request may rerank (rerank_depth, "
+                                                  "/rerank candidates; at most 100)",
+                                                  rich_help_panel=LIMITS)] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens the QA reader generates per answer",
+                                                rich_help_panel=LIMITS)] = 256,
+    body_timeout: Annotated[float, typer.Option(help="seconds to receive a request body (then 408)",
+                                                rich_help_panel=LIMITS)] = 10.0,
+    keep_alive: Annotated[float, typer.Option(help="seconds an idle keep-alive connection stays open (keep "
+                                              "it above your clients' idle expiry: httpx's is 5)",
+                                              rich_help_panel=LIMITS)] = 20.0,
+    max_connections: Annotated[int, typer.Option(help="open connections or requests at once (more: 503)",
+                                                 rich_help_panel=LIMITS)] = 512,
 ) -> None:
     """Serve search, rerank, QA, health, metrics and the web page over HTTP."""
     from sparsa.errors import require
@@ -115,7 +141,14 @@ def serve(
     require("fastapi", "serve")
     uvicorn = require("uvicorn", "serve")
     from sparsa.api import ServiceConfig, ServiceState, create_app
+    from sparsa.api.server import uvicorn_config
+    from sparsa.api.settings import ServiceLimits
 
+    limits = ServiceLimits(  # checked before anything loads
+        search_workers=search_workers, search_queue=search_queue, rerank_workers=rerank_workers,
+        rerank_queue=rerank_queue, qa_workers=qa_workers, qa_queue=qa_queue, max_k=max_k,
+        max_rerank_depth=max_rerank_depth, max_new_tokens=max_new_tokens, body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive, max_connections=max_connections)
     chain = _pipeline_config(config, qa_model, qa_router)
     flags = {"bm25": bm25, "splade": splade, "dense": dense}
     if chain is None:
@@ -133,6 +166,7 @@ def serve(
         qa_pipeline=None if qa_off else chain,
         qa_router=qa_router, event_encoder=event_encoder,
         api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
+        limits=limits,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"
                   f"{', reranker ' + reranker if reranker else ''}"
@@ -143,7 +177,5 @@ def serve(
     console.print(f"serving on {base} (Ctrl-C stops). "
                   f"Try:\n{curl_examples(base, key_header)}", soft_wrap=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    limits = config.limits  # connections past limit_concurrency get 503; idle keep-alives close
-    uvicorn.run(create_app(config, state), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=5, limit_concurrency=limits.max_connections,
-                timeout_keep_alive=limits.keep_alive_s, h11_max_incomplete_event_size=16 * 1024)
+    # api/server.py: JSON errors for what uvicorn answers itself, counted connections, the limits above
+    uvicorn.Server(uvicorn_config(create_app(config, state), host, port, limits)).run()

@@ -6,7 +6,8 @@ are copies of the published ones, and measures:
 
 - bad inputs: each gets a precise 4xx (status and message recorded);
 - load: N concurrent httpx clients on POST /search (bm25, then splade) for S seconds each:
-  throughput, p50/p90/p99 latency, errors;
+  throughput, p50/p90/p99 latency, client errors by kind, and what the server counted meanwhile
+  (responses by status class, connection events);
 - fuzz: schemathesis over the OpenAPI spec (all operations, with the API key), and the server's own
   count of responses by status class (from /metrics): zero 5xx is the target;
 - faults: a corrupt index file makes ``sparsa serve`` refuse to start and a swap answer 409; a
@@ -17,11 +18,18 @@ are copies of the published ones, and measures:
   (so its QA gate knows what an answer costs), then gets a burst of 4x its QA capacity at once:
   how many get a fast 503 (with Retry-After), whether every admitted request ends by its deadline,
   how fast /health and /metrics answer meanwhile, and when the server's CPU falls idle (sampled every
-  100 ms from /proc through psutil) relative to the last deadline. Needs only scifact-bm25.
+  100 ms from /proc through psutil) relative to the last deadline. Needs only scifact-bm25;
+- drops (issue 26): SPLADE /search under 50 clients on servers with keep-alive 5 s (uvicorn's default,
+  and this service's before) and the default: client errors by kind (``ReadError (ConnectionResetError)``),
+  the connections the client opened, and the server's connection events (idle closes, closes spared
+  because a request was waiting, resets; ``api/server.py``). Needs only scifact-splade.
 
-    python bench/bench_service.py                      # everything (~20 min on a quiet 2-core machine)
+The harness (server process, load client, /metrics readers, CPU sampler) is ``bench/common/service.py``.
+
+    python bench/bench_service.py                      # everything (~30 min on a quiet 2-core machine)
     python bench/bench_service.py --only load --seconds 10
     python bench/bench_service.py --only overload      # merged into service.json as its own run record
+    python bench/bench_service.py --only drops --seconds 180   # likewise
 """
 
 from __future__ import annotations
@@ -40,58 +48,12 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 from common import RESULTS, run_metadata, write_results
+from common.service import KEY, CpuSampler, Server, load_run, ms, scratch_home, status_counts
 
-KEY = "bench-key"
 RESULTS_LOG = Path(tempfile.gettempdir()) / "bench_service_server.log"  # kept for a look after the run
-SECTIONS = ("bad_inputs", "load", "fuzz", "faults", "overload")
+SECTIONS = ("bad_inputs", "load", "fuzz", "faults", "overload", "drops")
 PACKAGES = ("fastapi", "uvicorn", "httpx", "schemathesis")
-
-
-def scratch_home(real_home: Path, folder: Path, names=("scifact-bm25", "scifact-splade")) -> Path:
-    """A SPARSA_HOME with the real models (linked) and copies of the published SciFact indexes."""
-    (folder / "indexes").mkdir(parents=True)
-    os.symlink(real_home / "models", folder / "models")
-    for name in names:
-        if not (real_home / "indexes" / name / "sparsa.json").is_file():
-            sys.exit(f"error: {real_home / 'indexes' / name} is missing; run 'make demo' first")
-        shutil.copytree(real_home / "indexes" / name, folder / "indexes" / name)
-    return folder
-
-
-class Server:
-    """``sparsa serve`` in a child process; ``extra`` are more flags."""
-
-    def __init__(self, home: Path, port: int, extra: list[str], log: Path):
-        self.base = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "SPARSA_HOME": str(home), "SPARSA_API_KEY": KEY,
-               "TOKENIZERS_PARALLELISM": "false"}
-        command = [sys.executable, "-m", "sparsa", "serve", "--port", str(port), *extra]
-        self.log = log
-        self.process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-    def wait_ready(self, seconds: float = 600) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < seconds:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited ({self.process.returncode}): "
-                                   f"{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("server not ready in time")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def bad_inputs(base: str) -> list[dict]:
@@ -120,53 +82,6 @@ def bad_inputs(base: str) -> list[dict]:
             results.append({"case": name, "path": path, "status": response.status_code,
                             "detail": response.json().get("detail")})
     return results
-
-
-async def _load(base: str, retriever: str, queries: list[str], clients: int, seconds: float) -> dict:
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    deadline = time.perf_counter() + seconds
-
-    async def one_client(number: int, client: httpx.AsyncClient) -> None:
-        turn = number
-        while time.perf_counter() < deadline:
-            query = queries[turn % len(queries)]
-            turn += clients
-            started = time.perf_counter()
-            try:
-                response = await client.post("/search",
-                                             json={"query": query, "retriever": retriever, "k": 10})
-                ok = response.status_code == 200 and len(response.json()["hits"]) > 0
-                key = None if ok else f"status {response.status_code}"
-            except httpx.HTTPError as exc:
-                key = type(exc).__name__
-            if key is None:
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors[key] = errors.get(key, 0) + 1
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(i, client) for i in range(clients)))
-        elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {"retriever": retriever, "clients": clients, "seconds": round(elapsed, 1),
-            "requests": len(latencies), "errors": sum(errors.values()), "error_kinds": errors,
-            "throughput_rps": round(len(latencies) / elapsed, 1),
-            "latency_ms": {p: round(float(np.percentile(ms, q)), 1) for p, q in
-                           (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} if len(ms) else {}}
-
-
-def status_counts(base: str) -> dict[str, int]:
-    """Responses by status class, as the server counted them (its Prometheus metrics)."""
-    counts: dict[str, int] = {}
-    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
-        found = re.match(r'sparsa_requests_total\{.*status="(\d)\d\d"\} ([0-9.e+]+)', line)
-        if found:
-            key = f"{found.group(1)}xx"
-            counts[key] = counts.get(key, 0) + int(float(found.group(2)))
-    return counts
 
 
 def fuzz(base: str, examples: int, report: Path) -> dict:
@@ -258,36 +173,6 @@ def kill_build_fault(home: Path, base: str) -> dict:
     }
 
 
-class CpuSampler:
-    """The server process's CPU seconds (user + system, all its threads) every ``step`` seconds."""
-
-    def __init__(self, pid: int, step: float = 0.1):
-        import psutil
-
-        self.process, self.step, self.samples, self.stop = psutil.Process(pid), step, [], asyncio.Event()
-
-    async def run(self) -> None:
-        while not self.stop.is_set():
-            times = self.process.cpu_times()
-            self.samples.append((time.monotonic(), times.user + times.system))
-            await asyncio.sleep(self.step)
-
-    def share(self, since: float, until: float) -> float:
-        """Cores used on average between two instants."""
-        inside = [(t, c) for t, c in self.samples if since <= t <= until]
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if len(inside) > 1 else 0.0
-
-    def busy_until(self, threshold: float = 0.2) -> float | None:
-        """The end of the last 0.5 s window in which the server used more than ``threshold`` of a core
-        (an idle server here uses about 0.04: the JVM, uvicorn; CPU time comes in 10 ms ticks)."""
-        pairs = zip(self.samples, self.samples[5:], strict=False)
-        return max((t1 for (t0, c0), (t1, c1) in pairs if (c1 - c0) / (t1 - t0) > threshold), default=None)
-
-
-def _ms(seconds: list[float]) -> dict:
-    return {"p50": round(1000 * float(np.median(seconds)), 1), "max": round(1000 * max(seconds or [0]), 1)}
-
-
 async def _burst(base: str, questions: list[str], mode: str, timeout: float, cpu: CpuSampler) -> dict:
     rows: list[dict] = []
     probes: dict[str, list[float]] = {"/health": [], "/metrics": []}
@@ -327,7 +212,7 @@ async def _burst(base: str, questions: list[str], mode: str, timeout: float, cpu
     return {
         "burst": len(questions), "accepted": len(accepted), "refused_503": len(refused),
         "accepted_statuses": sorted(r["status"] for r in accepted),
-        "refused_ms": _ms([r["done"] - r["sent"] for r in refused]),
+        "refused_ms": ms([r["done"] - r["sent"] for r in refused]),
         "refused_retry_after_s": sorted({int(r["retry_after"]) for r in refused if r["retry_after"]}),
         "refused_detail_example": refused[0]["detail"] if refused else None,
         "accepted_s": [round(r["done"] - r["sent"], 2) for r in sorted(accepted, key=lambda r: r["sent"])],
@@ -340,7 +225,7 @@ async def _burst(base: str, questions: list[str], mode: str, timeout: float, cpu
         "cpu_cores_after_last_deadline": round(cpu.share(last_deadline, last_deadline + 3), 3),
         "cpu_idle_vs_last_deadline_s": round(busy - last_deadline, 2) if busy else None,
         "cpu_idle_vs_last_response_s": round(busy - last_response, 2) if busy else None,
-        "probe_ms": {path: _ms(seconds) for path, seconds in probes.items()},
+        "probe_ms": {path: ms(seconds) for path, seconds in probes.items()},
     }
 
 
@@ -372,6 +257,30 @@ def overload(home: Path, port: int, work: Path, questions: list[str], args: argp
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+def drops(home: Path, port: int, work: Path, queries: list[str], args: argparse.Namespace) -> dict:
+    """SPLADE /search under ``--clients`` clients for ``--seconds`` on a server keeping idle connections
+    ``keep_alive`` s, for each of ``--drop-keep-alive`` (0: the server's default): dropped connections
+    as the client saw them (errors by kind, connections it opened) and as the server counted them."""
+    from sparsa.api.settings import ServiceLimits
+
+    runs = []
+    for keep_alive in args.drop_keep_alive:
+        extra = ["--bm25", "none", "--qa-model", "none", "--verify", "size"]
+        extra += ["--keep-alive", str(keep_alive)] if keep_alive else []
+        server = Server(home, port, extra, work / f"drops_{keep_alive}.log")
+        try:
+            server.wait_ready()
+            row = asyncio.run(load_run(server.base, "splade", queries, args.clients, args.seconds))
+        finally:
+            server.stop()
+        runs.append({"server_keep_alive_s": keep_alive or ServiceLimits().keep_alive_s, **row})
+        print(f"drops: keep-alive {runs[-1]['server_keep_alive_s']} s: {row['requests']} requests, "
+              f"client errors {row['error_kinds']}, client opened {row['client']['connections_opened']} "
+              f"connections, server {row['server']['connections']}")
+    return {**run_metadata(PACKAGES), "runs": runs,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def merge(sections: dict) -> Path:
     """``sections`` (each with its own run record) into service.json; the other sections and the top-level
     meta (the run that measured them) stay."""
@@ -393,6 +302,8 @@ def main() -> None:
     parser.add_argument("--qa-timeout", type=float, default=30.0, help="overload: the server's time limit")
     parser.add_argument("--qa-mode", default="retrieve", help="overload: the questions' QA mode")
     parser.add_argument("--key", default="overload", help="overload: its key in service.json")
+    parser.add_argument("--drop-keep-alive", type=float, nargs="+", default=[5.0, 0.0],
+                        help="drops: the servers' keep-alive seconds (0: the default)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)
@@ -402,10 +313,15 @@ def main() -> None:
     queries = [q.text for q in
                load_dataset(Path(__file__).parents[1].parent / "shared" / "data" / "scifact").queries]
     work = Path(tempfile.mkdtemp(prefix="bench_service_"))
-    if sections == ["overload"]:
-        home = scratch_home(args.home, work / "home", names=("scifact-bm25",))
-        results = {args.key: overload(home, args.port, work, queries, args)}
-        print(json.dumps(results[args.key], indent=1))
+    if set(sections) <= {"overload", "drops"}:  # each merged into service.json as its own run record
+        names = ("scifact-bm25",) * ("overload" in sections) + ("scifact-splade",) * ("drops" in sections)
+        home = scratch_home(args.home, work / "home", names=names)
+        results = {}
+        if "overload" in sections:
+            results[args.key] = overload(home, args.port, work, queries, args)
+            print(json.dumps(results[args.key], indent=1))
+        if "drops" in sections:
+            results["drops"] = drops(home, args.port + 1, work, queries, args)
         if not args.no_save:
             print("wrote", merge(results))
         shutil.rmtree(work, ignore_errors=True)
@@ -424,7 +340,7 @@ def main() -> None:
         if "load" in sections:
             results["load"] = []
             for retriever in ("bm25", "splade"):
-                row = asyncio.run(_load(server.base, retriever, queries, args.clients, args.seconds))
+                row = asyncio.run(load_run(server.base, retriever, queries, args.clients, args.seconds))
                 results["load"].append(row)
                 print(f"load {retriever:<7} {row['clients']} clients {row['seconds']} s: "
                       f"{row['throughput_rps']} req/s p50 {row['latency_ms'].get('p50')} ms p99 "
@@ -442,6 +358,8 @@ def main() -> None:
         server.stop()
     if "overload" in sections:
         results[args.key] = overload(home, args.port + 2, work, queries, args)
+    if "drops" in sections:
+        results["drops"] = drops(home, args.port + 3, work, queries, args)
     results["notes"] = ("2-core machine shared with ~6 other jobs during the run: latency and throughput are "
                         "distorted by that load; client and server share the same two cores.")
     if not args.no_save:

@@ -13,9 +13,10 @@
 #         then the jobs, each one call (carry .stage/qw plus the job's own folder):
 #           bash bench/gpu_qwen.sh judge     (bench/gpu_qwen_judge.sh, carry .stage/qj)
 #           bash bench/gpu_qwen.sh routing   (bench/gpu_qwen_routing.sh, carry .stage/qr)
+#           bash bench/gpu_qwen.sh synthetic (bench/gpu_synthetic_queries.sh, carry .stage/syn)
 set -euo pipefail
 STAGE=/root/stage
-step=${1:?usage: gpu_qwen.sh stage|wheel|part|setup|judge|routing}
+step=${1:?usage: gpu_qwen.sh stage|wheel|part|setup|judge|routing|synthetic}
 
 if [[ $step == stage || $step == wheel ]]; then
     PY=${PY:-.venv/bin/python}
@@ -70,5 +71,7 @@ EOF
         install_sparsa && bash "$REPO/bench/gpu_qwen_judge.sh" ;;
     routing)
         install_sparsa && bash "$REPO/bench/gpu_qwen_routing.sh" ;;
+    synthetic)
+        install_sparsa && bash "$REPO/bench/gpu_synthetic_queries.sh" run ;;
     *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -36,8 +36,9 @@ SYSTEM = ("You write search queries. Given a document, reply with one query, in 
           "queries, for which the document is a relevant result. Reply with the query only.")
 # The prompt's version: a change here makes an old generation log refuse to resume.
 PROMPT_VERSION = 1
+UNFINISHED = " [unfinished]"  # appended to an output that max_new_tokens cut off
 KEPT_AT = (1, 3, 5, 10, 20)  # the report counts queries whose document ranks within each of these
-_SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?<=[.?!])[\"'”’]?\s+(?=[\"“]?[A-Z0-9])")
 _PREFIX = re.compile(r"^\s*(?:(?:relevant|search|generated)\s+)*(?:query|question|claim)\s*\d*\s*:\s*",
                      re.IGNORECASE)
 
@@ -110,14 +111,15 @@ def clean_query(raw: str, document: str, examples: Sequence[FewShotExample], con
     "Query:" label or quotes (small LMs run on into a summary); rejected when empty, over
     ``max_query_words``, an example's query repeated, or a span of ``copy_min_words`` or more words copied
     from the document."""
-    lines = [line for line in raw.strip().splitlines() if line.strip()]
-    text = _SENTENCE_END.split(_PREFIX.sub("", lines[0]).strip(), maxsplit=1)[0] if lines else ""
-    text = text.strip().strip("\"'`“”*").strip()
+    lines = [line for line in raw.removesuffix(UNFINISHED).strip().splitlines() if line.strip()]
+    sentences = _SENTENCE_END.split(_PREFIX.sub("", lines[0]).strip(), maxsplit=1) if lines else [""]
+    text = sentences[0].strip().strip("\"'`“”*").strip()
     norm = _normal(text)
     if not norm:
         return text, "empty"
-    if len(text.split()) > config.max_query_words:
-        return text, "too long"
+    if len(text.split()) > config.max_query_words or (raw.endswith(UNFINISHED) and len(sentences) == 1
+                                                       and len(lines) == 1):
+        return text, "too long"  # over the word limit, or cut off by max_new_tokens mid-sentence
     if norm in {_normal(e.query) for e in examples}:
         return text, "copies an example"
     if len(norm.split()) >= config.copy_min_words and norm in _normal(document):
@@ -153,6 +155,8 @@ class QueryWriter:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         self._shots = [(self._cut(e.document), e.query) for e in self.examples]
+        self._shared, self._template = self._split_prompt()
+        self._cache = None
         logger.info("query writer %s on %s/%s (%s prompt, %d examples)", self.path, self.device, dtype,
                     "chat" if self.chat else "plain", len(self.examples))
 
@@ -172,13 +176,43 @@ class QueryWriter:
         messages.append({"role": "user", "content": f"Document: {text}"})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def _split_prompt(self) -> tuple[list[int], str]:
+        """The prompt's part shared by every document (system text and examples, up to the last turn's
+        "Document: ") as token ids, and the rest as a template for the document's text."""
+        marker = "@@DOCUMENT@@"
+        whole = self.prompt(Document("-", marker))
+        cut = whole.rindex("Document: ", 0, whole.index(marker))
+        shared = self.tokenizer(whole[:cut], add_special_tokens=False)["input_ids"]
+        return shared, whole[cut:].replace(marker, "{document}", 1)
+
+    def _shared_cache(self, rows: int) -> Any:
+        """The shared prompt's KV cache, computed once and repeated for ``rows`` rows: the examples are
+        most of every prompt, so each batch prefills only its documents."""
+        import copy
+
+        import torch
+
+        if self._cache is None:
+            with torch.inference_mode():
+                ids = torch.tensor([self._shared], device=self.device)
+                self._cache = self.model(input_ids=ids, use_cache=True).past_key_values
+        cache = copy.deepcopy(self._cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
     def write(self, documents: Sequence[Document]) -> list[list[str]]:
+        import numpy as np
         import torch
 
         from sparsa.batching import pad_left
 
-        prompts = [self.tokenizer(self.prompt(d), add_special_tokens=False)["input_ids"] for d in documents]
-        ids, mask, _ = pad_left(prompts, self.pad_id)
+        n = self.config.per_doc
+        rest = [self.tokenizer(self._template.replace("{document}", self._cut(d.full_text)),
+                               add_special_tokens=False)["input_ids"] for d in documents for _ in range(n)]
+        # [shared prompt][left padding][document part]: padding inside, masked out; positions follow the mask
+        ids, mask, _ = pad_left(rest, self.pad_id)
+        ids = np.concatenate([np.tile(np.array(self._shared, dtype=np.int64), (len(rest), 1)), ids], axis=1)
+        mask = np.concatenate([np.ones((len(rest), len(self._shared)), dtype=np.int64), mask], axis=1)
         # A seed per batch, from its first document: a resumed run samples what the first run would have.
         first = int(hashlib.sha256(documents[0].id.encode()).hexdigest()[:8], 16)
         torch.manual_seed(self.config.seed + first)
@@ -188,12 +222,23 @@ class QueryWriter:
             out = self.model.generate(
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
-                max_new_tokens=self.config.max_new_tokens, num_return_sequences=self.config.per_doc,
+                **{_cache_argument(): self._shared_cache(len(rest))},
+                max_new_tokens=self.config.max_new_tokens,
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=["\n"],
                 tokenizer=self.tokenizer, **sampling)
-        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        n = self.config.per_doc
+        new = out[:, ids.shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        # An output cut by max_new_tokens (no stop token, no line end) is marked: unfinished
+        stopped = torch.isin(new, torch.tensor(self.stop_ids, device=new.device)).any(-1).tolist()
+        texts = [t if done or "\n" in t else t + UNFINISHED for t, done in zip(texts, stopped, strict=True)]
         return [texts[i * n:(i + 1) * n] for i in range(len(documents))]
+
+
+def _cache_argument() -> str:
+    """transformers 5 renamed generate()'s ``past_key_values`` to ``cache`` (the old name warns)."""
+    import transformers
+
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
 def _architectures(folder: str) -> list[str]:
@@ -202,10 +247,12 @@ def _architectures(folder: str) -> list[str]:
 
 
 def select_documents(corpus: Corpus, max_docs: int | None = None, seed: int = 13) -> list[Document]:
-    """Every document in file order, or a seeded sample of ``max_docs`` (the same one on every run)."""
+    """Every document in file order, or the first ``max_docs`` of a seeded shuffle: the same on every run,
+    and a smaller ``max_docs`` picks a prefix of a larger one's, so a stopped job can be closed early."""
     docs = list(corpus.documents)
     if max_docs is not None and max_docs < len(docs):
-        docs = random.Random(seed).sample(docs, max_docs)
+        random.Random(seed).shuffle(docs)
+        docs = docs[:max_docs]
     return docs
 
 

@@ -1,0 +1,126 @@
+"""Synthetic training queries per corpus (issue 28): ``sparsa generate-queries`` over each corpus we hold,
+without any test query: the pairs written, the consistency filter's keep rate and the generation rate.
+
+Corpora (``--data`` holds one folder each, corpus files only: ``bench/gpu_synthetic_queries.sh stage``):
+SciFact, Cranfield, CISI, RealTime QA's article passages, TimeQA's page passages and TREC DL 2019's judged
+passages (their qrels stay for evaluation). Few-shot examples: four SciFact *train* claims (the default),
+TimeQA train questions with their paragraphs for TimeQA (``fewshot-timeqa``; train pages that are also
+test pages are left out). Filter: BM25 over the whole corpus, built on the fly; a pair is kept when its
+document ranks within ``--keep-top``; ``found_within`` gives the keep rate at other depths.
+
+Steps:
+  fewshot-timeqa  (CPU) the TimeQA train examples file -> ``--out``
+  run             each corpus -> ``--work/<corpus>.jsonl.gz`` (+ its generation log; a rerun resumes), then
+                  the table and ``--out`` (default bench/results/synthetic_queries.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import json
+import random
+import time
+from pathlib import Path
+
+CORPORA = ("scifact", "cranfield", "cisi", "realtimeqa", "timeqa", "trec-dl-2019-passage")
+
+
+def fewshot_timeqa(data: Path, out: Path, n: int = 4, seed: int = 0) -> None:
+    """(paragraph, question) pairs from TimeQA's human-annotated *train* pages: the paragraph holding the
+    first answer span."""
+    def pages(name: str) -> list[dict]:
+        with gzip.open(data / "timeqa" / name, "rt", encoding="utf-8") as f:
+            return json.load(f)
+
+    def listed(value):
+        return ast.literal_eval(value) if isinstance(value, str) else value
+
+    test_links = {p["link"] for p in pages("human_annotated_test.json.gz")}
+    candidates = []
+    for page in pages("human_annotated_train.json.gz"):
+        if page["link"] in test_links:
+            continue
+        paras = listed(page["paras"])
+        for question, spans in listed(page["questions"]):
+            para = spans[0].get("para") if spans else None
+            if isinstance(para, int) and 0 < para < len(paras) and 30 <= len(paras[para].split()) <= 120:
+                candidates.append({"document": f"{paras[0]} {paras[para]}", "query": question.strip(),
+                                   "source": f"timeqa train {page['link']}"})
+    random.Random(seed).shuffle(candidates)
+    chosen, seen = [], set()
+    for c in candidates:  # one example per page
+        if c["source"] not in seen:
+            chosen.append(c)
+            seen.add(c["source"])
+        if len(chosen) == n:
+            break
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chosen))
+    print(f"wrote {len(chosen)} TimeQA train examples to {out}")
+
+
+def run(args) -> None:
+    from common import write_results
+
+    from sparsa.cli.main import main
+
+    examples = dict(item.split("=", 1) for item in args.examples)
+    rows = []
+    for corpus in args.corpora:
+        pairs = args.work / f"{corpus}.jsonl.gz"
+        report = args.work / f"{corpus}.report.json"
+        argv = ["generate-queries", str(args.data / corpus), "--out", str(pairs), "--model", args.model,
+                "--batch-size", str(args.batch_size), "--keep-top", str(args.keep_top),
+                "--device", args.device, "--report", str(report)]
+        argv += ["--max-docs", str(args.max_docs)] if args.max_docs else []
+        argv += ["--examples", examples[corpus]] if corpus in examples else []
+        started = time.perf_counter()
+        if main(argv) != 0:
+            raise SystemExit(f"generate-queries failed on {corpus}")
+        seconds = time.perf_counter() - started
+        counts = json.loads(report.read_text())
+        rows.append({"corpus": corpus, **{k: v for k, v in counts.items() if k != "corpus"},
+                     "seconds": round(seconds, 1), "docs_per_s": round(counts["documents"] / seconds, 2)})
+    print(f"{'corpus':<22}{'docs':>7}{'queries':>9}{'valid':>7}{'kept':>7}{'keep rate':>11}{'docs/s':>8}")
+    for r in rows:
+        print(f"{r['corpus']:<22}{r['documents']:>7}{r['generated']:>9}{r['valid']:>7}{r['kept']:>7}"
+              f"{r['keep_rate']:>11.3f}{r['docs_per_s']:>8.1f}")
+    settings = {"model": args.model, "max_docs": args.max_docs, "batch_size": args.batch_size,
+                "keep_top": args.keep_top, "filter": "BM25 over the whole corpus, built on the fly",
+                "examples": {c: examples.get(c, "default: four SciFact train claims") for c in args.corpora}}
+    gpu = None
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name()
+    path = write_results("synthetic_queries", {"settings": settings, "corpora": rows}, path=args.out, gpu=gpu)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["fewshot-timeqa", "run"])
+    parser.add_argument("--data", type=Path, default=Path(".stage/syn/data"),
+                        help="run: a folder per corpus; fewshot-timeqa: the shared data folder")
+    parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
+    parser.add_argument("--examples", nargs="*", default=[], help="CORPUS=FILE few-shot examples per corpus")
+    parser.add_argument("--max-docs", type=int, default=0, help="a seeded sample per corpus (0: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--keep-top", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("runs/synthetic"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.step == "fewshot-timeqa":
+        fewshot_timeqa(args.data, args.out or Path(".stage/syn/fewshot_timeqa_train.jsonl"))
+    else:
+        args.out = args.out or Path(__file__).parent / "results" / "synthetic_queries.json"
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

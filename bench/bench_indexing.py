@@ -82,7 +82,7 @@ def job_ours(spec: dict) -> dict:
     encoder = SpladeEncoder(SpladeConfig(device=spec["device"]))
     load_s = time.perf_counter() - started
     texts = [d.full_text for d in corpus.documents]
-    warm = Corpus(Document(f"w{i}", t) for i, t in enumerate(marked(texts, WARMUP_DOCS)))
+    warm = Corpus(Document(f"w{i}", t) for i, t in enumerate(marked(texts, spec["warmup_docs"])))
     threads = {} if spec.get("threads") is None else {"threads": spec["threads"]}
     with tempfile.TemporaryDirectory(dir=spec["work"]) as folder:
         started = time.perf_counter()
@@ -97,7 +97,7 @@ def job_ours(spec: dict) -> dict:
             "encode_seconds_in_manifest": manifest["encode_seconds"], "nnz_per_doc": round(
                 manifest["nnz"] / len(corpus), 1), "index_mib": round(size / 2**20, 1),
             "load_seconds": round(load_s, 2), "corpus_read_seconds": round(read_s, 2),
-            "warmup_docs": WARMUP_DOCS, "warmup_seconds": round(warm_s, 2),
+            "warmup_docs": spec["warmup_docs"], "warmup_seconds": round(warm_s, 2),
             "torch_threads": torch.get_num_threads(),
             "config": {"dtype": str(encoder.dtype).removeprefix("torch."), "pooling": encoder.pooling,
                        "max_tokens": encoder.config.max_tokens, "threads": spec.get("threads")}}
@@ -114,7 +114,7 @@ def job_parts(spec: dict) -> dict:
 
     texts = [d.full_text for d in load_corpus(spec["corpus"]).documents]
     encoder = SpladeEncoder(SpladeConfig(device=spec["device"]))
-    for _ in encoder.stream(marked(texts, WARMUP_DOCS)):
+    for _ in encoder.stream(marked(texts, spec["warmup_docs"])):
         pass
     half = len(texts) // 2
     budget = _TOKENS_PER_BATCH[encoder.device.type]
@@ -147,7 +147,7 @@ def job_st(spec: dict) -> dict:
     from sparsa.models import resolve_model
 
     texts = [d.full_text for d in load_corpus(spec["corpus"]).documents][: spec["docs"]]
-    warm = marked(texts, 512)
+    warm = marked(texts, min(512, spec["warmup_docs"]))
     sweep = []
     for dtype in spec["dtypes"]:
         model = SparseEncoder(resolve_model("splade-tiny"), device=spec["device"]).to(getattr(torch, dtype))
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--legacy-site", default=None)
     parser.add_argument("--legacy-note", default="")
     parser.add_argument("--cli", action="store_true")
+    parser.add_argument("--warmup-docs", type=int, default=WARMUP_DOCS)
     parser.add_argument("--name", default="indexing")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
@@ -225,7 +226,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_indexing_") as work:
         for entry in args.corpus:
             name, _, path = entry.rpartition("=")
-            spec = {"corpus": path, "device": args.device, "work": work}
+            spec = {"corpus": path, "device": args.device, "work": work, "warmup_docs": args.warmup_docs}
             row = {"model": "splade-tiny", "corpus": name or Path(path).name}
             row["ours"] = run_job("ours", spec)
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)

@@ -49,7 +49,7 @@ class KGReader:
 
     def __init__(self, graph: str | Path, head: str | Path | None = None, model: str | None = None,
                  mode: str | None = None, max_paths: int = 6, max_hops: int = 2,
-                 max_new_tokens: int | None = None, device: str = "cpu"):
+                 max_new_tokens: int | None = None, device: str = "cpu", **head_settings: Any):
         from sparsa.kg.amar import AmarConfig, AmarModel
         from sparsa.kg.kg import KGRetriever, KnowledgeGraph
 
@@ -60,11 +60,13 @@ class KGReader:
             raise ConfigError("--mode amar needs --head (a head trained with 'sparsa train amar')")
         if head is not None and model is not None:
             raise ConfigError("--model and --head: a head reads with the LM it was trained with; give one")
+        if head_settings and head is None:
+            raise ConfigError(f"{', '.join(head_settings)}: settings of a trained head; give --head")
         settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         self.graph = KnowledgeGraph.load(graph)
         self.retriever = KGRetriever(self.graph, max_paths=max_paths, max_hops=max_hops)
         if head is not None:
-            self.reader = AmarModel.load(head, device, **settings)
+            self.reader = AmarModel.load(head, device, **settings, **head_settings)
         else:
             self.reader = AmarModel(AmarConfig(**({"model": model} if model else {}), **settings), device)
 
@@ -103,6 +105,28 @@ class KGReader:
                         retrieval.topic, knowledge, shown,
                         self.reader.prompt_text(retrieval.question, items, shown, mode),
                         self.reader.config.model, timings)
+
+
+    def evaluate(self, questions: list, mode: str | None = None, batch_size: int = 8,
+                 cache: str | Path | None = None) -> dict:
+        """Hits@1 (``sparsa.kg.amar.hits_at_1``: the first answer given, or the whole short answer,
+        matches a gold answer) over ``KGQuestion`` s, with the mean per hop count; ``cache``: a pickle of
+        retrievals to reuse (``retrieve_cached``)."""
+        from sparsa.kg.amar import hits_at_1
+        from sparsa.kg.kg import retrieve_cached
+
+        mode = mode or self.mode
+        if mode not in MODES or (mode == "amar" and self.mode != "amar"):
+            raise ConfigError(f"mode {mode!r}: this reader answers in {self.mode} or lm mode")
+        retrievals = retrieve_cached(self.retriever, questions, cache)
+        outputs = self.reader.generate(retrievals, mode, batch_size=batch_size)
+        hits = [hits_at_1(o["answer"], q.answers) for o, q in zip(outputs, questions, strict=True)]
+        by_hops: dict[str, list[float]] = {}
+        for question, hit in zip(questions, hits):
+            by_hops.setdefault(f"{question.hops}-hop" if question.hops else "all", []).append(hit)
+        return {"mode": mode, "questions": len(questions), "hits@1": round(sum(hits) / max(len(hits), 1), 4),
+                "by_hops": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_hops.items())},
+                "reader": self.reader.config.model}
 
 
 class KGPipeline:

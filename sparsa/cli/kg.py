@@ -64,3 +64,47 @@ def ask(
         mark = "*" if i in answer.shown else " "
         gate = f" gate {item['gate']:.2f}" if "gate" in item else ""
         console.print(f" {mark} [{item['kind']}] {item['text']}{gate}")
+
+
+@app.command("eval")
+def eval_(
+    kg: Annotated[Path | None, typer.Option(help="triples file (as for kg ask); or --data")] = None,
+    qa: Annotated[Path | None, typer.Option(help="with --kg: questions, question<TAB>answer1|answer2 "
+                                                 "lines")] = None,
+    data: Annotated[Path | None, typer.Option(help="or a MetaQA folder: its KB and "
+                                                   "{hops}-hop/vanilla/qa_{split} questions")] = None,
+    hops: Annotated[list[int] | None, typer.Option(help="--data: question sets (default 1 and 2)")] = None,
+    split: Annotated[str, typer.Option(help="--data: dev or test")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="questions per set: a fixed random subset")] = None,
+    seed: Annotated[int, typer.Option(help="the subset's seed")] = 0,
+    head: Annotated[Path | None, typer.Option(help="trained Amar head (sparsa train amar)")] = None,
+    mode: Annotated[str | None, typer.Option(help="amar, text or lm (default amar with --head, "
+                                                  "else text)")] = None,
+    model: Annotated[str | None, typer.Option(help="reader LM without --head")] = None,
+    gate_mode: Annotated[str | None, typer.Option(help="--head: scale or filter")] = None,
+    gate_threshold: Annotated[float | None, typer.Option(help="--head: gates below it close")] = None,
+    min_open_paths: Annotated[int | None, typer.Option(help="--head: best-gated paths kept open")] = None,
+    max_paths: Annotated[int, typer.Option(min=1, help="relation paths retrieved")] = 6,
+    batch_size: Annotated[int, typer.Option(min=1, help="questions generated together")] = 8,
+    cache: Annotated[Path | None, typer.Option(help="pickle of retrievals to reuse")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    json_out: Annotated[Path | None, typer.Option("--out", help="also write the scores here (JSON)")] = None,
+) -> None:
+    """Hits@1 of a question set answered from the graph (MetaQA's measure, as bench/bench_amar.py)."""
+    from sparsa.kg.answer import KGReader
+    from sparsa.kg.kg import load_metaqa, read_kg_questions, sample_questions
+
+    if (data is None) == (kg is None) or (kg is None) != (qa is None):
+        raise ConfigError("give --data (a MetaQA folder) or --kg FILE with --qa FILE")
+    if data is not None:
+        kg = data / "kb_reconstructed.txt.gz"
+        questions = [q for h in hops or [1, 2] for q in load_metaqa(data, h, split, limit=limit, seed=seed)]
+    else:
+        questions = sample_questions(read_kg_questions(qa, "q"), limit, seed)
+    settings = {key: value for key, value in (("gate_mode", gate_mode), ("gate_threshold", gate_threshold),
+                                              ("min_open_paths", min_open_paths)) if value is not None}
+    reader = KGReader(kg, head=head, model=model, mode=mode, max_paths=max_paths, device=device, **settings)
+    scores = reader.evaluate(questions, batch_size=batch_size, cache=cache)
+    out.print(json.dumps(scores))
+    if json_out is not None:
+        json_out.write_text(json.dumps(scores, indent=1) + "\n")

@@ -137,3 +137,17 @@ def test_ask_with_kg_answers_from_the_graph(capsys, metaqa_slice, tmp_path):
     assert "a [kg] chain answers from the graph" in capsys.readouterr().err
     assert main(["-q", "ask", "who directed [Big]", "--kg", str(kb), "--as-of", "2022-01-01"]) == 2
     assert "a knowledge graph has no dates" in capsys.readouterr().err
+
+
+def test_kg_eval_scores_hits_at_1(capsys, metaqa_slice):
+    """``sparsa kg eval``: the bench's Hits@1 over a question file, text mode against the LM alone."""
+    kb, qa = metaqa_slice
+    assert main(["-q", "kg", "eval", "--kg", str(kb), "--qa", str(qa), "--limit", "4",
+                 "--max-paths", "2"]) == 0
+    text = json.loads(capsys.readouterr().out)
+    assert text["mode"] == "text" and text["questions"] == 4 and 0.0 <= text["hits@1"] <= 1.0
+    assert main(["-q", "kg", "eval", "--kg", str(kb), "--qa", str(qa), "--limit", "4", "--mode", "lm"]) == 0
+    closed = json.loads(capsys.readouterr().out)
+    assert closed["mode"] == "lm" and text["hits@1"] >= closed["hits@1"]  # the graph's knowledge helps
+    assert main(["-q", "kg", "eval", "--kg", str(kb), "--qa", str(qa), "--gate-mode", "filter"]) == 2
+    assert "give --head" in capsys.readouterr().err

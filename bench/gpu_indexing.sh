@@ -38,7 +38,7 @@ OUT=${OUT:?set OUT to the folder for results}
 PY=${PY:-python3} WORK=${WORK:-/tmp} NAME=${NAME:-encoding_gpu}
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$S"/whl/new/*.whl
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site_old" "$S"/whl/old/*.whl
-export PYTHONPATH=$WORK/site PYTHONUNBUFFERED=1 SPARSA_HOME=$WORK/sparsa
+export PYTHONPATH=$WORK/site PYTHONUNBUFFERED=1 SPARSA_HOME=$WORK/sparsa SPARSA_BENCH_COMMIT=$(cat $S/whl/new/COMMIT)
 mkdir -p "$SPARSA_HOME/models" && cp -r "$S/models/splade-tiny" "$SPARSA_HOME/models/"
 xz -dc "$S/passages.jsonl.xz" >"$WORK/passages.jsonl"
 REPO=$PWD

@@ -136,6 +136,7 @@ class Spec:
     notes: list[str] = field(default_factory=list)
     # GPU parts the meta does not record: (path to a string or key that names the card, the card's name).
     gpu: tuple[tuple, str] | None = None
+    cli: str = ""  # the sparsa commands that reproduce the figures (a shell block, printed as written)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def load_spec(path: Path = SPEC) -> tuple[dict[str, Spec], list[Headline], str]:
         figures = ([figure(f, name) for f in entry.get("figures", [])]
                    + encoding_figures([tuple(row) for row in entry.get("encoding_rows", [])]))
         gpu = (tuple(entry["gpu"]["path"]), entry["gpu"]["card"]) if "gpu" in entry else None
-        files[name] = Spec(entry["what"], figures, entry.get("notes", []), gpu)
+        files[name] = Spec(entry["what"], figures, entry.get("notes", []), gpu, entry.get("cli", "").strip())
     return files, [Headline(**row) for row in spec["headline"]], spec["intro"]
 
 
@@ -327,6 +328,8 @@ def section(name: str, data: Any) -> list[str]:
             out += wrap(f"- {f.label}: **{vals[f.key]}**{where}")
         for note in spec.notes:
             out += ["", *wrap(f"Note: {fill(note, vals, name)}", indent="")]
+        if spec.cli:  # not re-wrapped: commands are copied as they stand
+            out += ["", "From the CLI alone:", "", "```bash", *spec.cli.splitlines(), "```"]
     else:
         keys = [k for k in data if k != "meta"] if isinstance(data, dict) else []
         out += wrap("Top-level keys: " + ", ".join(f"`{k}`" for k in keys) + ".", indent="")

@@ -20,3 +20,35 @@ def test_results_docs_match_the_json():
     assert done.returncode == 0, (
         "README.md or docs/results.md differs from bench/results/*.json; run `python bench/results_doc.py`\n"
         f"{done.stdout[-4000:]}{done.stderr[-2000:]}")
+
+
+def test_every_cli_reproduction_command_parses():
+    """Each ``sparsa`` line of the toml's ``cli`` blocks (docs/results.md "From the CLI alone") names a
+    real command with real flags and values of the right types: parsed by the command itself, not run."""
+    import re
+    import shlex
+    import tomllib
+
+    import typer
+    from typer._click.exceptions import ClickException  # typer's own click, not the click package
+
+    from sparsa.cli.main import app
+
+    spec = tomllib.loads((REPO / "bench" / "results_doc.toml").read_text())
+    root = typer.main.get_command(app)
+    checked = 0
+    for name, entry in spec["files"].items():
+        for line in entry.get("cli", "").replace("\\\n", " ").splitlines():
+            line = re.sub(r"\$\([^)]*\)|\$\w+", "1", line.strip())  # shell values: a number fits any type
+            if not line.startswith("sparsa "):
+                continue
+            args, command = shlex.split(line, comments=True)[1:], root
+            while hasattr(command, "commands") and args and args[0] in command.commands:  # groups
+                command, args = command.commands[args[0]], args[1:]
+            assert not hasattr(command, "commands"), f"{name}: {line!r}: not a command"
+            try:
+                command.make_context(command.name, list(args))
+            except ClickException as exc:  # a usage error: unknown flag, bad value, missing option
+                raise AssertionError(f"{name}: {line!r}: {exc}") from None
+            checked += 1
+    assert checked >= 30

@@ -19,6 +19,7 @@ from sparsa.cli import (
     models,
     rerank,
     retrieval,
+    router,
     serve,
     synthetic,
     tilde,
@@ -48,6 +49,7 @@ app.command("rerank")(rerank.rerank)
 app.command("rerank-store")(tilde.rerank_store)
 app.command("doc-store")(doc_store)
 app.command("ask")(ask.ask)
+app.command("routing-set")(router.routing_set_command)
 app.command("judge")(judge.judge)
 app.command("generate-queries")(synthetic.generate_queries)
 app.command("demo")(demo.demo)

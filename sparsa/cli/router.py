@@ -41,6 +41,7 @@ def train_router_command(
     = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, max=1024, help="longest answer in tokens")]
     = None,
+    max_passage_tokens: Annotated[int | None, typer.Option(min=8, help="tokens kept of each passage")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="prompts generated together")] = 8,
     cache: Annotated[Path | None, typer.Option(help="answer cache (JSONL): a rerun generates what it lacks")]
     = None,
@@ -63,7 +64,7 @@ def train_router_command(
     retriever = open_retriever(index)
     corpus = load_corpus(dataset_path(dataset))
     settings = {"model": model, "device": device, "dtype": dtype, "max_context_tokens": max_context_tokens,
-                "max_new_tokens": max_new_tokens}
+                "max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens}
     config = ReaderConfig(**{key: value for key, value in settings.items() if value is not None})
     reader = Reader(config)
     answers = AnswerCache(cache, resolve_model(config.model), config) if cache is not None else None
@@ -105,3 +106,29 @@ def _print_table(table: dict, title: str) -> None:
     for name, row in table.items():
         view.add_row(name, f"{row['em']:.3f}", f"{row['f1']:.3f}", f"{row['retrievals']}/{row['questions']}")
     console.print(view)
+
+def routing_set_command(
+    out: Annotated[Path, typer.Option(help="folder for corpus.jsonl, dev.jsonl and test.jsonl")],
+    data: Annotated[str | None, typer.Option(help="the shared data folder (default: the data dir)")] = None,
+    per_source: Annotated[int, typer.Option(min=1, help="questions per source")] = 80,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Write the mixed retrieve-or-recall question set of the published router (RealTime QA, TimeQA and
+    MetaQA questions with their passages; PopQA and NQ-open questions without): the passages as a corpus,
+    each question in its stable dev or test half, in the format 'sparsa train router' reads."""
+    from sparsa.config import dataset_path, load_settings
+    from sparsa.rag.qa_sets import interleave_sources, mixed_question_set
+
+    examples, docs = mixed_question_set(dataset_path(data) if data else load_settings().data_dir, per_source,
+                                        seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps({"_id": doc.id, "title": doc.title, "text": doc.text}) + "\n")
+    for split in ("dev", "test"):
+        with (out / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+            for e in interleave_sources(examples):
+                if e.split == split:
+                    f.write(json.dumps({"id": e.id, "source": e.source, "question": e.question,
+                                        "answers": list(e.answers)}) + "\n")
+    console.print(f"wrote {len(docs)} passages and {len(examples)} questions (dev and test halves) to {out}")

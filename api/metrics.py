@@ -20,6 +20,8 @@ class ConnectionStats:
         "closed_idle": "idle keep-alive connections the server closed (timeout_keep_alive)",
         "idle_close_spared": "keep-alive time-outs that found a request already waiting and kept the "
                              "connection (the close would have reset it: the client's ReadError)",
+        "request_after_idle_close": "requests that arrived on a connection just closed as idle (sent "
+                                    "before the client saw the close: it gets no answer and must retry)",
         "reset": "connections lost with an error (reset by the peer)",
         "client_left_mid_request": "connections the client closed before its response was complete",
         "refused_busy": "requests refused with 503 past the connection limit (max_connections)",

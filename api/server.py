@@ -4,14 +4,15 @@
   received." (a request it cannot parse, headers over the 16 KiB limit included) and 503 "Service
   Unavailable" past ``limit_concurrency``. Here both are ``{"detail": ...}`` like every other error
   (the 503 with ``Retry-After``); the connection limit is applied by this protocol, not uvicorn's.
-- **An idle close never races a request.** uvicorn closes a keep-alive connection ``timeout_keep_alive``
+- **Idle closes drop no request unseen.** uvicorn closes a keep-alive connection ``timeout_keep_alive``
   seconds after its last response. A client that sends its next request on that connection just then
   (its pool still counted it as alive) sees the close as a reset, and gets no answer (httpx:
   ``ReadError``); the server never saw a request, so no request metric counts it. Before closing, this
   protocol looks whether request bytes are already waiting in the socket; if so the connection stays and
-  the request is served. (A request still on the wire when the close happens cannot be saved here: that
-  is why the default keep-alive outlasts common clients' idle expiry, 5 s in httpx: the client closes
-  first.)
+  the request is served. A request still on the wire when the close happens cannot be answered (the
+  FIN is out), but the close is a half-close, so the request is read and counted instead of meeting a
+  closed socket, which the kernel answers with a reset that no server metric sees. The default
+  keep-alive outlasts common clients' idle expiry (5 s in httpx), so well-behaved pools close first.
 - **Connections are counted** (``api.metrics.CONNECTIONS``, in ``/metrics`` as
   ``sparsa_connection_events{event}``): idle closes, spared closes, resets, clients that left mid-request,
   refusals, bad requests.
@@ -30,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sparsa.api.metrics import CONNECTIONS
 
+IDLE_LINGER_S = 2.0  # how long a half-closed idle connection waits for the client to close its side
 BAD_HTTP = ("invalid HTTP request: the request line or headers could not be parsed (headers are limited "
             "to 16 KiB)")
 
@@ -53,6 +55,7 @@ class ServiceProtocol(H11Protocol):
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None):
         super().__init__(config, server_state, app_state, _loop)
+        self.idle_closed = False  # half-closed after the keep-alive time-out
         self.max_connections = self.limit_concurrency
         self.limit_concurrency = None  # uvicorn's own check answers in plain text; ours (below) in JSON
         if self.max_connections is not None:
@@ -89,13 +92,27 @@ class ServiceProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def timeout_keep_alive_handler(self) -> None:
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.idle_closed:
             return
         if _bytes_waiting(self.transport):  # a request arrived after this loop turn polled the socket
             CONNECTIONS.add("idle_close_spared")
             return  # its data_received comes next turn (and would have cancelled this timer)
         CONNECTIONS.add("closed_idle")
-        super().timeout_keep_alive_handler()
+        if not self.transport.can_write_eof():
+            return super().timeout_keep_alive_handler()
+        # Half-close: the FIN goes out, and a request already on its way is read and counted here. A full
+        # close would let the kernel answer it with a reset, which no metric of this server sees.
+        self.idle_closed = True
+        self.conn.send(h11.ConnectionClosed())
+        self.transport.write_eof()
+        self.loop.call_later(IDLE_LINGER_S, self.transport.close)  # a client that never closes its side
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle_closed:  # sent before the client saw our FIN: no answer (httpx: RemoteProtocolError)
+            CONNECTIONS.add("request_after_idle_close")
+            self.transport.close()
+            return
+        super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
         CONNECTIONS.add("bad_http")

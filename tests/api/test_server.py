@@ -98,6 +98,14 @@ def test_errors_uvicorn_answers_itself_are_json(app, loaded_state):
         assert headers["retry-after"] == "1" and "the server is busy" in json.loads(body)["detail"]
         counted = events(port)
         assert counted["bad_http"] >= 2 and counted["refused_busy"] >= 1, counted
+        # the app's own errors too: unknown path, wrong method, unknown static file
+        app_errors = ((b"GET /nowhere", 404), (b"DELETE /health", 405), (b"GET /static/none.js", 404))
+        for request, code in app_errors:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(request + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status, headers, body = read_response(sock)
+            assert status == code and headers["content-type"] == "application/json", (request, status)
+            assert set(json.loads(body)) == {"detail"}
     finally:
         stop()
 

@@ -137,12 +137,35 @@ def score(q: dict, answer: str) -> dict:
     return {"em": exact_match(answer, q["answers"]), "f1": token_f1(answer, q["answers"])}
 
 
+# Variant suffixes for dev sweeps of the sparse settings: "sparse@c0.8" = gate coverage 0.8, "@m8192" = dense
+# prefill below 8,192 prompt tokens, "@rh0" = retrieval heads not exempt; combinable ("sparse@c0.8@m8192").
+SUFFIXES = {"c": ("gate_coverage", float), "m": ("min_sparse_tokens", int),
+            "rh": ("full_retrieval_heads", bool)}
+
+
+def attention_setting(variant: str):
+    """A preset name, or the attention table of a preset with a sweep's suffixes applied."""
+    import dataclasses
+
+    from sparsa.rag.config import AttentionConfig
+
+    base, *options = variant.split("@")
+    if not options:
+        return ATTENTION[base]
+    table = dataclasses.asdict(AttentionConfig.preset(ATTENTION[base]))
+    for option in options:
+        key = next(k for k in sorted(SUFFIXES, key=len, reverse=True) if option.startswith(k))
+        name, kind = SUFFIXES[key]
+        table[name] = kind(int(option[len(key):])) if kind is bool else kind(option[len(key):])
+    return table
+
+
 def pipeline_config(args, variant: str):
     """The example chain (``examples/<dataset>.toml``) with this run's k and attention."""
     from sparsa.rag.config import PipelineConfig
 
     example = PipelineConfig.from_file(Path(__file__).parent.parent / "examples" / f"{args.dataset}.toml")
-    return example.override({"retrieval.k": max(args.ks), "reader.attention": variant,
+    return example.override({"retrieval.k": max(args.ks), "reader.attention": attention_setting(variant),
                              "reader.model": args.model, "reader.max_context_tokens": args.max_context_tokens,
                              "rerank.depth": args.rerank_depth, "rerank.model": args.model,
                              "retrieval.dataset": str(corpus_file(args))})
@@ -171,6 +194,14 @@ def timed_prefill(model, ids, repeats: int = 3) -> tuple[float, object]:
     return statistics.median(times), cache
 
 
+def kept_block_share(stats: dict | None, before: dict) -> float | None:
+    """The share of causally visible key blocks the gate kept since ``before`` (None: no sparse prefill)."""
+    visible = stats["prefill_blocks_visible"] - before["prefill_blocks_visible"] if stats else 0
+    if not visible:
+        return None
+    return round((stats["prefill_blocks_kept"] - before["prefill_blocks_kept"]) / visible, 3)
+
+
 def no_attention(module, query, key, value, attention_mask, **kwargs):
     """Attention replaced by nothing: a prefill's time without its attention (same shapes downstream)."""
     return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
@@ -194,10 +225,9 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
             seconds, cache = timed_prefill(reader.model, ids)
             row[f"prefill_s_{variant}"] = round(seconds, 4)
             row[f"kv_bytes_{variant}"] = kv_cache_bytes(cache)
-            visible = stats["prefill_blocks_visible"] - before["prefill_blocks_visible"] if stats else 0
-            if visible:  # why a sparse prefill costs what it does: the share of key blocks the gate kept
-                kept = stats["prefill_blocks_kept"] - before["prefill_blocks_kept"]
-                row[f"kept_block_share_{variant}"] = round(kept / visible, 3)
+            share = kept_block_share(stats, before)
+            if share is not None:  # why a sparse prefill costs what it does: the share of key blocks kept
+                row[f"kept_block_share_{variant}"] = share
         previous = full_model.config._attn_implementation
         full_model.set_attn_implementation("sparsa_none")
         row["prefill_s_no_attention"] = round(timed_prefill(full_model, ids)[0], 4)
@@ -232,6 +262,9 @@ def summarise(rows: list[dict], ks, variants, multiple_choice: bool) -> list[dic
                          "decode_ms_per_token": round(1000 * statistics.median(
                              r["decode_s"] / max(r["new_tokens"] - 1, 1) for r in cell), 2),
                          "read_ms": round(1000 * statistics.mean(r["read_s"] for r in cell), 1)}
+                shares = [r["kept_block_share"] for r in cell if r.get("kept_block_share") is not None]
+                if shares:
+                    entry["kept_block_share"] = round(statistics.mean(shares), 3)
                 metrics = ("correct",) if multiple_choice else ("em", "f1")
                 entry.update({m: round(statistics.mean(r[m] for r in cell), 4) for m in metrics})
                 table.append(entry)
@@ -248,10 +281,10 @@ def stage_run(args) -> None:
     if args.limit:  # a smoke run: the first few of each split
         questions = [q for s in ("dev", "test")
                      for q in [q for q in questions if q["split"] == s][:args.limit]]
-    first = load_pipeline(pipeline_config(args, ATTENTION[args.variants[0]]))
+    first = load_pipeline(pipeline_config(args, args.variants[0]))
     readers = {args.variants[0]: first.reader}
     for variant in args.variants[1:]:  # one retriever, corpus and reranker; a reader per attention
-        readers[variant] = load_pipeline(pipeline_config(args, ATTENTION[variant]), retriever=first.retriever,
+        readers[variant] = load_pipeline(pipeline_config(args, variant), retriever=first.retriever,
                                          corpus=first.corpus, reranker=first.reranker).reader
     if "full" in readers and hasattr(readers["full"].model, "sparse_attention_stats"):
         from sparsa.kernels.hf_attention import remove_sparse_attention
@@ -274,12 +307,15 @@ def stage_run(args) -> None:
         _, passages = first.retrieve_passages(q["text"], timings, as_of)
         stages.append({"id": q["id"], "retrieve_s": timings["retrieve"], "rerank_s": timings["rerank"]})
         for variant, reader in readers.items():
+            stats = getattr(reader.model, "sparse_attention_stats", None)
             for k in args.ks:
+                before = dict(stats) if stats else {}
                 out = reader.answer(question_text(q), passages[:k])
                 rows.append({"id": q["id"], "split": q["split"], "variant": variant, "k": k,
                              "prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens,
                              "prefill_s": out.timings["prefill"], "decode_s": out.timings["decode"],
                              "read_s": out.timings["read"], "decode_mode": out.decode_mode,
+                             "kept_block_share": kept_block_share(stats, before),
                              "answer": out.text, **score(q, out.text)})
         if n % 5 == 0:
             log.info("%d/%d questions; last: %s", n + 1, len(questions), rows[-1])

@@ -65,13 +65,15 @@ def pool_blocks(x: torch.Tensor, block_size: int, mode: PoolMode = "mean") -> to
         raise ValueError(f"pool mode must be one of {_POOL_MODES}, got {mode!r}")
     b, h, s, d = x.shape
     n_blocks = triton.cdiv(s, block_size)
+    if mode == "mean":  # whole blocks in one reduction, a ragged last one in another (few launches)
+        whole = s // block_size
+        parts = [x[:, :, :whole * block_size].unflatten(2, (whole, block_size)).mean(3, dtype=torch.float32)]
+        if whole < n_blocks:
+            parts.append(x[:, :, whole * block_size:].mean(2, keepdim=True, dtype=torch.float32))
+        return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
     pad = n_blocks * block_size - s
-    fill = {"mean": 0.0, "max": float("-inf"), "min": float("inf")}[mode]
+    fill = {"max": float("-inf"), "min": float("inf")}[mode]
     xb = nn.functional.pad(x.float(), (0, 0, 0, pad), value=fill).view(b, h, n_blocks, block_size, d)
-    if mode == "mean":
-        sizes = torch.full((n_blocks,), float(block_size), device=x.device)
-        sizes[-1] = block_size - pad
-        return xb.sum(3) / sizes[:, None]
     return xb.amax(3) if mode == "max" else xb.amin(3)
 
 

@@ -280,6 +280,8 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
     the whole batch's (shared by its rows)."""
     import torch
 
+    from sparsa.deadline import check_deadline
+
     if not prompts or min(len(p) for p in prompts) < 1:
         raise ValueError("generate_greedy_batch needs at least one non-empty prompt")
     device = next(model.parameters()).device
@@ -289,6 +291,7 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
     stop = set(stop_ids)
     with torch.inference_mode():
         started = time.perf_counter()
+        check_deadline()  # as generate_greedy: no prefill past the caller's deadline, no step either
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1)
         picked, logprobs = _pick_rows(out.logits[:, -1])
@@ -305,6 +308,7 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
                     stats[row].logprobs.append(logprob)
             if not any(running) or step + 1 == max_new_tokens:
                 break
+            check_deadline()
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             positions = positions + 1
             out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions,

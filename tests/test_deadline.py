@@ -103,3 +103,13 @@ def test_a_late_generation_never_starts_its_prefill(reader):
     with deadline_scope(time.monotonic() - 0.01), pytest.raises(DeadlineExceeded):
         next(generate_greedy(reader.model, [1, 2, 3], 8, [], stats))
     assert stats.prefill_seconds == 0 and stats.new_tokens == 0
+
+
+def test_batch_generation_stops_between_decode_steps(reader):
+    from sparsa.rag.generate import generate_greedy_batch
+
+    prompts = [reader.tokenizer(text)["input_ids"] for text in ("Tell a long story.", "Describe the sea.")]
+    step = _step_seconds(lambda: generate_greedy_batch(reader.model, prompts, 4, [], pad_id=0)) / 4
+    job = lambda: generate_greedy_batch(reader.model, prompts, 400, [], pad_id=0)
+    late = _stops_near_deadline(job, step, 8)
+    assert late < 3 * step + 0.5, (late, step)

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sparsa.cli.common import console, dataset_path
+from sparsa.cli.common import console
 from sparsa.errors import ConfigError
 
 
@@ -49,8 +49,9 @@ def train_router_command(
     = None,
 ) -> None:
     """Answer each question both ways, fit the router on the F1 difference, save it."""
+    from sparsa.artifacts import read_manifest
     from sparsa.config import index_path
-    from sparsa.data import load_corpus
+    from sparsa.docstore import check_source, open_documents
     from sparsa.models import resolve_model
     from sparsa.rag.config import ReaderConfig
     from sparsa.rag.qa_sets import AnswerCache, read_labelled_questions
@@ -62,7 +63,8 @@ def train_router_command(
     asked = read_labelled_questions(questions)
     held_out = read_labelled_questions(test_questions) if test_questions is not None else []
     retriever = open_retriever(index)
-    corpus = load_corpus(dataset_path(dataset))
+    corpus = open_documents(dataset)  # a large corpus: its store, not memory
+    check_source(corpus, read_manifest(index_path(index), verify="none"), index_path(index))
     settings = {"model": model, "device": device, "dtype": dtype, "max_context_tokens": max_context_tokens,
                 "max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens}
     config = ReaderConfig(**{key: value for key, value in settings.items() if value is not None})
@@ -106,6 +108,7 @@ def _print_table(table: dict, title: str) -> None:
     for name, row in table.items():
         view.add_row(name, f"{row['em']:.3f}", f"{row['f1']:.3f}", f"{row['retrievals']}/{row['questions']}")
     console.print(view)
+
 
 def routing_set_command(
     out: Annotated[Path, typer.Option(help="folder for corpus.jsonl, dev.jsonl and test.jsonl")],

@@ -93,6 +93,8 @@ def job_ours(spec: dict) -> dict:
         seconds = time.perf_counter() - started
         manifest = json.loads((out / "sparsa.json").read_text())
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        if spec.get("keep"):
+            (out / "vectors").rename(spec["keep"])  # for comparing two builds' vectors, after timing
     return {"docs": len(corpus), "seconds": round(seconds, 3), "docs_per_s": round(len(corpus) / seconds, 1),
             "encode_seconds_in_manifest": manifest["encode_seconds"], "nnz_per_doc": round(
                 manifest["nnz"] / len(corpus), 1), "index_mib": round(size / 2**20, 1),
@@ -169,6 +171,32 @@ def job_st(spec: dict) -> dict:
     return {"sweep": sweep}
 
 
+def agreement(ours: str, before: str) -> dict:
+    """How the two builds' stored vectors compare: same doc ids, same terms per row, weight differences."""
+    import shutil
+
+    import numpy as np
+
+    from sparsa.errors import IndexCorruptError
+    from sparsa.indexes.sparse_matrix import SparseMatrix
+
+    try:
+        a, b = SparseMatrix.load(Path(ours)), SparseMatrix.load(Path(before))
+    except (OSError, IndexCorruptError) as exc:  # a failed build leaves nothing to compare
+        return {"error": str(exc)}
+    finally:
+        for folder in (ours, before):
+            shutil.rmtree(folder, ignore_errors=True)
+    same_rows = np.diff(a.indptr) == np.diff(b.indptr)
+    same_terms = bool(same_rows.all()) and np.array_equal(a.indices, b.indices)
+    rows_same_terms = sum(np.array_equal(a.row(i).indices, b.row(i).indices) for i in range(len(a)))
+    diff = float(np.abs(a.values - b.values).max()) if same_terms and a.nnz else None
+    return {"same_doc_ids": a.doc_ids == b.doc_ids,
+            "rows_with_same_terms": round(rows_same_terms / len(a), 4), "all_terms_same": same_terms,
+            "max_abs_weight_diff": diff,
+            "nnz_ours_before": [a.nnz, b.nnz]}
+
+
 def run_job(kind: str, spec: dict, site: str | None = None) -> dict:
     """The job in a fresh Python process (``site``: import sparsa from there instead)."""
     env = dict(os.environ)
@@ -228,13 +256,16 @@ def main() -> None:
             name, _, path = entry.rpartition("=")
             spec = {"corpus": path, "device": args.device, "work": work, "warmup_docs": args.warmup_docs}
             row = {"model": "splade-tiny", "corpus": name or Path(path).name}
-            row["ours"] = run_job("ours", spec)
+            row["ours"] = run_job("ours", {**spec, "keep": f"{work}/ours"})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
             row["parts"] = run_job("parts", spec)
             print(f"{row['corpus']}: parts {row['parts']}", flush=True)
             if args.legacy_site:
-                row["before"] = {**run_job("ours", spec, args.legacy_site), "what": args.legacy_note}
+                row["before"] = {**run_job("ours", {**spec, "keep": f"{work}/before"}, args.legacy_site),
+                                 "what": args.legacy_note}
                 print(f"{row['corpus']}: before {row['before']}", flush=True)
+                row["agreement_with_before"] = agreement(f"{work}/ours", f"{work}/before")
+                print(f"{row['corpus']}: agreement {row['agreement_with_before']}", flush=True)
             if args.cli:
                 row["cli"] = time_cli(path, args.device, work)
                 print(f"{row['corpus']}: cli {row['cli']}", flush=True)

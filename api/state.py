@@ -164,10 +164,12 @@ class ServiceState:
     def _load_corpus(self) -> None:
         """The dataset's documents: its on-disk store (built once; ``sparsa.docstore``), or a small corpus
         in memory."""
-        from sparsa.docstore import open_documents
+        from sparsa.docstore import DocStore, open_documents
 
         self.corpus = open_documents(self.config.dataset)
         self.corpus_identity = self.corpus.identity
+        if isinstance(self.corpus, DocStore):  # a store is not rebuilt under the server's feet
+            hold_serving(self.corpus.folder)
 
     def _check_identities(self) -> None:
         """Stop serving every index built from another corpus (and raise, naming them)."""

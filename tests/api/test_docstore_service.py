@@ -44,6 +44,16 @@ def test_search_and_qa_read_the_store(store_client, cranfield):
     assert passages and all(p["text"] == cranfield.corpus[p["doc_id"]].text for p in passages)
 
 
+def test_a_served_store_is_not_rebuilt_in_place(store_client, shared_data):
+    from sparsa.docstore import build_docstore
+    from sparsa.errors import ConfigError
+
+    _, state = store_client
+    with pytest.raises(ConfigError, match="is being served"):
+        build_docstore(shared_data / "cranfield" / "corpus.jsonl", state.corpus.folder, show_progress=False)
+    assert len(state.corpus) == 120 and state.corpus.fetch(["1"])[0] is not None
+
+
 def test_a_store_of_another_corpus_is_refused(index_root, shared_data, tmp_path):
     from sparsa.api import ServiceState
     from sparsa.api.identity import IndexMismatchError

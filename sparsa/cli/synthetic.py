@@ -89,8 +89,8 @@ def generate_queries(
     rejected = ", ".join(f"{n} {why}" for why, n in counts["rejected"].items()) or "none"
     console.print(f"{counts['generated']} queries for {counts['documents']} documents "
                   f"(rejected: {rejected}); "
-                  f"kept {counts['kept']} of {counts['valid']} valid ({counts['keep_rate']:.1%}) with the "
-                  f"document in the top {keep_top}; wrote {out}")
+                  f"kept {counts['kept']} of {counts['valid']} valid ({counts['keep_rate']:.1%}) "
+                  f"{f'with the document in the top {keep_top}' if keep_top else '(no filter)'}; wrote {out}")
 
 
 def _check_filter_index(name: str) -> None:

@@ -122,12 +122,13 @@ def test_filter_keeps_and_drops_by_bm25_rank(cranfield, tmp_path):
     assert [r["rank"] for r in kept_all] == [1, None] and report["keep_rate"] == 1.0
 
 
+@pytest.mark.slow
 def test_cli_pairs_train_a_decoder_splade(corpus_file, shots, tmp_path, capsys):
     """generate-queries -> the pairs file -> 'sparsa train splade --decoder' (one step)."""
     needs_java()
     out = tmp_path / "pairs.jsonl"
     argv = ["-q", "generate-queries", str(corpus_file), "--out", str(out), "--examples", str(shots),
-            "--max-docs", "4", "--max-doc-tokens", "48", "--max-new-tokens", "12", "--batch-size", "4",
+            "--max-docs", "4", "--max-doc-tokens", "48", "--max-new-tokens", "32", "--batch-size", "4",
             "--keep-top", "0", "--negatives", "2", "--device", "cpu", "--report", str(tmp_path / "r.json")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())

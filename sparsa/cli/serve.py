@@ -178,4 +178,7 @@ def serve(
                   f"Try:\n{curl_examples(base, key_header)}", soft_wrap=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # api/server.py: JSON errors for what uvicorn answers itself, counted connections, the limits above
-    uvicorn.Server(uvicorn_config(create_app(config, state), host, port, limits)).run()
+    try:
+        uvicorn.Server(uvicorn_config(create_app(config, state), host, port, limits)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown (uvicorn.run swallows it)
+        pass

@@ -280,7 +280,7 @@ def read_log(path: Path, fingerprint: dict[str, Any]) -> dict[str, dict]:
         except json.JSONDecodeError:
             raise DataFormatError(path, "not a JSON line of a generation log", number) from None
         if number == 1:
-            _check_settings(path, record.get("settings"), fingerprint)
+            _check_settings(path, record.get("settings") if isinstance(record, dict) else None, fingerprint)
         elif not isinstance(record, dict) or "doc_id" not in record or "queries" not in record:
             raise DataFormatError(path, "expected 'doc_id' and 'queries'", number)
         else:

@@ -244,6 +244,8 @@ def main() -> None:
     parser.add_argument("--legacy-site", default=None)
     parser.add_argument("--legacy-note", default="")
     parser.add_argument("--cli", action="store_true")
+    parser.add_argument("--light-after-first", action="store_true",
+                        help="rows after the first: no parts job, the last --st-batch-sizes only")
     parser.add_argument("--warmup-docs", type=int, default=WARMUP_DOCS)
     parser.add_argument("--name", default="indexing")
     args = parser.parse_args()
@@ -258,8 +260,10 @@ def main() -> None:
             row = {"model": "splade-tiny", "corpus": name or Path(path).name}
             row["ours"] = run_job("ours", {**spec, "keep": f"{work}/ours"})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
-            row["parts"] = run_job("parts", spec)
-            print(f"{row['corpus']}: parts {row['parts']}", flush=True)
+            light = args.light_after_first and rows
+            if not light:
+                row["parts"] = run_job("parts", spec)
+                print(f"{row['corpus']}: parts {row['parts']}", flush=True)
             if args.legacy_site:
                 row["before"] = {**run_job("ours", {**spec, "keep": f"{work}/before"}, args.legacy_site),
                                  "what": args.legacy_note}
@@ -270,7 +274,7 @@ def main() -> None:
                 row["cli"] = time_cli(path, args.device, work)
                 print(f"{row['corpus']}: cli {row['cli']}", flush=True)
             st = run_job("st", {**spec, "docs": args.st_docs, "dtypes": args.st_dtypes,
-                                "batch_sizes": args.st_batch_sizes})
+                                "batch_sizes": args.st_batch_sizes[-1:] if light else args.st_batch_sizes})
             sweep = st.get("sweep", [])
             row["baseline_sweep"] = sweep or st
             if sweep and "docs_per_s" in row["ours"]:

@@ -20,10 +20,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import struct
-import termios
 from typing import Any
 
 import h11
@@ -44,8 +42,11 @@ def _bytes_waiting(transport: Any) -> int:
     """Bytes received on the connection's socket and not read yet (0 when it cannot tell)."""
     sock = transport.get_extra_info("socket")
     try:
+        import fcntl  # POSIX only: elsewhere the close is never spared
+        import termios
+
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-    except (OSError, AttributeError, ValueError):
+    except (ImportError, OSError, AttributeError, ValueError):
         return 0
 
 

@@ -258,17 +258,17 @@ def main() -> None:
             name, _, path = entry.rpartition("=")
             spec = {"corpus": path, "device": args.device, "work": work, "warmup_docs": args.warmup_docs}
             row = {"model": "splade-tiny", "corpus": name or Path(path).name}
-            row["ours"] = run_job("ours", {**spec, "keep": f"{work}/ours"})
+            row["ours"] = run_job("ours", {**spec, "keep": f"{work}/ours{len(rows)}"})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
             light = args.light_after_first and rows
             if not light:
                 row["parts"] = run_job("parts", spec)
                 print(f"{row['corpus']}: parts {row['parts']}", flush=True)
             if args.legacy_site:
-                row["before"] = {**run_job("ours", {**spec, "keep": f"{work}/before"}, args.legacy_site),
+                row["before"] = {**run_job("ours", {**spec, "keep": f"{work}/before{len(rows)}"}, args.legacy_site),
                                  "what": args.legacy_note}
                 print(f"{row['corpus']}: before {row['before']}", flush=True)
-                row["agreement_with_before"] = agreement(f"{work}/ours", f"{work}/before")
+                row["agreement_with_before"] = agreement(f"{work}/ours{len(rows)}", f"{work}/before{len(rows)}")
                 print(f"{row['corpus']}: agreement {row['agreement_with_before']}", flush=True)
             if args.cli:
                 row["cli"] = time_cli(path, args.device, work)

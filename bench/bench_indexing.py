@@ -258,17 +258,18 @@ def main() -> None:
             name, _, path = entry.rpartition("=")
             spec = {"corpus": path, "device": args.device, "work": work, "warmup_docs": args.warmup_docs}
             row = {"model": "splade-tiny", "corpus": name or Path(path).name}
-            row["ours"] = run_job("ours", {**spec, "keep": f"{work}/ours{len(rows)}"})
+            kept = (f"{work}/ours{len(rows)}", f"{work}/before{len(rows)}")
+            row["ours"] = run_job("ours", {**spec, "keep": kept[0]})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
             light = args.light_after_first and rows
             if not light:
                 row["parts"] = run_job("parts", spec)
                 print(f"{row['corpus']}: parts {row['parts']}", flush=True)
             if args.legacy_site:
-                row["before"] = {**run_job("ours", {**spec, "keep": f"{work}/before{len(rows)}"}, args.legacy_site),
+                row["before"] = {**run_job("ours", {**spec, "keep": kept[1]}, args.legacy_site),
                                  "what": args.legacy_note}
                 print(f"{row['corpus']}: before {row['before']}", flush=True)
-                row["agreement_with_before"] = agreement(f"{work}/ours{len(rows)}", f"{work}/before{len(rows)}")
+                row["agreement_with_before"] = agreement(*kept)
                 print(f"{row['corpus']}: agreement {row['agreement_with_before']}", flush=True)
             if args.cli:
                 row["cli"] = time_cli(path, args.device, work)

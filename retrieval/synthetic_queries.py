@@ -297,14 +297,16 @@ def _check_settings(path: Path, old: Any, new: dict[str, Any]) -> None:
                           "settings to resume, or delete it or choose another --out to start over")
 
 
-def generate(writer: QueryWriter, documents: Sequence[Document], log: Path,
-             show_progress: bool | None = None) -> list[dict]:
+def generate(config: GenerationConfig, examples: Sequence[FewShotExample], documents: Sequence[Document],
+             log: Path, show_progress: bool | None = None, writer: QueryWriter | None = None) -> list[dict]:
     """Write queries for the documents the log lacks, appending a line per document after each batch;
-    returns the records of every document asked for, in order."""
-    config = writer.config
-    fingerprint = config.fingerprint(writer.examples)
+    returns the records of every document asked for, in order. The LM loads only if a document is left
+    (``writer``: one already loaded with the same config and examples)."""
+    fingerprint = config.fingerprint(examples)
     done = read_log(log, fingerprint)
     todo = [d for d in documents if d.id not in done]
+    if todo and writer is None:
+        writer = QueryWriter(config, examples)
     if done:
         logger.info("resuming %s: %d of %d documents done", log, len(documents) - len(todo), len(documents))
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +321,7 @@ def generate(writer: QueryWriter, documents: Sequence[Document], log: Path,
             usable = [d for d in batch if d.id not in short]
             outputs = writer.write(usable) if usable else []
             for doc, raws in zip(usable, outputs, strict=True):
-                done[doc.id] = {"doc_id": doc.id, "queries": _cleaned(raws, doc, writer.examples, config)}
+                done[doc.id] = {"doc_id": doc.id, "queries": _cleaned(raws, doc, examples, config)}
             for doc_id in short:
                 done[doc_id] = {"doc_id": doc_id, "queries": [], "skipped": "short document"}
             f.write("".join(json.dumps(done[d.id], ensure_ascii=False) + "\n" for d in batch))

@@ -55,7 +55,6 @@ def generate_queries(
     from sparsa.retrieval.synthetic_queries import (
         DEFAULT_EXAMPLES,
         GenerationConfig,
-        QueryWriter,
         filter_pairs,
         generate,
         log_path,
@@ -74,7 +73,7 @@ def generate_queries(
     chosen = select_documents(docs, max_docs, seed)
     log = log_path(out)
     console.print(f"{len(chosen)} of {len(docs)} documents; {len(shots)} few-shot examples; log {log}")
-    records = generate(QueryWriter(config, shots), chosen, log)
+    records = generate(config, shots, chosen, log)
     _free_gpu_memory()
     with tempfile.TemporaryDirectory(prefix="sparsa-bm25-") as tmp:
         retriever = _first_stage(docs, filter_index, Path(tmp), device)

@@ -83,21 +83,22 @@ def test_generation_resumes_from_its_log(writer, cranfield, tmp_path):
     docs = cranfield.corpus.documents[:4]
     log = log_path(tmp_path / "pairs.jsonl.gz")
     assert log.name == "pairs.generated.jsonl"
-    first = generate(writer, docs[:2], log, show_progress=False)
+    first = generate(writer.config, writer.examples, docs[:2], log, show_progress=False, writer=writer)
     assert [r["doc_id"] for r in first] == [d.id for d in docs[:2]]
     assert all(len(r["queries"]) == 1 and r["queries"][0]["raw"].strip() for r in first)
     # A job killed mid-line: the unfinished line is dropped and that document generated again.
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines) + '{"doc_id": "' + docs[2].id + '", "quer')
-    records = generate(writer, docs, log, show_progress=False)
+    records = generate(writer.config, writer.examples, docs, log, show_progress=False, writer=writer)
     lines = log.read_text().splitlines()
     assert len(lines) == 1 + 4  # settings, then one line per document: the two done ones were skipped
     assert [json.loads(line)["doc_id"] for line in lines[1:]] == [d.id for d in docs]
     assert records[:2] == first  # read back, not regenerated
-    other = QueryWriter.__new__(QueryWriter)  # same model, other settings: the log refuses to resume
-    other.config, other.examples = GenerationConfig(**{**TINY, "max_new_tokens": 13}), writer.examples
+    # all done: nothing to generate, so no LM loads (writer None)
+    assert generate(writer.config, writer.examples, docs, log, show_progress=False) == records
+    other = GenerationConfig(**{**TINY, "max_new_tokens": 13})  # other settings: the log refuses to resume
     with pytest.raises(ConfigError, match="max_new_tokens"):
-        generate(other, docs, log, show_progress=False)
+        generate(other, writer.examples, docs, log, show_progress=False)
 
 
 def test_filter_keeps_and_drops_by_bm25_rank(cranfield, tmp_path):

@@ -24,10 +24,10 @@ if [[ $step == stage ]]; then
     DATA=${SPARSA_DATA_DIR:-../shared/data}
     S=.stage/syn/data
     mkdir -p $S/scifact $S/cranfield $S/cisi $S/realtimeqa $S/timeqa $S/trec-dl-2019-passage
-    cp "$DATA/scifact/corpus.jsonl.gz" $S/scifact/corpus.jsonl.gz
+    cp --no-preserve=mode "$DATA/scifact/corpus.jsonl.gz" $S/scifact/corpus.jsonl.gz
     gzip -c "$DATA/cranfield/corpus.jsonl" > $S/cranfield/corpus.jsonl.gz
     gzip -c "$DATA/cisi/corpus.jsonl" > $S/cisi/corpus.jsonl.gz
-    cp "$DATA/trec-dl-2019-passage/dl2019_document.jsonl.gz" $S/trec-dl-2019-passage/corpus.jsonl.gz
+    cp --no-preserve=mode "$DATA/trec-dl-2019-passage/dl2019_document.jsonl.gz" $S/trec-dl-2019-passage/corpus.jsonl.gz
     for pair in realtimeqa:rtqa timeqa:tqa; do
         name=${pair%%:*} short=${pair##*:}
         [[ -f runs/longcontext/${short}_corpus.jsonl.gz ]] || \

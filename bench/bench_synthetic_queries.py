@@ -10,8 +10,10 @@ document ranks within ``--keep-top``; ``found_within`` gives the keep rate at ot
 
 Steps:
   fewshot-timeqa  (CPU) the TimeQA train examples file -> ``--out``
-  run             each corpus -> ``--work/<corpus>.jsonl.gz`` (+ its generation log; a rerun resumes), then
-                  the table and ``--out`` (default bench/results/synthetic_queries.json)
+  generate        (GPU) each corpus's generation log in ``--work`` (a rerun resumes), timed per corpus
+  filter          (here: BM25 needs Java, which the GPU machine lacks) the same commands with the same flags:
+                  every document is in its log, so no LM loads; the pairs ``--work/<corpus>.jsonl.gz``, the
+                  table and ``--out`` (default bench/results/synthetic_queries.json)
 """
 
 from __future__ import annotations
@@ -61,48 +63,66 @@ def fewshot_timeqa(data: Path, out: Path, n: int = 4, seed: int = 0) -> None:
     print(f"wrote {len(chosen)} TimeQA train examples to {out}")
 
 
-def run(args) -> None:
+def _argv(args, corpus: str, examples: dict[str, str]) -> list[str]:
+    """The same settings in both steps: the generation log refuses to resume under others."""
+    argv = ["generate-queries", str(args.data / corpus), "--out", str(args.work / f"{corpus}.jsonl.gz"),
+            "--model", args.model, "--batch-size", str(args.batch_size), "--keep-top", str(args.keep_top),
+            "--device", args.device, "--report", str(args.work / f"{corpus}.report.json")]
+    argv += ["--max-docs", str(args.max_docs)] if args.max_docs else []
+    return argv + (["--examples", examples[corpus]] if corpus in examples else [])
+
+
+def generate(args) -> None:
+    """Each corpus's generation log (no filter: the GPU machine has no Java), timed per corpus."""
+    import torch
+
+    from sparsa.cli.main import main
+
+    examples = dict(item.split("=", 1) for item in args.examples)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    args.work.mkdir(parents=True, exist_ok=True)
+    for corpus in args.corpora:
+        started = time.perf_counter()
+        if main([*_argv(args, corpus, examples), "--generate-only"]) != 0:
+            raise SystemExit(f"generate-queries failed on {corpus}")
+        timing = {"seconds": round(time.perf_counter() - started, 1), "gpu": gpu, "device": args.device}
+        (args.work / f"{corpus}.timing.json").write_text(json.dumps(timing) + "\n")
+
+
+def filter_and_report(args) -> None:
+    """The same commands again: every document is in its log, so no LM loads; BM25 filters the pairs."""
     from common import write_results
 
     from sparsa.cli.main import main
 
     examples = dict(item.split("=", 1) for item in args.examples)
-    rows = []
+    rows, cards = [], set()
     for corpus in args.corpora:
-        pairs = args.work / f"{corpus}.jsonl.gz"
-        report = args.work / f"{corpus}.report.json"
-        argv = ["generate-queries", str(args.data / corpus), "--out", str(pairs), "--model", args.model,
-                "--batch-size", str(args.batch_size), "--keep-top", str(args.keep_top),
-                "--device", args.device, "--report", str(report)]
-        argv += ["--max-docs", str(args.max_docs)] if args.max_docs else []
-        argv += ["--examples", examples[corpus]] if corpus in examples else []
-        started = time.perf_counter()
-        if main(argv) != 0:
+        if main(_argv(args, corpus, examples)) != 0:
             raise SystemExit(f"generate-queries failed on {corpus}")
-        seconds = time.perf_counter() - started
-        counts = json.loads(report.read_text())
+        counts = json.loads((args.work / f"{corpus}.report.json").read_text())
+        timing = json.loads((args.work / f"{corpus}.timing.json").read_text())
+        cards.add(timing["gpu"] or timing["device"])
         rows.append({"corpus": corpus, **{k: v for k, v in counts.items() if k != "corpus"},
-                     "seconds": round(seconds, 1), "docs_per_s": round(counts["documents"] / seconds, 2)})
+                     "generation_seconds": timing["seconds"],
+                     "docs_per_s": round(counts["documents"] / timing["seconds"], 2)})
     print(f"{'corpus':<22}{'docs':>7}{'queries':>9}{'valid':>7}{'kept':>7}{'keep rate':>11}{'docs/s':>8}")
     for r in rows:
         print(f"{r['corpus']:<22}{r['documents']:>7}{r['generated']:>9}{r['valid']:>7}{r['kept']:>7}"
               f"{r['keep_rate']:>11.3f}{r['docs_per_s']:>8.1f}")
     settings = {"model": args.model, "max_docs": args.max_docs, "batch_size": args.batch_size,
                 "keep_top": args.keep_top, "filter": "BM25 over the whole corpus, built on the fly",
-                "examples": {c: examples.get(c, "default: four SciFact train claims") for c in args.corpora}}
-    gpu = None
-    if args.device.startswith("cuda"):
-        import torch
-
-        gpu = torch.cuda.get_device_name()
-    path = write_results("synthetic_queries", {"settings": settings, "corpora": rows}, path=args.out, gpu=gpu)
+                "examples": {c: examples.get(c, "default: four SciFact train claims") for c in args.corpora},
+                "generated_on": sorted(cards)}
+    path = write_results("synthetic_queries", {"settings": settings, "corpora": rows}, path=args.out,
+                         gpu=", ".join(sorted(c for c in cards if c not in ("cpu", "auto"))) or None)
     print(f"wrote {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["fewshot-timeqa", "run"])
+    parser.add_argument("step", choices=["fewshot-timeqa", "generate", "filter"])
     parser.add_argument("--data", type=Path, default=Path(".stage/syn/data"),
                         help="run: a folder per corpus; fewshot-timeqa: the shared data folder")
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA))
@@ -117,9 +137,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.step == "fewshot-timeqa":
         fewshot_timeqa(args.data, args.out or Path(".stage/syn/fewshot_timeqa_train.jsonl"))
+    elif args.step == "generate":
+        generate(args)
     else:
         args.out = args.out or Path(__file__).parent / "results" / "synthetic_queries.json"
-        run(args)
+        filter_and_report(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Synthetic training queries with Qwen2.5-Coder-1.5B-Instruct on a GPU (issue 28): `sparsa generate-queries`
 # over SciFact, Cranfield, CISI, RealTime QA, TimeQA and TREC DL 2019's judged passages
-# (bench/bench_synthetic_queries.py run) -> pairs per corpus and bench/results/synthetic_queries.json.
+# (bench/bench_synthetic_queries.py generate there, filter here) -> pairs per corpus and
+# bench/results/synthetic_queries.json.
 # Not run yet: written for the next GPU session.
 #
 # Here:   bash bench/gpu_synthetic_queries.sh stage
@@ -11,11 +12,16 @@
 #         bash bench/gpu_qwen.sh stage   (the model's 22 wheels in pieces, and this checkout as .stage/qw)
 # There:  the Qwen pieces and setup calls as bench/gpu_qwen.sh says, then one call:
 #           run(command="bash bench/gpu_qwen.sh synthetic", carry=[".stage/qw", ".stage/syn"], timeout_s=600)
-#         it runs this script's `run` step with the wheel installed and QWEN_DIR set; $OUT gets the pairs
-#         (syn/<corpus>.jsonl.gz), the generation logs, the per-corpus reports and synthetic_queries.json.
+#         it runs this script's `run` step (bench_synthetic_queries.py generate) with the wheel installed and
+#         the model pulled under SPARSA_HOME; $OUT/syn gets each corpus's generation log and timing.
 #         MAX_DOCS (default 2000 a corpus, a seeded sample; 0: all) and BATCH (default 128) override.
 #         A call cut by its time limit resumes: copy the fetched syn/ folder to .stage/syn/resume/ and call again.
-# Then here: cp <fetched>/synthetic_queries.json bench/results/ && python bench/results_doc.py --check
+# Then here (the filter is BM25, and the GPU machine has no Java): copy the fetched syn/ to .stage/syn/out and
+#   .venv/bin/python bench/bench_synthetic_queries.py filter --data .stage/syn/data --work .stage/syn/out \
+#       --examples timeqa=.stage/syn/fewshot_timeqa_train.jsonl --max-docs 2000 --batch-size 128 --device cpu
+#   (the same MAX_DOCS and BATCH): no LM loads, every document is in its log; the pairs land in
+#   .stage/syn/out/<corpus>.jsonl.gz and the record in bench/results/synthetic_queries.json; then
+#   python bench/results_doc.py --check
 set -euo pipefail
 step=${1:?usage: gpu_synthetic_queries.sh stage|run}
 
@@ -46,7 +52,8 @@ mkdir -p "$OUT/syn"
 [[ -d .stage/syn/resume ]] && cp -r .stage/syn/resume/. "$OUT/syn/"  # logs of a cut call: resume them
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.log"
 mkdir -p /tmp/syn_run && cd /tmp/syn_run  # import sparsa from the installed wheel, not the checkout
-python "$REPO/bench/bench_synthetic_queries.py" run --data "$REPO/.stage/syn/data" --model "$QWEN_DIR" \
-    --examples "timeqa=$REPO/.stage/syn/fewshot_timeqa_train.jsonl" --max-docs "${MAX_DOCS:-2000}" \
-    --batch-size "${BATCH:-128}" --device cuda --work "$OUT/syn" --out "$OUT/synthetic_queries.json" \
+# The registry name, not QWEN_DIR: the logs record the model, and the filter step here names it the same way.
+python "$REPO/bench/bench_synthetic_queries.py" generate --data "$REPO/.stage/syn/data" \
+    --model qwen2.5-coder-1.5b-instruct --examples "timeqa=$REPO/.stage/syn/fewshot_timeqa_train.jsonl" \
+    --max-docs "${MAX_DOCS:-2000}" --batch-size "${BATCH:-128}" --device cuda --work "$OUT/syn" \
     2>&1 | grep -v "Loading weights" | tee "$OUT/run.log"

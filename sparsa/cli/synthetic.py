@@ -44,6 +44,9 @@ def generate_queries(
     negatives: Annotated[int, typer.Option(min=1, help="hard negatives per pair: the top hits other than "
                                                        "the document")] = 4,
     report: Annotated[Path | None, typer.Option(help="also write the counts and keep rate as JSON")] = None,
+    generate_only: Annotated[bool, typer.Option(help="stop after writing the generation log (e.g. on a GPU "
+                                                     "machine without Java); rerun without it to filter")]
+    = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (the LM, and the filter's encoder)")]
     = "auto",
 ) -> None:
@@ -74,6 +77,11 @@ def generate_queries(
     log = log_path(out)
     console.print(f"{len(chosen)} of {len(docs)} documents; {len(shots)} few-shot examples; log {log}")
     records = generate(config, shots, chosen, log)
+    if generate_only:
+        written = sum(len(r["queries"]) for r in records)
+        console.print(f"{written} queries for {len(records)} documents in {log}; rerun without "
+                      "--generate-only to filter them into pairs")
+        return
     _free_gpu_memory()
     with tempfile.TemporaryDirectory(prefix="sparsa-bm25-") as tmp:
         retriever = _first_stage(docs, filter_index, Path(tmp), device)

@@ -125,13 +125,16 @@ def test_filter_keeps_and_drops_by_bm25_rank(cranfield, tmp_path):
 
 @pytest.mark.slow
 def test_cli_pairs_train_a_decoder_splade(corpus_file, shots, tmp_path, capsys):
-    """generate-queries -> the pairs file -> 'sparsa train splade --decoder' (one step)."""
+    """generate-queries --generate-only, then the filter -> the pairs file -> 'sparsa train splade --decoder'
+    (one step)."""
     needs_java()
     out = tmp_path / "pairs.jsonl"
     argv = ["-q", "generate-queries", str(corpus_file), "--out", str(out), "--examples", str(shots),
             "--max-docs", "4", "--max-doc-tokens", "48", "--max-new-tokens", "32", "--batch-size", "4",
             "--keep-top", "0", "--negatives", "2", "--device", "cpu", "--report", str(tmp_path / "r.json")]
-    assert main(argv) == 0
+    assert main([*argv, "--generate-only"]) == 0  # the log only
+    assert log_path(out).is_file() and not out.exists() and not (tmp_path / "r.json").exists()
+    assert main(argv) == 0  # every document is in the log: the filter alone runs
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["documents"] == 4 and report["generated"] == 4 and report["keep_top"] == 0
     pairs = read_training_examples(out)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.conftest import API_KEY, service_config, wait_until
-from tests.api.test_web import _free_port
+from tests.api.live_server import free_port as _free_port
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]
 KEY = {"X-API-Key": API_KEY}

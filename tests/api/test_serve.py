@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.api.test_web import _free_port
+from tests.api.live_server import free_port as _free_port
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import threading
 import time
 
 import pytest
 
-from tests.api.test_web import _free_port
+from tests.api.live_server import start_server
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]
 HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -21,24 +20,7 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 def serve(app, limits):
     """``app`` under uvicorn as ``sparsa serve`` configures it; returns (port, uvicorn server, stop)."""
-    import uvicorn
-
-    from sparsa.api.server import uvicorn_config
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, limits))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-
-    def stop():
-        server.should_exit = True
-        thread.join(10)
-
-    return port, server, stop
+    return start_server(app, limits)
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -5,11 +5,10 @@ and (slow) the answer with its citations and route."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
+
+from tests.api.live_server import start_server
 
 pytestmark = pytest.mark.java
 
@@ -27,29 +26,9 @@ def _browser_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_in_thread(app):
     """A real uvicorn server on loopback; returns (base url, stop function)."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-
-    def stop():
-        server.should_exit = True
-        thread.join(10)
-
+    port, _, stop = start_server(app)
     return f"http://127.0.0.1:{port}", stop
 
 

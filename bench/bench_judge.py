@@ -143,15 +143,12 @@ def dataset():
 
 
 def pool_run(scores: dict[str, dict[str, float]], qrels, name: str) -> Run:
-    """Each query's judged passages ranked by ``scores`` (missing ones last, in doc-id order)."""
-    ranked = {}
-    for qid, judged in qrels.items():
-        got = scores.get(qid, {})
-        hits = sort_hits([Hit(d, got[d]) for d in judged if d in got])
-        floor = min((h.score for h in hits), default=0.0)
-        hits += [Hit(d, floor - 1.0 - i * 1e-6) for i, d in enumerate(sorted(set(judged) - set(got)))]
-        ranked[qid] = hits
-    return Run(ranked, name=name)
+    """Each query's judged passages ranked by ``scores`` (missing ones last, in doc-id order): the
+    judged pool of ``sparsa search --pool``."""
+    from sparsa.eval.pool import judged_pool_run
+
+    run = Run({qid: [Hit(d, s) for d, s in got.items()] for qid, got in scores.items()})
+    return judged_pool_run(run, qrels, name)
 
 
 def rrf(runs: list[Run], name: str, k: int = 60) -> Run:

@@ -33,7 +33,7 @@ from common import RESULTS, write_results
 from sparsa.config import load_settings
 from sparsa.data import load_dataset
 from sparsa.eval import evaluate_run
-from sparsa.types import Hit, Run
+from sparsa.types import Hit, Qrels, Run
 
 STAGE = Path(__file__).resolve().parent.parent / ".stage" / "rerank"
 TILDE, TILDEV2 = STAGE / "models" / "tilde-scifact", STAGE / "models" / "tildev2-scifact"
@@ -109,18 +109,14 @@ def ndcg10(run: Run, qrels) -> float:
 
 
 def dl19_pool_run() -> tuple[object, Run]:
-    """Each DL 2019 query's judged passages ordered by BM25 (unretrieved ones last, by doc id)."""
+    """Each DL 2019 query's judged passages ordered by BM25 (unretrieved ones last, by doc id): the
+    judged pool of ``sparsa search --pool`` / ``sparsa rerank --pool``."""
+    from sparsa.eval.pool import judged_pool_run
+
     data = load_dataset(data_dir() / "trec-dl-2019-passage", "test")
     bm25 = bm25_index("dl19", data_dir() / "trec-dl-2019-passage").search(data.queries, k=len(data.corpus))
-    pool = {}
-    for q in data.queries:
-        judged = data.qrels[q.id]
-        ranked = [h for h in bm25.get(q.id, []) if h.doc_id in judged]
-        seen = {h.doc_id for h in ranked}
-        floor = min((h.score for h in ranked), default=0.0)
-        ranked += [Hit(d, floor - 1.0 - i * 1e-6) for i, d in enumerate(sorted(set(judged) - seen))]
-        pool[q.id] = ranked
-    return data, Run(pool, name="bm25-judged-pool")
+    qrels = Qrels({q.id: data.qrels[q.id] for q in data.queries})
+    return data, judged_pool_run(bm25, qrels, name="bm25-judged-pool")
 
 
 def stage_quality(results: dict) -> None:

@@ -42,19 +42,31 @@ def on_or_before(doc: Document, as_of: dt.date) -> bool:
     return day is None or day <= as_of.isoformat()
 
 
-def filter_as_of(hits: Sequence[Hit], corpus: Any, as_of: dt.date) -> list[Hit]:
-    """The hits whose document is dated on or before ``as_of``; ``corpus``: a ``Corpus`` or a
-    ``DocStore`` (``sparsa.docstore.DocumentSource``). Ids the corpus lacks are an error."""
+def in_window(doc: Document, as_of: dt.date, window_days: int) -> bool:
+    """Dated on or before ``as_of`` and at most ``window_days`` days before it; an undated document
+    cannot be placed inside a window and fails."""
+    day = doc_day(doc)
+    start = as_of - dt.timedelta(days=window_days)
+    return day is not None and start.isoformat() <= day <= as_of.isoformat()
+
+
+def filter_as_of(hits: Sequence[Hit], corpus: Any, as_of: dt.date, window_days: int | None = None
+                 ) -> list[Hit]:
+    """The hits whose document is dated on or before ``as_of`` (with ``window_days``: and at most that
+    many days before it, as the benches' date-filter rows); ``corpus``: a ``Corpus`` or a ``DocStore``
+    (``sparsa.docstore.DocumentSource``). Ids the corpus lacks are an error."""
     docs = corpus.fetch([h.doc_id for h in hits])
     missing = [h.doc_id for h, doc in zip(hits, docs) if doc is None]
     if missing:
         raise CorpusMismatchError(f"the index returned {len(missing)} ids the corpus lacks (e.g. "
                                   f"{missing[0]!r}): is the corpus the one this index was built from?")
+    if window_days is not None:
+        return [h for h, doc in zip(hits, docs) if in_window(doc, as_of, window_days)]
     return [h for h, doc in zip(hits, docs) if on_or_before(doc, as_of)]
 
 
 def search_as_of(retriever: Retriever, text: str, k: int, as_of: dt.date | None, corpus: Any,
-                 depth: int = DEPTH) -> list[Hit]:
+                 depth: int = DEPTH, window_days: int | None = None) -> list[Hit]:
     """``retriever.search_text`` as of a day: deeper, then the date filter (an event-aware retriever
     also encodes the query as of that day). Without ``as_of``, a plain search."""
     if as_of is None:
@@ -65,18 +77,21 @@ def search_as_of(retriever: Retriever, text: str, k: int, as_of: dt.date | None,
         hits = retriever.search_text(text, k=max(k, depth), as_of=as_of)
     else:
         hits = retriever.search_text(text, k=max(k, depth))
-    return filter_as_of(hits, corpus, as_of)[:k]
+    return filter_as_of(hits, corpus, as_of, window_days)[:k]
 
 
 def search_run_as_of(retriever: Retriever, queries: Sequence[Query], k: int, days: Mapping[str, dt.date],
-                     corpus: Any, depth: int = DEPTH, show_progress: bool | None = None) -> Run:
-    """A run where query ``q`` is searched as of ``days[q.id]`` (queries without a day: plain search)."""
+                     corpus: Any, depth: int = DEPTH, show_progress: bool | None = None,
+                     window_days: int | None = None) -> Run:
+    """A run where query ``q`` is searched as of ``days[q.id]`` (queries without a day: plain search),
+    with ``window_days`` only over the documents of the ``window_days`` days before it."""
     from sparsa.progress import progress_bar
 
     results: dict[str, list[Hit]] = {}
     with progress_bar(len(queries), "searching as of each query's day", "query", show=show_progress) as bar:
         for query in queries:
-            results[query.id] = search_as_of(retriever, query.text, k, days.get(query.id), corpus, depth)
+            results[query.id] = search_as_of(retriever, query.text, k, days.get(query.id), corpus, depth,
+                                             window_days)
             bar.update(1)
     return Run(results, name=getattr(retriever, "name", "run"))
 

@@ -90,13 +90,14 @@ class EncodedRetriever(Retriever):
 
 
 def open_retriever(name_or_path: str | Path, backend: str | None = None, verify: str = "size",
-                   device: str | None = None) -> Retriever:
+                   device: str | None = None, k1: float | None = None, b: float | None = None) -> Retriever:
     """Open an index as a retriever: a folder, or a name under ``$SPARSA_HOME/indexes``.
 
     The manifest (checked with ``verify``: "none", "size" or "sha256") says which index class reads
     the folder (``INDEX_BACKENDS``) and, for vector indexes, which encoder encoded its documents; that
     encoder, rebuilt, encodes the queries (on ``device``, default: as the manifest says). ``backend``
-    picks a learned-sparse index's search backend (default: the first it was built with).
+    picks a learned-sparse index's search backend (default: the first it was built with); ``k1`` and
+    ``b`` replace a BM25 index's search-time parameters (default: as built).
     """
     path = index_path(name_or_path)
     manifest = read_manifest(path, verify=verify)
@@ -107,6 +108,11 @@ def open_retriever(name_or_path: str | Path, backend: str | None = None, verify:
             raise ConfigError(f"{path} is a {kind!r} index: only splade indexes have "
                               "search backends to choose")
         options["backend"] = backend
+    bm25 = {name: value for name, value in (("k1", k1), ("b", b)) if value is not None}
+    if bm25:
+        if kind != "bm25":
+            raise ConfigError(f"{path} is a {kind!r} index: k1 and b are BM25 parameters")
+        options.update(bm25)
     index = INDEX_BACKENDS.get(kind).open(path, **options)
     if "encoder" not in manifest:
         return index  # a text index (BM25): it analyses query text itself

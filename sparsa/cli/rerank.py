@@ -34,6 +34,9 @@ def rerank(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=10_000,
                                        help="rerank each query's top k hits; the "
                                             "output keeps those k")] = 100,
+    pool: Annotated[Path | None, typer.Option(
+        help="qrels file: the candidates are each judged query's judged documents, in the run's order "
+             "(unretrieved ones last), all reranked; --top-k then only cuts the output")] = None,
 ) -> None:
     """Rerank each query's top-k hits of a run; queries and passage texts come from the dataset."""
     from sparsa.data import load_dataset
@@ -46,6 +49,14 @@ def rerank(
         raise ConfigError("tildev2 needs --model: a TILDEv2 passage store folder (sparsa rerank-store)")
     first_stage = Run.read_trec(run_file)
     data = load_dataset(dataset_path(dataset), split)
-    reranked = rerank_run(cls.load(model), first_stage, data.queries, data.corpus, depth=top_k, top_k=top_k)
+    depth: int | None = top_k
+    if pool is not None:
+        from sparsa.eval.pool import judged_pool_run
+        from sparsa.types import Qrels
+
+        judged = Qrels.read_trec(pool)
+        first_stage = judged_pool_run(first_stage, Qrels({q: judged[q] for q in first_stage if q in judged}))
+        depth = None
+    reranked = rerank_run(cls.load(model), first_stage, data.queries, data.corpus, depth=depth, top_k=top_k)
     reranked.write_trec(out)
     console.print(f"reranked {len(reranked)} queries (top {top_k}) with {reranker}; wrote {out}")

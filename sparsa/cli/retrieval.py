@@ -115,30 +115,49 @@ def search(
         help="dense index: encode queries with this event-aware head (sparsa train event) as of their "
              "day")] = None,
     corpus: Annotated[str | None, typer.Option(
-        help="the dated corpus (JSONL or dataset) for --as-of and --event-encoder "
+        help="the dated corpus (JSONL or dataset) for --as-of, --window-days and --event-encoder "
              "[default: the --dataset's]")] = None,
+    window_days: Annotated[int | None, typer.Option(
+        min=0, help="only documents dated within this many days before each query's day (or --as-of), "
+                    "that day included; undated documents drop out")] = None,
+    depth: Annotated[int, typer.Option(
+        min=1, help="with dates: hits fetched per query before the date filter")] = 1000,
+    pool: Annotated[Path | None, typer.Option(
+        help="qrels file: rank only each judged query's judged documents (the whole index is scored; "
+             "judged documents not retrieved come last, in doc-id order)")] = None,
+    k1: Annotated[float | None, typer.Option(help="bm25 index: k1 (default: as built, 0.9)")] = None,
+    b: Annotated[float | None, typer.Option(help="bm25 index: b (default: as built, 0.4)")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
     if sum(x is not None for x in (query, dataset, queries)) != 1:
         raise ConfigError("give exactly one of --query, --dataset or --queries")
     if query is not None and not query.strip():
         raise ConfigError(f"--query: {EMPTY_QUERY}")
+    if pool is not None and query is not None:
+        raise ConfigError("--pool ranks the judged documents of --dataset or --queries, not one --query")
     day = parse_day(as_of, "--as-of") if as_of else None
     source = dataset_path(dataset) if dataset else queries
-    dated = day is not None or event_encoder is not None
+    dated = day is not None or event_encoder is not None or window_days is not None
     days = read_query_days(source) if source is not None and dated else {}
     docs = None
     if dated:
         if corpus is None and dataset is None:
-            raise ConfigError("--as-of and --event-encoder read document dates: give --corpus "
-                              "(a dated corpus)")
+            raise ConfigError("--as-of, --window-days and --event-encoder read document dates: give "
+                              "--corpus (a dated corpus)")
         docs = load_corpus(dataset_path(corpus or dataset))
     if event_encoder is not None:
         from sparsa.retrieval.dated import EventAwareRetriever
 
+        if k1 is not None or b is not None:
+            raise ConfigError("--k1 and --b are BM25 parameters; --event-encoder searches a dense index")
         retriever = EventAwareRetriever.open(index_, event_encoder, docs)
     else:
-        retriever = open_retriever(index_, backend)
+        retriever = open_retriever(index_, backend, k1=k1, b=b)
+    judged = Qrels.read_trec(pool) if pool is not None else None
+    if judged is not None:  # every document takes part, so no judged one is cut by the depth
+        from sparsa.artifacts import read_manifest
+
+        k = depth = max(int(read_manifest(index_path(index_), verify="none")["num_documents"]), 1)
     if query is not None:
         topics = [Query("q", query)]
     else:
@@ -147,9 +166,14 @@ def search(
         from sparsa.retrieval.dated import search_run_as_of
 
         when = {q.id: days.get(q.id, day or dt.date.today()) for q in topics}
-        run = search_run_as_of(retriever, topics, k, when, docs, show_progress=False if query else None)
+        run = search_run_as_of(retriever, topics, k, when, docs, depth=depth,
+                               show_progress=False if query else None, window_days=window_days)
     else:
         run = retriever.search(topics, k=k, show_progress=False if query else None)
+    if judged is not None:
+        from sparsa.eval.pool import judged_pool_run
+
+        run = judged_pool_run(run, Qrels({q.id: judged[q.id] for q in topics if q.id in judged}))
     if query is not None:
         table = Table("rank", "doc id", "score")
         for rank, hit in enumerate(run["q"], start=1):

@@ -47,3 +47,29 @@ def test_rerank_command_errors(app, tmp_path, tilde_store, shared_data):
     assert isinstance(result.exception, ConfigError) and "--model" in str(result.exception)
     result = CliRunner().invoke(app, [*base, "--model", str(tilde_store)])
     assert isinstance(result.exception, ConfigError) and "no-such-doc" in str(result.exception)
+
+
+def test_rerank_pool_reranks_each_queries_judged_documents(app, tmp_path, tilde_store, scifact_slice,
+                                                           shared_data):
+    from sparsa.eval.pool import judged_pool_run
+    from sparsa.types import Qrels
+
+    queries, docs = scifact_slice
+    by_id = {d.id: d for d in docs}
+    # judged: two slice documents per query, one of them missing from the first-stage run
+    judged = Qrels({q.id: {docs[i].id: 1, docs[i + 10].id: 0} for i, q in enumerate(queries)})
+    judged.write_trec(tmp_path / "pool.qrels")
+    first = Run({q.id: [Hit(d.id, float(-i)) for i, d in enumerate(docs[:8])] for q in queries})
+    first.write_trec(tmp_path / "first.trec")
+    out = tmp_path / "reranked.trec"
+    result = CliRunner().invoke(app, ["rerank", "--run", str(tmp_path / "first.trec"), "--dataset",
+                                      str(shared_data / "scifact"), "--model", str(tilde_store), "--top-k",
+                                      "2", "--pool", str(tmp_path / "pool.qrels"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = Run.read_trec(out)
+    reranker = TildeV2Reranker.open(tilde_store)
+    pool = judged_pool_run(first, judged)
+    for q in queries:  # every judged document is a candidate, not only the retrieved ones
+        assert {h.doc_id for h in written[q.id]} == {h.doc_id for h in pool[q.id]} == set(judged[q.id])
+        expected = reranker.rerank(q, [by_id[h.doc_id] for h in pool[q.id]], 2)
+        assert [h.doc_id for h in written[q.id]] == [h.doc_id for h in expected]

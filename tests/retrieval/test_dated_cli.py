@@ -119,3 +119,38 @@ def test_dated_search_errors_are_clear(dated, capsys, tmp_path):
         assert main(["-q", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def _in_window(day: str, asked: str, window_days: int) -> bool:
+    return (dt.date.fromisoformat(asked) - dt.timedelta(days=window_days)).isoformat() <= day <= asked
+
+
+@pytest.mark.parametrize("kind", ["dense", "event", "bm25"])
+def test_search_window_days_ranks_inside_each_querys_window(dated, tmp_path, kind):
+    """--window-days 14 (bench_event's date-filter rows): each query's hits are the best of the
+    documents dated within 14 days before its day, in the unfiltered order."""
+    from sparsa.search import open_retriever
+
+    folder, head, index, days, asked = dated
+    if kind == "bm25":
+        from tests.conftest import needs_java
+
+        needs_java()
+        index = tmp_path / "bm25"
+        assert main(["-q", "index", "--dataset", str(folder), "--kind", "bm25", "--out", str(index)]) == 0
+    extra = ["--event-encoder", str(head)] if kind == "event" else []
+    run_file = tmp_path / "window.trec"
+    assert main(["-q", "search", "--index", str(index), "--dataset", str(folder), "--split", "test",
+                 "--window-days", "14", "--k", "5", "--out", str(run_file), *extra]) == 0
+    run = Run.read_trec(run_file)
+    assert run and all(_in_window(days[h.doc_id], asked[qid], 14) for qid, hits in run.items() for h in hits)
+    if kind == "event":
+        return  # the head encodes as of each day: the unfiltered order below is the plain index's
+    retriever = open_retriever(index)
+    from sparsa.data import load_dataset
+
+    topics = [q for q in load_dataset(folder, "test").queries if q.id in run]
+    full = retriever.search(topics, k=len(days))
+    for q in topics:
+        expected = [h.doc_id for h in full[q.id] if _in_window(days[h.doc_id], asked[q.id], 14)][:5]
+        assert [h.doc_id for h in run[q.id]] == expected

@@ -60,3 +60,24 @@ def train_event(
         f"; {record['test_questions']} test questions: recall@5 {record['test']['R@5']:.3f}, "
         f"MRR@10 {record['test']['MRR@10']:.3f}" if "test" in record else ""))
     console.print(f"saved {folder}")
+
+
+def dated_dataset(
+    out: Annotated[Path, typer.Option(help="new folder for the dated dataset (BEIR layout)")],
+    data: Annotated[str, typer.Option(help="RealTime QA folder or name under the data dir")] = "realtimeqa",
+    last_train_week: Annotated[str, typer.Option(
+        help="qrels/train.tsv: weekly files (YYYYMMDD) up to this one; qrels/test.tsv: the later ones")]
+    = "20220930",
+    last_test_date: Annotated[str, typer.Option(help="last question day of the test split "
+                                                     "(YYYY-MM-DD)")] = "2023-12-31",
+) -> None:
+    """Write RealTime QA as a dated dataset: the pool, questions and weekly split of `sparsa train event`
+    and bench/bench_event.py, for `sparsa index`, `search --as-of / --window-days / --event-encoder`
+    and `eval`."""
+    from sparsa.cli.retrieval import parse_day
+    from sparsa.data.realtimeqa import load_realtimeqa, write_dated_dataset
+
+    counts = write_dated_dataset(load_realtimeqa(dataset_path(data)), out, last_train_week,
+                                 parse_day(last_test_date, "--last-test-date"))
+    console.print(f"wrote {counts['documents']} dated documents and {counts['queries']} questions "
+                  f"({counts['train_queries']} train, {counts['test_queries']} test) to {out}")

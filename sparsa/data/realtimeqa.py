@@ -193,3 +193,45 @@ def load_realtimeqa(folder: str | Path) -> RealtimeQA:
     known = {q.id for q in questions}
     gold = {qid: ids for qid, ids in gold.items() if ids and qid in known}
     return RealtimeQA(questions, articles, gold)
+
+
+def write_dated_dataset(data: RealtimeQA, out: str | Path, last_train_week: str,
+                        last_test_date: dt.date | None = None) -> dict[str, int]:
+    """RealTime QA as a dated dataset (``sparsa.retrieval.dated``'s BEIR layout), the pool and split
+    the event bench uses: ``corpus.jsonl`` holds every dated pool article (date, then id order;
+    ``metadata.date``), ``queries.jsonl`` every question with a gold article (``date``), and
+    ``qrels/train.tsv`` / ``qrels/test.tsv`` their gold articles (grade 1) for weeks up to
+    ``last_train_week`` and for the later weeks up to ``last_test_date``. Written to a temporary folder
+    renamed into place; an existing ``out`` is an error. Returns the counts written."""
+    import json
+    import os
+    import shutil
+
+    from sparsa.errors import ConfigError
+    from sparsa.retrieval.event_data import split_by_week
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{out} exists: give a new folder")
+    articles = sorted((a for a in data.articles.values() if a.date is not None), key=lambda a: (a.date, a.id))
+    questions = data.labelled()
+    splits = dict(zip(("train", "test"), split_by_week(questions, last_train_week, last_test_date),
+                      strict=True))
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "qrels").mkdir(parents=True)
+    with (work / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for a in articles:
+            f.write(json.dumps({"_id": a.id, "title": a.title, "text": a.text,
+                                "metadata": {"date": a.date.isoformat()}}, ensure_ascii=False) + "\n")
+    with (work / "queries.jsonl").open("w", encoding="utf-8") as f:
+        for q in questions:
+            f.write(json.dumps({"_id": q.id, "text": q.text, "date": q.date.isoformat()},
+                               ensure_ascii=False) + "\n")
+    for split, positions in splits.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{questions[i].id}\t{doc}\t1" for i in positions
+                                                    for doc in sorted(data.gold[questions[i].id])]
+        (work / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(work, out)
+    return {"documents": len(articles), "queries": len(questions),
+            **{f"{split}_queries": len(positions) for split, positions in splits.items()}}

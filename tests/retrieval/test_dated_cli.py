@@ -154,3 +154,18 @@ def test_search_window_days_ranks_inside_each_querys_window(dated, tmp_path, kin
     for q in topics:
         expected = [h.doc_id for h in full[q.id] if _in_window(days[h.doc_id], asked[q.id], 14)][:5]
         assert [h.doc_id for h in run[q.id]] == expected
+
+
+def test_dated_dataset_writes_realtimeqa_as_the_event_bench_splits_it(shared_data, tmp_path, capsys):
+    from sparsa.data import load_dataset
+
+    out = tmp_path / "rtqa"
+    assert main(["-q", "dated-dataset", "--data", str(shared_data / "realtimeqa"), "--out", str(out)]) == 0
+    test = load_dataset(out, "test")
+    assert len(test.queries) == len(test.qrels) == 126  # bench_event's test weeks (after 20220930)
+    assert all(doc.meta["date"] for doc in test.corpus.documents[:100])
+    asked = {json.loads(line)["_id"]: json.loads(line)["date"] for line in (out / "queries.jsonl").open()}
+    assert all("2022-10-01" <= asked[q] <= "2023-12-31" for q in test.qrels)
+    assert len(load_dataset(out, "train").qrels) == 203
+    assert main(["-q", "dated-dataset", "--data", str(shared_data / "realtimeqa"), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err

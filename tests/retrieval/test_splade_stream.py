@@ -126,9 +126,15 @@ def test_threads_set_the_cpu_encoders_torch_threads(splade, texts):
     assert torch.get_num_threads() == before
 
 
-def test_threads_bound_the_tokenizer_processes_feeding_a_gpu():
+def test_threads_bound_the_tokenizer_processes_feeding_a_gpu(monkeypatch):
+    from sparsa import batching
+
+    # Whether forking is safe depends on what earlier tests loaded (a JVM): fix it both ways here.
+    monkeypatch.setattr(batching, "_fork_unsafe", lambda: False)
     assert token_batches.pool_workers(2) == 0  # too few threads: tokenise in one thread of the job
     assert token_batches.pool_workers(16) == 14  # the GPU feeder and the chunk collector keep two
+    monkeypatch.setattr(batching, "_fork_unsafe", lambda: True)
+    assert token_batches.pool_workers(16) == 0  # a JVM or Ray in this process: no fork
 
 
 def test_cli_passes_threads_to_the_splade_build(tmp_path, monkeypatch, cranfield):

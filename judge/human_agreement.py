@@ -24,8 +24,11 @@ Pair = tuple[str, str]
 
 
 def agreement(grades: Mapping[Pair, int], human: Qrels, queries: Sequence[str] | None = None,
-              runs: Mapping[str, Run] | None = None, cutoff: int = 10, resamples: int = 1000) -> dict:
-    """Agreement of the judge's 0-3 ``grades`` with ``human`` on the pairs of ``queries`` (default all)."""
+              runs: Mapping[str, Run] | None = None, cutoff: int = 10, resamples: int = 1000,
+              ranking_gains: Mapping[Pair, int] | None = None) -> dict:
+    """Agreement of the judge's 0-3 ``grades`` with ``human`` on the pairs of ``queries`` (default all).
+    ``ranking_gains``: the qrels values the systems are ranked under (e.g. expected gains), if not the
+    grades."""
     from sparsa.eval.agreement import label_agreement
     from sparsa.judge.report import generated_qrels, kappa_interval, system_ranking
 
@@ -46,19 +49,23 @@ def agreement(grades: Mapping[Pair, int], human: Qrels, queries: Sequence[str] |
         if len(runs) < 2:
             raise ConfigError("ranking systems needs at least two --system-run files")
         qids = sorted({q for q, _ in judged})
-        generated = generated_qrels(judged, [grades[p] for p in judged])
+        values = ranking_gains if ranking_gains is not None else grades
+        generated = generated_qrels(judged, [values[p] for p in judged])
         out["system_ranking"] = system_ranking(dict(runs), human, generated, qids, cutoff, resamples)
     return out
 
 
 def agreement_report(grades: Mapping[Pair, int], human: Qrels, held_out: Sequence[str] | None = None,
-                     runs: Mapping[str, Run] | None = None, cutoff: int = 10) -> dict:
-    """``held_out`` (queries the calibration never saw), when given, then ``all`` judged queries."""
+                     runs: Mapping[str, Run] | None = None, cutoff: int = 10,
+                     ranking_gains: Mapping[Pair, int] | None = None) -> dict:
+    """``held_out`` (queries the calibration never saw), when given, then ``all`` judged queries; systems
+    are ranked under ``ranking_gains`` when given (the job's expected-gain qrels), else the grades."""
     report = {"grades": "0-3 (the calibration's, else the most probable UMBRELA label); binary: 2-3 "
-                        "relevant"}
+                        "relevant",
+              "systems_ranked_under": "expected gains" if ranking_gains is not None else "grades"}
     if held_out is not None:
-        report["held_out"] = agreement(grades, human, held_out, runs, cutoff)
-    report["all"] = agreement(grades, human, None, runs, cutoff)
+        report["held_out"] = agreement(grades, human, held_out, runs, cutoff, ranking_gains=ranking_gains)
+    report["all"] = agreement(grades, human, None, runs, cutoff, ranking_gains=ranking_gains)
     return report
 
 

@@ -279,6 +279,8 @@ def run_judge_job(dataset: str | Path, out: str | Path, pairs_file: str | Path |
 
         discrete = grades if gains == "discrete" else grade_records(records, saved or calibration)
         held_out = fit_split([q for q, _ in pairs], fit_queries)[1] if fit_queries else None
-        summary["agreement"] = agreement_report(discrete, human, held_out, runs)
+        # Labels agree as 0-3 grades; systems rank under the qrels this job writes (expected gains too).
+        summary["agreement"] = agreement_report(discrete, human, held_out, runs,
+                                                ranking_gains=grades if gains == "expected-gain" else None)
         summary["report"] = str(write_report(summary["agreement"], report))
     return summary

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--model", help="splade/dense encoder (default splade-tiny / minilm-l6)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the build")
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--log-bytes", type=int, default=1 << 20)
     parser.add_argument("--status", type=Path, required=True)
@@ -112,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             corpus = load_corpus(args.dataset)
-            build_index_job(args.kind, corpus, args.out, model=args.model, threads=1, show_progress=False,
-                            corpus_name=args.dataset.name, replace=args.replace)
+            build_index_job(args.kind, corpus, args.out, model=args.model, threads=args.threads,
+                            show_progress=False, corpus_name=args.dataset.name, replace=args.replace)
             print(f"indexed {len(corpus)} documents in {time.perf_counter() - started:.1f} s", flush=True)
         except SparsaError as exc:
             returncode, error = 2, str(exc)

@@ -207,6 +207,7 @@ class BuildJobs:
                        "--dataset", str(self.data_dir / dataset), "--kind", kind, "--out", str(out),
                        "--log", str(log), "--log-bytes", str(self.limits.job_log_bytes),
                        "--status", str(self.folder / f"{job_id}.status.json"), "--parent", str(os.getpid()),
+                       "--threads", str(self.limits.build_threads),
                        *(["--replace"] if replace else []),
                        *(["--model", model_path] if model_path else [])]
             with log.open("ab") as sink:  # what the worker prints before it takes over its output

@@ -118,6 +118,8 @@ class ServiceLimits:
     max_rerank_depth: int = 100  # /search rerank_depth and /rerank candidates
     max_new_tokens: int = 256  # the QA reader generates at most this many tokens (its config's, if fewer)
     max_builds: int = 1  # index builds running at once (more: 429)
+    # CPU threads of one index build (SPLADE encoding, Lucene); the rest of the cores keep serving.
+    build_threads: int = max(1, (os.cpu_count() or 2) // 2)
     keep_job_logs: int = 20  # build logs kept (oldest deleted); the job table keeps 10x as many jobs
     job_log_bytes: int = 1 << 20  # a build log rotates to <log>.1 past this size
     key_failures: int = 10  # wrong API keys from one client within key_window_s before it gets 429
@@ -127,7 +129,8 @@ class ServiceLimits:
         from sparsa.api.schemas import MAX_CANDIDATES, MAX_K, MAX_RERANK_DEPTH
 
         counts = ("search_workers", "rerank_workers", "qa_workers", "max_connections", "backlog",
-                  "max_k", "max_rerank_depth", "max_new_tokens", "max_builds", "key_failures")
+                  "max_k", "max_rerank_depth", "max_new_tokens", "max_builds", "build_threads",
+                  "key_failures")
         low = [f"{name}={getattr(self, name)}" for name in counts if getattr(self, name) < 1]
         low += [f"{name}={getattr(self, name)}" for name in ("search_queue", "rerank_queue", "qa_queue")
                 if getattr(self, name) < 0]

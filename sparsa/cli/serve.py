@@ -134,6 +134,9 @@ def serve(
                                               rich_help_panel=LIMITS)] = 20.0,
     max_connections: Annotated[int, typer.Option(help="open connections or requests at once (more: 503)",
                                                  rich_help_panel=LIMITS)] = 512,
+    build_threads: Annotated[int | None, typer.Option(help="CPU threads of an index build started through "
+                                                      "/indexes/build (default: half the cores)",
+                                                      rich_help_panel=LIMITS)] = None,
 ) -> None:
     """Serve search, rerank, QA, health, metrics and the web page over HTTP."""
     from sparsa.errors import require
@@ -148,7 +151,8 @@ def serve(
         search_workers=search_workers, search_queue=search_queue, rerank_workers=rerank_workers,
         rerank_queue=rerank_queue, qa_workers=qa_workers, qa_queue=qa_queue, max_k=max_k,
         max_rerank_depth=max_rerank_depth, max_new_tokens=max_new_tokens, body_timeout_s=body_timeout,
-        keep_alive_s=keep_alive, max_connections=max_connections)
+        keep_alive_s=keep_alive, max_connections=max_connections,
+        **({"build_threads": build_threads} if build_threads is not None else {}))
     chain = _pipeline_config(config, qa_model, qa_router)
     flags = {"bm25": bm25, "splade": splade, "dense": dense}
     if chain is None:

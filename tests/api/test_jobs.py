@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sparsa.api.settings import ServiceLimits
 from tests.api.conftest import API_KEY, service_config, wait_until
 from tests.api.live_server import free_port as _free_port
 
@@ -65,6 +66,9 @@ def test_the_job_table_survives_a_restart_and_builds_are_limited(spare_index, sh
         assert over.json()["detail"] == "1 build(s) running, the limit is 1; retry when one has finished"
         pid = slow.json()["pid"]
         assert _alive(pid)
+        # The build gets the server's build_threads (half the cores by default), not every core.
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--threads") + 1] == str(ServiceLimits().build_threads).encode()
     # The server stopped (lifespan shutdown): its build's process group went with it.
     assert wait_until(lambda: not _alive(pid), 10)
     with app_client(spare_index, shared_data) as client:

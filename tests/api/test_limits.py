@@ -33,7 +33,7 @@ def test_serve_help_lists_the_limits():
                           text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
     for flag in ("--search-workers", "--search-queue", "--rerank-workers", "--rerank-queue", "--qa-workers",
                  "--qa-queue", "--max-k", "--max-rerank-depth", "--max-new-tokens", "--body-timeout",
-                 "--keep-alive", "--max-connections", "--timeout"):
+                 "--keep-alive", "--max-connections", "--build-threads", "--timeout"):
         assert flag in done.stdout, flag
 
 
@@ -43,6 +43,9 @@ def test_limits_validate_in_python_too():
     with pytest.raises(ConfigError, match="max_rerank_depth=101"):
         ServiceLimits(max_rerank_depth=101)
     assert ServiceLimits().keep_alive_s > 5  # outlasts httpx's 5 s idle expiry (api/server.py)
+    with pytest.raises(ConfigError, match="build_threads=0"):
+        ServiceLimits(build_threads=0)
+    assert 1 <= ServiceLimits().build_threads <= max(1, os.cpu_count() // 2)  # the rest keep serving
 
 
 def test_per_request_work_past_the_limits_is_refused(loaded_state):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from .block_gating import block_gate_scores, block_visibility, select_blocks
+from .block_gating import block_gate_scores, select_blocks
 from .block_sparse_attention import KeptBlocks, block_sparse_attention
-from .gate_select import kept_blocks, pooled_logits
+from .gate_select import kept_blocks, pooled_logits, select_by_rule, visible_block_count
 from .sparse_decode import decode_attention, decode_attention_ref
 
 __all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_blocks", "gate_mask", "kept_share",
@@ -62,23 +62,21 @@ def gate_blocks(q, k, *, block_size: int, rule: str, value: float, scale: float,
     """The gate's kept blocks (``rule``: "coverage", "topk" or "threshold" with its ``value``); query heads
     of the KV heads flagged in ``full_heads`` (bool ``[Hkv]``) keep every visible block. On the Triton path
     with pooled keys: one GEMM and one kernel, nothing read on the host (``kernels/gate_select.py``);
-    otherwise :func:`gate_mask`."""
+    otherwise the PyTorch gate (``block_gate_scores`` + :func:`select_by_rule`)."""
+    sq, sk = q.shape[2], k.shape[2]
     if use_triton(q) and keys == "pooled":
-        return kept_blocks(pooled_logits(q, k, block_size, scale), seqlen_q=q.shape[2], seqlen_k=k.shape[2],
+        return kept_blocks(pooled_logits(q, k, block_size, scale), seqlen_q=sq, seqlen_k=sk,
                            block_size=block_size, rule=rule, value=value, full_heads=full_heads)
-    rules = {"topk": None, "threshold": None, "coverage": None, rule: int(value) if rule == "topk" else value}
-    mask = gate_mask(q, k, block_size=block_size, scale=scale, keys=keys, **rules)
-    if full_heads is not None:
-        visible, _ = block_visibility(q.shape[2], k.shape[2], block_size, True, q.device)
-        full_q = full_heads.repeat_interleave(q.shape[1] // full_heads.shape[0])
-        mask = torch.where(full_q[None, :, None, None], visible, mask)
-    return KeptBlocks.from_mask(mask)
+    scores = block_gate_scores(q, k, block_size=block_size, causal=True, sm_scale=scale, keys=keys)
+    return KeptBlocks.from_mask(select_by_rule(scores, seqlen_q=sq, seqlen_k=sk, block_size=block_size,
+                                               rule=rule, value=value, full_heads=full_heads))
 
 
-def kept_share(mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int) -> float:
+def kept_share(mask: torch.Tensor | KeptBlocks, seqlen_q: int, seqlen_k: int, block_size: int) -> float:
     """The share of causally visible blocks that ``mask`` keeps, over all batch rows and heads."""
-    visible, _ = block_visibility(seqlen_q, seqlen_k, block_size, True, mask.device)
-    return float(mask.sum()) / (int(visible.sum()) * mask.shape[0] * mask.shape[1])
+    kept, (b, h) = (mask.counts.sum(), mask.counts.shape[:2]) if isinstance(mask, KeptBlocks) \
+        else (mask.sum(), mask.shape[:2])
+    return float(kept) / (visible_block_count(seqlen_q, seqlen_k, block_size) * b * h)
 
 
 def block_sparse_prefill(q, k, v, mask: torch.Tensor | KeptBlocks, *, block_size: int, scale: float,
@@ -89,8 +87,7 @@ def block_sparse_prefill(q, k, v, mask: torch.Tensor | KeptBlocks, *, block_size
     sq, sk = q.shape[2], k.shape[2]
     if use_triton(q):
         if share is None:
-            dense_mask = mask.to_mask(triton.cdiv(sk, block_size)) if isinstance(mask, KeptBlocks) else mask
-            share = kept_share(dense_mask, sq, sk, block_size)
+            share = kept_share(mask, sq, sk, block_size)
         if share > SPARSE_MAX_KEPT:
             return dense_prefill(q, k, v, scale)
         return block_sparse_attention(q, k, v, mask, block_size=block_size, causal=True, sm_scale=scale)

@@ -26,7 +26,8 @@ import triton.language as tl
 from .block_gating import block_visibility, pool_blocks, select_blocks
 from .block_sparse_attention import KeptBlocks
 
-__all__ = ["kept_blocks", "kept_blocks_ref", "pooled_logits", "visible_block_count"]
+__all__ = ["kept_blocks", "kept_blocks_ref", "pooled_logits", "select_by_rule",
+           "visible_block_count"]
 
 RULES = {"coverage": 0, "threshold": 1, "topk": 2}
 _BISECT_STEPS = 40
@@ -48,12 +49,22 @@ def pooled_logits(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: floa
 @functools.lru_cache(maxsize=256)
 def visible_block_count(seqlen_q: int, seqlen_k: int, block_size: int) -> int:
     """Causally visible (query block, key block) pairs of one head, from the lengths (no device read)."""
-    n_q = triton.cdiv(seqlen_q, block_size)
-    total = 0
-    for i in range(n_q):
-        newest = min((i + 1) * block_size - 1, seqlen_q - 1) + seqlen_k - seqlen_q
-        total += max(0, min(newest, seqlen_k - 1) // block_size + 1) if newest >= 0 else 0
-    return total
+    return int(block_visibility(seqlen_q, seqlen_k, block_size, True, "cpu")[0].sum())
+
+
+def select_by_rule(scores: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_size: int, rule: str,
+                   value: float, full_heads: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`~kernels.block_gating.select_blocks` by a named rule (what :func:`kept_blocks` computes, as a
+    bool ``[B, H, n_q, n_k]`` mask); query heads of the KV heads flagged in ``full_heads`` keep every
+    visible block."""
+    rule_arg = {rule: int(value) if rule == "topk" else value}
+    mask = select_blocks(scores, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_size=block_size, causal=True,
+                         **rule_arg)
+    if full_heads is not None:
+        visible, _ = block_visibility(seqlen_q, seqlen_k, block_size, True, scores.device)
+        full_q = full_heads.bool().repeat_interleave(scores.shape[1] // full_heads.numel())
+        mask = torch.where(full_q[None, :, None, None], visible, mask)
+    return mask
 
 
 @triton.jit
@@ -136,10 +147,5 @@ def kept_blocks_ref(logits: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block
     """PyTorch reference: the bool ``[B, H, n_q, n_k]`` mask :func:`kept_blocks` describes."""
     visible, _ = block_visibility(seqlen_q, seqlen_k, block_size, True, logits.device)
     scores = torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).nan_to_num(0.0)
-    rule_arg = {rule: int(value) if rule == "topk" else value}
-    mask = select_blocks(scores, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_size=block_size, causal=True,
-                         **rule_arg)
-    if full_heads is not None:
-        full_q = full_heads.bool().repeat_interleave(logits.shape[1] // full_heads.numel())
-        mask = torch.where(full_q[None, :, None, None], visible, mask)
-    return mask
+    return select_by_rule(scores, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_size=block_size, rule=rule,
+                          value=value, full_heads=full_heads)

@@ -214,10 +214,11 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
     from sparsa.kernels.kv_compression import kv_cache_bytes
 
     AttentionInterface.register("sparsa_none", no_attention)
-    full_model = readers["full"].model
+    dense = "full" if "full" in readers else "full-kernels"  # both prefill with SDPA
+    full_model = readers[dense].model
     rows = []
     for k in ks:
-        ids, _ = readers["full"].build_prompt(question, passages[:k])
+        ids, _ = readers[dense].build_prompt(question, passages[:k])
         row = {"k": k, "prompt_tokens": len(ids)}
         for variant, reader in readers.items():
             stats = getattr(reader.model, "sparse_attention_stats", None)
@@ -235,13 +236,14 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
         base = row["prefill_s_no_attention"]
         for variant in readers:
             row[f"attention_s_{variant}"] = round(row[f"prefill_s_{variant}"] - base, 4)
-        row["attention_share_full"] = round(row["attention_s_full"] / row["prefill_s_full"], 3)
+        row["dense_baseline"] = dense
+        row["attention_share_dense"] = round(row[f"attention_s_{dense}"] / row[f"prefill_s_{dense}"], 3)
         for variant in readers:
-            if variant != "full":
+            if variant != dense:
                 row[f"attention_speedup_{variant}"] = round(
-                    row["attention_s_full"] / max(row[f"attention_s_{variant}"], 1e-6), 2)
-                row[f"ttft_speedup_{variant}"] = round(row["prefill_s_full"] / row[f"prefill_s_{variant}"], 2)
-                row[f"kv_reduction_{variant}"] = round(row["kv_bytes_full"] / row[f"kv_bytes_{variant}"], 2)
+                    row[f"attention_s_{dense}"] / max(row[f"attention_s_{variant}"], 1e-6), 2)
+                row[f"ttft_speedup_{variant}"] = round(row[f"prefill_s_{dense}"] / row[f"prefill_s_{variant}"], 2)
+                row[f"kv_reduction_{variant}"] = round(row[f"kv_bytes_{dense}"] / row[f"kv_bytes_{variant}"], 2)
         log.info("attention share %s", row)
         rows.append(row)
     return rows

@@ -53,16 +53,13 @@ from .kv_compression import (
     head_split_attention,
     profile_retrieval_heads,
 )
+from .modes import DECODE_MODES, KV_MODES, PREFILL_MODES, SELECTORS
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention",
            "use_sparse_attention"]
 
 logger = logging.getLogger(__name__)
 ATTN_NAME = "sparsa"
-PREFILL_MODES = ("dense", "block-sparse")
-DECODE_MODES = ("full", "sparse")
-KV_MODES = ("full", "duo")
-SELECTORS = ("quest", "tidal")
 DEFAULT_GATE_COVERAGE = 0.95
 
 

@@ -42,10 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
+from sparsa.kernels.modes import DECODE_MODES, KV_MODES, PREFILL_MODES
 
-PREFILL_MODES = ("dense", "block-sparse")
-DECODE_MODES = ("full", "sparse")
-KV_MODES = ("full", "duo")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("auto", "retrieve", "recall")
 

@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 
 from sparsa.errors import ConfigError, DataFormatError
-from sparsa.rag.routing import (
-    Router,
-    RouterModel,
-    TermStats,
-    best_threshold,
-    fit_router,
-    question_features,
-    read_router_model,
-    retrieval_features,
-    subject_and_relation,
-)
+from sparsa.rag.route_features import TermStats, question_features, retrieval_features, subject_and_relation
+from sparsa.rag.routing import Router, RouterModel, best_threshold, fit_router, read_router_model
 
 TEXTS = ["Kismet directed_by William Dieterle", "Kismet starred_actors Marlene Dietrich",
          "Paris is the capital of France", "The river flows through Paris"]

@@ -18,7 +18,8 @@ import torch
 import triton
 
 from .block_gating import block_gate_scores, select_blocks
-from .block_sparse_attention import KeptBlocks, block_sparse_attention
+from .block_mask import KeptBlocks
+from .block_sparse_attention import block_sparse_attention
 from .gate_select import kept_blocks, pooled_logits, select_by_rule, visible_block_count
 from .sparse_decode import decode_attention, decode_attention_ref
 

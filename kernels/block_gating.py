@@ -39,7 +39,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .block_sparse_attention import KeptBlocks, _check_interpretable
+from .block_mask import KeptBlocks
+from .block_sparse_attention import _check_interpretable
 
 __all__ = [
     "attention_block_max",

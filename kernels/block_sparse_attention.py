@@ -3,9 +3,10 @@
 Algorithm: FlashAttention-2 (Dao, 2023) online softmax, one program per (query block, batch x query
 head), visiting only the key/value blocks a block mask keeps (the layout used by SeerAttention,
 Gao et al., 2024, and FlexAttention's ``BlockMask``). The mask is a compact, per-query-block list of
-kept KV block indices (:class:`KeptBlocks`), made from a boolean ``[B, Hm, n_q_blocks, n_k_blocks]``
-mask by :meth:`KeptBlocks.from_mask`. Kept blocks lying fully inside the visible region run without
-any element masking; only blocks on the causal diagonal or the ragged end of the keys are masked.
+kept KV block indices (:class:`KeptBlocks`, ``block_mask.py``), made from a boolean
+``[B, Hm, n_q_blocks, n_k_blocks]`` mask by :meth:`KeptBlocks.from_mask`. Kept blocks lying fully inside
+the visible region run without any element masking; only blocks on the causal diagonal or the ragged end
+of the keys are masked.
 Dense mode (``block_mask=None``) walks all visible blocks with no index loads.
 
 Supported:
@@ -32,11 +33,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .block_mask import KeptBlocks  # its home since the gates share it; still exported from here
 
 __all__ = [
     "KeptBlocks",
@@ -49,40 +51,6 @@ _HEAD_DIMS = (64, 128)
 _BLOCK_SIZES = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
-
-
-@dataclass(frozen=True)
-class KeptBlocks:
-    """Compact block mask: for each query block, the sorted KV block indices it keeps.
-
-    ``indices``: int32 ``[B, Hm, n_q_blocks, max_kept]`` (entries past ``counts`` are ignored);
-    ``counts``: int32 ``[B, Hm, n_q_blocks]``.
-    """
-
-    indices: torch.Tensor
-    counts: torch.Tensor
-
-    @staticmethod
-    def from_mask(mask: torch.Tensor) -> KeptBlocks:
-        """Convert a boolean ``[B, Hm, n_q_blocks, n_k_blocks]`` mask (True = keep)."""
-        if mask.dtype != torch.bool or mask.dim() != 4:
-            raise ValueError(f"block mask must be a 4-d bool tensor, got {mask.dtype} {tuple(mask.shape)}")
-        counts = mask.sum(-1, dtype=torch.int32)
-        n_k_blocks = mask.shape[-1]
-        # Kept blocks get their own index, dropped ones a sentinel past the end; sorting puts kept first.
-        ar = torch.arange(n_k_blocks, device=mask.device, dtype=torch.int32)
-        keyed = torch.where(mask, ar, torch.full_like(ar, n_k_blocks))
-        indices = keyed.sort(-1).values.to(torch.int32)
-        max_kept = max(int(counts.max()), 1) if counts.numel() else 1
-        return KeptBlocks(indices[..., :max_kept].contiguous(), counts.contiguous())
-
-    def to_mask(self, n_k_blocks: int) -> torch.Tensor:
-        """The boolean ``[B, Hm, n_q_blocks, n_k_blocks]`` mask these indices describe."""
-        valid = torch.arange(self.indices.shape[-1], device=self.indices.device) < self.counts[..., None]
-        mask = torch.zeros(*self.counts.shape, n_k_blocks + 1, dtype=torch.bool, device=self.indices.device)
-        idx = torch.where(valid, self.indices.long().clamp(0, n_k_blocks), n_k_blocks)
-        mask.scatter_(-1, idx, True)
-        return mask[..., :n_k_blocks]
 
 
 def block_sparse_attention_configs() -> list[triton.Config]:

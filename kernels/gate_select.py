@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .block_gating import block_visibility, pool_blocks, select_blocks
-from .block_sparse_attention import KeptBlocks
+from .block_mask import KeptBlocks
 
 __all__ = ["kept_blocks", "kept_blocks_ref", "pooled_logits", "select_by_rule",
            "visible_block_count"]

@@ -17,6 +17,10 @@ through the frozen LM) from the stage-1 head and, time allowing, the same with L
 candidate scored on dev-val; the best dev-val candidate (mean Hits@1 over hops) is the one reported
 on test, beside ``lm`` and ``text``. Test sees no choice: settings are picked on dev-val only.
 Differences to ``text`` come with a paired bootstrap 95% interval and an exact McNemar p-value.
+
+The draw, the grid and the choice are :mod:`sparsa.kg.amar_tune`'s, which the CLI shares: ``sparsa train
+amar --val-questions`` / ``--init-head`` / ``--settings``, ``sparsa kg tune`` and ``sparsa kg eval
+--settings`` run the same recipe (docs/results.md, "From the CLI alone").
 """
 
 from __future__ import annotations
@@ -29,20 +33,17 @@ import os
 import pickle
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from common import RESULTS, paired_bootstrap, run_metadata
 
 from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1
+from sparsa.kg.amar_tune import GRID, best_candidate, candidate_name, score_settings, split_dev
 from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
 from sparsa.rag.answer_text import normalize_answer
 
-GRID = [{"gate_mode": "filter", "gate_threshold": 0.5, "min_open_paths": 1},
-        {"gate_mode": "filter", "gate_threshold": 0.9, "min_open_paths": 1},
-        {"gate_mode": "filter", "gate_threshold": 0.9, "min_open_paths": 2},
-        {"gate_mode": "scale", "gate_threshold": 0.5, "min_open_paths": 1}]
 MODES = {"lm": "question only (no knowledge)",
          "text": "retrieved entity, relations and paths as plain text (every item, retrieval order)",
          "amar": "gated, self-aligned item embeddings as soft prompts (inputs_embeds); the head (LoRA or "
@@ -59,9 +60,9 @@ def stage(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     retriever = KGRetriever(KnowledgeGraph.load(args.data / "kb_reconstructed.txt.gz"))
     for hop in args.hops:
-        dev = load_metaqa(args.data, hop, "dev", limit=args.train + args.val, seed=args.seed)
-        order = np.random.default_rng(args.seed + 1).permutation(len(dev))
-        splits = {"val": [dev[i] for i in order[: args.val]], "train": [dev[i] for i in order[args.val:]],
+        # the draw 'sparsa train amar --val-questions' and 'sparsa kg tune' make (sparsa.kg.amar_tune)
+        train, val = split_dev(load_metaqa(args.data, hop, "dev"), args.train, args.val, args.seed)
+        splits = {"val": val, "train": train,
                   "test": load_metaqa(args.data, hop, "test", limit=args.test, seed=args.seed)}
         for name, questions in splits.items():
             started = time.perf_counter()
@@ -174,18 +175,18 @@ class Run:
         return model
 
     def score_val(self, name: str, head: Path, grid: list[dict]) -> None:
+        """As 'sparsa kg tune' scores (sparsa.kg.amar_tune): Hits@1 per hop under each setting."""
         model = self.model(head)
+        sets = {f"{h}-hop": self.val[h] for h in self.args.hops}
         for settings in grid:
-            model.config = replace(model.config, **settings)
-            hits = {h: evaluate(model, self.val[h], "amar", self.args.batch)["hits"] for h in self.args.hops}
-            key = f"{name} " + ",".join(f"{k}={v}" for k, v in settings.items())
-            self.candidates[key] = {"head": str(head), "settings": settings,
-                                    "val": {f"{h}-hop": round(float(np.mean(v)), 4) for h, v in hits.items()}}
+            key = candidate_name(name, settings)
+            self.candidates[key] = {"head": str(head), "settings": dict(settings),
+                                    "val": score_settings(model, sets, settings, self.args.batch)}
             self.log(f"val {key}: {self.candidates[key]['val']}")
         del model
 
     def best(self) -> str:
-        return max(self.candidates, key=lambda k: np.mean(list(self.candidates[k]["val"].values())))
+        return best_candidate(self.candidates)
 
     def stage2(self, name: str, head: Path, lora_rank: int, seconds: float,
                train_mode: str = "amar") -> Path | None:

@@ -75,6 +75,8 @@ class AmarConfig:
             raise ConfigError(f"gate_mode {self.gate_mode!r}: expected scale or filter")
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be >= 1")
+        if self.min_open_paths < 0:
+            raise ConfigError(f"min_open_paths must be >= 0, got {self.min_open_paths}")
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank must be >= 0, got {self.lora_rank}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # JSON gives a list

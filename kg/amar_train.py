@@ -164,8 +164,10 @@ def _lm_loss(model: AmarModel, batch: list[tuple[KGRetrieval, KGQuestion]], lamb
 
 def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: Sequence[KGQuestion],
                out: str | Path, config: AmarTrainConfig | None = None, time_limit_s: float | None = None,
-               show_progress: bool | None = None) -> dict:
-    """Train ``model.head`` in place, save it to ``out`` and return the training record."""
+               show_progress: bool | None = None, meta: dict | None = None) -> dict:
+    """Train ``model.head`` in place, save it to ``out`` and return the training record; ``meta`` joins
+    the record (``sparsa train amar``: the head it started from and the question draw, which
+    ``sparsa kg tune`` checks so that its held-out questions were held out from this head)."""
     import torch
 
     config = config or AmarTrainConfig()
@@ -264,7 +266,7 @@ def train_amar(model: AmarModel, retrievals: Sequence[KGRetrieval], questions: S
     model.head.eval()
     record = {"config": asdict(config), "questions": len(questions), "gate_epochs": state["gate_epoch"],
               "lm_steps": state["lm_step"], "seconds_this_run": round(time.perf_counter() - started, 1),
-              "history": state["history"][-50:]}
+              "history": state["history"][-50:], **(meta or {})}
     model.save(out)
     (out / "training.json").write_text(json.dumps(record, indent=2))
     return record

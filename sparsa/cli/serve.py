@@ -13,12 +13,18 @@ from typing import Annotated
 
 import typer
 
+from sparsa.api.settings import ServiceLimits as Limits  # no FastAPI: the limit flags' defaults
 from sparsa.cli.common import console, dataset_path
 from sparsa.config import index_path
 from sparsa.errors import ConfigError
 
 DEFAULT_INDEXES = {"bm25": "scifact-bm25", "splade": "scifact-splade"}
 LIMITS = "Service limits"  # the help panel of the operator's limits (api/settings.py: ServiceLimits)
+
+
+def _limit(help_text: str) -> typer.models.OptionInfo:
+    """A flag of the operator's limits: one ServiceLimits field, shown in its own help panel."""
+    return typer.Option(help=help_text, rich_help_panel=LIMITS)
 
 
 def curl_examples(base: str, key_header: str = "") -> str:
@@ -110,33 +116,28 @@ def serve(
     timeout: Annotated[float, typer.Option(help="per-request time limit in seconds (work past it stops: "
                                                 "504)")] = 30.0,
     verify: Annotated[str, typer.Option(help="index check at load: sha256 (full) or size")] = "sha256",
-    search_workers: Annotated[int, typer.Option(help="threads running /search", rich_help_panel=LIMITS)] = 4,
-    search_queue: Annotated[int, typer.Option(help="/search requests waiting beyond those (more: 503)",
-                                              rich_help_panel=LIMITS)] = 256,
-    rerank_workers: Annotated[int, typer.Option(help="threads reranking (/rerank, /search with rerank)",
-                                                rich_help_panel=LIMITS)] = 1,
-    rerank_queue: Annotated[int, typer.Option(help="rerank requests waiting (more: 503)",
-                                              rich_help_panel=LIMITS)] = 4,
-    qa_workers: Annotated[int, typer.Option(help="threads answering /qa", rich_help_panel=LIMITS)] = 1,
-    qa_queue: Annotated[int, typer.Option(help="/qa requests waiting (more: 503)",
-                                          rich_help_panel=LIMITS)] = 3,
-    max_k: Annotated[int, typer.Option(help="most hits a search may ask for (k; at most 1000)",
-                                       rich_help_panel=LIMITS)] = 1000,
-    max_rerank_depth: Annotated[int, typer.Option(help="most passages one request may rerank (rerank_depth, "
-                                                  "/rerank candidates; at most 100)",
-                                                  rich_help_panel=LIMITS)] = 100,
-    max_new_tokens: Annotated[int, typer.Option(help="most tokens the QA reader generates per answer",
-                                                rich_help_panel=LIMITS)] = 256,
-    body_timeout: Annotated[float, typer.Option(help="seconds to receive a request body (then 408)",
-                                                rich_help_panel=LIMITS)] = 10.0,
-    keep_alive: Annotated[float, typer.Option(help="seconds an idle keep-alive connection stays open (keep "
-                                              "it above your clients' idle expiry: httpx's is 5)",
-                                              rich_help_panel=LIMITS)] = 20.0,
-    max_connections: Annotated[int, typer.Option(help="open connections or requests at once (more: 503)",
-                                                 rich_help_panel=LIMITS)] = 512,
-    build_threads: Annotated[int | None, typer.Option(help="CPU threads of an index build started through "
-                                                      "/indexes/build (default: half the cores)",
-                                                      rich_help_panel=LIMITS)] = None,
+    search_workers: Annotated[int, _limit("threads running /search")] = Limits.search_workers,
+    search_queue: Annotated[int, _limit("/search requests waiting beyond those (more: 503)")] = (
+        Limits.search_queue),
+    rerank_workers: Annotated[int, _limit("threads reranking (/rerank, /search with rerank)")] = (
+        Limits.rerank_workers),
+    rerank_queue: Annotated[int, _limit("rerank requests waiting (more: 503)")] = Limits.rerank_queue,
+    qa_workers: Annotated[int, _limit("threads answering /qa")] = Limits.qa_workers,
+    qa_queue: Annotated[int, _limit("/qa requests waiting (more: 503)")] = Limits.qa_queue,
+    max_k: Annotated[int, _limit("most hits a search may ask for (k; at most 1000)")] = Limits.max_k,
+    max_rerank_depth: Annotated[int, _limit("most passages one request may rerank (rerank_depth, /rerank "
+                                            "candidates; at most 100)")] = Limits.max_rerank_depth,
+    max_new_tokens: Annotated[int, _limit("most tokens the QA reader generates per answer")] = (
+        Limits.max_new_tokens),
+    body_timeout: Annotated[float, _limit("seconds to receive a request body (then 408)")] = (
+        Limits.body_timeout_s),
+    keep_alive: Annotated[float, _limit("seconds an idle keep-alive connection stays open (keep it above "
+                                        "your clients' idle expiry: httpx's is 5)")] = Limits.keep_alive_s,
+    max_connections: Annotated[int, _limit("open connections or requests at once (more: 503)")] = (
+        Limits.max_connections),
+    # None, not Limits.build_threads: --help says "half the cores" rather than this machine's count
+    build_threads: Annotated[int | None, _limit("CPU threads of an index build started through "
+                                                "/indexes/build (default: half the cores)")] = None,
 ) -> None:
     """Serve search, rerank, QA, health, metrics and the web page over HTTP."""
     from sparsa.errors import require
@@ -145,9 +146,8 @@ def serve(
     uvicorn = require("uvicorn", "serve")
     from sparsa.api import ServiceConfig, ServiceState, create_app
     from sparsa.api.server import uvicorn_config
-    from sparsa.api.settings import ServiceLimits
 
-    limits = ServiceLimits(  # checked before anything loads
+    limits = Limits(  # checked before anything loads
         search_workers=search_workers, search_queue=search_queue, rerank_workers=rerank_workers,
         rerank_queue=rerank_queue, qa_workers=qa_workers, qa_queue=qa_queue, max_k=max_k,
         max_rerank_depth=max_rerank_depth, max_new_tokens=max_new_tokens, body_timeout_s=body_timeout,

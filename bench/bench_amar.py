@@ -40,7 +40,14 @@ import numpy as np
 from common import RESULTS, paired_bootstrap, run_metadata
 
 from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1
-from sparsa.kg.amar_tune import GRID, best_candidate, candidate_name, score_settings, split_dev
+from sparsa.kg.amar_tune import (
+    GRID,
+    best_candidate,
+    candidate_name,
+    record_precision,
+    score_settings,
+    split_dev,
+)
 from sparsa.kg.kg import KGQuestion, KGRetrieval, PathItem
 from sparsa.rag.answer_text import normalize_answer
 
@@ -288,9 +295,7 @@ def _device_name(device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = True
+    record_precision(args.device)  # TF32 matmuls on CUDA, as the CLI's Amar commands
     args.work.mkdir(parents=True, exist_ok=True)
     job = Run(args)
     job.score_val("stage1", args.head, GRID)

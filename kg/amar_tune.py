@@ -41,6 +41,15 @@ GRID: tuple[dict[str, Any], ...] = (
 RULE = "dev-val Hits@1, mean over the question sets; the first candidate on ties"
 
 
+def record_precision(device: str) -> None:
+    """TF32 matmuls on CUDA, as bench_amar.py ran the record (float32 weights; faster, and the same
+    numerics as the record's)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def split_dev(questions: list[KGQuestion], train: int | None, val: int, seed: int
               ) -> tuple[list[KGQuestion], list[KGQuestion]]:
     """(train, val): ``train + val`` questions drawn with ``seed`` (all when ``train`` is None), then the

@@ -58,7 +58,7 @@ def train_amar_command(
     """Gate + alignment training (cheap), then the answer loss through the frozen LM (or LoRA adapters)."""
     from sparsa.kg.amar import AmarConfig, AmarModel
     from sparsa.kg.amar_train import AmarTrainConfig, train_amar
-    from sparsa.kg.amar_tune import question_sets, read_settings
+    from sparsa.kg.amar_tune import question_sets, read_settings, record_precision
     from sparsa.kg.kg import KGRetriever, KnowledgeGraph, retrieve_cached
     from sparsa.training import seed_everything
 
@@ -74,6 +74,7 @@ def train_amar_command(
                              train_mode=train_mode, seed=seed)
     retrievals = retrieve_cached(KGRetriever(KnowledgeGraph.load(sets.graph)), asked, cache)
     seed_everything(seed)  # fresh gates or adapters start the same on every run
+    record_precision(device)
     if init_head is not None:
         reader = AmarModel.load(init_head, device, **({"lora_rank": lora_rank} if lora_rank else {}),
                                 **gate_settings)

@@ -98,7 +98,7 @@ def eval_(
     json_out: Annotated[Path | None, typer.Option("--out", help="also write the scores here (JSON)")] = None,
 ) -> None:
     """Hits@1 of a question set answered from the graph (MetaQA's measure, as bench/bench_amar.py)."""
-    from sparsa.kg.amar_tune import SETTING_KEYS, read_settings
+    from sparsa.kg.amar_tune import SETTING_KEYS, read_settings, record_precision
     from sparsa.kg.answer import KGReader
     from sparsa.kg.kg import load_metaqa, read_kg_questions, sample_questions
 
@@ -113,6 +113,7 @@ def eval_(
     head = head if head is not None or chosen is None else Path(chosen)
     flags = {"gate_mode": gate_mode, "gate_threshold": gate_threshold, "min_open_paths": min_open_paths}
     head_settings |= {key: value for key, value in flags.items() if value is not None}
+    record_precision(device)
     reader = KGReader(kg, head=head, model=model, mode=mode, max_paths=max_paths, device=device,
                       **head_settings)
     scores = reader.evaluate(questions, batch_size=batch_size, cache=cache)
@@ -155,7 +156,14 @@ def tune(
 ) -> None:
     """Choose a head's inference settings on held-out dev questions, as bench/bench_amar.py chose the
     record's: every setting of the grid scored (Hits@1 per question set), the best mean wins."""
-    from sparsa.kg.amar_tune import GRID, check_held_out, question_sets, read_grid, read_record
+    from sparsa.kg.amar_tune import (
+        GRID,
+        check_held_out,
+        question_sets,
+        read_grid,
+        read_record,
+        record_precision,
+    )
     from sparsa.kg.amar_tune import tune as tune_heads
     from sparsa.kg.kg import KGRetriever, KnowledgeGraph, retrieve_cached
 
@@ -166,6 +174,7 @@ def tune(
     settings_grid = read_grid(grid) if grid is not None else list(GRID)
     if previous is not None and grid is None:  # the record scored its stage-2 head under stage 1's choice
         settings_grid = [previous["settings"]]
+    record_precision(device)
     retriever = KGRetriever(KnowledgeGraph.load(sets.graph), max_paths=max_paths)
     asked = [q for qs in sets.val.values() for q in qs]
     retrievals = iter(retrieve_cached(retriever, asked, cache))

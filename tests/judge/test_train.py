@@ -11,6 +11,25 @@ import pytest
 from sparsa.cli.main import main
 
 DL19 = "trec-dl-2019-passage"
+# Two topics of four hand-written passages each, for the --pairs runs.
+TEXTS = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
+                                    "Tokyo has many trains.", "Bread needs yeast."],
+         "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.", "Paris is in France.",
+                                             "The Louvre is a museum.", "Cats sleep a lot."]}
+
+
+def judged_loss(model, pairs, max_passage_tokens: int):
+    """The saved judge, its records for ``pairs`` and their mean -log p(gold grade) (the training loss,
+    after training)."""
+    import math
+
+    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
+
+    judge = RelevanceJudge(JudgeConfig(model=str(model), scorers=("umbrela",),
+                                       max_passage_tokens=max_passage_tokens))
+    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
+    loss = sum(-math.log(r["label_probs"][p.grade]) for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    return judge, records, loss
 
 
 def write_beir(folder, data, qids: list[str], per_query: int) -> None:
@@ -68,10 +87,7 @@ def test_config_rejects_bad_values():
 
 @pytest.mark.slow
 def test_fine_tuned_judge_learns_and_loads_as_a_plain_model(dl19_slice, tmp_path):
-    import math
-
     from sparsa.judge.calibration import argmax_grades
-    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
     from sparsa.judge.train import JudgeTrainConfig, labelled_pairs, train_judge
 
     pairs, fit = labelled_pairs(dl19_slice, 2)
@@ -83,10 +99,7 @@ def test_fine_tuned_judge_learns_and_loads_as_a_plain_model(dl19_slice, tmp_path
     manifest = json.loads((out / "sparsa.json").read_text())
     assert manifest["kind"] == "judge-model" and manifest["base_model"] == "smollm2-135m-instruct"
     assert manifest["config"]["lr"] == 1e-5 and manifest["data"]["fit_queries"] == fit
-    judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=8))
-    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade])
-                for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    judge, records, after = judged_loss(out, pairs, 8)
     assert after < manifest["epochs"][0]["loss"] - 0.05
     assert set(argmax_grades(records).tolist()) <= {0, 1, 2, 3}
     assert all(sum(r["label_probs"]) == pytest.approx(1.0, abs=1e-4) for r in records)
@@ -170,19 +183,11 @@ def test_cli_pairs_errors_come_before_loading_a_model(capsys, dl19_slice, tmp_pa
 def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
     """``sparsa train judge --pairs``: eight hand-written pairs of two topics, one step on CPU; the saved
     folder records where its data came from and judges through RelevanceJudge with a lower loss."""
-    import math
-
-    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
     from sparsa.judge.train import read_labelled_pairs
 
-    texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
-                                        "Tokyo has many trains.", "Bread needs yeast."],
-             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.",
-                                                 "Paris is in France.",
-                                                 "The Louvre is a museum.", "Cats sleep a lot."]}
     grades = (3, 1, 0, 0)  # skewed, as real pools: one step can learn the prior (uniform grades would not)
     path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g, "source": "hand"})
-                                 for q, passages in texts.items()
+                                 for q, passages in TEXTS.items()
                                  for p, g in zip(passages, grades, strict=True)])
     out = tmp_path / "judge"
     # one step after warm-up of 10: the rate is lr / 11
@@ -192,11 +197,7 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
     assert f"8 labelled pairs (2 queries) from {path}" in capsys.readouterr().err
     manifest = json.loads((out / "sparsa.json").read_text())
     assert manifest["data"]["pairs_file"] == str(path) and manifest["data"]["sources"]["hand"]["pairs"] == 8
-    pairs = read_labelled_pairs(path)
-    judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
-    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade])
-                for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    *_, after = judged_loss(out, read_labelled_pairs(path), 16)
     assert after < manifest["epochs"][0]["loss"] - 0.05
 
 
@@ -204,20 +205,12 @@ def test_cli_trains_on_a_pairs_file(capsys, tmp_path):
 def test_cli_lora_judge_saves_a_plain_model(tmp_path):
     """``--lora-rank``: peft adapters on the attention projections, merged before saving, so the folder is a
     plain causal LM (no adapter weights) that judges through RelevanceJudge with a lower loss."""
-    import math
-
     from safetensors import safe_open
 
-    from sparsa.judge.judge import JudgeConfig, RelevanceJudge
     from sparsa.judge.train import read_labelled_pairs
 
-    texts = {"how tall is mount fuji": ["Mount Fuji is 3,776 metres tall.", "Fuji is a volcano in Japan.",
-                                        "Tokyo has many trains.", "Bread needs yeast."],
-             "when was the eiffel tower built": ["The Eiffel Tower was completed in 1889.",
-                                                 "Paris is in France.",
-                                                 "The Louvre is a museum.", "Cats sleep a lot."]}
     path = pairs_file(tmp_path, [json.dumps({"query": q, "passage": p, "grade": g})
-                                 for q, passages in texts.items()
+                                 for q, passages in TEXTS.items()
                                  for p, g in zip(passages, (3, 1, 0, 0), strict=True)])
     out = tmp_path / "judge"
     # one step after the warm-up of 10 (rate lr / 11), on the adapters only
@@ -229,9 +222,5 @@ def test_cli_lora_judge_saves_a_plain_model(tmp_path):
     with safe_open(str(out / "model.safetensors"), "pt") as weights:
         names = weights.keys()
     assert names and not [k for k in names if "lora" in k or "base_layer" in k]
-    pairs = read_labelled_pairs(path)
-    judge = RelevanceJudge(JudgeConfig(model=str(out), scorers=("umbrela",), max_passage_tokens=16))
-    records = judge.score_pairs([(p.query, p.passage) for p in pairs])
-    after = sum(-math.log(r["label_probs"][p.grade])
-                for r, p in zip(records, pairs, strict=True)) / len(pairs)
+    *_, after = judged_loss(out, read_labelled_pairs(path), 16)
     assert after < manifest["epochs"][0]["loss"] - 0.05

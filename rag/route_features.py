@@ -30,17 +30,6 @@ from sparsa.docstore import DocumentSource, count_document_frequencies
 RETRIEVAL_FEATURES = ("retrieval_top1", "retrieval_gap", "retrieval_entropy")
 FEATURES = ("subject_logdf", "relation_logdf", "subject_in_corpus", "lm_logprob", *RETRIEVAL_FEATURES)
 CONFIDENCE_DEPTH = 10  # hits whose scores give the retriever's confidence
-# Candidate routers (feature sets); the first four are the ones bench/bench_rag.py reports.
-FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "popularity": ("subject_logdf", "relation_logdf"),
-    "confidence": ("lm_logprob",),
-    "popularity+confidence": ("subject_logdf", "relation_logdf", "lm_logprob"),
-    "popularity+coverage": ("subject_logdf", "relation_logdf", "subject_in_corpus"),
-    "retrieval": RETRIEVAL_FEATURES,
-    "popularity+retrieval": ("subject_logdf", "relation_logdf", *RETRIEVAL_FEATURES),
-    "confidence+retrieval": ("lm_logprob", *RETRIEVAL_FEATURES),
-    "all": FEATURES,
-}
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 _STOPWORDS = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and",
                         "or", "is", "was", "were", "are", "be", "been", "being", "do", "does", "did", "what",

@@ -86,5 +86,6 @@ def train_amar_command(
     console.print(f"trained Amar head in {out}: {record['gate_epochs']} gate epochs, {record['lm_steps']} "
                   f"answer steps on {record['questions']} questions"
                   + (f" from {init_head}" if init_head is not None else "")
-                  + (f"; choose its settings with 'sparsa kg tune --head {out}' (the same draw flags)"
+                  + (f"; read it with 'sparsa kg eval --head {out} --mode text'" if train_mode == "text"
+                     else f"; choose its settings with 'sparsa kg tune --head {out}' (the same draw flags)"
                      if val_questions else f"; ask with 'sparsa kg ask QUESTION --kg FILE --head {out}'"))

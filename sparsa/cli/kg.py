@@ -118,7 +118,9 @@ def eval_(
                       **head_settings)
     scores = reader.evaluate(questions, batch_size=batch_size, cache=cache)
     if head is not None:
-        scores |= {"head": str(head), "settings": {k: getattr(reader.reader.config, k) for k in SETTING_KEYS}}
+        scores["head"] = str(head)
+    if scores["mode"] == "amar":  # the gate settings it read with
+        scores["settings"] = {key: getattr(reader.reader.config, key) for key in SETTING_KEYS}
     out.print(json.dumps(scores))
     if json_out is not None:
         json_out.write_text(json.dumps(scores, indent=1) + "\n")

@@ -112,12 +112,14 @@ def gates(args: argparse.Namespace) -> None:
 
     from sparsa.kg.amar import AmarConfig
     from sparsa.kg.amar_train import AmarTrainConfig, train_amar
+    from sparsa.training import seed_everything
 
     torch.set_num_threads(args.threads)
     pairs = [load_split(args.cache, "train", hop) for hop in args.hops]
     questions = [q for qs, _ in pairs for q in qs]
     retrievals = [r for _, rs in pairs for r in rs]
     config = AmarTrainConfig(gate_epochs=args.epochs, gate_batch=args.batch, lm_steps=0, seed=args.seed)
+    seed_everything(args.seed)  # the head starts as 'sparsa train amar' starts it
     record = train_amar(AmarModel(AmarConfig()), retrievals, questions, args.out, config)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}), record["history"])
 
@@ -198,10 +200,12 @@ class Run:
     def stage2(self, name: str, head: Path, lora_rank: int, seconds: float,
                train_mode: str = "amar") -> Path | None:
         from sparsa.kg.amar_train import AmarTrainConfig, train_amar
+        from sparsa.training import seed_everything
 
         if self.left() < seconds + 40:
             self.log(f"skipping {name}: {self.left():.0f} s left")
             return None
+        seed_everything(self.args.seed)  # fresh adapters start as 'sparsa train amar --init-head' starts them
         model = self.model(head, lora_rank=lora_rank, **self.candidates[self.best()]["settings"])
         config = AmarTrainConfig(gate_epochs=0, lm_steps=self.args.lm_steps, lm_batch=self.args.lm_batch,
                                  lm_lr=self.args.lm_lr, lora_lr=self.args.lora_lr, checkpoint_every=10_000,

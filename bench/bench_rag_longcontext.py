@@ -242,8 +242,10 @@ def attention_share(readers: dict, question: str, passages: list, ks) -> list[di
             if variant != dense:
                 row[f"attention_speedup_{variant}"] = round(
                     row[f"attention_s_{dense}"] / max(row[f"attention_s_{variant}"], 1e-6), 2)
-                row[f"ttft_speedup_{variant}"] = round(row[f"prefill_s_{dense}"] / row[f"prefill_s_{variant}"], 2)
-                row[f"kv_reduction_{variant}"] = round(row[f"kv_bytes_{dense}"] / row[f"kv_bytes_{variant}"], 2)
+                row[f"ttft_speedup_{variant}"] = round(
+                    row[f"prefill_s_{dense}"] / row[f"prefill_s_{variant}"], 2)
+                row[f"kv_reduction_{variant}"] = round(
+                    row[f"kv_bytes_{dense}"] / row[f"kv_bytes_{variant}"], 2)
         log.info("attention share %s", row)
         rows.append(row)
     return rows
@@ -303,7 +305,11 @@ def stage_run(args) -> None:
     share = attention_share(readers, question_text(test[0]), share_passages, args.ks)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     rows, stages = [], []
+    started = time.perf_counter()
     for n, q in enumerate(questions):
+        if args.stop_after and time.perf_counter() - started > args.stop_after:
+            log.info("stopping after %d questions: --stop-after %.0f s", n, args.stop_after)
+            break
         as_of = dt.date.fromisoformat(q["date"]) if q.get("date") else None
         timings = {}
         _, passages = first.retrieve_passages(q["text"], timings, as_of)
@@ -353,6 +359,8 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=15)
     parser.add_argument("--test", type=int, default=45)
     parser.add_argument("--limit", type=int, default=0, help="questions per split (smoke runs)")
+    parser.add_argument("--stop-after", type=float, default=0,
+                        help="start no question after this many seconds (the record says how many ran)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -7,7 +7,7 @@
 #         run(command="bash bench/gpu_rag_longcontext.sh index", carry=[".stage/lc", "runs/longcontext"])
 #         run(command="bash bench/gpu_rag_longcontext.sh run realtimeqa", carry=[".stage/lc"])
 #         run(command="bash bench/gpu_rag_longcontext.sh run timeqa", carry=[".stage/lc"])
-#         run(command="bash bench/gpu_rag_longcontext.sh serve", carry=[".stage/lc"])
+#         run(command="bash bench/gpu_rag_longcontext.sh serve [sparse]", carry=[".stage/lc"])
 set -euo pipefail
 STAGE=/root/stage
 step=${1:?usage: gpu_rag_longcontext.sh stage|index|run DATASET|serve}
@@ -44,7 +44,10 @@ case $step in
             --device cuda --out "$OUT/rag_longcontext_$2.json" "${@:3}" 2>&1 | grep -v "Loading weights" \
             | tee "$OUT/$2.log" ;;
     serve)
-        sed "s#runs/longcontext#$STAGE/lc#" "$REPO/examples/realtimeqa.toml" > "$STAGE/realtimeqa.toml"
+        # serve [ATTENTION]: the example chain with its reader's attention set (default: the example's own)
+        sed -e "s#runs/longcontext#$STAGE/lc#" -e "s#^attention = \"auto\"#attention = \"${2:-auto}\"#" \
+            "$REPO/examples/realtimeqa.toml" > "$STAGE/realtimeqa.toml"
+        grep "^attention" "$STAGE/realtimeqa.toml"
         python -m sparsa ask "Which country's prime minister resigned this week as violence and unrest persist?" \
             --config "$STAGE/realtimeqa.toml" --as-of 2022-01-07 --json | tee "$OUT/ask.json"
         (python -m sparsa serve --config "$STAGE/realtimeqa.toml" --bm25 none --splade none --port 8011 \

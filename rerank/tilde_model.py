@@ -30,6 +30,7 @@ from sparsa.models import resolve_model
 from sparsa.rerank.tilde_expansion import ExpandedPassage, TildeExpander
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
+from sparsa.training import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def train_tildev2(examples: Sequence[LabelledExample], out: str | Path,
     need = config.group_size - 1
     if any(len(e.negatives) < need for e in examples):
         raise ConfigError(f"every example needs {need} negatives for group_size {config.group_size}")
+    # Seeded here, not only in train_loop: the fresh head is drawn from torch's global generator, so
+    # without it the model would depend on what ran earlier in the process (the bench trains TILDE
+    # first, the CLI starts fresh) and 'sparsa train tildev2' could not rebuild the bench's model.
+    seed_everything(config.optim.seed)
     encoder = TildeV2Encoder(config.encoder)
     texts = sorted({t for e in examples for t in (e.positive, *e.negatives[:need])})
     started = time.perf_counter()

@@ -41,6 +41,7 @@ def train_tilde_command(
     lr: Annotated[float, typer.Option()] = 2e-4,
     expansion_terms: Annotated[int, typer.Option(min=0, help="new terms added to each passage")] = 64,
     max_passage_tokens: Annotated[int, typer.Option(min=1)] = 192,
+    seed: Annotated[int, typer.Option(help="seeds the example order and dropout")] = 13,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train TILDE: which query terms a passage is likely to be searched with (its expansion)."""
@@ -59,7 +60,8 @@ def train_tilde_command(
     config = TildeTrainConfig(
         TildeConfig(model=model, max_passage_tokens=max_passage_tokens, expansion_terms=expansion_terms,
                     batch_size=batch_size, device=resolve_device(device)),
-        OptimConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1)))
+        OptimConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1),
+                    seed=seed))
     console.print(f"{len(pairs)} training pairs ({len(labelled)} labelled, {len(pairs) - len(labelled)} "
                   "title->body)")
     folder = train_tilde(pairs, out, config, data_description={
@@ -85,6 +87,7 @@ def train_tildev2_command(
     lr: Annotated[float, typer.Option()] = 2e-4,
     group_size: Annotated[int, typer.Option(min=2, help="the positive and group-size - 1 negatives")] = 4,
     max_passage_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    seed: Annotated[int, typer.Option(help="seeds the fresh head, the example order and dropout")] = 13,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train TILDEv2: per-token passage weights for exact-match reranking, on hard negatives."""
@@ -104,7 +107,8 @@ def train_tildev2_command(
     device = resolve_device(device)
     config = TildeV2TrainConfig(
         TildeV2Config(model=model, max_passage_tokens=max_passage_tokens, device=device),
-        OptimConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1)),
+        OptimConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1),
+                    seed=seed),
         group_size=group_size)
     console.print(f"{len(prepared)} training examples: {described}")
     tilde = TildeExpander.load(expander, device) if expander is not None else None

@@ -70,6 +70,27 @@ def test_train_tilde_and_tildev2_from_the_cli(trained):
     assert record["training"]["examples"] >= 16 and record["training"]["data"]["split"] == "train"
 
 
+
+def test_train_tildev2_is_the_same_model_whatever_ran_before(trained, mini_scifact, tmp_path):
+    """The fresh head is seeded (--seed, default 13): a run after other work has drawn from torch's global
+    generator (as the bench's does, after training TILDE) writes the same weights; another seed does not."""
+    import torch
+
+    tilde, tildev2, bm25 = trained
+    argv = ["-q", "train", "tildev2", "--dataset", str(mini_scifact), "--first-stage", str(bm25),
+            "--expander", str(tilde), "--steps", "3", "--batch-size", "2", "--negatives", "3",
+            "--max-passage-tokens", "64", "--device", "cpu"]
+    torch.rand(1000)
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "other"), "--seed", "14"]) == 0
+
+    def weights(folder):
+        files = json.loads((folder / "sparsa.json").read_text())["files"]
+        return files["model.safetensors"]["sha256"], files["tildev2_head.pt"]["sha256"]
+
+    assert weights(tmp_path / "again") == weights(tildev2)
+    assert weights(tmp_path / "other")[1] != weights(tildev2)[1]
+
 def test_store_from_the_cli_reranks_like_the_library(trained, mini_scifact, tmp_path, capsys):
     from sparsa.data import load_dataset
     from sparsa.rerank import TildeV2Reranker

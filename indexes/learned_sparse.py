@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sparsa.artifacts import atomic_dir, read_manifest, write_manifest
+from sparsa.config import is_device_list
 from sparsa.errors import ConfigError, IndexCorruptError
 from sparsa.indexes.shards import clear_job, run_in_shards, run_stream_in_shards
 from sparsa.indexes.sparse_matrix import SparseMatrix
@@ -104,7 +105,11 @@ class LearnedSparseIndex:
         return Path(out)
 
     @classmethod
-    def open(cls, path: str | Path, backend: str | None = None) -> LearnedSparseIndex:
+    def open(cls, path: str | Path, backend: str | None = None, device: str | None = None
+             ) -> LearnedSparseIndex:
+        """``device``: where the exact backend searches (default ``SPARSA_DEVICE``); a list
+        (``cuda:0,cuda:1``) or ``cuda:all`` shards it, one shard per device. Other backends run on
+        the CPU and ignore a single device."""
         path = Path(path).expanduser()
         manifest = read_manifest(path)
         built = manifest["config"]["backends"]
@@ -115,7 +120,12 @@ class LearnedSparseIndex:
         if len(matrix) != manifest["num_documents"]:
             raise IndexCorruptError(f"{path}: {len(matrix)} stored vectors, manifest says "
                                     f"{manifest['num_documents']}")
-        searcher = SPARSE_BACKENDS.get(name).open(path, matrix, built[name])
+        backend_class = SPARSE_BACKENDS.get(name)
+        takes = device is not None and getattr(backend_class, "takes_device", False)
+        if device is not None and not takes and is_device_list(device):
+            raise ConfigError(f"device {device!r}: the {name} backend searches on the CPU; only the exact "
+                              "backend shards over several devices")
+        searcher = backend_class.open(path, matrix, built[name], **({"device": device} if takes else {}))
         return cls(path, manifest, matrix, searcher)
 
     @property

@@ -6,6 +6,7 @@ Every default works offline: models come from the local model cache, data from `
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -49,8 +50,9 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
     data_dir = (Path(env["SPARSA_DATA_DIR"]).expanduser()
                 if env.get("SPARSA_DATA_DIR") else _default_data_dir())
     device = env.get("SPARSA_DEVICE", "auto")
-    if device not in _DEVICES and not device.startswith("cuda:"):
-        raise ConfigError(f"SPARSA_DEVICE={device!r}: expected one of {', '.join(_DEVICES)} or cuda:N")
+    if not all(_known_device(part.strip()) for part in device.split(",")):
+        raise ConfigError(f"SPARSA_DEVICE={device!r}: expected one of {', '.join(_DEVICES)}, cuda:N, a "
+                          "list such as cuda:0,cuda:1 (the exact splade engine, sharded) or cuda:all")
     return Settings(home=home, data_dir=data_dir, device=device,
                     log_level=env.get("SPARSA_LOG_LEVEL", "INFO"))
 
@@ -89,3 +91,48 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_ALL_GPUS = ("cuda:all", "cuda:*")
+
+
+def _known_device(device: str) -> bool:
+    return device in _DEVICES or device in _ALL_GPUS or (device.startswith("cuda:")
+                                                          and device[5:].isdigit())
+
+
+def is_device_list(device: str | Sequence[str]) -> bool:
+    """Whether a device spec may name several devices (a list, ``a,b``, ``cuda:all``)."""
+    return not isinstance(device, str) or "," in device or device.strip() in _ALL_GPUS
+
+
+def resolve_devices(device: str | Sequence[str]) -> list[str]:
+    """The devices a spec names, checked: ``cpu``, ``cuda``, ``cuda:N``, ``auto``, a comma list of those
+    (``cuda:0,cuda:1``; ``cpu,cpu`` shards on the CPU) or a list; ``cuda:all`` (or ``cuda:*``) is every
+    GPU torch sees. Only the exact learned-sparse engine takes several (one shard per device)."""
+    parts = [p.strip() for p in (device.split(",") if isinstance(device, str) else device)]
+    if not parts or not all(parts):
+        raise ConfigError(f"device {device!r}: empty device name")
+    for part in parts:
+        if not _known_device(part):
+            raise ConfigError(f"unknown device {part!r}: expected cpu, cuda, cuda:N, auto, a comma list "
+                              "such as cuda:0,cuda:1, or cuda:all")
+    if len(parts) > 1 and any(p in _ALL_GPUS for p in parts):
+        raise ConfigError(f"device {device!r}: cuda:all already names every GPU; list no others")
+    if all(p == "cpu" for p in parts):
+        return parts  # no torch needed
+    import torch
+
+    count = torch.cuda.device_count()
+    if parts[0] in _ALL_GPUS:
+        if count == 0:
+            raise ConfigError(f"device {parts[0]!r}: torch sees no GPU")
+        return [f"cuda:{i}" for i in range(count)]
+    resolved = [resolve_device(p) for p in parts]
+    for p in resolved:
+        if p.startswith("cuda") and count == 0:
+            raise ConfigError(f"device {p!r}: torch sees no GPU")
+        if p.startswith("cuda:") and int(p[5:]) >= count:
+            raise ConfigError(f"device {p!r}: torch sees {count} GPU{'s' if count != 1 else ''} "
+                              f"(cuda:0 to cuda:{count - 1})")
+    return resolved

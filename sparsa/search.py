@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sparsa.artifacts import read_manifest
-from sparsa.config import index_path
+from sparsa.config import index_path, is_device_list, resolve_devices
 from sparsa.errors import ConfigError
 from sparsa.registry import INDEX_BACKENDS, build_encoder
 from sparsa.types import Hit, Query, Run, sort_hits
@@ -95,7 +95,9 @@ def open_retriever(name_or_path: str | Path, backend: str | None = None, verify:
 
     The manifest (checked with ``verify``: "none", "size" or "sha256") says which index class reads
     the folder (``INDEX_BACKENDS``) and, for vector indexes, which encoder encoded its documents; that
-    encoder, rebuilt, encodes the queries (on ``device``, default: as the manifest says). ``backend``
+    encoder, rebuilt, encodes the queries (on ``device``, default: as the manifest says); a splade
+    index's exact backend searches on ``device`` too (default ``SPARSA_DEVICE``), and a list
+    (``cuda:0,cuda:1``) or ``cuda:all`` shards it, one shard per GPU, the encoder on the first. ``backend``
     picks a learned-sparse index's search backend (default: the first it was built with); ``k1`` and
     ``b`` replace a BM25 index's search-time parameters (default: as built).
     """
@@ -113,7 +115,14 @@ def open_retriever(name_or_path: str | Path, backend: str | None = None, verify:
         if kind != "bm25":
             raise ConfigError(f"{path} is a {kind!r} index: k1 and b are BM25 parameters")
         options.update(bm25)
+    if device is not None and kind == "splade":
+        options["device"] = device
+    elif device is not None and is_device_list(device):
+        raise ConfigError(f"{path} is a {kind!r} index: a device list ({device}) shards only a splade "
+                          "index's exact backend")
     index = INDEX_BACKENDS.get(kind).open(path, **options)
     if "encoder" not in manifest:
         return index  # a text index (BM25): it analyses query text itself
+    if device is not None and is_device_list(device):
+        device = resolve_devices(device)[0]  # queries are encoded once, on the first shard's device
     return EncodedRetriever.for_index(index, **({"device": device} if device is not None else {}))

@@ -127,6 +127,10 @@ def search(
              "judged documents not retrieved come last, in doc-id order)")] = None,
     k1: Annotated[float | None, typer.Option(help="bm25 index: k1 (default: as built, 0.9)")] = None,
     b: Annotated[float | None, typer.Option(help="bm25 index: b (default: as built, 0.4)")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="where queries are encoded and a splade index's exact backend searches: cpu, cuda, cuda:N, "
+             "or several (cuda:0,cuda:1 or cuda:all: the index sharded, one shard per GPU, same hits) "
+             "[default: SPARSA_DEVICE, else auto]")] = None,
 ) -> None:
     """Search an index with one query, a dataset's queries, or a queries file."""
     if sum(x is not None for x in (query, dataset, queries)) != 1:
@@ -150,9 +154,9 @@ def search(
 
         if k1 is not None or b is not None:
             raise ConfigError("--k1 and --b are BM25 parameters; --event-encoder searches a dense index")
-        retriever = EventAwareRetriever.open(index_, event_encoder, docs)
+        retriever = EventAwareRetriever.open(index_, event_encoder, docs, device=device)
     else:
-        retriever = open_retriever(index_, backend, k1=k1, b=b)
+        retriever = open_retriever(index_, backend, k1=k1, b=b, device=device)
     judged = Qrels.read_trec(pool) if pool is not None else None
     if judged is not None:  # every document takes part, so no judged one is cut by the depth
         from sparsa.artifacts import read_manifest

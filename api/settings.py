@@ -43,6 +43,9 @@ class ServiceConfig:
     index_root: Path = field(default_factory=lambda: load_settings().index_dir)
     data_dir: Path = field(default_factory=lambda: load_settings().data_dir)
     verify: str = "sha256"  # how indexes are checked when loaded: "size" or "sha256" (full)
+    # Where the splade index is searched (exact backend) and its queries encoded; a list (cuda:0,cuda:1)
+    # or cuda:all shards it over GPUs. None: SPARSA_DEVICE for the engine, the manifest's for the encoder.
+    splade_device: str | None = None
     limits: ServiceLimits = field(default_factory=lambda: ServiceLimits())  # queues, connections, jobs, keys
 
     def __post_init__(self) -> None:

@@ -84,7 +84,7 @@ def _uses_java(manifest: dict[str, Any]) -> bool:
     return manifest["kind"] == "bm25" or manifest.get("default_backend") == "lucene-impact"
 
 
-def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
+def open_served_index(retriever: str, path: Path, verify: str, device: str | None = None) -> ServedIndex:
     """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open
     it."""
     from sparsa.artifacts import read_manifest
@@ -94,7 +94,7 @@ def open_served_index(retriever: str, path: Path, verify: str) -> ServedIndex:
     if manifest["kind"] != retriever:  # each base retriever is served from an index of that kind
         raise ConfigError(f"{path} is a {manifest['kind']!r} index; the {retriever} retriever needs a "
                           f"{retriever} index")
-    searcher = open_retriever(path, verify="none")
+    searcher = open_retriever(path, verify="none", device=device)
     if _uses_java(manifest):
         searcher = SerialRetriever(searcher, JAVA_LOCK)
     # One query before serving fills lazy caches (encoder pooling tensors) while no request races for them.
@@ -158,8 +158,12 @@ class ServiceState:
         self.loaded.set()
         return self
 
+    def _device(self, retriever: str) -> str | None:
+        return self.config.splade_device if retriever == "splade" else None
+
     def _load_index(self, retriever: str, path: Path) -> None:
-        self.indexes[retriever] = open_served_index(retriever, Path(path), self.config.verify)
+        self.indexes[retriever] = open_served_index(retriever, Path(path), self.config.verify,
+                                                    self._device(retriever))
 
     def _load_corpus(self) -> None:
         """The dataset's documents: its on-disk store (built once; ``sparsa.docstore``), or a small corpus
@@ -376,7 +380,7 @@ class ServiceState:
     def swap(self, retriever: str, path: Path) -> ServedIndex:
         """Open and check ``path`` fully, then serve it for ``retriever``; a failure changes nothing."""
         with self._swap_lock:
-            served = open_served_index(retriever, path, verify="sha256")
+            served = open_served_index(retriever, path, verify="sha256", device=self._device(retriever))
             event = self.event_retriever
             try:
                 self._check_identity(served)  # an index of another corpus: 409, the old one keeps serving

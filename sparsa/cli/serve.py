@@ -116,6 +116,10 @@ def serve(
     timeout: Annotated[float, typer.Option(help="per-request time limit in seconds (work past it stops: "
                                                 "504)")] = 30.0,
     verify: Annotated[str, typer.Option(help="index check at load: sha256 (full) or size")] = "sha256",
+    splade_device: Annotated[str | None, typer.Option(
+        help="where the splade index's exact backend searches and its queries are encoded: cpu, cuda:N, or "
+             "several (cuda:0,cuda:1 or cuda:all: sharded, one shard per GPU, same hits) "
+             "[default: SPARSA_DEVICE]")] = None,
     search_workers: Annotated[int, _limit("threads running /search")] = Limits.search_workers,
     search_queue: Annotated[int, _limit("/search requests waiting beyond those (more: 503)")] = (
         Limits.search_queue),
@@ -153,6 +157,10 @@ def serve(
         max_rerank_depth=max_rerank_depth, max_new_tokens=max_new_tokens, body_timeout_s=body_timeout,
         keep_alive_s=keep_alive, max_connections=max_connections,
         **({"build_threads": build_threads} if build_threads is not None else {}))
+    if splade_device is not None:  # a bad device spec fails here, before anything loads
+        from sparsa.config import resolve_devices
+
+        resolve_devices(splade_device)
     chain = _pipeline_config(config, qa_model, qa_router)
     flags = {"bm25": bm25, "splade": splade, "dense": dense}
     if chain is None:
@@ -170,7 +178,7 @@ def serve(
         qa_pipeline=None if qa_off else chain,
         qa_router=qa_router, event_encoder=event_encoder,
         api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
-        limits=limits,
+        splade_device=splade_device, limits=limits,
     )
     console.print(f"loading {', '.join(config.indexes) or 'no indexes'}"
                   f"{', reranker ' + reranker if reranker else ''}"

@@ -120,3 +120,14 @@ def test_a_device_list_reaches_the_engine_from_the_library_and_the_cli(index, cr
         runs.append(out.read_text())
     assert runs[0] == runs[1] and runs[0].count("\n") > 100
     assert main(["-q", "search", "--index", str(index), "--query", "wing", "--device", "cuda:7"]) == 2
+
+
+def test_the_service_serves_a_sharded_splade_index(index):
+    pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+    from sparsa.api.state import open_served_index
+
+    served = open_served_index("splade", index, "size", device="cpu,cpu")
+    assert isinstance(served.searcher.index.searcher, ShardedExactSearcher)
+    expected = open_retriever(index, device="cpu").search_text("wing", k=5)
+    assert served.searcher.search_text("wing", k=5) == expected
+    assert main(["-q", "serve", "--splade", str(index), "--splade-device", "cpu,gpu0"]) == 2  # before loading

@@ -131,3 +131,24 @@ def test_the_service_serves_a_sharded_splade_index(index):
     expected = open_retriever(index, device="cpu").search_text("wing", k=5)
     assert served.searcher.search_text("wing", k=5) == expected
     assert main(["-q", "serve", "--splade", str(index), "--splade-device", "cpu,gpu0"]) == 2  # before loading
+
+
+def test_device_specs():
+    import torch
+
+    from sparsa.config import resolve_devices, settings_from_env
+
+    assert settings_from_env({"SPARSA_DEVICE": "cuda:0,cuda:1"}).device == "cuda:0,cuda:1"
+    with pytest.raises(ConfigError, match="SPARSA_DEVICE='gpu'"):
+        settings_from_env({"SPARSA_DEVICE": "gpu"})
+    assert resolve_devices(" cpu, cpu ") == ["cpu", "cpu"]
+    with pytest.raises(ConfigError, match="already names every GPU"):
+        resolve_devices("cuda:all,cuda:0")
+    count = torch.cuda.device_count()
+    if count == 0:
+        with pytest.raises(ConfigError, match="torch sees no GPU"):
+            resolve_devices("cuda:all")
+    else:
+        assert resolve_devices("cuda:*") == [f"cuda:{i}" for i in range(count)]
+    with pytest.raises(ConfigError, match=f"cuda:{count}"):
+        resolve_devices(f"cpu,cuda:{count}")

@@ -152,3 +152,13 @@ def test_device_specs():
         assert resolve_devices("cuda:*") == [f"cuda:{i}" for i in range(count)]
     with pytest.raises(ConfigError, match=f"cuda:{count}"):
         resolve_devices(f"cpu,cuda:{count}")
+
+
+def test_a_device_list_is_refused_where_nothing_shards(cranfield, tmp_path):
+    pytest.importorskip("seismic", reason="needs the 'seismic' extra")
+    corpus = Corpus(cranfield.corpus.documents[:30])
+    path = build_index_job("splade", corpus, tmp_path / "small", backends=("exact", "seismic"), device="cpu",
+                           threads=1, show_progress=False)
+    with pytest.raises(ConfigError, match="the seismic backend searches on the CPU"):
+        open_retriever(path, backend="seismic", device="cpu,cpu")
+    assert open_retriever(path, backend="seismic", device="cpu").search_text("wing", k=3)  # one device: fine

@@ -5,11 +5,12 @@
   2^31 entries: half the index bytes that cuSPARSE streams per batch), a batch of queries as a dense
   [vocab, batch] block, one sparse x dense matmul and ``topk``. The batch is sized so the
   [documents, batch] score block stays under a fixed number of elements. Scores stay float32, so
-  results equal the CPU path's. ``backend="torch"`` runs this path on the CPU too (tests, dry runs).
+  results equal the CPU path's up to the last bits of the sums (the two sum in different orders; so may
+  one matmul at two batch widths). ``backend="torch"`` runs this path on the CPU too (tests, dry runs).
 
-Both paths return the same canonical top-k: descending score, ties by document order (row), also at the
-k-th place, so a sharded search (``indexes/exact_shards.py``: one shard per GPU, ``device="cuda:all"``)
-merges to exactly these hits. Use :func:`exact_searcher` for a device spec that may name several devices.
+Both paths cut the top-k by one rule: descending score, ties by document order (row), also at the k-th
+place, so a sharded search (``indexes/exact_shards.py``: one shard per GPU, ``device="cuda:all"``) merges
+to exactly one device's hits. Use :func:`exact_searcher` for a device spec that may name several devices.
 """
 
 from __future__ import annotations

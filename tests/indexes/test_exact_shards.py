@@ -162,3 +162,15 @@ def test_a_device_list_is_refused_where_nothing_shards(cranfield, tmp_path):
     with pytest.raises(ConfigError, match="the seismic backend searches on the CPU"):
         open_retriever(path, backend="seismic", device="cpu,cpu")
     assert open_retriever(path, backend="seismic", device="cpu").search_text("wing", k=3)  # one device: fine
+
+
+@pytest.mark.gpu
+def test_two_gpus_return_the_one_gpu_hits(vectors):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    matrix, queries = vectors
+    one = exact_searcher(matrix, "cuda:0").search_vectors(queries, 20)
+    _same(exact_searcher(matrix, "cuda:all").search_vectors(queries, 20), one)
+    _same(exact_searcher(matrix, "cuda:1,cuda:0").search_vectors(queries, 20), one)

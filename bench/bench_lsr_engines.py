@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, run_metadata, write_results
-from common.sparse_collection import SEED_FILE, fingerprint, load_seed, save_seed, synthesize
+from common.sparse_collection import SEED_FILE, fingerprint, scifact_vectors, synthesize
 
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.types import Hit, SparseVector
@@ -36,21 +36,6 @@ K = 10
 GENERATOR = ("real-derived (bench/common/sparse_collection.py since this commit): each document blends a "
              "real SciFact splade-tiny document with a topical neighbour, with term dropout, weight noise "
              "and a few terms resampled from the marginal")
-
-
-def scifact_vectors(data_dir: Path, seed_file: Path = SEED_FILE) -> tuple[SparseMatrix, list[SparseVector]]:
-    """splade-tiny vectors of SciFact's corpus and test queries: encoded once into ``seed_file``
-    (a small .npz, also what the synthetic generator and the GPU machine read)."""
-    if not seed_file.is_file():
-        from sparsa.data import load_dataset
-        from sparsa.retrieval.splade import SpladeEncoder
-
-        data = load_dataset(data_dir / "scifact")
-        encoder = SpladeEncoder()
-        vectors = encoder.encode_documents([d.full_text for d in data.corpus.documents])
-        docs = SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size)
-        save_seed(seed_file, docs, encoder.encode_queries([q.text for q in data.queries]))
-    return load_seed(seed_file)
 
 
 def open_engine(name: str, matrix: SparseMatrix, folder: Path, build: dict | None = None):

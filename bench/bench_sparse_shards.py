@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, write_results
-from common.sparse_collection import SEED_FILE, fingerprint, load_seed, save_seed, sub_collection, synthesize
+from common.sparse_collection import SEED_FILE, fingerprint, scifact_vectors, sub_collection, synthesize
 
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.types import SparseVector
@@ -38,21 +38,6 @@ GENERATOR = ("real-derived synthetic (bench/common/sparse_collection.py): each d
              "SciFact splade-tiny document with a topical neighbour, with term dropout, weight noise and a "
              "few terms resampled from the marginal")
 REPEATED = "SciFact's splade-tiny document vectors repeated, each copy with a unique id"
-
-
-def seed_vectors(data_dir: Path, seed_file: Path) -> tuple[SparseMatrix, list[SparseVector]]:
-    """splade-tiny vectors of SciFact's corpus and test queries, encoded once into ``seed_file`` (the same
-    file ``bench_lsr_engines.py`` writes and reads)."""
-    if not seed_file.is_file():
-        from sparsa.data import load_dataset
-        from sparsa.retrieval.splade import SpladeEncoder
-
-        data = load_dataset(data_dir / "scifact")
-        encoder = SpladeEncoder()
-        vectors = encoder.encode_documents([d.full_text for d in data.corpus.documents])
-        docs = SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size)
-        save_seed(seed_file, docs, encoder.encode_queries([q.text for q in data.queries]))
-    return load_seed(seed_file)
 
 
 def collection(seed: SparseMatrix, kind: str, n_docs: int) -> SparseMatrix:
@@ -158,7 +143,7 @@ def main() -> None:
     all_devices, card = visible_devices(args)
     from sparsa.config import load_settings
 
-    seed, seed_queries = seed_vectors(args.data_dir or load_settings().data_dir, args.seed_file)
+    seed, seed_queries = scifact_vectors(args.data_dir or load_settings().data_dir, args.seed_file)
     started = time.perf_counter()
     matrix = collection(seed, args.collection, args.docs)
     print(f"{args.collection} collection: {len(matrix):,} documents, {matrix.nnz:,} entries, "

@@ -21,7 +21,8 @@ score gaps and no approximate engine could find them (Seismic recall@10 0.21-0.6
 Vectorised numpy, deterministic for a seed on any machine (no device RNG), so the GPU machine
 regenerates the same set from the same seed file; ``fingerprint`` checks that.
 
-Used by ``bench_lsr_engines.py --collection synthetic`` and ``synthetic_splade.py`` (its statistics).
+Used by ``bench_lsr_engines.py --collection synthetic``, ``bench_sparse_shards.py`` and
+``synthetic_splade.py`` (its statistics); :func:`scifact_vectors` makes the seed file they read.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def load_seed(path: Path) -> tuple[SparseMatrix, list[SparseVector]]:
                         saved["doc_values"], int(saved["dim"]))
     qi, qx, qv = saved["query_indptr"], saved["query_indices"], saved["query_values"]
     return docs, [SparseVector(qx[a:b], qv[a:b]) for a, b in itertools.pairwise(qi)]
+
+
+def scifact_vectors(data_dir: Path, seed_file: Path = SEED_FILE) -> tuple[SparseMatrix, list[SparseVector]]:
+    """splade-tiny vectors of SciFact's corpus and test queries: encoded once into ``seed_file``
+    (a small .npz, also what the synthetic generator and the GPU machine read)."""
+    if not seed_file.is_file():
+        from sparsa.data import load_dataset
+        from sparsa.retrieval.splade import SpladeEncoder
+
+        data = load_dataset(data_dir / "scifact")
+        encoder = SpladeEncoder()
+        vectors = encoder.encode_documents([d.full_text for d in data.corpus.documents])
+        docs = SparseMatrix.from_vectors(list(data.corpus), vectors, encoder.vocab_size)
+        save_seed(seed_file, docs, encoder.encode_queries([q.text for q in data.queries]))
+    return load_seed(seed_file)
 
 
 def cosine_similarities(docs: SparseMatrix) -> np.ndarray:

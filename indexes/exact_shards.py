@@ -25,9 +25,15 @@ import numpy as np
 
 from sparsa.config import resolve_devices
 from sparsa.errors import ConfigError
-from sparsa.indexes.exact_sparse import ExactSparseSearcher, _hits, canonical_order, check_fits, search_batch
+from sparsa.indexes.exact_sparse import (
+    ExactSparseSearcher,
+    TopRowsSearcher,
+    canonical_order,
+    check_fits,
+    search_batch,
+)
 from sparsa.indexes.sparse_matrix import SparseMatrix
-from sparsa.types import Hit, SparseVector
+from sparsa.types import SparseVector
 
 
 def split_rows(indptr: np.ndarray, shards: int) -> list[int]:
@@ -53,10 +59,8 @@ def row_slice(matrix: SparseMatrix, start: int, end: int) -> SparseMatrix:
                         matrix.indices[lo:hi], matrix.values[lo:hi], matrix.dim)
 
 
-class ShardedExactSearcher:
+class ShardedExactSearcher(TopRowsSearcher):
     """Exact top-k over shards of the CSR rows, one per device; the same hits as one device."""
-
-    name = "exact"
 
     def __init__(self, matrix: SparseMatrix, devices: str | Sequence[str], batch_size: int | None = None,
                  backend: str = "auto", bounds: Sequence[int] | None = None, index_name: str = "the index"):
@@ -80,13 +84,6 @@ class ShardedExactSearcher:
         self.shards = [ExactSparseSearcher(part, device, batch_size, backend, index_name)
                        for part, device in zip(slices, self.devices)]
         self._pool = ThreadPoolExecutor(len(self.shards), thread_name_prefix="exact-shard")
-
-    def settings(self) -> dict:
-        return {}
-
-    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
-        rows, scores = self.top_rows(queries, k)
-        return [_hits(self.matrix.doc_ids, r, s) for r, s in zip(rows, scores)]
 
     def top_rows(self, queries: Sequence[SparseVector], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores [queries, min(k, documents)], canonical order, as one device gives them."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsa.config import is_device_list, load_settings, resolve_device
+from sparsa.config import is_device_list, load_settings, resolve_device, resolve_devices
 from sparsa.errors import ConfigError
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.types import Hit, SparseVector
@@ -84,10 +84,27 @@ def check_fits(name: str, device: str, rows: int, nnz: int, dim: int, batch: int
         "search it on the CPU")
 
 
-class ExactSparseSearcher:
-    """Scores every document that shares a term with the query; exact top-k."""
+class TopRowsSearcher:
+    """What the exact searchers share: hits from :meth:`top_rows` (rows and scores in canonical order),
+    which each implements (one device here, shards in ``exact_shards``)."""
 
     name = "exact"
+    matrix: SparseMatrix
+
+    def top_rows(self, queries: Sequence[SparseVector], k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {}
+
+    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+        rows, scores = self.top_rows(queries, k)
+        return [_hits(self.matrix.doc_ids, r, s) for r, s in zip(rows, scores)]
+
+
+class ExactSparseSearcher(TopRowsSearcher):
+    """Scores every document that shares a term with the query; exact top-k."""
+
     takes_device = True  # LearnedSparseIndex.open passes a run-time device spec to ``open``
 
     def __init__(self, matrix: SparseMatrix, device: str = "auto", batch_size: int | None = None,
@@ -131,13 +148,6 @@ class ExactSparseSearcher:
         """``device``: a spec (default ``SPARSA_DEVICE``); several devices open a sharded searcher."""
         return exact_searcher(matrix, device or load_settings().device, index_name=str(folder))
 
-    def settings(self) -> dict:
-        return {}
-
-    def search_vectors(self, queries: Sequence[SparseVector], k: int) -> list[list[Hit]]:
-        rows, scores = self.top_rows(queries, k)
-        return [_hits(self.matrix.doc_ids, r, s) for r, s in zip(rows, scores)]
-
     def top_rows(self, queries: Sequence[SparseVector], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores [queries, min(k, documents)] in canonical order (zero scores included)."""
         k = min(k, len(self.matrix))
@@ -180,11 +190,9 @@ class ExactSparseSearcher:
                 values, rows_top = top.values.T.cpu().numpy(), top.indices.T.cpu().numpy()
                 if deeper > k:
                     for j in np.flatnonzero((values[:, k] == values[:, k - 1]) & (values[:, k - 1] > 0)):
-                        col = scores[:, j]  # rare: documents tied at the k-th score, cut by document order
-                        kth = values[j, k - 1]
-                        cut = torch.cat([torch.nonzero(col > kth).flatten(),
-                                         torch.nonzero(col == kth).flatten()])[:k]
-                        rows_top[j, :k], values[j, :k] = cut.cpu().numpy(), col[cut].cpu().numpy()
+                        col = scores[:, j].cpu().numpy()  # rare: documents tied at the k-th score
+                        cut = _tied_cut(col, values[j, k - 1], k)
+                        rows_top[j, :k], values[j, :k] = cut, col[cut]
                 rows_out.append(rows_top[:, :k].astype(np.int64))
                 values_out.append(values[:, :k])
         return canonical_order(np.concatenate(rows_out), np.concatenate(values_out), k)
@@ -200,8 +208,6 @@ def exact_searcher(matrix: SparseMatrix, device: str | Sequence[str] = "auto", b
     """The exact searcher for a device spec: one device (``cpu``, ``cuda:1``) gives an
     :class:`ExactSparseSearcher`; several (``cuda:0,cuda:1``, ``cuda:all``, a list) a
     :class:`~sparsa.indexes.exact_shards.ShardedExactSearcher` with one shard per device."""
-    from sparsa.config import resolve_devices
-
     devices = resolve_devices(device)
     if len(devices) == 1:
         return ExactSparseSearcher(matrix, devices[0], batch_size, backend, index_name)

@@ -16,6 +16,7 @@ real prompts give is measured by ``bench_rag_longcontext.py``. Writes ``bench/re
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from common import write_results
@@ -81,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=list(LENGTHS))
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--commit", default="",
                         help="the commit the kernels came from (the GPU copy's .git may be stale)")
     args = parser.parse_args()

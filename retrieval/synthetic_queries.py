@@ -222,7 +222,7 @@ class QueryWriter:
             out = self.model.generate(
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
-                **{_cache_argument(): self._shared_cache(len(rest))},
+                **{_cache_argument(self.model): self._shared_cache(len(rest))},
                 max_new_tokens=self.config.max_new_tokens,
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=["\n"],
                 tokenizer=self.tokenizer, **sampling)
@@ -234,11 +234,12 @@ class QueryWriter:
         return [texts[i * n:(i + 1) * n] for i in range(len(documents))]
 
 
-def _cache_argument() -> str:
-    """transformers 5 renamed generate()'s ``past_key_values`` to ``cache`` (the old name warns)."""
-    import transformers
+def _cache_argument(model) -> str:
+    """Newer transformers renamed the models' ``past_key_values`` to ``cache`` (the old name warns), and a 5.x
+    release's ``generate()`` refuses the name its model does not take: ask the model's own signature."""
+    import inspect
 
-    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _architectures(folder: str) -> list[str]:

@@ -10,8 +10,9 @@ Stable entry point (``rag/reader.py`` calls it)::
 ``cfg`` (all optional, see :class:`SparseAttentionConfig`): ``block_size`` (64), one block rule:
 ``gate_coverage`` (default 0.95: per query block, the best KV blocks until they hold 95% of the gate's
 probability), ``gate_topk`` or ``gate_threshold``; ``gate_keys`` ("pooled": SeerAttention's pooled keys;
-"tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (1024: shorter
-prompts use dense prefill); ``selector`` ("quest" | "tidal"), ``budget_tokens`` (2048), ``page_size`` (64),
+"tokens": the pooled queries' attention mass over every key, per block), ``min_sparse_tokens`` (12,288:
+shorter prompts use dense prefill, where SDPA is faster); ``selector`` ("quest" | "tidal"), ``budget_tokens``
+(2048), ``page_size`` (64),
 ``dense_layers`` (2: Quest leaves the first layers dense, as the paper does),
 ``tidal_layers`` (token-selection layers; default 2 and ``n_layers * 13 // 32``, as TidalDecode on
 Llama-3-8B, earlier layers attend fully); ``profile`` (a :class:`HeadProfile` or JSON path; default:
@@ -53,7 +54,7 @@ from .kv_compression import (
     head_split_attention,
     profile_retrieval_heads,
 )
-from .modes import DECODE_MODES, KV_MODES, PREFILL_MODES, SELECTORS
+from .modes import DECODE_MODES, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES, SELECTORS
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention",
            "use_sparse_attention"]
@@ -75,7 +76,7 @@ class SparseAttentionConfig:
     gate_threshold: float | None = None
     gate_coverage: float | None = None  # top-p over the gate's block probabilities
     gate_keys: str = "pooled"  # "pooled": SeerAttention's pooled keys; "tokens": every key, per block
-    min_sparse_tokens: int = 1024
+    min_sparse_tokens: int = MIN_SPARSE_TOKENS  # shorter prompts prefill densely (kernels/modes.py)
     selector: str = "quest"
     budget_tokens: int = 2048
     # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on

@@ -1,4 +1,4 @@
-"""The attention modes the kernels run, named once.
+"""The attention modes the kernels run, and the shared defaults, named once.
 
 ``hf_attention.SparseAttentionConfig`` validates against them, and ``rag/config.py`` checks a pipeline
 file with them; this module imports nothing, so a config check never loads torch.
@@ -10,3 +10,11 @@ PREFILL_MODES = ("dense", "block-sparse")
 DECODE_MODES = ("full", "sparse")
 KV_MODES = ("full", "duo")
 SELECTORS = ("quest", "tidal")
+
+# Block-sparse prefill starts at this prompt length; shorter prompts prefill with dense SDPA. On one H100 at
+# Qwen2.5-1.5B's shapes (bench/results/gate.json) the sparse layer (fused gate + kernel) lost to the fastest
+# SDPA at 5,632 tokens at every kept share measured (0.13-0.93 kept: 0.35-0.59x), and won at 14,336 up to
+# 0.495 kept (1.24x); RealTime QA prompts keep ~0.55 of their blocks at gate coverage 0.95
+# (rag_longcontext_realtimeqa.json: 0.5x attention at 5,312 tokens, 1.11x at 13,066). Fitting the gate.json
+# rows (SDPA ~ n^2; kernel ~ kept * n^2; gate and host read ~0.2 ms) puts parity at 0.55 kept near 11.6k.
+MIN_SPARSE_TOKENS = 12288

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
-from sparsa.kernels.modes import DECODE_MODES, KV_MODES, PREFILL_MODES
+from sparsa.kernels.modes import DECODE_MODES, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("auto", "retrieve", "recall")
@@ -60,7 +60,7 @@ class AttentionConfig:
     decode: str = "full"  # "sparse": Quest pages within budget_tokens per step
     kv: str = "full"  # "duo": non-retrieval heads keep sink + window tokens
     gate_coverage: float = 0.95
-    min_sparse_tokens: int = 1024
+    min_sparse_tokens: int = MIN_SPARSE_TOKENS
     budget_tokens: int = 1024
     page_size: int = 64
     full_retrieval_heads: bool = True

@@ -144,7 +144,8 @@ def test_the_sparse_reader_answers_as_the_full_one_where_sparsity_engages(shared
     settings = {"max_new_tokens": 12, "max_context_tokens": 1800, "device": "cpu"}
     full = Reader(ReaderConfig(attention="full", **settings)).answer(PLANTED_QUESTION, docs)
     sparse_reader = Reader(ReaderConfig(attention={"prefill": "block-sparse", "decode": "sparse",
-                                                   "budget_tokens": 512}, **settings))
+                                                   "budget_tokens": 512, "min_sparse_tokens": 1024},
+                                        **settings))
     sparse = sparse_reader.answer(PLANTED_QUESTION, docs)
     stats = sparse_reader.model.sparse_attention_stats
     assert sparse.prompt_tokens >= 1500 and full.prompt_tokens == sparse.prompt_tokens

@@ -7,7 +7,7 @@
 #   the "before" rows), built from `git archive` (committed files only), splade-tiny, the passages
 #   (bench_indexing.py prepare, xz) and SciFact's corpus.
 # There: run(command="bash bench/gpu_indexing.sh", carry=[".stage/idx"], timeout_s=240)
-#   writes $OUT/$NAME.json (NAME=encoding_gpu) and $OUT/$NAME.log; copy the JSON to bench/results/.
+#   writes $OUT/$NAME.json (NAME=indexing_gpu) and $OUT/$NAME.log; copy the JSON to bench/results/.
 #   BENCH_ARGS adds options (e.g. "--st-dtypes bfloat16 float16 --st-batch-sizes 256").
 set -euo pipefail
 S=.stage/idx
@@ -35,7 +35,7 @@ if [[ "${1:-}" == stage ]]; then
 fi
 
 OUT=${OUT:?set OUT to the folder for results}
-PY=${PY:-python3} WORK=${WORK:-/tmp} NAME=${NAME:-encoding_gpu}
+PY=${PY:-python3} WORK=${WORK:-/tmp} NAME=${NAME:-indexing_gpu}
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$S"/whl/new/*.whl
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site_old" "$S"/whl/old/*.whl
 export PYTHONPATH=$WORK/site PYTHONUNBUFFERED=1 SPARSA_HOME=$WORK/sparsa SPARSA_BENCH_COMMIT=$(cat $S/whl/new/COMMIT)

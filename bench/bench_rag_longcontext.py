@@ -138,9 +138,10 @@ def score(q: dict, answer: str) -> dict:
 
 
 # Variant suffixes for dev sweeps of the sparse settings: "sparse@c0.8" = gate coverage 0.8, "@m8192" = dense
-# prefill below 8,192 prompt tokens, "@rh0" = retrieval heads not exempt; combinable ("sparse@c0.8@m8192").
+# prefill below 8,192 prompt tokens, "@rh0" = retrieval heads not exempt, "@dktriton" = dense prefill with our
+# kernel instead of SDPA; combinable ("sparse@c0.8@m8192").
 SUFFIXES = {"c": ("gate_coverage", float), "m": ("min_sparse_tokens", int),
-            "rh": ("full_retrieval_heads", bool)}
+            "rh": ("full_retrieval_heads", bool), "dk": ("dense_kernel", str)}
 
 
 def attention_setting(variant: str):

@@ -6,10 +6,12 @@ The Triton path is taken when the tensors are on CUDA, in fp16/bf16, with head d
 else uses PyTorch (chunked masked SDPA for block-sparse prefill, fp32 einsum for decode) so accuracy can be
 measured on a CPU with the same selection logic.
 
-Dense prefill is always SDPA with its own backend choice: on the GPU machine (torch 2.11) that default (cuDNN)
-beat our Triton dense mode at every measured shape (0.71-0.96x, issue 22), so a user never pays for ours
-there. Block-sparse prefill runs our kernel only while the kept share of the causally visible blocks is at
-most ``SPARSE_MAX_KEPT``; above it, skipping blocks no longer pays for that gap and dense SDPA runs instead.
+Dense prefill is SDPA with its own backend choice by default: on the GPU machine (torch 2.11) that default
+(cuDNN) beat our Triton dense mode at every measured shape once warm (0.71-0.96x, issue 22). ``dense_kernel=
+"triton"`` runs ours instead: cuDNN builds a plan for every new shape, which a reader pays on each request
+(``bench/bench_gate.py`` times the first call at an unseen length). Block-sparse prefill runs our kernel only
+while the kept share of the causally visible blocks is at most ``SPARSE_MAX_KEPT``; above it, skipping blocks
+no longer pays for that gap and dense SDPA runs instead.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ def use_triton(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
 
 
-def dense_prefill(q, k, v, scale: float) -> torch.Tensor:
-    """Causal attention over every key: SDPA, with the backend torch picks (see the module docstring)."""
+def dense_prefill(q, k, v, scale: float, kernel: str = "sdpa") -> torch.Tensor:
+    """Causal attention over every key: SDPA with the backend torch picks, or (``kernel="triton"``, where
+    :func:`use_triton`) our kernel over all blocks (see the module docstring)."""
     sq, sk = q.shape[2], k.shape[2]
+    if kernel == "triton" and use_triton(q):
+        # 128-row tiles: the dense mode's measured configuration (bench/bench_kernels_h200.py dense)
+        return block_sparse_attention(q, k, v, None, block_size=128, causal=True, sm_scale=scale)
     mask = None
     if sq != sk:  # bottom-right causal alignment (SDPA's is_causal aligns top-left)
         mask = (torch.arange(sk, device=q.device)[None, :]
@@ -81,16 +87,16 @@ def kept_share(mask: torch.Tensor | KeptBlocks, seqlen_q: int, seqlen_k: int, bl
 
 
 def block_sparse_prefill(q, k, v, mask: torch.Tensor | KeptBlocks, *, block_size: int, scale: float,
-                         share: float | None = None) -> torch.Tensor:
+                         share: float | None = None, dense_kernel: str = "sdpa") -> torch.Tensor:
     """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]`` or :class:`KeptBlocks`);
     dense SDPA where more than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that
-    :func:`kept_share`, where the caller has counted it already."""
+    :func:`kept_share`, where the caller has counted it already; ``dense_kernel``: :func:`dense_prefill`'s."""
     sq, sk = q.shape[2], k.shape[2]
     if use_triton(q):
         if share is None:
             share = kept_share(mask, sq, sk, block_size)
         if share > SPARSE_MAX_KEPT:
-            return dense_prefill(q, k, v, scale)
+            return dense_prefill(q, k, v, scale, dense_kernel)
         return block_sparse_attention(q, k, v, mask, block_size=block_size, causal=True, sm_scale=scale)
     if isinstance(mask, KeptBlocks):
         mask = mask.to_mask(triton.cdiv(sk, block_size))

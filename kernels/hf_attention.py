@@ -54,7 +54,7 @@ from .kv_compression import (
     head_split_attention,
     profile_retrieval_heads,
 )
-from .modes import DECODE_MODES, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES, SELECTORS
+from .modes import DECODE_MODES, DENSE_KERNELS, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES, SELECTORS
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention",
            "use_sparse_attention"]
@@ -77,6 +77,7 @@ class SparseAttentionConfig:
     gate_coverage: float | None = None  # top-p over the gate's block probabilities
     gate_keys: str = "pooled"  # "pooled": SeerAttention's pooled keys; "tokens": every key, per block
     min_sparse_tokens: int = MIN_SPARSE_TOKENS  # shorter prompts prefill densely (kernels/modes.py)
+    dense_kernel: str = "sdpa"  # what a dense prefill runs: "sdpa" (torch's choice) or "triton" (ours)
     selector: str = "quest"
     budget_tokens: int = 2048
     # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on
@@ -101,7 +102,8 @@ class SparseAttentionConfig:
 
         for name, value, allowed in (("prefill", self.prefill, PREFILL_MODES),
                                      ("decode", self.decode, DECODE_MODES),
-                                     ("kv", self.kv, KV_MODES), ("selector", self.selector, SELECTORS)):
+                                     ("kv", self.kv, KV_MODES), ("selector", self.selector, SELECTORS),
+                                     ("dense_kernel", self.dense_kernel, DENSE_KERNELS)):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
         if self.block_size not in (16, 32, 64, 128):
@@ -139,7 +141,7 @@ def _tidal_layers(config: SparseAttentionConfig, n_layers: int) -> tuple[int, ..
 def _prefill(state: LayerState, q, k, v, scale):
     cfg = state.config
     if cfg.prefill == "dense" or q.shape[2] < cfg.min_sparse_tokens:
-        return ops.dense_prefill(q, k, v, scale)
+        return ops.dense_prefill(q, k, v, scale, cfg.dense_kernel)
     rule, value = cfg.block_rule()
     kept = ops.gate_blocks(q, k, block_size=cfg.block_size, rule=rule, value=value, scale=scale,
                            keys=cfg.gate_keys, full_heads=state.full_head_mask(q.device))
@@ -150,7 +152,7 @@ def _prefill(state: LayerState, q, k, v, scale):
     stats["prefill_blocks_kept"] += n_kept
     stats["prefill_blocks_visible"] += n_visible
     return ops.block_sparse_prefill(q, k, v, kept, block_size=cfg.block_size, scale=scale,
-                                    share=n_kept / n_visible)
+                                    share=n_kept / n_visible, dense_kernel=cfg.dense_kernel)
 
 
 def sparsa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -9,6 +9,10 @@ from __future__ import annotations
 PREFILL_MODES = ("dense", "block-sparse")
 DECODE_MODES = ("full", "sparse")
 KV_MODES = ("full", "duo")
+# Dense prefill (short prompts, prefill="dense", or too many kept blocks): "sdpa" = torch's backend choice
+# (cuDNN on the H100); "triton" = our kernel, which builds no per-shape plan (cuDNN builds one for every new
+# prompt length, and a reader's every request has a new length).
+DENSE_KERNELS = ("sdpa", "triton")
 SELECTORS = ("quest", "tidal")
 
 # Block-sparse prefill starts at this prompt length; shorter prompts prefill with dense SDPA. On one H100 at

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
-from sparsa.kernels.modes import DECODE_MODES, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES
+from sparsa.kernels.modes import DECODE_MODES, DENSE_KERNELS, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("auto", "retrieve", "recall")
@@ -61,6 +61,7 @@ class AttentionConfig:
     kv: str = "full"  # "duo": non-retrieval heads keep sink + window tokens
     gate_coverage: float = 0.95
     min_sparse_tokens: int = MIN_SPARSE_TOKENS
+    dense_kernel: str = "sdpa"  # dense prefill: "sdpa" (torch's backend choice) or "triton" (ours)
     budget_tokens: int = 1024
     page_size: int = 64
     full_retrieval_heads: bool = True
@@ -69,7 +70,8 @@ class AttentionConfig:
     window: int = 256
 
     def __post_init__(self) -> None:
-        for name, allowed in (("prefill", PREFILL_MODES), ("decode", DECODE_MODES), ("kv", KV_MODES)):
+        for name, allowed in (("prefill", PREFILL_MODES), ("decode", DECODE_MODES), ("kv", KV_MODES),
+                              ("dense_kernel", DENSE_KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"attention {name}={getattr(self, name)!r}: expected one of "
                                   f"{', '.join(allowed)}")

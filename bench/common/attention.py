@@ -182,6 +182,14 @@ def _sdpa_call(q, k, v, backend: str | None, enable_gqa: bool):
     return run
 
 
+def sdpa_call(q, k, v, name: str, gqa: str):
+    """The causal SDPA call of ``SDPA_BACKENDS[name]``, not yet run; ``gqa``: "enable_gqa" or "expanded-kv"
+    (K and V expanded here, outside the call), as :func:`sdpa_configs` found the backend needs."""
+    if gqa == "expanded-kv":
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
+    return _sdpa_call(q, k, v, SDPA_BACKENDS[name], gqa == "enable_gqa")
+
+
 def _ran(fn):
     """``fn`` after one synchronized run: raises where it cannot run."""
     fn()

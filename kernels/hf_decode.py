@@ -76,8 +76,8 @@ class StaticDecode:
     ``length``: int64 device tensor (one entry), the valid keys including the step's own; the caller advances
     it inside its step (see ``rag/generate.py``). Owns the layers' :class:`PageBoundsBuffer`, so a CUDA graph
     captured over the steps stays valid while this object lives. Call :meth:`new_sequence` when the cache
-    holds a new prompt: each layer's next step (run eagerly, not replayed) rebuilds its bounds from every
-    page."""
+    holds a new prompt: each layer's next step rebuilds its bounds from every page (in a graph of its own,
+    see ``rag/generate.py``)."""
 
     def __init__(self, shared: dict, length: torch.Tensor):
         self.shared, self.length = shared, length
@@ -88,6 +88,11 @@ class StaticDecode:
     @staticmethod
     def supported(shared: dict) -> bool:
         return shared["config"].kv == "full"  # kv="duo" brings its own growing cache
+
+    @property
+    def rebuilds(self) -> bool:
+        """Whether a sequence's first step differs from the later ones (it rebuilds Quest's page bounds)."""
+        return self.shared["config"].decode == "sparse"
 
     def new_sequence(self) -> None:
         self._rebuilt.clear()

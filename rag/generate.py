@@ -127,8 +127,9 @@ class _StaticDecoder:
 
     Each step reads its token, position and mask from fixed device buffers and writes the next token, its
     log-probability and the next position back into them, so on CUDA its work is captured once as a CUDA graph
-    and replayed; the host reads only the picked token. A generation's first step runs eagerly (the attention
-    rebuilds its page bounds from the new prompt); the first generation's second step is captured.
+    and replayed; the host reads only the picked token. Where the attention keeps Quest page bounds, a
+    generation's first step rebuilds them from the new prompt and every later step updates the newest page:
+    two graphs, each captured the first time its kind of step runs; otherwise one graph serves every step.
     One decoder (and its buffers) stays on the model for the next generation that fits its capacity."""
 
     def __init__(self, model: Any, capacity: int, device: Any, capture: bool):
@@ -150,7 +151,8 @@ class _StaticDecoder:
             from sparsa.kernels.hf_decode import StaticDecode
 
             self.attention = StaticDecode(self.shared, self.length)
-        self.graph = None
+        self.graphs: dict[bool, Any] = {}  # first step of a generation (rebuilds the page bounds)? -> graph
+        self.rebuilds = self.attention is not None and self.attention.rebuilds
         self.fresh = True
         self.prompt_tokens = self.steps = 0
 
@@ -168,9 +170,12 @@ class _StaticDecoder:
             raise ValueError(f"cuda_graph=True: {why}; pass cuda_graph=False")
         capture = _capture_on(device)
         cached = getattr(model, "_sparsa_static_decoder", None)
+        # Our attention reads only the keys up to the length, so a larger cache costs nothing per step and is
+        # kept (no new cache or graph when a shorter prompt comes); a masked backend reads the whole buffer.
+        slack = None if shared is not None else max(1024, needed // 8)
         if (cached is not None and cached.shared is shared and cached.capture == capture
                 and cached.attn_implementation == model.config._attn_implementation
-                and needed <= cached.capacity <= needed + max(1024, needed // 8)):
+                and needed <= cached.capacity and (slack is None or cached.capacity <= needed + slack)):
             return cached
         model._sparsa_static_decoder = None  # frees the old buffers and graph before allocating new ones
         decoder = _StaticDecoder(model, -(-needed // 256) * 256, device, capture)
@@ -210,20 +215,22 @@ class _StaticDecoder:
         """Decode the next token: (token id, log-probability)."""
         bound = self.attention.bound() if self.attention is not None else contextlib.nullcontext()
         with bound:
-            if self.fresh or not self.capture:
-                self._step()  # a generation's first step rebuilds the attention's page bounds: eager
-            elif self.graph is None:
-                self._warm_up_and_capture(stats)
+            kind = self.fresh and self.rebuilds
+            if not self.capture:
+                self._step()
+            elif kind not in self.graphs:
+                self._warm_up_and_capture(stats, kind)
             else:
-                self.graph.replay()
+                self.graphs[kind].replay()
         self.fresh = False
         self.steps += 1
         token_id, logprob = self.picked.tolist()
         return int(token_id), logprob
 
-    def _warm_up_and_capture(self, stats: GenerationStats) -> None:
+    def _warm_up_and_capture(self, stats: GenerationStats, rebuild: bool) -> None:
         """Run this step eagerly on a side stream (as torch.cuda.graph asks: every kernel of the steady-state
-        step compiled and loaded first), then record the same step, which leaves the state untouched."""
+        step compiled and loaded first), then record the same step, which leaves the state untouched.
+        ``rebuild``: a first step, whose recording must rebuild the page bounds as its eager run did."""
         import torch
 
         started = time.perf_counter()
@@ -232,11 +239,13 @@ class _StaticDecoder:
         with torch.cuda.stream(side):
             self._step()
         torch.cuda.current_stream().wait_stream(side)
+        if rebuild:
+            self.attention.new_sequence()  # the eager run marked the bounds rebuilt; record the rebuild again
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._step()
-        self.graph = graph
-        stats.capture_seconds = time.perf_counter() - started
+        self.graphs[rebuild] = graph
+        stats.capture_seconds += time.perf_counter() - started
 
     def finish(self) -> None:
         """Add the attention statistics of the steps that ran (one per length) to the model's."""

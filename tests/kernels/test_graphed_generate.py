@@ -92,6 +92,28 @@ def test_static_decode_with_exempt_retrieval_heads(model):
     assert 0 < counts["decode_keys_read"] < counts["decode_keys_total"]
 
 
+def test_our_attention_keeps_one_decoder_for_much_shorter_prompts(model):
+    """Our attention reads only the keys up to the length, so a prompt 1,200 tokens shorter than the last one
+    decodes from the same preallocated cache (no new cache, no new graph on CUDA) and generates what the
+    eager loop does; a masked backend (plain SDPA) gets a cache sized to it instead."""
+    long_prompt = torch.randint(0, 2000, (1400,), generator=torch.Generator().manual_seed(3)).tolist()
+    use_sparse_attention(model, **SETTINGS["quest"])
+    try:
+        _generate(model, True, long_prompt, n=2)
+        decoder = model._sparsa_static_decoder
+        static = _generate(model, True, PROMPT)
+        assert model._sparsa_static_decoder is decoder and decoder.capacity >= 1400
+        eager = _generate(model, False, PROMPT)
+    finally:
+        remove_sparse_attention(model)
+    assert static[0] == eager[0] and static[2] == eager[2]
+    torch.testing.assert_close(static[1].logprobs, eager[1].logprobs, atol=1e-4, rtol=1e-4)
+    _generate(model, True, long_prompt, n=2)
+    _generate(model, True, PROMPT)
+    assert model._sparsa_static_decoder.capacity < 1400
+    release_decode_graph(model)
+
+
 def test_plain_sdpa_model_takes_the_static_cache_and_auto_stays_eager_off_cuda(model):
     eager, _, _ = _generate(model, False)
     static, static_stats, _ = _generate(model, True)

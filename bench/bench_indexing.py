@@ -2,7 +2,7 @@
 
     python bench/bench_indexing.py --corpus FILE [FILE ...] [--device cuda] [--st-docs 4096]
         [--st-dtypes float32 bfloat16 float16] [--st-batch-sizes 64 128 256] [--legacy-site DIR]
-        [--cli] [--name encoding_gpu]
+        [--cli] [--name indexing_gpu]
     python bench/bench_indexing.py prepare --out FILE [--passages 100000]   # the RealTime QA passages
 
 What is timed (issue 22): an indexing job as ``sparsa index`` runs it, from the corpus in memory to the
@@ -13,7 +13,9 @@ from the shell (interpreter start, model load and corpus read included). Each co
 process, its first and only pass over those texts; before it the process warms up (CUDA, kernels, the
 tokenizer processes) by indexing 2,048 marked copies (every word + ``zq``: no word shared with the corpus,
 so no word cache is primed). A second fresh process times the parts on the two halves of the corpus:
-tokenising and batching alone (first half) and encoding to host CSR rows without writing (second half).
+tokenising and batching alone (first half) and encoding to host CSR rows without writing (second half), then
+profiles the encoding of up to 20,000 texts of the first half (``torch.profiler``: the GPU's busy share, the
+largest host and device entries: where the time goes).
 
 Baseline: sentence-transformers' ``SparseEncoder`` over the same model, every dtype x batch size
 configuration in one fresh process (warm-up on marked copies, then the first ``--st-docs`` texts), timed
@@ -132,12 +134,42 @@ def job_parts(spec: dict) -> dict:
     started = time.perf_counter()
     nnz = sum(rows.nnz for _, rows in encoder.stream(texts[half:]))
     encode_s = time.perf_counter() - started
-    return {"tokenize_batch_docs_per_s": round(half / tokenize_s, 1), "tokenize_docs": half,
+    profile = profiled_encode(encoder, texts[:min(half, 20_000)]) if encoder.device.type == "cuda" else None
+    return {"profile": profile,
+            "tokenize_batch_docs_per_s": round(half / tokenize_s, 1), "tokenize_docs": half,
             "tokenizer_processes": pool_workers(None), "mean_tokens_per_doc": round(tokens / half, 1),
             "padding_fraction": round(1 - tokens / padded, 3), "mean_batch_docs": round(half / batches, 1),
             "encode_to_host_docs_per_s": round((len(texts) - half) / encode_s, 1),
             "encode_docs": len(texts) - half,
             "nnz_per_doc": round(float(np.float64(nnz) / (len(texts) - half)), 1)}
+
+
+def profiled_encode(encoder, texts: list[str], top: int = 8) -> dict:
+    """Where the encoding time goes (texts already tokenised once: the host's tokenizer caches are warm):
+    wall time, the GPU's busy time (sum of kernel times), and the largest host and device entries."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = [ProfilerActivity.CUDA] if encoder.device.type == "cuda" else []
+    with profile(activities=[ProfilerActivity.CPU, *cuda]) as prof:
+        started = time.perf_counter()
+        for _ in encoder.stream(texts):
+            pass
+        if encoder.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+
+    def device_ms(e) -> float:
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) / 1000
+
+    busy = sum(device_ms(e) for e in events)
+    by_device = sorted(events, key=device_ms, reverse=True)[:top]
+    by_host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"docs": len(texts), "wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1000, 3),
+            "gpu_busy_share": round(busy / 1000 / wall, 3),
+            "top_device_ms": {e.key[:80]: round(device_ms(e), 1) for e in by_device},
+            "top_host_self_ms": {e.key[:80]: round(e.self_cpu_time_total / 1000, 1) for e in by_host}}
 
 
 def job_st(spec: dict) -> dict:

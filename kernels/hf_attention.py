@@ -36,12 +36,13 @@ CPU.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from sparsa.transformers_compat import cache_argument
 
 from . import attention_ops as ops
 from .block_gating import GATE_KEYS
@@ -201,10 +202,6 @@ def _attention_modules(model):
     return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
 
 
-def _cache_argument(model) -> str:
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-
-
 def _default_profile(model, config: SparseAttentionConfig) -> HeadProfile:
     """Load the model's saved head profile, or profile it once (RazorAttention echo/induction) and save it."""
     from sparsa.config import load_settings
@@ -270,7 +267,7 @@ def use_sparse_attention(model, prefill: str = "block-sparse", decode: str = "fu
 
 
 def _cache_injector(model, config: SparseAttentionConfig):
-    modern = _cache_argument(model)
+    modern = cache_argument(model)
 
     def hook(module, args, kwargs):
         # Callers may use either name (transformers 5.2x renamed ``past_key_values`` to ``cache``).

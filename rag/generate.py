@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sparsa.batching import pad_left
+from sparsa.transformers_compat import cache_argument
 
 
 @dataclass(slots=True)
@@ -56,22 +56,12 @@ def prefill(model: Any, input_ids: Any) -> tuple[Any, Any]:
 
 def decode_step(model: Any, token: Any, cache: Any) -> tuple[Any, Any]:
     """One token ``int64[1, 1]`` through the cached model; returns (logits ``[1, V]``, cache)."""
-    out = model(input_ids=token, use_cache=True, **{_cache_argument(model): cache})
+    out = model(input_ids=token, use_cache=True, **{cache_argument(model): cache})
     return out.logits[:, -1], _returned_cache(out)
-
-
-@functools.cache
-def _cache_argument_of(cls: type) -> str:
-    # transformers 5.2x renamed ``past_key_values`` to ``cache``; the GPU machine runs 5.17.
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _returned_cache(output: Any) -> Any:
     return output["cache"] if "cache" in output else output["past_key_values"]
-
-
-def _cache_argument(model: Any) -> str:
-    return _cache_argument_of(type(model))
 
 
 def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
@@ -204,7 +194,7 @@ class _StaticDecoder:
         self.mask.index_fill_(3, position, True)
         torch.add(position, 1, out=self.length)
         out = self.model(input_ids=self.token, position_ids=self.position, attention_mask=self.mask,
-                         use_cache=True, **{_cache_argument(self.model): self.cache})
+                         use_cache=True, **{cache_argument(self.model): self.cache})
         logprobs = out.logits[0, -1].float().log_softmax(-1)
         token = logprobs.argmax().view(1)
         self.token.copy_(token.view(1, 1))
@@ -321,7 +311,7 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             positions = positions + 1
             out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions,
-                        use_cache=True, **{_cache_argument(model): _returned_cache(out)})
+                        use_cache=True, **{cache_argument(model): _returned_cache(out)})
             picked, logprobs = _pick_rows(out.logits[:, -1])
         decode_seconds = time.perf_counter() - started
     for row_stats, row_tokens in zip(stats, tokens, strict=True):

@@ -26,6 +26,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
+from sparsa.transformers_compat import cache_argument
 from sparsa.types import Corpus, Document, Query
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class QueryWriter:
             out = self.model.generate(
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),
-                **{_cache_argument(self.model): self._shared_cache(len(rest))},
+                **{cache_argument(self.model): self._shared_cache(len(rest))},
                 max_new_tokens=self.config.max_new_tokens,
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stop_strings=["\n"],
                 tokenizer=self.tokenizer, **sampling)
@@ -232,14 +233,6 @@ class QueryWriter:
         stopped = torch.isin(new, torch.tensor(self.stop_ids, device=new.device)).any(-1).tolist()
         texts = [t if done or "\n" in t else t + UNFINISHED for t, done in zip(texts, stopped, strict=True)]
         return [texts[i * n:(i + 1) * n] for i in range(len(documents))]
-
-
-def _cache_argument(model) -> str:
-    """Newer transformers renamed the models' ``past_key_values`` to ``cache`` (the old name warns), and a 5.x
-    release's ``generate()`` refuses the name its model does not take: ask the model's own signature."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _architectures(folder: str) -> list[str]:

@@ -14,7 +14,6 @@ pytest.importorskip("transformers")
 
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.kernels.hf_attention import (
-    _cache_argument,
     install_sparse_attention,
     remove_sparse_attention,
     use_sparse_attention,
@@ -25,6 +24,7 @@ from sparsa.kernels.kv_compression import (
     kv_cache_bytes,
     profile_retrieval_heads,
 )
+from sparsa.transformers_compat import cache_argument
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _run(model, steps=4):
         cache, logits = out.past_key_values, [out.logits[:, -1]]
         for _ in range(steps):
             token = logits[-1].argmax(-1, keepdim=True)
-            out = model(token, use_cache=True, **{_cache_argument(model): cache})
+            out = model(token, use_cache=True, **{cache_argument(model): cache})
             cache = out.past_key_values
             logits.append(out.logits[:, -1])
     return torch.stack(logits), cache

@@ -174,7 +174,7 @@ def serve(
     config = ServiceConfig(
         indexes=indexes, dataset=dataset_path(dataset or (chain and chain.retrieval.dataset) or "scifact"),
         reranker=reranker, reranker_model=reranker_model,
-        qa_model=None if qa_off else (qa_model or "smollm2-135m-instruct"),
+        qa_model=None if qa_off else (qa_model or (chain.reader.model if chain else "smollm2-135m-instruct")),
         qa_pipeline=None if qa_off else chain,
         qa_router=qa_router, event_encoder=event_encoder,
         api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,

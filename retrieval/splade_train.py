@@ -9,6 +9,9 @@
   attention projections, merged into the weights at the end, so the saved folder is a plain Hugging Face
   model.
 - Checkpoints every ``checkpoint_every`` steps (atomic) and resumes from the last one.
+- Memory: pooling keeps each (text, term)'s best position, not the ``[B, L, V]`` logits
+  (:func:`pool_with_grad`); ``gradient_checkpointing`` recomputes the backbone's activations in the backward
+  (a 1.5B decoder at batch 32 needs it on an 80 GB GPU).
 - AdamW (weight decay 0.01), linear warm-up over ``warmup_steps`` then linear decay to 0 at ``steps``,
   gradient norm clipped at 1, bf16 autocast on CUDA: the shared pieces of :mod:`sparsa.training`.
 
@@ -30,7 +33,6 @@ import torch
 
 from sparsa.batching import pad_right
 from sparsa.errors import ConfigError
-from sparsa.kernels.splade_pool import splade_pool_ref
 from sparsa.progress import progress_bar
 from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 from sparsa.training import (
@@ -74,6 +76,7 @@ class SpladeTrainConfig:
     initial_doc_terms: int = 256  # decoder backbones: the term bias starts where a document keeps ~this many
     checkpoint_every: int = 200
     seed: int = 13
+    gradient_checkpointing: bool = False  # recompute the backbone's activations in the backward (memory)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2:
@@ -102,7 +105,69 @@ class TrainableSplade(torch.nn.Module):
                                attention_mask=torch.from_numpy(mask).to(self.device), **kwargs).logits
         start = torch.tensor([item[1] for item in items], device=self.device)
         end = torch.tensor([item[2] for item in items], device=self.device)
-        return splade_pool_ref(hidden, self.head.weight, self.head.bias, start, end)
+        return pool_with_grad(hidden, self.head.weight, self.head.bias, start, end)
+
+
+# Logit elements per vocabulary chunk of pool_with_grad's forward (float32: 512 MiB).
+POOL_CHUNK_ELEMENTS = 1 << 27
+
+
+def pool_with_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """SPLADE pooling with gradients, without keeping the ``[B, L, V]`` logits (``splade_pool_ref``'s value).
+
+    ``log1p(relu(.))`` is monotone, so ``max_l log1p(relu(x_l)) = log1p(relu(max_l x_l))``: the forward
+    keeps each (text, term)'s best position and the backward sends the gradient there only (ties
+    aside, what autograd through the reference does). Memory is one vocabulary chunk's logits instead of
+    several full ``[B, L, V]`` float32 tensors: a decoder's 150k-term vocabulary over echoed documents did
+    not fit a GPU, and on a CPU allocating them was most of a step's time.
+    """
+    lo, hi = int(start.min()), int(end.max())  # only the pooled span is projected
+    positions = torch.arange(lo, hi, device=hidden.device)
+    inside = (positions[None] >= start[:, None]) & (positions[None] < end[:, None])  # [B, L']
+    best = _MaxLogits.apply(hidden[:, lo:hi], weight, bias, inside)
+    return torch.log1p(torch.relu(best))
+
+
+class _MaxLogits(torch.autograd.Function):
+    """``max`` over the unmasked positions of ``hidden @ weight.T + bias``, float32 ``[B, V]``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, inside):
+        batch, length, _ = hidden.shape
+        chunk = max(1, POOL_CHUNK_ELEMENTS // max(1, batch * length))
+        best = torch.empty(batch, weight.shape[0], dtype=torch.float32, device=hidden.device)
+        where = torch.empty(batch, weight.shape[0], dtype=torch.long, device=hidden.device)
+        for v in range(0, weight.shape[0], chunk):
+            logits = (hidden @ weight[v : v + chunk].T).float()  # autocast picks the matmul's dtype
+            if bias is not None:
+                logits += bias[v : v + chunk].float()
+            logits.masked_fill_(~inside[:, :, None], float("-inf"))
+            best[:, v : v + chunk], where[:, v : v + chunk] = logits.max(dim=1)  # first best position
+        ctx.save_for_backward(hidden, weight, where)
+        ctx.has_bias = bias is not None
+        return best
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, where = ctx.saved_tensors
+        # Only (text, term) pairs with a positive best logit have a gradient (relu's is 0 elsewhere).
+        rows, terms = grad.nonzero(as_tuple=True)
+        g = grad[rows, terms].float()
+        at = where[rows, terms]
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+            grad_hidden.index_put_((rows, at), g[:, None] * weight[terms].float(), accumulate=True)
+            grad_hidden = grad_hidden.to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_weight.index_add_(0, terms, g[:, None] * hidden[rows, at].float())
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+            grad_bias.index_add_(0, terms, g)
+        return grad_hidden, grad_weight, grad_bias, None
 
 
 def _vocabulary_head(backbone: torch.nn.Module, layout: SpladeEncoder) -> torch.nn.Linear:
@@ -215,6 +280,8 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
         if model.layout.bias is None and not checkpoint.is_file():
             docs = [e.positive for e in examples[:: max(1, len(examples) // 256)]][:256]
             centre_term_bias(model, docs, config.initial_doc_terms, config.max_doc_length)
+    if config.gradient_checkpointing:
+        _checkpoint_activations(model.backbone)
     params = [p for p in model.parameters() if p.requires_grad]
     stepper = Stepper(*make_optimizer(params, config.lr, weight_decay=0.01, warmup_steps=config.warmup_steps,
                                       total_steps=config.steps))
@@ -249,6 +316,16 @@ def train_splade(examples: Sequence[TrainingExample], out: str | Path, config: S
     (out / "sparsa.json").write_text(json.dumps(record, indent=2))
     checkpoint.unlink()
     return out
+
+
+def _checkpoint_activations(backbone: torch.nn.Module) -> None:
+    """transformers' activation checkpointing, non-reentrant (frozen LoRA bases need no input grads);
+    ``gradient_checkpointing_enable`` became ``activation_checkpointing_enable`` in transformers 5.2x."""
+    enable = getattr(backbone, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _restore_head_and_save(model: TrainableSplade, out: Path) -> None:

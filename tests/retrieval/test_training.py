@@ -39,6 +39,39 @@ def test_flops_is_the_sum_of_squared_mean_weights():
     assert float(flops(weights)) == pytest.approx(2.0**2 + 0.0 + 1.0**2)
 
 
+def test_pooling_with_grad_matches_the_reference_in_value_and_gradients(monkeypatch):
+    """The best-position pooling equals autograd through the [B, L, V] reference, over several chunks."""
+    from sparsa.kernels.splade_pool import splade_pool_ref
+    from sparsa.retrieval import splade_train
+
+    torch.manual_seed(0)
+    hidden, weight, bias = (torch.randn(*shape, requires_grad=True) for shape in ((5, 9, 8), (50, 8), (50,)))
+    start, end = torch.tensor([0, 2, 1, 3, 0]), torch.tensor([9, 6, 4, 8, 1])
+    monkeypatch.setattr(splade_train, "POOL_CHUNK_ELEMENTS", 5 * 9 * 7)  # 8 vocabulary chunks
+    coefficients = torch.randn(5, 50)
+    results = []
+    for pool in (splade_pool_ref, splade_train.pool_with_grad):
+        hidden.grad = weight.grad = bias.grad = None
+        pooled = pool(hidden, weight, bias, start, end)
+        (pooled * coefficients).sum().backward()
+        results.append([pooled.detach(), hidden.grad, weight.grad, bias.grad])
+    for ours, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference)
+    assert (results[1][0] > 0).any() and (results[1][0] == 0).any()  # both sides of the relu are covered
+
+
+def test_gradient_checkpointing_trains_the_same_model(tmp_path):
+    plain, checkpointed = (
+        train_splade(EXAMPLES, tmp_path / name, SpladeTrainConfig(steps=2, gradient_checkpointing=on, **TINY),
+                     device="cpu", show_progress=False)
+        for name, on in (("plain", False), ("checkpointed", True)))
+    losses = [json.loads((out / "sparsa.json").read_text())["final"] for out in (plain, checkpointed)]
+    assert losses[1]["contrastive"] == pytest.approx(losses[0]["contrastive"], rel=1e-4)
+    vectors = [SpladeEncoder(SpladeConfig(model=str(out))).encode_queries(["vitamin d"])[0]
+               for out in (plain, checkpointed)]
+    assert vectors[0].indices.tolist() == vectors[1].indices.tolist()
+
+
 def test_train_save_and_load(tmp_path):
     out = train_splade(EXAMPLES, tmp_path / "model", SpladeTrainConfig(steps=2, **TINY), device="cpu",
                        show_progress=False)

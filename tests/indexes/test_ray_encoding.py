@@ -40,6 +40,9 @@ def test_ray_build_matches_the_local_build(ray_local, docs, tmp_path):
     texts = [d.full_text for d in docs.documents]
     on_ray = RayEncoder(encoder, texts, RayOptions(batch_size=7))  # batches that straddle shards
     build_index("splade", docs, tmp_path / "ray", encoder=on_ray, shard_size=16)
+    # The build streamed through Ray's actors (not the local encoder's own stream on the driver).
+    assert on_ray.stats["documents"] == 40 and on_ray.stats["calls"] == 6
+    assert sum(on_ray.stats["actor_documents"].values()) == 40
     build_index("splade", docs, tmp_path / "local", encoder=encoder, shard_size=16)
     ray_index, local_index = open_index(tmp_path / "ray"), open_index(tmp_path / "local")
     assert ray_index.manifest["encoder"] == local_index.manifest["encoder"]
@@ -49,6 +52,23 @@ def test_ray_build_matches_the_local_build(ray_local, docs, tmp_path):
     np.testing.assert_array_equal(a.indices, b.indices)
     # batches differ, so padding differs: float noise only
     np.testing.assert_allclose(a.values, b.values, atol=1e-4)
+
+
+def test_packed_batches_round_trip():
+    from sparsa.indexes.ray_encoding import _pack, _unpack
+    from sparsa.sparse_rows import SparseRows
+    from sparsa.types import SparseVector
+
+    vectors = [SparseVector(np.array([3, 9], np.int32), np.array([0.5, 1.5], np.float32)),
+               SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32)),
+               SparseVector(np.array([1], np.int32), np.array([2.0], np.float32))]
+    rows = SparseRows.from_vectors(vectors).slice(1, 3)  # a view with a non-zero start
+    back = _unpack(_pack(rows), 2, None)
+    np.testing.assert_array_equal(back.indptr, [0, 0, 1])
+    np.testing.assert_array_equal(back.indices, [1])
+    np.testing.assert_array_equal(back.values, [2.0])
+    dense = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(_unpack(_pack(dense), 2, 3), dense)
 
 
 def test_ray_encoder_resumes_mid_job_and_encodes_dense(ray_local, docs):

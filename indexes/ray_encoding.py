@@ -31,6 +31,14 @@ from sparsa.sparse_rows import SparseRows
 
 logger = logging.getLogger(__name__)
 
+_LAST: list[dict[str, Any]] = []  # this process's latest pipeline's stats, for last_stats()
+
+
+def last_stats() -> dict[str, Any]:
+    """Where this process's latest Ray pipeline spent its time (``RayEncoder.stats``): a build through
+    ``build_index_job(ray=...)`` makes its ``RayEncoder`` inside, so benches and logs read it here."""
+    return dict(_LAST[-1]) if _LAST else {}
+
 
 @dataclass(frozen=True, slots=True)
 class RayOptions:
@@ -192,8 +200,13 @@ class RayEncoder:
         # A CPU actor's torch threads: its share of the CPUs it holds; a GPU actor tokenises in one
         # thread (no tokenizer processes inside a Ray worker: sparsa.batching._fork_unsafe).
         threads = None if gpus else max(1, int(options.cpus_per_actor))
-        table = pa.table({"position": np.arange(offset, offset + len(texts), dtype=np.int64), "text": texts})
-        encoded = ray.data.from_arrow(table).map_batches(
+        # One input block per actor call: an actor pool takes work a block at a time and returns a block's
+        # rows when the block is done, so one big block would keep every actor but one idle.
+        size = options.batch_size
+        positions = np.arange(offset, offset + len(texts), dtype=np.int64)
+        blocks = [pa.table({"position": positions[a : a + size], "text": texts[a : a + size]})
+                  for a in range(0, len(texts), size)]
+        encoded = ray.data.from_arrow(blocks).map_batches(
             _EncoderActor, fn_constructor_kwargs={"spec": self.local.spec(), "threads": threads},
             batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
             num_cpus=options.cpus_per_actor, batch_format="numpy",
@@ -203,6 +216,7 @@ class RayEncoder:
                               "batch_size": options.batch_size, "calls": 0, "payload_bytes": 0,
                               "first_batch_s": None, "wait_s": 0.0, "driver_s": 0.0, "actor_busy_s": {},
                               "actor_documents": {}, "started": time.perf_counter(), "finished": None}
+        _LAST[:] = [stats]
         clock = stats["started"]
         for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
             for position, count, dim, payload, seconds, actor in zip(

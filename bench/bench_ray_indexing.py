@@ -10,7 +10,8 @@ words repeat every 5,183 documents). Each (kind, GPU count) is one job as ``spar
 ``build_index_job(kind, corpus, out, ray=RayOptions(actors=N))`` (splade: splade-tiny, exact backend;
 dense: minilm-l6, flat), in a fresh local Ray instance started with N GPUs (``ray.init(num_gpus=N)``), from
 the corpus in memory to the published index folder. docs/s = documents / job seconds; scaling efficiency =
-docs/s at N / (N x docs/s at 1 GPU); the same for the steady rate (after the first result arrived).
+docs/s at N / (N x docs/s at 1 GPU). ``actor_docs_per_s``: the sum over actors of documents / busy seconds,
+what the actors would give if never idle (its efficiency: do actors slow each other down, e.g. on the host).
 
 Where the time goes, from ``sparsa.indexes.ray_encoding.last_stats()`` and the job's clock:
 ``before_s`` (the driver's local encoder, the job fingerprint over every text, the Arrow table),
@@ -117,13 +118,11 @@ def run_job(kind: str, corpus: Corpus, gpus: int, args, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     n, job_s = len(corpus), ended - started
     stream_s = stats["finished"] - stats["started"]
-    first_calls = min(args.batch_size, n)  # the first result's documents came with the start-up
-    steady_s = stream_s - stats["first_batch_s"]
     busy = stats["actor_busy_s"]
     return {
         "kind": kind, "model": MODELS[kind], "gpus": gpus, "actors": stats["actors"], "documents": n,
         "seconds": round(job_s, 2), "docs_per_s": round(n / job_s, 1),
-        "steady_docs_per_s": round((n - first_calls) / steady_s, 1) if steady_s > 0.05 * stream_s else None,
+        "actor_docs_per_s": round(sum(stats["actor_documents"][a] / busy[a] for a in busy if busy[a] > 0), 1),
         "ray_init_s": round(ray_init_s, 2),
         "before_s": round(stats["started"] - started, 2),
         "first_result_s": round(stats["first_batch_s"], 2),
@@ -183,28 +182,33 @@ def main() -> None:
                 row = run_job(kind, corpus, gpus, args, work)
                 row["tokenise_docs_per_s"] = tokenise[kind]
                 rows.append(row)
+                save(rows, corpus, card, args)
                 print(f"{kind} {gpus} {'CPU actor' if args.device == 'cpu' else 'GPU'}(s): "
                       f"{row['docs_per_s']:,.0f} docs/s ({row['seconds']} s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for row in rows:
-        base = next(r for r in rows if r["kind"] == row["kind"] and r["gpus"] == 1)
-        row["efficiency"] = round(row["docs_per_s"] / (row["gpus"] * base["docs_per_s"]), 3)
-        if row["steady_docs_per_s"] and base["steady_docs_per_s"]:
-            row["steady_efficiency"] = round(row["steady_docs_per_s"]
-                                             / (row["gpus"] * base["steady_docs_per_s"]), 3)
+    path = save(rows, corpus, card, args)
     unit = "CPU actors" if args.device == "cpu" else "GPUs"
-    print(f"\n{'kind':<7}{unit:>10}{'docs/s':>10}{'eff':>7}{'steady':>9}{'eff':>7}{'first':>7}"
+    print(f"\n{'kind':<7}{unit:>10}{'docs/s':>10}{'eff':>7}{'actors':>9}{'eff':>7}{'first':>7}"
           f"{'busy share':>13}{'wait':>7}{'shard':>7}{'after':>7}{'tok/s':>9}")
     for r in rows:
         print(f"{r['kind']:<7}{r['gpus']:>10}{r['docs_per_s']:>10,.0f}{r['efficiency']:>7.2f}"
-              f"{r['steady_docs_per_s'] or 0:>9,.0f}{r.get('steady_efficiency', 0):>7.2f}"
+              f"{r['actor_docs_per_s']:>9,.0f}{r['actor_efficiency']:>7.2f}"
               f"{r['first_result_s']:>7.1f}{'/'.join(f'{s:.2f}' for s in r['busy_share']):>13}"
               f"{r['driver_wait_s']:>7.1f}{r['driver_shard_s']:>7.1f}{r['after_s']:>7.1f}"
               f"{r['tokenise_docs_per_s']:>9,.0f}")
+    print(f"wrote {path}")
+
+
+def save(rows: list[dict], corpus: Corpus, card: str, args) -> Path:
+    """The record with every row so far (written after each job: a run cut short keeps its rows)."""
+    for row in rows:
+        base = next(r for r in rows if r["kind"] == row["kind"] and r["gpus"] == 1)
+        row["efficiency"] = round(row["docs_per_s"] / (row["gpus"] * base["docs_per_s"]), 3)
+        row["actor_efficiency"] = round(row["actor_docs_per_s"] / (row["gpus"] * base["actor_docs_per_s"]), 3)
     payload = {
         "corpus": CORPUS_NOTE, "documents": len(corpus), "card": card, "device": args.device,
-        "gpu_counts": args.gpus,
+        "gpu_counts": args.gpus, "kinds": args.kinds,
         "method": "build_index_job(kind, corpus, out, ray=RayOptions(actors=N)) per kind and GPU count, each "
                   "in a fresh local Ray instance (ray.init(num_gpus=N)); corpus in memory -> published index",
         "rows": rows,
@@ -216,7 +220,7 @@ def main() -> None:
         # no git on the GPU machine: the commit the staged wheel was built from
         record["meta"]["git_commit"] = os.environ["SPARSA_BENCH_COMMIT"]
         path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -19,10 +19,14 @@
 #   run(command="bash bench/gpu_ray_indexing.sh", carry=[".stage/rayidx/parts/p02"], kind="nvidia-h100-x2",
 #       timeout_s=600)
 #   (with more pieces: `part` for each but the last.) The last call joins the pieces, installs, checks
-#   Ray, runs the bench and writes $OUT/ray_indexing.json and $OUT/ray_indexing.log; copy the JSON to
-#   bench/results/ here (its meta names the wheel's commit). RAY_DOCS (default 500000), RAY_GPUS
-#   (default 1,2; 1,2,4 on an x4 kind), RAY_KINDS (default "splade dense"; one kind a call if 600 s is
-#   short: the JSON then holds that kind only) and RAY_ARGS (more flags) change the run.
+#   Ray, runs the bench and writes $OUT/$NAME.json and $OUT/$NAME.log (NAME=ray_indexing); copy the JSON
+#   to bench/results/ here (its meta names the wheel's commit). Time: 4 jobs of 500,000 documents at the
+#   1-GPU rate seen for SciFact (3.7-4.2k docs/s) and half that, plus Ray and model start-up per job:
+#   about 8 minutes, close to the 600 s limit; the JSON is rewritten after every job, so a run cut short
+#   keeps its rows; then run the missing kind on the warm machine, e.g. RAY_KINDS=dense
+#   NAME=ray_indexing_dense bash bench/gpu_ray_indexing.sh (pieces stay in /root/stage).
+#   RAY_DOCS (default 500000), RAY_GPUS (default 1,2; 1,2,4 on an x4 kind), RAY_KINDS (default "splade
+#   dense") and RAY_ARGS (more flags) change the run.
 # Check here (CPU actors, not a figure; this Python's own ray, the staged sparsa wheel): LOCAL_CHECK=1 \
 #   OUT=/tmp/rayo STAGE=/tmp/raystage PY=$PWD/.venv/bin/python RAY_DOCS=2000 RAY_GPUS=1 \
 #   RAY_ARGS="--device cpu --batch-size 256" bash bench/gpu_ray_indexing.sh
@@ -66,7 +70,7 @@ echo "pieces here: $(ls "$STAGE/parts" | tr '\n' ' ')"
 [[ $step == part ]] && exit 0
 
 OUT=${OUT:?set OUT to the folder for results}
-PY=${PY:-python3}
+PY=${PY:-python3} NAME=${NAME:-ray_indexing}
 REPO=$PWD
 rm -rf "$STAGE/payload" "$STAGE/site" && mkdir -p "$STAGE/payload"
 cat "$STAGE"/parts/p* | tar xf - -C "$STAGE/payload"
@@ -86,4 +90,4 @@ nproc; nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
 # shellcheck disable=SC2086  # RAY_KINDS and RAY_ARGS are lists
 "$PY" "$REPO/bench/bench_ray_indexing.py" --docs "${RAY_DOCS:-500000}" --gpus "${RAY_GPUS:-1,2}" \
     --kinds ${RAY_KINDS:-splade dense} --corpus "$P/data/scifact.jsonl.gz" ${RAY_ARGS:-} \
-    --results "$OUT/ray_indexing.json" 2>&1 | tee "$OUT/ray_indexing.log"
+    --results "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.log"

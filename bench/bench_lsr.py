@@ -8,7 +8,8 @@ Two steps, so the encoding can run on the GPU machine (which has no Java and no 
     # 2. evaluate every run in the folder with ir_measures, add BM25 from bench/results/bm25.json
     python bench/bench_lsr.py evaluate --runs .stage/runs
 
-Step 2 writes bench/results/lsr.json and prints the table.
+Step 2 writes bench/results/lsr.json (``--name NAME``: bench/results/NAME.json, for another set of runs)
+and prints the table.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ def evaluate(args: argparse.Namespace) -> None:
     rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")}
                              for d in DATASETS}
     qrels = {d: load_dataset(data_dir / d).qrels for d in DATASETS}
+    per_query = {}
     for path in sorted(args.runs.glob("*.trec")):
         name, dataset = path.stem.rsplit(".", 1)
         result = evaluate_run(Run.read_trec(path), qrels[dataset], ("nDCG@10", "R@100", "MRR@10"))
+        per_query[path.stem] = result.per_query
         rows[f"{name}.{dataset}"] = ({k: round(v, 4) for k, v in result.aggregate.items()}
                                      | timings.get(path.stem, {}))
     systems = sorted({key.rsplit(".", 1)[0] for key in rows}, key=lambda s: (s != "bm25", s))
@@ -84,9 +87,27 @@ def evaluate(args: argparse.Namespace) -> None:
                                         for c in cells))
     notes = {"bm25": "Lucene BM25 flat, k1=0.9 b=0.4 (bench/results/bm25.json)",
              "runs": "exact dot-product search, k=100; encoding timings from the machine that encoded"}
-    path = write_results("lsr",
-                         {"notes": notes, "results": rows, **({"extra": args.note} if args.note else {})})
+    paired = _paired(per_query, *args.compare) if args.compare else {}
+    payload = {"notes": notes, "results": rows, **({"paired": paired} if paired else {}),
+               **({"extra": args.note} if args.note else {})}
+    path = write_results(args.name, payload, gpu=args.gpu)
     print(f"wrote {path}")
+
+
+def _paired(per_query: dict, first: str, second: str) -> dict:
+    """Per dataset, ``second - first`` per test query (nDCG@10, R@100): mean, paired bootstrap 95% CI."""
+    from common import paired_bootstrap
+
+    out = {}
+    for dataset in DATASETS:
+        a, b = per_query.get(f"{first}.{dataset}"), per_query.get(f"{second}.{dataset}")
+        if a and b:
+            ids = sorted(a)
+            key = f"{second}-vs-{first}.{dataset}"
+            out[key] = {m: paired_bootstrap([b[q][m] for q in ids], [a[q][m] for q in ids])
+                        for m in ("nDCG@10", "R@100")}
+            print(f"{second} - {first}, {dataset}: {out[key]}")
+    return out
 
 
 def main() -> None:
@@ -103,6 +124,10 @@ def main() -> None:
     ev.add_argument("--runs", type=Path, required=True)
     ev.add_argument("--data-dir", type=Path)
     ev.add_argument("--note", default="")
+    ev.add_argument("--name", default="lsr", help="record name: bench/results/NAME.json")
+    ev.add_argument("--gpu", help="the card that trained and encoded, recorded in meta.hardware")
+    ev.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                    help="paired bootstrap of B - A per dataset (per-query nDCG@10 and R@100)")
     args = parser.parse_args()
     encode(args) if args.step == "encode" else evaluate(args)
 

@@ -14,9 +14,10 @@
 #           bash bench/gpu_qwen.sh judge     (bench/gpu_qwen_judge.sh, carry .stage/qj)
 #           bash bench/gpu_qwen.sh routing   (bench/gpu_qwen_routing.sh, carry .stage/qr)
 #           bash bench/gpu_qwen.sh synthetic (bench/gpu_synthetic_queries.sh, carry .stage/syn)
+#           bash bench/gpu_qwen.sh lsr       (bench/gpu_synthetic_lsr.sh, carry .stage/slsr; call again to resume)
 set -euo pipefail
 STAGE=/root/stage
-step=${1:?usage: gpu_qwen.sh stage|wheel|part|setup|judge|routing|synthetic}
+step=${1:?usage: gpu_qwen.sh stage|wheel|part|setup|judge|routing|synthetic|lsr}
 
 if [[ $step == stage || $step == wheel ]]; then
     PY=${PY:-.venv/bin/python}
@@ -73,5 +74,7 @@ EOF
         install_sparsa && bash "$REPO/bench/gpu_qwen_routing.sh" ;;
     synthetic)
         install_sparsa && bash "$REPO/bench/gpu_synthetic_queries.sh" run ;;
+    lsr)
+        install_sparsa && bash "$REPO/bench/gpu_synthetic_lsr.sh" run ;;
     *) echo "unknown step $step"; exit 2 ;;
 esac

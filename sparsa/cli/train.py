@@ -57,6 +57,8 @@ def splade(
                                                               "the backward: less memory, ~1/3 more time "
                                                               "(a 1.5B decoder at batch 32 needs it)")]
     = False,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="save a resumable checkpoint every N steps")]
+    = 200,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Fine-tune SPLADE: contrastive loss with in-batch and hard negatives, FLOPS regularisation."""
@@ -87,7 +89,8 @@ def splade(
                                lr=chosen["lr"], warmup_steps=chosen["warmup_steps"], negatives_per_query=used,
                                lambda_query=lambda_query, lambda_doc=lambda_doc, lora_rank=lora_rank,
                                initial_doc_terms=initial_doc_terms,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing,
+                               checkpoint_every=checkpoint_every)
     folder = train_splade(prepared, out, config, device=device, data_description=described)
     console.print(f"trained model in {folder}; use it with --model {folder}")
 

@@ -117,9 +117,11 @@ def test_train_splade_uses_every_negative(examples_file, tmp_path, capsys):
     out = tmp_path / "splade"
     argv = ["-q", "train", "splade", "--examples", str(examples_file), "--steps", "1", "--batch-size", "2",
             "--device", "cpu"]
-    assert main([*argv, "--negatives", "2", "--out", str(out)]) == 0
+    assert main([*argv, "--negatives", "2", "--gradient-checkpointing", "--checkpoint-every", "7",
+                 "--out", str(out)]) == 0
     config = json.loads((out / "sparsa.json").read_text())["config"]
     assert config["negatives_per_query"] == 2 and config["lr"] == 5e-5
+    assert config["gradient_checkpointing"] and config["checkpoint_every"] == 7
     assert config["encoder"]["model"] == "splade-tiny"
     assert main([*argv, "--negatives", "9", "--out", str(tmp_path / "all")]) == 0
     assert "3 hard negatives each" in capsys.readouterr().err  # every negative the file holds

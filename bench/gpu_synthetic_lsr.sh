@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Decoder SPLADE on Qwen2.5-Coder-1.5B-Instruct trained on synthetic queries (issue 28), on one GPU:
+# `sparsa train splade --decoder` (the published Mistral-SPLADE settings it defaults to: 600 steps x 32,
+# lr 2e-4, warm-up 50, LoRA r=16, term bias centred to ~256 doc terms; 1 hard negative as that run used)
+# on SciFact train (919 labelled pairs + 3000 title->body, BM25 negatives) + the kept synthetic pairs of
+# SciFact, Cranfield and CISI (bench/gpu_synthetic_queries.sh; each pair from its own corpus, no test
+# query used), then bench_lsr.py encode: SciFact/Cranfield/CISI test runs (k=100) to fetch.
+# The same examples file as the splade-tiny comparison in bench/results/lsr_synthetic.json.
+#
+# Here:   bash bench/gpu_synthetic_lsr.sh stage   -> .stage/slsr (23 MB): pairs.jsonl.gz and, per dataset,
+#           corpus + test queries only (no qrels travel). Needs .stage/syn/out/<corpus>.jsonl.gz and a
+#           SciFact BM25 index (INDEX, default scifact-bm25 under SPARSA_HOME) to mine SciFact train's pairs.
+#         bash bench/gpu_qwen.sh stage (or `wheel` after edits)
+# There:  the Qwen pieces and setup as bench/gpu_qwen.sh says, then, while the machine stays warm:
+#           run(command="bash bench/gpu_qwen.sh lsr", carry=[".stage/qw", ".stage/slsr"], timeout_s=600)
+#         Training stops itself after TRAIN_S seconds (default 450) and keeps its checkpoint (every
+#         CKPT steps, default 50) under /root/stage/slsr: call again and it resumes; once trained, the same
+#         call encodes. The checkpoint (~55 MB with Adam's state) lives only on the warm machine.
+#         $OUT gets train.log, encode.log, the model's sparsa.json and term bias, runs.tar.gz.
+#         Estimates, not measured (gpu_memory.log and train.log will say): a step is ~35k tokens (64 echoed
+#         documents of <=513 + 32 queries); without --gradient-checkpointing the 28 layers' activations are
+#         ~100 GB, with it ~6 GB of saved layer inputs + one layer's recompute (~4 GB) + 6 GB float32 weights;
+#         pooling holds one 512 MiB vocabulary chunk (pool_with_grad). ~3e14 FLOP a step: ~1-2 s on an H100,
+#         so the 600 steps take 2-3 calls (each reloads the model, ~30 s, and loses < CKPT steps), which with
+#         the Qwen pieces' calls must fit one machine's 30-minute hold (else STEPS=300 and say so).
+#         Overrides: STEPS, BATCH, MODEL, DEVICE, DATASETS, TRAIN_S, CKPT, STAGE, SLSR. Tried here on CPU with
+#         SmolLM2 on a 40-pair, 60-document stand-in (MODEL=smollm2-135m-instruct DEVICE=cpu STEPS=30 BATCH=2
+#         CKPT=2 DATASETS=cisi SLSR=<stand-in> STAGE=/tmp/x): cut by TRAIN_S=75 at step 2, resumed, encoded.
+# Then here: tar xzf runs.tar.gz; .venv/bin/python bench/bench_lsr.py evaluate --runs runs \
+#              --name lsr_synthetic_qwen --gpu "<card>" --note "<recipe, steps, train seconds>"
+set -euo pipefail
+step=${1:?usage: gpu_synthetic_lsr.sh stage|run}
+DATASETS=${DATASETS:-scifact cranfield cisi}
+
+if [[ $step == stage ]]; then
+    PY=${PY:-.venv/bin/python}
+    DATA=${SPARSA_DATA_DIR:-../shared/data}
+    S=.stage/slsr
+    rm -rf $S && mkdir -p $S
+    .venv/bin/sparsa train splade --dataset scifact --first-stage "${INDEX:-scifact-bm25}" \
+        --self-supervised 3000 --save-examples $S/scifact-train.jsonl.gz --out $S/unused
+    (zcat $S/scifact-train.jsonl.gz; for c in scifact cranfield cisi; do zcat .stage/syn/out/$c.jsonl.gz; done) \
+        | gzip > $S/pairs.jsonl.gz
+    rm -f $S/scifact-train.jsonl.gz
+    for d in $DATASETS; do
+        mkdir -p $S/data/$d
+        if [[ -f $DATA/$d/corpus.jsonl.gz ]]; then cp --no-preserve=mode "$DATA/$d/corpus.jsonl.gz" $S/data/$d/
+        else gzip -c "$DATA/$d/corpus.jsonl" > $S/data/$d/corpus.jsonl.gz; fi
+        # test queries only: the runs cover what bench_lsr.py evaluate scores, and no qrels travel
+        "$PY" -c "import json, sys
+ids = {line.split('\t')[0] for line in open(sys.argv[1]).read().splitlines()[1:]}
+for line in open(sys.argv[2]):
+    if json.loads(line)['_id'] in ids: print(line, end='')" "$DATA/$d/qrels/test.tsv" "$DATA/$d/queries.jsonl" \
+            > $S/data/$d/queries.jsonl
+    done
+    zcat $S/pairs.jsonl.gz | wc -l && wc -l $S/data/*/queries.jsonl && du -sh $S
+    exit 0
+fi
+
+: "${OUT:?set OUT to the folder whose files come back}"
+REPO=$PWD
+STAGE=${STAGE:-/root/stage}
+SLSR=${SLSR:-$REPO/.stage/slsr}  # the staged pairs and data (another folder: a small stand-in, for trying it)
+MODEL_OUT=$STAGE/slsr/model
+mkdir -p "$STAGE/slsr"
+[[ ${DEVICE:-cuda} == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.log"
+cd "$STAGE/slsr"  # import sparsa from the installed wheel, not the checkout
+if [[ ! -f $MODEL_OUT/sparsa.json ]]; then
+    [[ -f $MODEL_OUT/checkpoint.pt ]] && echo "resuming from $MODEL_OUT/checkpoint.pt" | tee -a "$OUT/train.log"
+    if [[ ${DEVICE:-cuda} == cuda ]]; then  # the card's memory in use every 5 s: the peak goes in the record
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 5000 > "$OUT/gpu_memory.log" &
+        monitor=$!
+    fi
+    set +e
+    timeout "${TRAIN_S:-450}" python -m sparsa train splade --decoder --model "${MODEL:-qwen2.5-coder-1.5b-instruct}" \
+        --examples "$SLSR/pairs.jsonl.gz" --negatives 1 --gradient-checkpointing \
+        --checkpoint-every "${CKPT:-50}" --device "${DEVICE:-cuda}" --out "$MODEL_OUT" \
+        ${STEPS:+--steps $STEPS} ${BATCH:+--batch-size $BATCH} 2>&1 | tr '\r' '\n' | grep -v "Loading weights" \
+        | awk 'NR % 20 == 1 || !/training SPLADE/' | tee -a "$OUT/train.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [[ -n ${monitor:-} ]] && kill "$monitor" && echo "peak MiB in use: $(sort -n "$OUT/gpu_memory.log" | tail -1)"
+    [[ $rc == 0 ]] || { echo "training stopped (rc $rc): call again to resume from its last checkpoint"; exit 0; }
+fi
+cp "$MODEL_OUT/sparsa.json" "$OUT/model.sparsa.json"
+cp "$MODEL_OUT/splade_term_bias.safetensors" "$OUT/"
+rm -rf runs && mkdir runs
+# shellcheck disable=SC2086  # DATASETS is a word list
+python "$REPO/bench/bench_lsr.py" encode --out runs \
+    --data-dir "$SLSR/data" --datasets $DATASETS \
+    --model qwen-splade-syn="$MODEL_OUT" --decoder qwen-splade-syn 2>&1 | grep -v "Loading weights" \
+    | tee "$OUT/encode.log"
+tar czf "$OUT/runs.tar.gz" runs

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from sparsa.errors import ConfigError
+from sparsa.transformers_compat import cache_argument
 from sparsa.types import Document, Query
 
 logger = logging.getLogger(__name__)
@@ -338,9 +339,10 @@ class RelevanceJudge:
                          values.expand(batch, -1, -1, -1).contiguous(), layer)
         positions = torch.arange(width, width + longest)[None].expand(batch, -1)
         device = self.ql.device
-        hidden = self.model.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  position_ids=positions.to(device), past_key_values=cache,
-                                  use_cache=True).last_hidden_state  # [B, longest, d]
+        backbone = self.model.model
+        hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                          position_ids=positions.to(device),
+                          **{cache_argument(backbone): cache}).last_hidden_state  # [B, longest, d]
         last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
         return self.model.lm_head(hidden[torch.arange(batch, device=device), last])
 

@@ -29,3 +29,18 @@ def test_dense_kernel_is_a_checked_setting():
         AttentionConfig(dense_kernel="flash")
     with pytest.raises(ConfigError, match="dense_kernel"):
         SparseAttentionConfig(dense_kernel="flash").validate()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sq", [4096, 1000], ids=["self", "last-queries"])
+def test_dense_prefill_with_our_kernel_on_cuda(sq):
+    """The compiled kernel (bf16, Qwen2.5-1.5B's 12 query / 2 KV heads, head dim 128) against SDPA."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = torch.Generator(device="cuda").manual_seed(sq)
+    q = torch.randn(1, 12, sq, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(1, 2, 4096, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for _ in range(2))
+    ours = ops.dense_prefill(q, k, v, 128 ** -0.5, "triton")
+    sdpa = ops.dense_prefill(q, k, v, 128 ** -0.5, "sdpa")
+    torch.testing.assert_close(ours.float(), sdpa.float(), atol=2e-2, rtol=2e-2)

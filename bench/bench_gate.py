@@ -83,14 +83,14 @@ def unseen_length_ms(seqlen: int, scale: float, configs: dict, tries: int = 3) -
     """Median ms of each provider's first call at ``tries`` lengths near ``seqlen`` that it has not seen,
     after one untimed call at another; each provider has its own lengths ("default" and "cudnn" may share
     a cache)."""
-    providers = [name for name, c in configs.items() if "fn" in c] + ["ours dense", "sparse layer"]
+    own = {"ours dense": ours_dense, "sparse layer": sparse_layer}
+    providers = [name for name, c in configs.items() if "fn" in c] + list(own)
     out = {}
     for index, name in enumerate(providers):
         times = []
         for j in range(tries + 1):
             length = seqlen + 1 + 16 * (index * (tries + 1) + j)  # never a multiple of 16, never seen
             q, k, v = random_qkv(length)
-            own = {"ours dense": ours_dense, "sparse layer": sparse_layer}
             call = (functools.partial(own[name], q, k, v, scale) if name in own
                     else sdpa_call(q, k, v, name, configs[name]["gqa"]))
             ms = first_call_ms(call)

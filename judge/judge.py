@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from sparsa.errors import ConfigError
-from sparsa.transformers_compat import cache_argument
+from sparsa.transformers_compat import cache_argument, returned_cache
 from sparsa.types import Document, Query
 
 logger = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class RelevanceJudge:
         import torch
 
         ids = torch.tensor([self._prefix_ids], device=self.ql.device)
-        cache = self.model(input_ids=ids, use_cache=True).past_key_values
+        cache = returned_cache(self.model(input_ids=ids, use_cache=True))
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _cached_prefix(self):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsa.batching import pad_left
-from sparsa.transformers_compat import cache_argument
+from sparsa.transformers_compat import cache_argument, returned_cache
 
 
 @dataclass(slots=True)
@@ -51,17 +51,13 @@ class GenerationStats:
 def prefill(model: Any, input_ids: Any) -> tuple[Any, Any]:
     """Run the prompt ``int64[1, L]`` once; returns (last-position logits ``[1, V]``, KV cache)."""
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], _returned_cache(out)
+    return out.logits[:, -1], returned_cache(out)
 
 
 def decode_step(model: Any, token: Any, cache: Any) -> tuple[Any, Any]:
     """One token ``int64[1, 1]`` through the cached model; returns (logits ``[1, V]``, cache)."""
     out = model(input_ids=token, use_cache=True, **{cache_argument(model): cache})
-    return out.logits[:, -1], _returned_cache(out)
-
-
-def _returned_cache(output: Any) -> Any:
-    return output["cache"] if "cache" in output else output["past_key_values"]
+    return out.logits[:, -1], returned_cache(out)
 
 
 def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int],
@@ -311,7 +307,7 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             positions = positions + 1
             out = model(input_ids=picked[:, None], attention_mask=mask, position_ids=positions,
-                        use_cache=True, **{cache_argument(model): _returned_cache(out)})
+                        use_cache=True, **{cache_argument(model): returned_cache(out)})
             picked, logprobs = _pick_rows(out.logits[:, -1])
         decode_seconds = time.perf_counter() - started
     for row_stats, row_tokens in zip(stats, tokens, strict=True):

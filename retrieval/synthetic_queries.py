@@ -26,7 +26,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
-from sparsa.transformers_compat import cache_argument
+from sparsa.transformers_compat import cache_argument, returned_cache
 from sparsa.types import Corpus, Document, Query
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class QueryWriter:
         if self._cache is None:
             with torch.inference_mode():
                 ids = torch.tensor([self._shared], device=self.device)
-                self._cache = self.model(input_ids=ids, use_cache=True).past_key_values
+                self._cache = returned_cache(self.model(input_ids=ids, use_cache=True))
         cache = copy.deepcopy(self._cache)
         cache.batch_repeat_interleave(rows)
         return cache

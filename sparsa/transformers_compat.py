@@ -17,3 +17,8 @@ def cache_argument(model: Any) -> str:
     renamed ``past_key_values`` to ``cache`` (the old name warns there), and 5.17, on the GPU machine, refuses
     ``cache``. Asked of the model's own signature."""
     return _cache_argument_of(type(model))
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass with ``use_cache=True`` returned, under either release's name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]

@@ -224,7 +224,8 @@ def _masked_scores(q, k_base, stride_ks, start_n, offs_m, seqlen_k, diag, qk_sca
     return tl.where(keep, qk, float("-inf"))
 
 
-@triton.autotune(configs=attention_block_max_configs(), key=["HEAD_DIM", "BLOCK", "CAUSAL"])
+@triton.autotune(configs=attention_block_max_configs(), key=["HEAD_DIM", "BLOCK", "CAUSAL"],
+                 cache_results=True)  # a restarted server reads the tuned tile from disk
 @triton.jit
 def _attention_block_max_kernel(
     Q, K, OUT, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,

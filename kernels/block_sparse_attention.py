@@ -118,6 +118,7 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
     configs=block_sparse_attention_configs(),
     key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN", "LEN_BUCKET"],
     prune_configs_by={"early_config_prune": _prune_configs},
+    cache_results=True,  # a new process (a restarted server) reads the tuned tile from Triton's disk cache
 )
 @triton.jit
 def _block_sparse_fwd_kernel(

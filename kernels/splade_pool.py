@@ -97,7 +97,7 @@ def _build_kernel(interpret: bool):
         return [triton.Config({"BLOCK_T": bt, "BLOCK_V": bv, "BLOCK_K": 64}, num_warps=w, num_stages=s)
                 for bt, bv, w, s in space]
 
-    @triton.autotune(configs=configs(), key=["D", "V"])
+    @triton.autotune(configs=configs(), key=["D", "V"], cache_results=True)
     @triton.jit
     def _splade_pool_kernel(
         h_ptr, w_ptr, b_ptr, start_ptr, end_ptr, out_ptr,

@@ -40,7 +40,7 @@ import triton.language as tl
 from torch import nn
 
 from .block_mask import KeptBlocks
-from .block_sparse_attention import _check_interpretable
+from .input_checks import check_interpretable
 
 __all__ = [
     "attention_block_max",
@@ -281,7 +281,7 @@ def attention_block_max(q: torch.Tensor, k: torch.Tensor, *, block_size: int = 6
         raise ValueError(f"head dim must be 64 or 128 and equal for q and k: {q.shape[-1]}, {k.shape[-1]}")
     if q.dtype != k.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q and k must share a dtype among fp16/bf16/fp32: {q.dtype}, {k.dtype}")
-    _check_interpretable(q.dtype)
+    check_interpretable(q.dtype)
     if block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size must be one of (16, 32, 64, 128), got {block_size}")
     if k.device != q.device:

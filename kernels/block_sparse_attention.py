@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from .block_mask import KeptBlocks  # its home since the gates share it; still exported from here
+from .input_checks import check_attention_inputs
 
 __all__ = [
     "KeptBlocks",
@@ -47,9 +48,6 @@ __all__ = [
     "block_sparse_attention_ref",
 ]
 
-_HEAD_DIMS = (64, 128)
-_BLOCK_SIZES = (16, 32, 64, 128)
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 
 
@@ -218,43 +216,6 @@ def _block_sparse_fwd_kernel(
     tl.store(lse_ptrs, lse, mask=row_ok)
 
 
-def _check_interpretable(dtype: torch.dtype) -> None:
-    """The Triton interpreter computes through numpy, which has no bf16: refuse rather than return junk."""
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-        raise ValueError("bf16 is not supported under TRITON_INTERPRET=1; use fp16 or fp32 on the CPU")
-
-
-def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size):
-    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
-        raise ValueError("varlen needs both cu_seqlens_q and cu_seqlens_k")
-    want_dim = 3 if varlen else 4
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != want_dim:
-            layout = "[T, H, D] with cu_seqlens" if varlen else "[B, H, S, D]"
-            raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"{name} dtype {t.dtype} unsupported; use one of {_DTYPES}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
-    _check_interpretable(q.dtype)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    head_dim = q.shape[-1]
-    if head_dim not in _HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
-        raise ValueError(f"head dims must match and be one of {_HEAD_DIMS}: {q.shape}, {k.shape}, {v.shape}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
-    hq, hkv = q.shape[1], k.shape[1]
-    if hq % hkv:
-        raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hkv})")
-    if not varlen and q.shape[0] != k.shape[0]:
-        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}")
-    if block_size not in _BLOCK_SIZES:
-        raise ValueError(f"block_size must be one of {_BLOCK_SIZES}, got {block_size}")
-    return varlen
-
-
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -276,7 +237,7 @@ def block_sparse_attention(
     ``block_mask``: bool ``[B, Hm, ceil(max Sq / bs), ceil(max Sk / bs)]`` or :class:`KeptBlocks`, with
     ``Hq % Hm == 0``. ``lse`` (natural log, fp32) is ``[B, Hq, Sq]`` batched or ``[Hq, Tq]`` varlen.
     """
-    varlen = _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size)
+    varlen = check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     head_dim = q.shape[-1]
     if varlen:

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .block_sparse_attention import _check_interpretable
+from .input_checks import check_interpretable
 from .quest import PageBounds, quest_page_scores, quest_page_scores_ref, quest_select, select_topk
 
 __all__ = [
@@ -263,7 +263,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     q = _check(q, k, v, indices, counts, page_size)
     if k.shape[-1] not in _HEAD_DIMS:
         raise ValueError(f"head dim must be one of {_HEAD_DIMS}, got {k.shape[-1]}")
-    _check_interpretable(q.dtype)
+    check_interpretable(q.dtype)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]

@@ -73,3 +73,31 @@ def test_rerank_pool_reranks_each_queries_judged_documents(app, tmp_path, tilde_
         assert {h.doc_id for h in written[q.id]} == {h.doc_id for h in pool[q.id]} == set(judged[q.id])
         expected = reranker.rerank(q, [by_id[h.doc_id] for h in pool[q.id]], 2)
         assert [h.doc_id for h in written[q.id]] == [h.doc_id for h in expected]
+
+
+def test_query_likelihood_cuts_passages_as_told(app, tmp_path, scifact_slice, shared_data):
+    """--max-passage-tokens reaches the query-likelihood reranker (the published SciFact run used 128):
+    the CLI's run equals the library reranker's with that setting, and a cut that keeps less of each
+    passage scores differently."""
+    from sparsa.rerank.query_likelihood import QueryLikelihoodConfig, QueryLikelihoodReranker
+
+    queries, docs = scifact_slice
+    queries, docs = queries[:2], docs[:6]
+    Run({q.id: [Hit(d.id, float(-i)) for i, d in enumerate(docs)] for q in queries}).write_trec(
+        tmp_path / "first.trec")
+    base = ["rerank", "--run", str(tmp_path / "first.trec"), "--dataset", str(shared_data / "scifact"),
+            "--reranker", "query-likelihood", "--top-k", "6"]
+    result = CliRunner().invoke(app, [*base, "--max-passage-tokens", "8", "--out",
+                                      str(tmp_path / "ql8.trec")])
+    assert result.exit_code == 0, result.output
+    written = Run.read_trec(tmp_path / "ql8.trec")
+    reranker = QueryLikelihoodReranker(QueryLikelihoodConfig(max_passage_tokens=8, device="cpu"))
+    full = QueryLikelihoodReranker(QueryLikelihoodConfig(device="cpu"))
+    for q in queries:
+        expected = reranker.rerank(q, docs)
+        assert [h.doc_id for h in written[q.id]] == [h.doc_id for h in expected]
+        assert [h.score for h in written[q.id]] == pytest.approx([h.score for h in expected], abs=1e-3)
+        assert [h.score for h in expected] != pytest.approx([h.score for h in full.rerank(q, docs)], abs=1e-3)
+    refused = CliRunner().invoke(app, [*base[:-4], "--reranker", "tildev2", "--model", "x",
+                                       "--max-passage-tokens", "8", "--out", str(tmp_path / "x.trec")])
+    assert "query-likelihood setting" in str(refused.exception)

@@ -182,11 +182,17 @@ def _sdpa_call(q, k, v, backend: str | None, enable_gqa: bool):
     return run
 
 
+def expand_kv(q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V with each KV head repeated for its query heads (``[B, Hq, S, D]``): the "expanded-kv" GQA
+    mode, for a backend that refuses ``enable_gqa``."""
+    return tuple(t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
+
+
 def sdpa_call(q, k, v, name: str, gqa: str):
     """The causal SDPA call of ``SDPA_BACKENDS[name]``, not yet run; ``gqa``: "enable_gqa" or "expanded-kv"
     (K and V expanded here, outside the call), as :func:`sdpa_configs` found the backend needs."""
     if gqa == "expanded-kv":
-        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
+        k, v = expand_kv(q, k, v)
     return _sdpa_call(q, k, v, SDPA_BACKENDS[name], gqa == "enable_gqa")
 
 
@@ -200,9 +206,9 @@ def _ran(fn):
 def sdpa_configs(q, k, v) -> dict[str, dict]:
     """Every SDPA configuration of ``SDPA_BACKENDS``, run once for causal attention: name -> {"fn", "backend",
     "gqa"}, or {"error": text} where it cannot run at all. Each tries ``enable_gqa=True`` first; where that
-    raises RuntimeError, K and V are expanded to the query heads with ``repeat_interleave`` here, outside the
+    raises RuntimeError, K and V are expanded to the query heads (:func:`expand_kv`) here, outside the
     timed call ("gqa": "expanded-kv")."""
-    expanded: list[torch.Tensor] = []  # built on first need, shared by the backends
+    expanded: tuple[torch.Tensor, ...] = ()  # built on first need, shared by the backends
     configs = {}
     for name, backend in SDPA_BACKENDS.items():
         how = {"backend": backend or "torch's choice"}
@@ -210,7 +216,7 @@ def sdpa_configs(q, k, v) -> dict[str, dict]:
             try:
                 configs[name] = {"fn": _ran(_sdpa_call(q, k, v, backend, True)), **how, "gqa": "enable_gqa"}
             except RuntimeError:
-                expanded = expanded or [t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v)]
+                expanded = expanded or expand_kv(q, k, v)
                 fn = _ran(_sdpa_call(q, *expanded, backend, False))
                 configs[name] = {"fn": fn, **how, "gqa": "expanded-kv"}
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run is recorded, not fatal

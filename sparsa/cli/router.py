@@ -30,7 +30,8 @@ def train_router_command(
     out: Annotated[Path, typer.Option(help="the router file (for sparsa ask --router)")],
     features: Annotated[str, typer.Option(
         help="auto (fit every feature set, keep the best on these questions), a set name (popularity, "
-             "confidence, retrieval, popularity+retrieval, all, ...) or comma-separated features")] = "auto",
+             "confidence, retrieval, popularity+retrieval, all, ...), several comma-separated set names (the "
+             "best of those) or comma-separated features")] = "auto",
     test_questions: Annotated[Path | None, typer.Option(help="held-out labelled questions to report on")]
     = None,
     k: Annotated[int, typer.Option(min=1, max=100, help="passages the reader gets when retrieving")] = 5,
@@ -96,9 +97,11 @@ def _feature_sets(spec: str, known_sets: dict, known: tuple[str, ...]) -> dict[s
     if spec in known_sets:
         return {spec: tuple(known_sets[spec])}
     names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    if names and all(name in known_sets for name in names):  # candidate sets: the best of them is kept
+        return {name: tuple(known_sets[name]) for name in names}
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise ConfigError(f"--features {spec!r}: expected auto, a set ({', '.join(known_sets)}) or features "
+        raise ConfigError(f"--features {spec!r}: expected auto, sets ({', '.join(known_sets)}) or features "
                           f"({', '.join(known)})")
     return {"custom": names}
 

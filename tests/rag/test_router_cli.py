@@ -75,6 +75,15 @@ def test_train_router_from_the_cli_and_route_with_it(routing_data, tmp_path, cap
     assert _train(*common, "--out", str(tmp_path / "again.json"), "--test-questions", str(held_out)) == 0
     assert len(cache.read_text().splitlines()) == generated
     assert read_router_model(tmp_path / "again.json") == read_router_model(out)
+    # several named sets: the candidates (the published Qwen router was chosen among four), the best kept
+    sets = tmp_path / "sets.json"
+    assert _train(*common, "--out", str(tmp_path / "sets-router.json"), "--features",
+                  "popularity,confidence", "--rows", str(sets)) == 0
+    report = json.loads(sets.read_text())["report"]
+    assert set(report["fit"]) == {"always-retrieve", "never-retrieve", "routed (popularity)",
+                                  "routed (confidence)", "oracle"}
+    assert report["chosen"] in ("popularity", "confidence")
+    assert read_router_model(tmp_path / "sets-router.json").info["feature_set"] == report["chosen"]
     # a router on the retriever's confidence: at ask time it sees the features it was trained on
     assert _train(*common, "--out", str(tmp_path / "retrieval.json"), "--features", "retrieval") == 0
     confident = Router.load(tmp_path / "retrieval.json", corpus, retriever=open_retriever(str(index)))

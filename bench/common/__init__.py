@@ -4,8 +4,9 @@ each says ``from common import ...``).
 This module: what every benchmark records beside its numbers (command, commit, hardware, versions), and the
 staged benches' main loop. Beside it: ``attention`` (the SDPA and FlexAttention baselines of the two
 attention benches), ``decode_steps`` (the decode providers ``bench_kernels_h200.py`` times),
-``sparse_collection`` (the real-derived synthetic SPLADE collection) and ``doc_formats`` (the value
-formatters bench/results_doc.toml names).
+``rag_sets`` (the question sets ``bench_rag.py`` writes and reads), ``sparse_collection`` (the
+real-derived synthetic SPLADE collection) and ``doc_formats`` (the value formatters
+bench/results_doc.toml names).
 """
 
 from __future__ import annotations

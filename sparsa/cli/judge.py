@@ -41,7 +41,7 @@ def judge(
     model: Annotated[str,
                      typer.Option(help="causal LM: registry name or local folder")] = "smollm2-135m-instruct",
     scorers: Annotated[str, typer.Option(help="comma-separated: umbrela (label probabilities), ql (query "
-                                              "likelihood)")] = "umbrela,ql",
+                                              "likelihood), pl (passage likelihood)")] = "umbrela,ql",
     calibration: Annotated[Path | None,
                            typer.Option(help="grade calibration JSON from an earlier --fit-queries")]
     = None,

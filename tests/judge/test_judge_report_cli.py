@@ -102,3 +102,31 @@ def test_judge_flag_errors(dl19_slice, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("scorers", "extra", "features"), [
+    ("pl", ["--calibrator", "ordinal-logit"], ["pl_pmi", "pl_pmi_z", "pl_pmi_mean", "pl_pmi_mean_z"]),
+    ("umbrela", ["--gains", "expected-gain"], ["expected_grade", "p3", "expected_grade_z"])])
+def test_judge_published_settings_from_the_cli(dl19_slice, tmp_path, capsys, scorers, extra, features):
+    """The published tau settings as flags (docs/results.md): SmolLM2's pl-pmi/ordinal-logit (--scorers pl
+    --calibrator ordinal-logit) and Qwen's umbrela over expected-gain qrels: the calibration is fitted on
+    exactly that setting's features, and the report ranks the systems."""
+    from sparsa.types import Qrels
+
+    folder, _, runs = dl19_slice
+    out, report = tmp_path / "judged.qrels", tmp_path / "agreement.json"
+    argv = ["-q", "judge", "--pairs", str(folder / "qrels" / "test.tsv"), "--dataset", str(folder), "--out",
+            str(out), "--scorers", scorers, "--max-passage-tokens", "96", "--device", "cpu", "--fit-queries",
+            "2", *extra, "--report", str(report), *(x for run in runs for x in ("--system-run", str(run)))]
+    assert main(argv) == 0
+    calibration = json.loads((tmp_path / "judged.qrels.calibration.json").read_text())
+    assert calibration["features"] == features
+    assert calibration["model"] == ("ordinal-logit" if "ordinal-logit" in extra else "least-squares")
+    gains = [g for docs in Qrels.read_trec(out).judgements.values() for g in docs.values()]
+    assert len(gains) == 24
+    if "expected-gain" in extra:
+        assert all(0 <= g <= 300 for g in gains) and len(set(gains)) > 4  # round(100 * expected grade)
+    else:
+        assert set(gains) <= {0, 1, 2, 3}
+    ranking = json.loads(report.read_text())["held_out"]["system_ranking"]
+    assert -1.0 <= ranking["kendall_tau"] <= 1.0 and len(ranking["runs"]) == 3

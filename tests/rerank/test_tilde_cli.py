@@ -119,6 +119,40 @@ def test_store_from_the_cli_reranks_like_the_library(trained, mini_scifact, tmp_
         assert [h.doc_id for h in written[q.id]] == [h.doc_id for h in expected]
 
 
+def test_the_service_reranks_with_the_store(trained, mini_scifact, tmp_path):
+    """'sparsa serve --reranker tildev2 --reranker-model STORE' (its ServiceConfig): /rerank by document ids
+    and /search with rerank order the passages as the library reranker does."""
+    pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from sparsa.api import ServiceConfig, ServiceState, create_app
+    from sparsa.data import load_dataset
+    from sparsa.rerank import TildeV2Reranker
+
+    _, tildev2, bm25 = trained
+    store = tmp_path / "store"
+    assert main(["-q", "rerank-store", "--dataset", str(mini_scifact), "--model", str(tildev2), "--out",
+                 str(store), "--device", "cpu"]) == 0
+    config = ServiceConfig(indexes={"bm25": bm25}, dataset=mini_scifact, reranker="tildev2",
+                           reranker_model=str(store), index_root=tmp_path, data_dir=mini_scifact.parent)
+    state = ServiceState(config).load(strict=True)
+    data, library = load_dataset(mini_scifact, "test"), TildeV2Reranker.open(store)
+    query = data.queries[0]
+    with TestClient(create_app(config, state), raise_server_exceptions=False) as client:
+        assert client.get("/health").json()["reranker"] == "tildev2"
+        candidates = [d.id for d in data.corpus.documents[:12]]
+        answered = client.post("/rerank", json={"query": query.text, "doc_ids": candidates})
+        assert answered.status_code == 200, answered.text
+        expected = library.rerank(query, [data.corpus[d] for d in candidates])
+        assert [h["doc_id"] for h in answered.json()["hits"]] == [h.doc_id for h in expected]
+        plain = client.post("/search", json={"query": query.text, "retriever": "bm25", "k": 10}).json()
+        reranked = client.post("/search", json={"query": query.text, "retriever": "bm25", "k": 10,
+                                                "rerank": True, "rerank_depth": 10})
+        assert reranked.status_code == 200 and reranked.json()["reranked"] is True, reranked.text
+        expected = library.rerank(query, [data.corpus[h["doc_id"]] for h in plain["hits"]])
+        assert [h["doc_id"] for h in reranked.json()["hits"]] == [h.doc_id for h in expected]
+
+
 @contextlib.contextmanager
 def _records(name: str):
     """The messages one logger writes inside the block (at INFO, even under -q), and only to this list."""

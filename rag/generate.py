@@ -138,9 +138,15 @@ class _StaticDecoder:
 
             self.attention = StaticDecode(self.shared, self.length)
         self.graphs: dict[bool, Any] = {}  # first step of a generation (rebuilds the page bounds)? -> graph
-        self.rebuilds = self.attention is not None and self.attention.rebuilds
         self.fresh = True
         self.prompt_tokens = self.steps = 0
+
+    @property
+    def rebuilds(self) -> bool:
+        """Whether a generation's first step differs from the later ones (it rebuilds Quest's page bounds),
+        so gets a graph of its own. Read from the attention settings: they are fixed for this decoder's life
+        (``for_model`` reuses it only with the same ``shared``, whose frozen config is never replaced)."""
+        return self.attention is not None and self.attention.rebuilds
 
     @staticmethod
     def for_model(model: Any, needed: int, device: Any, cuda_graph: bool | None) -> _StaticDecoder | None:

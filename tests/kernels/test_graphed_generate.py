@@ -81,6 +81,21 @@ def test_static_decode_picks_the_eager_tokens_and_counts_the_same(model, name):
         assert counts["decode_selection_reads"] > 0
 
 
+@pytest.mark.parametrize("name", [None, *SETTINGS])
+def test_only_sparse_decode_gives_a_generations_first_step_its_own_graph(model, name):
+    """The first step rebuilds the page bounds (and on CUDA replays a graph of its own) exactly where the
+    decode is sparse; full decode and plain SDPA run every step through one graph."""
+    if name is not None:
+        use_sparse_attention(model, **SETTINGS[name])
+    try:
+        _generate(model, True, n=2)
+        decoder = model._sparsa_static_decoder
+        assert decoder.rebuilds == (name is not None and SETTINGS[name].get("decode") == "sparse")
+    finally:
+        remove_sparse_attention(model)
+        release_decode_graph(model)
+
+
 def test_static_decode_with_exempt_retrieval_heads(model):
     profile = profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
     use_sparse_attention(model, **SETTINGS["quest"], full_retrieval_heads=True, retrieval_fraction=0.5,

@@ -102,6 +102,25 @@ def test_train_router_from_the_cli_and_route_with_it(routing_data, tmp_path, cap
                  "--router", str(tmp_path / "retrieval.json"), "--mode", "auto", "--max-new-tokens", "4",
                  "--k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["route"] == decision.route
+    _serve_with_router(index, corpus_file, tmp_path / "retrieval.json", first["question"], decision.route)
+
+
+def _serve_with_router(index, corpus_file, router, question: str, route: str) -> None:
+    """'sparsa serve --dense INDEX --dataset CORPUS --qa-router FILE' (its ServiceConfig): /qa in mode auto
+    routes as 'sparsa ask --router' does."""
+    pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from sparsa.api import ServiceConfig, ServiceState, create_app
+
+    config = ServiceConfig(indexes={"dense": index}, dataset=corpus_file, qa_model="smollm2-135m-instruct",
+                           qa_router=router, index_root=index.parent, data_dir=corpus_file.parent)
+    state = ServiceState(config).load(strict=True)
+    assert state.pipeline.router is not None
+    with TestClient(create_app(config, state), raise_server_exceptions=False) as client:
+        answered = client.post("/qa", json={"question": question, "mode": "auto"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["route"] == route
 
 
 def test_router_files_written_before_the_retrieval_features_still_load():

@@ -152,7 +152,8 @@ class RetrievalConfig:
     """``indexes``: names under ``$SPARSA_HOME/indexes`` or folders (none: closed-book only); two or
     more are fused (``fusion`` rrf or interpolate, optional ``weights``). ``dataset``: the corpus that
     turns hits into passages. ``depth``: hits fetched per question before reranking, fusion and the
-    ``as_of`` date filter."""
+    ``as_of`` date filter. ``event_encoder``: a head from ``sparsa train event``; the one dense index of a
+    dated corpus is then searched with each question encoded as of ``as_of`` (today without one)."""
 
     indexes: tuple[str, ...] = ()
     dataset: str | None = None
@@ -160,6 +161,7 @@ class RetrievalConfig:
     weights: tuple[float, ...] | None = None
     k: int = 5
     depth: int = 100
+    event_encoder: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indexes", _strings(self.indexes, "retrieval.indexes"))
@@ -173,6 +175,9 @@ class RetrievalConfig:
                               "turns hits into passages")
         if self.weights is not None and len(self.weights) != len(self.indexes):
             raise ConfigError(f"retrieval.weights has {len(self.weights)} values for "
+                              f"{len(self.indexes)} indexes")
+        if self.event_encoder is not None and len(self.indexes) != 1:
+            raise ConfigError("retrieval.event_encoder encodes the queries of one dense index; got "
                               f"{len(self.indexes)} indexes")
 
 

@@ -122,7 +122,11 @@ class QAPipeline:
         into ``timings``."""
         started = time.perf_counter()
         depth = self.rerank_depth if self.reranker is not None else self.k
-        hits = self.retriever.search_text(question, k=max(depth, self.depth) if as_of else depth)
+        fetch = max(depth, self.depth) if as_of else depth
+        if as_of is not None and _event_aware(self.retriever):  # the question encoded as of that day
+            hits = self.retriever.search_text(question, k=fetch, as_of=as_of)
+        else:
+            hits = self.retriever.search_text(question, k=fetch)
         docs = self.corpus.fetch([hit.doc_id for hit in hits])  # one look-up for all hits
         missing = [hit.doc_id for hit, doc in zip(hits, docs, strict=True) if doc is None]
         if missing:
@@ -138,6 +142,12 @@ class QAPipeline:
             timings["rerank"] = time.perf_counter() - started
         hits = hits[: self.k]
         return hits, [passage[h.doc_id] for h in hits]
+
+
+def _event_aware(retriever: Any) -> bool:
+    from sparsa.retrieval.dated import EventAwareRetriever
+
+    return isinstance(retriever, EventAwareRetriever)
 
 
 def _dated_on_or_before(doc: Document, as_of: dt.date) -> bool:
@@ -168,6 +178,11 @@ def load_pipeline(config: PipelineConfig | None = None, *, retriever: Retriever 
 
         corpus = open_documents(retrieval.dataset)  # RetrievalConfig requires it with indexes
         check_pipeline_corpus(config, corpus)
+    if retrieval.event_encoder is not None and retriever is not None and not _event_aware(retriever):
+        from sparsa.retrieval.dated import EventAwareRetriever
+        from sparsa.retrieval.event_encoder import EventQueryEncoder
+
+        retriever = EventAwareRetriever(retriever, EventQueryEncoder.load(retrieval.event_encoder), corpus)
     if reranker is None and config.rerank.name is not None:
         reranker = open_reranker(config.rerank.name, config.rerank.model)
     reader = Reader(config.reader)

@@ -26,6 +26,7 @@ from sparsa.errors import ConfigError
 # Flag -> config key; a flag left out (None) keeps the config file's value or the default.
 OVERRIDES = {
     "index": "retrieval.indexes", "dataset": "retrieval.dataset", "k": "retrieval.k",
+    "event_encoder": "retrieval.event_encoder",
     "rerank": "rerank.name", "rerank_model": "rerank.model", "rerank_depth": "rerank.depth",
     "router": "router.path", "mode": "router.mode",
     "model": "reader.model", "device": "reader.device", "dtype": "reader.dtype",
@@ -43,7 +44,7 @@ def pipeline_config(config: Path | None, flags: dict) -> object:
     values = {key: flags[name] for name, key in OVERRIDES.items() if flags.get(name) is not None}
     if isinstance(values.get("retrieval.indexes"), str):
         values["retrieval.indexes"] = values["retrieval.indexes"].split(",")
-    for key in ("router.path", "kg.path", "kg.head"):
+    for key in ("router.path", "kg.path", "kg.head", "retrieval.event_encoder"):
         if key in values:
             values[key] = str(values[key])
     return base.override(values) if values else base
@@ -63,6 +64,9 @@ def ask(
     mode: Annotated[str | None, typer.Option(help="auto (router decides), retrieve or recall")] = None,
     as_of: Annotated[str | None,
                      typer.Option(help="only passages dated on or before this day (YYYY-MM-DD)")] = None,
+    event_encoder: Annotated[Path | None, typer.Option(
+        help="event-aware query encoder (sparsa train event) over a dense index of a dated corpus: the "
+             "question is encoded as of --as-of (default today)")] = None,
     model: Annotated[str | None, typer.Option(help="reader LM: registry name or local folder")] = None,
     device: Annotated[str | None,
                       typer.Option(help="reader device: auto (CUDA when present), cpu, cuda")] = None,

@@ -100,6 +100,32 @@ def test_search_with_the_event_encoder_as_of_each_querys_day(dated, tmp_path):
                  "--measure", "R@10"]) == 0
 
 
+def test_ask_with_the_event_encoder_as_of_a_day(dated, capsys):
+    """'sparsa ask --event-encoder HEAD --as-of DAY': the passages are the event-aware search's top k as of
+    that day (the question encoded as of it, nothing published later), read by the reader."""
+    from sparsa.data import load_corpus
+    from sparsa.retrieval.dated import EventAwareRetriever, search_as_of
+
+    folder, head, index, days, _ = dated
+    question = "Which prime minister resigned?"
+    argv = ["-q", "ask", question, "--index", str(index), "--dataset", str(folder), "--event-encoder",
+            str(head), "--as-of", "2022-01-07", "--mode", "retrieve", "--k", "3", "--max-new-tokens", "4",
+            "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["route"] == "retrieve" and answer["passages"]
+    assert all(days[h["doc_id"]] <= "2022-01-07" for h in answer["passages"])
+    corpus = load_corpus(folder / "corpus.jsonl")
+    expected = search_as_of(EventAwareRetriever.open(index, head, corpus), question, 3,
+                            dt.date(2022, 1, 7), corpus, depth=100)
+    scores = {h.doc_id: h.score for h in expected}  # the event-aware query's scores, not plain minilm's
+    assert all(h["score"] == pytest.approx(scores[h["doc_id"]], abs=1e-4) for h in answer["passages"])
+    two = ["-q", "ask", question, "--index", f"{index},{index}", "--dataset", str(folder), "--event-encoder",
+           str(head)]
+    assert main(two) == 2
+    assert "one dense index" in capsys.readouterr().err
+
+
 def test_dated_search_errors_are_clear(dated, capsys, tmp_path):
     folder, head, index, _, _ = dated
     undated = tmp_path / "undated"

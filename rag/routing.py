@@ -303,4 +303,19 @@ def train_router(rows: Sequence[dict], feature_sets: dict[str, Sequence[str]] | 
     report = {"chosen": chosen, "features": list(model.features), "fit": policy_table(rows, fitted)}
     if test_rows:
         report["test"] = policy_table(test_rows, fitted)
+        report["versus_best_fixed"] = versus_best_fixed(test_rows, model)
     return model, report
+
+
+def versus_best_fixed(rows: Sequence[dict], model: RouterModel) -> dict:
+    """The router against the better fixed policy on ``rows`` (always or never retrieving, by F1): the
+    paired bootstrap of its per-question F1 and EM gain (as ``bench/bench_rag.py`` reports it)."""
+    from sparsa.eval.bootstrap import paired_bootstrap
+
+    fixed = {"always-retrieve": [True] * len(rows), "never-retrieve": [False] * len(rows)}
+    scores = {name: score_routes(rows, routes) for name, routes in fixed.items()}
+    best = max(fixed, key=lambda name: (scores[name]["f1"], -scores[name]["retrievals"]))
+    routes = routes_of(model, rows)
+    return {"best_fixed": best, **{metric: paired_bootstrap(routed_values(rows, routes, metric),
+                                                            routed_values(rows, fixed[best], metric))
+                                   for metric in ("f1", "em")}}

@@ -85,6 +85,12 @@ def train_router_command(
     for part in ("fit", "test"):
         if part in report:
             _print_table(report[part], f"{part}: {report[part]['always-retrieve']['questions']} questions")
+    if "versus_best_fixed" in report:
+        versus = report["versus_best_fixed"]
+        f1, em = versus["f1"], versus["em"]
+        console.print(f"test: router '{report['chosen']}' - {versus['best_fixed']}, F1 {f1['diff']:+.4f} "
+                      f"(95% CI {f1['ci95']}), EM {em['diff']:+.4f} ({em['ci95']}), paired bootstrap over "
+                      "questions")
     if rows is not None:
         rows.write_text(json.dumps({"report": report, "fit": fit_rows, "test": test_rows}, indent=1) + "\n")
     console.print(f"router '{report['chosen']}' ({', '.join(router.features)}; threshold "

@@ -9,10 +9,11 @@ import json
 import re
 from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from sparsa.cli.main import main
-from sparsa.rag.routing import FEATURES, RETRIEVAL_FEATURES, Router, read_router_model
+from sparsa.rag.routing import FEATURES, RETRIEVAL_FEATURES, Router, read_router_model, routes_of
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,15 @@ def test_train_router_from_the_cli_and_route_with_it(routing_data, tmp_path, cap
     assert "fit: 8 questions" in capsys.readouterr().err
     written = json.loads(rows.read_text())
     assert len(written["fit"]) == 8 and len(written["test"]) == 4
-    assert set(written["report"]) >= {"fit", "test", "chosen"}
+    assert set(written["report"]) >= {"fit", "test", "chosen", "versus_best_fixed"}
+    # the chosen router against the better fixed policy on the held-out questions, paired bootstrap
+    versus, test_rows = written["report"]["versus_best_fixed"], written["test"]
+    fixed = versus["best_fixed"] == "always-retrieve"
+    routed = routes_of(read_router_model(out), test_rows)
+    f1 = lambda row, retrieve: row["f1_retrieve"] if retrieve else row["f1_recall"]
+    gain = np.mean([f1(r, go) - f1(r, fixed) for r, go in zip(test_rows, routed, strict=True)])
+    assert versus["f1"]["diff"] == round(float(gain), 4)
+    assert versus["f1"]["ci95"][0] <= versus["f1"]["diff"] <= versus["f1"]["ci95"][1]
     for row in written["fit"] + written["test"]:
         assert set(row["features"]) == set(FEATURES) and 0.0 <= row["f1_retrieve"] <= 1.0
         assert row["features"]["retrieval_gap"] >= 0.0 and 0.0 <= row["features"]["retrieval_entropy"] <= 1.0

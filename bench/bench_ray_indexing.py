@@ -13,7 +13,7 @@ the corpus in memory to the published index folder. docs/s = documents / job sec
 docs/s at N / (N x docs/s at 1 GPU). ``actor_docs_per_s``: the sum over actors of documents / busy seconds,
 what the actors would give if never idle (its efficiency: do actors slow each other down, e.g. on the host).
 
-Where the time goes, from ``sparsa.indexes.ray_encoding.last_stats()`` and the job's clock:
+Where the time goes, from the job's ``RayEncoder.stats`` (made by ``job_encoder``) and the job's clock:
 ``before_s`` (the driver's local encoder, the job fingerprint over every text, the Arrow table),
 ``first_result_s`` (Ray Data plans, actors start and load the model, the first call of ``--batch-size``
 documents), ``actor_busy_s`` (per actor: seconds inside its calls: tokenising in the actor's thread,
@@ -90,8 +90,8 @@ def run_job(kind: str, corpus: Corpus, gpus: int, args, work: Path) -> dict:
     """One index job on a fresh local Ray instance with ``gpus`` GPUs (CPU actors with --device cpu)."""
     import ray
 
-    from sparsa.indexes import build_index_job
-    from sparsa.indexes.ray_encoding import RayOptions, last_stats, preserve_crash_signal_handlers
+    from sparsa.indexes import build_index_job, job_encoder
+    from sparsa.indexes.ray_encoding import RayOptions, preserve_crash_signal_handlers
 
     cpu = args.device == "cpu"
     started = time.perf_counter()
@@ -103,11 +103,13 @@ def run_job(kind: str, corpus: Corpus, gpus: int, args, work: Path) -> dict:
     try:
         options = RayOptions(actors=gpus, batch_size=args.batch_size, gpus_per_actor=0.0 if cpu else 1.0)
         started = time.perf_counter()
-        build_index_job(kind, corpus, out, model=MODELS[kind], device=args.device, ray=options,
-                        show_progress=False, corpus_name=f"scifact-x{len(corpus)}", replace=True,
+        # The encoder build_index_job(ray=options) would make, kept here to read its stats afterwards.
+        encoder = job_encoder(kind, corpus, model=MODELS[kind], device=args.device, ray=options)
+        build_index_job(kind, corpus, out, encoder=encoder, show_progress=False,
+                        corpus_name=f"scifact-x{len(corpus)}", replace=True,
                         **({"structure": "flat"} if kind == "dense" else {"backends": ("exact",)}))
         ended = time.perf_counter()
-        stats = last_stats()
+        stats = encoder.stats
     finally:
         with preserve_crash_signal_handlers():
             ray.shutdown()

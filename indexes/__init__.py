@@ -10,8 +10,8 @@ if __name__ != "sparsa.indexes":  # a bare `import indexes` run from the repo ro
 from sparsa.lazy import lazy_exports
 
 _EXPORTS = {"build_index": "sparsa.indexes.jobs", "build_index_job": "sparsa.indexes.jobs",
-            "open_index": "sparsa.indexes.jobs"}
+            "job_encoder": "sparsa.indexes.jobs", "open_index": "sparsa.indexes.jobs"}
 
-__all__ = ["build_index", "build_index_job", "open_index"]
+__all__ = ["build_index", "build_index_job", "job_encoder", "open_index"]
 
 __getattr__ = lazy_exports("sparsa.indexes", _EXPORTS)

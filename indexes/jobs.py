@@ -2,9 +2,9 @@
 
 ``build_index`` builds a kind from a corpus with the encoder and settings it is given;
 ``build_index_job`` is the job behind ``sparsa index`` and the service's builds: it also chooses
-each kind's encoder (registry name + default model). ``open_index`` opens the index itself (a BM25
-index is a ``Retriever``; learned-sparse and dense indexes answer ``search_vectors``): to search with
-query texts, open it with ``sparsa.search.open_retriever``.
+each kind's encoder (registry name + default model: ``job_encoder``). ``open_index`` opens the index
+itself (a BM25 index is a ``Retriever``; learned-sparse and dense indexes answer ``search_vectors``): to
+search with query texts, open it with ``sparsa.search.open_retriever``.
 
 Publishing and manifests are shared with every other artifact (``sparsa/artifacts.py``). Every
 manifest written by a build here records the corpus it indexes (``corpus_identity``: its name when
@@ -45,7 +45,7 @@ def build_index_job(
     backends: Sequence[str] = ("exact",),
     structure: str = "flat", device: str = "auto", threads: int | None = None, ray: RayOptions | None = None,
     show_progress: bool | None = None, corpus_name: str | None = None, replace: bool = False,
-    encoder_options: dict[str, Any] | None = None,
+    encoder_options: dict[str, Any] | None = None, encoder: Any | None = None,
 ) -> Path:
     """Build a ``kind`` index (bm25, splade or dense) over ``corpus`` at ``out`` as one atomic job.
 
@@ -59,8 +59,14 @@ def build_index_job(
     already published at ``out`` is replaced (atomically, when the build succeeds) instead of refused.
     ``encoder_options``: more settings of the encoder's config (dense: ``pooling``, ``normalize``,
     ``query_prefix``, ``doc_prefix``), recorded in the manifest's encoder spec like the model.
+    ``encoder``: the document encoder :func:`job_encoder` made, instead of ``model``, ``device``, ``ray`` and
+    ``encoder_options`` (a caller that keeps it reads a ``RayEncoder``'s ``stats`` after the build).
     """
     INDEX_BACKENDS.target(kind)  # an unknown kind fails first, listing the known ones
+    if encoder is not None and (kind not in ENCODED_KINDS or model is not None or device != "auto"
+                                or ray is not None or encoder_options):
+        raise ConfigError("build_index_job: an encoder replaces model, device, ray and encoder_options, and "
+                          f"only {' and '.join(ENCODED_KINDS)} indexes take one")
     if not replace and (Path(out).expanduser() / MANIFEST).is_file():
         raise ConfigError(f"an index already exists at {out}; pass replace=True (sparsa index --replace) "
                           "to replace it once the new one is built")
@@ -75,6 +81,20 @@ def build_index_job(
             SPARSE_BACKENDS.target(name)
         config = {"backends": tuple(backends), "threads": threads,
                   **{b: {"threads": threads or 2} for b in backends if b != "exact"}}
+    if encoder is None:
+        encoder = job_encoder(kind, corpus, model=model, device=device, ray=ray,
+                              encoder_options=encoder_options)
+    return build_index(kind, corpus, out, show_progress=show_progress, corpus_name=corpus_name,
+                       encoder=encoder, **config)
+
+
+def job_encoder(kind: str, corpus: Corpus, *, model: str | None = None, device: str = "auto",
+                ray: RayOptions | None = None, encoder_options: dict[str, Any] | None = None) -> Any:
+    """The document encoder :func:`build_index_job` encodes a splade or dense index of ``corpus`` with: the
+    kind's encoder with ``model`` (default splade-tiny / minilm-l6) on ``device``, on a Ray cluster with
+    ``ray`` (a ``RayEncoder``, whose ``stats`` say where the Ray pipeline's time went)."""
+    if kind not in ENCODED_KINDS:
+        raise ConfigError(f"{kind} indexes use no encoder; encoded kinds: {', '.join(ENCODED_KINDS)}")
     encoder_name, default_model = ENCODED_KINDS[kind]
     settings = {"model": model or default_model, "device": device, **(encoder_options or {})}
     encoder = build_encoder({"name": encoder_name, "config": settings})
@@ -82,8 +102,7 @@ def build_index_job(
         from sparsa.indexes.ray_encoding import RayEncoder
 
         encoder = RayEncoder(encoder, [d.full_text for d in corpus.documents], ray)
-    return build_index(kind, corpus, out, show_progress=show_progress, corpus_name=corpus_name,
-                       encoder=encoder, **config)
+    return encoder
 
 
 def open_index(path: str | Path, verify: str = "size") -> Retriever | VectorIndex:

@@ -11,7 +11,8 @@ travels as one packed byte string (one Arrow binary cell, no per-document object
 With GPUs in the cluster there is one actor per GPU, otherwise one per node's worth of CPU. Shards are
 still checkpointed by ``indexes/shards.py`` on the driver as they arrive, so a killed Ray job resumes
 where it stopped, on Ray or locally. ``RayEncoder.stats`` says where the time went (actor start-up,
-each actor's busy seconds, the driver's waits and its own shard work between batches).
+each actor's busy seconds, the driver's waits and its own shard work between batches); to read them after
+``build_index_job``, make the encoder with ``jobs.job_encoder(..., ray=...)`` and pass it as ``encoder``.
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ from sparsa.registry import build_encoder
 from sparsa.sparse_rows import SparseRows
 
 logger = logging.getLogger(__name__)
-
-_LAST: list[dict[str, Any]] = []  # this process's latest pipeline's stats, for last_stats()
-
-
-def last_stats() -> dict[str, Any]:
-    """Where this process's latest Ray pipeline spent its time (``RayEncoder.stats``): a build through
-    ``build_index_job(ray=...)`` makes its ``RayEncoder`` inside, so benches and logs read it here."""
-    return dict(_LAST[-1]) if _LAST else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +209,6 @@ class RayEncoder:
                               "batch_size": options.batch_size, "calls": 0, "payload_bytes": 0,
                               "first_batch_s": None, "wait_s": 0.0, "driver_s": 0.0, "actor_busy_s": {},
                               "actor_documents": {}, "started": time.perf_counter(), "finished": None}
-        _LAST[:] = [stats]
         clock = stats["started"]
         for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
             for position, count, dim, payload, seconds, actor in zip(

@@ -91,6 +91,26 @@ def test_ray_encoder_resumes_mid_job_and_encodes_dense(ray_local, docs):
         on_ray.encode_documents(["a text this job never had"])
 
 
+def test_build_index_job_takes_a_ray_job_encoder_whose_stats_the_caller_reads(ray_local, docs, tmp_path):
+    """What ``sparsa index --ray`` runs, with the encoder made outside (``job_encoder``) so its stats stay
+    readable after the build; an encoder together with the settings it replaces is refused."""
+    from sparsa.errors import ConfigError
+    from sparsa.indexes import build_index_job, job_encoder
+    from sparsa.indexes.ray_encoding import RayEncoder, RayOptions
+
+    options = RayOptions(batch_size=16, actors=1)
+    encoder = job_encoder("dense", docs, device="cpu", ray=options)
+    assert isinstance(encoder, RayEncoder) and encoder.stats == {}
+    path = build_index_job("dense", docs, tmp_path / "ray", encoder=encoder, show_progress=False)
+    assert encoder.stats["documents"] == 40 and encoder.stats["calls"] == 3  # 16 + 16 + 8
+    assert sum(encoder.stats["actor_documents"].values()) == 40
+    assert len(open_index(path).doc_ids) == 40
+    with pytest.raises(ConfigError, match="replaces model, device, ray"):
+        build_index_job("dense", docs, tmp_path / "again", encoder=encoder, ray=options)
+    with pytest.raises(ConfigError, match="use no encoder"):
+        job_encoder("bm25", docs)
+
+
 _LUCENE_THEN_RAY = """
 import faulthandler, sys
 faulthandler.enable()  # as under pytest: part of the chain of handlers that broke

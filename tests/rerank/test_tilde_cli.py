@@ -151,6 +151,9 @@ def test_the_service_reranks_with_the_store(trained, mini_scifact, tmp_path):
         assert reranked.status_code == 200 and reranked.json()["reranked"] is True, reranked.text
         expected = library.rerank(query, [data.corpus[h["doc_id"]] for h in plain["hits"]])
         assert [h["doc_id"] for h in reranked.json()["hits"]] == [h.doc_id for h in expected]
+        # a passage the store does not hold: a one-line 400, not a 500
+        free = client.post("/rerank", json={"query": query.text, "passages": [{"text": "any new text"}]})
+        assert free.status_code == 400 and "not in the TILDEv2 store" in free.json()["detail"], free.text
 
 
 @contextlib.contextmanager

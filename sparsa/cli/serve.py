@@ -171,8 +171,12 @@ def serve(
     if chain is not None and chain.rerank.name:
         reranker, reranker_model = reranker or chain.rerank.name, reranker_model or chain.rerank.model
     qa_off = qa_model == "none"
+    # SciFact is the demo's corpus: a config's own dataset, or none for a [kg] chain that serves no index
+    # (its /qa reads the graph; loading SciFact would fail where it is not installed)
+    dataset = dataset or (chain.retrieval.dataset if chain else None) or (
+        "scifact" if chain is None or indexes else None)
     config = ServiceConfig(
-        indexes=indexes, dataset=dataset_path(dataset or (chain and chain.retrieval.dataset) or "scifact"),
+        indexes=indexes, dataset=dataset_path(dataset) if dataset else None,
         reranker=reranker, reranker_model=reranker_model,
         qa_model=None if qa_off else (qa_model or (chain.reader.model if chain else "smollm2-135m-instruct")),
         qa_pipeline=None if qa_off else chain,

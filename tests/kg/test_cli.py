@@ -151,3 +151,46 @@ def test_kg_eval_scores_hits_at_1(capsys, metaqa_slice):
     assert closed["mode"] == "lm" and text["hits@1"] >= closed["hits@1"]  # the graph's knowledge helps
     assert main(["-q", "kg", "eval", "--kg", str(kb), "--qa", str(qa), "--gate-mode", "filter"]) == 2
     assert "give --head" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_config_with_a_kg_needs_no_dataset(metaqa_slice, tmp_path):
+    """'sparsa serve --config kg.toml' (a [kg] table, no index) starts where SciFact is not installed (it
+    loaded the demo's SciFact corpus before, and failed without it) and /qa answers from the graph."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+    import httpx
+
+    from tests.api.live_server import free_port
+
+    kb, _ = metaqa_slice
+    config, empty = tmp_path / "kg.toml", tmp_path / "no-data"
+    config.write_text(f'[kg]\npath = "{kb}"\nmax_paths = 2\n[reader]\ndevice = "cpu"\n')
+    empty.mkdir()
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "sparsa", "serve", "--config", str(config), "--port",
+                                   str(port)], stdout=sink, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "SPARSA_DATA_DIR": str(empty)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        answered = httpx.post(base + "/qa", json={"question": "who directed [Big]"}, timeout=60)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["route"] == "kg" and answered.json()["answer"] == "Penny Marshall"
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0

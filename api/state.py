@@ -252,7 +252,8 @@ class ServiceState:
             raise ConfigError("QA needs a served index and its dataset (the passages it reads)")
         return _capped(PipelineConfig.from_dict({
             "retrieval": {"indexes": [str(self.config.indexes[first])], "dataset": str(self.config.dataset),
-                          "k": self.config.qa_k},
+                          "k": self.config.qa_k, "event_encoder": str(self.config.event_encoder)
+                          if self.config.event_encoder and first == "dense" else None},
             "rerank": {"name": self.config.reranker, "model": self.config.reranker_model},
             "router": {"path": str(self.config.qa_router) if self.config.qa_router else None},
             "reader": {"model": self.config.qa_model}}, "service flags"), self.config.limits.max_new_tokens)
@@ -260,8 +261,9 @@ class ServiceState:
     def _qa_searcher(self) -> Any:
         """The served retriever(s) /qa reads from: one index, or the chain's fusion of several."""
         searchers = [self.indexes[name].searcher for name in self.qa_retrievers]
-        if len(searchers) == 1:
-            return searchers[0]
+        if len(searchers) == 1:  # an event-aware chain reads the served event retriever (as of the date)
+            event = self.qa_config.retrieval.event_encoder and self.event_retriever
+            return event or searchers[0]
         from sparsa.retrieval.fusion import HybridRetriever
 
         retrieval = self.qa_config.retrieval

@@ -66,6 +66,11 @@ def _pipeline_config(path: Path | None, qa_model: str | None, qa_router: Path | 
     return chain.override(overrides)
 
 
+def _config_event_encoder(chain) -> Path | None:
+    """A config's retrieval.event_encoder is the server's: /search with as_of and its /qa both use it."""
+    return Path(chain.retrieval.event_encoder) if chain and chain.retrieval.event_encoder else None
+
+
 def _served_indexes(chain) -> dict[str, Path]:
     """The chain's indexes keyed by their kind (bm25, splade, dense): one index per kind is served."""
     from sparsa.artifacts import read_manifest
@@ -180,7 +185,7 @@ def serve(
         reranker=reranker, reranker_model=reranker_model,
         qa_model=None if qa_off else (qa_model or (chain.reader.model if chain else "smollm2-135m-instruct")),
         qa_pipeline=None if qa_off else chain,
-        qa_router=qa_router, event_encoder=event_encoder,
+        qa_router=qa_router, event_encoder=event_encoder or _config_event_encoder(chain),
         api_key=api_key, open_search=not keyed_search, timeout_s=timeout, verify=verify,
         splade_device=splade_device, limits=limits,
     )

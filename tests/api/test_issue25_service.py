@@ -109,9 +109,10 @@ def test_search_as_of_with_the_event_aware_encoder(shared_data, tmp_path):
     days = {r["_id"]: r["metadata"]["date"]
             for r in map(json.loads, (folder / "corpus.jsonl").read_text().splitlines())}
     config = ServiceConfig(indexes={"dense": index}, dataset=folder, event_encoder=head, index_root=tmp_path,
-                           data_dir=shared_data)
+                           data_dir=shared_data, qa_model="smollm2-135m-instruct")
     state = ServiceState(config).load(strict=True)
     assert state.event_retriever is not None
+    assert state.pipeline.retriever is state.event_retriever  # /qa as of a day reads the same encoder
     with TestClient(create_app(config, state), raise_server_exceptions=False) as client:
         body = {"query": "prime minister resigned", "retriever": "dense", "k": 20}
         plain = _ids(client.post("/search", json=body))
@@ -120,3 +121,12 @@ def test_search_as_of_with_the_event_aware_encoder(shared_data, tmp_path):
         assert len(as_of) == 20 and all(days[d] <= "2022-01-07" for d in as_of)
         bad = client.post("/search", json={**body, "as_of": "last week"})
         assert bad.status_code == 422
+        asked = client.post("/qa", json={"question": "Which prime minister resigned?", "mode": "retrieve",
+                                         "as_of": "2022-01-07"})
+        assert asked.status_code == 200, asked.text
+        found = {h["doc_id"]: h["score"] for h in client.post("/search", json={
+            "query": "Which prime minister resigned?", "retriever": "dense", "k": 20, "as_of": "2022-01-07"}
+        ).json()["hits"]}
+        passages = asked.json()["passages"]
+        assert passages and all(p["doc_id"] in found and abs(p["score"] - found[p["doc_id"]]) < 1e-4
+                                for p in passages)

@@ -106,37 +106,70 @@ def rerank_state(index_root, shared_data):
     return ServiceState(config).load(strict=True)
 
 
-def test_reranking_is_capped_by_the_time_limit_and_stops_at_the_deadline(rerank_state):
+class _TimedReranker:
+    """The served reranker with each call's start and end recorded; every call runs the real reranker."""
+
+    def __init__(self, reranker):
+        self.reranker, self.starts, self.ends, self.passages = reranker, [], [], 0
+
+    def rerank(self, query, docs):
+        self.starts.append(time.monotonic())
+        try:
+            return self.reranker.rerank(query, docs)
+        finally:
+            self.passages += len(docs)
+            self.ends.append(time.monotonic())
+
+
+def test_reranking_is_capped_by_the_time_limit_and_stops_at_the_deadline(rerank_state, monkeypatch):
+    """Limits and the stale estimate are set from this machine's own measured costs, so the outcome does
+    not depend on how fast (or how busy) the machine is: only the order of events is asserted, and the one
+    absolute bound is the HTTP overhead of an answer that leaves at the deadline."""
     from fastapi.testclient import TestClient
 
     from sparsa.api import create_app
     from sparsa.types import Query
 
     state = rerank_state
-    assert state.rerank_cost.value is not None  # measured at load
-    with TestClient(create_app(tightened(state.config, 0.2), state)) as client:
+    per = state.rerank_cost.value
+    assert per is not None  # measured at load
+    limit = 50 * per  # reranking 100 passages at the measured cost takes twice the limit
+    with TestClient(create_app(tightened(state.config, limit), state)) as client:
         capped = client.post("/search", json={"query": "heat transfer", "k": 100, "rerank": True,
                                               "rerank_depth": 100})
         assert capped.status_code == 400
-        assert "over its time limit of 0.2 s; ask for at most" in capped.json()["detail"]
-    # A stale estimate (4x cheaper than the real cost: the machine got busier) lets in 80 passages that need
-    # over 3x the limit; the chunks (at most about a second each) stop the work at the deadline.
+        assert f"over its time limit of {limit:g} s; ask for at most" in capped.json()["detail"]
+    # A stale estimate (8x cheaper than the cost just measured: the machine got busier) lets in 80 passages
+    # that need several times the limit; the work runs in chunks and stops at the first check past the
+    # deadline. The chunk time is the faster of two runs of the first 8 passages.
     ids = [str(i) for i in range(1, 81)]
-    fastest = float("inf")
-    for doc in state.documents(ids[:4]):
+    query = "heat transfer in boundary layers"
+    first = state.documents(ids[:8])
+    chunk_s = float("inf")
+    for _ in range(2):
         started = time.perf_counter()
-        state.reranker.rerank(Query("q", "heat transfer"), [doc])
-        fastest = min(fastest, time.perf_counter() - started)
-    state.rerank_cost.value = fastest / 4
-    limit = 25 * fastest
+        state.reranker.rerank(Query("q", query), first)
+        chunk_s = min(chunk_s, time.perf_counter() - started)
+    monkeypatch.setattr(state.rerank_cost, "value", chunk_s / 8 / 8)
+    limit = 1.5 * chunk_s  # the stale estimate of the 80 passages, 1.25 chunks, fits: admitted
+    timed = _TimedReranker(state.reranker)
+    monkeypatch.setattr(state, "reranker", timed)
     app = create_app(tightened(state.config, limit), state)
     gate = app.state.gates.rerank
     with TestClient(app) as client:
         started = time.monotonic()
-        response = client.post("/rerank", json={"query": "heat transfer in boundary layers", "doc_ids": ids})
+        response = client.post("/rerank", json={"query": query, "doc_ids": ids})
         answered = time.monotonic()
+        # The answer leaves at the deadline at the latest, without waiting for the chunk in progress.
         assert response.status_code == 504 and answered - started < limit + 0.5, (answered - started, limit)
-        assert _wait(lambda: gate.pending == 0, 3.0), gate.describe()
+        # No time bound on the chunk still running (a busy machine stretches it): only a guard against a hang.
+        assert _wait(lambda: gate.pending == 0, 600), gate.describe()
+        calls = len(timed.starts)
+        assert len(timed.ends) == calls  # the place was freed once its last chunk ended, not before
+    # No chunk started after the answer left (at the deadline at the latest), and none once the place was
+    # freed; the passages after the last chunk were never reranked.
+    assert calls and all(t < answered for t in timed.starts), [t - answered for t in timed.starts]
+    assert len(timed.starts) == calls and timed.passages < len(ids), (calls, timed.passages)
 
 
 def test_a_slow_body_gets_408_and_its_connection_closes(loaded_state):

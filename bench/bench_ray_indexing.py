@@ -175,6 +175,8 @@ def main() -> None:
     print(f"corpus: {len(corpus):,} documents ({CORPUS_NOTE}), made in "
           f"{time.perf_counter() - started:.1f} s; card: {card}", flush=True)
     rows, tokenise = [], {}
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)  # a folder named for the run need not exist yet
     work = Path(tempfile.mkdtemp(prefix="ray_indexing_", dir=args.work))
     try:
         for kind in args.kinds:

@@ -37,8 +37,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, paired_bootstrap, run_metadata
+from common import RESULTS, run_metadata
 
+from sparsa.eval.bootstrap import paired_bootstrap
 from sparsa.kg.amar import AmarModel, aspect_items, first_answer, hits_at_1
 from sparsa.kg.amar_tune import (
     GRID,

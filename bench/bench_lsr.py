@@ -96,7 +96,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def _paired(per_query: dict, first: str, second: str) -> dict:
     """Per dataset, ``second - first`` per test query (nDCG@10, R@100): mean, paired bootstrap 95% CI."""
-    from common import paired_bootstrap
+    from sparsa.eval.bootstrap import paired_bootstrap
 
     out = {}
     for dataset in DATASETS:

@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, paired_bootstrap, run_metadata, write_results
+from common import RESULTS, run_metadata, write_results
 from common.rag_sets import build_set, latency_set, read_set, set_passages
 
+from sparsa.eval.bootstrap import paired_bootstrap
 from sparsa.types import Document
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -76,14 +76,3 @@ def run_stages(args, stages: dict, log) -> None:
         started = time.perf_counter()
         stages[f"stage_{stage}"](args)
         log.info("stage %s: %.1f s", stage, time.perf_counter() - started)
-
-
-def paired_bootstrap(a, b, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Mean of ``a - b`` over paired items (questions, queries) and its bootstrap 95% interval: the pairs
-    are resampled ``resamples`` times with replacement."""
-    import numpy as np
-
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    means = diff[np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))].mean(1)
-    return {"diff": round(float(diff.mean()), 4),
-            "ci95": [round(float(np.quantile(means, q)), 4) for q in (0.025, 0.975)]}

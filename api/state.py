@@ -1,11 +1,12 @@
 """What a service has loaded (indexes, corpus, reranker, QA pipeline) and the library calls on it.
 
 Everything goes through the library's public functions: ``sparsa.search.open_retriever`` for
-search, ``RERANKERS`` for reranking, ``rag.pipeline.load_pipeline`` for QA. An index that fails its
-manifest check is refused with the library's message and never served; swapping an index opens
-and checks the new one first, so a bad swap leaves the old index serving. An index built from another
-corpus than the served one is refused (``api/identity.py``). Long work checks the request's deadline
-(``sparsa.deadline``) between steps: reranking runs in chunks, the reader between decode steps.
+search (``api/served_index.py`` opens and checks each index), ``RERANKERS`` for reranking,
+``rag.pipeline.load_pipeline`` for QA. An index that fails its manifest check is refused with the
+library's message and never served; swapping an index opens and checks the new one first, so a bad
+swap leaves the old index serving. An index built from another corpus than the served one is refused
+(``api/identity.py``). Long work checks the request's deadline (``sparsa.deadline``) between steps:
+reranking runs in chunks, the reader between decode steps.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ import importlib.util
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sparsa.api.admission import Ewma
 from sparsa.api.identity import check_hits, check_index
+from sparsa.api.served_index import ServedIndex, open_served_index
 from sparsa.api.settings import BASE_RETRIEVERS, ServiceConfig
 from sparsa.artifacts import hold_serving, release_serving
 from sparsa.config import index_path
 from sparsa.deadline import check_deadline
 from sparsa.errors import ConfigError, CorpusMismatchError, SparsaError
-from sparsa.search import Retriever, open_retriever
-from sparsa.types import Document, Hit, Query, Run, sort_hits
+from sparsa.types import Document, Hit, Query, sort_hits
 
 logger = logging.getLogger(__name__)
 
@@ -42,67 +42,6 @@ class NotConfiguredError(SparsaError):
 
 class NotReadyError(SparsaError):
     """The server is still loading."""
-
-
-@dataclass
-class ServedIndex:
-    retriever: str
-    path: Path
-    manifest: dict[str, Any]
-    searcher: Retriever
-    unchecked: bool = False  # its manifest records no corpus: hits are checked against the corpus instead
-
-    def describe(self) -> dict[str, Any]:
-        return {"retriever": self.retriever, "path": str(self.path), "kind": self.manifest.get("kind", "?"),
-                "num_documents": self.manifest.get("num_documents"),
-                "built_at": self.manifest.get("built_at"),
-                "corpus": self.manifest.get("corpus")}
-
-
-# pyjnius breaks when several Python threads call into the JVM at once (measured under 50 concurrent
-# searches: IncompatibleClassChangeError and NullPointerException from Lucene): every Java-backed
-# search in this process takes this lock.
-JAVA_LOCK = threading.Lock()
-
-
-class SerialRetriever(Retriever):
-    """A retriever whose calls hold a lock (for Java-backed indexes)."""
-
-    def __init__(self, retriever: Retriever, lock: threading.Lock):
-        self.retriever, self.lock = retriever, lock
-
-    def search(self, queries, k: int = 1000, show_progress: bool | None = None) -> Run:
-        with self.lock:
-            return self.retriever.search(queries, k=k, show_progress=show_progress)
-
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        with self.lock:
-            return self.retriever.search_text(text, k=k)
-
-
-def _uses_java(manifest: dict[str, Any]) -> bool:
-    return manifest["kind"] == "bm25" or manifest.get("default_backend") == "lucene-impact"
-
-
-def open_served_index(retriever: str, path: Path, verify: str, device: str | None = None) -> ServedIndex:
-    """Check an index folder (its manifest, sizes, and with ``verify="sha256"`` every checksum) and open
-    it."""
-    from sparsa.artifacts import read_manifest
-
-    started = time.perf_counter()
-    manifest = read_manifest(path, verify=verify)  # IndexCorruptError names the bad file
-    if manifest["kind"] != retriever:  # each base retriever is served from an index of that kind
-        raise ConfigError(f"{path} is a {manifest['kind']!r} index; the {retriever} retriever needs a "
-                          f"{retriever} index")
-    searcher = open_retriever(path, verify="none", device=device)
-    if _uses_java(manifest):
-        searcher = SerialRetriever(searcher, JAVA_LOCK)
-    # One query before serving fills lazy caches (encoder pooling tensors) while no request races for them.
-    searcher.search([Query("warm-up", "warm up")], k=1, show_progress=False)
-    logger.info("serving %s from %s (%s documents) after %.1f s", retriever, path,
-                manifest.get("num_documents", "?"), time.perf_counter() - started)
-    hold_serving(path)  # builds refuse to replace it while it is served here
-    return ServedIndex(retriever, path, manifest, searcher)
 
 
 def fusion_available() -> bool:

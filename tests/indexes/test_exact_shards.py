@@ -124,7 +124,7 @@ def test_a_device_list_reaches_the_engine_from_the_library_and_the_cli(index, cr
 
 def test_the_service_serves_a_sharded_splade_index(index):
     pytest.importorskip("fastapi", reason="needs the 'serve' extra")
-    from sparsa.api.state import open_served_index
+    from sparsa.api.served_index import open_served_index
 
     served = open_served_index("splade", index, "size", device="cpu,cpu")
     assert isinstance(served.searcher.index.searcher, ShardedExactSearcher)

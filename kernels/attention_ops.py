@@ -6,12 +6,12 @@ The Triton path is taken when the tensors are on CUDA, in fp16/bf16, with head d
 else uses PyTorch (chunked masked SDPA for block-sparse prefill, fp32 einsum for decode) so accuracy can be
 measured on a CPU with the same selection logic.
 
-Dense prefill is SDPA with its own backend choice by default: on the GPU machine (torch 2.11) that default
-(cuDNN) beat our Triton dense mode at every measured shape once warm (0.71-0.96x, issue 22). ``dense_kernel=
-"triton"`` runs ours instead: cuDNN builds a plan for every new shape, which a reader pays on each request
-(``bench/bench_gate.py`` times the first call at an unseen length). Block-sparse prefill runs our kernel only
+Dense prefill runs ``dense_kernel``: the reader's default is ours (``kernels/modes.DENSE_KERNEL``), "sdpa"
+is torch's backend choice. Warm, cuDNN beats our Triton dense mode at every measured shape (0.71-0.96x,
+issue 22), but it builds a plan for every new shape, which a reader pays on each request (tens of ms;
+``bench/bench_gate.py`` times the first call at an unseen length). Block-sparse prefill runs our kernel only
 while the kept share of the causally visible blocks is at most ``SPARSE_MAX_KEPT``; above it, skipping blocks
-no longer pays for that gap and dense SDPA runs instead.
+no longer pays for that gap and the dense kernel runs instead.
 """
 
 from __future__ import annotations

@@ -55,7 +55,15 @@ from .kv_compression import (
     head_split_attention,
     profile_retrieval_heads,
 )
-from .modes import DECODE_MODES, DENSE_KERNELS, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES, SELECTORS
+from .modes import (
+    DECODE_MODES,
+    DENSE_KERNEL,
+    DENSE_KERNELS,
+    KV_MODES,
+    MIN_SPARSE_TOKENS,
+    PREFILL_MODES,
+    SELECTORS,
+)
 
 __all__ = ["SparseAttentionConfig", "install_sparse_attention", "remove_sparse_attention",
            "use_sparse_attention"]
@@ -78,7 +86,7 @@ class SparseAttentionConfig:
     gate_coverage: float | None = None  # top-p over the gate's block probabilities
     gate_keys: str = "pooled"  # "pooled": SeerAttention's pooled keys; "tokens": every key, per block
     min_sparse_tokens: int = MIN_SPARSE_TOKENS  # shorter prompts prefill densely (kernels/modes.py)
-    dense_kernel: str = "sdpa"  # what a dense prefill runs: "sdpa" (torch's choice) or "triton" (ours)
+    dense_kernel: str = DENSE_KERNEL  # what a dense prefill runs: "triton" (ours) or "sdpa" (torch's choice)
     selector: str = "quest"
     budget_tokens: int = 2048
     # Quest pages of 64 keys: on dev needles as accurate as pages of 16 (SmolLM2, 1,024-token budget), and on

@@ -13,6 +13,11 @@ KV_MODES = ("full", "duo")
 # (cuDNN on the H100); "triton" = our kernel, which builds no per-shape plan (cuDNN builds one for every new
 # prompt length, and a reader's every request has a new length).
 DENSE_KERNELS = ("sdpa", "triton")
+# The default is ours: per request it is faster. One H100, Qwen2.5-1.5B's shapes (bench/results/gate.json):
+# SDPA's first call at an unseen length costs 47-66 ms (cuDNN's plan; flash 0.1-7 ms, ours 0.2-4.9 ms), so a
+# 28-layer prefill (one new length, then 27 warm calls) costs SDPA 58 / 53 / 95 / 163 ms against ours 3.7 /
+# 7.4 / 38 / 139 ms at 1.5k / 5.6k / 14k / 28k tokens, though warm cuDNN is faster than ours from ~5k on.
+DENSE_KERNEL = "triton"
 SELECTORS = ("quest", "tidal")
 
 # Block-sparse prefill starts at this prompt length; shorter prompts prefill with dense SDPA. On one H100 at

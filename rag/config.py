@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
-from sparsa.kernels.modes import DECODE_MODES, DENSE_KERNELS, KV_MODES, MIN_SPARSE_TOKENS, PREFILL_MODES
+from sparsa.kernels.modes import (
+    DECODE_MODES,
+    DENSE_KERNEL,
+    DENSE_KERNELS,
+    KV_MODES,
+    MIN_SPARSE_TOKENS,
+    PREFILL_MODES,
+)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("auto", "retrieve", "recall")
@@ -61,7 +68,7 @@ class AttentionConfig:
     kv: str = "full"  # "duo": non-retrieval heads keep sink + window tokens
     gate_coverage: float = 0.95
     min_sparse_tokens: int = MIN_SPARSE_TOKENS
-    dense_kernel: str = "sdpa"  # dense prefill: "sdpa" (torch's backend choice) or "triton" (ours)
+    dense_kernel: str = DENSE_KERNEL  # dense prefill: "triton" (ours) or "sdpa" (torch's backend choice)
     budget_tokens: int = 1024
     page_size: int = 64
     full_retrieval_heads: bool = True

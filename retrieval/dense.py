@@ -25,6 +25,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
+from sparsa.sdpa_backends import without_cudnn
 
 if TYPE_CHECKING:
     import torch
@@ -193,7 +194,9 @@ class DenseEncoder:
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
         use_bf16 = self.dtype == torch.bfloat16
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        # a new batch shape each time: cuDNN would plan each one
+        with torch.inference_mode(), autocast, without_cudnn(self.device):
             if self._bf16_bert is not None:
                 hidden = self._bf16_bert(input_ids, attention_mask).float()
             else:

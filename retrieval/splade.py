@@ -298,6 +298,7 @@ class SpladeEncoder:
         import torch
 
         from sparsa.retrieval.splade_pooling import pool_splade
+        from sparsa.sdpa_backends import without_cudnn
 
         ids, mask = pad_right([item[0] for item in items], self.pad_id)
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
@@ -305,7 +306,8 @@ class SpladeEncoder:
         start = torch.tensor([item[1] for item in items], dtype=torch.int32, device=self.device)
         end = torch.tensor([item[2] for item in items], dtype=torch.int32, device=self.device)
         kwargs = {"use_cache": False} if self.architecture == "causal-lm" else {}
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # [B, L, D]
+        with without_cudnn(self.device):  # a new batch shape each time: cuDNN would plan each one
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         return pool_splade(hidden, self.weight, self.bias, start, end, self.pooling, self._pool_cache)
 
     def decode(self, vector: SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from sparsa.deadline import check_deadline
 from sparsa.progress import progress_bar
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.sparse_rows import SparseRows
 from sparsa.token_batches import Layout, TokenBatch, available_cores, token_batches
 
@@ -72,7 +73,8 @@ class _Batches:
             mask = mask.long()
             ids = ids.long()
         kwargs = {"use_cache": False} if enc.architecture == "causal-lm" else {}
-        hidden = enc.model(input_ids=ids, attention_mask=mask, **kwargs).logits  # [B, L, D]
+        with without_cudnn(self.device):  # a new batch shape each time: cuDNN would plan each one
+            hidden = enc.model(input_ids=ids, attention_mask=mask, **kwargs).logits  # [B, L, D]
         pooled = pool_splade(hidden, enc.weight, enc.bias, start, end, enc.pooling, enc._pool_cache)
         if self.top_k is not None:
             pooled = _keep_top_k(pooled, self.top_k)

@@ -1,0 +1,24 @@
+"""Torch's SDPA (what transformers' ``"sdpa"`` attention calls) without its cuDNN backend, for encoders.
+
+cuDNN builds an execution plan for every new input shape and keeps it for that shape: tens of ms on the host
+each time (``bench/results/gate.json``: 46-74 ms for the first call at an unseen length on an H100, against
+0.1-7 ms for flash or memory-efficient SDPA). Encoding batches have a new (batch, length) shape almost every
+time, so the SPLADE index job spent 1.8 s of a 2.4 s profiled stretch (20,000 passages) building plans while
+the GPU was busy 12% of it (``indexing_gpu.json``, ``parts.profile``). Without cuDNN, torch picks flash or
+memory-efficient attention (the latter takes the padding mask), whose per-shape cost is a kernel launch.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+
+def without_cudnn(device: Any) -> AbstractContextManager:
+    """A context in which SDPA on ``device`` (a ``torch.device``) may pick any backend but cuDNN; on other
+    devices nothing changes."""
+    if getattr(device, "type", device) != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

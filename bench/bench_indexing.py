@@ -326,8 +326,9 @@ def main() -> None:
             path = write_results(args.name, payload, PACKAGES, gpu=gpu,
                                  path=Path(args.name + ".json") if "/" in args.name else None)
             record = json.loads(path.read_text())
-            if not record["meta"]["git_commit"] and os.environ.get("SPARSA_BENCH_COMMIT"):
-                # no git on the GPU machine: the commit the staged wheel was built from
+            if os.environ.get("SPARSA_BENCH_COMMIT"):
+                # the commit the staged wheel was built from: what ran (the GPU machine's checkout may carry
+                # no git, or a stale one)
                 record["meta"]["git_commit"] = os.environ["SPARSA_BENCH_COMMIT"]
                 record["meta"]["card"] = gpu
                 path.write_text(json.dumps(record, indent=2) + "\n")

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from sparsa.errors import ConfigError
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.transformers_compat import cache_argument, returned_cache
 from sparsa.types import Document, Query
 
@@ -340,9 +341,10 @@ class RelevanceJudge:
         positions = torch.arange(width, width + longest)[None].expand(batch, -1)
         device = self.ql.device
         backbone = self.model.model
-        hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
-                          position_ids=positions.to(device),
-                          **{cache_argument(backbone): cache}).last_hidden_state  # [B, longest, d]
+        with without_cudnn(device):  # a new batch shape each time: cuDNN would plan each one
+            hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                              position_ids=positions.to(device),
+                              **{cache_argument(backbone): cache}).last_hidden_state  # [B, longest, d]
         last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
         return self.model.lm_head(hidden[torch.arange(batch, device=device), last])
 

@@ -42,6 +42,7 @@ import numpy as np
 from sparsa.errors import ConfigError
 from sparsa.kg.amar_prompt import ChatPieces, chat_pieces  # noqa: F401 - ChatPieces: re-exported
 from sparsa.kg.kg import KGRetrieval
+from sparsa.sdpa_backends import without_cudnn
 
 if TYPE_CHECKING:
     import torch
@@ -321,9 +322,10 @@ class AmarModel:
                 embeds = torch.stack([torch.cat([pad.expand(longest - e.shape[0], -1), e]) for e, _ in built])
                 mask = torch.tensor([[0] * (longest - e.shape[0]) + [1] * e.shape[0] for e, _ in built],
                                     device=self.device)
-                out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
-                                       max_new_tokens=self.config.max_new_tokens,
-                                       pad_token_id=self.pad_id, eos_token_id=self.stop_ids)
+                with without_cudnn(self.device):  # a new key length every step: cuDNN would plan each one
+                    out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
+                                           max_new_tokens=self.config.max_new_tokens,
+                                           pad_token_id=self.pad_id, eos_token_id=self.stop_ids)
                 for row, (i, (_, info)) in enumerate(zip(batch, built)):
                     text = self.tokenizer.decode(out[row], skip_special_tokens=True).strip()
                     results[i] = {"answer": text, "gates": info["gates"], "open": info["open"]}

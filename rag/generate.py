@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsa.batching import pad_left
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.transformers_compat import cache_argument, returned_cache
 
 
@@ -56,7 +57,8 @@ def prefill(model: Any, input_ids: Any) -> tuple[Any, Any]:
 
 def decode_step(model: Any, token: Any, cache: Any) -> tuple[Any, Any]:
     """One token ``int64[1, 1]`` through the cached model; returns (logits ``[1, V]``, cache)."""
-    out = model(input_ids=token, use_cache=True, **{cache_argument(model): cache})
+    with without_cudnn(token.device):  # a new key length every step: cuDNN would plan each one
+        out = model(input_ids=token, use_cache=True, **{cache_argument(model): cache})
     return out.logits[:, -1], returned_cache(out)
 
 
@@ -290,7 +292,8 @@ def generate_greedy_batch(model: Any, prompts: Sequence[Sequence[int]], max_new_
     stats = [GenerationStats(prompt_tokens=len(p)) for p in prompts]
     tokens: list[list[int]] = [[] for _ in prompts]
     stop = set(stop_ids)
-    with torch.inference_mode():
+    # a new batch shape, then a new key length every step: cuDNN would plan each one
+    with torch.inference_mode(), without_cudnn(device):
         started = time.perf_counter()
         check_deadline()  # as generate_greedy: no prefill past the caller's deadline, no step either
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,

@@ -27,6 +27,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.types import Document, Hit, Query, sort_hits
 
 logger = logging.getLogger(__name__)
@@ -152,8 +153,9 @@ class QueryLikelihoodReranker:
         targets = torch.full((len(items), keep - 1), -100, dtype=torch.long)
         for row, (_, target) in enumerate(items):
             targets[row, keep - 1 - len(target):] = torch.tensor(target)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
-                            use_cache=False).logits  # [B, keep, V]
+        with without_cudnn(self.device):  # a new batch shape each time: cuDNN would plan each one
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=keep, use_cache=False).logits  # [B, keep, V]
         targets = targets.to(self.device)
         picked = torch.zeros(targets.shape, device=self.device)
         # float32 log-softmax over a few rows at a time: with a 152k vocabulary and passage-long targets,

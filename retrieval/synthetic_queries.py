@@ -26,6 +26,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError, DataFormatError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.transformers_compat import cache_argument, returned_cache
 from sparsa.types import Corpus, Document, Query
 
@@ -219,7 +220,8 @@ class QueryWriter:
         torch.manual_seed(self.config.seed + first)
         sampling = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p} \
             if self.config.sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with torch.inference_mode():
+        # a new key length every step: cuDNN would plan each one (sparsa/sdpa_backends.py)
+        with torch.inference_mode(), without_cudnn(self.device):
             out = self.model.generate(
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=torch.from_numpy(mask).to(self.device),

@@ -15,9 +15,9 @@ from typing import Any
 
 
 def without_cudnn(device: Any) -> AbstractContextManager:
-    """A context in which SDPA on ``device`` (a ``torch.device``) may pick any backend but cuDNN; on other
-    devices nothing changes."""
-    if getattr(device, "type", device) != "cuda":
+    """A context in which SDPA on ``device`` (a ``torch.device`` or its name: "cuda", "cuda:1") may pick any
+    backend but cuDNN; on other devices nothing changes."""
+    if str(getattr(device, "type", device)).split(":")[0] != "cuda":
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

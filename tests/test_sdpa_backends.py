@@ -9,7 +9,7 @@ from sparsa.sdpa_backends import without_cudnn
 def test_off_cuda_nothing_changes():
     q = torch.randn(2, 2, 5, 8)
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
-    with without_cudnn(torch.device("cpu")):
+    with without_cudnn(torch.device("cpu")), without_cudnn("cpu"):
         inside = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
     assert torch.equal(inside, torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask))
 
@@ -20,6 +20,8 @@ def test_on_cuda_cudnn_is_off_inside_and_back_after():
     mask = torch.ones(2, 1, 1, 37, dtype=torch.bool, device="cuda")
     mask[1, ..., 30:] = False  # padding, as an encoder batch has
     before = torch.backends.cuda.cudnn_sdp_enabled()
+    with without_cudnn("cuda:0"):  # a device name, as the rerankers keep it
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
     with without_cudnn(torch.device("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         out = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)

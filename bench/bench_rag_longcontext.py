@@ -35,8 +35,9 @@ from common import write_results
 
 log = logging.getLogger("bench_rag_longcontext")
 # full: the model's own attention (transformers' sdpa, eager decode), what attention="full" gives;
-# full-kernels: SDPA prefill and our flash-decoding through the attention interface, so decode runs as
-# CUDA graphs like the sparse variants: the strongest full-attention decode a user can pick.
+# full-kernels: dense prefill (dense_kernel: ours by default, "@dksdpa" for SDPA's choice) and our
+# flash-decoding through the attention interface, so decode runs as CUDA graphs like the sparse variants:
+# the strongest full-attention path a user can pick.
 ATTENTION = {"full": "full", "full-kernels": "full", "sparse": "sparse", "sparse-kv": "sparse-kv"}
 VARIANTS = tuple(ATTENTION)
 PASSAGE_WORDS = 200  # ~270 Qwen tokens: k=100 passages fill ~27k of the 32k context
@@ -334,9 +335,9 @@ def stage_run(args) -> None:
         write_results(args.dataset, {
             "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks,
             "variants": args.variants, "questions_done": n + 1, "questions_planned": len(questions),
-            "baseline": "full: the model's own attention (transformers sdpa, PyTorch's default backend "
-                        "choice, eager decode); full-kernels: SDPA prefill + our flash-decoding, "
-                        "CUDA-graphed decode; same prompts, same greedy decoding",
+            "baseline": "full: the model's own attention (transformers sdpa, eager decode without cuDNN); "
+                        "full-kernels: dense prefill by dense_kernel (ours unless @dksdpa) + our "
+                        "flash-decoding, CUDA-graphed decode; same prompts, same greedy decoding",
             "config": pipeline_config(args, "sparse").to_dict(),
             "route": "retrieve (mode; no router in this run)", "stage_ms_median": stage_ms,
             "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),

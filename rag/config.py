@@ -42,14 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsa.errors import ConfigError
-from sparsa.kernels.modes import (
-    DECODE_MODES,
-    DENSE_KERNEL,
-    DENSE_KERNELS,
-    KV_MODES,
-    MIN_SPARSE_TOKENS,
-    PREFILL_MODES,
-)
+from sparsa.kernels import modes
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("auto", "retrieve", "recall")
@@ -67,8 +60,8 @@ class AttentionConfig:
     decode: str = "full"  # "sparse": Quest pages within budget_tokens per step
     kv: str = "full"  # "duo": non-retrieval heads keep sink + window tokens
     gate_coverage: float = 0.95
-    min_sparse_tokens: int = MIN_SPARSE_TOKENS
-    dense_kernel: str = DENSE_KERNEL  # dense prefill: "triton" (ours) or "sdpa" (torch's backend choice)
+    min_sparse_tokens: int = modes.MIN_SPARSE_TOKENS
+    dense_kernel: str = modes.DENSE_KERNEL  # dense prefill: "triton" (ours) or "sdpa" (torch picks)
     budget_tokens: int = 1024
     page_size: int = 64
     full_retrieval_heads: bool = True
@@ -77,8 +70,8 @@ class AttentionConfig:
     window: int = 256
 
     def __post_init__(self) -> None:
-        for name, allowed in (("prefill", PREFILL_MODES), ("decode", DECODE_MODES), ("kv", KV_MODES),
-                              ("dense_kernel", DENSE_KERNELS)):
+        for name, allowed in (("prefill", modes.PREFILL_MODES), ("decode", modes.DECODE_MODES),
+                              ("kv", modes.KV_MODES), ("dense_kernel", modes.DENSE_KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"attention {name}={getattr(self, name)!r}: expected one of "
                                   f"{', '.join(allowed)}")

@@ -25,7 +25,7 @@ import math
 import os
 import random
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparsa.errors import ConfigError, require
+from sparsa.sdpa_backends import without_cudnn
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +87,8 @@ class Stepper:
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with without_cudnn(loss.device):  # gradient checkpointing re-runs forward passes in here
+            loss.backward()
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
@@ -108,12 +110,22 @@ class Stepper:
 
 
 def autocast(device: str | torch.device):
-    """bfloat16 autocast on CUDA (the weights stay float32); elsewhere nothing, so CPU training is float32."""
+    """bfloat16 autocast on CUDA (the weights stay float32), with SDPA off cuDNN (each batch has a new shape,
+    and cuDNN plans every new shape: ``sparsa/sdpa_backends.py``); elsewhere nothing, so CPU training is
+    float32."""
     import torch
 
     if torch.device(device).type != "cuda":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return _cuda_autocast(device)
+
+
+@contextmanager
+def _cuda_autocast(device: str | torch.device):
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16), without_cudnn(device):
+        yield
 
 
 def epoch_order(items: int, steps: int, batch_size: int, seed: int) -> list[int]:

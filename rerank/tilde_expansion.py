@@ -29,6 +29,7 @@ from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
+from sparsa.sdpa_backends import without_cudnn
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class TildeExpander:
         rows = [[self.tokenizer.cls_id, *p.tolist(), self.tokenizer.sep_id] for p in passages]
         ids, mask = pad_batch(rows, self.tokenizer.pad_id)
         device = self.config.device
-        hidden = self.model.bert(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        with without_cudnn(device):  # a new batch shape each time: cuDNN would plan each one
+            hidden = self.model.bert(input_ids=ids.to(device), attention_mask=mask.to(device))
+        hidden = hidden.last_hidden_state
         return self.model.cls(hidden[:, 0])  # only [CLS]: no [B, L, V] logits
 
     def expand(self, texts: Sequence[str], show_progress: bool | None = None) -> list[ExpandedPassage]:

@@ -30,6 +30,7 @@ from sparsa.models import resolve_model
 from sparsa.rerank.tilde_expansion import ExpandedPassage, TildeExpander
 from sparsa.rerank.tokens import PassageTokenizer
 from sparsa.rerank.training import LabelledExample, OptimConfig, pad_batch, train_loop
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.training import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class TildeV2Encoder(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``int64[B, L]`` ids and mask -> ``float32[B, L]`` weights, 0 on padding and special tokens."""
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        with without_cudnn(ids.device):  # a new batch shape each time: cuDNN would plan each one
+            hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = torch.relu(self.head(hidden).squeeze(-1))
         special = (ids == self.tokenizer.cls_id) | (ids == self.tokenizer.sep_id) | (mask == 0)
         return weights.masked_fill(special, 0.0)

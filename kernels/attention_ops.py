@@ -30,9 +30,10 @@ __all__ = ["block_sparse_prefill", "decode", "dense_prefill", "gate_blocks", "ga
 
 _CPU_CHUNK_ROWS = 1024  # query rows per masked-SDPA call on the CPU: bounds the [Hq, rows, Sk] mask
 # Our kernel's time scales with the kept blocks (H100, 32k, head dim 128: 17.7 ms dense, 8.7 ms at 50% kept),
-# and dense it runs at 0.77-0.81x the fastest SDPA backend (bench/results/kernels.json), so it wins below a
-# kept share of ~0.76 (4k) to ~0.81 (32k); at head dim 64 (0.89-0.96x) later still. 0.7 keeps
-# a margin below both.
+# and dense it runs at 0.77-0.81x the fastest (warm) SDPA backend (bench/results/kernels.json), so it wins
+# below a kept share of ~0.76 (4k) to ~0.81 (32k); at head dim 64 (0.89-0.96x) later still. 0.7 keeps
+# a margin below both. Measured against SDPA: with dense_kernel="triton" (the default) the fallback is our
+# own dense mode, against which the threshold is not measured.
 SPARSE_MAX_KEPT = 0.7
 
 
@@ -89,7 +90,7 @@ def kept_share(mask: torch.Tensor | KeptBlocks, seqlen_q: int, seqlen_k: int, bl
 def block_sparse_prefill(q, k, v, mask: torch.Tensor | KeptBlocks, *, block_size: int, scale: float,
                          share: float | None = None, dense_kernel: str = "sdpa") -> torch.Tensor:
     """Causal attention over the kept blocks of ``mask`` (bool ``[B, Hq, nq, nk]`` or :class:`KeptBlocks`);
-    dense SDPA where more than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that
+    :func:`dense_prefill` where more than ``SPARSE_MAX_KEPT`` of the visible blocks are kept. ``share``: that
     :func:`kept_share`, where the caller has counted it already; ``dense_kernel``: :func:`dense_prefill`'s."""
     sq, sk = q.shape[2], k.shape[2]
     if use_triton(q):

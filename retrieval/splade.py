@@ -33,6 +33,7 @@ from sparsa.config import resolve_device
 from sparsa.errors import ConfigError
 from sparsa.models import resolve_model
 from sparsa.progress import progress_bar
+from sparsa.sdpa_backends import without_cudnn
 from sparsa.sparse_rows import SparseRows
 from sparsa.types import SparseVector
 
@@ -298,7 +299,6 @@ class SpladeEncoder:
         import torch
 
         from sparsa.retrieval.splade_pooling import pool_splade
-        from sparsa.sdpa_backends import without_cudnn
 
         ids, mask = pad_right([item[0] for item in items], self.pad_id)
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)

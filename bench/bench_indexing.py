@@ -17,9 +17,10 @@ tokenising and batching alone (first half) and encoding to host CSR rows without
 profiles the encoding of up to 20,000 texts of the first half (``torch.profiler``: the GPU's busy share, the
 largest host and device entries: where the time goes).
 
-Baseline: sentence-transformers' ``SparseEncoder`` over the same model, every dtype x batch size
-configuration in one fresh process (warm-up on marked copies, then the first ``--st-docs`` texts), timed
-to vectors on the host only (no index written: generous to it); the fastest is ``baseline``.
+Baseline: sentence-transformers' ``SparseEncoder`` over the same model, every dtype x batch size x SDPA
+(torch's choice, or without cuDNN) configuration in one fresh process (warm-up on marked copies, then the
+first ``--st-docs`` texts), timed to vectors on the host only (no index written: generous to it); the
+fastest is ``baseline``.
 ``--legacy-site``: a folder with the wheel of an earlier sparsa installed (``pip install --target``):
 its index build is timed the same way (``before``). Writes bench/results/<name>.json.
 """
@@ -35,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers")
@@ -179,24 +182,28 @@ def job_st(spec: dict) -> dict:
 
     from sparsa.data import load_corpus
     from sparsa.models import resolve_model
+    from sparsa.sdpa_backends import without_cudnn
 
     texts = [d.full_text for d in load_corpus(spec["corpus"]).documents][: spec["docs"]]
     warm = marked(texts, min(512, spec["warmup_docs"]))
     sweep = []
     for dtype in spec["dtypes"]:
         model = SparseEncoder(resolve_model("splade-tiny"), device=spec["device"]).to(getattr(torch, dtype))
-        for size in spec["batch_sizes"]:
+        # SDPA as torch picks it, and without cuDNN (a user can switch it off as our encoders do)
+        sdpa_choices = {"default": nullcontext, "no-cudnn": partial(without_cudnn, spec["device"])}
+        for size, (sdpa, context) in itertools.product(spec["batch_sizes"], sdpa_choices.items()):
             encode = lambda batch, size=size, model=model: model.encode(
                 batch, batch_size=size, convert_to_tensor=True, show_progress_bar=False).cpu()
-            encode(warm)
-            if spec["device"] == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            encode(texts)
-            seconds = time.perf_counter() - started
-            sweep.append({"config": {"dtype": dtype, "batch_size": size}, "docs": len(texts),
+            with context():
+                encode(warm)
+                if spec["device"] == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                encode(texts)
+                seconds = time.perf_counter() - started
+            sweep.append({"config": {"dtype": dtype, "batch_size": size, "sdpa": sdpa}, "docs": len(texts),
                           "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 1)})
-            print(f"  sentence-transformers {dtype}/{size}: {sweep[-1]['docs_per_s']:,.0f} docs/s",
+            print(f"  sentence-transformers {dtype}/{size}/{sdpa}: {sweep[-1]['docs_per_s']:,.0f} docs/s",
                   flush=True)
         del model
         torch.cuda.empty_cache()

@@ -135,14 +135,18 @@ class Jobs:
 def baseline_sweep(jobs: Jobs, model: str, docs: int) -> list[dict]:
     """Every baseline configuration's result, in sweep order (each in its own process)."""
     args = jobs.args
+    # On a GPU, SDPA as torch picks it and with cuDNN off: a user can switch it off as our encoders do, and
+    # cuDNN plans every new (batch, length) shape (bench/results/indexing_gpu.json: bfloat16 1,636 -> 2,556
+    # docs/s for sentence-transformers without it).
+    sdpa = ["default", "no-cudnn"] if args.device == "cuda" else ["default"]
     configs = [SMOLLM2_BASELINE] if model == "smollm2" else [
-        {"dtype": dtype, "batch_size": size}
-        for dtype, size in itertools.product(args.baseline_dtypes, args.baseline_batch_sizes)]
+        {"dtype": dtype, "batch_size": size, "sdpa": choice}
+        for dtype, size, choice in itertools.product(args.baseline_dtypes, args.baseline_batch_sizes, sdpa)]
     results = []
     for config in configs:
         results.append({"config": config, **jobs.run("baseline", model, docs, **config)})
-        print(f"{model:12} baseline  {config['dtype']:>8}/{config['batch_size']:<4} {describe(results[-1])}",
-              flush=True)
+        shown = "/".join(str(config.get(key, "-")) for key in ("dtype", "batch_size", "sdpa"))
+        print(f"{model:12} baseline  {shown:28} {describe(results[-1])}", flush=True)
     return results
 
 
@@ -209,7 +213,8 @@ def print_row(row: dict, tokenize_only: bool) -> None:
     ours, base, config = row["ours"], row["baseline"], row["baseline_config"]
     print(f"{name} ours {ours['docs_per_s']:9.1f} docs/s (runs {ours['runs_docs_per_s']}; {ours['docs']} "
           f"docs, {ours['peak_memory_mib']:.0f} MiB, nDCG@10 {ours.get('nDCG@10', '-')})  best baseline "
-          f"{config['dtype']}/{config['batch_size']} {base['docs_per_s']:.1f} docs/s ({base['docs']} docs, "
+          f"{config['dtype']}/{config['batch_size']}/{config.get('sdpa', '-')} "
+          f"{base['docs_per_s']:.1f} docs/s ({base['docs']} docs, "
           f"{base['peak_memory_mib']:.0f} MiB, nDCG@10 {base.get('nDCG@10', '-')})  "
           f"speedup {row['speedup_vs_best_baseline']}x", flush=True)
 

@@ -21,7 +21,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Self
 
 import numpy as np
@@ -144,10 +146,13 @@ def our_config(encoder) -> dict:
 
 
 def build_baseline(model: str, device: str, dtype: str, batch_size: int,
-                   decoder_top_k: int | None) -> Encoder:
+                   decoder_top_k: int | None, sdpa: str = "default") -> Encoder:
     """sentence-transformers for ``model`` in ``dtype`` (weights cast as a user would: ``.to(dtype)``)
-    with ``batch_size``; for smollm2, sparsa's encoder with full-logits reference pooling."""
+    with ``batch_size`` and SDPA's backends (``"no-cudnn"``: cuDNN off); for smollm2, sparsa's encoder
+    with full-logits reference pooling."""
     import torch
+
+    from sparsa.sdpa_backends import without_cudnn
 
     config = {"dtype": dtype, "batch_size": batch_size}
     if model == "smollm2":
@@ -162,9 +167,14 @@ def build_baseline(model: str, device: str, dtype: str, batch_size: int,
     sparse = model == "splade-tiny"
     st = (SparseEncoder if sparse else SentenceTransformer)(resolve_model(model), device=device)
     st = st.to(getattr(torch, dtype))
-    # One tensor for the whole job, then one copy to the host: faster than per-row numpy conversion.
-    encode = lambda texts: st.encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                                     show_progress_bar=False).cpu()
+    config["sdpa"] = sdpa
+    backends = partial(without_cudnn, device) if sdpa == "no-cudnn" else nullcontext
+
+    def encode(texts: list[str]):
+        # One tensor for the whole job, then one copy to the host: faster than per-row numpy conversion.
+        with backends():
+            return st.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+                             show_progress_bar=False).cpu()
     if sparse:
         return Encoder("sparse", config, encode, finish=sparse_rows)
     return Encoder("dense", config, lambda texts: encode(texts).float().numpy())
@@ -199,7 +209,8 @@ def run_worker(spec: dict) -> None:
     texts, warmup = corpus[: spec["docs"]], warmup_texts(corpus, spec["warmup_docs"], spec["warmup_mark"])
     started = time.perf_counter()
     if spec["job"] == "baseline":
-        encoder = build_baseline(model, device, spec["dtype"], spec["batch_size"], spec["decoder_top_k"])
+        encoder = build_baseline(model, device, spec["dtype"], spec["batch_size"], spec["decoder_top_k"],
+                                 spec.get("sdpa", "default"))
     else:
         encoder, ours = build_ours(model, device, spec["variant"], spec["decoder_top_k"])
     if device == "cuda":

@@ -71,10 +71,16 @@ def kill_build(kill: dict) -> str:
     return f"{yes(kill['published_manifest_unchanged'])} / {yes(kill['rerun_resumed'])}"
 
 
+def ratio(row: dict, numerator: str, denominator: str) -> str:
+    """Two timings of one record's row as a speed-up: ``numerator / denominator``."""
+    return f"{row[numerator] / row[denominator]:.2f}x"
+
+
 def comma_list(items: list) -> str:
     return ", ".join(items)
 
 
 FORMATTERS: dict[str, Callable[..., str]] = {
     f.__name__: f for f in (passed, vs_sdpa, vs_flex, eager_ms, both_hops, out_of, em_f1, engine, load,
-                            ndcg_pair, mb, slashed_thousands, wins_losses, kill_build, comma_list, str.strip)}
+                            ndcg_pair, mb, slashed_thousands, wins_losses, kill_build, ratio, comma_list,
+                            str.strip)}

@@ -23,7 +23,8 @@
 #         pooling holds one 512 MiB vocabulary chunk (pool_with_grad). ~3e14 FLOP a step: ~1-2 s on an H100,
 #         so the 600 steps take 2-3 calls (each reloads the model, ~30 s, and loses < CKPT steps), which with
 #         the Qwen pieces' calls must fit one machine's 30-minute hold (else STEPS=300 and say so).
-#         Overrides: STEPS, BATCH, MODEL, DEVICE, DATASETS, TRAIN_S, CKPT, STAGE, SLSR. Tried here on CPU with
+#         Overrides: STEPS, BATCH, LAMBDA_DOC, LAMBDA_QUERY, MODEL, DEVICE, DATASETS, TRAIN_S, CKPT, STAGE, SLSR.
+#         Tried here on CPU with
 #         SmolLM2 on a 40-pair, 60-document stand-in (MODEL=smollm2-135m-instruct DEVICE=cpu STEPS=30 BATCH=2
 #         CKPT=2 DATASETS=cisi SLSR=<stand-in> STAGE=/tmp/x): cut by TRAIN_S=75 at step 2, resumed, encoded.
 # Then here: tar xzf runs.tar.gz; .venv/bin/python bench/bench_lsr.py evaluate --runs runs \
@@ -75,7 +76,8 @@ if [[ ! -f $MODEL_OUT/sparsa.json ]]; then
     timeout "${TRAIN_S:-450}" python -m sparsa train splade --decoder --model "${MODEL:-qwen2.5-coder-1.5b-instruct}" \
         --examples "$SLSR/pairs.jsonl.gz" --negatives 1 --gradient-checkpointing \
         --checkpoint-every "${CKPT:-50}" --device "${DEVICE:-cuda}" --out "$MODEL_OUT" \
-        ${STEPS:+--steps $STEPS} ${BATCH:+--batch-size $BATCH} 2>&1 | tr '\r' '\n' | grep -v "Loading weights" \
+        ${STEPS:+--steps $STEPS} ${BATCH:+--batch-size $BATCH} ${LAMBDA_DOC:+--lambda-doc $LAMBDA_DOC} \
+        ${LAMBDA_QUERY:+--lambda-query $LAMBDA_QUERY} 2>&1 | tr '\r' '\n' | grep -v "Loading weights" \
         | awk 'NR % 20 == 1 || !/training SPLADE/' | tee -a "$OUT/train.log"
     rc=${PIPESTATUS[0]}
     set -e

@@ -125,14 +125,23 @@ def dense_row(d: int, s: int) -> dict:
     flops = useful_flops(None, 1, HQ, s, d, 128)
     sdpa = Baselines.measure("sdpa", sdpa_configs(q, k, v))
 
-    def ours():
-        return bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True)
+    def ours(tma=False):
+        return bsa.block_sparse_attention(q, k, v, None, block_size=128, causal=True, tma=tma)
 
     t_ours = median_ms(ours)
+    config = _best_config()
     sdpa_ms = sdpa.ms.get(sdpa.best)
     return {"head_dim": d, "seqlen": s, "ours_ms": t_ours, **sdpa.fields(t_ours),
             "sdpa_tflops": flops / sdpa_ms * 1e-9 if sdpa_ms else None, "ours_tflops": flops / t_ours * 1e-9,
-            "max_abs_err_vs_sdpa_best": sdpa.max_abs_err(ours()), "config": _best_config()}
+            "max_abs_err_vs_sdpa_best": sdpa.max_abs_err(ours()), "config": config, **tma_fields(ours, sdpa)}
+
+
+def tma_fields(ours, sdpa) -> dict:
+    """Our kernel with K/V read through TMA descriptors (``tma=True``) beside the pointer path's row."""
+    t_tma = median_ms(lambda: ours(tma=True))
+    return {"ours_tma_ms": t_tma, "tma_speedup_vs_sdpa": sdpa.ms[sdpa.best] / t_tma if sdpa.best else None,
+            "tma_max_abs_err_vs_pointer": float((ours(tma=True).float() - ours().float()).abs().max()),
+            "tma_config": _best_config()}
 
 
 def dense(args, out: list) -> None:
@@ -153,15 +162,17 @@ def sparse_rows(flex: Flex, gen, s: int, sparsities) -> list[dict]:
         mask = causal_block_mask(1, HQ, n, sparsity, gen)
         kept = bsa.KeptBlocks.from_mask(mask)
 
-        def ours(kept=kept):
-            return bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True)
+        def ours(kept=kept, tma=False):
+            return bsa.block_sparse_attention(q, k, v, kept, block_size=block, causal=True, tma=tma)
 
         t_ours = median_ms(ours)
         config = _best_config()
         timed = Baselines.measure("flex", flex.configs(q, k, v, flex_block_mask(mask, block, s), ours()))
         actual = 1 - useful_flops(mask, 1, HQ, s, d, block) / dense_flops
+        tma = tma_fields(ours, sdpa)
+        tma["tma_speedup_vs_flex"] = timed.ms[timed.best] / tma["ours_tma_ms"] if timed.best else None
         rows.append({"head_dim": d, "seqlen": s, "sparsity": round(actual, 3), "ours_ms": t_ours,
-                     **sdpa.fields(t_ours), **timed.fields(t_ours), "config": config})
+                     **sdpa.fields(t_ours), **timed.fields(t_ours), "config": config, **tma})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -7,7 +7,8 @@ kept KV block indices (:class:`KeptBlocks`, ``block_mask.py``), made from a bool
 ``[B, Hm, n_q_blocks, n_k_blocks]`` mask by :meth:`KeptBlocks.from_mask`. Kept blocks lying fully inside
 the visible region run without any element masking; only blocks on the causal diagonal or the ragged end
 of the keys are masked.
-Dense mode (``block_mask=None``) walks all visible blocks with no index loads.
+Dense mode (``block_mask=None``) walks all visible blocks with no index loads. K/V tiles load through
+pointers, or (``tma=True``, batched layout, Hopper+) through TMA tensor descriptors.
 
 Supported:
   * layouts: batched ``q [B, Hq, Sq, D]``, ``k, v [B, Hkv, Sk, D]`` (SDPA layout), or varlen packed
@@ -37,6 +38,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .block_mask import KeptBlocks  # its home since the gates share it; still exported from here
 from .input_checks import check_attention_inputs
@@ -49,6 +51,9 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
+# K/V tiles through TMA descriptors by default? Off until a GPU A/B against the pointer path says so
+# (bench/bench_kernels_h200.py times both: ours_tma_ms).
+USE_TMA = False
 
 
 def block_sparse_attention_configs() -> list[triton.Config]:
@@ -58,11 +63,18 @@ def block_sparse_attention_configs() -> list[triton.Config]:
     causal, dense, varlen, power-of-two length bucket) on the first call with that key.
     """
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1, pre_hook=_descriptor_tiles)]
     return [
-        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_descriptor_tiles)
         for bn, w, s in [(64, 4, 3), (64, 8, 3), (64, 8, 4), (128, 8, 2), (128, 8, 3)]
     ]
+
+
+def _descriptor_tiles(nargs: dict) -> None:
+    """A config's K/V tile as the TMA descriptors' block shape (set before each launch of that config)."""
+    for name in ("K_DESC", "V_DESC"):
+        if nargs[name] is not None:
+            nargs[name].block_shape = [1, 1, nargs["BLOCK_N"], nargs["HEAD_DIM"]]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -71,17 +83,20 @@ def _prune_configs(configs, named_args, **kwargs):
     # Small query tiles do not need 8 warps. Configs that overflow shared memory are skipped by the
     # autotuner itself (it times them as infinitely slow).
     kept = [c for c in kept if block_m >= 128 or c.num_warps == 4] or kept
-    return kept or [triton.Config({"BLOCK_N": block_m}, num_warps=4, num_stages=2)]
+    fallback = triton.Config({"BLOCK_N": block_m}, num_warps=4, num_stages=2, pre_hook=_descriptor_tiles)
+    return kept or [fallback]
 
 
 @triton.jit
 def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n, offs_m, k_len, diag,
-                 qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                 HEAD_DIM: tl.constexpr):
+                 qk_scale, K_DESC, V_DESC, b, kv_h, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
     """One online-softmax step over keys [start_n, start_n + BLOCK_N).
 
     The scale is applied inside the exponent's argument (``qk * scale - m``: one FMA per score, as in
     Triton's fused-attention tutorial) instead of scaling the scores first: 4% of the sparse kernel's time.
+    With ``TMA`` the K/V tiles come through the tensor descriptors (Hopper's bulk copies; rows past the
+    keys' end read as zeros), else through pointers.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -90,6 +105,9 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
     v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
     if MASKED:
         in_k = offs_n < k_len
+    if TMA:
+        k = K_DESC.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    elif MASKED:
         k = tl.load(k_ptrs, mask=in_k[:, None], other=0.0)
     else:
         k = tl.load(k_ptrs)
@@ -103,7 +121,9 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
     p = tl.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
+    if TMA:
+        v = V_DESC.load([b, kv_h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    elif MASKED:
         v = tl.load(v_ptrs, mask=in_k[:, None], other=0.0)
     else:
         v = tl.load(v_ptrs)
@@ -114,19 +134,19 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
 
 @triton.autotune(
     configs=block_sparse_attention_configs(),
-    key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN", "LEN_BUCKET"],
+    key=["HEAD_DIM", "BLOCK_M", "CAUSAL", "DENSE", "VARLEN", "TMA", "LEN_BUCKET"],
     prune_configs_by={"early_config_prune": _prune_configs},
     cache_results=True,  # a new process (a restarted server) reads the tuned tile from Triton's disk cache
 )
 @triton.jit
 def _block_sparse_fwd_kernel(
-    Q, K, V, O, LSE, KV_IDX, KV_CNT, CU_Q, CU_K,
+    Q, K, V, O, LSE, KV_IDX, KV_CNT, CU_Q, CU_K, K_DESC, V_DESC,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh, stride_ls, stride_ib, stride_ih, stride_im, stride_cb, stride_ch, stride_cm,
     seqlen_q, seqlen_k, n_q_blocks, qk_scale, H, GROUP, MASK_GROUP, LEN_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MAX_KEPT: tl.constexpr, CAUSAL: tl.constexpr,
-    DENSE: tl.constexpr, VARLEN: tl.constexpr, BLOCK_N: tl.constexpr,
+    DENSE: tl.constexpr, VARLEN: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Heaviest (latest) query blocks first: with causal masking they have the most keys.
     pid_m = n_q_blocks - 1 - tl.program_id(0)
@@ -175,10 +195,12 @@ def _block_sparse_fwd_kernel(
         full_tiles_hi = (full_hi // BLOCK_N) * BLOCK_N
         for start_n in range(0, full_tiles_hi, BLOCK_N):
             acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n,
-                                         offs_m, k_len, diag, qk_scale, False, CAUSAL, BLOCK_N, HEAD_DIM)
+                                         offs_m, k_len, diag, qk_scale, K_DESC, V_DESC, b, kv_h,
+                                         False, CAUSAL, BLOCK_N, HEAD_DIM, TMA)
         for start_n in range(full_tiles_hi, vis_hi, BLOCK_N):
             acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n,
-                                         offs_m, k_len, diag, qk_scale, True, CAUSAL, BLOCK_N, HEAD_DIM)
+                                         offs_m, k_len, diag, qk_scale, K_DESC, V_DESC, b, kv_h,
+                                         True, CAUSAL, BLOCK_N, HEAD_DIM, TMA)
     else:
         mh = h // MASK_GROUP
         idx_base = KV_IDX + b64 * stride_ib + mh * stride_ih + pid_m * stride_im
@@ -198,13 +220,13 @@ def _block_sparse_fwd_kernel(
             for sub in tl.static_range(BLOCK_M // BLOCK_N):
                 acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs,
                                              blk_start + sub * BLOCK_N, offs_m, k_len, diag, qk_scale,
-                                             False, CAUSAL, BLOCK_N, HEAD_DIM)
+                                             K_DESC, V_DESC, b, kv_h, False, CAUSAL, BLOCK_N, HEAD_DIM, TMA)
         for e in range(n_full, n_vis):
             blk_start = tl.load(idx_base + e) * BLOCK_M
             for sub in tl.static_range(BLOCK_M // BLOCK_N):
                 acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs,
                                              blk_start + sub * BLOCK_N, offs_m, k_len, diag, qk_scale,
-                                             True, CAUSAL, BLOCK_N, HEAD_DIM)
+                                             K_DESC, V_DESC, b, kv_h, True, CAUSAL, BLOCK_N, HEAD_DIM, TMA)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -229,6 +251,7 @@ def block_sparse_attention(
     cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_q: int | None = None,
     return_lse: bool = False,
+    tma: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention over the kept ``block_size x block_size`` blocks (all blocks if ``block_mask`` is None).
 
@@ -236,6 +259,8 @@ def block_sparse_attention(
     ``k, v [Tk, Hkv, D]`` with int32 ``cu_seqlens_*`` of length B + 1 -> out ``[Tq, Hq, D]``.
     ``block_mask``: bool ``[B, Hm, ceil(max Sq / bs), ceil(max Sk / bs)]`` or :class:`KeptBlocks`, with
     ``Hq % Hm == 0``. ``lse`` (natural log, fp32) is ``[B, Hq, Sq]`` batched or ``[Hq, Tq]`` varlen.
+    ``tma``: read K/V tiles through tensor descriptors (batched layout; Hopper or later, or the
+    interpreter); None: :data:`USE_TMA`.
     """
     varlen = check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, block_size)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -287,15 +312,33 @@ def block_sparse_attention(
         sm_scale = 1.0 / math.sqrt(head_dim)
     hkv = k.shape[1]
     grid = (n_q_blocks, n_batch * hq)
+    k_desc, v_desc = _kv_descriptors(k, v, USE_TMA if tma is None else tma, varlen)
     _block_sparse_fwd_kernel[grid](
-        q, k, v, out, lse, idx, cnt, cu_q, cu_k,
+        q, k, v, out, lse, idx, cnt, cu_q, cu_k, k_desc, v_desc,
         *qs, *ks, *vs, *os_, *ls, *idx.stride()[:3], *cnt.stride(),
         seqlen_q, seqlen_k, n_q_blocks, sm_scale * _LOG2E, hq, hq // hkv, mask_group,
         min(triton.next_power_of_2(max_seqlen_q), 1 << 16),  # autotune key only: best tile varies with length
         HEAD_DIM=head_dim, BLOCK_M=block_size, MAX_KEPT=max_kept, CAUSAL=causal, DENSE=dense,
-        VARLEN=varlen,
+        VARLEN=varlen, TMA=k_desc is not None,
     )
     return (out, lse) if return_lse else out
+
+
+def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, tma: bool, varlen: bool) -> tuple:
+    """Host tensor descriptors over the whole batched ``[B, Hkv, Sk, D]`` K and V (their tile shape is
+    set per config by :func:`_descriptor_tiles`), or ``(None, None)`` for the pointer path."""
+    if not tma:
+        return None, None
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if varlen:
+        raise ValueError("tma=True needs the batched layout (varlen sequences share one K/V tensor)")
+    if not interpreting and torch.cuda.get_device_capability(k.device)[0] < 9:
+        raise ValueError("tma=True needs a Hopper or later GPU (compute capability 9.0+)")
+    # TMA: every stride but the last, and the base address, a multiple of 16 bytes
+    if any(t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]) for t in (k, v)):
+        raise ValueError("tma=True needs K/V with 16-byte aligned rows and base addresses")
+    return tuple(TensorDescriptor(t, shape=list(t.shape), strides=list(t.stride()),
+                                  block_shape=[1, 1, 16, t.shape[-1]]) for t in (k, v))
 
 
 def _token_mask(block_mask: torch.Tensor, seqlen_q: int, seqlen_k: int, block_size: int, causal: bool):

@@ -84,7 +84,7 @@ def job_ours(spec: dict) -> dict:
     corpus = load_corpus(spec["corpus"])
     read_s = time.perf_counter() - started
     started = time.perf_counter()
-    encoder = SpladeEncoder(SpladeConfig(device=spec["device"]))
+    encoder = SpladeEncoder(SpladeConfig(device=spec["device"], max_tokens=spec.get("max_tokens")))
     load_s = time.perf_counter() - started
     texts = [d.full_text for d in corpus.documents]
     warm = Corpus(Document(f"w{i}", t) for i, t in enumerate(marked(texts, spec["warmup_docs"])))
@@ -285,6 +285,8 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true")
     parser.add_argument("--light-after-first", action="store_true",
                         help="rows after the first: no parts job, the last --st-batch-sizes only")
+    parser.add_argument("--ours-max-tokens", nargs="*", type=int, default=[],
+                        help="first corpus only: the job again at each token budget per batch ('ours_sweep')")
     parser.add_argument("--warmup-docs", type=int, default=WARMUP_DOCS)
     parser.add_argument("--name", default="indexing")
     args = parser.parse_args()
@@ -301,6 +303,11 @@ def main() -> None:
             row["ours"] = run_job("ours", {**spec, "keep": kept[0]})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
             light = args.light_after_first and rows
+            if args.ours_max_tokens and not rows:  # is the default token budget per batch the fastest?
+                row["ours_sweep"] = [run_job("ours", {**spec, "max_tokens": budget})
+                                     for budget in args.ours_max_tokens]
+                for swept in row["ours_sweep"]:
+                    print(f"{row['corpus']}: ours {swept.get('config')} {swept.get('docs_per_s')}")
             if not light:
                 row["parts"] = run_job("parts", spec)
                 print(f"{row['corpus']}: parts {row['parts']}", flush=True)

@@ -1,7 +1,7 @@
 """What the SPLADE indexing job costs beside the encoder (issue 22): the job harness alone, on this CPU.
 
     python bench/bench_index_harness.py [--docs 100000] [--pool 4096] [--repeats 3] [--pace 30760]
-        [--profile] [--name index_harness_cpu]
+        [--profile] [--pool-cache FILE.npz] [--before EARLIER.json] [--name index_harness_cpu]
 
 The H100 record (``indexing_gpu.json``) has the whole job at 17.6k docs/s while the same encoder streaming
 to host CSR rows runs at 30.8k. This bench times everything of ``LearnedSparseIndex.build`` except the
@@ -24,7 +24,8 @@ blocks are made before the clock starts, so the replay itself costs nothing. Two
   thread feeding the GPU does most of the time): the bound where the writer thread overlaps nothing.
 
 ``--before FILE`` keeps an earlier run's rows (its commit named) beside this one's.
-Phases (``phases_s``) come from wrapping the build's own functions in timers; ``--profile`` adds a cProfile
+Phases (``phases_s``) come from wrapping the build's own functions in timers (``, thread``: calls from
+another thread, the shard writer's, overlapping the rest); ``--profile`` adds a cProfile
 of one instant build (top entries by own and cumulative time). Machine: this host's CPU (a 2-core VM shared
 with other jobs: figures are medians of ``--repeats``). Writes bench/results/<name>.json.
 """
@@ -41,6 +42,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,12 +71,24 @@ def passages(n: int) -> list[Document]:
     return docs
 
 
-def encode_pool(docs: list[Document]) -> tuple[SparseRows, int, dict]:
-    """The pool's rows from the real splade-tiny on this CPU; its vocabulary size and spec."""
+def encode_pool(docs: list[Document], cache: Path | None = None) -> tuple[SparseRows, int, dict]:
+    """The pool's rows from the real splade-tiny on this CPU; its vocabulary size and spec. ``cache``: an
+    ``.npz`` reused when it holds the same passages (the encoding takes minutes on a busy 2-core host)."""
+    import numpy as np
+
+    ids = "\n".join(d.id for d in docs)
+    if cache is not None and cache.is_file():
+        saved = np.load(cache)
+        if str(saved["ids"]) == ids:
+            spec = json.loads(str(saved["spec"]))
+            return SparseRows(saved["indptr"], saved["indices"], saved["values"]), int(saved["vocab"]), spec
     from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
 
     encoder = SpladeEncoder(SpladeConfig(device="cpu"))
     rows = SparseRows.concat([r for _, r in encoder.stream_documents([d.full_text for d in docs])])
+    if cache is not None:
+        np.savez(cache, ids=ids, spec=json.dumps(encoder.spec()), vocab=encoder.vocab_size,
+                 indptr=rows.indptr, indices=rows.indices, values=rows.values)
     return rows, encoder.vocab_size, encoder.spec()
 
 
@@ -138,7 +152,7 @@ class PhaseTimers:
         ("sparsa.indexes.jobs", "corpus_identity", "corpus identity"),
     )
     METHODS = (
-        ("sparsa.indexes.sparse_matrix", "SparseMatrix", "save", "SparseMatrix.save (all calls)"),
+        ("sparsa.indexes.sparse_matrix", "SparseMatrix", "save", "SparseMatrix.save"),
         ("sparsa.indexes.exact_sparse", "ExactSparseSearcher", "build", "exact backend build"),
     )
 
@@ -153,7 +167,8 @@ class PhaseTimers:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+                key = label if threading.current_thread() is threading.main_thread() else f"{label}, thread"
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
         return timed
 
     def __enter__(self):
@@ -236,17 +251,21 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=4096, help="real passages encoded once, then replayed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pace", type=float, default=DEFAULT_PACE, help="docs/s of the paced mode")
+    parser.add_argument("--pool-cache", type=Path, default=None,
+                        help="an .npz of the pool's rows, written on first use, reused after")
     parser.add_argument("--profile", action="store_true", help="cProfile one instant build")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--name", default="index_harness_cpu")
     parser.add_argument("--results", type=Path, default=None, help="write here instead of bench/results")
+    parser.add_argument("--library", default=None,
+                        help="which sparsa ran, if not this checkout ('commit abc1234 via PYTHONPATH')")
     parser.add_argument("--before", type=Path, default=None,
                         help="an earlier run's JSON (e.g. at the commit before a change): kept as 'before'")
     args = parser.parse_args()
 
     started = time.perf_counter()
     pool_docs = passages(args.pool)
-    pool, vocab, spec = encode_pool(pool_docs)
+    pool, vocab, spec = encode_pool(pool_docs, args.pool_cache)
     pool_s = time.perf_counter() - started
     docs = [Document(f"{pool_docs[i % len(pool_docs)].id}~{i // len(pool_docs)}",
                      pool_docs[i % len(pool_docs)].text, pool_docs[i % len(pool_docs)].title)
@@ -285,12 +304,14 @@ def main() -> None:
         "pool": {"passages": len(pool_docs), "source": "RealTime QA 100-word passages",
                  "encoder": "splade-tiny on CPU", "encode_seconds": round(pool_s, 1),
                  "nnz_per_doc": round(sum(r.nnz for _, r in blocks) / args.docs, 1)},
+        "library": args.library or "this checkout (meta.git_commit)",
         "docs": args.docs, "blocks": len(blocks), "rows": rows, "profile": profile,
     }
     if args.before:
         earlier = json.loads(args.before.read_text())
-        payload["before"] = {"git_commit": earlier["meta"]["git_commit"], "date": earlier["meta"]["date"],
-                             "rows": earlier["rows"], "profile": earlier.get("profile")}
+        payload["before"] = {"library": earlier.get("library"), "command": earlier["meta"]["command"],
+                             "date": earlier["meta"]["date"], "rows": earlier["rows"],
+                             "profile": earlier.get("profile")}
     path = write_results(args.name, payload, path=args.results)
     print(f"wrote {path}")
 

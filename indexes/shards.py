@@ -26,11 +26,14 @@ Part = TypeVar("Part")
 Rows = Any  # sparsa.sparse_rows.SparseRows
 
 
-def fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int, fmt: str = "") -> str:
+def fingerprint(corpus: Corpus, encoder_spec: dict, shard_size: int, fmt: str = "",
+                texts: list[str] | None = None) -> str:
+    """``texts``: the documents' ``full_text``s, when the caller has them already."""
     payload = [encoder_spec, shard_size] if not fmt else [encoder_spec, shard_size, fmt]
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
-    for doc in corpus.documents:
-        digest.update(doc.id.encode() + b"\0" + doc.full_text.encode() + b"\0")
+    texts = texts if texts is not None else [doc.full_text for doc in corpus.documents]
+    for doc, text in zip(corpus.documents, texts, strict=True):
+        digest.update(doc.id.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -60,9 +63,10 @@ def run_in_shards(
     return parts
 
 
-def _start_job(corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int, fmt: str) -> Path:
+def _start_job(corpus: Corpus, work: Path, encoder_spec: dict[str, Any], shard_size: int, fmt: str,
+               texts: list[str] | None = None) -> Path:
     """The shards folder of this job (emptied when the checkpoints there belong to another job)."""
-    job = fingerprint(corpus, encoder_spec, shard_size, fmt)
+    job = fingerprint(corpus, encoder_spec, shard_size, fmt, texts)
     job_file, shards = work / "job.json", work / "shards"
     if job_file.is_file() and json.loads(job_file.read_text()).get("fingerprint") != job:
         logger.info("the interrupted build was for other documents or another encoder: starting over")
@@ -84,8 +88,9 @@ def run_stream_in_shards(
     written by a background thread while encoding goes on."""
     from sparsa.sparse_rows import SparseRows
 
-    shards = _start_job(corpus, work, encoder_spec, shard_size, fmt)
     docs = corpus.documents
+    full_texts = [d.full_text for d in docs]  # made once: the fingerprint hashes them, the stream reads them
+    shards = _start_job(corpus, work, encoder_spec, shard_size, fmt, full_texts)
     starts = list(range(0, len(docs), shard_size))
     parts: list[Part | None] = [None] * len(starts)
     missing = []
@@ -102,7 +107,7 @@ def run_stream_in_shards(
         save(part, tmp)
         tmp.rename(shards / f"{number:06d}")
 
-    texts = [d.full_text for number in missing for d in docs[starts[number] : starts[number] + shard_size]]
+    texts = [t for number in missing for t in full_texts[starts[number] : starts[number] + shard_size]]
     with progress_bar(total=len(docs), desc="encoding documents", unit="doc", show=show_progress) as bar, \
             ThreadPoolExecutor(max_workers=1) as writer:
         bar.update(len(docs) - len(texts))

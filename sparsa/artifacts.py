@@ -204,10 +204,20 @@ def file_sha256(path: Path) -> str:
 
 
 def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, _OWNER)):
-        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    return files
+    """Size and sha256 of every file, hashed in threads (hashlib and reads let the GIL go): an index's
+    two big arrays hash at once (about 0.06 s instead of 0.12 per 100k splade-tiny documents,
+    index_harness_cpu.json)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, _OWNER))
+    workers = min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2, 8)
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            digests = list(pool.map(file_sha256, paths))
+    else:
+        digests = [file_sha256(p) for p in paths]
+    return {str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": digest}
+            for path, digest in zip(paths, digests)}
 
 
 def write_manifest(folder: Path, kind: str, config: dict[str, Any] | None = None,

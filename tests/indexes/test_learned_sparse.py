@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from sparsa.artifacts import read_manifest
 from sparsa.errors import ConfigError, IndexCorruptError, UnknownNameError
 from sparsa.indexes import build_index, open_index
 from sparsa.types import SparseVector
@@ -127,6 +128,29 @@ def test_exact_search_matches_brute_force_dot_products(backend):
         assert [h.doc_id for h in hits] == [doc_id for _, doc_id in expected]
         assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], rel=1e-6)
     assert matrix.row(3).to_dict() == pytest.approx(docs[3].to_dict())
+
+
+def test_exact_build_defers_the_inverted_index_and_still_searches(tmp_path):
+    """An index build only reads the built searcher's settings: the CSC postings wait for a search."""
+    from sparsa.indexes.exact_sparse import ExactSparseSearcher
+    from sparsa.indexes.sparse_matrix import SparseMatrix
+
+    rng = np.random.default_rng(1)
+    docs = [SparseVector.from_dict({int(t): float(rng.random()) for t in rng.integers(0, 30, 6)})
+            for _ in range(25)]
+    matrix = SparseMatrix.from_vectors([f"d{i}" for i in range(25)], docs, 30)
+    built = ExactSparseSearcher.build(matrix, tmp_path, {})
+    assert built._csc is None and built.settings() == {}
+    query = [SparseVector.from_dict({int(t): 1.0 for t in rng.integers(0, 30, 5)})]
+    assert built.search_vectors(query, k=7) == ExactSparseSearcher(matrix, "cpu").search_vectors(query, k=7)
+
+
+def test_manifest_digests_match_each_file(tmp_path, cranfield):
+    from sparsa.artifacts import file_sha256
+
+    out = build_index("splade", cranfield.corpus, tmp_path / "idx", encoder=HashingEncoder())
+    files = read_manifest(out, verify="sha256")["files"]
+    assert files and all(meta["sha256"] == file_sha256(out / rel) for rel, meta in files.items())
 
 
 @pytest.mark.gpu

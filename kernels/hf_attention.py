@@ -27,9 +27,9 @@ one query token) runs SeerAttention's training-free gate + block-sparse attentio
 runs full or Quest/TidalDecode sparse decode (``kernels/hf_decode.py``: over a growing cache, or over a
 preallocated one whose steps can be captured in a CUDA graph), and ``kv="duo"`` adds a forward pre-hook that
 gives every new generation a head-compressed cache (``kernels/kv_compression.py``), which works with
-``generate()`` and with ``rag/generate.py``'s eager loop. On CUDA with fp16/bf16 the Triton kernels run;
-otherwise the PyTorch references (``kernels/attention_ops.py``), so the same settings can be evaluated on a
-CPU.
+``generate()`` and with ``rag/generate.py``'s loops (its static one copies it into a preallocated
+head-compressed cache after prefill). On CUDA with fp16/bf16 the Triton kernels run; otherwise the PyTorch
+references (``kernels/attention_ops.py``), so the same settings can be evaluated on a CPU.
 ``model.sparse_attention_stats`` counts the attention actually computed (kept blocks, keys read).
 """
 
@@ -171,12 +171,12 @@ def sparsa_attention_forward(module, query, key, value, attention_mask, dropout:
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if state is not None and query.shape[2] > 1:
         state.bounds = None  # a new prompt: the next decode step rebuilds Quest's page bounds from every page
-    if state is not None and query.shape[2] == 1 and state.shared.get("static") is not None and not dropout:
-        # A preallocated cache's step (kernels/hf_decode.StaticDecode): its mask hides only the buffer past
-        # the length, which decode takes from the device.
-        return decode(state, query, key, value, scale).transpose(1, 2).contiguous(), None
+    # A preallocated cache's step (kernels/hf_decode.StaticDecode): its mask hides only the buffer past the
+    # length, which decode takes from the device.
+    static = (state is not None and query.shape[2] == 1 and state.shared.get("static") is not None
+              and not dropout)
     if isinstance(key, HeadSplitKV):
-        if (attention_mask is not None and attention_mask.dtype == torch.bool
+        if (not static and attention_mask is not None and attention_mask.dtype == torch.bool
                 and not bool(attention_mask.all())):
             raise ValueError("kv='duo' supports unpadded inputs only (batch of one or equal lengths)")
         full = None
@@ -185,6 +185,8 @@ def sparsa_attention_forward(module, query, key, value, attention_mask, dropout:
                 return decode(state, q, k, v, scale)
         out = head_split_attention(query, key, value, scale=scale, full_attention=full)
         return out.transpose(1, 2).contiguous(), None
+    if static:
+        return decode(state, query, key, value, scale).transpose(1, 2).contiguous(), None
     if state is None or attention_mask is not None or dropout:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -283,7 +285,8 @@ def _cache_injector(model, config: SparseAttentionConfig):
         current = kwargs.get(name)
         if not kwargs.get("use_cache", module.config.use_cache):
             return None
-        if current is None or (current.get_seq_length() == 0 and not _is_compressed(current)):
+        # Compressed first: a static cache's length is a device tensor, and reading it would break a graph.
+        if current is None or (not _is_compressed(current) and current.get_seq_length() == 0):
             kwargs[name] = compressed_cache(config.profile, sink=config.sink, window=config.window)
             return args, kwargs
         return None

@@ -74,20 +74,17 @@ class StaticDecode:
     """Decode steps over a preallocated KV cache, bound to a model's sparse attention while a generation runs.
 
     ``length``: int64 device tensor (one entry), the valid keys including the step's own; the caller advances
-    it inside its step (see ``rag/generate.py``). Owns the layers' :class:`PageBoundsBuffer`, so a CUDA graph
-    captured over the steps stays valid while this object lives. Call :meth:`new_sequence` when the cache
-    holds a new prompt: each layer's next step rebuilds its bounds from every page (in a graph of its own,
-    see ``rag/generate.py``)."""
+    it inside its step (see ``rag/generate.py``). With ``kv="duo"`` the steps see only the retrieval heads'
+    buffer (the streaming heads' sink + window are attended in ``kv_compression.head_split_attention``).
+    Owns the layers' :class:`PageBoundsBuffer`, so a CUDA graph captured over the steps stays valid while this
+    object lives. Call :meth:`new_sequence` when the cache holds a new prompt: each layer's next step rebuilds
+    its bounds from every page (in a graph of its own, see ``rag/generate.py``)."""
 
     def __init__(self, shared: dict, length: torch.Tensor):
         self.shared, self.length = shared, length
         self.bounds: dict[int, PageBoundsBuffer] = {}
         self._rebuilt: set[int] = set()
         self._costs: dict[int, Cost] = {}
-
-    @staticmethod
-    def supported(shared: dict) -> bool:
-        return shared["config"].kv == "full"  # kv="duo" brings its own growing cache
 
     @property
     def rebuilds(self) -> bool:

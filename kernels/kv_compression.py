@@ -18,7 +18,10 @@ Profiles are saved per model as JSON (:meth:`HeadProfile.save` / :meth:`HeadProf
 
 Cache: :class:`HeadCompressedLayer` is a ``transformers`` cache layer (``Cache(layers=[...])``, see
 :func:`compressed_cache`); after prefill its ``update`` returns :class:`HeadSplitKV` pairs, which
-:func:`head_split_attention` (and the attention function in ``kernels/hf_attention.py``) consume.
+:func:`head_split_attention` (and the attention function in ``kernels/hf_attention.py``) consume. Prefill
+and eager decode grow it; ``rag/generate.py``'s static decode copies the prompt's into a preallocated one
+(:func:`static_compressed_cache`: the same split and sink + window, fixed shapes, the length on the device),
+whose steps can be captured in a CUDA graph.
 :func:`kv_cache_bytes` counts the bytes a cache holds. Known limits: batch rows share one head split;
 no beam search reordering or cropping of a compressed cache.
 """
@@ -42,6 +45,7 @@ __all__ = [
     "kv_cache_bytes",
     "profile_retrieval_heads",
     "repeated_sequence_scores",
+    "static_compressed_cache",
 ]
 
 
@@ -149,6 +153,8 @@ class HeadSplitKV:
 
     ``full [B, Hr, S, D]``: retrieval KV heads ``full_heads``, every position ``0..length-1``;
     ``recent [B, Hs, W, D]``: streaming KV heads ``stream_heads`` at ``positions [W]`` (sink + window).
+    A preallocated cache's are buffers: ``length`` is then a device tensor ``[1]``, ``full`` holds keys past
+    it (stale) and ``positions`` marks empty slots with :data:`EMPTY_SLOT`, so attention masks both.
     """
 
     full: torch.Tensor
@@ -156,7 +162,10 @@ class HeadSplitKV:
     full_heads: torch.Tensor
     stream_heads: torch.Tensor
     positions: torch.Tensor
-    length: int
+    length: int | torch.Tensor
+
+
+EMPTY_SLOT = torch.iinfo(torch.long).max  # a static cache's unwritten slot: later than any query position
 
 
 class HeadCompressedLayer:
@@ -164,16 +173,25 @@ class HeadCompressedLayer:
 
     Subclasses ``DynamicLayer`` at first use (imported lazily, see :func:`compressed_cache`). ``update``
     returns the plain new states on the first (prefill) call, so prefill attention is exact, and
-    :class:`HeadSplitKV` pairs afterwards.
+    :class:`HeadSplitKV` pairs afterwards. The static layer (:func:`static_compressed_cache`) is one too.
     """
+
+    is_croppable = False
+
+    def nbytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        held = (self.keys, self.values, self.rec_keys, self.rec_values)
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def reorder_cache(self, beam_idx):
+        raise NotImplementedError("a head-compressed KV cache cannot be reordered (no beam search)")
 
 
 def _layer_class():
     from transformers.cache_utils import DynamicLayer
 
-    class _HeadCompressedLayer(DynamicLayer, HeadCompressedLayer):
-        is_croppable = False
-
+    class _HeadCompressedLayer(HeadCompressedLayer, DynamicLayer):  # the shared methods first
         def __init__(self, retrieval: list[bool], sink: int, window: int):
             super().__init__()
             self.full_heads = torch.tensor([h for h, r in enumerate(retrieval) if r], dtype=torch.long)
@@ -215,16 +233,91 @@ def _layer_class():
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.length + query_length, 0
 
-        def nbytes(self) -> int:
-            if not self.is_initialized:
-                return 0
-            return sum(t.numel() * t.element_size() for t in (self.keys, self.values,
-                                                              self.rec_keys, self.rec_values))
-
-        def reorder_cache(self, beam_idx):
-            raise NotImplementedError("a head-compressed KV cache cannot be reordered (no beam search)")
-
     return _HeadCompressedLayer
+
+
+def _static_layer_class():
+    from transformers.cache_utils import StaticLayer
+
+    class _StaticHeadCompressedLayer(HeadCompressedLayer, StaticLayer):
+        """Preallocated buffers: retrieval heads ``[B, Hr, capacity, D]``; streaming heads ``[B, Hs, sink +
+        window, D]``, position ``p`` in slot ``p`` below ``sink + window`` and later in the ring slot ``sink +
+        (p - sink) % window``, so the slots hold exactly what the growing layer keeps. ``cumulative_length``
+        (a device tensor, as in ``StaticLayer``) is the next write position; ``update`` takes one token."""
+
+        def __init__(self, retrieval: list[bool], sink: int, window: int, capacity: int):
+            super().__init__(max_cache_len=capacity)
+            self.retrieval, self.sink, self.window = retrieval, sink, window
+
+        def lazy_initialization(self, key_states, value_states):
+            raise ValueError("a static head-compressed cache starts from a prompt's cache (load_prompt)")
+
+        def _allocate(self, prompt) -> None:
+            """Buffers shaped after the prompt's compressed layer (batch, head dim, dtype, device)."""
+            dev, (b, _, _, d) = prompt.keys.device, prompt.keys.shape
+            flags = torch.tensor(self.retrieval, device=dev)
+            self.full_heads, self.stream_heads = flags.nonzero().view(-1), (~flags).nonzero().view(-1)
+
+            def buffers(heads, n):  # keys and values
+                shape = (b, heads.numel(), n, d)
+                return (torch.zeros(shape, dtype=prompt.keys.dtype, device=dev) for _ in "kv")
+
+            self.keys, self.values = buffers(self.full_heads, self.max_cache_len)
+            self.rec_keys, self.rec_values = buffers(self.stream_heads, self.sink + self.window)
+            self.positions = torch.full((self.sink + self.window,), EMPTY_SLOT, dtype=torch.long, device=dev)
+            self.cumulative_length = self.cumulative_length.to(dev)
+            self.device, self.is_initialized = dev, True
+
+        def _write_recent(self, pos, keys, values) -> None:
+            slots = torch.where(pos < self.sink, pos, self.sink + (pos - self.sink).remainder(self.window))
+            self.rec_keys.index_copy_(2, slots, keys)
+            self.rec_values.index_copy_(2, slots, values)
+            self.positions.index_copy_(0, slots, pos)
+
+        def load_prompt(self, prompt) -> None:
+            """Take a prefilled growing layer's keys and values (the hand-over from prefill to decode)."""
+            if prompt.length > self.max_cache_len:
+                raise ValueError(f"a prompt of {prompt.length} tokens exceeds capacity {self.max_cache_len}")
+            if not self.is_initialized or self.keys.shape[0] != prompt.keys.shape[0] or (
+                    self.keys.shape[3], self.keys.dtype, self.device) != (
+                    prompt.keys.shape[3], prompt.keys.dtype, prompt.keys.device):
+                self._allocate(prompt)
+            self.keys[:, :, :prompt.length].copy_(prompt.keys)
+            self.values[:, :, :prompt.length].copy_(prompt.values)
+            self.positions.fill_(EMPTY_SLOT)
+            self._write_recent(prompt.positions, prompt.rec_keys, prompt.rec_values)
+            self.cumulative_length.fill_(prompt.length)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or key_states.shape[2] != 1:
+                raise ValueError("a static head-compressed cache takes one token per step after load_prompt")
+            pos = self.cumulative_length.view(1)
+            self.keys.index_copy_(2, pos, key_states[:, self.full_heads])
+            self.values.index_copy_(2, pos, value_states[:, self.full_heads])
+            self._write_recent(pos, key_states[:, self.stream_heads], value_states[:, self.stream_heads])
+            self.cumulative_length.add_(1)
+            split = (self.full_heads, self.stream_heads, self.positions, self.cumulative_length.view(1))
+            return (HeadSplitKV(self.keys, self.rec_keys, *split),
+                    HeadSplitKV(self.values, self.rec_values, *split))
+
+        def reset(self) -> None:
+            super().reset()
+            if self.is_initialized:
+                self.positions.fill_(EMPTY_SLOT)
+
+    return _StaticHeadCompressedLayer
+
+
+def static_compressed_cache(profile: HeadProfile, capacity: int, *, sink: int = 64, window: int = 256):
+    """A preallocated head-compressed ``transformers.Cache`` for ``capacity`` positions: fill it with
+    ``layer.load_prompt(prefilled_layer)`` per layer of a :func:`compressed_cache` after prefill; each
+    ``update`` then writes one token in place (no host reads, fixed shapes)."""
+    from transformers.cache_utils import Cache
+
+    if sink < 0 or window < 1:
+        raise ValueError(f"need sink >= 0 and window >= 1, got sink={sink} window={window}")
+    layer_cls = _static_layer_class()
+    return Cache(layers=[layer_cls(flags, sink, window, capacity) for flags in profile.retrieval])
 
 
 def compressed_cache(profile: HeadProfile, *, sink: int = 64, window: int = 256):
@@ -255,7 +348,8 @@ def _masked_attention(q, k, v, q_pos, k_pos, scale):
     """Dense attention of ``q [B, H, Sq, D]`` on ``k, v [B, Hkv, W, D]`` where key position
     <= query position."""
     group = q.shape[1] // max(k.shape[1], 1)
-    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    # expand + reshape, not repeat_interleave: no host sync, so a static decode step can be graph-captured
+    k, v = (x[:, :, None].expand(-1, -1, group, -1, -1).flatten(1, 2) for x in (k, v))
     mask = k_pos[None, :] <= q_pos[:, None]
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
@@ -266,24 +360,26 @@ def head_split_attention(q: torch.Tensor, keys: HeadSplitKV, values: HeadSplitKV
     """Attention of ``q [B, Hq, Sq, D]`` (the newest ``Sq`` positions) on a head-split cache.
 
     Retrieval heads go through ``full_attention(q_r, k_r, v_r)`` (default: causal SDPA aligned bottom-right,
-    e.g. a decode kernel can be passed); streaming heads attend to their sink + window keys.
-    Returns ``[B, Hq, Sq, D]``.
+    e.g. a decode kernel can be passed); streaming heads attend to their sink + window keys. Over a static
+    cache (``keys.length`` a device tensor) nothing is read on the host. Returns ``[B, Hq, Sq, D]``.
     """
     _b, hq, sq, d = q.shape
     n_kv = keys.full_heads.numel() + keys.stream_heads.numel()
     group = hq // n_kv
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     out = torch.empty_like(q)
-    q_pos = torch.arange(keys.length - sq, keys.length, device=q.device)
+    q_pos = torch.arange(sq, device=q.device) + (keys.length - sq)  # length: an int or a device tensor
     offs = torch.arange(group, device=q.device)
     if keys.full_heads.numel():
         rows = (keys.full_heads.to(q.device)[:, None] * group + offs).flatten()
         if full_attention is None:
-            k_pos = torch.arange(keys.length, device=q.device)
-            out[:, rows] = _masked_attention(q[:, rows], keys.full, values.full, q_pos, k_pos, scale)
+            k_pos = torch.arange(keys.full.shape[2], device=q.device)
+            part = _masked_attention(q[:, rows], keys.full, values.full, q_pos, k_pos, scale)
         else:
-            out[:, rows] = full_attention(q[:, rows], keys.full, values.full)
+            part = full_attention(q[:, rows], keys.full, values.full)
+        out.index_copy_(1, rows, part)
     if keys.stream_heads.numel():
         rows = (keys.stream_heads.to(q.device)[:, None] * group + offs).flatten()
-        out[:, rows] = _masked_attention(q[:, rows], keys.recent, values.recent, q_pos, keys.positions, scale)
+        out.index_copy_(1, rows, _masked_attention(q[:, rows], keys.recent, values.recent, q_pos,
+                                                   keys.positions, scale))
     return out

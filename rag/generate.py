@@ -8,9 +8,11 @@ installed on the model (``sparsa.kernels`` block-sparse prefill) is used unchang
 
 Decoding then either grows that cache token by token (eager: a Python forward per step), or, with
 ``cuda_graph`` (by default on CUDA when the model runs ``sparsa.kernels``' attention), copies it into a
-preallocated ``StaticCache`` and replays each step as one CUDA graph (:class:`_StaticDecoder`): the step's
-inputs, position, mask and greedy pick live in fixed device buffers and the attention reads the length from
-the device (``kernels/hf_decode.py``), so a step costs one replay and one read of the picked token.
+preallocated ``StaticCache`` (with ``kv="duo"``, a preallocated head-compressed cache:
+``kernels/kv_compression.static_compressed_cache``) and replays each step as one CUDA graph
+(:class:`_StaticDecoder`): the step's inputs, position, mask and greedy pick live in fixed device buffers and
+the attention reads the length from the device (``kernels/hf_decode.py``), so a step costs one replay and one
+read of the picked token.
 
 :func:`generate_greedy_batch` runs several prompts at once (left-padded, with an attention mask and
 explicit positions, so each row sees exactly its own prompt): many short answers on a GPU cost about
@@ -67,8 +69,8 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
     """Yield greedily decoded token ids until a stop id (not yielded) or ``max_new_tokens``.
 
     ``cuda_graph``: decode from a preallocated cache, each step replayed as one CUDA graph. None (default): on
-    CUDA when the model runs ``sparsa.kernels``' attention with ``kv="full"``; True: always (raises where the
-    model cannot; off CUDA the same static steps run eagerly); False: the growing-cache loop."""
+    CUDA when the model runs ``sparsa.kernels``' attention (any ``kv``); True: always (raises where the model
+    cannot; off CUDA the same static steps run eagerly); False: the growing-cache loop."""
     import torch
 
     from sparsa.deadline import check_deadline
@@ -111,7 +113,8 @@ def generate_greedy(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
 
 
 class _StaticDecoder:
-    """Greedy decode steps of one model from a preallocated KV cache (transformers' ``StaticCache``).
+    """Greedy decode steps of one model from a preallocated KV cache (transformers' ``StaticCache``, or with
+    ``kv="duo"`` a static head-compressed one that takes the prefilled compressed cache as it is).
 
     Each step reads its token, position and mask from fixed device buffers and writes the next token, its
     log-probability and the next position back into them, so on CUDA its work is captured once as a CUDA graph
@@ -127,7 +130,15 @@ class _StaticDecoder:
         self.model, self.capacity, self.capture = model, capacity, capture
         self.attn_implementation = model.config._attn_implementation
         self.shared = getattr(model, "_sparsa_shared", None)  # the attention settings it was captured with
-        self.cache = StaticCache(config=model.config, max_cache_len=capacity)
+        config = self.shared["config"] if self.shared is not None else None
+        self.duo = config is not None and config.kv == "duo"
+        if self.duo:
+            from sparsa.kernels.kv_compression import static_compressed_cache
+
+            self.cache = static_compressed_cache(config.profile, capacity, sink=config.sink,
+                                                 window=config.window)
+        else:
+            self.cache = StaticCache(config=model.config, max_cache_len=capacity)
         zeros = functools.partial(torch.zeros, device=device)
         self.token = zeros(1, 1, dtype=torch.long)
         self.position = zeros(1, 1, dtype=torch.long)  # of the token being decoded
@@ -180,7 +191,10 @@ class _StaticDecoder:
         """Take the prompt's keys and values and its first generated token."""
         self.cache.reset()
         for idx, layer in enumerate(prompt_cache.layers):
-            self.cache.update(layer.keys, layer.values, idx)
+            if self.duo:  # the streaming heads' sink + window as prefill left them, into their slots
+                self.cache.layers[idx].load_prompt(layer)
+            else:
+                self.cache.update(layer.keys, layer.values, idx)
         self.position.fill_(prompt_tokens)
         self.mask.zero_()
         self.mask[..., :prompt_tokens] = True
@@ -251,12 +265,7 @@ class _StaticDecoder:
 
 def _static_unsupported(model: Any, shared: dict | None) -> str | None:
     """Why the model cannot decode from a preallocated cache, or None."""
-    if shared is not None:
-        from sparsa.kernels.hf_decode import StaticDecode
-
-        if not StaticDecode.supported(shared):
-            return "kv='duo' decodes from its own head-compressed cache"
-    elif model.config._attn_implementation != "sdpa":
+    if shared is None and model.config._attn_implementation != "sdpa":
         return f"attention {model.config._attn_implementation!r} may not take a static cache's bool mask"
     layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
     if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True):

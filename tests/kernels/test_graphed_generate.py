@@ -2,8 +2,9 @@
 
 On the CPU the static steps run eagerly (no graph): they must pick the same tokens with the same
 log-probabilities and count the same attention statistics as the eager loop, with the sparse selection
-engaged (budgets below the prompt length). The ``gpu`` tests capture and replay the CUDA graph. One slow
-test runs SmolLM2 from the registry.
+engaged (budgets below the prompt length) and with kv="duo"'s head-compressed cache (streaming heads' windows
+far below the prompt length). The ``gpu`` tests capture and replay the CUDA graph. Two slow tests run
+SmolLM2 from the registry.
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ SETTINGS = {
     "tidal": {"prefill": "dense", "decode": "sparse", "selector": "tidal", "budget_tokens": 48,
               "tidal_layers": (1,)},
 }
+# kv="duo" (half the KV heads keep sink + window, a ring the decode wraps), alone and under Quest (the
+# reader's "sparse-kv"); _install profiles the model's retrieval heads for them.
+DUO = {"kv": "duo", "retrieval_fraction": 0.5, "sink": 4, "window": 8}
+SETTINGS |= {"duo": {"prefill": "dense", **DUO}, "sparse-kv": {**SETTINGS["quest"], **DUO}}
+
+
+def _install(model, name):
+    settings = SETTINGS[name]
+    if settings.get("kv") == "duo":
+        profile = profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
+        settings = {**settings, "profile": profile}
+    use_sparse_attention(model, **settings)
 
 
 def _tiny_llama(dtype=torch.float32, device="cpu"):
@@ -68,16 +81,16 @@ def _same_generation(model, prompts=(PROMPT,)):
 
 @pytest.mark.parametrize("name", SETTINGS)
 def test_static_decode_picks_the_eager_tokens_and_counts_the_same(model, name):
-    use_sparse_attention(model, **SETTINGS[name])
+    _install(model, name)
     try:
         counts = _same_generation(model, PROMPTS)
     finally:
         remove_sparse_attention(model)
-    if name == "full":
+    if name in ("full", "duo"):
         assert counts["decode_keys_read"] == counts["decode_keys_total"] > 0
     else:  # the selection engaged: fewer keys read than the cache holds
         assert 0 < counts["decode_keys_read"] < counts["decode_keys_total"]
-    if name == "quest":
+    if name in ("quest", "sparse-kv"):
         assert counts["decode_selection_reads"] > 0
 
 
@@ -86,7 +99,7 @@ def test_only_sparse_decode_gives_a_generations_first_step_its_own_graph(model, 
     """The first step rebuilds the page bounds (and on CUDA replays a graph of its own) exactly where the
     decode is sparse; full decode and plain SDPA run every step through one graph."""
     if name is not None:
-        use_sparse_attention(model, **SETTINGS[name])
+        _install(model, name)
     try:
         _generate(model, True, n=2)
         decoder = model._sparsa_static_decoder
@@ -139,16 +152,29 @@ def test_plain_sdpa_model_takes_the_static_cache_and_auto_stays_eager_off_cuda(m
     assert model._sparsa_static_decoder is None
 
 
-def test_duo_cache_cannot_decode_statically(model):
+@pytest.mark.parametrize(("sink", "window"), [(4, 8), (16, 150)],
+                         ids=["prefill-trimmed", "fills-while-decoding"])
+def test_duo_decodes_from_a_static_head_compressed_cache(model, sink, window):
+    """The preallocated cache takes the prefilled compressed one as it is, whether prefill trimmed the
+    streaming heads (160 tokens > 4 + 8) or decoding passes sink + window (16 + 150) and starts the ring: the
+    static steps follow the eager loop either way. The windows matter: keeping every key generates apart."""
     profile = profile_retrieval_heads(model, period=64, n_sequences=1, model_name="tiny-llama")
-    use_sparse_attention(model, kv="duo", profile=profile, retrieval_fraction=0.5)
+    use_sparse_attention(model, **{**SETTINGS["duo"], "sink": sink, "window": window, "profile": profile})
     try:
-        with pytest.raises(ValueError, match="duo"):
-            _generate(model, True)
-        tokens, _, _ = _generate(model, None)  # the default keeps the growing cache
-        assert len(tokens) == 12
+        _same_generation(model, PROMPTS)
+        cache = model._sparsa_static_decoder.cache
+        assert type(cache.layers[0]).__name__ == "_StaticHeadCompressedLayer"
+        assert cache.layers[0].rec_keys.shape[2] == sink + window
+        logprobs = _generate(model, True)[1].logprobs
     finally:
         remove_sparse_attention(model)
+        release_decode_graph(model)
+    use_sparse_attention(model, **{**SETTINGS["duo"], "sink": 160, "window": 16, "profile": profile})
+    try:
+        assert _generate(model, True)[1].logprobs != logprobs  # every key kept: another generation
+    finally:
+        remove_sparse_attention(model)
+        release_decode_graph(model)
 
 
 def test_a_generation_abandoned_midway_unbinds_the_static_decode(model):
@@ -180,15 +206,37 @@ def test_smollm2_static_decode_matches_eager_with_quest_engaged(smollm2_pass_key
     assert 0 < static_counts["decode_keys_read"] < static_counts["decode_keys_total"] / 3
 
 
+@pytest.mark.slow
+def test_smollm2_sparse_kv_static_decode_matches_eager(smollm2_pass_key):
+    """The reader's "sparse-kv" on a real model: block-sparse prefill, Quest over the retrieval heads, the
+    streaming heads' windows (64 + 128) far below the ~600-token prompt; static and eager pick alike."""
+    tok, lm, text = smollm2_pass_key
+    ids = tok(text).input_ids
+    profile = profile_retrieval_heads(lm, period=64, n_sequences=1, model_name="smollm2-135m-instruct")
+    use_sparse_attention(lm, prefill="block-sparse", decode="sparse", kv="duo", budget_tokens=128,
+                         page_size=16, sink=64, window=128, profile=profile)
+    try:
+        eager, eager_stats, eager_counts = _generate(lm, False, ids, n=10)
+        static, static_stats, static_counts = _generate(lm, True, ids, n=10)
+    finally:
+        remove_sparse_attention(lm)
+        release_decode_graph(lm)
+    assert static == eager and len(static) == 10 and static_stats.decode_mode == "static"
+    torch.testing.assert_close(static_stats.logprobs, eager_stats.logprobs, atol=1e-4, rtol=1e-4)
+    assert static_counts == eager_counts
+    assert 0 < static_counts["decode_keys_read"] < static_counts["decode_keys_total"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", SETTINGS)
 def test_cuda_graph_replays_the_static_steps(monkeypatch, name):
     """On CUDA (bf16: the Triton kernels; float32: the PyTorch references) the replayed graph picks what the
     same static steps pick when run eagerly, for two prompts (the second replays the graph captured for the
-    first), and counts the same statistics; with full decode it also picks the growing cache's tokens."""
+    first), and counts the same statistics; with full decode (and duo in float32) it also picks the growing
+    cache's tokens."""
     for dtype in (torch.bfloat16, torch.float32):
         lm = _tiny_llama(dtype, "cuda")
-        use_sparse_attention(lm, **SETTINGS[name])
+        _install(lm, name)
         graphed = [_generate(lm, None, p) for p in PROMPTS]
         assert graphed[0][1].decode_mode == "graph" and graphed[0][1].capture_seconds > 0
         assert graphed[1][1].capture_seconds == 0  # the second generation replays the same graph
@@ -199,7 +247,8 @@ def test_cuda_graph_replays_the_static_steps(monkeypatch, name):
             assert ref_stats.decode_mode == "static"
             assert tokens == ref and counts == ref_counts, dtype
             torch.testing.assert_close(stats.logprobs, ref_stats.logprobs, atol=1e-2, rtol=1e-2)
-        if name == "full":
+        # duo's ring keeps the streaming keys in another order than the growing cache: float32 only
+        if name == "full" or (name == "duo" and dtype == torch.float32):
             for prompt, (tokens, _, counts) in zip(PROMPTS, graphed, strict=True):
                 eager = _generate(lm, False, prompt)
                 assert tokens == eager[0] and counts == eager[2], dtype

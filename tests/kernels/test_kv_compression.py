@@ -1,4 +1,5 @@
-"""Head-type KV compression pieces without a model: echo/induction scoring and head-split attention."""
+"""Head-type KV compression pieces without a model: echo/induction scoring, head-split attention, and the
+preallocated (static) head-compressed cache against the growing one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 from sparsa.kernels.kv_compression import (
     HeadProfile,
     HeadSplitKV,
+    compressed_cache,
     head_split_attention,
     repeated_sequence_scores,
+    static_compressed_cache,
 )
 
 
@@ -57,3 +60,36 @@ def test_head_split_attention_matches_masked_reference():
         scores = (q[0, h] @ k[0, h // group].T) / d ** 0.5
         ref = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v[0, h // group]
         torch.testing.assert_close(out[0, h], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("prompt", "sink", "window"), [(40, 4, 8), (10, 4, 8), (40, 0, 8), (5, 16, 32)],
+                         ids=["prefill-trimmed", "fills-while-decoding", "no-sink", "never-full"])
+def test_static_cache_attends_to_what_the_growing_cache_keeps(prompt, sink, window):
+    """The hand-over from a prefilled growing cache, then 30 one-token steps into both: the static cache's
+    streaming slots hold the same positions (sink + the newest window, the ring wrapping several times) and
+    head-split attention over its buffers (the length a device tensor) equals that over the growing one."""
+    gen = torch.Generator().manual_seed(1)
+    b, hkv, group, d, capacity = 1, 3, 2, 16, 96
+    profile = HeadProfile.from_scores(torch.tensor([[0.1, 0.9, 0.2]]), 1 / 3)
+    growing, static = (compressed_cache(profile, sink=sink, window=window),
+                       static_compressed_cache(profile, capacity, sink=sink, window=window))
+
+    def kv(n):
+        return torch.randn(b, hkv, n, d, generator=gen), torch.randn(b, hkv, n, d, generator=gen)
+
+    growing.update(*kv(prompt), 0)
+    static.layers[0].load_prompt(growing.layers[0])
+    for step in range(30):
+        k, v = kv(1)
+        keys, values = growing.update(k, v, 0)
+        s_keys, s_values = static.update(k, v, 0)
+        assert isinstance(s_keys.length, torch.Tensor)
+        assert int(s_keys.length) == keys.length == prompt + step + 1
+        assert s_keys.full.shape == (b, 1, capacity, d) and s_keys.recent.shape == (b, 2, sink + window, d)
+        held = sorted(p for p in s_keys.positions.tolist() if p < capacity)
+        assert held == keys.positions.tolist()
+        q = torch.randn(b, hkv * group, 1, d, generator=gen)
+        torch.testing.assert_close(head_split_attention(q, s_keys, s_values),
+                                   head_split_attention(q, keys, values), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one token"):
+        static.update(*kv(2), 0)

@@ -21,7 +21,10 @@ blocks are made before the clock starts, so the replay itself costs nothing. Two
   as the GPU feeder waits on the device with the GIL released), so the writer thread's work overlaps:
   ``added_s`` is the wall time over ``docs / pace``;
 - ``busy``: paced, but the stream spins in Python until each block is due (holding the GIL, as a host
-  thread feeding the GPU does most of the time): the bound where the writer thread overlaps nothing.
+  thread feeding the GPU does most of the time): the writer thread competes for the GIL;
+- ``serial``: each block takes ``len / --pace`` s from when the job asks for it (a host-bound feeder: the
+  H100 record's GPU is busy 47% of the time), so the job's main-thread work adds in full while the writer
+  thread overlaps (the sleep lets the GIL go, as CUDA waits and most torch calls do).
 
 ``--before FILE`` keeps an earlier run's rows (its commit named) beside this one's.
 Phases (``phases_s``) come from wrapping the build's own functions in timers (``, thread``: calls from
@@ -96,8 +99,9 @@ class ReplayEncoder:
     """Replays precomputed CSR blocks as ``stream_documents`` would yield them (a measurement device)."""
 
     def __init__(self, blocks: list[tuple[int, SparseRows]], vocab_size: int, spec: dict,
-                 pace: float | None, busy: bool = False):
-        self.blocks, self.vocab_size, self._spec, self.pace, self.busy = blocks, vocab_size, spec, pace, busy
+                 pace: float | None, busy: bool = False, serial: bool = False):
+        self.blocks, self.vocab_size, self._spec, self.pace = blocks, vocab_size, spec, pace
+        self.busy, self.serial = busy, serial
 
     def spec(self) -> dict:
         return {**self._spec, "replay": True}
@@ -113,7 +117,9 @@ class ReplayEncoder:
         done = 0
         for offset, rows in self.blocks:
             done += len(rows)
-            if self.pace:  # the block is ready once the device has made its documents
+            if self.serial:  # the feeder's own time per block starts when the job asks for the block
+                time.sleep(len(rows) / self.pace)
+            elif self.pace:  # the block is ready once the device has made its documents
                 due = started + done / self.pace
                 if self.busy:  # a host thread at work, holding the GIL (Python lets it go every 5 ms)
                     while time.perf_counter() < due:
@@ -279,8 +285,9 @@ def main() -> None:
     profile = None
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         work = Path(scratch)
-        for mode, pace in (("instant", None), ("paced", args.pace), ("busy", args.pace)):
-            encoder = ReplayEncoder(blocks, vocab, spec, pace, busy=mode == "busy")
+        for mode in ("instant", "paced", "busy", "serial"):
+            pace = None if mode == "instant" else args.pace
+            encoder = ReplayEncoder(blocks, vocab, spec, pace, busy=mode == "busy", serial=mode == "serial")
             one_build(corpus, encoder, work)  # warm-up: imports, page cache, allocator
             runs = [one_build(corpus, encoder, work) for _ in range(args.repeats)]
             rows.append({"mode": mode, "pace_docs_per_s": pace, **median_row(runs, args.docs, pace)})

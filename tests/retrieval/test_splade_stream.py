@@ -114,6 +114,20 @@ def test_streamed_build_resumes_from_finished_shards(cranfield, tmp_path):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
+def test_a_shard_that_fails_in_the_writer_thread_fails_the_build(cranfield, tmp_path):
+    """Shards are joined and checked in the writer thread: its error still reaches the caller, and no
+    index (nor a shard of the failed part) is left behind."""
+    from sparsa.types import Corpus
+
+    encoder = StreamingHashing()
+    encoder.vocab_size = 5  # every term id past 4 is outside the vocabulary: from_rows refuses the part
+    out = tmp_path / "idx"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        build_index("splade", Corpus(cranfield.corpus.documents[:30]), out, encoder=encoder, shard_size=10)
+    assert not out.exists()
+    assert not list((tmp_path / ".idx.building" / "shards").glob("0*"))
+
+
 def test_threads_set_the_cpu_encoders_torch_threads(splade, texts):
     seen = []
     hook = splade.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))

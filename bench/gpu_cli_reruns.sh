@@ -86,7 +86,7 @@ if [[ $step == stage ]]; then
     mv runs/bm25.1000.trec ql/runs/ && mv runs/* judge/runs/ && mv pairs.txt judge/ && rmdir runs
     mv scifact-train.jsonl.gz lsr/ && mv home/indexes router/home/ && rmdir home
     gzip routing-set-200/corpus.jsonl && mv routing-set-200 router/  # gunzipped there (the index names it)
-    cd "$REPO" && du -sh "$S"/* "$S"/data/* "$S"/work/* && exit 0
+    cd "$REPO" && du -sh "$S"/data "$S"/whl "$S"/parts/* "$S"/work/* && exit 0
 fi
 
 if [[ $step == check ]]; then  # here: sparsa eval on the fetched runs (nDCG@10 unless said)

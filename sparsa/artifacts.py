@@ -209,8 +209,10 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     index_harness_cpu.json)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from sparsa.token_batches import available_cores
+
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, _OWNER))
-    workers = min(len(paths), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2, 8)
+    workers = min(len(paths), available_cores(), 8)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             digests = list(pool.map(file_sha256, paths))

@@ -56,6 +56,7 @@ from sparsa.eval import evaluate_run
 from sparsa.indexes.exact_sparse import ExactSparseSearcher
 from sparsa.indexes.sparse_matrix import SparseMatrix
 from sparsa.indexes.vector_search import ExactSearch
+from sparsa.sdpa_backends import SDPA_SETTINGS
 from sparsa.types import Hit, Run
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers", "scipy")
@@ -138,7 +139,7 @@ def baseline_sweep(jobs: Jobs, model: str, docs: int) -> list[dict]:
     # On a GPU, SDPA as torch picks it and with cuDNN off: a user can switch it off as our encoders do, and
     # cuDNN plans every new (batch, length) shape (bench/results/indexing_gpu.json: bfloat16 1,636 -> 2,556
     # docs/s for sentence-transformers without it).
-    sdpa = ["default", "no-cudnn"] if args.device == "cuda" else ["default"]
+    sdpa = SDPA_SETTINGS if args.device == "cuda" else ("default",)
     configs = [SMOLLM2_BASELINE] if model == "smollm2" else [
         {"dtype": dtype, "batch_size": size, "sdpa": choice}
         for dtype, size, choice in itertools.product(args.baseline_dtypes, args.baseline_batch_sizes, sdpa)]

@@ -36,8 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "sentence-transformers", "triton", "tokenizers")
@@ -182,7 +180,7 @@ def job_st(spec: dict) -> dict:
 
     from sparsa.data import load_corpus
     from sparsa.models import resolve_model
-    from sparsa.sdpa_backends import without_cudnn
+    from sparsa.sdpa_backends import SDPA_SETTINGS, sdpa_setting
 
     texts = [d.full_text for d in load_corpus(spec["corpus"]).documents][: spec["docs"]]
     warm = marked(texts, min(512, spec["warmup_docs"]))
@@ -190,11 +188,10 @@ def job_st(spec: dict) -> dict:
     for dtype in spec["dtypes"]:
         model = SparseEncoder(resolve_model("splade-tiny"), device=spec["device"]).to(getattr(torch, dtype))
         # SDPA as torch picks it, and without cuDNN (a user can switch it off as our encoders do)
-        sdpa_choices = {"default": nullcontext, "no-cudnn": partial(without_cudnn, spec["device"])}
-        for size, (sdpa, context) in itertools.product(spec["batch_sizes"], sdpa_choices.items()):
+        for size, sdpa in itertools.product(spec["batch_sizes"], SDPA_SETTINGS):
             encode = lambda batch, size=size, model=model: model.encode(
                 batch, batch_size=size, convert_to_tensor=True, show_progress_bar=False).cpu()
-            with context():
+            with sdpa_setting(sdpa, spec["device"]):
                 encode(warm)
                 if spec["device"] == "cuda":
                     torch.cuda.synchronize()

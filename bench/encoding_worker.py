@@ -21,9 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Self
 
 import numpy as np
@@ -152,7 +150,7 @@ def build_baseline(model: str, device: str, dtype: str, batch_size: int,
     with full-logits reference pooling."""
     import torch
 
-    from sparsa.sdpa_backends import without_cudnn
+    from sparsa.sdpa_backends import sdpa_setting
 
     config = {"dtype": dtype, "batch_size": batch_size}
     if model == "smollm2":
@@ -168,11 +166,10 @@ def build_baseline(model: str, device: str, dtype: str, batch_size: int,
     st = (SparseEncoder if sparse else SentenceTransformer)(resolve_model(model), device=device)
     st = st.to(getattr(torch, dtype))
     config["sdpa"] = sdpa
-    backends = partial(without_cudnn, device) if sdpa == "no-cudnn" else nullcontext
 
     def encode(texts: list[str]):
         # One tensor for the whole job, then one copy to the host: faster than per-row numpy conversion.
-        with backends():
+        with sdpa_setting(sdpa, device):
             return st.encode(texts, batch_size=batch_size, convert_to_tensor=True,
                              show_progress_bar=False).cpu()
     if sparse:

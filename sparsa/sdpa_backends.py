@@ -25,3 +25,13 @@ def without_cudnn(device: Any) -> AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+SDPA_SETTINGS = ("default", "no-cudnn")  # how the benches name a baseline's SDPA setting in their rows
+
+
+def sdpa_setting(name: str, device: Any) -> AbstractContextManager:
+    """The context for one of :data:`SDPA_SETTINGS`: torch's own backend choice, or :func:`without_cudnn`."""
+    if name not in SDPA_SETTINGS:
+        raise ValueError(f"SDPA setting {name!r}: expected one of {', '.join(SDPA_SETTINGS)}")
+    return nullcontext() if name == "default" else without_cudnn(device)

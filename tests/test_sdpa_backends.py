@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsa.sdpa_backends import without_cudnn
+from sparsa.sdpa_backends import SDPA_SETTINGS, sdpa_setting, without_cudnn
 
 
 def test_off_cuda_nothing_changes():
@@ -12,6 +12,15 @@ def test_off_cuda_nothing_changes():
     with without_cudnn(torch.device("cpu")), without_cudnn("cpu"):
         inside = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
     assert torch.equal(inside, torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask))
+
+
+def test_settings_by_name():
+    assert SDPA_SETTINGS == ("default", "no-cudnn")
+    for name in SDPA_SETTINGS:
+        with sdpa_setting(name, "cpu"):
+            pass
+    with pytest.raises(ValueError, match="expected one of default, no-cudnn"):
+        sdpa_setting("cudnn-only", "cpu")
 
 
 @pytest.mark.gpu

@@ -103,7 +103,9 @@ def search(
     query: Annotated[str | None, typer.Option(help="one query text; prints the hits")] = None,
     dataset: DatasetOpt = None,
     split: SplitOpt = "test",
-    queries: Annotated[Path | None, typer.Option(help="queries file (JSONL or TSV)")] = None,
+    queries: Annotated[Path | None, typer.Option(
+        help="queries file (JSONL or TSV), or a labelled questions file (train router's: question, "
+             "optional id; ids as train router gives them, for its --run)")] = None,
     k: Annotated[int, typer.Option(help="hits per query", min=1, max=10_000)] = 1000,
     backend: Annotated[str | None,
                        typer.Option(help="splade index: search backend (default: the index's first)")] = None,

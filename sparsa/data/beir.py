@@ -90,7 +90,10 @@ def _query(qid: str, text: str, path: Path, number: int) -> Query:
 
 
 def read_queries(path: str | Path) -> list[Query]:
-    """``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text``; an empty text names its line."""
+    """``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text``; an empty text names its line.
+    A labelled questions file (``sparsa train router``'s: ``question``, optional ``id``) reads too, each
+    question under the id ``train router`` gives it (``id``, else ``q<line>``), so a run searched from it
+    (``sparsa search --queries``) is keyed as ``train router --run`` looks it up."""
     path = Path(path)
     queries: list[Query] = []
     if ".tsv" in path.suffixes:
@@ -101,6 +104,11 @@ def read_queries(path: str | Path) -> list[Query]:
             queries.append(_query(qid.strip(), text, path, number))
     else:
         for number, record in json_records(path):
+            if "question" in record and not any(name in record for name in _TEXT_FIELDS):
+                qid = _field(record, ("id",), path, number, "id") if "id" in record else f"q{number}"
+                queries.append(_query(qid, _field(record, ("question",), path, number, "question"), path,
+                                      number))
+                continue
             queries.append(_query(_field(record, _ID_FIELDS, path, number, "id"),
                                   _field(record, _TEXT_FIELDS, path, number, "text"), path, number))
     if not queries:

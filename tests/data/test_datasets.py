@@ -102,6 +102,23 @@ def test_tsv_queries(tmp_path):
         read_queries(path)
 
 
+def test_a_labelled_questions_file_reads_as_queries_under_train_routers_ids(tmp_path):
+    """'sparsa search --queries' on 'sparsa train router --questions' files: the ids the router looks up
+    in a --run (its own 'id', else q<line>, as read_labelled_questions numbers them)."""
+    from sparsa.rag.qa_sets import read_labelled_questions
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"id": "a7", "question": " who directed Kismet? ", "answers": ["x"]}\n'
+                    '{"question": "when was it made?", "answers": ["y"], "source": "nq"}\n'
+                    '{"id": 3, "question": "who starred?", "answers": "z"}\n')
+    assert [(q.id, q.text) for q in read_queries(path)] == [
+        ("a7", "who directed Kismet?"), ("q2", "when was it made?"), ("3", "who starred?")]
+    assert [q.id for q in read_queries(path)] == [e.id for e in read_labelled_questions(path)]
+    path.write_text('{"question": "", "answers": ["x"]}\n')
+    with pytest.raises(DataFormatError, match=r"qa.jsonl:1: the query text is empty"):
+        read_queries(path)
+
+
 @pytest.mark.parametrize(("name", "lines"), [
     ("queries.jsonl", '{"_id": "1", "text": "fine"}\n{"_id": "2", "text": "  "}\n'),
     ("queries.tsv", "1\tfine\n2\t \n"),

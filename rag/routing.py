@@ -125,8 +125,11 @@ class Router:
         if self.retriever is None:
             index = self.model.info.get("index")
             if index is None:
-                raise ConfigError("this router uses the retriever's scores: load it with the retriever "
-                                  "(Router.load(path, corpus, retriever))")
+                fitted = f"was fitted on the run {self.model.info['run']} and " if "run" in self.model.info \
+                    else ""
+                raise ConfigError(f"this router uses the retriever's scores and {fitted}records no index: "
+                                  "load it with the retriever of the index it was fitted on "
+                                  "(Router.load(path, corpus, retriever); sparsa ask --index)")
             from sparsa.search import open_retriever
 
             self.retriever = open_retriever(index)
@@ -212,13 +215,20 @@ def routing_rows(questions: Sequence[Any], retriever: Any, corpus: DocumentSourc
     """One row per labelled question (objects with ``id``, ``source``, ``split``, ``question`` and
     ``answers``, such as :class:`sparsa.rag.qa_sets.QAExample`): every feature (the reader's closed-book
     confidence and the retriever's scores included), the closed-book answer and the answer from the top
-    ``k`` passages, and their EM/F1. ``cache`` (a :class:`sparsa.rag.qa_sets.AnswerCache`) keeps the
-    answers on disk: a rerun generates only what it lacks."""
+    ``k`` passages, and their EM/F1. ``retriever`` searches each question, or is a :class:`sparsa.types.Run`
+    keyed by question id holding its hits (:func:`check_run_questions` first: where the index's backend
+    cannot run). ``cache`` (a :class:`sparsa.rag.qa_sets.AnswerCache`) keeps the answers on disk: a rerun
+    generates only what it lacks."""
     from sparsa.rag.answer_text import short_answer
     from sparsa.rag.qa_sets import output_entry
+    from sparsa.types import Run
 
     stats = stats or TermStats.from_corpus(corpus)
-    hits = [retriever.search_text(q.question, k=max(k, CONFIDENCE_DEPTH)) for q in questions]
+    depth = max(k, CONFIDENCE_DEPTH)
+    if isinstance(retriever, Run):
+        hits = [retriever.get(q.id, [])[:depth] for q in questions]
+    else:
+        hits = [retriever.search_text(q.question, k=depth) for q in questions]
     fetched = [corpus.fetch([h.doc_id for h in found[:k]]) for found in hits]
     missing = sorted({h.doc_id for found, docs in zip(hits, fetched, strict=True)
                       for h, doc in zip(found, docs, strict=False) if doc is None})
@@ -242,6 +252,33 @@ def routing_rows(questions: Sequence[Any], retriever: Any, corpus: DocumentSourc
                      **answer_scores(recall, retrieve, q.answers), "passages": [h.doc_id for h in found[:k]],
                      "citations": list(opened["citations"])})
     return rows
+
+
+def check_run_questions(run: Any, run_file: str | Path, questions: Sequence[Any], questions_file: str | Path,
+                        k: int, missing_as_empty: bool = False) -> list[str]:
+    """Refuse a run (:class:`sparsa.types.Run`) lacking a question of ``questions`` (by id), naming both
+    files and the id; with ``missing_as_empty`` such a question reads as one the retriever found nothing for
+    (a TREC run has no line for it), unless the run holds none of them. Returns notes: the questions read
+    as empty, and a run shallower than the router reads (the top ``k`` passages and
+    :data:`CONFIDENCE_DEPTH` scores, as ``sparsa ask`` searches)."""
+    depth = max(k, CONFIDENCE_DEPTH)
+    missing = [q.id for q in questions if q.id not in run]
+    found = f"no hits for question {missing[0]!r} of {questions_file}" if missing else ""
+    if missing and (not missing_as_empty or len(missing) == len(questions)):
+        hint = "" if len(missing) == len(questions) else (
+            "; a question the index found nothing for has no line in a TREC run: --missing-as-empty reads "
+            "it so")
+        raise DataFormatError(run_file, f"{found} ({len(missing)} of its {len(questions)} questions "
+                              f"missing): search them with 'sparsa search --queries {questions_file} --k "
+                              f"{depth}'{hint}")
+    notes = [f"{run_file}: {found} ({len(missing)} of its {len(questions)}), read as retrieving nothing"] \
+        if missing else []
+    deepest = max(len(run[q.id]) for q in questions if q.id in run)
+    if deepest < depth:
+        notes.append(f"{run_file} holds at most {deepest} hits a question; the router reads the top {depth} "
+                     f"(passages and the retriever's confidence): search with --k {depth} or more unless the "
+                     "corpus is that small")
+    return notes
 
 
 def score_routes(rows: Sequence[dict], routes: Sequence[bool]) -> dict:

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from sparsa.cli.main import main
+from sparsa.errors import ConfigError
 from sparsa.rag.routing import FEATURES, RETRIEVAL_FEATURES, Router, read_router_model, routes_of
+from tests.conftest import needs_java
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,67 @@ def _serve_with_router(index, corpus_file, router, question: str, route: str) ->
         assert answered.json()["route"] == route
 
 
+@pytest.mark.java
+def test_train_router_from_runs_equals_searching_the_index(routing_data, tmp_path, capsys):
+    """Where the index's backend cannot run (no Java on a GPU host), 'sparsa search --queries' on the
+    questions files writes the runs and 'train router --run/--test-run' fits from them: the same passages,
+    answers, features and router as searching the BM25 index itself (scores to the run's 6 decimals)."""
+    from sparsa.data import load_corpus
+    from sparsa.rag.qa_sets import read_labelled_questions
+    from sparsa.search import open_retriever
+    from sparsa.types import Run
+
+    needs_java()
+    questions, held_out, corpus_file, _ = routing_data
+    bm25 = tmp_path / "bm25"
+    assert main(["-q", "index", "--kind", "bm25", "--corpus", str(corpus_file), "--out", str(bm25)]) == 0
+    fit_run, test_run = tmp_path / "fit.trec", tmp_path / "test.trec"
+    for file, run in ((questions, fit_run), (held_out, test_run)):
+        assert main(["-q", "search", "--index", str(bm25), "--queries", str(file), "--k", "10",
+                     "--out", str(run)]) == 0
+    cache = tmp_path / "answers.jsonl"
+    common = ["--questions", str(questions), "--test-questions", str(held_out), "--dataset", str(corpus_file),
+              "--cache", str(cache)]
+    searched, from_run = tmp_path / "searched.json", tmp_path / "from-run.json"
+    assert _train(*common, "--index", str(bm25), "--out", str(searched),
+                  "--rows", str(tmp_path / "a.json")) == 0
+    generated = len(cache.read_text().splitlines())
+    runs = ["--run", str(fit_run), "--test-run", str(test_run)]
+    # an NQ question shares no word with the MetaQA passages: BM25 finds nothing, so its run has no line
+    empty = [q.id for q in read_labelled_questions(questions) if q.id not in Run.read_trec(fit_run)]
+    assert empty and len(empty) < 8
+    assert _train(*common, *runs, "--index", str(bm25), "--out", str(from_run)) == 2
+    assert f"no hits for question {empty[0]!r} of {questions}" in capsys.readouterr().err
+    runs.append("--missing-as-empty")
+    assert _train(*common, *runs, "--index", str(bm25), "--out", str(from_run),
+                  "--rows", str(tmp_path / "b.json")) == 0
+    assert len(cache.read_text().splitlines()) == generated  # the same passages: every answer was cached
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    for part in ("fit", "test"):
+        assert len(a[part]) == len(b[part]) > 0
+        for row, again in zip(a[part], b[part], strict=True):
+            assert {**row, "features": None} == {**again, "features": None}
+            assert again["features"] == pytest.approx(row["features"], rel=1e-6, abs=1e-6)
+    assert a["report"] == b["report"]  # the same routes: every policy's EM/F1, the choice, the bootstrap
+    one, two = read_router_model(searched), read_router_model(from_run)
+    assert one.features == two.features
+    for name in ("mean", "scale", "weights", "bias", "threshold"):
+        assert getattr(two, name) == pytest.approx(getattr(one, name), rel=1e-4, abs=1e-6), name
+    assert two.info == {**one.info, "run": str(fit_run)} and one.info["index"] == str(bm25)
+    assert all(row["features"]["retrieval_entropy"] == 1.0 for row in b["fit"] if row["id"] in empty)
+    # no --index: the router records the run only, and asks for the retriever it cannot open itself
+    bare = tmp_path / "bare.json"
+    assert _train(*common, *runs, "--features", "retrieval", "--out", str(bare)) == 0
+    assert "records no index" in capsys.readouterr().err
+    assert read_router_model(bare).info["index"] is None
+    corpus, first = load_corpus(corpus_file), a["fit"][0]
+    with pytest.raises(ConfigError, match="fitted on the run .*fit.trec and records no index"):
+        Router.load(bare, corpus).decide(first["question"])
+    decision = Router.load(bare, corpus, retriever=open_retriever(str(bm25))).decide(first["question"])
+    for name in RETRIEVAL_FEATURES:
+        assert decision.features[name] == pytest.approx(first["features"][name], abs=1e-5)
+
+
 def test_router_files_written_before_the_retrieval_features_still_load():
     from pathlib import Path
 
@@ -154,6 +217,19 @@ def test_train_router_errors_are_clear(routing_data, tmp_path, capsys):
     cases = [(["--questions", str(bad), *base], f"{bad}:2: expected a non-empty string field 'question'"),
              (["--questions", str(questions), *base, "--features", "popularity,bogus"], "--features"),
              (["--questions", str(tmp_path / "none.jsonl"), *base], "none.jsonl: file not found")]
+    # fitting from runs: each questions file's run must hold every one of its questions
+    run = tmp_path / "fit.trec"
+    run.write_text("".join(f"q{n} Q0 kb-0 1 1.5 bm25\n" for n in range(2, 9)))
+    unindexed = ["--dataset", str(corpus_file), "--out", str(tmp_path / "r.json")]
+    cases += [(["--questions", str(questions), "--run", str(run), *unindexed],
+               f"{run}: no hits for question 'q1' of {questions} (1 of its 8 questions missing)"),
+              (["--questions", str(questions), *unindexed],
+               "give --index (searched for each question) or --run"),
+              (["--questions", str(questions), "--run", str(run), "--test-questions", str(questions),
+                *unindexed], "--test-questions and --test-run go together"),
+              (["--questions", str(questions), "--test-run", str(run), *base], "--test-run goes with --run"),
+              (["--questions", str(questions), "--run", str(tmp_path / "gone.trec"), *unindexed],
+               "gone.trec: file not found")]
     for argv, message in cases:
         assert _train(*argv) == 2, argv
         err = capsys.readouterr().err

@@ -1,12 +1,21 @@
-"""Learned-sparse effectiveness: BM25 vs SPLADE encoders on SciFact, Cranfield and CISI.
+"""Learned-sparse effectiveness: BM25 vs SPLADE encoders on SciFact, Cranfield, CISI and TREC DL 2019.
 
 Two steps, so the encoding can run on the GPU machine (which has no Java and no ir_measures):
 
-    # 1. encode + exact search, write TREC runs (k=100) and encoding timings
+    # 1. encode + exact search, write TREC runs (k=100), encoding timings, index size, query latency
     python bench/bench_lsr.py encode --out .stage/runs --model splade-tiny=splade-tiny \\
         --model splade-tiny-ft=path/to/trained [--model mistral-splade=path --decoder mistral-splade]
     # 2. evaluate every run in the folder with ir_measures, add BM25 from bench/results/bm25.json
     python bench/bench_lsr.py evaluate --runs .stage/runs
+
+Runs are ``<system>.<dataset key>.trec``; keys are the dataset folders' names except TREC DL 2019
+(``trec-dl-2019-passage``): ``dl19`` searches its whole ~10.8k-passage corpus, ``dl19-pool`` ranks only
+each query's judged passages (``sparsa search --pool``; the pool comes from the qrels, or where no qrels
+travel from a grade-free ``pool.tsv`` in the dataset folder, see bench/common/lsr.py). Per model and
+dataset, ``timings.json`` (merged with any already in ``--out``) records the documents' encoding
+(docs/s, timed after a warm-up on ``--warmup-docs`` marked texts that share no word with any corpus),
+mean terms per document, the index's bytes on disk (``index_bytes``) and the median latency of one
+query at a time, encoded and searched exactly (``query_ms_median``, after one warm-up query).
 
 Step 2 writes bench/results/lsr.json (``--name NAME``: bench/results/NAME.json, for another set of runs)
 and prints the table.
@@ -19,14 +28,15 @@ import json
 import time
 from pathlib import Path
 
-from common import RESULTS, write_results
+from common import RESULTS, lsr, write_results
 
-DATASETS = ("scifact", "cranfield", "cisi")
+DATASETS = ("scifact", "cranfield", "cisi")  # evaluate's, until it reads DL 2019 too
 
 
 def encode(args: argparse.Namespace) -> None:
     from sparsa.config import load_settings
     from sparsa.data import load_dataset
+    from sparsa.eval.pool import judged_pool_run
     from sparsa.indexes.exact_sparse import ExactSparseSearcher
     from sparsa.indexes.sparse_matrix import SparseMatrix
     from sparsa.retrieval.splade import SpladeConfig, SpladeEncoder
@@ -34,28 +44,48 @@ def encode(args: argparse.Namespace) -> None:
 
     data_dir = args.data_dir or load_settings().data_dir
     args.out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings_path = args.out / "timings.json"  # merged: a later call adds datasets or models to a folder
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    datasets = {lsr.dataset_key(d): load_dataset(data_dir / lsr.dataset_folder(d)) for d in args.datasets}
     for spec in args.model:
         name, _, model = spec.partition("=")
         config = SpladeConfig.mistral_splade(model) if name in args.decoder else SpladeConfig(model=model)
         encoder = SpladeEncoder(config)
-        for dataset in args.datasets:
-            data = load_dataset(data_dir / dataset)
+        card = lsr.device_name(encoder.device)
+        first = next(iter(datasets.values()))
+        started = time.perf_counter()  # kernels, allocator, tokenizer processes: not in the timed pass
+        encoder.encode_documents(lsr.marked([d.full_text for d in first.corpus.documents], args.warmup_docs),
+                                 show_progress=False)
+        print(f"{name}: warm-up on {args.warmup_docs} marked texts, {time.perf_counter() - started:.1f} s",
+              flush=True)
+        for key, data in datasets.items():
             texts = [d.full_text for d in data.corpus.documents]
             started = time.perf_counter()
             docs = encoder.encode_documents(texts, show_progress=False)
             docs_s = time.perf_counter() - started
-            queries = encoder.encode_queries([q.text for q in data.queries], show_progress=False)
+            query_texts = [q.text for q in data.queries]
+            queries = encoder.encode_queries(query_texts, show_progress=False)
             matrix = SparseMatrix.from_vectors(list(data.corpus), docs, encoder.vocab_size)
-            hits = ExactSparseSearcher(matrix).search_vectors(queries, args.k)
+            searcher = ExactSparseSearcher(matrix)
+            hits = searcher.search_vectors(queries, args.k)
             Run({q.id: h for q, h in zip(data.queries, hits)},
-                name=name).write_trec(args.out / f"{name}.{dataset}.trec")
-            timings[f"{name}.{dataset}"] = {"docs": len(texts), "encode_seconds": round(docs_s, 2),
-                                           "docs_per_s": round(len(texts) / docs_s, 1),
-                                           "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
-                                           "device": str(encoder.device), "model": model}
-            print(name, dataset, timings[f"{name}.{dataset}"], flush=True)
-    (args.out / "timings.json").write_text(json.dumps(timings, indent=2))
+                name=name).write_trec(args.out / f"{name}.{key}.trec")
+            pool = lsr.judged_pool(data) if key in lsr.POOLED else None
+            if pool is not None:  # as `sparsa search --pool`: every document scored, then the judged ones
+                every = searcher.search_vectors(queries, len(matrix))
+                run = Run({q.id: h for q, h in zip(data.queries, every)}, name=name)
+                judged_pool_run(run, pool).write_trec(args.out / f"{name}.{key}-pool.trec")
+            elif key in lsr.POOLED:
+                print(f"{name}.{key}: no qrels or {lsr.POOL_FILE} in {data.path}: no pool run", flush=True)
+            timings[f"{name}.{key}"] = {
+                "docs": len(texts), "encode_seconds": round(docs_s, 2),
+                "docs_per_s": round(len(texts) / docs_s, 1),
+                "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
+                "device": str(encoder.device), "model": model, "device_name": card,
+                "index_bytes": lsr.index_bytes(matrix),
+                **lsr.query_latency(encoder, searcher, query_texts, args.k, args.latency_queries)}
+            print(name, key, timings[f"{name}.{key}"], flush=True)
+            timings_path.write_text(json.dumps(timings, indent=2))
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -74,6 +104,9 @@ def evaluate(args: argparse.Namespace) -> None:
     per_query = {}
     for path in sorted(args.runs.glob("*.trec")):
         name, dataset = path.stem.rsplit(".", 1)
+        if dataset not in qrels:
+            print(f"skipped {path.name}: evaluate does not score {dataset} yet")
+            continue
         result = evaluate_run(Run.read_trec(path), qrels[dataset], ("nDCG@10", "R@100", "MRR@10"))
         per_query[path.stem] = result.per_query
         rows[f"{name}.{dataset}"] = ({k: round(v, 4) for k, v in result.aggregate.items()}
@@ -117,9 +150,14 @@ def main() -> None:
     enc.add_argument("--out", type=Path, required=True)
     enc.add_argument("--model", action="append", required=True, help="NAME=MODEL (registry name or folder)")
     enc.add_argument("--decoder", nargs="*", default=[], help="names whose model is a decoder backbone")
-    enc.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    enc.add_argument("--datasets", nargs="+", default=list(lsr.DATASETS),
+                     help="dataset folders under --data-dir (or keys: dl19 = trec-dl-2019-passage)")
     enc.add_argument("--data-dir", type=Path)
     enc.add_argument("--k", type=int, default=100)
+    enc.add_argument("--warmup-docs", type=int, default=256,
+                     help="marked copies of the first dataset's texts encoded, untimed, before any timing")
+    enc.add_argument("--latency-queries", type=int, default=100,
+                     help="queries timed one at a time per dataset (after one warm-up query)")
     ev = sub.add_parser("evaluate")
     ev.add_argument("--runs", type=Path, required=True)
     ev.add_argument("--data-dir", type=Path)

@@ -4,12 +4,16 @@
 # lr 2e-4, warm-up 50, LoRA r=16, term bias centred to ~256 doc terms; 1 hard negative as that run used)
 # on SciFact train (919 labelled pairs + 3000 title->body, BM25 negatives) + the kept synthetic pairs of
 # SciFact, Cranfield and CISI (bench/gpu_synthetic_queries.sh; each pair from its own corpus, no test
-# query used), then bench_lsr.py encode: SciFact/Cranfield/CISI test runs (k=100) to fetch.
+# query used), then bench_lsr.py encode: SciFact/Cranfield/CISI and TREC DL 2019 (whole corpus and
+# judged pools) test runs (k=100), index sizes and query latencies to fetch.
 # The same examples file as the splade-tiny comparison in bench/results/lsr_synthetic.json.
 #
-# Here:   bash bench/gpu_synthetic_lsr.sh stage   -> .stage/slsr (23 MB): pairs.jsonl.gz and, per dataset,
-#           corpus + test queries only (no qrels travel). Needs .stage/syn/out/<corpus>.jsonl.gz and a
-#           SciFact BM25 index (INDEX, default scifact-bm25 under SPARSA_HOME) to mine SciFact train's pairs.
+# Here:   bash bench/gpu_synthetic_lsr.sh stage   -> .stage/slsr (24 MB): pairs.jsonl.gz and, per dataset,
+#           corpus + judged test queries only (no qrels travel; for TREC DL 2019 a grade-free pool.tsv, the
+#           passages each query's judged pool holds, for the dl19-pool runs). Needs
+#           .stage/syn/out/<corpus>.jsonl.gz and a SciFact BM25 index (INDEX, default scifact-bm25 under
+#           SPARSA_HOME) to mine SciFact train's pairs.
+#         (`stage-data` rewrites only data/, keeping an already staged pairs.jsonl.gz)
 #         bash bench/gpu_qwen.sh stage (or `wheel` after edits)
 # There:  the Qwen pieces and setup as bench/gpu_qwen.sh says, then, while the machine stays warm:
 #           run(command="bash bench/gpu_qwen.sh lsr", carry=[".stage/qw", ".stage/slsr"], timeout_s=600)
@@ -30,29 +34,44 @@
 # Then here: tar xzf runs.tar.gz; .venv/bin/python bench/bench_lsr.py evaluate --runs runs \
 #              --name lsr_synthetic_qwen --gpu "<card>" --note "<recipe, steps, train seconds>"
 set -euo pipefail
-step=${1:?usage: gpu_synthetic_lsr.sh stage|run}
-DATASETS=${DATASETS:-scifact cranfield cisi}
+step=${1:?usage: gpu_synthetic_lsr.sh stage|stage-data|run}
+DATASETS=${DATASETS:-scifact cranfield cisi trec-dl-2019-passage}
 
-if [[ $step == stage ]]; then
+if [[ $step == stage || $step == stage-data ]]; then  # stage-data: only (re)write data/, keep pairs.jsonl.gz
     PY=${PY:-.venv/bin/python}
     DATA=${SPARSA_DATA_DIR:-../shared/data}
     S=.stage/slsr
-    rm -rf $S && mkdir -p $S
-    .venv/bin/sparsa train splade --dataset scifact --first-stage "${INDEX:-scifact-bm25}" \
-        --self-supervised 3000 --save-examples $S/scifact-train.jsonl.gz --out $S/unused
-    (zcat $S/scifact-train.jsonl.gz; for c in scifact cranfield cisi; do zcat .stage/syn/out/$c.jsonl.gz; done) \
-        | gzip > $S/pairs.jsonl.gz
-    rm -f $S/scifact-train.jsonl.gz
-    for d in $DATASETS; do
-        mkdir -p $S/data/$d
-        if [[ -f $DATA/$d/corpus.jsonl.gz ]]; then cp --no-preserve=mode "$DATA/$d/corpus.jsonl.gz" $S/data/$d/
-        else gzip -c "$DATA/$d/corpus.jsonl" > $S/data/$d/corpus.jsonl.gz; fi
-        # test queries only: the runs cover what bench_lsr.py evaluate scores, and no qrels travel
-        "$PY" -c "import json, sys
-ids = {line.split('\t')[0] for line in open(sys.argv[1]).read().splitlines()[1:]}
-for line in open(sys.argv[2]):
-    if json.loads(line)['_id'] in ids: print(line, end='')" "$DATA/$d/qrels/test.tsv" "$DATA/$d/queries.jsonl" \
-            > $S/data/$d/queries.jsonl
+    if [[ $step == stage ]]; then
+        rm -rf $S && mkdir -p $S
+        .venv/bin/sparsa train splade --dataset scifact --first-stage "${INDEX:-scifact-bm25}" \
+            --self-supervised 3000 --save-examples $S/scifact-train.jsonl.gz --out $S/unused
+        (zcat $S/scifact-train.jsonl.gz; for c in scifact cranfield cisi; do zcat .stage/syn/out/$c.jsonl.gz
+         done) | gzip > $S/pairs.jsonl.gz
+        rm -f $S/scifact-train.jsonl.gz
+    fi
+    rm -rf $S/data
+    for d in $DATASETS; do  # corpus + judged test queries; no qrels travel (DL 2019: its grade-free pool)
+        "$PY" - "$DATA/$d" "$S/data/$d" <<'PY'
+import gzip, json, shutil, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from common.lsr import POOL_FILE, POOLED, dataset_key
+from sparsa.data import load_dataset
+from sparsa.data.beir import corpus_file
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+data = load_dataset(src)  # the test split's judged queries, as bench_lsr.py evaluate scores them
+corpus = corpus_file(src)
+if corpus.suffix == ".gz":
+    shutil.copyfile(corpus, dst / "corpus.jsonl.gz")
+else:
+    with open(corpus, "rb") as f, gzip.open(dst / "corpus.jsonl.gz", "wb") as out:
+        shutil.copyfileobj(f, out)
+with open(dst / "queries.jsonl", "w") as f:
+    f.writelines(json.dumps({"_id": q.id, "text": q.text}) + "\n" for q in data.queries)
+if dataset_key(src.name) in POOLED:  # which passages each query's pool holds, without their grades
+    (dst / POOL_FILE).write_text("".join(f"{q}\t{d}\n" for q, docs in data.qrels.items() for d in docs))
+PY
     done
     zcat $S/pairs.jsonl.gz | wc -l && wc -l $S/data/*/queries.jsonl && du -sh $S
     exit 0

@@ -1,0 +1,122 @@
+"""What ``bench/bench_lsr.py`` shares with its tests: dataset keys, TREC DL 2019's judged pool, query
+latency, index size on disk, warm-up texts, the measures per dataset.
+
+TREC DL 2019 (``trec-dl-2019-passage``, key ``dl19``) is scored two ways: ``dl19`` searches the whole
+~10.8k-passage corpus (the judged passages + 1,679 unjudged ones), ``dl19-pool`` ranks only each query's
+own judged passages, as ``sparsa search --pool <qrels>`` does (the whole index scored, then
+``sparsa.eval.pool.judged_pool_run``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DATASETS = ("scifact", "cranfield", "cisi", "trec-dl-2019-passage")
+KEYS = {"trec-dl-2019-passage": "dl19"}  # dataset folder -> the key in run names and the record
+POOLED = ("dl19",)  # keys whose judged pool is also ranked on its own: '<key>-pool' runs
+POOL_FILE = "pool.tsv"  # 'qid<TAB>docid' per judged pair, no grades: the pool where no qrels travel
+GRADED = ("dl19", "dl19-pool")  # TREC DL convention: relevant means grade >= 2 for recall and RR
+# display name -> ir_measures measure, per kind of dataset; nDCG@10 uses the grades as gains either way
+MEASURES = {"nDCG@10": "nDCG@10", "R@100": "R@100", "MRR@10": "RR@10"}
+GRADED_MEASURES = {"nDCG@10": "nDCG@10", "R@100": "R(rel=2)@100", "MRR@10": "RR(rel=2)@10"}
+_WORD = re.compile(r"[^\W_]+")
+
+
+def dataset_key(name: str) -> str:
+    """``trec-dl-2019-passage`` -> ``dl19``; other folder names are their own key."""
+    return KEYS.get(name, name)
+
+
+def dataset_folder(name: str) -> str:
+    """A dataset key or folder name -> the folder name (``dl19`` -> ``trec-dl-2019-passage``)."""
+    return {key: folder for folder, key in KEYS.items()}.get(name, name)
+
+
+def run_parts(stem: str) -> tuple[str, str]:
+    """``splade-tiny.dl19-pool`` -> (system, dataset key); system names may hold dots."""
+    system, _, key = stem.rpartition(".")
+    return system, key
+
+
+def qrels_key(key: str) -> str:
+    """The dataset whose qrels score a run key: ``dl19-pool`` -> ``dl19``."""
+    return key.removesuffix("-pool")
+
+
+def measures_for(key: str) -> dict[str, str]:
+    return GRADED_MEASURES if key in GRADED else MEASURES
+
+
+def read_pool(path: Path):
+    """A ``pool.tsv`` (``qid<TAB>docid``) as Qrels whose grades are all 0: only membership is used."""
+    from sparsa.errors import DataFormatError
+    from sparsa.types import Qrels
+
+    pool: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise DataFormatError(path, f"expected 'qid<TAB>docid', got {len(parts)} columns", number)
+        pool.setdefault(parts[0].strip(), {})[parts[1].strip()] = 0
+    if not pool:
+        raise DataFormatError(path, "no judged pairs in file")
+    return Qrels(pool)
+
+
+def judged_pool(data):
+    """The judged documents per query of a loaded dataset: its qrels, else ``pool.tsv`` in its folder
+    (staged for the GPU machine, where no qrels travel), else None."""
+    if data.qrels is not None:
+        return data.qrels
+    path = Path(data.path) / POOL_FILE
+    return read_pool(path) if path.is_file() else None
+
+
+def marked(texts: Sequence[str], n: int) -> list[str]:
+    """``n`` texts (cycled) with ``zq`` after every word: a warm-up that shares no word with the corpus,
+    so no word cache is primed for the timed texts (as bench_encoding.py / bench_indexing.py do)."""
+    return [_WORD.sub(lambda m: m.group() + "zq", t) for t in itertools.islice(itertools.cycle(texts), n)]
+
+
+def index_bytes(matrix) -> int:
+    """Bytes a user's index holds for these vectors: what ``LearnedSparseIndex.build`` writes under
+    ``vectors/`` (``SparseMatrix.save``: indptr int64, indices int32, values float32 .npy, doc_ids.json).
+    The exact backend stores nothing else; the manifest (``sparsa.json``, ~1-2 KB) is left out."""
+    with tempfile.TemporaryDirectory() as folder:
+        matrix.save(Path(folder) / "vectors")
+        return sum(p.stat().st_size for p in (Path(folder) / "vectors").iterdir())
+
+
+def query_latency(encoder, searcher, texts: Sequence[str], k: int, limit: int) -> dict:
+    """Median ms per query, one query at a time: encode it and search the index exactly (top ``k``), after
+    one warm-up query (``texts[0]``, untimed); then up to ``limit`` of the following queries are timed."""
+    timed = list(texts[1 : 1 + limit]) or list(texts[:1])
+    searcher.search_vectors(encoder.encode_queries(texts[:1], show_progress=False), k)
+    ms = []
+    for text in timed:
+        started = time.perf_counter()
+        searcher.search_vectors(encoder.encode_queries([text], show_progress=False), k)
+        ms.append((time.perf_counter() - started) * 1000)
+    return {"query_ms_median": round(statistics.median(ms), 2), "latency_queries": len(ms)}
+
+
+def device_name(device) -> str:
+    """The card (CUDA) or the CPU model and the threads torch uses."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "cpu"
+    return f"{model}, {torch.get_num_threads()} threads"

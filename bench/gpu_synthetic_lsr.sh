@@ -6,7 +6,7 @@
 # SciFact, Cranfield and CISI (bench/gpu_synthetic_queries.sh; each pair from its own corpus, no test
 # query used), then bench_lsr.py encode: SciFact/Cranfield/CISI and TREC DL 2019 (whole corpus and
 # judged pools) test runs (k=100), index sizes and query latencies to fetch.
-# The same examples file as the splade-tiny comparison in bench/results/lsr_synthetic.json.
+# The same examples file as the splade-tiny arm (b) of bench/results/lsr.json.
 #
 # Here:   bash bench/gpu_synthetic_lsr.sh stage   -> .stage/slsr (24 MB): pairs.jsonl.gz and, per dataset,
 #           corpus + judged test queries only (no qrels travel; for TREC DL 2019 a grade-free pool.tsv, the
@@ -31,8 +31,9 @@
 #         Tried here on CPU with
 #         SmolLM2 on a 40-pair, 60-document stand-in (MODEL=smollm2-135m-instruct DEVICE=cpu STEPS=30 BATCH=2
 #         CKPT=2 DATASETS=cisi SLSR=<stand-in> STAGE=/tmp/x): cut by TRAIN_S=75 at step 2, resumed, encoded.
-# Then here: tar xzf runs.tar.gz; .venv/bin/python bench/bench_lsr.py evaluate --runs runs \
-#              --name lsr_synthetic_qwen --gpu "<card>" --note "<recipe, steps, train seconds>"
+# Then here: tar xzf runs.tar.gz; the qwen-splade-syn runs join lsr.json's other folders (its meta.command):
+#              .venv/bin/python bench/bench_lsr.py evaluate --runs <bm25> <cpu runs> runs:qwen-splade-syn \
+#              --gpu "<card>" --compare ... --note "<recipe, steps, train seconds>"
 set -euo pipefail
 step=${1:?usage: gpu_synthetic_lsr.sh stage|stage-data|run}
 DATASETS=${DATASETS:-scifact cranfield cisi trec-dl-2019-passage}
@@ -40,7 +41,7 @@ DATASETS=${DATASETS:-scifact cranfield cisi trec-dl-2019-passage}
 if [[ $step == stage || $step == stage-data ]]; then  # stage-data: only (re)write data/, keep pairs.jsonl.gz
     PY=${PY:-.venv/bin/python}
     DATA=${SPARSA_DATA_DIR:-../shared/data}
-    S=.stage/slsr
+    S=${SLSR:-.stage/slsr}
     if [[ $step == stage ]]; then
         rm -rf $S && mkdir -p $S
         .venv/bin/sparsa train splade --dataset scifact --first-stage "${INDEX:-scifact-bm25}" \

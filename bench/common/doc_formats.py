@@ -80,7 +80,31 @@ def comma_list(items: list) -> str:
     return ", ".join(items)
 
 
+LSR_KEYS = (("scifact", "SciFact"), ("cranfield", "Cranfield"), ("cisi", "CISI"), ("dl19", "DL19 corpus"),
+            ("dl19-pool", "DL19 pools"))
+
+
+def lsr_system(results: dict, system: str) -> str:
+    """One system of lsr.json: nDCG@10 / R@100 per dataset, then per corpus (SciFact / Cranfield / CISI /
+    DL19) terms per document, index MB, docs/s and ms per query, and where it ran; '-' where not measured."""
+    def cell(key: str, name: str, fmt: str) -> str:
+        value = results.get(f"{system}.{key}", {}).get(name)
+        return "-" if value is None else fmt.format(value / 1e6 if name == "index_bytes" else value)
+
+    def per_corpus(name: str, fmt: str) -> str:
+        return " / ".join(cell(key, name, fmt) for key, _ in LSR_KEYS if not key.endswith("-pool"))
+
+    found = [results[f"{system}.{key}"] for key, _ in LSR_KEYS if f"{system}.{key}" in results]
+    where = sorted({row.get("device_name") or row.get("device", "") for row in found} - {""})
+    return (", ".join(f"{label} {cell(key, 'nDCG@10', '{:.4f}')} / {cell(key, 'R@100', '{:.4f}')}"
+                      for key, label in LSR_KEYS)
+            + f"; terms/doc {per_corpus('mean_doc_terms', '{:g}')}"
+            + f"; index MB {per_corpus('index_bytes', '{:.1f}')}"
+            + f"; docs/s {per_corpus('docs_per_s', '{:g}')}; ms/query {per_corpus('query_ms_median', '{:g}')}"
+            + (f" ({'; '.join(where)})" if where else ""))
+
+
 FORMATTERS: dict[str, Callable[..., str]] = {
     f.__name__: f for f in (passed, vs_sdpa, vs_flex, eager_ms, both_hops, out_of, em_f1, engine, load,
                             ndcg_pair, mb, slashed_thousands, wins_losses, kill_build, ratio, comma_list,
-                            str.strip)}
+                            lsr_system, str.strip)}

@@ -120,3 +120,110 @@ def device_name(device) -> str:
     except (OSError, StopIteration):
         model = "cpu"
     return f"{model}, {torch.get_num_threads()} threads"
+
+
+# ---- evaluate's side: which runs, BM25 through the CLI, the printed table
+
+
+def collect_runs(specs: Sequence[str]) -> tuple[dict[str, Path], dict[str, dict]]:
+    """``DIR`` or ``DIR:SYSTEM,SYSTEM`` (only those systems) -> the runs by stem and the timings of the kept
+    runs (each folder's ``timings.json``). A stem found in two folders is an error: one figure, one run."""
+    import json
+
+    runs: dict[str, Path] = {}
+    timings: dict[str, dict] = {}
+    for spec in specs:
+        folder, _, only = spec.partition(":")
+        keep = set(filter(None, only.split(",")))
+        folder_path = Path(folder)
+        if not folder_path.is_dir():
+            raise SystemExit(f"--runs {spec}: {folder} is not a folder")
+        found = json.loads((folder_path / "timings.json").read_text()) \
+            if (folder_path / "timings.json").is_file() else {}
+        stems = {p.stem: p for p in sorted(folder_path.glob("*.trec"))}
+        for stem in sorted(stems.keys() | found.keys()):  # timings without a run: BM25's size and latency
+            if keep and run_parts(stem)[0] not in keep:
+                continue
+            if stem in runs or stem in timings:
+                raise SystemExit(f"{stem} is in {folder} and an earlier --runs folder: name the systems "
+                                 "to take from one of them (DIR:SYSTEM,...)")
+            if stem in stems:
+                runs[stem] = stems[stem]
+            if stem in found:
+                timings[stem] = found[stem]
+    return runs, timings
+
+
+def qrels_file(folder: Path) -> Path:
+    """The qrels file load_dataset reads for the test split (BEIR TSV, else a TREC ``*qrels*.txt``)."""
+    beir = folder / "qrels" / "test.tsv"
+    trec = sorted(folder.glob("*qrels*.txt"))
+    if beir.is_file() or not trec:
+        return beir
+    return trec[0]
+
+
+def bm25_step(out: Path, data_dir: Path, datasets: Sequence[str], k: int, latency_queries: int) -> None:
+    """Lucene BM25 (the CLI's defaults, k1=0.9 b=0.4) per dataset: ``sparsa index --kind bm25``; for the
+    pooled datasets also ``sparsa search`` runs (whole corpus, k; and ``--pool`` the qrels); per dataset the
+    index's bytes (its manifest's files) and the median latency of one query at a time (after one
+    warm-up query) in ``timings.json``."""
+    import json
+    import subprocess
+    import sys
+
+    from sparsa.artifacts import read_manifest
+    from sparsa.data import load_dataset
+    from sparsa.search import open_retriever
+
+    def cli(*args: object) -> None:
+        command = [sys.executable, "-m", "sparsa", *map(str, args)]
+        print("$", " ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for name in datasets:
+        key, folder = dataset_key(name), data_dir / dataset_folder(name)
+        index = out / "indexes" / f"{key}-bm25"
+        cli("index", "--dataset", folder, "--kind", "bm25", "--out", index, "--replace")
+        if key in POOLED:
+            cli("search", "--index", index, "--dataset", folder, "--k", k, "--out", out / f"bm25.{key}.trec")
+            cli("search", "--index", index, "--dataset", folder, "--pool", qrels_file(folder),
+                "--out", out / f"bm25.{key}-pool.trec")
+        manifest = read_manifest(index, verify="none")
+        retriever = open_retriever(index)
+        texts = [q.text for q in load_dataset(folder).queries]
+        retriever.search_text(texts[0], k)  # warm-up
+        ms = []
+        for text in texts[1 : 1 + latency_queries]:
+            started = time.perf_counter()
+            retriever.search_text(text, k)
+            ms.append((time.perf_counter() - started) * 1000)
+        timings[f"bm25.{key}"] = {
+            "docs": manifest["num_documents"], "device": "cpu", "device_name": device_name("cpu"),
+            "index_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+            "query_ms_median": round(statistics.median(ms), 2), "latency_queries": len(ms)}
+        print("bm25", key, timings[f"bm25.{key}"], flush=True)
+        timings_path.write_text(json.dumps(timings, indent=2))
+
+
+def print_table(rows: dict[str, dict], keys: Sequence[str]) -> None:
+    """Per system: nDCG@10 / R@100 per dataset key, then per dataset terms/doc, MB, docs/s, ms/query."""
+    systems = sorted({run_parts(stem)[0] for stem in rows}, key=lambda s: (s != "bm25", s))
+    print(f"{'system':<30}" + "".join(f"{k:>16}" for k in keys) + "   (nDCG@10 / R@100)")
+    for system in systems:
+        cells = [rows.get(f"{system}.{k}") for k in keys]
+        print(f"{system:<30}" + "".join(f"{c['nDCG@10']:>8.4f}/{c['R@100']:.4f}"[-16:].rjust(16)
+                                        if c and "nDCG@10" in c else f"{'-':>16}" for c in cells))
+    print(f"\n{'system':<30}" + "".join(f"{k:>22}" for k in keys if not k.endswith("-pool"))
+          + "   (terms/doc, MB, docs/s, ms/query)")
+    for system in systems:
+        line = ""
+        for k in (k for k in keys if not k.endswith("-pool")):
+            c = rows.get(f"{system}.{k}", {})
+            parts = [c.get("mean_doc_terms"), c.get("index_bytes") and round(c["index_bytes"] / 1e6, 1),
+                     c.get("docs_per_s"), c.get("query_ms_median")]
+            line += " ".join("-" if p is None else f"{p:g}" for p in parts).rjust(22)
+        print(f"{system:<30}{line}")

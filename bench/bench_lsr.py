@@ -104,8 +104,8 @@ def evaluate(args: argparse.Namespace) -> None:
     rows: dict[str, dict] = {f"bm25.{d}": {k: bm25[d][k] for k in ("nDCG@10", "R@100", "MRR@10")}
                              | timings.get(f"bm25.{d}", {}) for d in BM25_DATASETS}
     keys = sorted({lsr.run_parts(stem)[1] for stem in runs} | set(BM25_DATASETS), key=_key_order)
-    qrels = {key: load_dataset(data_dir / lsr.dataset_folder(key)).qrels
-             for key in {lsr.qrels_key(k) for k in keys}}
+    qrels = {key: load_dataset(data_dir / lsr.dataset_folder(key)).qrels  # the datasets runs score on
+             for key in {lsr.qrels_key(lsr.run_parts(stem)[1]) for stem in runs}}
     per_query = {}
     for stem, path in sorted(runs.items()):
         key = lsr.run_parts(stem)[1]

@@ -74,7 +74,8 @@ if dataset_key(src.name) in POOLED:  # which passages each query's pool holds, w
     (dst / POOL_FILE).write_text("".join(f"{q}\t{d}\n" for q, docs in data.qrels.items() for d in docs))
 PY
     done
-    zcat $S/pairs.jsonl.gz | wc -l && wc -l $S/data/*/queries.jsonl && du -sh $S
+    if [[ -f $S/pairs.jsonl.gz ]]; then echo "$(zcat $S/pairs.jsonl.gz | wc -l) training pairs"; fi
+    wc -l $S/data/*/queries.jsonl && du -sh $S
     exit 0
 fi
 

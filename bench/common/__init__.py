@@ -5,8 +5,9 @@ This module: what every benchmark records beside its numbers (command, commit, h
 staged benches' main loop. Beside it: ``attention`` (the SDPA and FlexAttention baselines of the two
 attention benches), ``decode_steps`` (the decode providers ``bench_kernels_h200.py`` times),
 ``rag_sets`` (the question sets ``bench_rag.py`` writes and reads), ``sparse_collection`` (the
-real-derived synthetic SPLADE collection) and ``doc_formats`` (the value formatters
-bench/results_doc.toml names).
+real-derived synthetic SPLADE collection), ``lsr`` (``bench_lsr.py``'s dataset keys, TREC DL 2019 pools,
+index size, query latency, BM25 step) and ``doc_formats`` (the value formatters bench/results_doc.toml
+names).
 """
 
 from __future__ import annotations

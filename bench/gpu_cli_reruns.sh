@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 25 ("no islands"): the GPU figures of judge.json, lsr.json (Mistral-SPLADE), rag.json (Qwen router,
+# Issue 25 ("no islands"): the GPU figures of judge.json, lsr_scifact_finetunes.json (Mistral-SPLADE), rag.json (Qwen router,
 # Amar) and rerank.json (query likelihood) re-run through the CLI commands of docs/results.md ("From the
 # CLI alone:"), not the bench scripts. Each GPU step runs those commands with SPARSA_DATA_DIR=.stage/cli/data
 # (the datasets the commands name) and SPARSA_HOME=/root/stage/home (the Qwen pull of bench/gpu_qwen.sh and
@@ -73,7 +73,7 @@ if [[ $step == stage ]]; then
     sp fuse --run runs/splade-tiny.trec --run runs/minilm-dense.trec --method rrf --out runs/rrf-splade-dense.trec
     LC_ALL=C sort -k1,1 -k3,3 "$QRELS" > pairs.txt
     rm -rf home/indexes/dl19-*
-    # rerank.json's query likelihood reads BM25's top 1,000; lsr.json's Mistral-SPLADE the mined examples
+    # rerank.json's query likelihood reads BM25's top 1,000; lsr_scifact_finetunes.json's Mistral-SPLADE the mined examples
     sp index --dataset scifact --kind bm25 --out scifact-bm25
     sp search --index scifact-bm25 --dataset scifact --k 1000 --out runs/bm25.1000.trec
     sp train splade --dataset scifact --first-stage scifact-bm25 --self-supervised 3000 \
@@ -181,7 +181,7 @@ case $step in
                 --report "$OUT/agreement-qwen-umbrela.json" "${systems[@]}" | tee "$OUT/judge-qwen-umbrela.log"
         fi ;;
     mistral-splade)
-        # lsr.json: Mistral-SPLADE on SmolLM2-135M (--decoder's defaults: 600 steps x 32, lr 2e-4): SciFact
+        # lsr_scifact_finetunes.json: Mistral-SPLADE on SmolLM2-135M (--decoder's defaults: 600 steps x 32, lr 2e-4): SciFact
         # nDCG@10 0.5913 (results/mistral-splade-smollm2.scifact/nDCG@10), 94.1 terms per document
         # (.../mean_doc_terms); `check` scores the three runs. The record trained in 277 s on the H200; a
         # call cut by STEP_S resumes from the last checkpoint (every 100 steps) when called again.

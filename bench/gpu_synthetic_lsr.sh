@@ -27,7 +27,9 @@
 #         pooling holds one 512 MiB vocabulary chunk (pool_with_grad). ~3e14 FLOP a step: ~1-2 s on an H100,
 #         so the 600 steps take 2-3 calls (each reloads the model, ~30 s, and loses < CKPT steps), which with
 #         the Qwen pieces' calls must fit one machine's 30-minute hold (else STEPS=300 and say so).
-#         Overrides: STEPS, BATCH, LAMBDA_DOC, LAMBDA_QUERY, MODEL, DEVICE, DATASETS, TRAIN_S, CKPT, STAGE, SLSR.
+#         Overrides: STEPS, BATCH, LAMBDA_DOC, LAMBDA_QUERY, MODEL, NAME, DEVICE, DATASETS, TRAIN_S, CKPT, STAGE,
+#         SLSR. The same recipe on SmolLM2 (issue 28: is the coder checkpoint the limit?): after
+#         `bash bench/gpu_cli_reruns.sh setup` pulled it, MODEL=smollm2-135m-instruct NAME=smollm2-splade-syn.
 #         Tried here on CPU with
 #         SmolLM2 on a 40-pair, 60-document stand-in (MODEL=smollm2-135m-instruct DEVICE=cpu STEPS=30 BATCH=2
 #         CKPT=2 DATASETS=cisi SLSR=<stand-in> STAGE=/tmp/x): cut by TRAIN_S=75 at step 2, resumed, encoded.
@@ -83,7 +85,8 @@ fi
 REPO=$PWD
 STAGE=${STAGE:-/root/stage}
 SLSR=${SLSR:-$REPO/.stage/slsr}  # the staged pairs and data (another folder: a small stand-in, for trying it)
-MODEL_OUT=$STAGE/slsr/model
+NAME=${NAME:-qwen-splade-syn}  # the runs' system name; the model lives in $STAGE/slsr/$NAME on the warm machine
+MODEL_OUT=$STAGE/slsr/$NAME
 mkdir -p "$STAGE/slsr"
 [[ ${DEVICE:-cuda} == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/env.log"
 cd "$STAGE/slsr"  # import sparsa from the installed wheel, not the checkout
@@ -111,6 +114,6 @@ rm -rf runs && mkdir runs
 # shellcheck disable=SC2086  # DATASETS is a word list
 python "$REPO/bench/bench_lsr.py" encode --out runs \
     --data-dir "$SLSR/data" --datasets $DATASETS \
-    --model qwen-splade-syn="$MODEL_OUT" --decoder qwen-splade-syn 2>&1 | grep -v "Loading weights" \
+    --model "$NAME=$MODEL_OUT" --decoder "$NAME" 2>&1 | grep -v "Loading weights" \
     | tee "$OUT/encode.log"
 tar czf "$OUT/runs.tar.gz" runs

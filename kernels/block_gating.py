@@ -224,9 +224,11 @@ def _masked_scores(q, k_base, stride_ks, start_n, offs_m, seqlen_k, diag, qk_sca
     return tl.where(keep, qk, float("-inf"))
 
 
+# The arguments that follow the prompt's length are not specialised: compiled once, not per divisibility
+# pattern (see block_sparse_attention.LENGTH_ARGS).
 @triton.autotune(configs=attention_block_max_configs(), key=["HEAD_DIM", "BLOCK", "CAUSAL"],
                  cache_results=True)  # a restarted server reads the tuned tile from disk
-@triton.jit
+@triton.jit(do_not_specialize=["stride_ob", "stride_oh", "stride_om", "seqlen_q", "seqlen_k"])
 def _attention_block_max_kernel(
     Q, K, OUT, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_ob, stride_oh, stride_om, seqlen_q, seqlen_k, qk_scale, H, GROUP,

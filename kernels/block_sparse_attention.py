@@ -51,6 +51,12 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
+# Integer arguments that follow the prompt's length. Triton compiles a kernel again for each new pattern of
+# "divisible by 16" among its integer arguments; left specialised, a reader meeting new prompt lengths paid
+# ~1 s of compilation on about one question in six (rag_longcontext_realtimeqa.json, k=50/100: the first
+# variant to meet a pattern stalled, the ones after it did not). Unspecialised they compile once.
+LENGTH_ARGS = ["seqlen_q", "seqlen_k", "n_q_blocks", "stride_lb", "stride_lh", "stride_ib", "stride_ih",
+               "stride_im", "stride_cb", "stride_ch", "LEN_BUCKET"]
 # K/V tiles through TMA descriptors by default? Off: the H100 A/B (bench/results/kernels_tma.json) found dense
 # within 2% at head dim 128 and up to 10% slower at 64; only block-sparse at 95% gained (8%), one run.
 USE_TMA = False
@@ -138,7 +144,7 @@ def _attend_tile(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, start_n
     prune_configs_by={"early_config_prune": _prune_configs},
     cache_results=True,  # a new process (a restarted server) reads the tuned tile from Triton's disk cache
 )
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS)
 def _block_sparse_fwd_kernel(
     Q, K, V, O, LSE, KV_IDX, KV_CNT, CU_Q, CU_K, K_DESC, V_DESC,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,

@@ -67,7 +67,10 @@ def select_by_rule(scores: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_
     return mask
 
 
-@triton.jit
+# Arguments that follow the prompt's length: compiled once, not per divisibility pattern (see
+# block_sparse_attention.LENGTH_ARGS).
+@triton.jit(do_not_specialize=["stride_lb", "stride_lh", "stride_lm", "stride_cb", "stride_ch", "n_k",
+                               "seqlen_q", "seqlen_k"])
 def _kept_blocks_kernel(
     LOGITS, IDX, CNT, FULL,
     stride_lb, stride_lh, stride_lm, stride_ib, stride_ih, stride_im, stride_cb, stride_ch,

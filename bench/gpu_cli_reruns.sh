@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 25 ("no islands"): the GPU figures of judge.json, lsr_scifact_finetunes.json (Mistral-SPLADE), rag.json (Qwen router,
-# Amar) and rerank.json (query likelihood) re-run through the CLI commands of docs/results.md ("From the
-# CLI alone:"), not the bench scripts. Each GPU step runs those commands with SPARSA_DATA_DIR=.stage/cli/data
+# Issue 25 ("no islands"): the GPU figures of judge.json, lsr_scifact_finetunes.json (Mistral-SPLADE),
+# rag.json (Qwen router, Amar) and rerank.json (query likelihood) re-run through the CLI commands of
+# docs/results.md ("From the CLI alone:"), not the bench scripts. Each GPU step runs those commands with SPARSA_DATA_DIR=.stage/cli/data
 # (the datasets the commands name) and SPARSA_HOME=/root/stage/home (the Qwen pull of bench/gpu_qwen.sh and
 # the SmolLM2/MiniLM pulls of `setup`), and writes the printed tables and outputs under $OUT.
 #
@@ -73,7 +73,8 @@ if [[ $step == stage ]]; then
     sp fuse --run runs/splade-tiny.trec --run runs/minilm-dense.trec --method rrf --out runs/rrf-splade-dense.trec
     LC_ALL=C sort -k1,1 -k3,3 "$QRELS" > pairs.txt
     rm -rf home/indexes/dl19-*
-    # rerank.json's query likelihood reads BM25's top 1,000; lsr_scifact_finetunes.json's Mistral-SPLADE the mined examples
+    # rerank.json's query likelihood reads BM25's top 1,000; lsr_scifact_finetunes.json's Mistral-SPLADE
+    # the mined examples
     sp index --dataset scifact --kind bm25 --out scifact-bm25
     sp search --index scifact-bm25 --dataset scifact --k 1000 --out runs/bm25.1000.trec
     sp train splade --dataset scifact --first-stage scifact-bm25 --self-supervised 3000 \

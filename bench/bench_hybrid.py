@@ -8,7 +8,8 @@ Two steps, both on a CPU:
     # 2. score every single system on dev and test; fuse every pair and triple of systems on dev with
     #    each method and weight of the grid (sparsa fuse's code, retrieval/fusion.py); choose the one with
     #    the highest dev nDCG@10; only then fuse and score that one choice on test, with a paired
-    #    bootstrap against the best single system on test
+    #    bootstrap against the best single system on test. A second choice, made the same way before any
+    #    test run is read, fuses only the systems not trained on the dev queries (--trained-on-dev)
     python bench/bench_hybrid.py choose --work .stage/hybrid
 
 ``choose --dev-only`` scores the dev grid and stops before any test run is read (dev scores are kept in
@@ -48,7 +49,9 @@ PAIR_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 TRIPLE_WEIGHTS = (0.5, 1.0, 2.0)
 DEPTH, RRF_K, FUSED_K = 100, 60.0, 1000
 TARGET = 0.78
-TRAINED_ON_DEV = {"splade-tiny-ft-a", "splade-tiny-ft-b", TILDEV2}
+# systems trained on the dev queries (SciFact train): lsr.json's fine-tunes, TILDEv2 (rerank.json) and the
+# MiniLM fine-tune of this record's notes
+TRAINED_ON_DEV = ("splade-tiny-ft-a", "splade-tiny-ft-b", TILDEV2, "minilm-l6-ft")
 
 
 def cli(*args: object) -> None:
@@ -127,6 +130,33 @@ def rounded(result) -> dict:
     return {m: round(v, 4) for m, v in result.aggregate.items()}
 
 
+def dev_grid(names: list[str], dev_runs: dict, qrels, work: Path, sizes: dict) -> tuple[list[dict], list]:
+    """Every candidate over ``names`` and its dev nDCG@10. Scores are kept in ``WORK/dev_scores.json``
+    (keyed by setting and the runs' sizes): a rerun with one more system fuses only the new candidates;
+    fusion is deterministic, so a kept score is the score."""
+    candidates = grid(names)
+    print(f"{len(names)} systems, {len(candidates)} candidates on {len(qrels)} dev queries", flush=True)
+    cache_path = work / "dev_scores.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    started = time.perf_counter()
+    scores = []
+    for i, candidate in enumerate(candidates):
+        key = label(candidate) + "|" + ",".join(str(sizes[n]) for n in candidate["runs"])
+        if key not in cache:
+            cache[key] = score(fused(candidate, dev_runs), qrels, ("nDCG@10",)).aggregate["nDCG@10"]
+        scores.append(cache[key])
+        if (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{len(candidates)} scored, {time.perf_counter() - started:.0f} s", flush=True)
+            cache_path.write_text(json.dumps(cache))
+    cache_path.write_text(json.dumps(cache))
+    return candidates, scores
+
+
+def top(candidates: list[dict], scores: list[float], n: int) -> list[dict]:
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])[:n]
+    return [{"setting": label(candidates[i]), "dev_nDCG@10": round(scores[i], 4)} for i in order]
+
+
 def choose_step(args: argparse.Namespace) -> None:
     from sparsa.config import load_settings
     from sparsa.data import read_qrels
@@ -142,87 +172,75 @@ def choose_step(args: argparse.Namespace) -> None:
     names = [n for n in names if not args.systems or n in args.systems]
     if len(names) < 2:
         raise SystemExit(f"need runs of two or more systems in {run_dir} (<system>.{DEV}.trec)")
+    trained = set(args.trained_on_dev)
     dev_runs = {n: Run.read_trec(run_dir / f"{n}.{DEV}.trec") for n in names}
-    singles = {n: {"dev": rounded(score(dev_runs[n], qrels[DEV]))} for n in names}
-    candidates = grid(names)
-    print(f"{len(names)} systems, {len(candidates)} candidate hybrids on {len(qrels[DEV])} dev queries",
-          flush=True)
-    # dev scores are kept in WORK (keyed by setting and the runs' sizes): a rerun with one more system
-    # fuses only the new candidates; fusion is deterministic, so a kept score is the score
-    cache_path = args.work / "dev_scores.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     sizes = {n: (run_dir / f"{n}.{DEV}.trec").stat().st_size for n in names}
-    started = time.perf_counter()
-    dev_scores = []
-    for i, candidate in enumerate(candidates):
-        key = label(candidate) + "|" + ",".join(str(sizes[n]) for n in candidate["runs"])
-        if key not in cache:
-            cache[key] = score(fused(candidate, dev_runs), qrels[DEV], ("nDCG@10",)).aggregate["nDCG@10"]
-        dev_scores.append(cache[key])
-        if (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(candidates)} scored, {time.perf_counter() - started:.0f} s", flush=True)
-            cache_path.write_text(json.dumps(cache))
-    cache_path.write_text(json.dumps(cache))
-    best = choose(candidates, dev_scores)
-    chosen = dict(candidates[best])
-    chosen["dev"] = rounded(score(fused(chosen, dev_runs), qrels[DEV]))
-    order = sorted(range(len(candidates)), key=lambda i: -dev_scores[i])
-    best_per_combo: dict[str, dict] = {}
-    for i in order:  # each combination's best setting on dev: what fusion of those systems can give
-        best_per_combo.setdefault("+".join(candidates[i]["runs"]),
-                                  {"setting": label(candidates[i]), "dev_nDCG@10": round(dev_scores[i], 4)})
-
+    singles = {n: {"dev": rounded(score(dev_runs[n], qrels[DEV])), "trained_on_dev": n in trained}
+               for n in names}
+    # two choices, both made here before any test run is read: over every system (the record's choice),
+    # and over the systems that never saw the dev queries in training (a check: a system trained on
+    # them scores higher on dev than it will on unseen queries, so dev over-weights it)
+    unseen = [n for n in names if n not in trained]
+    pools = {"chosen": names, **({"chosen_unseen_dev": unseen} if len(unseen) >= 2 and trained else {})}
+    choices, tops = {}, {}
+    for key, pool in pools.items():
+        candidates, scores = dev_grid(pool, dev_runs, qrels[DEV], args.work, sizes)
+        choices[key] = dict(candidates[choose(candidates, scores)]) | {"candidates": len(candidates)}
+        choices[key]["dev"] = rounded(score(fused(choices[key], dev_runs), qrels[DEV]))
+        tops[key] = top(candidates, scores, 10)
+        for row in tops[key]:
+            print(f"  {key}: dev nDCG@10 {row['dev_nDCG@10']:.4f}  {row['setting']}")
     if args.dev_only:  # fill the dev-score cache and show dev; no test run is read
-        for i in order[:10]:
-            print(f"  dev nDCG@10 {dev_scores[i]:.4f}  {label(candidates[i])}")
         return
 
-    # the choice is fixed: only now are the test runs read, and the chosen hybrid scored on them once
+    # the choices are fixed: only now are the test runs read, and each chosen hybrid scored on them once
     test_runs = {n: Run.read_trec(run_dir / f"{n}.{TEST}.trec") for n in names}
     per_query = {}
     for n in names:
         result = score(test_runs[n], qrels[TEST])
         singles[n]["test"], per_query[n] = rounded(result), result.per_query
-        singles[n]["trained_on_dev"] = n in TRAINED_ON_DEV
-    result = score(fused(chosen, test_runs), qrels[TEST])
-    chosen["test"], hybrid_pq = rounded(result), result.per_query
     best_single = max(names, key=lambda n: (singles[n]["test"]["nDCG@10"], n))
-    ids = sorted(hybrid_pq)
-    paired = {m: paired_bootstrap([hybrid_pq[q][m] for q in ids], [per_query[best_single][q][m] for q in ids])
-              for m in ("nDCG@10", "R@100")}
-    reached = chosen["test"]["nDCG@10"] >= TARGET
-    print_table(singles, chosen, best_single, paired)
-    print(f"target nDCG@10 >= {TARGET} on test: {'reached' if reached else 'not reached'}")
+    paired = {}
+    for key, chosen in choices.items():
+        result = score(fused(chosen, test_runs), qrels[TEST])
+        chosen["test"], chosen["label"] = rounded(result), label(chosen)
+        ids, base = sorted(result.per_query), per_query[best_single]
+        paired[f"{key}-vs-{best_single}"] = {
+            m: paired_bootstrap([result.per_query[q][m] for q in ids], [base[q][m] for q in ids])
+            for m in ("nDCG@10", "R@100")}
+    reached = choices["chosen"]["test"]["nDCG@10"] >= TARGET
+    print_table(singles, choices, paired)
+    print(f"target nDCG@10 >= {TARGET} on test (the record's choice): {'met' if reached else 'not met'}")
     payload = {
         "dataset": f"{folder.name}: dev = qrels split {DEV!r} ({len(qrels[DEV])} queries), "
                    f"test = {TEST!r} ({len(qrels[TEST])} queries)",
         "grid": {"methods": [m + (f"-{n}" if n else "") for m, n in METHODS], "pair_weights": PAIR_WEIGHTS,
                  "triple_weights": TRIPLE_WEIGHTS, "depth": DEPTH, "rrf_k": RRF_K, "fused_k": FUSED_K,
-                 "candidates": len(candidates), "chosen_by": "highest dev nDCG@10; ties: fewer systems"},
+                 "chosen_by": "highest dev nDCG@10; ties: fewer systems, then grid order"},
         "systems": singles,
-        "chosen": chosen | {"label": label(chosen)},
+        **choices,
         "best_single_on_test": best_single,
-        "paired": {f"chosen-vs-{best_single}": paired},
-        "target": {"nDCG@10": TARGET, "reached": reached},
-        "dev_top10": [{"setting": label(candidates[i]), "dev_nDCG@10": round(dev_scores[i], 4)}
-                      for i in order[:10]],
-        "dev_best_per_combination": best_per_combo,
+        "paired": paired,
+        "target": {"nDCG@10": TARGET, "reached": reached, "judged_on": "chosen"},
+        "dev_top10": tops,
         "notes": list(args.note or []),
     }
     path = write_results("hybrid_scifact", payload, path=args.out)
     print(f"wrote {path}")
 
 
-def print_table(singles: dict, chosen: dict, best_single: str, paired: dict) -> None:
-    print(f"{'system':<44} {'dev nDCG@10':>11} {'dev R@100':>9} {'test nDCG@10':>12} {'test R@100':>10}")
+def print_table(singles: dict, choices: dict, paired: dict) -> None:
+    print(f"{'system':<58} {'dev nDCG@10':>11} {'dev R@100':>9} {'test nDCG@10':>12} {'test R@100':>10}")
     rows = [(n + (" *" if s["trained_on_dev"] else ""), s) for n, s in singles.items()]
-    for name, row in [*rows, ("chosen: " + label(chosen), chosen)]:
-        print(f"{name:<44} {row['dev']['nDCG@10']:>11.4f} {row['dev']['R@100']:>9.4f} "
+    rows += [(f"{key}: {c['label']}", c) for key, c in choices.items()]
+    for name, row in rows:
+        print(f"{name:<58} {row['dev']['nDCG@10']:>11.4f} {row['dev']['R@100']:>9.4f} "
               f"{row['test']['nDCG@10']:>12.4f} {row['test']['R@100']:>10.4f}")
     print("* trained on the dev queries")
-    for m, p in paired.items():
-        low, high = p["ci95"]
-        print(f"chosen - {best_single} (test, {m}): {p['diff']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    for key, by_measure in paired.items():
+        for m, p in by_measure.items():
+            low, high = p["ci95"]
+            print(f"{key} (test, {m}): {p['diff']:+.4f} [{low:+.4f}, {high:+.4f}]")
 
 
 def main() -> None:
@@ -238,6 +256,8 @@ def main() -> None:
     ch.add_argument("--work", type=Path, required=True)
     ch.add_argument("--dataset", default="scifact", help="folder or name under the data dir (its qrels/)")
     ch.add_argument("--systems", nargs="*", help="only these systems' runs (default: every one in WORK/runs)")
+    ch.add_argument("--trained-on-dev", nargs="*", default=list(TRAINED_ON_DEV),
+                    help="systems trained on the dev queries: left out of the second, unseen-dev choice")
     ch.add_argument("--note", action="append", help="a note for the record (repeatable)")
     ch.add_argument("--out", type=Path, help="write the record here instead of bench/results/")
     ch.add_argument("--dev-only", action="store_true", help="score the dev grid only (no test run is read)")

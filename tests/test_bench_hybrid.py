@@ -36,14 +36,18 @@ def test_choice_uses_dev_only(tmp_path):
     write_run(runs / "c.test.trec", {"t1": ["s1", "c1"], "t2": ["s2", "c2"]})
     out = tmp_path / "hybrid.json"
     done = subprocess.run([sys.executable, "bench/bench_hybrid.py", "choose", "--work", str(runs.parent),
-                           "--dataset", str(data), "--out", str(out), "--note", "toy"],
+                           "--dataset", str(data), "--out", str(out), "--note", "toy",
+                           "--trained-on-dev", "b"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(out.read_text())
     chosen = record["chosen"]
     assert chosen["runs"] == ["a", "b"]  # the best dev hybrid, though every hybrid with c wins on test
-    assert chosen["dev"]["nDCG@10"] == 1.0 == record["dev_top10"][0]["dev_nDCG@10"]
-    assert record["grid"]["candidates"] == 3 * 3 * 5 + 1 * 3 * 9
+    assert chosen["dev"]["nDCG@10"] == 1.0 == record["dev_top10"]["chosen"][0]["dev_nDCG@10"]
+    assert chosen["candidates"] == 3 * 3 * 5 + 1 * 3 * 9
+    # the second choice leaves out the system trained on dev (b): only a + c remain, a pair
+    assert record["chosen_unseen_dev"]["runs"] == ["a", "c"]
+    assert record["chosen_unseen_dev"]["candidates"] == 3 * 5 and record["systems"]["b"]["trained_on_dev"]
     assert record["systems"]["c"]["dev"]["nDCG@10"] == 0.0 and record["best_single_on_test"] == "c"
     assert record["target"]["reached"] is False and record["notes"] == ["toy"]
     # the record's test figure is what the CLI gives for the chosen setting

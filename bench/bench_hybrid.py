@@ -205,6 +205,9 @@ def choose_step(args: argparse.Namespace) -> None:
         result = score(fused(chosen, test_runs), qrels[TEST])
         chosen["test"], chosen["label"] = rounded(result), label(chosen)
         ids, base = sorted(result.per_query), per_query[best_single]
+        # the figure's own sampling interval over the test queries (bootstrap of the mean, as paired)
+        chosen["test_nDCG@10_ci95"] = paired_bootstrap([result.per_query[q]["nDCG@10"] for q in ids],
+                                                       [0.0] * len(ids))["ci95"]
         paired[f"{key}-vs-{best_single}"] = {
             m: paired_bootstrap([result.per_query[q][m] for q in ids], [base[q][m] for q in ids])
             for m in ("nDCG@10", "R@100")}
@@ -241,6 +244,9 @@ def print_table(singles: dict, choices: dict, paired: dict) -> None:
         for m, p in by_measure.items():
             low, high = p["ci95"]
             print(f"{key} (test, {m}): {p['diff']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    for key, c in choices.items():
+        low, high = c["test_nDCG@10_ci95"]
+        print(f"{key}: test nDCG@10 {c['test']['nDCG@10']:.4f}, 95% interval [{low:.4f}, {high:.4f}]")
 
 
 def main() -> None:

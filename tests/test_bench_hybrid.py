@@ -45,6 +45,8 @@ def test_choice_uses_dev_only(tmp_path):
     assert chosen["runs"] == ["a", "b"]  # the best dev hybrid, though every hybrid with c wins on test
     assert chosen["dev"]["nDCG@10"] == 1.0 == record["dev_top10"]["chosen"][0]["dev_nDCG@10"]
     assert chosen["candidates"] == 3 * 3 * 5 + 1 * 3 * 9
+    low, high = chosen["test_nDCG@10_ci95"]
+    assert low <= chosen["test"]["nDCG@10"] <= high
     # the second choice leaves out the system trained on dev (b): only a + c remain, a pair
     assert record["chosen_unseen_dev"]["runs"] == ["a", "c"]
     assert record["chosen_unseen_dev"]["candidates"] == 3 * 5 and record["systems"]["b"]["trained_on_dev"]

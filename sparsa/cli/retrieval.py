@@ -36,6 +36,9 @@ def index(
     backend: Annotated[list[str] | None, typer.Option(help="splade: exact, seismic, lucene-impact")] = None,
     faiss: Annotated[str, typer.Option(help="dense: search structure flat, hnsw or ivfpq")] = "flat",
     device: Annotated[str, typer.Option(help="splade/dense: encoding device (auto, cpu, cuda)")] = "auto",
+    max_tokens: Annotated[int | None, typer.Option(
+        min=512, help="splade/dense: padded tokens per encoding batch (default on a GPU 131,072; lower it if "
+                      "the GPU runs out of memory, e.g. with a large model)")] = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads of the build (splade: torch threads on a CPU, tokenizer processes feeding a GPU; "
              "default all cores; bm25 and search backends: default 2)")] = None,
@@ -66,6 +69,10 @@ def index(
         raise ConfigError("give exactly one of --dataset or --corpus")
     INDEX_BACKENDS.target(kind)  # an unknown kind fails before the corpus loads
     options = dense_options(kind, model, pooling, normalize, query_prefix, doc_prefix)
+    if max_tokens is not None:
+        if kind not in ("splade", "dense"):
+            raise ConfigError(f"--max-tokens sets an encoder's batches: splade and dense indexes, not {kind}")
+        options["max_tokens"] = max_tokens
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
     path = build_index_job(kind, docs, index_path(out_), model=model, backends=tuple(backend or ("exact",)),
                            structure=faiss, device=device, threads=threads,

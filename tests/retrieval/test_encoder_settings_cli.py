@@ -140,3 +140,38 @@ def test_train_splade_decoder_defaults_and_errors(examples_file, tmp_path, capsy
     assert config["encoder"]["architecture"] == "causal-lm"
     assert (config["lr"], config["warmup_steps"], config["lora_rank"], config["negatives_per_query"]) == \
         (2e-4, 50, 4, 3)
+
+
+def test_index_max_tokens_sets_the_encoder_batches(abstracts, tmp_path, capsys):
+    """--max-tokens reaches the encoder and its manifest (splade and dense); other kinds refuse it."""
+    from sparsa.search import open_retriever
+
+    assert main(["-q", "index", "--dataset", str(abstracts), "--max-tokens", "2048", "--out",
+                 str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens sets an encoder's batches: splade and dense indexes, not bm25" in err
+    for kind in ("splade", "dense"):
+        out = tmp_path / kind
+        assert main(["-q", "index", "--dataset", str(abstracts), "--kind", kind, "--device", "cpu",
+                     "--max-tokens", "2048", "--out", str(out)]) == 0
+        assert json.loads((out / "sparsa.json").read_text())["encoder"]["config"]["max_tokens"] == 2048
+        retriever = open_retriever(str(out))
+        assert retriever.encoder.config.max_tokens == 2048
+        assert retriever.search_text("vitamin D", k=3)  # the index answers
+
+
+def test_gpu_out_of_memory_is_an_error_line_naming_the_knobs(abstracts, tmp_path, monkeypatch, capsys):
+    """torch's OutOfMemoryError (raised here where the job would encode) prints one error line, exit 2."""
+    import torch
+
+    import sparsa.indexes
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(sparsa.indexes, "build_index_job", out_of_memory)
+    assert main(["-q", "index", "--dataset", str(abstracts), "--kind", "splade", "--out",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "the GPU ran out of memory (CUDA out of memory. Tried to allocate 8.00 GiB)" in err
+    assert "--max-tokens" in err and "Traceback" not in err

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ != "OutOfMemoryError":  # torch's (CUDA); matched by name: torch stays lazy
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        console.print(Text.assemble(("error:", "red"), f" the GPU ran out of memory ({first}); give the command "
-                                    "less work at once (index: --max-tokens; train: --batch-size; ask: "
-                                    "--max-context-tokens)"))
+        hint = "give the command less work at once (index: --max-tokens; train: --batch-size; ask: " \
+               "--max-context-tokens)"
+        console.print(Text.assemble(("error:", "red"), f" the GPU ran out of memory ({first}); {hint}"))
         return 2
     return 0

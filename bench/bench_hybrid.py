@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from common import sparsa_cli as cli
 from common import write_results
 
 # name -> (index kind, model) of the systems `runs` builds; the fine-tunes are bench/results/lsr.json's
@@ -52,12 +51,6 @@ TARGET = 0.78
 # systems trained on the dev queries (SciFact train): lsr.json's fine-tunes, TILDEv2 (rerank.json) and the
 # MiniLM fine-tune of this record's notes
 TRAINED_ON_DEV = ("splade-tiny-ft-a", "splade-tiny-ft-b", TILDEV2, "minilm-l6-ft")
-
-
-def cli(*args: object) -> None:
-    command = [sys.executable, "-m", "sparsa", *map(str, args)]
-    print("$", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
 
 
 def make_runs(args: argparse.Namespace) -> None:
@@ -158,14 +151,12 @@ def top(candidates: list[dict], scores: list[float], n: int) -> list[dict]:
 
 
 def choose_step(args: argparse.Namespace) -> None:
-    from sparsa.config import load_settings
+    from sparsa.config import dataset_path
     from sparsa.data import read_qrels
     from sparsa.eval.bootstrap import paired_bootstrap
     from sparsa.types import Run
 
-    folder = Path(args.dataset)
-    if not folder.is_dir():
-        folder = load_settings().data_dir / args.dataset
+    folder = dataset_path(args.dataset)
     qrels = {split: read_qrels(folder / "qrels" / f"{split}.tsv") for split in (DEV, TEST)}
     run_dir = args.work / "runs"
     names = sorted(p.name.removesuffix(f".{DEV}.trec") for p in run_dir.glob(f"*.{DEV}.trec"))

@@ -87,7 +87,8 @@ def encode(args: argparse.Namespace) -> None:
                 "mean_doc_terms": round(matrix.nnz / len(matrix), 1),
                 "device": str(encoder.device), "model": model, "device_name": card,
                 "index_bytes": lsr.index_bytes(matrix),
-                **lsr.query_latency(encoder, searcher, query_texts, args.k, args.latency_queries)}
+                **lsr.query_latency(lsr.encoded_search(encoder, searcher, args.k), query_texts,
+                                    args.latency_queries)}
             print(name, key, timings[f"{name}.{key}"], flush=True)
             timings_path.write_text(json.dumps(timings, indent=2))
 

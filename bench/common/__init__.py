@@ -59,6 +59,13 @@ def write_results(name: str, payload: dict, packages: tuple[str, ...] = (), path
     return path
 
 
+def sparsa_cli(*args: object) -> None:
+    """Run ``python -m sparsa ARGS`` as a user would, echoing the command; a failure stops the bench."""
+    command = [sys.executable, "-m", "sparsa", *map(str, args)]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+
+
 def run_stages(args, stages: dict, log) -> None:
     """The staged benches' main loop: log at INFO, TF32 matmuls on CUDA (float32 weights score the same in
     every stage, so a calibrator fitted on one applies to the next), then ``stages["stage_<name>"](args)``

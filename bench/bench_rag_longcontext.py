@@ -11,7 +11,8 @@ Stages (``--stages``):
   prepare  (CPU, reads shared/data) passages and questions of ``--dataset`` -> ``--stage-dir``; questions
            are shuffled once (seed 0) and split into dev and test; the prompt format was checked on dev
   index    a splade-tiny index of the passages, named as the example config says (``realtimeqa-splade``)
-  run      per ``--dataset``: retrieve + rerank once per question, then every (attention, k); the attention
+  run      per ``--dataset``: route (``--router FILE``: recall reads closed-book; else the example's mode),
+           retrieve + rerank once per question, then every (attention, k); the attention
            share of prefill (prefill with attention replaced by a no-op, subtracted) and the KV bytes at
            each k -> ``--out``
 
@@ -40,6 +41,7 @@ log = logging.getLogger("bench_rag_longcontext")
 # the strongest full-attention path a user can pick.
 ATTENTION = {"full": "full", "full-kernels": "full", "sparse": "sparse", "sparse-kv": "sparse-kv"}
 VARIANTS = tuple(ATTENTION)
+STAGES = ("route", "retrieve", "rerank")  # per question, before the readers
 PASSAGE_WORDS = 200  # ~270 Qwen tokens: k=100 passages fill ~27k of the 32k context
 
 
@@ -167,6 +169,8 @@ def pipeline_config(args, variant: str):
     from sparsa.rag.config import PipelineConfig
 
     example = PipelineConfig.from_file(Path(__file__).parent.parent / "examples" / f"{args.dataset}.toml")
+    if args.router:  # the router decides per question (auto) instead of the example's mode
+        example = example.override({"router.path": str(args.router), "router.mode": "auto"})
     return example.override({"retrieval.k": max(args.ks), "reader.attention": attention_setting(variant),
                              "reader.model": args.model, "reader.max_context_tokens": args.max_context_tokens,
                              "rerank.depth": args.rerank_depth, "rerank.model": args.model,
@@ -289,7 +293,11 @@ def stage_run(args) -> None:
     if args.limit:  # a smoke run: the first few of each split
         questions = [q for s in ("dev", "test")
                      for q in [q for q in questions if q["split"] == s][:args.limit]]
-    first = load_pipeline(pipeline_config(args, args.variants[0]))
+    config = pipeline_config(args, args.variants[0])
+    mode = config.router.mode
+    route_note = (f"auto: the router {args.router} decides per question (recall = closed-book, no passages)"
+                  if args.router else f"{mode} (mode; no router in this run)")
+    first = load_pipeline(config)
     readers = {args.variants[0]: first.reader}
     for variant in args.variants[1:]:  # one retriever, corpus and reranker; a reader per attention
         readers[variant] = load_pipeline(pipeline_config(args, variant), retriever=first.retriever,
@@ -315,15 +323,16 @@ def stage_run(args) -> None:
             log.info("stopping after %d questions: --stop-after %.0f s", n, args.stop_after)
             break
         as_of = dt.date.fromisoformat(q["date"]) if q.get("date") else None
-        timings = {}
-        _, passages = first.retrieve_passages(q["text"], timings, as_of)
-        stages.append({"id": q["id"], "retrieve_s": timings["retrieve"], "rerank_s": timings["rerank"]})
+        timings = dict.fromkeys(STAGES, 0.0)
+        route, _ = first.route(q["text"], mode, timings)
+        passages = first.retrieve_passages(q["text"], timings, as_of)[1] if route == "retrieve" else []
+        stages.append({"id": q["id"], "route": route, **{f"{s}_s": timings[s] for s in STAGES}})
         for variant, reader in readers.items():
             stats = getattr(reader.model, "sparse_attention_stats", None)
             for k in args.ks:
                 before = dict(stats) if stats else {}
                 out = reader.answer(question_text(q), passages[:k])
-                rows.append({"id": q["id"], "split": q["split"], "variant": variant, "k": k,
+                rows.append({"id": q["id"], "split": q["split"], "variant": variant, "k": k, "route": route,
                              "prompt_tokens": out.prompt_tokens, "new_tokens": out.new_tokens,
                              "prefill_s": out.timings["prefill"], "decode_s": out.timings["decode"],
                              "read_s": out.timings["read"], "decode_mode": out.decode_mode,
@@ -332,8 +341,7 @@ def stage_run(args) -> None:
         if n % 5 == 0:
             log.info("%d/%d questions; last: %s", n + 1, len(questions), rows[-1])
         # Written after every question, so a run cut short still leaves its record.
-        stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1)
-                    for s in ("retrieve", "rerank")}
+        stage_ms = {s: round(1000 * statistics.median(r[f"{s}_s"] for r in stages), 1) for s in STAGES}
         write_results(args.dataset, {
             "card": card, "dataset": args.dataset, "reader": args.model, "ks": args.ks,
             "variants": args.variants, "questions_done": n + 1, "questions_planned": len(questions),
@@ -341,7 +349,8 @@ def stage_run(args) -> None:
                         "full-kernels: dense prefill by dense_kernel (ours unless @dksdpa) + our "
                         "flash-decoding, CUDA-graphed decode; same prompts, same greedy decoding",
             "config": pipeline_config(args, "sparse").to_dict(),
-            "route": "retrieve (mode; no router in this run)", "stage_ms_median": stage_ms,
+            "route": route_note, "recalled": sum(r["route"] == "recall" for r in stages),
+            "stage_ms_median": stage_ms,
             "table": summarise(rows, args.ks, args.variants, bool(test[0].get("choices"))),
             "attention_share": share, "rows": rows}, packages=("torch", "transformers", "triton"),
             path=args.out, gpu=card if card != "cpu" else None)
@@ -365,6 +374,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="questions per split (smoke runs)")
     parser.add_argument("--stop-after", type=float, default=0,
                         help="start no question after this many seconds (the record says how many ran)")
+    parser.add_argument("--router", type=Path, default=None,
+                        help="a router file (sparsa train router): it routes each question before retrieval")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -81,7 +81,7 @@ class QAPipeline:
             raise ConfigError("mode 'retrieve' needs an index (retriever); none was given")
         started = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
-        route, closed_book = self._route(question, mode, timings)
+        route, closed_book = self.route(question, mode, timings)
         hits: list[Hit] = []
         if route == "recall" and closed_book is not None:
             output = closed_book  # the router already read closed-book: reuse it
@@ -104,7 +104,10 @@ class QAPipeline:
         yield Answer(question=question, text=output.text, citations=list(output.citations), route=route,
                      passages=hits, timings=timings)
 
-    def _route(self, question: str, mode: str, timings: dict[str, float]) -> tuple[str, Any]:
+    def route(self, question: str, mode: str = "auto",
+              timings: dict[str, float] | None = None) -> tuple[str, Any]:
+        """The route ``question`` takes in ``mode`` and, when the router read closed-book to decide, that
+        reading (else None); the router's seconds into ``timings["route"]``."""
         if mode != "auto":
             return mode, None
         if self.retriever is None:
@@ -113,7 +116,8 @@ class QAPipeline:
             return "retrieve", None
         started = time.perf_counter()
         decision = self.router.decide(question, self.reader)
-        timings["route"] = time.perf_counter() - started
+        if timings is not None:
+            timings["route"] = time.perf_counter() - started
         return decision.route, decision.closed_book
 
     def retrieve_passages(self, question: str, timings: dict[str, float],

@@ -31,6 +31,12 @@ def test_scifact_train_split(shared_data):
     assert len(train.queries) == 809
 
 
+def test_dataset_by_name_under_the_data_dir(shared_data):
+    by_name = load_dataset("cisi")
+    assert by_name.path == shared_data / "cisi"
+    assert len(by_name.corpus) == EXPECTED["cisi"][0]
+
+
 def write_dataset(folder, corpus_lines, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "corpus.jsonl").write_text("\n".join(corpus_lines) + "\n")

@@ -78,7 +78,8 @@ def check_source(source: DocumentSource, manifest: dict[str, Any], index: str | 
     """Refuse (``CorpusMismatchError``) documents of another corpus than the index ``manifest`` records."""
     reason = corpus_mismatch(manifest, source.identity)
     if reason is not None:
-        raise CorpusMismatchError(f"index {Path(index).name}: {reason.replace('this server serves', 'the')} "
+        reason = reason.replace("this server serves the", "the")
+        raise CorpusMismatchError(f"index {Path(index).name}: {reason} "
                                   "given as the dataset (--dataset / retrieval.dataset)")
 
 

@@ -68,7 +68,8 @@ def test_store_reads_what_the_corpus_holds(corpus_file, tmp_path):
 def test_store_of_another_corpus_is_refused(corpus_file, tmp_path):
     store = build_docstore(corpus_file, tmp_path / "store", show_progress=False)
     other = {"kind": "bm25", "corpus": corpus_identity(["a1", "b2"], "other")}
-    with pytest.raises(CorpusMismatchError, match="'other' \\(2 documents.*'corpus.jsonl' \\(3 documents"):
+    refused = "'other' \\(2 documents.*, but the corpus 'corpus.jsonl' \\(3 documents"
+    with pytest.raises(CorpusMismatchError, match=refused):
         check_source(store, other, tmp_path / "idx")
     check_source(store, {"kind": "bm25", "corpus": corpus_identity(["a1", "b2", "é3"])}, "idx")
     check_source(store, {"kind": "bm25"}, "idx")  # a manifest from before identities: not a mismatch

@@ -244,9 +244,14 @@ def _init_ray(options: RayOptions) -> Any:
     require("ray.data", "ray")
     if not ray.is_initialized():
         address = options.address or os.environ.get("SPARSA_RAY_ADDRESS") or None
-        with preserve_crash_signal_handlers():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=False)
+        try:
+            with preserve_crash_signal_handlers():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING, configure_logging=False)
+        except ConnectionError as exc:
+            # Ray's own message names its --address flag and RAY_ADDRESS, which sparsa's users never set
+            raise ConfigError(f"no Ray cluster at {address!r} ({exc}); pass --ray-address HOST:PORT or set "
+                              "SPARSA_RAY_ADDRESS, or leave both out for a local Ray instance") from exc
     return ray
 
 

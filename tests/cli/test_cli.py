@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from sparsa.cli.main import main
 from tests.conftest import needs_java
@@ -50,6 +53,19 @@ def test_index_search_eval_roundtrip(tmp_path, shared_data, capsys):
     assert main(["search", "--index", str(index), "--query", "slipstream wing", "--k", "3"]) == 0
     assert "rank" in capsys.readouterr().err
     assert main(["search", "--index", str(index), "--query", "   "]) == 2
+
+
+def test_ray_without_a_cluster_is_an_error_line(tmp_path, shared_data):
+    pytest.importorskip("ray.data")
+    if Path("/tmp/ray/ray_current_cluster").exists():
+        pytest.skip("a Ray cluster runs on this machine: 'auto' would find it")
+    out = subprocess.run([sys.executable, "-m", "sparsa", "index", "--corpus",
+                          str(shared_data / "cranfield" / "corpus.jsonl"), "--kind", "splade", "--ray",
+                          "--ray-address", "auto", "--out", str(tmp_path / "idx")],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "error: no Ray cluster at 'auto'" in out.stderr and "SPARSA_RAY_ADDRESS" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_error_text_prints_literally(tmp_path, capsys):

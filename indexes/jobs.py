@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsa.artifacts import MANIFEST, corpus_identity, read_manifest, recording_corpus
+from sparsa.config import index_path
 from sparsa.errors import ConfigError
 from sparsa.registry import DENSE_BACKENDS, INDEX_BACKENDS, SPARSE_BACKENDS, build_encoder
 from sparsa.types import Corpus
@@ -33,11 +34,12 @@ ENCODED_KINDS = {"splade": ("splade", "splade-tiny"), "dense": ("dense", "minilm
 
 def build_index(kind: str, corpus: Corpus, out: str | Path, show_progress: bool | None = None,
                 corpus_name: str | None = None, **config: Any) -> Path:
-    """Build an index of ``kind`` (see ``sparsa.registry.INDEX_BACKENDS``) over ``corpus`` at ``out``;
+    """Build an index of ``kind`` (see ``sparsa.registry.INDEX_BACKENDS``) over ``corpus`` at ``out`` (a path,
+    or a bare name under ``$SPARSA_HOME/indexes``, where ``sparsa index --out`` and ``open_retriever`` look);
     its manifest records the corpus (``corpus_name``, e.g. the dataset folder's name, and its ids' hash)."""
     backend = INDEX_BACKENDS.get(kind)
     with recording_corpus(corpus_identity(corpus, corpus_name)):
-        return backend.build(corpus, out, show_progress=show_progress, **config)
+        return backend.build(corpus, index_path(out), show_progress=show_progress, **config)
 
 
 def build_index_job(
@@ -63,6 +65,7 @@ def build_index_job(
     ``encoder_options`` (a caller that keeps it reads a ``RayEncoder``'s ``stats`` after the build).
     """
     INDEX_BACKENDS.target(kind)  # an unknown kind fails first, listing the known ones
+    out = index_path(out)
     if encoder is not None and (kind not in ENCODED_KINDS or model is not None or device != "auto"
                                 or ray is not None or encoder_options):
         raise ConfigError("build_index_job: an encoder replaces model, device, ray and encoder_options, and "

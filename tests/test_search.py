@@ -15,7 +15,7 @@ import pytest
 from sparsa.artifacts import read_manifest
 from sparsa.config import load_settings
 from sparsa.errors import ConfigError, IndexCorruptError, UnknownNameError
-from sparsa.indexes import build_index_job
+from sparsa.indexes import build_index, build_index_job
 from sparsa.search import EncodedRetriever, Retriever, open_retriever
 from sparsa.types import Corpus, Query
 from tests.conftest import needs_java
@@ -126,12 +126,19 @@ def test_fusion_of_every_kind_is_a_retriever(bm25_index, splade_index, dense_ind
     check_finds_its_own_documents(hybrid, probes)
 
 
-def test_names_resolve_under_sparsa_home(bm25_index, probes, tmp_path, monkeypatch):
+def test_names_resolve_under_sparsa_home(bm25_index, corpus, probes, tmp_path, monkeypatch):
+    """A bare name is $SPARSA_HOME/indexes/<name> for open_retriever and the library's builds alike (as for
+    sparsa index --out), never a folder in the working directory."""
     shutil.copytree(bm25_index, tmp_path / "indexes" / "tiny-bm25")
     monkeypatch.setenv("SPARSA_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     load_settings.cache_clear()
     try:
         run = open_retriever("tiny-bm25").search(probes, k=1, show_progress=False)
+        assert [run[q.id][0].doc_id for q in probes] == [q.id for q in probes]
+        built = build_index("bm25", corpus, "built-bm25", show_progress=False, threads=1)
+        assert built == tmp_path / "indexes" / "built-bm25" and not (tmp_path / "built-bm25").exists()
+        run = open_retriever("built-bm25").search(probes, k=1, show_progress=False)
         assert [run[q.id][0].doc_id for q in probes] == [q.id for q in probes]
     finally:
         monkeypatch.undo()

@@ -163,14 +163,11 @@ def qrels_file(folder: Path, split: str = "test") -> Path | None:
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:
     """Load a BEIR-layout folder (or a TREC-style one such as trec-dl-2019-passage), given as a path or,
     like the CLI's ``--dataset``, as a name under the data dir (``scifact``)."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        from sparsa.config import load_settings
+    from sparsa.config import dataset_path
 
-        data_dir = load_settings().data_dir
-        if folder.is_absolute() or not (data_dir / folder).is_dir():
-            raise DataFormatError(folder, f"dataset folder not found (also looked in {data_dir})")
-        folder = data_dir / folder
+    folder = dataset_path(path)
+    if not folder.is_dir():
+        raise DataFormatError(folder, "a dataset is a folder (corpus, queries, qrels), not a file")
     corpus_path = _find(folder, _CORPUS_FILES, "corpus")
     queries_path = _find(folder, ("queries.jsonl", "*queries*.tsv", "topics*.tsv"), "queries")
     corpus = read_corpus(corpus_path)

@@ -92,7 +92,7 @@ def test_invalid_utf8_and_missing_files(tmp_path):
         f.write(GOOD.encode() + b"\n" + b'{"_id": "d2", "text": "\xff\xfe"}\n')
     with pytest.raises(DataFormatError, match=r"corpus.jsonl.gz:2: not valid UTF-8"):
         load_corpus(bad)
-    with pytest.raises(DataFormatError, match="dataset folder not found"):
+    with pytest.raises(DataFormatError, match="dataset not found"):
         load_dataset(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFormatError, match="no corpus file found"):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparsa.config import dataset_path
 from sparsa.data.trec import json_error_text, numbered_lines, read_qrels
 from sparsa.errors import DataFormatError
 from sparsa.types import Corpus, Document, Qrels, Query
@@ -163,8 +164,6 @@ def qrels_file(folder: Path, split: str = "test") -> Path | None:
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:
     """Load a BEIR-layout folder (or a TREC-style one such as trec-dl-2019-passage), given as a path or,
     like the CLI's ``--dataset``, as a name under the data dir (``scifact``)."""
-    from sparsa.config import dataset_path
-
     folder = dataset_path(path)
     if not folder.is_dir():
         raise DataFormatError(folder, "a dataset is a folder (corpus, queries, qrels), not a file")

@@ -116,7 +116,9 @@ export SPARSA_HOME=${SPARSA_HOME_OVERRIDE:-$STAGE/home} SPARSA_DATA_DIR=${CLI_DA
 [[ -d $STAGE/clisite ]] && export PYTHONPATH=$STAGE/clisite
 W=$STAGE/cli_work  # the runs and models live here while the machine stays warm (amar-stage2 reads amar-stage1's head)
 mkdir -p "$W"
-for part in "$S"/work/*/; do if [[ -d $part ]]; then cp -rn "$part." "$W/"; fi; done  # the step folders this call carried
+for part in "$S"/work/*/; do  # the step folders this call carried
+    if [[ -d $part ]]; then cp -rn "$part." "$W/"; fi
+done
 [[ -f $W/routing-set-200/corpus.jsonl.gz ]] && gunzip -f "$W/routing-set-200/corpus.jsonl.gz"
 started=$SECONDS
 left() { local l=$((STEP_S - (SECONDS - started))); echo $((l > 1 ? l : 1)); }

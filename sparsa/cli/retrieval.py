@@ -62,6 +62,7 @@ def index(
     with or without --ray.
     """
     from sparsa.indexes import build_index_job
+    from sparsa.indexes.jobs import ENCODED_KINDS
     from sparsa.indexes.ray_encoding import RayOptions
     from sparsa.registry import INDEX_BACKENDS
 
@@ -70,11 +71,11 @@ def index(
     INDEX_BACKENDS.target(kind)  # an unknown kind fails before the corpus loads
     options = dense_options(kind, model, pooling, normalize, query_prefix, doc_prefix)
     if max_tokens is not None:
-        if kind not in ("splade", "dense"):
+        if kind not in ENCODED_KINDS:
             raise ConfigError(f"--max-tokens sets an encoder's batches: splade and dense indexes, not {kind}")
         options["max_tokens"] = max_tokens
     docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
-    path = build_index_job(kind, docs, index_path(out_), model=model, backends=tuple(backend or ("exact",)),
+    path = build_index_job(kind, docs, out_, model=model, backends=tuple(backend or ("exact",)),
                            structure=faiss, device=device, threads=threads,
                            ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None,
                            corpus_name=dataset_path(dataset).name if dataset is not None else None,

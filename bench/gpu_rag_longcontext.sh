@@ -7,7 +7,7 @@
 #         run(command="bash bench/gpu_rag_longcontext.sh index", carry=[".stage/lc", "runs/longcontext"])
 #         run(command="bash bench/gpu_rag_longcontext.sh run realtimeqa", carry=[".stage/lc"])
 #         run(command="bash bench/gpu_rag_longcontext.sh run timeqa", carry=[".stage/lc"])
-#         run(command="bash bench/gpu_rag_longcontext.sh serve [sparse]", carry=[".stage/lc"])
+#         run(command="bash bench/gpu_rag_longcontext.sh serve [sparse [ROUTER_FILE]]", carry=[".stage/lc"])
 set -euo pipefail
 STAGE=/root/stage
 step=${1:?usage: gpu_rag_longcontext.sh stage|index|run DATASET|serve}
@@ -44,10 +44,13 @@ case $step in
             --device cuda --out "$OUT/rag_longcontext_$2.json" "${@:3}" 2>&1 | grep -v "Loading weights" \
             | tee "$OUT/$2.log" ;;
     serve)
-        # serve [ATTENTION]: the example chain with its reader's attention set (default: the example's own)
+        # serve [ATTENTION [ROUTER]]: the example chain with its reader's attention set (default: the example's
+        # own) and, given a router file (relative to the checkout), that router deciding (mode auto)
+        route=() qa_mode=retrieve
+        [[ -n ${3:-} ]] && qa_mode=auto && route=(-e "s#^mode = \"retrieve\".*#mode = \"auto\"\npath = \"$REPO/$3\"#")
         sed -e "s#runs/longcontext#$STAGE/lc#" -e "s#^attention = \"auto\"#attention = \"${2:-auto}\"#" \
-            "$REPO/examples/realtimeqa.toml" > "$STAGE/realtimeqa.toml"
-        grep "^attention" "$STAGE/realtimeqa.toml"
+            "${route[@]}" "$REPO/examples/realtimeqa.toml" > "$STAGE/realtimeqa.toml"
+        grep "^attention\|^mode\|^path" "$STAGE/realtimeqa.toml"
         python -m sparsa ask "Which country's prime minister resigned this week as violence and unrest persist?" \
             --config "$STAGE/realtimeqa.toml" --as-of 2022-01-07 --json | tee "$OUT/ask.json"
         (python -m sparsa serve --config "$STAGE/realtimeqa.toml" --bm25 none --splade none --port 8011 \
@@ -55,6 +58,6 @@ case $step in
         for _ in $(seq 120); do curl -sf localhost:8011/health > /dev/null && break; sleep 2; done
         curl -s localhost:8011/health | tee "$OUT/health.json"; echo
         curl -s localhost:8011/qa -H 'Content-Type: application/json' \
-            -d '{"question": "Which country did Russia invade in February 2022?", "mode": "retrieve"}' \
+            -d "{\"question\": \"Which country did Russia invade in February 2022?\", \"mode\": \"$qa_mode\"}" \
             | tee "$OUT/qa.json" ;;
 esac

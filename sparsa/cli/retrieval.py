@@ -74,11 +74,12 @@ def index(
         if kind not in ENCODED_KINDS:
             raise ConfigError(f"--max-tokens sets an encoder's batches: splade and dense indexes, not {kind}")
         options["max_tokens"] = max_tokens
-    docs = load_corpus(corpus if corpus is not None else dataset_path(dataset))
+    folder = dataset_path(dataset) if dataset is not None else None
+    docs = load_corpus(corpus if corpus is not None else folder)
     path = build_index_job(kind, docs, out_, model=model, backends=tuple(backend or ("exact",)),
                            structure=faiss, device=device, threads=threads,
                            ray=RayOptions(address=ray_address, actors=ray_actors) if ray else None,
-                           corpus_name=dataset_path(dataset).name if dataset is not None else None,
+                           corpus_name=folder.name if folder is not None else None,
                            replace=replace, encoder_options=options)
     console.print(f"indexed {len(docs)} documents ({kind}) into {path}")
 

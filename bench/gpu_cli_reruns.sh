@@ -208,9 +208,8 @@ case $step in
         # rag.json amar/table (MetaQA test, 1,000 per hop, Hits@1 1-/2-hop), three calls, in this order (the
         # heads stay under /root/stage/cli_work on the warm machine):
         #   amar-base:   LM alone (0.002 / 0.001) and KG as text (0.254 / 0.180)
-        #   amar-stage1: stage 1 gates on the CPU as the record's (no LM pass; 4,000 questions x 3 epochs: at
-        #                ~15 q/s on this 2-core CPU that is ~13 min, so the GPU host's CPU must be ~2x faster,
-        #                else stage it here and carry models/amar-head), kg tune, the LM-frozen row (0.420 / 0.332)
+        #   amar-stage1: stage 1 gates on the CPU as the record's (no LM pass; 4,000 questions x 3 epochs took
+        #                80 s at ~150 q/s on this 2-core CPU, 2026-12-07), kg tune, the LM-frozen row (0.420 / 0.332)
         #   amar-stage2: stage 2 LoRA chosen on dev-val (0.956 / 0.918) and the plain-text control (0.956 / 0.935)
         # Each `kg eval` prints {"mode", "hits@1", "by_hops"}: the $OUT/eval-*.log lines vs amar/table.
         gpu_log

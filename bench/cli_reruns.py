@@ -10,18 +10,22 @@ path, so nothing is typed in twice:
         [--device amar-base="2-core CPU"] [--wheel 82b82f1]
 
 A step's device is its folder's gpu.txt (nvidia-smi's name, written by the step) unless --device names it.
-Steps not given are listed as not run. Writes bench/results/cli_reruns.json and prints the table.
+Steps not given keep their rows from the existing record (each row names its wheel, date and device), else
+are listed as not run. Writes bench/results/cli_reruns.json and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import RESULTS, write_results
 
+MEASURED = ("cli", "device", "wheel", "date", "scored_by")  # a row's re-measured value and its provenance
 STAGE1 = "amar[stage1 gate_mode=filter,gate_threshold=0.9,min_open_paths=1]"
 
 
@@ -126,20 +130,31 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("fetched", nargs="+", help="STEP=FOLDER: what a step of gpu_cli_reruns.sh wrote")
+    parser.add_argument("fetched", nargs="+", help="STEP=FOLDER: what a step of gpu_cli_reruns.sh wrote "
+                        "(steps not given keep their rows from bench/results/cli_reruns.json)")
     parser.add_argument("--device", nargs="*", default=[], help="STEP=TEXT where the folder has no gpu.txt")
     parser.add_argument("--wheel", default="", help="the commit the steps' sparsa came from")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     folders, devices = pairs(args.fetched, "fetched"), pairs(args.device, "--device")
 
+    # Steps re-run in earlier calls keep their rows (the fetched files do not outlive a session's machine);
+    # each row names the wheel, date, device and scoring command it was measured with.
+    path = RESULTS / "cli_reruns.json"
+    earlier = {row["figure"]: row for row in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    command = " ".join(["python", *sys.argv])
     rows = []
     for figure in FIGURES:
         row = {"step": figure.step, "figure": figure.label, "published": published(figure),
                "record": f"{figure.record}: {'/'.join(figure.path)}"}
         if figure.step in folders:
             folder = Path(folders[figure.step])
-            row |= {"cli": measured(figure, folder), "device": device_of(folder, devices.get(figure.step))}
+            row |= {"cli": measured(figure, folder), "device": device_of(folder, devices.get(figure.step)),
+                    "wheel": args.wheel, "date": today, "scored_by": command}
+        elif "cli" in earlier.get(figure.label, {}):
+            row |= {key: earlier[figure.label][key] for key in MEASURED}
+        if "cli" in row:
             row["difference"] = round(row["cli"] - row["published"], 4)
         rows.append(row)
 
@@ -149,8 +164,7 @@ def main() -> None:
         diff = f"{row['difference']:+.4f}" if "cli" in row else ""
         print(f"{row['step']:<15} {row['figure']:<62} {row['published']:>9.4f} {cli:>7} {diff:>8}  "
               f"{row.get('device', '')}")
-    path = write_results("cli_reruns", {"wheel": args.wheel, "note": args.note, "rows": rows})
-    print(f"wrote {path}")
+    print(f"wrote {write_results('cli_reruns', {'note': args.note, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -135,12 +135,13 @@ def main() -> None:
     parser.add_argument("--device", nargs="*", default=[], help="STEP=TEXT where the folder has no gpu.txt")
     parser.add_argument("--wheel", default="", help="the commit the steps' sparsa came from")
     parser.add_argument("--note", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cli_reruns.json")
     args = parser.parse_args()
     folders, devices = pairs(args.fetched, "fetched"), pairs(args.device, "--device")
 
     # Steps re-run in earlier calls keep their rows (the fetched files do not outlive a session's machine);
     # each row names the wheel, date, device and scoring command it was measured with.
-    path = RESULTS / "cli_reruns.json"
+    path = args.out
     earlier = {row["figure"]: row for row in json.loads(path.read_text())["rows"]} if path.exists() else {}
     today = time.strftime("%Y-%m-%d", time.gmtime())
     command = " ".join(["python", *sys.argv])
@@ -164,7 +165,7 @@ def main() -> None:
         diff = f"{row['difference']:+.4f}" if "cli" in row else ""
         print(f"{row['step']:<15} {row['figure']:<62} {row['published']:>9.4f} {cli:>7} {diff:>8}  "
               f"{row.get('device', '')}")
-    print(f"wrote {write_results('cli_reruns', {'note': args.note, 'rows': rows})}")
+    print(f"wrote {write_results('cli_reruns', {'note': args.note, 'rows': rows}, path=path)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python bench/bench_indexing.py --corpus FILE [FILE ...] [--device cuda] [--st-docs 4096]
         [--st-dtypes float32 bfloat16 float16] [--st-batch-sizes 64 128 256] [--legacy-site DIR]
-        [--cli] [--name indexing_gpu]
+        [--cli] [--ours-max-tokens N ...] [--budget-rounds R] [--name indexing_gpu]
     python bench/bench_indexing.py prepare --out FILE [--passages 100000]   # the RealTime QA passages
 
 What is timed (issue 22): an indexing job as ``sparsa index`` runs it, from the corpus in memory to the
@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,22 @@ def agreement(ours: str, before: str) -> dict:
             "nnz_ours_before": [a.nnz, b.nnz]}
 
 
+def budget_rounds(spec: dict, budgets: list[int | None], rounds: int) -> list[dict]:
+    """The job (a fresh process each) at every token budget (None: the encoder's default), ``rounds`` times,
+    each round starting one budget later than the last: a host's drift and the first run's cold start fall
+    on every budget alike, which one run per budget in a fixed order cannot separate from the budget."""
+    rates: dict[int | None, list[float]] = {budget: [] for budget in budgets}
+    for round_ in range(rounds):
+        shift = round_ % len(budgets)
+        for budget in budgets[shift:] + budgets[:shift]:
+            result = run_job("ours", {**spec, "max_tokens": budget})
+            if "docs_per_s" in result:
+                rates[budget].append(result["docs_per_s"])
+    return [{"max_tokens": budget if budget is not None else "default", "docs_per_s": values,
+             "median": statistics.median(values) if values else None}
+            for budget, values in rates.items()]
+
+
 def run_job(kind: str, spec: dict, site: str | None = None) -> dict:
     """The job in a fresh Python process (``site``: import sparsa from there instead)."""
     env = dict(os.environ)
@@ -284,6 +301,9 @@ def main() -> None:
                         help="rows after the first: no parts job, the last --st-batch-sizes only")
     parser.add_argument("--ours-max-tokens", nargs="*", type=int, default=[],
                         help="first corpus only: the job again at each token budget per batch ('ours_sweep')")
+    parser.add_argument("--budget-rounds", type=int, default=0,
+                        help="with --ours-max-tokens: instead of one run each, ROUNDS runs of the default "
+                             "and of each budget, the order rotated every round ('budget_rounds', medians)")
     parser.add_argument("--warmup-docs", type=int, default=WARMUP_DOCS)
     parser.add_argument("--name", default="indexing")
     args = parser.parse_args()
@@ -300,7 +320,10 @@ def main() -> None:
             row["ours"] = run_job("ours", {**spec, "keep": kept[0]})
             print(f"{row['corpus']}: ours {row['ours']}", flush=True)
             light = args.light_after_first and rows
-            if args.ours_max_tokens and not rows:  # is the default token budget per batch the fastest?
+            if args.ours_max_tokens and args.budget_rounds and not rows:
+                row["budget_rounds"] = budget_rounds(spec, [None, *args.ours_max_tokens], args.budget_rounds)
+                print(f"{row['corpus']}: budget rounds {row['budget_rounds']}", flush=True)
+            elif args.ours_max_tokens and not rows:  # is the default token budget per batch the fastest?
                 row["ours_sweep"] = [run_job("ours", {**spec, "max_tokens": budget})
                                      for budget in args.ours_max_tokens]
                 for swept in row["ours_sweep"]:

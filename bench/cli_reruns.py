@@ -11,7 +11,7 @@ path, so nothing is typed in twice:
 
 A step's device is its folder's gpu.txt (nvidia-smi's name, written by the step) unless --device names it.
 Steps not given keep their rows from the existing record (each row names its wheel, date and device), else
-are listed as not run. Writes bench/results/cli_reruns.json and prints the table.
+are listed as not run. Writes bench/results/cli_reruns.json (or --out) and prints the table.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from common import RESULTS, write_results
@@ -83,30 +84,42 @@ FIGURES = [
 ]
 
 
+@cache
+def read_json(path: Path) -> dict:
+    """A record or a step's JSON output, read once however many figures it holds."""
+    return json.loads(path.read_text())
+
+
+@cache
+def qrels(dataset: str):
+    """A dataset's test qrels, loaded once for all the runs scored on it."""
+    from sparsa.data import load_dataset
+
+    return load_dataset(dataset).qrels
+
+
+def value_at(document: dict, keys: tuple[str, ...]) -> float:
+    for key in keys:
+        document = document[key]
+    return float(document)
+
+
 def published(figure: Figure) -> float:
-    value = json.loads((RESULTS / figure.record).read_text())
-    for key in figure.path:
-        value = value[key]
-    return float(value)
+    return value_at(read_json(RESULTS / figure.record), figure.path)
 
 
 def measured(figure: Figure, folder: Path) -> float:
-    from sparsa.data import load_dataset
     from sparsa.eval import evaluate_run
     from sparsa.types import Run
 
     source = folder / figure.source
     if figure.dataset is not None:
         run = Run.read_trec(source if source.exists() else source.with_suffix(".trec.gz"))
-        scored = evaluate_run(run, load_dataset(figure.dataset).qrels, ["nDCG@10"])
-        return round(scored.aggregate["nDCG@10"], 4)
+        return round(evaluate_run(run, qrels(figure.dataset), ["nDCG@10"]).aggregate["nDCG@10"], 4)
     if figure.hops is not None:
         printed = [json.loads(line) for line in source.read_text().splitlines() if line.startswith("{")]
         return float(printed[-1]["by_hops"][figure.hops])
-    value = json.loads(source.read_text())
-    for key in figure.key:
-        value = value[key]
-    return float(value)
+    return value_at(read_json(source), figure.key)
 
 
 def device_of(folder: Path, named: str | None) -> str:

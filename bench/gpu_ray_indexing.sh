@@ -31,6 +31,7 @@
 #   OUT=/tmp/rayo STAGE=/tmp/raystage PY=$PWD/.venv/bin/python RAY_DOCS=2000 RAY_GPUS=1 \
 #   RAY_ARGS="--device cpu --batch-size 256" bash bench/gpu_ray_indexing.sh
 set -euo pipefail
+source "${BASH_SOURCE%/*}/pieces.sh"
 S=.stage/rayidx
 STAGE=${STAGE:-/root/stage/rayidx}
 step=${1:-run}
@@ -55,25 +56,21 @@ if [[ $step == stage ]]; then
         -exec cp --parents {} "$OLDPWD/$P/models/minilm-l6/" \;)
     "$PY" bench/weights_fp16.py pack "$HOME_DIR/models/minilm-l6/model.safetensors" "$P/minilm-l6.fp16.xz"
     cp "$DATA/corpus.jsonl.gz" "$P/data/scifact.jsonl.gz"
-    tar cf - -C "$P" . | split -b 56M -d -a 2 - "$S/parts/p"
+    pieces_cut 56M "$S/parts/p" -C "$P" .
     rm -rf "$P"
     ls -la "$S/parts"
     exit 0
 fi
 
 # There: keep the carried piece(s), then (run) join, install and bench.
-mkdir -p "$STAGE/parts"
-for piece in "$S"/parts/p*; do
-    [[ -f $piece ]] && cp "$piece" "$STAGE/parts/"
-done
-echo "pieces here: $(ls "$STAGE/parts" | tr '\n' ' ')"
+pieces_keep "$S/parts" "$STAGE/parts"
 [[ $step == part ]] && exit 0
 
 OUT=${OUT:?set OUT to the folder for results}
 PY=${PY:-python3} NAME=${NAME:-ray_indexing}
 REPO=$PWD
-rm -rf "$STAGE/payload" "$STAGE/site" && mkdir -p "$STAGE/payload"
-cat "$STAGE"/parts/p* | tar xf - -C "$STAGE/payload"
+rm -rf "$STAGE/payload" "$STAGE/site"
+pieces_join "$STAGE/parts" "$STAGE/payload"
 P=$STAGE/payload
 wheels=("$P"/whl/*.whl)
 [[ -n ${LOCAL_CHECK:-} ]] && wheels=("$P"/whl/sparsa-*.whl)  # a check here: this Python's own ray
